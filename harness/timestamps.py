@@ -1,0 +1,43 @@
+"""UTC timestamp handling: every timestamp in the harness is timezone-aware UTC."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+
+TimestampLike = str | datetime | date | pd.Timestamp | np.datetime64 | int | float
+
+
+def to_utc(value: TimestampLike) -> pd.Timestamp:
+    """Return `value` as a tz-aware UTC pandas Timestamp (naive input is taken as UTC).
+
+    Integers and floats are read as Unix milliseconds, the unit Deribit uses.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"not a timestamp: {value!r}")
+    if isinstance(value, int | float | np.integer | np.floating):
+        ts = pd.Timestamp(int(value), unit="ms")
+    else:
+        try:
+            ts = pd.Timestamp(value)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"unparseable timestamp: {value!r}") from exc
+    if ts is pd.NaT:
+        raise ValueError(f"unparseable timestamp: {value!r}")
+    if ts.tzinfo is None:
+        return ts.tz_localize("UTC")
+    return ts.tz_convert("UTC")
+
+
+def utc_index(values: pd.DatetimeIndex | pd.Series | np.ndarray | list) -> pd.DatetimeIndex:
+    """Return `values` as a UTC DatetimeIndex named ``timestamp`` (naive values taken as UTC)."""
+    idx = pd.DatetimeIndex(values)
+    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    return idx.rename("timestamp")
+
+
+def year_fraction_between(start: pd.Timestamp, end: pd.Timestamp) -> float:
+    """Return (end - start) in years of 365 days (Deribit's convention)."""
+    return (end - start).total_seconds() / (365.0 * 86400.0)
