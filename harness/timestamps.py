@@ -35,9 +35,17 @@ def utc_index(values: pd.DatetimeIndex | pd.Series | np.ndarray | list) -> pd.Da
     """Return `values` as a UTC DatetimeIndex named ``timestamp`` (naive values taken as UTC)."""
     idx = pd.DatetimeIndex(values)
     idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
-    return idx.rename("timestamp")
+    return idx.as_unit("ns").rename("timestamp")
 
 
 def year_fraction_between(start: pd.Timestamp, end: pd.Timestamp) -> float:
     """Return (end - start) in years of 365 days (Deribit's convention)."""
     return (end - start).total_seconds() / (365.0 * 86400.0)
+
+
+def as_ns(values: pd.DatetimeIndex | pd.Series | np.ndarray | list) -> np.ndarray:
+    """Nanoseconds since the Unix epoch (int64) of UTC instants, whatever their resolution.
+
+    pandas 3 keeps a per-index resolution (s, ms, us, ns), so `.asi8` alone is not ns.
+    """
+    return utc_index(values).as_unit("ns").asi8

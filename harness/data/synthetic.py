@@ -1,0 +1,698 @@
+"""The embedded synthetic Deribit-style market: deterministic for a seed, no network.
+
+This is a *synthetic* market, not history. Spot follows a stochastic-volatility
+process with jumps on a 1-minute grid, bridged through approximate year-start price
+levels so each era's prices look plausible. Options are listed on Deribit's schedule
+(dailies, Friday weeklies, last-Friday monthlies and quarterlies, all expiring at
+08:00 UTC), with strike grids whose increments widen with tenor and distance from spot,
+and are quoted off an implied-volatility surface (ATM level following the current
+volatility state plus a variance risk premium, term structure and smile) priced with
+Black-76. See docs/synthetic_market.md for the model and every parameter.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.signal import lfilter
+
+from harness.data.source import (
+    CHAIN_COLUMNS,
+    empty_chain_frame,
+    empty_ohlc,
+    frame_to_snapshots,
+    inclusive_range,
+    normalize_chain_frame,
+)
+from harness.instruments import format_expiry_code, format_strike, parse_instrument_name
+from harness.pricing import black76_greeks, black76_price
+from harness.timestamps import TimestampLike, as_ns, to_utc
+from harness.types import OptionSnapshot, Timeframe, timeframe_delta
+
+EPOCH = pd.Timestamp("2019-01-01", tz="UTC")
+LAST_YEAR = 2030  # the market covers EPOCH .. end of LAST_YEAR
+MINUTE = pd.Timedelta(minutes=1)
+_MINUTES_PER_YEAR = 365.0 * 24 * 60
+_NS_PER_MINUTE = 60 * 10**9
+EXPIRY_HOUR = 8
+TICK_COIN = 1e-4  # Deribit's option price tick for BTC and ETH options, in coin
+
+
+@dataclass(frozen=True)
+class CoinParams:
+    """Model parameters of one synthetic underlying (vols are annualized fractions)."""
+
+    code: int  # enters the random seed so coins get independent paths
+    year_start_prices: dict[int, float]  # approximate USD level on Jan 1 of each year
+    mean_vol: float  # long-run mean of the realized-vol state
+    vol_of_vol: float  # volatility of log-vol, annualized
+    vol_mean_reversion: float  # speed of log-vol mean reversion, per year
+    jumps_per_year: float
+    jump_mean: float  # mean log jump size
+    jump_std: float  # std of log jump size
+    base_volume: float  # spot volume per minute, coins
+
+
+@dataclass(frozen=True)
+class SurfaceParams:
+    """Implied-volatility surface and quoting parameters shared by all coins."""
+
+    vrp_ratio: float = 0.08  # ATM IV = vol state * (1 + vrp_ratio) + vrp_add
+    vrp_add: float = 0.03
+    term_decay_days: float = 30.0  # short-end IV relaxes to the long-run level on this scale
+    skew: float = -0.035  # smile slope per unit standardized log-moneyness
+    curvature: float = 0.035  # smile convexity per unit standardized log-moneyness squared
+    half_spread_vol: float = 0.006  # bid/ask half-spread in vol at the money
+    half_spread_vol_per_x: float = 0.008  # extra half-spread per unit |standardized moneyness|
+    min_vol: float = 0.05
+
+
+# Approximate Jan-1 spot levels (USD), public knowledge, rounded. Years past the table hold
+# the last level. They only set the era's price level; everything in between is simulated.
+_BTC_LEVELS = {
+    2019: 3_700.0,
+    2020: 7_200.0,
+    2021: 29_000.0,
+    2022: 46_300.0,
+    2023: 16_600.0,
+    2024: 42_300.0,
+    2025: 93_400.0,
+    2026: 90_000.0,
+    2027: 95_000.0,
+}
+_ETH_LEVELS = {
+    2019: 133.0,
+    2020: 129.0,
+    2021: 730.0,
+    2022: 3_680.0,
+    2023: 1_200.0,
+    2024: 2_280.0,
+    2025: 3_330.0,
+    2026: 3_000.0,
+    2027: 3_200.0,
+}
+
+DEFAULT_COINS: dict[str, CoinParams] = {
+    "BTC": CoinParams(
+        code=1,
+        year_start_prices=_BTC_LEVELS,
+        mean_vol=0.55,
+        vol_of_vol=1.1,
+        vol_mean_reversion=10.0,
+        jumps_per_year=18.0,
+        jump_mean=-0.002,
+        jump_std=0.025,
+        base_volume=8.0,
+    ),
+    "ETH": CoinParams(
+        code=2,
+        year_start_prices=_ETH_LEVELS,
+        mean_vol=0.70,
+        vol_of_vol=1.2,
+        vol_mean_reversion=10.0,
+        jumps_per_year=22.0,
+        jump_mean=-0.003,
+        jump_std=0.03,
+        base_volume=90.0,
+    ),
+}
+
+# Listing schedule: how many upcoming expiries of each series are listed at any time.
+LISTED_DAILIES = 4
+LISTED_WEEKLIES = 3
+LISTED_MONTHLIES = 3
+LISTED_QUARTERLIES = 4
+
+
+def _year_start(year: int) -> pd.Timestamp:
+    return pd.Timestamp(year=year, month=1, day=1, tz="UTC")
+
+
+def _minute_of(ts: pd.Timestamp) -> int:
+    return int((ts - EPOCH) // MINUTE)
+
+
+def _last_friday(year: int, month: int) -> pd.Timestamp:
+    last_day = pd.Timestamp(year=year, month=month, day=1, tz="UTC") + pd.offsets.MonthEnd(0)
+    back = (last_day.weekday() - 4) % 7
+    return (last_day - pd.Timedelta(days=back)).replace(hour=EXPIRY_HOUR)
+
+
+def _nice_increment(x: float) -> float:
+    """Nearest (in log terms) of 1, 2, 2.5, 5 times a power of ten."""
+    exp = np.floor(np.log10(x))
+    ladder = np.array([1.0, 2.0, 2.5, 5.0, 10.0]) * 10.0**exp
+    return float(ladder[np.argmin(np.abs(np.log(ladder / x)))])
+
+
+@dataclass(frozen=True)
+class _Expiry:
+    expiry: pd.Timestamp
+    created: pd.Timestamp
+    strikes: np.ndarray  # sorted strikes ever listed
+    strike_listed: np.ndarray  # datetime64[ns] when each strike was first listed
+
+
+@dataclass
+class SyntheticMarket:
+    """Deterministic synthetic Deribit-style BTC/ETH market (2019-2030), no network.
+
+    Implements `MarketDataSource`, the `BulkChainSource` fast path and `SettlementSource`.
+    """
+
+    seed: int = 7
+    coins: dict[str, CoinParams] = field(default_factory=lambda: dict(DEFAULT_COINS))
+    surface: SurfaceParams = field(default_factory=SurfaceParams)
+
+    def __post_init__(self) -> None:
+        self._year_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._expiry_cache: dict[tuple[str, pd.Timestamp], _Expiry] = {}
+        self._vol_cache: dict[str, np.ndarray] = {}
+        self._names_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    # ---------------------------------------------------------------- identity
+    def fingerprint(self) -> str:
+        """A short string that identifies this market's data (for run manifests)."""
+        return f"synthetic(seed={self.seed})"
+
+    def _coin(self, underlying: str) -> CoinParams:
+        try:
+            return self.coins[underlying.upper()]
+        except KeyError:
+            raise ValueError(
+                f"the synthetic market has no underlying {underlying!r}; "
+                f"available: {', '.join(sorted(self.coins))}"
+            ) from None
+
+    # ---------------------------------------------------------------- spot path
+    def _log_vol_hourly(self, underlying: str) -> np.ndarray:
+        """Hourly log realized-vol state from EPOCH to the end of LAST_YEAR (an AR(1))."""
+        cached = self._vol_cache.get(underlying)
+        if cached is not None:
+            return cached
+        p = self._coin(underlying)
+        n = int((_year_start(LAST_YEAR + 1) - EPOCH) / pd.Timedelta(hours=1)) + 1
+        rng = np.random.default_rng([self.seed, p.code, 0])
+        dt = 1.0 / (365.0 * 24.0)
+        a = np.exp(-p.vol_mean_reversion * dt)
+        b = p.vol_of_vol * np.sqrt((1 - a * a) / (2 * p.vol_mean_reversion))
+        mu = np.log(p.mean_vol) - 0.5 * p.vol_of_vol**2 / (2 * p.vol_mean_reversion)
+        shocks = b * rng.standard_normal(n)
+        dev = lfilter([1.0], [1.0, -a], shocks)
+        self._vol_cache[underlying] = mu + dev
+        return self._vol_cache[underlying]
+
+    def _year_path(self, underlying: str, year: int) -> np.ndarray:
+        """Log prices at every minute instant of `year`, both Jan-1 instants included."""
+        key = (underlying, year)
+        cached = self._year_cache.get(key)
+        if cached is not None:
+            return cached
+        p = self._coin(underlying)
+        y0, y1 = _year_start(year), _year_start(year + 1)
+        m0, m1 = _minute_of(y0), _minute_of(y1)
+        n = m1 - m0
+        rng = np.random.default_rng([self.seed, p.code, year])
+        hour_of_minute = (np.arange(m0, m1) // 60).astype(np.int64)
+        vol = np.exp(self._log_vol_hourly(underlying)[hour_of_minute])
+        dt = 1.0 / _MINUTES_PER_YEAR
+        steps = vol * np.sqrt(dt) * rng.standard_normal(n) - 0.5 * vol * vol * dt
+        jumps = rng.random(n) < p.jumps_per_year * dt
+        steps[jumps] += rng.normal(p.jump_mean, p.jump_std, int(jumps.sum()))
+        walk = np.concatenate([[0.0], np.cumsum(steps)])
+        frac = np.linspace(0.0, 1.0, n + 1)
+        levels = p.year_start_prices
+        known = sorted(levels)
+
+        def level(y: int) -> float:
+            return levels[min(max(y, known[0]), known[-1])]
+
+        # Brownian bridge: pin the path to the year-start levels at both ends.
+        lo, hi = np.log(level(year)), np.log(level(year + 1))
+        path = lo + walk - frac * walk[-1] + frac * (hi - lo)
+        if len(self._year_cache) >= 8:
+            self._year_cache.pop(next(iter(self._year_cache)))
+        self._year_cache[key] = path
+        return path
+
+    def _check_span(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        last = _year_start(LAST_YEAR + 1)
+        if start < EPOCH or end > last:
+            raise ValueError(
+                f"the synthetic market covers {EPOCH.date()} to {last.date()}; "
+                f"asked for {start.isoformat()} .. {end.isoformat()}"
+            )
+
+    def minute_prices(self, underlying: str, first_minute: int, last_minute: int) -> np.ndarray:
+        """Spot USD at minute instants first..last (minutes since 2019-01-01), inclusive."""
+        out = np.empty(last_minute - first_minute + 1)
+        pos = first_minute
+        while pos <= last_minute:
+            year = (EPOCH + pos * MINUTE).year
+            y_m0 = _minute_of(_year_start(year))
+            y_m1 = _minute_of(_year_start(year + 1))
+            stop = min(last_minute, y_m1 - 1) if year < LAST_YEAR + 1 else last_minute
+            if year > LAST_YEAR:
+                # the single instant at the very end of the covered span
+                path = self._year_path(underlying, LAST_YEAR)
+                out[pos - first_minute :] = np.exp(path[-1])
+                break
+            path = self._year_path(underlying, year)
+            out[pos - first_minute : stop - first_minute + 1] = np.exp(
+                path[pos - y_m0 : stop - y_m0 + 1]
+            )
+            pos = stop + 1
+        return out
+
+    def spot_at(self, underlying: str, times: pd.DatetimeIndex | Sequence) -> np.ndarray:
+        """Spot USD at each instant (the last 1-minute price at or before it)."""
+        idx = pd.DatetimeIndex(times)
+        if len(idx) == 0:
+            return np.empty(0)
+        self._check_span(idx.min(), idx.max())
+        minutes = ((as_ns(idx) - EPOCH.value) // _NS_PER_MINUTE).astype(np.int64)
+        lo, hi = int(minutes.min()), int(minutes.max())
+        if hi - lo > 4_000_000:
+            return np.array([self.minute_prices(underlying, int(m), int(m))[0] for m in minutes])
+        prices = self.minute_prices(underlying, lo, hi)
+        return prices[minutes - lo]
+
+    def vol_state_at(self, underlying: str, times: pd.DatetimeIndex | Sequence) -> np.ndarray:
+        """The model's current realized-vol state (annualized fraction) at each instant."""
+        idx = pd.DatetimeIndex(times)
+        hours = ((as_ns(idx) - EPOCH.value) // (3600 * 10**9)).astype(np.int64)
+        return np.exp(self._log_vol_hourly(underlying.upper())[hours])
+
+    def get_spot_ohlc(
+        self, underlying: str, start: TimestampLike, end: TimestampLike, timeframe: Timeframe
+    ) -> pd.DataFrame:
+        """Spot bars in USD labeled by close time; bar t covers (t - timeframe, t]."""
+        s, e = inclusive_range(start, end)
+        step = timeframe_delta(timeframe)
+        first = s.ceil(step)
+        last = e.floor(step)
+        if last < first:
+            return empty_ohlc()
+        self._check_span(first - step, last)
+        k = int(step / MINUTE)
+        n_bars = int((last - first) / step) + 1
+        m_first = _minute_of(first - step)
+        prices = self.minute_prices(underlying.upper(), m_first, m_first + n_bars * k)
+        opens = prices[0:-1:k]
+        closes = prices[k::k]
+        inner = prices[1:].reshape(n_bars, k)
+        highs = np.maximum(inner.max(axis=1), opens)
+        lows = np.minimum(inner.min(axis=1), opens)
+        rets = np.abs(np.diff(np.log(prices))).reshape(n_bars, k)
+        base = self._coin(underlying).base_volume
+        volume = (base * (1.0 + 400.0 * rets)).sum(axis=1)
+        idx = pd.date_range(first, last, freq=step, name="timestamp")
+        return pd.DataFrame(
+            {"open": opens, "high": highs, "low": lows, "close": closes, "volume": volume},
+            index=idx,
+        )
+
+    def settlement_price(self, underlying: str, expiry: pd.Timestamp) -> float | None:
+        """Deribit-style delivery price: average of the 1-minute index over the 30 minutes to expiry."""
+        exp = to_utc(expiry)
+        m = _minute_of(exp)
+        return float(self.minute_prices(underlying.upper(), m - 29, m).mean())
+
+    # ---------------------------------------------------------------- listings
+    def _expiry_dates(self, lo: pd.Timestamp, hi: pd.Timestamp) -> list[pd.Timestamp]:
+        """All expiries E (08:00 UTC) with lo < E and created(E) <= hi."""
+        # Quarterlies are listed about a year ahead, so look that far past `hi`.
+        days = pd.date_range(lo.normalize(), hi.normalize() + pd.Timedelta(days=400), freq="D")
+        out = []
+        for d in days:
+            e = d + pd.Timedelta(hours=EXPIRY_HOUR)
+            if e <= lo:
+                continue
+            created = self._created(e)
+            if created is not None and created <= hi:
+                out.append(e)
+        return out
+
+    @staticmethod
+    @functools.cache
+    def _created(expiry: pd.Timestamp) -> pd.Timestamp | None:
+        """When `expiry` entered the listing (the earliest over the series it belongs to)."""
+        times = [expiry - pd.Timedelta(days=LISTED_DAILIES)]
+        if expiry.weekday() == 4:
+            times.append(expiry - pd.Timedelta(weeks=LISTED_WEEKLIES))
+            if _last_friday(expiry.year, expiry.month) == expiry:
+                months = expiry.year * 12 + expiry.month - 1 - LISTED_MONTHLIES
+                times.append(_last_friday(months // 12, months % 12 + 1))
+                if expiry.month % 3 == 0:
+                    q = expiry.year * 12 + expiry.month - 1 - 3 * LISTED_QUARTERLIES
+                    times.append(_last_friday(q // 12, q % 12 + 1))
+        return max(min(times), EPOCH + pd.Timedelta(hours=EXPIRY_HOUR))
+
+    def _expiry_listing(self, underlying: str, expiry: pd.Timestamp) -> _Expiry:
+        """Strikes of one expiry and when each was first listed (grids follow spot daily)."""
+        key = (underlying, expiry)
+        cached = self._expiry_cache.get(key)
+        if cached is not None:
+            return cached
+        created = self._created(expiry)
+        assert created is not None
+        checkpoints = pd.date_range(created, expiry - pd.Timedelta(hours=1), freq="D")
+        spots = self.spot_at(underlying, checkpoints)
+        tau = (expiry - checkpoints).total_seconds().to_numpy() / (365.0 * 86400.0)
+        tenor_days = (expiry - created).total_seconds() / 86400.0
+        frac = 0.008 if tenor_days <= 5 else 0.015 if tenor_days <= 25 else 0.03
+        ref_vol = self._coin(underlying).mean_vol * 1.3
+        strikes_parts = []
+        times_parts = []
+        # Each day the grid around the current spot is listed; strikes are never delisted.
+        # Increments are nice numbers that widen with tenor and with distance from spot.
+        for cp, s, t in zip(as_ns(checkpoints), spots, tau, strict=True):
+            w = ref_vol * np.sqrt(t)
+            fine = _nice_increment(s * frac)
+            mid = _nice_increment(fine * 2.5)
+            far = _nice_increment(fine * 10.0)
+            tiers = [(far, -min(max(0.25, 2.5 * w), 1.2), min(max(0.35, 3.5 * w), 1.4))]
+            days_left = t * 365.0
+            if days_left <= 120:
+                tiers.append((mid, -max(0.12, 1.8 * w), max(0.15, 2.2 * w)))
+            if days_left <= 35:
+                tiers.append((fine, -max(0.04, 0.8 * w), max(0.05, w)))
+            parts = [
+                np.arange(np.ceil(s * np.exp(lo) / inc), np.floor(s * np.exp(hi) / inc) + 1) * inc
+                for inc, lo, hi in tiers
+            ]
+            ks = np.concatenate(parts)
+            ks = ks[ks > 0]
+            strikes_parts.append(ks)
+            times_parts.append(np.full(len(ks), cp, dtype=np.int64))
+        all_k = np.round(np.concatenate(strikes_parts), 8)
+        all_t = np.concatenate(times_parts)
+        strikes, first = np.unique(all_k, return_index=True)
+        listing = _Expiry(
+            expiry=expiry,
+            created=created,
+            strikes=strikes,
+            strike_listed=all_t[first],
+        )
+        self._expiry_cache[key] = listing
+        return listing
+
+    def _instrument_arrays(
+        self, underlying: str, start: pd.Timestamp, end: pd.Timestamp, max_dte: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Columnar table of options listed at some instant in [start, end] (ns timestamps)."""
+        self._check_span(start, end)
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]] = []
+        horizon = None if max_dte is None else end + pd.Timedelta(days=max_dte)
+        for exp in self._expiry_dates(start, end):
+            if horizon is not None and exp > horizon:
+                continue
+            names_c, names_p, ks, listed = self._expiry_names(underlying, exp)
+            keep = listed <= end.value
+            parts.append((names_c[keep], names_p[keep], ks[keep], exp.value, listed[keep]))
+        if not parts:
+            empty = np.empty(0)
+            return {
+                "name": empty.astype(object),
+                "is_call": empty.astype(bool),
+                "strike": empty,
+                "expiry": empty.astype(np.int64),
+                "listed": empty.astype(np.int64),
+            }
+        names = np.concatenate([np.concatenate([c, p]) for c, p, _, _, _ in parts])
+        n_each = [len(k) for _, _, k, _, _ in parts]
+        is_call = np.concatenate([np.r_[np.ones(n, bool), np.zeros(n, bool)] for n in n_each])
+        strike = np.concatenate([np.r_[k, k] for _, _, k, _, _ in parts])
+        expiry = np.concatenate(
+            [np.full(2 * n, e, np.int64) for n, (_, _, _, e, _) in zip(n_each, parts, strict=True)]
+        )
+        listed = np.concatenate([np.r_[lt, lt] for _, _, _, _, lt in parts])
+        return {
+            "name": names,
+            "is_call": is_call,
+            "strike": strike,
+            "expiry": expiry,
+            "listed": listed,
+        }
+
+    def _expiry_names(
+        self, underlying: str, expiry: pd.Timestamp
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        key = (underlying, expiry, "names")
+        cached = self._names_cache.get(key)
+        if cached is None:
+            lst = self._expiry_listing(underlying, expiry)
+            prefix = f"{underlying}-{format_expiry_code(expiry)}-"
+            strikes = [prefix + format_strike(k) for k in lst.strikes]
+            calls = np.array([k + "-C" for k in strikes], dtype=object)
+            puts = np.array([k + "-P" for k in strikes], dtype=object)
+            cached = (calls, puts, lst.strikes, lst.strike_listed)
+            self._names_cache[key] = cached
+        return cached
+
+    def instruments(
+        self, underlying: str, start: TimestampLike, end: TimestampLike
+    ) -> pd.DataFrame:
+        """Every option listed at some instant in [start, end]: name, kind, strike, expiry, listed."""
+        s, e = inclusive_range(start, end)
+        a = self._instrument_arrays(underlying.upper(), s, e)
+        return pd.DataFrame(
+            {
+                "instrument_name": a["name"],
+                "kind": np.where(a["is_call"], "call", "put"),
+                "strike": a["strike"],
+                "expiry": pd.to_datetime(a["expiry"], utc=True),
+                "listed": pd.to_datetime(a["listed"], utc=True),
+            }
+        )
+
+    # ---------------------------------------------------------------- quoting
+    def _surface_iv(
+        self, underlying: str, vol_state: np.ndarray, tau: np.ndarray, log_moneyness: np.ndarray
+    ) -> np.ndarray:
+        """Implied vol (fraction) from vol state, tenor (years) and ln(K/F)."""
+        sp = self.surface
+        p = self._coin(underlying)
+        inst = vol_state * (1 + sp.vrp_ratio) + sp.vrp_add
+        long_run = p.mean_vol * (1 + sp.vrp_ratio) + sp.vrp_add
+        decay = np.exp(-tau * 365.0 / sp.term_decay_days)
+        atm = long_run + (inst - long_run) * decay
+        x = np.clip(log_moneyness / (atm * np.sqrt(np.maximum(tau, 1.0 / 8760.0))), -4.0, 4.0)
+        iv = atm * (1.0 + sp.skew * x + sp.curvature * x * x)
+        return np.maximum(iv, sp.min_vol), x
+
+    def _quote(
+        self,
+        underlying: str,
+        as_of: np.ndarray,
+        strike: np.ndarray,
+        expiry: np.ndarray,
+        is_call: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Vectorized quotes for rows of (as_of ns, strike, expiry ns, is_call)."""
+        times = pd.DatetimeIndex(as_of.astype("datetime64[ns]"), tz="UTC")
+        spot = self.spot_at(underlying, times)
+        vol = self.vol_state_at(underlying, times)
+        tau = (expiry - as_of) / (365.0 * 86400.0 * 1e9)
+        tau = np.maximum(tau, 0.0)
+        iv, x = self._surface_iv(underlying, vol, tau, np.log(strike / spot))
+        g = black76_greeks(spot, strike, tau, iv, is_call)
+        sp = self.surface
+        half = sp.half_spread_vol + sp.half_spread_vol_per_x * np.abs(x)
+        live = tau > 0
+        bid_iv = np.maximum(iv - half, sp.min_vol * 0.5)
+        ask_iv = iv + half
+        bid_usd = black76_price(spot, strike, tau, bid_iv, is_call)
+        ask_usd = black76_price(spot, strike, tau, ask_iv, is_call)
+        mark_coin = g.price / spot
+        # Quotes sit on Deribit's tick: bids round down, asks round up; a bid under one tick
+        # means nobody is bidding.
+        bid_coin = np.floor(bid_usd / spot / TICK_COIN + 1e-9) * TICK_COIN
+        ask_coin = np.maximum(np.ceil(ask_usd / spot / TICK_COIN - 1e-9), 1.0) * TICK_COIN
+        bid_coin = np.where((bid_coin >= TICK_COIN) & live, bid_coin, np.nan)
+        ask_coin = np.where(live, ask_coin, np.nan)
+        oi_scale = 2000.0 if underlying == "BTC" else 20000.0
+        oi = np.round(oi_scale * np.exp(-0.5 * x * x) * (0.3 + np.minimum(tau * 12, 1.0)), 1)
+        return {
+            "underlying_price": spot,
+            "mark_price": g.price,
+            "bid_price": bid_coin * spot,
+            "ask_price": ask_coin * spot,
+            "mark_price_coin": mark_coin,
+            "bid_price_coin": bid_coin,
+            "ask_price_coin": ask_coin,
+            "mark_iv": iv,
+            "bid_iv": np.where(np.isnan(bid_coin), np.nan, bid_iv),
+            "ask_iv": np.where(np.isnan(ask_coin), np.nan, ask_iv),
+            "delta": g.delta,
+            "gamma": g.gamma,
+            "vega": g.vega,
+            "theta": g.theta,
+            "open_interest": np.where(live, oi, 0.0),
+        }
+
+    def chain_frame(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex | Sequence,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> pd.DataFrame:
+        """Chains at each of `times` as one frame with CHAIN_COLUMNS (optionally calls only / near expiries)."""
+        u = underlying.upper()
+        idx = pd.DatetimeIndex(times)
+        idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+        if len(idx) == 0:
+            return empty_chain_frame()
+        t_sorted = np.sort(as_ns(idx))
+        inst = self._instrument_arrays(
+            u, pd.Timestamp(t_sorted[0], tz="UTC"), pd.Timestamp(t_sorted[-1], tz="UTC"), max_dte
+        )
+        want_call, want_put = "call" in kinds, "put" in kinds
+        sel = (inst["is_call"] & want_call) | (~inst["is_call"] & want_put)
+        inst = {k: v[sel] for k, v in inst.items()}
+        if len(inst["name"]) == 0:
+            return empty_chain_frame()
+        listed, exp = inst["listed"], inst["expiry"]
+        lo_t = listed
+        if max_dte is not None:
+            lo_t = np.maximum(listed, exp - int(max_dte * 86400 * 1e9))
+        # an instrument is in the chain at t when listed <= t < expiry
+        first = np.searchsorted(t_sorted, lo_t, side="left")
+        stop = np.searchsorted(t_sorted, exp, side="left")
+        counts = np.maximum(stop - first, 0)
+        rows_inst = np.repeat(np.arange(len(listed)), counts)
+        if len(rows_inst) == 0:
+            return empty_chain_frame()
+        offsets = np.repeat(first - np.cumsum(counts) + counts, counts)
+        rows_time = t_sorted[np.arange(len(rows_inst)) + offsets]
+        strike = inst["strike"][rows_inst]
+        is_call = inst["is_call"][rows_inst]
+        rows_exp = exp[rows_inst]
+        order = np.lexsort((strike, rows_exp, ~is_call, rows_time))
+        rows_inst, rows_time, strike, is_call, rows_exp = (
+            rows_inst[order],
+            rows_time[order],
+            strike[order],
+            is_call[order],
+            rows_exp[order],
+        )
+        q = self._quote(u, rows_time, strike, rows_exp, is_call)
+        frame = pd.DataFrame(
+            {
+                "as_of": pd.to_datetime(rows_time, utc=True),
+                "instrument_name": inst["name"][rows_inst],
+                "underlying": u,
+                "kind": np.where(is_call, "call", "put"),
+                "strike": strike,
+                "expiry": pd.to_datetime(rows_exp, utc=True),
+                **q,
+            }
+        )
+        return normalize_chain_frame(frame)
+
+    def list_option_chain(self, underlying: str, as_of: TimestampLike) -> list[OptionSnapshot]:
+        """Every listed option of `underlying` as quoted at the instant `as_of`."""
+        t = to_utc(as_of)
+        return frame_to_snapshots(self.chain_frame(underlying, pd.DatetimeIndex([t])))
+
+    def _listed_time(self, underlying: str, strike: float, expiry: pd.Timestamp) -> pd.Timestamp:
+        lst = self._expiry_listing(underlying, expiry)
+        i = np.searchsorted(lst.strikes, round(strike, 8))
+        if i >= len(lst.strikes) or abs(lst.strikes[i] - strike) > 1e-9:
+            raise ValueError(f"strike {strike} is never listed for expiry {expiry.isoformat()}")
+        return pd.Timestamp(int(lst.strike_listed[i]), tz="UTC")
+
+    def _resolve(self, instrument_name: str) -> tuple[str, float, pd.Timestamp, bool, pd.Timestamp]:
+        spec = parse_instrument_name(instrument_name)
+        u = spec.underlying.upper()
+        self._coin(u)
+        listed = self._listed_time(u, spec.strike, spec.expiry)
+        return u, spec.strike, spec.expiry, spec.kind == "call", listed
+
+    def option_marks(
+        self, instrument_names: Sequence[str], times: pd.DatetimeIndex | Sequence
+    ) -> np.ndarray:
+        """Marks (USD per coin) of instruments at times, shape (names, times); NaN when unlisted.
+
+        At the expiry instant an option is worth its intrinsic value at spot.
+        """
+        idx = pd.DatetimeIndex(times)
+        idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+        out = np.full((len(instrument_names), len(idx)), np.nan)
+        if len(idx) == 0 or len(instrument_names) == 0:
+            return out
+        t = as_ns(idx)
+        resolved = [self._resolve(n) for n in instrument_names]
+        by_underlying: dict[str, list[int]] = {}
+        for i, r in enumerate(resolved):
+            by_underlying.setdefault(r[0], []).append(i)
+        for u, rows in by_underlying.items():
+            strike = np.array([resolved[i][1] for i in rows])
+            expiry = np.array([resolved[i][2].value for i in rows])
+            is_call = np.array([resolved[i][3] for i in rows])
+            listed = np.array([resolved[i][4].value for i in rows])
+            live = (t[None, :] >= listed[:, None]) & (t[None, :] <= expiry[:, None])
+            r_i, c_i = np.nonzero(live)
+            if len(r_i) == 0:
+                continue
+            marks = self._marks(u, t[c_i], strike[r_i], expiry[r_i], is_call[r_i])
+            block = np.full((len(rows), len(t)), np.nan)
+            block[r_i, c_i] = marks
+            out[rows] = block
+        return out
+
+    def _marks(
+        self, u: str, t: np.ndarray, strike: np.ndarray, expiry: np.ndarray, is_call: np.ndarray
+    ) -> np.ndarray:
+        times = pd.DatetimeIndex(t.astype("datetime64[ns]"), tz="UTC")
+        spot = self.spot_at(u, times)
+        vol = self.vol_state_at(u, times)
+        tau = np.maximum((expiry - t) / (365.0 * 86400.0 * 1e9), 0.0)
+        iv, _ = self._surface_iv(u, vol, tau, np.log(strike / spot))
+        return black76_price(spot, strike, tau, iv, is_call)
+
+    def get_option_ohlc(
+        self, instrument_name: str, start: TimestampLike, end: TimestampLike, timeframe: Timeframe
+    ) -> pd.DataFrame:
+        """Bars of one option's mark in USD per coin, labeled by close time, while listed.
+
+        Close equals the chain mark at the bar's close instant; high/low span the
+        1-minute marks inside the bar. The synthetic market has no trades: volume is 0.
+        """
+        u, strike, expiry, is_call, listed = self._resolve(instrument_name)
+        s, e = inclusive_range(start, end)
+        step = timeframe_delta(timeframe)
+        # the first bar whose opening instant is already listed
+        first = max(s.ceil(step), (listed + step).ceil(step))
+        last = min(e.floor(step), expiry.floor(step))
+        if last < first:
+            return empty_ohlc()
+        k = int(step / MINUTE)
+        n_bars = int((last - first) / step) + 1
+        m_first = _minute_of(first - step)
+        minutes = np.arange(m_first, m_first + n_bars * k + 1, dtype=np.int64)
+        t_ns = EPOCH.value + minutes * _NS_PER_MINUTE
+        n = len(t_ns)
+        marks = self._marks(
+            u, t_ns, np.full(n, strike), np.full(n, expiry.value), np.full(n, is_call)
+        )
+        opens = marks[0:-1:k]
+        closes = marks[k::k]
+        inner = marks[1:].reshape(n_bars, k)
+        idx = pd.date_range(first, last, freq=step, name="timestamp")
+        return pd.DataFrame(
+            {
+                "open": opens,
+                "high": np.maximum(inner.max(axis=1), opens),
+                "low": np.minimum(inner.min(axis=1), opens),
+                "close": closes,
+                "volume": np.zeros(n_bars),
+            },
+            index=idx,
+        )
