@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 
-def _lagged_index(bar_ns: np.ndarray, at_ns: np.ndarray, lag_ns: int, bar_ns_len: int) -> np.ndarray:
+def _lagged_index(
+    bar_ns: np.ndarray, at_ns: np.ndarray, lag_ns: int, bar_ns_len: int
+) -> np.ndarray:
     """Index of the bar labeled exactly `lag_ns` before each time, or -1 if absent."""
     want = at_ns - lag_ns
     k = np.searchsorted(bar_ns, want, side="right") - 1
@@ -49,7 +51,7 @@ def spot_features(
         ok = has & (k >= 0)
         out[name] = np.where(ok, spot / close[np.where(ok, k, 0)] - 1.0, np.nan)
     for name, days in (("realized_vol_7d", 7), ("realized_vol_30d", 30)):
-        w = int(round(pd.Timedelta(days=days) / bar))
+        w = round(pd.Timedelta(days=days) / bar)
         start = jj - w  # returns w bars: indices start+1 .. jj
         ok = has & (start >= 0)
         s0 = np.where(ok, start + 1, 0)

@@ -40,7 +40,9 @@ def trading_fee(
     underlying_price: np.ndarray, option_price: np.ndarray, fee_rate: float, cap_fraction: float
 ) -> np.ndarray:
     """Deribit option trading fee per coin in USD: min(fee_rate * S, cap * option price)."""
-    return np.minimum(fee_rate * np.asarray(underlying_price), cap_fraction * np.asarray(option_price))
+    return np.minimum(
+        fee_rate * np.asarray(underlying_price), cap_fraction * np.asarray(option_price)
+    )
 
 
 def delivery_fee(

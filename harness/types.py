@@ -105,24 +105,38 @@ class CallSimulationConfig(BaseModel):
         1.0, gt=0, le=1, description="Share of the coins held that each sold call covers."
     )
     fee_rate: float = Field(
-        0.0003, ge=0, le=0.01, description="Trading fee per contract as a fraction of the underlying."
+        0.0003,
+        ge=0,
+        le=0.01,
+        description="Trading fee per contract as a fraction of the underlying.",
     )
     fee_cap_fraction: float = Field(
-        0.125, ge=0, le=1, description="Trading and delivery fees are capped at this share of the option price."
+        0.125,
+        ge=0,
+        le=1,
+        description="Trading and delivery fees are capped at this share of the option price.",
     )
     delivery_fee_rate: float = Field(
-        0.00015, ge=0, le=0.01, description="Delivery fee of ITM options at expiry, fraction of the underlying."
+        0.00015,
+        ge=0,
+        le=0.01,
+        description="Delivery fee of ITM options at expiry, fraction of the underlying.",
     )
-    risk_free_rate: float = Field(0.0, ge=-0.5, le=0.5, description="r in Black-76 (Deribit uses 0).")
+    risk_free_rate: float = Field(
+        0.0, ge=-0.5, le=0.5, description="r in Black-76 (Deribit uses 0)."
+    )
     target_dte: float = Field(7.0, gt=0, le=730, description="Target days to expiry.")
     dte_tolerance: float = Field(2.0, ge=0, le=365)
     target_delta: float = Field(0.25, gt=0, lt=1)
     delta_tolerance: float = Field(0.10, ge=0, le=1)
     hold_to_expiry: bool = Field(
-        True, description="True: hold each call to expiry. False: buy it back at the next decision time."
+        True,
+        description="True: hold each call to expiry. False: buy it back at the next decision time.",
     )
     fill: FillModel = Field("bid", description="Price a sale fills at: bid (default), mid or mark.")
-    slippage_bps: float = Field(0.0, ge=0, le=10_000, description="Extra cost, bps of the fill price.")
+    slippage_bps: float = Field(
+        0.0, ge=0, le=10_000, description="Extra cost, bps of the fill price."
+    )
     min_bid_usd: float = Field(0.0, ge=0, description="Liquidity gate: bid must exceed this (USD).")
     max_spread_pct: float = Field(
         100.0, gt=0, description="Liquidity gate: (ask - bid) / mid * 100 must not exceed this."
@@ -142,7 +156,9 @@ class CallSimulationConfig(BaseModel):
     @model_validator(mode="after")
     def _check_range(self) -> CallSimulationConfig:
         if self.end <= self.start:
-            raise ValueError(f"end ({self.end.isoformat()}) must be after start ({self.start.isoformat()})")
+            raise ValueError(
+                f"end ({self.end.isoformat()}) must be after start ({self.start.isoformat()})"
+            )
         return self
 
     @property

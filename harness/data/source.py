@@ -131,34 +131,57 @@ def snapshots_to_frame(snapshots: Iterable[OptionSnapshot]) -> pd.DataFrame:
 
 def frame_to_snapshots(frame: pd.DataFrame) -> list[OptionSnapshot]:
     """Turn chain-frame rows into OptionSnapshot objects (NaN sides become None)."""
+    n = len(frame)
+    if n == 0:
+        return []
+    cols = {c: frame[c].tolist() for c in CHAIN_COLUMNS if c not in ("as_of", "expiry")}
+    # box each distinct instant once: a chain has one as_of and a dozen expiries
+    boxed: dict[int, pd.Timestamp] = {}
+
+    def box(ns: int) -> pd.Timestamp:
+        ts = boxed.get(ns)
+        if ts is None:
+            ts = boxed[ns] = pd.Timestamp(ns, tz="UTC")
+        return ts
+
+    as_of = [box(v) for v in pd.DatetimeIndex(frame["as_of"]).as_unit("ns").asi8.tolist()]
+    expiry = [box(v) for v in pd.DatetimeIndex(frame["expiry"]).as_unit("ns").asi8.tolist()]
+    optional = (
+        "bid_price",
+        "ask_price",
+        "mark_price_coin",
+        "bid_price_coin",
+        "ask_price_coin",
+        "bid_iv",
+        "ask_iv",
+    )
+    for c in optional:
+        cols[c] = [_opt(v) for v in cols[c]]
     out: list[OptionSnapshot] = []
-    cols = {c: frame[c].to_numpy() for c in CHAIN_COLUMNS}
-    as_of = pd.DatetimeIndex(frame["as_of"])
-    expiry = pd.DatetimeIndex(frame["expiry"])
-    for i in range(len(frame)):
+    for i in range(n):
         out.append(
             OptionSnapshot(
                 instrument_name=str(cols["instrument_name"][i]),
                 underlying=str(cols["underlying"][i]),
                 kind=cols["kind"][i],
-                strike=float(cols["strike"][i]),
+                strike=cols["strike"][i],
                 expiry=expiry[i],
                 as_of=as_of[i],
-                underlying_price=float(cols["underlying_price"][i]),
-                mark_price=float(cols["mark_price"][i]),
-                bid_price=_opt(cols["bid_price"][i]),
-                ask_price=_opt(cols["ask_price"][i]),
-                mark_iv=float(cols["mark_iv"][i]),
-                delta=float(cols["delta"][i]),
-                gamma=float(cols["gamma"][i]),
-                vega=float(cols["vega"][i]),
-                theta=float(cols["theta"][i]),
-                open_interest=float(cols["open_interest"][i]),
-                mark_price_coin=_opt(cols["mark_price_coin"][i]),
-                bid_price_coin=_opt(cols["bid_price_coin"][i]),
-                ask_price_coin=_opt(cols["ask_price_coin"][i]),
-                bid_iv=_opt(cols["bid_iv"][i]),
-                ask_iv=_opt(cols["ask_iv"][i]),
+                underlying_price=cols["underlying_price"][i],
+                mark_price=cols["mark_price"][i],
+                bid_price=cols["bid_price"][i],
+                ask_price=cols["ask_price"][i],
+                mark_iv=cols["mark_iv"][i],
+                delta=cols["delta"][i],
+                gamma=cols["gamma"][i],
+                vega=cols["vega"][i],
+                theta=cols["theta"][i],
+                open_interest=cols["open_interest"][i],
+                mark_price_coin=cols["mark_price_coin"][i],
+                bid_price_coin=cols["bid_price_coin"][i],
+                ask_price_coin=cols["ask_price_coin"][i],
+                bid_iv=cols["bid_iv"][i],
+                ask_iv=cols["ask_iv"][i],
             )
         )
     return out

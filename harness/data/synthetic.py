@@ -21,7 +21,6 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from harness.data.source import (
-    CHAIN_COLUMNS,
     empty_chain_frame,
     empty_ohlc,
     frame_to_snapshots,
@@ -323,19 +322,22 @@ class SyntheticMarket:
         return float(self.minute_prices(underlying.upper(), m - 29, m).mean())
 
     # ---------------------------------------------------------------- listings
+    @functools.cached_property
+    def _expiry_calendar(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every expiry of the covered span and when it was listed, as ns arrays."""
+        days = pd.date_range(EPOCH, _year_start(LAST_YEAR + 1) + pd.Timedelta(days=400), freq="D")
+        expiries = [d + pd.Timedelta(hours=EXPIRY_HOUR) for d in days]
+        created = [self._created(e) for e in expiries]
+        return (
+            np.array([e.value for e in expiries], dtype=np.int64),
+            np.array([c.value for c in created], dtype=np.int64),
+        )
+
     def _expiry_dates(self, lo: pd.Timestamp, hi: pd.Timestamp) -> list[pd.Timestamp]:
         """All expiries E (08:00 UTC) with lo < E and created(E) <= hi."""
-        # Quarterlies are listed about a year ahead, so look that far past `hi`.
-        days = pd.date_range(lo.normalize(), hi.normalize() + pd.Timedelta(days=400), freq="D")
-        out = []
-        for d in days:
-            e = d + pd.Timedelta(hours=EXPIRY_HOUR)
-            if e <= lo:
-                continue
-            created = self._created(e)
-            if created is not None and created <= hi:
-                out.append(e)
-        return out
+        exp, created = self._expiry_calendar
+        keep = (exp > lo.value) & (created <= hi.value)
+        return [pd.Timestamp(int(e), tz="UTC") for e in exp[keep]]
 
     @staticmethod
     @functools.cache

@@ -1,0 +1,30 @@
+"""Shared fixtures: one synthetic market and a small simulator, built once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.data.synthetic import SyntheticMarket
+from harness.simulator import CoveredCallSimulator
+from harness.types import CallSimulationConfig
+
+
+@pytest.fixture(scope="session")
+def market() -> SyntheticMarket:
+    return SyntheticMarket(seed=11)
+
+
+@pytest.fixture(scope="session")
+def small_config() -> CallSimulationConfig:
+    return CallSimulationConfig(
+        underlying="BTC",
+        start="2024-02-01",
+        end="2024-04-15",
+        timeframe="1h",
+        decision_interval_bars=4,
+    )
+
+
+@pytest.fixture(scope="session")
+def sim(market: SyntheticMarket, small_config: CallSimulationConfig) -> CoveredCallSimulator:
+    return CoveredCallSimulator(market, small_config)

@@ -1,0 +1,297 @@
+"""The replay engine: point in time, exact accounting, Deribit fees, determinism."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.data.source import empty_ohlc
+from harness.data.synthetic import SyntheticMarket
+from harness.policies import always_sell, from_bool, never_sell, oracle
+from harness.simulator import CoveredCallSimulator, InvalidChoiceError
+from harness.types import CallCandidate, CallSimulationConfig, OptionSnapshot
+
+
+class ProtocolOnly:
+    """A source with only the three protocol methods (no bulk path), optionally altered after T."""
+
+    def __init__(self, market: SyntheticMarket, altered_after: pd.Timestamp | None = None) -> None:
+        self.market = market
+        self.after = altered_after
+
+    def get_spot_ohlc(self, underlying, start, end, timeframe):
+        bars = self.market.get_spot_ohlc(underlying, start, end, timeframe)
+        if self.after is not None and len(bars):
+            bars = bars.copy()
+            late = bars.index > self.after
+            bars.loc[late, ["open", "high", "low", "close"]] *= 1.37
+        return bars
+
+    def list_option_chain(self, underlying, as_of):
+        chain = self.market.list_option_chain(underlying, as_of)
+        if self.after is not None and pd.Timestamp(as_of) > self.after:
+            chain = [
+                replace(
+                    c,
+                    mark_price=c.mark_price * 2,
+                    bid_price=c.bid_price and c.bid_price * 2,
+                    delta=c.delta * 0.9,
+                )
+                for c in chain
+            ]
+        return chain
+
+    def get_option_ohlc(self, instrument_name, start, end, timeframe):
+        bars = self.market.get_option_ohlc(instrument_name, start, end, timeframe)
+        if self.after is not None and len(bars):
+            bars = bars.copy()
+            bars.loc[bars.index > self.after, "close"] *= 3
+        return bars if len(bars) else empty_ohlc()
+
+
+def _cfg(**kw) -> CallSimulationConfig:
+    base = dict(
+        underlying="BTC",
+        start="2024-02-01",
+        end="2024-02-20",
+        timeframe="1h",
+        decision_interval_bars=8,
+    )
+    base.update(kw)
+    return CallSimulationConfig(**base)
+
+
+def test_decision_times_stop_where_target_dte_passes_end(sim: CoveredCallSimulator) -> None:
+    d = sim.decision_times()
+    c = sim.config
+    assert d[0] == c.start_ts
+    assert set(np.diff(d.as_unit("ns").asi8)) == {4 * 3600 * 10**9}
+    assert d[-1] + pd.Timedelta(days=c.target_dte) <= c.end_ts
+    assert d[-1] + pd.Timedelta(hours=4) + pd.Timedelta(days=c.target_dte) > c.end_ts
+
+
+def test_candidates_are_in_band_liquid_and_sorted(sim: CoveredCallSimulator) -> None:
+    c = sim.config
+    seen = 0
+    for t in sim.decision_times()[::7]:
+        cands = sim.candidates(t)
+        seen += len(cands)
+        keys = [(x.expiry, x.strike) for x in cands]
+        assert keys == sorted(keys)
+        for x in cands:
+            assert x.kind == "call" and x.as_of == t
+            assert abs(x.dte_days - c.target_dte) <= c.dte_tolerance + 1e-9
+            assert abs(x.delta - c.target_delta) <= c.delta_tolerance + 1e-9
+            assert x.bid_price is not None and x.bid_price > 0 and x.premium_usd == x.bid_price
+            assert x.premium_pct == pytest.approx(x.premium_usd / x.underlying_price * 100)
+            assert x.annualized_yield_pct == pytest.approx(x.premium_pct * 365 / x.dte_days)
+            assert x.breakeven == pytest.approx(x.strike + x.premium_usd)
+            assert x.expiry <= c.end_ts
+    assert seen > 20
+
+
+def test_point_in_time_altering_the_future_changes_nothing_before(market: SyntheticMarket) -> None:
+    cfg = _cfg()
+    T = pd.Timestamp("2024-02-08T12:00Z")
+    plain = CoveredCallSimulator(ProtocolOnly(market), cfg)
+    altered = CoveredCallSimulator(ProtocolOnly(market, altered_after=T), cfg)
+    before = [t for t in plain.decision_times() if t <= T]
+    after = [t for t in plain.decision_times() if t > T]
+    assert len(before) > 10 and after
+    for t in before:
+        assert plain.build_state(t) == altered.build_state(t)
+        assert plain.candidates(t) == altered.candidates(t)
+    # the alteration is real: later decisions do see it
+    assert any(plain.build_state(t) != altered.build_state(t) for t in after)
+
+
+def test_protocol_only_source_gives_the_same_candidates_as_the_bulk_path(
+    market: SyntheticMarket,
+) -> None:
+    cfg = _cfg()
+    generic = CoveredCallSimulator(ProtocolOnly(market), cfg)
+    bulk = CoveredCallSimulator(market, cfg)
+    for t in bulk.decision_times()[::5]:
+        assert generic.candidates(t) == bulk.candidates(t)
+    a = generic.simulate_policy(always_sell())
+    b = bulk.simulate_policy(always_sell())
+    assert [x.instrument_name for x in a.trades] == [x.instrument_name for x in b.trades]
+    np.testing.assert_allclose(a.equity_curve.to_numpy(), b.equity_curve.to_numpy(), rtol=1e-9)
+
+
+def test_mark_fill_zero_fees_identity(market: SyntheticMarket) -> None:
+    cfg = CallSimulationConfig(
+        underlying="ETH",
+        start="2024-01-01",
+        end="2024-03-31",
+        fill="mark",
+        fee_rate=0.0,
+        delivery_fee_rate=0.0,
+        initial_spot_position=3.0,
+        call_size_fraction=0.5,
+    )
+    s = CoveredCallSimulator(market, cfg)
+    res = s.simulate_policy(always_sell(0.3))
+    assert len(res.trades) >= 8
+    for tr in res.trades:
+        expected = tr.size * (tr.open_mark_price - max(tr.settlement_price - tr.strike, 0.0))
+        assert tr.pnl_vs_hodl == pytest.approx(expected, rel=1e-12, abs=1e-9)
+        assert tr.size == 1.5
+    final_gap = res.equity_curve.iloc[-1] - res.hodl_curve.iloc[-1]
+    assert final_gap == pytest.approx(sum(t.pnl_vs_hodl for t in res.trades), rel=1e-10, abs=1e-6)
+    assert res.metrics["pnl_vs_hodl_usd"] == pytest.approx(final_gap)
+
+
+def test_fees_follow_deribit_formula_and_cap(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    res = sim.simulate_policy(always_sell())
+    itm = [t for t in res.trades if t.in_the_money]
+    assert res.trades and itm
+    for t in res.trades:
+        assert t.open_fee_usd == pytest.approx(
+            t.size * min(0.0003 * t.open_underlying_price, 0.125 * t.open_price)
+        )
+        payoff = max(t.settlement_price - t.strike, 0.0)
+        dfee = min(0.00015 * t.settlement_price, 0.125 * payoff) if payoff > 0 else 0.0
+        assert t.close_fee_usd == pytest.approx(t.size * dfee)
+        # coin and USD agree: each flow converted at the price of its own moment
+        assert t.payoff_usd / t.settlement_price == pytest.approx(
+            t.size * payoff / t.settlement_price
+        )
+        assert t.pnl_coin == pytest.approx(
+            (t.premium_usd - t.open_fee_usd) / t.open_underlying_price
+            - (t.payoff_usd + t.close_fee_usd) / t.settlement_price
+        )
+        assert t.pnl_vs_hodl == pytest.approx(t.premium_usd - t.fees_usd - t.payoff_usd)
+        assert t.pnl == pytest.approx(
+            t.size * (t.settlement_price - t.open_underlying_price) + t.pnl_vs_hodl
+        )
+    # a high fee rate makes the 12.5% cap bind
+    capped = CoveredCallSimulator(market, sim.config.model_copy(update={"fee_rate": 0.01}))
+    t = capped.simulate_policy(always_sell()).trades[0]
+    assert t.open_fee_usd == pytest.approx(0.125 * t.premium_usd)
+
+
+def test_same_config_same_results() -> None:
+    cfg = _cfg(end="2024-03-10")
+    a = CoveredCallSimulator(SyntheticMarket(seed=5), cfg).simulate_policy(always_sell())
+    b = CoveredCallSimulator(SyntheticMarket(seed=5), cfg).simulate_policy(always_sell())
+    assert a.trades == b.trades
+    assert a.metrics == b.metrics
+    pd.testing.assert_series_equal(a.equity_curve, b.equity_curve)
+
+
+def test_equity_curve_marks_every_bar(sim: CoveredCallSimulator) -> None:
+    res = sim.simulate_policy(always_sell())
+    bars = sim.bars.loc[sim.config.start_ts : sim.config.end_ts]
+    assert res.equity_curve.index.equals(bars.index)
+    hodl = sim.config.initial_spot_position * bars["close"].to_numpy()
+    np.testing.assert_allclose(res.hodl_curve.to_numpy(), hodl)
+    # while a call is open, equity = hodl + cash - size * mark
+    tr = res.trades[1]
+    t = tr.open_time + pd.Timedelta(hours=5)
+    mark = sim.source.option_marks([tr.instrument_name], pd.DatetimeIndex([t]))[0, 0]
+    cash_before = sum(x.premium_usd - x.fees_usd - x.payoff_usd for x in res.trades[:1])
+    cash = cash_before + tr.premium_usd - tr.open_fee_usd
+    assert res.equity_vs_hodl.loc[t] == pytest.approx(cash - tr.size * mark)
+    never = sim.simulate_policy(never_sell())
+    assert (never.equity_vs_hodl == 0).all() and never.trades == []
+
+
+def test_policy_is_asked_only_when_flat(sim: CoveredCallSimulator) -> None:
+    seen_positions = []
+
+    def spy(state, candidates):
+        seen_positions.append(state.position)
+        return candidates[0] if candidates else None
+
+    res = sim.simulate_policy(spy)
+    assert all(p is None for p in seen_positions)
+    asked = [d for d in res.decisions if d.asked]
+    assert len(asked) == len(seen_positions) and len(res.decisions) == len(sim.decision_times())
+    for a, b in zip(res.trades, res.trades[1:], strict=False):
+        assert b.open_time >= a.close_time
+
+
+def test_choice_outside_candidates_is_rejected(sim: CoveredCallSimulator) -> None:
+    def cheat(state, candidates: Sequence[CallCandidate]) -> OptionSnapshot | None:
+        if not candidates:
+            return None
+        return replace(candidates[0], instrument_name="BTC-1JAN30-1000000-C")
+
+    with pytest.raises(InvalidChoiceError, match="not one of the offered candidates"):
+        sim.simulate_policy(cheat)
+
+
+def test_bool_adapter_and_single_call(sim: CoveredCallSimulator) -> None:
+    res = sim.simulate_policy(from_bool(lambda s: True))
+    ref = sim.simulate_policy(always_sell())
+    assert [t.instrument_name for t in res.trades] == [t.instrument_name for t in ref.trades]
+    t0 = ref.trades[0].open_time
+    single = sim.simulate_single_call(t0, size=2.0)
+    assert single is not None and single.instrument_name == ref.trades[0].instrument_name
+    assert single.pnl_vs_hodl == pytest.approx(2.0 * ref.trades[0].pnl_vs_hodl)
+    assert single.max_drawdown_pct >= 0
+    # Monday 00:00: no expiry 5..9 days away -> None with a reason
+    none_t = pd.Timestamp("2024-02-05T00:00Z")
+    assert not sim.candidates(none_t)
+    assert sim.simulate_single_call(none_t, 1.0) is None
+    assert "no call within DTE" in sim.last_no_trade_reason
+
+
+def test_labels_cover_every_candidate_and_do_nothing(sim: CoveredCallSimulator) -> None:
+    labels = sim.counterfactual_labels()
+    n_dec = len(sim.decision_times())
+    assert (labels["action"] == "DO_NOTHING").sum() == n_dec
+    assert (labels["action"] == "SELL_CALL").sum() == len(sim.candidates_frame())
+    assert labels["pnl_vs_hodl"].notna().all()
+    assert (labels["regret"] >= -1e-12).all()
+    # labels agree with the trade the engine books for the same choice
+    res = sim.simulate_policy(always_sell())
+    for tr in res.trades[:5]:
+        row = labels[
+            (labels.decision_time == tr.open_time) & (labels.instrument_name == tr.instrument_name)
+        ]
+        assert row["pnl_vs_hodl"].iloc[0] == pytest.approx(tr.pnl_vs_hodl)
+        assert row["max_drawdown_pct"].iloc[0] == pytest.approx(tr.max_drawdown_pct)
+    # the oracle is never worse than doing nothing, decision by decision
+    orc = sim.simulate_policy(oracle(labels))
+    assert all(t.pnl_vs_hodl > 0 for t in orc.trades)
+
+
+def test_roll_mode_buys_back_and_asks_with_position(market: SyntheticMarket) -> None:
+    cfg = _cfg(end="2024-03-10", hold_to_expiry=False, decision_interval_bars=24)
+    s = CoveredCallSimulator(market, cfg)
+    calls = {"n": 0}
+
+    def roller(state, candidates):
+        calls["n"] += 1
+        if state.position is not None:
+            assert state.position.mark_price > 0
+            # roll once a call has lost half its value
+            if state.position.mark_price > 0.5 * state.position.open_price:
+                return None
+        return candidates[-1] if candidates else None
+
+    res = s.simulate_policy(roller)
+    early = [t for t in res.trades if t.notes == "bought back before expiry"]
+    assert early, "expected at least one roll"
+    for t in early:
+        assert t.close_time < t.expiry and t.settlement_price is None
+        assert t.pnl_vs_hodl == pytest.approx(t.premium_usd - t.fees_usd - t.payoff_usd)
+    gap = res.equity_curve.iloc[-1] - res.hodl_curve.iloc[-1]
+    assert gap == pytest.approx(sum(t.pnl_vs_hodl for t in res.trades), abs=1e-6)
+
+
+def test_config_validation_names_field_and_range() -> None:
+    with pytest.raises(ValueError, match="target_delta"):
+        _cfg(target_delta=1.5)
+    with pytest.raises(ValueError, match="end"):
+        _cfg(start="2024-03-01", end="2024-02-01")
+    with pytest.raises(ValueError, match="timeframe"):
+        _cfg(timeframe="2h")
