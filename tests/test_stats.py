@@ -1,0 +1,48 @@
+"""Paired statistics: bootstrap intervals and win/loss/tie counting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.stats import block_bootstrap_ci, paired_comparison
+
+
+def test_ci_contains_mean_and_is_deterministic() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(2.0, 1.0, 500)
+    lo, hi = block_bootstrap_ci(x, block_length=10, seed=3)
+    assert lo < x.mean() < hi
+    assert (lo, hi) == block_bootstrap_ci(x, block_length=10, seed=3)
+    assert hi - lo < 0.5
+
+
+def test_blocks_widen_the_interval_for_autocorrelated_rewards() -> None:
+    rng = np.random.default_rng(2)
+    # strongly autocorrelated series: overlapping trades
+    x = np.convolve(rng.normal(0, 1, 2000), np.ones(40) / 40, mode="valid")
+    iid = block_bootstrap_ci(x, block_length=1, seed=0)
+    blk = block_bootstrap_ci(x, block_length=40, seed=0)
+    assert (blk[1] - blk[0]) > 2 * (iid[1] - iid[0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-100, 100), min_size=2, max_size=60), st.integers(1, 10))
+def test_ci_brackets_are_ordered_and_within_range(xs: list[float], b: int) -> None:
+    lo, hi = block_bootstrap_ci(xs, block_length=b, n_resamples=200)
+    assert min(xs) - 1e-9 <= lo <= hi <= max(xs) + 1e-9
+
+
+def test_paired_counts_and_agreement() -> None:
+    a = np.array([1.0, 2.0, 0.0, -1.0, np.nan])
+    b = np.array([0.0, 2.0, 1.0, -1.0, 3.0])
+    res = paired_comparison(
+        "p", "base", a, b, ["X", "Y", None, "Z", "Q"], ["W", "Y", "V", "Z", "Q"], block_length=2
+    )
+    assert (res.wins, res.losses, res.ties, res.n) == (1, 1, 2, 4)
+    assert res.mean_diff == pytest.approx(0.0)
+    assert res.agreement_rate == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        paired_comparison("p", "b", a[:2], b, [], [], block_length=1)
