@@ -1,0 +1,375 @@
+"""`harness` command line: a thin layer over the Python API.
+
+Every command exits 0 on success and non-zero with a one-line reason on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harness import __version__
+
+out = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True)
+
+
+class CLIError(Exception):
+    """An error to report as one line and exit code 2."""
+
+
+# ---------------------------------------------------------------------- run
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.config import load_config
+    from harness.experiment import run_experiment
+
+    config = load_config(args.config)
+    summary = run_experiment(
+        config,
+        out_dir=args.out,
+        cache_mode=args.cache_mode,
+        require_llm=args.require_llm,
+        resume=args.resume,
+        quiet=args.quiet,
+    )
+    if args.quiet:
+        out.print(str(summary.run_dir))
+        return 0
+    units = "USD" if config.reward.kind == "pnl_vs_hodl" else "bps"
+    table = Table(title=f"{summary.name}: {len(summary.policies)} policies on the same decisions")
+    for col in (
+        "policy",
+        f"mean reward ({units})",
+        "mean regret",
+        "sell rate",
+        "PnL vs HODL $",
+        "Sharpe",
+        "max DD %",
+        "trades",
+    ):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for name in summary.policies:
+        m = summary.metrics[name]
+        table.add_row(
+            name,
+            f"{m['mean_reward']:,.2f}",
+            f"{m['mean_regret']:,.2f}",
+            f"{m['sell_rate']:.0%}",
+            f"{m['pnl_vs_hodl_usd']:,.0f}",
+            f"{m['sharpe']:.2f}",
+            f"{m['max_drawdown_pct']:.1f}",
+            f"{m['n_trades']:.0f}",
+        )
+    out.print(table)
+    for c in summary.comparison:
+        verdict = "significant" if c.ci_low > 0 or c.ci_high < 0 else "not significant"
+        out.print(
+            f"{c.policy} vs {c.baseline}: {c.mean_diff:+,.2f} {units}/decision "
+            f"(95% CI {c.ci_low:+,.2f} to {c.ci_high:+,.2f}, {verdict}); "
+            f"W/L/T {c.wins}/{c.losses}/{c.ties}; agreement {c.agreement_rate:.0%}"
+        )
+    for name, usage in summary.llm_usage.items():
+        out.print(
+            f"{name}: {usage['calls_made']} model calls, {usage['served_from_cache']} served from cache, "
+            f"cost ${usage['cost_usd_incurred']:.4f} (saved ${usage['cost_usd_saved']:.4f})"
+        )
+    for name, why in summary.skipped.items():
+        out.print(f"[yellow]skipped {name}[/]: {why}")
+    if summary.resumed_decisions:
+        out.print(f"resumed: {summary.resumed_decisions} finished decisions were kept")
+    out.print(f"run folder: {summary.run_dir}  ({summary.elapsed_s:.1f}s)")
+    return 0
+
+
+# ---------------------------------------------------------------------- compare
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare_runs, render_comparison, write_comparison
+
+    cmp = compare_runs(Path(args.run_a), Path(args.run_b), policy=args.policy)
+    md, _ = render_comparison(cmp)
+    out.print(md)
+    target = Path(args.out) if args.out else Path(args.run_b)
+    paths = write_comparison(cmp, target)
+    out.print(f"written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+# ---------------------------------------------------------------------- chain
+def _cmd_chain(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from harness.config import MarketConfig
+    from harness.markets import build_market
+    from harness.timestamps import to_utc
+
+    source = build_market(MarketConfig(source=args.source, seed=args.seed, path=args.path))
+    as_of = to_utc(args.as_of)
+    chain = [c for c in source.list_option_chain(args.underlying.upper(), as_of) if c.dte > 0]
+    if not chain:
+        raise CLIError(f"no options listed for {args.underlying} at {as_of.isoformat()}")
+    spot = chain[0].underlying_price
+    expiries = sorted({c.expiry for c in chain})[: args.expiries]
+    lo, hi = spot * (1 - args.width / 100), spot * (1 + args.width / 100)
+    out.print(
+        f"{args.underlying.upper()} at {as_of.isoformat()}  spot {spot:,.2f} USD  ({len(chain)} options listed)"
+    )
+    for exp in expiries:
+        rows = [c for c in chain if c.expiry == exp and lo <= c.strike <= hi]
+        calls = {c.strike: c for c in rows if c.kind == "call"}
+        puts = {c.strike: c for c in rows if c.kind == "put"}
+        dte = (exp - as_of) / pd.Timedelta(days=1)
+        t = Table(title=f"{exp:%d%b%y}".upper() + f" ({dte:.1f} days)")
+        for col in (
+            "call bid",
+            "call ask",
+            "call mark",
+            "IV",
+            "delta",
+            "strike",
+            "put delta",
+            "put bid",
+            "put ask",
+        ):
+            t.add_column(col, justify="right")
+
+        def fmt(x: float | None, spec: str = ",.2f") -> str:
+            return "-" if x is None else format(x, spec)
+
+        for k in sorted(calls.keys() | puts.keys()):
+            c, p = calls.get(k), puts.get(k)
+            t.add_row(
+                fmt(c and c.bid_price),
+                fmt(c and c.ask_price),
+                fmt(c and c.mark_price),
+                fmt(c.mark_iv * 100 if c else None, ".1f"),
+                fmt(c and c.delta, ".3f"),
+                f"[bold]{k:,.0f}[/]" if k == int(k) else f"[bold]{k:,.4f}[/]",
+                fmt(p and p.delta, ".3f"),
+                fmt(p and p.bid_price),
+                fmt(p and p.ask_price),
+            )
+        out.print(t)
+    return 0
+
+
+# ---------------------------------------------------------------------- cache
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from harness.llm.cache import ResponseCache
+
+    directory = args.dir
+    if not Path(directory).exists():
+        raise CLIError(f"no cache at {directory}")
+    with ResponseCache(directory) as cache:
+        if args.cache_command == "stats":
+            st = cache.stats()
+            out.print(f"cache {st.directory}: {st.entries} answers, {st.size_bytes / 1e6:.2f} MB")
+            for model, n in sorted(st.by_model.items()):
+                out.print(f"  {model}: {n}")
+        else:
+            n = cache.clear(model=args.model)
+            what = f"model {args.model}" if args.model else "all models"
+            out.print(f"removed {n} cached answers ({what})")
+    return 0
+
+
+# ---------------------------------------------------------------------- export
+def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from harness.dataset import export_run
+    except ImportError as exc:
+        raise CLIError(f"export is not available in this install: {exc}") from None
+    result = export_run(
+        Path(args.run_dir),
+        fmt=args.format,
+        out=Path(args.out),
+        policy=args.policy,
+        split=args.split,
+    )
+    out.print(str(result))
+    return 0
+
+
+# ---------------------------------------------------------------------- data
+def _cmd_data(args: argparse.Namespace) -> int:
+    from harness.data import importers
+
+    if args.data_command == "fetch":
+        res = importers.fetch_deribit(
+            args.underlying,
+            args.start,
+            args.end,
+            args.timeframe,
+            Path(args.out),
+            base_url=args.base_url,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+        )
+    elif args.data_command == "import-tardis":
+        res = importers.import_tardis(
+            [Path(f) for f in args.files],
+            Path(args.out),
+            timeframe=args.timeframe,
+            progress=not args.quiet,
+        )
+    else:
+        res = importers.import_cdd(
+            Path(args.file), args.underlying, Path(args.out), progress=not args.quiet
+        )
+    out.print(str(res))
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `harness` command."""
+    p = argparse.ArgumentParser(
+        prog="harness",
+        description="Evaluate LLM and rule policies that sell covered calls on Deribit-style option markets.",
+    )
+    p.add_argument("--version", action="version", version=f"harness {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser(
+        "run",
+        help="run an experiment config into a run folder",
+        description=(
+            "Replay every policy of CONFIG on the same decision times, score each decision against the "
+            "counterfactual labels, replay each portfolio, and write runs/<timestamp>-<name>/ with a report."
+        ),
+    )
+    r.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")
+    r.add_argument("--out", default="runs", help="parent folder of run folders (default: runs)")
+    r.add_argument(
+        "--cache-mode",
+        choices=["read_write", "read_only", "refresh", "off"],
+        help="override the config's LLM cache mode",
+    )
+    r.add_argument(
+        "--require-llm",
+        action="store_true",
+        help="fail instead of skipping an LLM policy that cannot run",
+    )
+    r.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run folder, skipping finished decisions",
+    )
+    r.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars; print only the run folder"
+    )
+    r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser(
+        "compare",
+        help="compare two runs decision by decision (prompt iteration)",
+        description=(
+            "Line up the decisions of RUN_A and RUN_B by decision time: where the choice changed, the reward "
+            "change with a 95% block-bootstrap interval, validity and cost changes. Writes comparison.md/.html."
+        ),
+    )
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("--policy", help="compare only this policy (default: every policy in both runs)")
+    c.add_argument("--out", help="folder for comparison.md/.html (default: RUN_B)")
+    c.set_defaults(func=_cmd_compare)
+
+    ch = sub.add_parser(
+        "chain",
+        help="print an option chain near the money",
+        description="Print the listed options around spot at an instant.",
+    )
+    ch.add_argument("--underlying", default="BTC")
+    ch.add_argument("--as-of", required=True, help="instant, e.g. 2024-03-01T08:00Z (UTC)")
+    ch.add_argument("--source", default="synthetic", choices=["synthetic", "parquet"])
+    ch.add_argument("--path", help="store folder for --source parquet")
+    ch.add_argument("--seed", type=int, default=7, help="synthetic market seed")
+    ch.add_argument("--expiries", type=int, default=3, help="how many nearest expiries to show")
+    ch.add_argument("--width", type=float, default=10.0, help="strikes within this % of spot")
+    ch.set_defaults(func=_cmd_chain)
+
+    k = sub.add_parser("cache", help="inspect or clear the LLM response cache")
+    k.add_argument("--dir", default=".cache/llm", help="cache folder (default: .cache/llm)")
+    ksub = k.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    ksub.add_parser("stats", help="entries and size per model")
+    kc = ksub.add_parser("clear", help="remove cached answers")
+    kc.add_argument("--model", help="only this model's answers")
+    k.set_defaults(func=_cmd_cache)
+
+    e = sub.add_parser(
+        "export",
+        help="export a run as training data",
+        description=(
+            "Turn a run folder into labeled examples: parquet, csv, jsonl, openai-chat (SFT), "
+            "preference (OpenAI DPO), trl-preference, rft."
+        ),
+    )
+    e.add_argument("run_dir")
+    e.add_argument(
+        "--format",
+        required=True,
+        choices=["parquet", "csv", "jsonl", "openai-chat", "preference", "trl-preference", "rft"],
+    )
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--policy", help="policy whose actions are exported (default: the baseline)")
+    e.add_argument("--split", choices=["none", "walk-forward"], default="none")
+    e.set_defaults(func=_cmd_export)
+
+    d = sub.add_parser("data", help="fetch or import real market data into the Parquet store")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    f = dsub.add_parser("fetch", help="fetch from the Deribit API: harness data fetch deribit ...")
+    f.add_argument("exchange", choices=["deribit"])
+    f.add_argument("--underlying", default="BTC")
+    f.add_argument("--start", required=True)
+    f.add_argument("--end", required=True)
+    f.add_argument("--timeframe", default="1h", choices=["1m", "5m", "15m", "1h", "4h", "1d"])
+    f.add_argument("--out", default="data")
+    f.add_argument("--base-url")
+    f.add_argument("--cache-dir")
+    imp = dsub.add_parser("import", help="import files: harness data import tardis|cdd ...")
+    isub = imp.add_subparsers(dest="import_kind", required=True, metavar="KIND")
+    it = isub.add_parser("tardis", help="Tardis.dev options_chain CSV(.gz) files")
+    it.add_argument("files", nargs="+")
+    it.add_argument("--timeframe", default="1h", choices=["1m", "5m", "15m", "1h", "4h", "1d"])
+    it.add_argument("--out", default="data")
+    ic = isub.add_parser("cdd", help="a CryptoDataDownload spot CSV")
+    ic.add_argument("file")
+    ic.add_argument("--underlying", required=True)
+    ic.add_argument("--out", default="data")
+    for sp in (f, it, ic):
+        sp.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=_cmd_data)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `harness` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "data" and args.data_command == "import":
+        args.data_command = f"import-{args.import_kind}"
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:  # one line, no traceback, unless --verbose
+        if args.verbose:
+            err.print_exception()
+        msg = str(exc).strip() or type(exc).__name__
+        err.print(f"harness {args.command}: error: {msg}", markup=False, highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,620 @@
+"""The experiment runner: every policy on the same decisions, a run folder, paired statistics.
+
+Each policy is scored at every decision time with a flat state (no open call) against the
+counterfactual labels, so rewards pair up decision by decision; each policy's portfolio is
+also replayed for equity curves and metrics. See docs/run_folder.md for the files written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness import __version__
+from harness.config import ExperimentConfig, LLMPolicyEntry, RulePolicyEntry, dump_config
+from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
+from harness.llm.client import LLMUnavailable
+from harness.markets import build_market, market_fingerprint
+from harness.policies.llm import LLMPolicy
+from harness.policies.rules import make_rule, oracle
+from harness.rewards import REWARD_UNITS, with_reward
+from harness.simulator import CoveredCallSimulator, PolicyFn
+from harness.state import DecisionState
+from harness.stats import PairedComparison, paired_comparison
+from harness.types import CallCandidate, OptionSnapshot, SimulatedTrade, SimulationResult
+
+log = logging.getLogger(__name__)
+
+LLM_HOWTO = "or replay a warm cache offline with --cache-mode read_only"
+
+
+class LLMRequiredError(RuntimeError):
+    """`--require-llm` was given and an LLM policy could not run."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run produced: where, which policies ran or were skipped, headline numbers."""
+
+    run_dir: Path
+    name: str
+    policies: list[str]
+    skipped: dict[str, str]
+    metrics: dict[str, dict[str, float]]
+    comparison: list[PairedComparison]
+    llm_usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    resumed_decisions: int = 0
+
+
+@dataclass
+class _Scored:
+    choices: list[str | None]
+    rewards: np.ndarray
+    invalid: int = 0
+    errors: int = 0
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _iso(ts: pd.Timestamp) -> str:
+    return ts.isoformat()
+
+
+def _clean(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def _read_done(path: Path) -> dict[tuple[str, str], dict]:
+    """Rows already in decisions.jsonl keyed by (policy, decision_time); a torn last line is dropped."""
+    done: dict[tuple[str, str], dict] = {}
+    if not path.exists():
+        return done
+    good: list[str] = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line a killed run was writing
+        done[(row["policy"], row["decision_time"])] = row
+        good.append(line)
+    path.write_text("".join(x + "\n" for x in good))
+    return done
+
+
+class _Guarded:
+    """Wraps a policy so a choice outside the offered candidates counts as invalid, not a crash."""
+
+    def __init__(self, policy: PolicyFn, name: str) -> None:
+        self.policy = policy
+        self.__name__ = name
+        self.invalid: dict[pd.Timestamp, str] = {}
+
+    def __call__(
+        self, state: DecisionState, candidates: Sequence[CallCandidate]
+    ) -> OptionSnapshot | None:
+        choice = self.policy(state, candidates)
+        if choice is None:
+            return None
+        for c in candidates:
+            if c is choice or c.instrument_name == getattr(choice, "instrument_name", None):
+                return c
+        self.invalid[pd.Timestamp(state.time)] = (
+            f"chose {getattr(choice, 'instrument_name', choice)!r}, not an offered candidate"
+        )
+        return None
+
+
+class ExperimentRunner:
+    """Runs one `ExperimentConfig` into a run folder."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        *,
+        out_dir: str | Path = "runs",
+        cache_mode: CacheMode | None = None,
+        require_llm: bool = False,
+        resume: str | Path | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.config = config
+        self.cache_mode: CacheMode = cache_mode or config.cache.mode
+        self.require_llm = require_llm
+        self.quiet = quiet
+        self.console = Console(stderr=True, quiet=quiet)
+        if resume is not None:
+            self.run_dir = Path(resume)
+            if not (self.run_dir / "config.yaml").exists():
+                raise FileNotFoundError(
+                    f"{self.run_dir}: not a run folder (no config.yaml) to resume"
+                )
+            if (self.run_dir / "config.yaml").read_text() != dump_config(config):
+                raise ValueError(
+                    f"{self.run_dir}: its config.yaml differs from the config given; "
+                    "resume only with the same config"
+                )
+        else:
+            stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%SZ")
+            self.run_dir = Path(out_dir) / f"{stamp}-{config.name}"
+            self.run_dir.mkdir(parents=True, exist_ok=False)
+            (self.run_dir / "config.yaml").write_text(dump_config(config))
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> RunSummary:
+        """Run every policy, write every file of the run folder and return a summary."""
+        started = pd.Timestamp.now(tz="UTC")
+        t0 = time.perf_counter()
+        cfg = self.config
+        decisions_path = self.run_dir / "decisions.jsonl"
+        done = _read_done(decisions_path)
+        with self._progress() as progress:
+            load = progress.add_task("loading market", total=None)
+            source = build_market(cfg.market)
+
+            def tick(i: int, n: int) -> None:
+                progress.update(load, completed=i, total=n)
+
+            sim = CoveredCallSimulator(source, cfg.simulation, progress=tick)
+            progress.update(load, description="labelling candidates")
+            labels = with_reward(
+                sim.counterfactual_labels(), cfg.reward.kind, cfg.reward.drawdown_penalty
+            )
+            progress.update(load, description="market loaded", completed=1, total=1)
+            times = sim.decision_times()
+            items = [(sim.build_state(t), sim.candidates(t)) for t in times]
+            self._labels = labels
+            self._index_labels(labels, times)
+
+            scored: dict[str, _Scored] = {}
+            results: dict[str, SimulationResult] = {}
+            skipped: dict[str, str] = {}
+            llm_usage: dict[str, dict[str, Any]] = {}
+            prompt_ids: dict[str, str] = {}
+            model_ids: dict[str, str] = {}
+            seeds: dict[str, Any] = {"market": cfg.market.seed, "bootstrap": cfg.seed}
+            resumed = 0
+            with ExitStack() as stack, decisions_path.open("a") as out:
+                cache = None
+                if (
+                    any(isinstance(p, LLMPolicyEntry) for p in cfg.policies)
+                    and self.cache_mode != "off"
+                ):
+                    cache = stack.enter_context(ResponseCache(cfg.cache.dir))
+                for entry in cfg.policies:
+                    policy, why = self._build_policy(entry, labels, cache, stack)
+                    if policy is None:
+                        skipped[entry.name] = why
+                        self.console.print(f"[yellow]skipped[/] {entry.name}: {why}")
+                        continue
+                    if isinstance(policy, LLMPolicy):
+                        prompt_ids[entry.name] = policy.prompt_id
+                        model_ids[entry.name] = policy.config.model
+                        seeds[entry.name] = policy.config.seed
+                        todo = [
+                            it
+                            for it in items
+                            if (entry.name, _iso(pd.Timestamp(it[0].time))) not in done
+                        ]
+                        try:
+                            if todo:
+                                policy.prefetch(todo, progress=not self.quiet)
+                        except (LLMUnavailable, CacheMissError) as exc:
+                            reason = f"{exc} ({LLM_HOWTO})"
+                            if self.require_llm:
+                                raise LLMRequiredError(f"{entry.name}: {reason}") from exc
+                            skipped[entry.name] = reason
+                            self.console.print(f"[yellow]skipped[/] {entry.name}: {exc}")
+                            continue
+                    guarded = _Guarded(policy, entry.name)
+                    try:
+                        s, n_resumed = self._score(
+                            entry.name, guarded, policy, items, times, done, out, progress
+                        )
+                        resumed += n_resumed
+                        task = progress.add_task(f"replaying {entry.name}", total=None)
+                        results[entry.name] = sim.simulate_policy(guarded, name=entry.name)
+                        progress.update(task, completed=1, total=1)
+                    except (LLMUnavailable, CacheMissError) as exc:
+                        if self.require_llm:
+                            raise LLMRequiredError(f"{entry.name}: {exc}") from exc
+                        skipped[entry.name] = str(exc)
+                        continue
+                    scored[entry.name] = s
+                    if isinstance(policy, LLMPolicy):
+                        llm_usage[entry.name] = policy.summary().as_dict()
+        ran = [p.name for p in cfg.policies if p.name in scored]
+        metrics = self._metrics(ran, scored, results, llm_usage)
+        comparison = self._compare(ran, scored, sim)
+        self._write_outputs(sim, labels, results, metrics, comparison, ran)
+        manifest = {
+            "name": cfg.name,
+            "run_id": self.run_dir.name,
+            "package_version": __version__,
+            "git_commit": _git_commit(),
+            "data_fingerprint": market_fingerprint(source, cfg.market),
+            "started_at": started.isoformat(),
+            "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
+            "status": "complete",
+            "policies": ran,
+            "baseline": cfg.baseline_name,
+            "reward": cfg.reward.model_dump(),
+            "reward_units": REWARD_UNITS[cfg.reward.kind],
+            "prompt_ids": prompt_ids,
+            "model_ids": model_ids,
+            "seeds": seeds,
+            "skipped": skipped,
+            "n_decisions": len(times),
+            "decision_period": [_iso(times[0]), _iso(times[-1])] if len(times) else None,
+            "liquidity_gates": vars(sim.gate_counts),
+            "llm_usage": llm_usage,
+            "cache_mode": self.cache_mode,
+            "resumed_decisions": resumed,
+        }
+        (self.run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        self._write_report()
+        return RunSummary(
+            run_dir=self.run_dir,
+            name=cfg.name,
+            policies=ran,
+            skipped=skipped,
+            metrics=metrics,
+            comparison=comparison,
+            llm_usage=llm_usage,
+            elapsed_s=time.perf_counter() - t0,
+            resumed_decisions=resumed,
+        )
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=self.quiet,
+        )
+
+    # ------------------------------------------------------------------ policies
+    def _build_policy(
+        self,
+        entry: RulePolicyEntry | LLMPolicyEntry,
+        labels: pd.DataFrame,
+        cache: ResponseCache | None,
+        stack: ExitStack,
+    ) -> tuple[PolicyFn | None, str]:
+        sim_cfg = self.config.simulation
+        if isinstance(entry, RulePolicyEntry):
+            if entry.rule == "oracle":
+                return oracle(labels), ""
+            params = dict(entry.params)
+            if entry.rule != "never_sell":
+                params.setdefault("target_delta", sim_cfg.target_delta)
+            return make_rule(entry.rule, params), ""
+        fallback = None
+        if entry.on_invalid not in ("do_nothing", "retry"):
+            params = (
+                {"target_delta": sim_cfg.target_delta} if entry.on_invalid != "never_sell" else {}
+            )
+            fallback = (
+                oracle(labels)
+                if entry.on_invalid == "oracle"
+                else make_rule(entry.on_invalid, params)
+            )
+        llm_cfg = entry.model_copy(update={"name": entry.name, "cache_dir": self.config.cache.dir})
+        policy = LLMPolicy.from_config(
+            llm_cfg, fallback=fallback, cache=cache, cache_mode=self.cache_mode
+        )
+        stack.callback(policy.close)
+        try:
+            policy.ensure_available()
+        except LLMUnavailable as exc:
+            reason = f"{exc} ({LLM_HOWTO})"
+            if self.require_llm:
+                raise LLMRequiredError(f"{entry.name}: {reason}") from exc
+            return None, reason
+        return policy, ""
+
+    def _index_labels(self, labels: pd.DataFrame, times: pd.DatetimeIndex) -> None:
+        t_ns = pd.DatetimeIndex(labels["decision_time"]).as_unit("ns").asi8
+        names = labels["instrument_name"].to_numpy(dtype=object)
+        rewards = labels["reward"].to_numpy(dtype=float)
+        self._reward_of = {
+            (int(t), n): float(r) for t, n, r in zip(t_ns, names, rewards, strict=True)
+        }
+        best_idx = labels.groupby("decision_time")["reward"].idxmax()
+        best = labels.loc[best_idx.to_numpy()]
+        by_t = dict(
+            zip(
+                pd.DatetimeIndex(best["decision_time"]).as_unit("ns").asi8,
+                zip(best["instrument_name"], best["reward"], strict=True),
+                strict=True,
+            )
+        )
+        self._best = [by_t[int(t)] for t in times.as_unit("ns").asi8]
+
+    def _score(
+        self,
+        name: str,
+        guarded: _Guarded,
+        policy: PolicyFn,
+        items: list[tuple[DecisionState, list[CallCandidate]]],
+        times: pd.DatetimeIndex,
+        done: dict[tuple[str, str], dict],
+        out: Any,
+        progress: Progress,
+    ) -> tuple[_Scored, int]:
+        task = progress.add_task(f"scoring {name}", total=len(items))
+        choices: list[str | None] = []
+        rewards = np.zeros(len(items))
+        invalid = errors = resumed = 0
+        for i, ((state, cands), t) in enumerate(zip(items, times, strict=True)):
+            key = (name, _iso(t))
+            prior = done.get(key)
+            if prior is not None:
+                choice_name = prior["instrument_name"]
+                rewards[i] = prior["reward"]
+                invalid += int(not prior["valid"])
+                errors += int(prior.get("error") is not None)
+                choices.append(choice_name)
+                resumed += 1
+                progress.advance(task)
+                continue
+            choice = guarded(state, cands)
+            choice_name = choice.instrument_name if choice is not None else None
+            reward = self._reward_of[(t.value, choice_name)] if choice_name else 0.0
+            best_name, best_reward = self._best[i]
+            row: dict[str, Any] = {
+                "decision_time": _iso(t),
+                "policy": name,
+                "spot": state.spot,
+                "state": {
+                    k: _clean(getattr(state, k))
+                    for k in (
+                        "return_1d",
+                        "return_7d",
+                        "realized_vol_7d",
+                        "realized_vol_30d",
+                        "atm_iv",
+                        "iv_rv_spread",
+                    )
+                },
+                "candidates": [c.instrument_name for c in cands],
+                "action": "SELL_CALL" if choice_name else "DO_NOTHING",
+                "instrument_name": choice_name,
+                "valid": True,
+                "invalid_reason": None,
+                "error": None,
+                "reward": reward,
+                "best_reward": best_reward,
+                "best_instrument": None
+                if best_name is None or best_name != best_name
+                else best_name,
+                "regret": best_reward - reward,
+                "llm": None,
+            }
+            bad = guarded.invalid.get(pd.Timestamp(t))
+            if bad:
+                row["valid"], row["invalid_reason"] = False, bad
+            if isinstance(policy, LLMPolicy):
+                rec = policy.record_for(t)
+                if rec is not None:
+                    row["valid"] = rec.valid and not bad
+                    row["invalid_reason"] = rec.invalid_reason or bad
+                    row["error"] = rec.error
+                    row["llm"] = {
+                        "model": rec.model,
+                        "prompt_id": rec.prompt_id,
+                        "cache_hit": rec.cache_hit,
+                        "calls_made": rec.calls_made,
+                        "prompt_tokens": rec.prompt_tokens,
+                        "completion_tokens": rec.completion_tokens,
+                        "cached_tokens": rec.cached_tokens,
+                        "cost_usd": rec.cost_usd,
+                        "cost_saved_usd": rec.cost_usd_saved,
+                        "latency_s": rec.latency_s,
+                        "raw": "\n---\n".join(rec.raw_answers),
+                        "rationale": rec.rationale,
+                        "fallback_used": rec.fallback_used,
+                    }
+            invalid += int(not row["valid"])
+            errors += int(row["error"] is not None)
+            out.write(json.dumps(row, default=str) + "\n")
+            out.flush()
+            choices.append(choice_name)
+            rewards[i] = reward
+            progress.advance(task)
+        return _Scored(choices=choices, rewards=rewards, invalid=invalid, errors=errors), resumed
+
+    # ------------------------------------------------------------------ outputs
+    def _metrics(
+        self,
+        ran: list[str],
+        scored: dict[str, _Scored],
+        results: dict[str, SimulationResult],
+        llm_usage: dict[str, dict[str, Any]],
+    ) -> dict[str, dict[str, float]]:
+        best = np.array([b for _, b in self._best]) if self._best else np.zeros(0)
+        out: dict[str, dict[str, float]] = {}
+        for name in ran:
+            s = scored[name]
+            n = len(s.rewards)
+            m = dict(results[name].metrics)
+            m.update(
+                {
+                    "n_decisions": float(n),
+                    "mean_reward": float(s.rewards.mean()) if n else 0.0,
+                    "total_reward": float(s.rewards.sum()),
+                    "mean_regret": float((best - s.rewards).mean()) if n else 0.0,
+                    "sell_rate": float(np.mean([c is not None for c in s.choices])) if n else 0.0,
+                    "invalid_rate": s.invalid / n if n else 0.0,
+                    "error_rate": s.errors / n if n else 0.0,
+                    "cost_usd": float(llm_usage.get(name, {}).get("cost_usd_incurred", 0.0)),
+                }
+            )
+            out[name] = m
+        return out
+
+    def _block_length(self, sim: CoveredCallSimulator) -> int:
+        c = self.config.simulation
+        spacing = sim.bar * c.decision_interval_bars
+        life = pd.Timedelta(days=c.target_dte + c.dte_tolerance)
+        return max(1, math.ceil(life / spacing))
+
+    def _compare(
+        self, ran: list[str], scored: dict[str, _Scored], sim: CoveredCallSimulator
+    ) -> list[PairedComparison]:
+        base = self.config.baseline_name
+        if base not in scored:
+            return []
+        b = scored[base]
+        block = self._block_length(sim)
+        return [
+            paired_comparison(
+                name,
+                base,
+                scored[name].rewards,
+                b.rewards,
+                scored[name].choices,
+                b.choices,
+                block_length=block,
+                seed=self.config.seed,
+            )
+            for name in ran
+            if name != base
+        ]
+
+    def _write_outputs(
+        self,
+        sim: CoveredCallSimulator,
+        labels: pd.DataFrame,
+        results: dict[str, SimulationResult],
+        metrics: dict[str, dict[str, float]],
+        comparison: list[PairedComparison],
+        ran: list[str],
+    ) -> None:
+        d = self.run_dir
+        trade_rows = []
+        for name in ran:
+            for t in results[name].trades:
+                row = {"policy": name}
+                row.update({f: getattr(t, f) for f in t.__dataclass_fields__})
+                trade_rows.append(row)
+        trade_cols = ["policy", *SimulatedTrade.__dataclass_fields__]
+        pd.DataFrame(trade_rows, columns=trade_cols).to_csv(d / "trades.csv", index=False)
+        eq = [
+            pd.DataFrame(
+                {
+                    "timestamp": r.equity_curve.index,
+                    "policy": name,
+                    "equity": r.equity_curve.to_numpy(),
+                    "hodl": r.hodl_curve.to_numpy(),
+                    "equity_vs_hodl": r.equity_vs_hodl.to_numpy(),
+                }
+            )
+            for name, r in ((n, results[n]) for n in ran)
+        ]
+        equity = (
+            pd.concat(eq, ignore_index=True)
+            if eq
+            else pd.DataFrame(columns=["timestamp", "policy", "equity", "hodl", "equity_vs_hodl"])
+        )
+        equity.to_parquet(d / "equity.parquet", index=False)
+        lab = labels.drop(columns=["best_reward", "reward_regret"], errors="ignore")
+        lab.to_parquet(d / "labels.parquet", index=False)
+        (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_float))
+        agreement = _agreement(d / "decisions.jsonl", ran)
+        (d / "comparison.json").write_text(
+            json.dumps(
+                {
+                    "baseline": self.config.baseline_name,
+                    "reward_kind": self.config.reward.kind,
+                    "block_length": self._block_length(sim),
+                    "pairs": [c.to_dict() for c in comparison],
+                    "agreement": agreement,
+                },
+                indent=2,
+                default=_json_float,
+            )
+        )
+
+    def _write_report(self) -> None:
+        try:
+            from harness.report import write_report
+        except ImportError:  # report module not available in a trimmed install
+            return
+        try:
+            write_report(self.run_dir)
+        except Exception as exc:  # the run's data is written; a broken chart must not lose it
+            log.exception("report failed")
+            self.console.print(f"[red]report failed[/]: {exc}")
+
+
+def _json_float(x: Any) -> Any:
+    if isinstance(x, np.floating | np.integer):
+        return x.item()
+    return str(x)
+
+
+def _agreement(decisions_path: Path, ran: list[str]) -> dict[str, dict[str, float]]:
+    """Share of decisions where two policies chose the same action (from decisions.jsonl)."""
+    choice: dict[str, dict[str, str | None]] = {n: {} for n in ran}
+    for line in decisions_path.read_text().splitlines():
+        row = json.loads(line)
+        if row["policy"] in choice:
+            choice[row["policy"]][row["decision_time"]] = row["instrument_name"]
+    out: dict[str, dict[str, float]] = {}
+    for a in ran:
+        out[a] = {}
+        for b in ran:
+            if a == b:
+                continue
+            common = choice[a].keys() & choice[b].keys()
+            out[a][b] = (
+                float(np.mean([choice[a][t] == choice[b][t] for t in common]))
+                if common
+                else float("nan")
+            )
+    return out
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    out_dir: str | Path = "runs",
+    cache_mode: CacheMode | None = None,
+    require_llm: bool = False,
+    resume: str | Path | None = None,
+    quiet: bool = False,
+) -> RunSummary:
+    """Run `config` and write its run folder under `out_dir` (or continue `resume`)."""
+    return ExperimentRunner(
+        config,
+        out_dir=out_dir,
+        cache_mode=cache_mode,
+        require_llm=require_llm,
+        resume=resume,
+        quiet=quiet,
+    ).run()

@@ -1,0 +1,37 @@
+"""Build the market data source an experiment config names."""
+
+from __future__ import annotations
+
+from harness.config import MarketConfig
+from harness.data.source import MarketDataSource
+from harness.data.synthetic import SyntheticMarket
+
+
+def build_market(config: MarketConfig) -> MarketDataSource:
+    """The `MarketDataSource` for `config` (synthetic, parquet store, Tardis files, Deribit API)."""
+    if config.source == "synthetic":
+        return SyntheticMarket(seed=config.seed)
+    if config.source == "parquet":
+        from harness.data.files import FileDataSource
+
+        return FileDataSource(config.path)  # type: ignore[arg-type]
+    if config.source == "tardis":
+        from harness.data.tardis import TardisDataSource
+
+        return TardisDataSource(config.files or [config.path])  # type: ignore[list-item]
+    from harness.data.deribit import DeribitDataSource
+
+    kwargs = {}
+    if config.base_url:
+        kwargs["base_url"] = config.base_url
+    if config.cache_dir:
+        kwargs["cache_dir"] = config.cache_dir
+    return DeribitDataSource(**kwargs)
+
+
+def market_fingerprint(source: MarketDataSource, config: MarketConfig) -> str:
+    """A short description identifying the market data of a run."""
+    fp = getattr(source, "fingerprint", None)
+    if callable(fp):
+        return str(fp())
+    return f"{config.source}({config.path or ','.join(config.files) or config.base_url or ''})"
