@@ -1,0 +1,164 @@
+"""Retry policy for chat calls (tenacity): which errors to retry and how long to wait."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+)
+
+log = logging.getLogger("harness.llm")
+
+# Status codes worth another attempt: request timeout, conflict/lock, rate limit, server errors.
+_RETRY_STATUS = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How chat calls are retried; all durations in seconds."""
+
+    max_attempts: int = 5  # HTTP attempts per request, the first included
+    max_total_s: float = 300.0  # no new attempt would start after this much time
+    initial_backoff_s: float = 1.0  # first exponential wait (before jitter)
+    max_backoff_s: float = 30.0  # cap of one exponential wait
+    max_retry_after_s: float = 120.0  # cap of a server-requested Retry-After wait
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if min(self.max_total_s, self.initial_backoff_s, self.max_backoff_s) < 0:
+            raise ValueError("retry durations must be >= 0")
+
+
+class MalformedResponse(openai.OpenAIError):
+    """An HTTP 200 whose body is not a chat completion (proxy hiccup, truncated body)."""
+
+
+def is_quota_exhausted(exc: BaseException) -> bool:
+    """True for a 429 that means the account is out of credit, which waiting will not fix."""
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code != 429:
+        return False
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body)
+    fields = (
+        [error.get("code"), error.get("type"), exc.code, exc.type]
+        if isinstance(error, dict)
+        else []
+    )
+    return any(
+        f in ("insufficient_quota", "quota_exceeded", "billing_hard_limit_reached") for f in fields
+    )
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for errors another attempt may fix: timeouts, connection errors, 408/409/429, 5xx."""
+    if isinstance(exc, openai.APIConnectionError | MalformedResponse):  # includes timeouts
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        if is_quota_exhausted(exc):
+            return False
+        return exc.status_code in _RETRY_STATUS or exc.status_code >= 500
+    return False
+
+
+def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds a server asked us to wait (`retry-after-ms`, `retry-after` seconds or HTTP date)."""
+    if not headers:
+        return None
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / divisor
+        except ValueError:
+            if name == "retry-after":
+                try:
+                    when = email.utils.parsedate_to_datetime(value)
+                except (TypeError, ValueError):
+                    continue
+                return max(0.0, when.timestamp() - time.time())
+            continue
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    return None
+
+
+class WaitRetryAfterOrBackoff:
+    """Wait what `Retry-After` says on 429/503, else exponential backoff with full jitter."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, openai.APIStatusError) and exc.status_code in (429, 503):
+            try:
+                headers = exc.response.headers
+            except Exception:  # a hand-built error without a response
+                headers = None
+            server_wait = retry_after_s(headers)
+            if server_wait is not None:
+                return min(server_wait, self.policy.max_retry_after_s)
+        ceiling = min(
+            self.policy.max_backoff_s,
+            self.policy.initial_backoff_s * 2.0 ** (retry_state.attempt_number - 1),
+        )
+        # Full jitter spreads the retries of many concurrent decisions apart.
+        return random.uniform(0.0, ceiling)
+
+
+def _log_before_sleep(retry_state: RetryCallState) -> None:
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    log.info(
+        "LLM call attempt %d failed (%s); retrying in %.2fs",
+        retry_state.attempt_number,
+        describe_error(exc) if exc else "?",
+        retry_state.upcoming_sleep,
+    )
+
+
+def _common(policy: RetryPolicy) -> dict[str, Any]:
+    return {
+        "stop": stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_total_s),
+        "wait": WaitRetryAfterOrBackoff(policy),
+        "retry": retry_if_exception(is_retryable),
+        "before_sleep": _log_before_sleep,
+        "reraise": True,  # callers see the last real error, not tenacity.RetryError
+    }
+
+
+def sync_retrying(policy: RetryPolicy) -> Retrying:
+    """A tenacity `Retrying` implementing `policy` for blocking calls."""
+    return Retrying(**_common(policy))
+
+
+def async_retrying(policy: RetryPolicy) -> AsyncRetrying:
+    """A tenacity `AsyncRetrying` implementing `policy` for coroutines."""
+    return AsyncRetrying(**_common(policy))
+
+
+def describe_error(exc: BaseException) -> str:
+    """Short, key-free description of a call error for records and logs."""
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"connection error: {exc.__cause__ or exc}"
+    if isinstance(exc, openai.APIStatusError):
+        message = exc.message if isinstance(exc.message, str) else str(exc)
+        return f"HTTP {exc.status_code}: {message[:300]}"
+    return f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -1,0 +1,726 @@
+"""LLMPolicy: a prompt + model turned into a replayable covered-call policy.
+
+At each decision it renders the prompt from the state and the candidate table, asks the model
+(through the response cache), validates the answer against the contract, and returns the chosen
+candidate or None (DO_NOTHING). `prefetch` asks many decisions concurrently first so the
+sequential replay only reads the cache. Every decision leaves an `LLMDecisionRecord`.
+
+Errors: a bad answer never raises (it is recorded as invalid and `on_invalid` applies); a call
+that still fails after its retries is recorded as an error and the decision is DO_NOTHING unless
+`on_error="abort"`. `LLMUnavailable` (missing/rejected API key, unknown model, no quota) and
+`CacheMissError` (read_only cache without the answer) do raise: the run cannot be meaningful.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from harness.llm.anonymize import Anchor, AnonymizedView, PlainView
+from harness.llm.cache import (
+    CachedResponse,
+    CacheLookup,
+    CacheMissError,
+    CacheMode,
+    ResponseCache,
+    cache_key,
+    canonical_json,
+)
+from harness.llm.client import (
+    DEFAULT_API_KEY_ENV,
+    ChatClient,
+    ChatRequest,
+    ChatResponse,
+    LLMCallError,
+    LLMUnavailable,
+)
+from harness.llm.contract import AnswerCheck, response_format_for, validate_answer
+from harness.llm.cost import PriceTable, Usage
+from harness.llm.prompts import PromptTemplate, build_context, load_prompt
+from harness.llm.ratelimit import RateLimiter
+from harness.llm.retry import RetryPolicy
+from harness.state import DecisionState
+from harness.timestamps import TimestampLike, to_utc
+from harness.types import CallCandidate
+
+Policy = Callable[[DecisionState, Sequence[CallCandidate]], CallCandidate | None]
+BUILTIN_ON_INVALID = ("do_nothing", "retry")
+
+
+class LLMPolicyConfig(BaseModel):
+    """Settings of an LLM policy (the `llm` policy block of an experiment config)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1, description="Model name as the server knows it.")
+    prompt: str = Field("covered_call_v1", description="Prompt name in prompts/ (or a path stem).")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = OpenAI.")
+    api_key_env: str | None = Field(
+        DEFAULT_API_KEY_ENV,
+        description="Env var holding the API key; None for local servers that need no key.",
+    )
+    temperature: float | None = Field(0.0, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, description="Sent as seed + sample index when set.")
+    max_tokens: int | None = Field(400, ge=1, description="Answer token budget.")
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    samples: int = Field(1, ge=1, le=64, description="Answers per decision, majority vote.")
+    on_invalid: str = Field(
+        "do_nothing", min_length=1, description="do_nothing | retry | <rule policy name>."
+    )
+    on_error: Literal["record", "abort"] = "record"
+    max_concurrency: int = Field(8, ge=1, le=4096, description="Requests in flight in prefetch.")
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    timeout_s: float = Field(60.0, gt=0, description="Per HTTP request, seconds.")
+    max_attempts: int = Field(5, ge=1, le=100, description="HTTP attempts per request.")
+    max_total_s: float = Field(300.0, gt=0, description="Retry budget per request, seconds.")
+    initial_backoff_s: float = Field(1.0, ge=0)
+    max_backoff_s: float = Field(30.0, ge=0)
+    max_retry_after_s: float = Field(120.0, ge=0)
+    structured_output: bool = Field(
+        True, description="Ask with a strict JSON-schema response_format (auto fallback)."
+    )
+    anonymize: bool = Field(False, description="Relative days, indexed prices, aliases.")
+    cache_mode: CacheMode = "read_write"
+    cache_dir: str | None = Field(
+        None, description="Response cache directory (default .cache/llm)."
+    )
+    prompts_dir: str | None = None
+    prices_path: str | None = Field(None, description="Override file for model prices.")
+    name: str | None = Field(None, description="Policy name in reports.")
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMPolicyConfig:
+        if self.api_key_env is not None and not self.api_key_env.strip():
+            raise ValueError("api_key_env must be an environment variable name or null")
+        return self
+
+    @property
+    def policy_name(self) -> str:
+        """`name`, else 'llm:<model>:<prompt>' (+ ':anon')."""
+        if self.name:
+            return self.name
+        return f"llm:{self.model}:{self.prompt}" + (":anon" if self.anonymize else "")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LLMDecisionRecord:
+    """What the LLM policy did at one decision (tokens are the original usage of the answers
+    used, cached or not; `cost_usd` is what this run paid, `cost_usd_saved` what the cache saved).
+    """
+
+    decision_time: pd.Timestamp
+    policy: str
+    model: str
+    prompt_id: str
+    raw_answers: tuple[str, ...]  # every answer text received, retries included, in order
+    action: str | None  # SELL_CALL / DO_NOTHING of the decision, None when it failed
+    instrument_name: str | None  # real instrument name of the decision (mapped back)
+    rationale: str = ""
+    valid: bool
+    invalid_reason: str | None = None
+    error: str | None = None
+    fallback_used: bool = False
+    cache_hit: bool  # every answer came from the cache (no HTTP request)
+    calls_made: int  # HTTP requests made for this decision, failed ones included
+    samples: int = 1
+    votes: dict[str, int] = field(default_factory=dict)  # choice ('DO_NOTHING' or name) -> votes
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_usd_saved: float = 0.0
+    latency_s: float = 0.0  # wall time of the decision, seconds
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (time as ISO text)."""
+        out = asdict(self)
+        out["decision_time"] = self.decision_time.isoformat()
+        out["raw_answers"] = list(self.raw_answers)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LLMRunSummary:
+    """Totals of an LLM policy so far (tokens and cost incurred count live HTTP answers only)."""
+
+    policy: str
+    model: str
+    prompt_id: str
+    decisions: int
+    calls_made: int
+    served_from_cache: int  # answers read from the cache or shared with an identical request
+    decisions_from_cache: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd_incurred: float
+    cost_usd_saved: float
+    invalid: int
+    errors: int
+    fallback_used: int
+    model_priced: bool  # False: the price table does not list the model, costs show as 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict."""
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Asked:
+    """One request's outcome inside a decision."""
+
+    request: ChatRequest
+    lookup: CacheLookup | None = None
+    error: str | None = None
+    calls: int = 0
+    check: AnswerCheck | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    time: pd.Timestamp
+    messages: tuple[tuple[str, str], ...]
+    names: dict[str, str]  # shown name -> real instrument name
+    requests: tuple[ChatRequest, ...]
+    key: str  # identity of the decision's prompt and settings
+
+
+@dataclass(slots=True)
+class _Totals:
+    calls: int = 0
+    served: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost: float = 0.0
+    saved: float = 0.0
+
+
+class LLMPolicy:
+    """`policy(state, candidates) -> CallCandidate | None` backed by a chat model."""
+
+    def __init__(
+        self,
+        *,
+        fallback: Policy | None = None,
+        cache: ResponseCache | None = None,
+        cache_mode: CacheMode | None = None,
+        **config: Any,
+    ) -> None:
+        self._setup(LLMPolicyConfig(**config), fallback, cache, cache_mode)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: LLMPolicyConfig,
+        *,
+        fallback: Policy | None = None,
+        cache: ResponseCache | None = None,
+        cache_mode: CacheMode | None = None,
+    ) -> LLMPolicy:
+        """Build from a validated `LLMPolicyConfig`."""
+        self = cls.__new__(cls)
+        self._setup(config, fallback, cache, cache_mode)
+        return self
+
+    def _setup(
+        self,
+        config: LLMPolicyConfig,
+        fallback: Policy | None,
+        cache: ResponseCache | None,
+        cache_mode: CacheMode | None,
+    ) -> None:
+        if config.on_invalid not in BUILTIN_ON_INVALID and fallback is None:
+            raise ValueError(
+                f"on_invalid={config.on_invalid!r} names a rule policy: pass it as `fallback`"
+            )
+        self.config = config
+        self.name = config.policy_name
+        self.fallback = fallback if config.on_invalid not in BUILTIN_ON_INVALID else None
+        self.cache_mode: CacheMode = cache_mode or config.cache_mode
+        self.template: PromptTemplate = load_prompt(config.prompt, config.prompts_dir)
+        self.prompt_id = self.template.prompt_id
+        self.prices = PriceTable.load(config.prices_path)
+        self.client = ChatClient(
+            base_url=config.base_url,
+            api_key_env=config.api_key_env,
+            timeout_s=config.timeout_s,
+            retry=RetryPolicy(
+                max_attempts=config.max_attempts,
+                max_total_s=config.max_total_s,
+                initial_backoff_s=config.initial_backoff_s,
+                max_backoff_s=config.max_backoff_s,
+                max_retry_after_s=config.max_retry_after_s,
+            ),
+            rate_limiter=RateLimiter(config.requests_per_minute, config.tokens_per_minute),
+            max_concurrency=config.max_concurrency,
+        )
+        self._owns_cache = cache is None and self.cache_mode != "off"
+        self.cache = ResponseCache(config.cache_dir) if self._owns_cache else cache
+        self._anchor: Anchor | None = None
+        self._records: list[LLMDecisionRecord] = []
+        self._by_time: dict[pd.Timestamp, LLMDecisionRecord] = {}
+        self._memo: dict[str, LLMDecisionRecord] = {}
+        self._totals = _Totals()
+
+    def __repr__(self) -> str:
+        return f"LLMPolicy(name={self.name!r}, prompt_id={self.prompt_id!r})"
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def __call__(
+        self, state: DecisionState, candidates: Sequence[CallCandidate]
+    ) -> CallCandidate | None:
+        """Decide at `state`: a candidate to sell, or None for DO_NOTHING."""
+        if not candidates:
+            self._note_empty(state)
+            return None
+        plan = self._plan(state, candidates)
+        record = self._memo.get(plan.key)
+        if record is None:
+            started = time.perf_counter()
+            asked = [self._ask(r, plan.time) for r in plan.requests]
+            retries = self._retry_requests(plan, asked)
+            asked += [self._ask(r, plan.time) for r in retries]
+            record = self._conclude(plan, asked, state, candidates, started)
+        return self._choice(record, state, candidates)
+
+    def prefetch(
+        self,
+        items: Sequence[tuple[DecisionState, Sequence[CallCandidate]]],
+        progress: bool = True,
+    ) -> LLMRunSummary:
+        """Ask all decisions concurrently (bounded by max_concurrency and rate limits)."""
+        if self.config.anonymize and self._anchor is None and items:
+            first = min(items, key=lambda item: to_utc(item[0].time))[0]
+            self.set_anchor(first.time, first.spot)
+        plans: list[tuple[_Plan, DecisionState, Sequence[CallCandidate]]] = []
+        seen: set[str] = set()
+        for state, candidates in items:
+            if not candidates:
+                continue
+            plan = self._plan(state, candidates)
+            if plan.key not in self._memo and plan.key not in seen:
+                seen.add(plan.key)
+                plans.append((plan, state, candidates))
+        if plans:
+            _run_coroutine(lambda: self._aprefetch(plans, progress))
+        return self.summary()
+
+    def record_for(self, decision_time: TimestampLike) -> LLMDecisionRecord | None:
+        """The record of the decision at `decision_time` (the latest if asked twice), or None."""
+        return self._by_time.get(to_utc(decision_time))
+
+    @property
+    def records(self) -> list[LLMDecisionRecord]:
+        """Records of every decision asked, in the order they were concluded."""
+        return list(self._records)
+
+    def summary(self) -> LLMRunSummary:
+        """Calls made, answers served from cache, tokens, cost incurred and saved, failures."""
+        t = self._totals
+        return LLMRunSummary(
+            policy=self.name,
+            model=self.config.model,
+            prompt_id=self.prompt_id,
+            decisions=len(self._records),
+            calls_made=t.calls,
+            served_from_cache=t.served,
+            decisions_from_cache=sum(r.cache_hit for r in self._records),
+            prompt_tokens=t.usage.prompt_tokens,
+            completion_tokens=t.usage.completion_tokens,
+            cached_tokens=t.usage.cached_tokens,
+            cost_usd_incurred=t.cost,
+            cost_usd_saved=t.saved,
+            invalid=sum(not r.valid and r.error is None for r in self._records),
+            errors=sum(r.error is not None for r in self._records),
+            fallback_used=sum(r.fallback_used for r in self._records),
+            model_priced=self.prices.price_for(self.config.model) is not None,
+        )
+
+    def set_anchor(self, anchor_time: TimestampLike, anchor_spot: float) -> None:
+        """Fix day 0 and the spot shown as 100 when anonymizing (default: first state seen)."""
+        self._anchor = Anchor(to_utc(anchor_time), float(anchor_spot))
+
+    def ensure_available(self) -> None:
+        """Raise `LLMUnavailable` now if a live call would need a missing API key."""
+        if self.cache_mode != "read_only":
+            self.client.check_available()
+
+    def close(self) -> None:
+        """Close the HTTP client, and the cache if this policy opened it."""
+        self.client.close()
+        if self._owns_cache and self.cache is not None:
+            self.cache.close()
+
+    def __enter__(self) -> LLMPolicy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def _view(self, state: DecisionState) -> PlainView | AnonymizedView:
+        if not self.config.anonymize:
+            return PlainView()
+        if self._anchor is None:
+            self.set_anchor(state.time, state.spot)
+        assert self._anchor is not None
+        return AnonymizedView(self._anchor)
+
+    def _plan(self, state: DecisionState, candidates: Sequence[CallCandidate]) -> _Plan:
+        context, names = build_context(state, candidates, self._view(state))
+        system, user = self.template.render(context)
+        messages = (("system", system), ("user", user))
+        cfg = self.config
+        response_format = (
+            canonical_json(response_format_for(list(names))) if cfg.structured_output else None
+        )
+        requests = tuple(
+            ChatRequest(
+                model=cfg.model,
+                messages=messages,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                # Distinct seeds per sample: with a fixed seed k samples would be k copies.
+                seed=None if cfg.seed is None else cfg.seed + i,
+                max_tokens=cfg.max_tokens,
+                max_tokens_param=cfg.max_tokens_param,
+                response_format=response_format,
+                sample_index=i,
+            )
+            for i in range(cfg.samples)
+        )
+        key = cache_key(requests[0].key_payload(self.client.base_url))
+        return _Plan(to_utc(state.time), messages, names, requests, key)
+
+    def _retry_requests(self, plan: _Plan, asked: list[_Asked]) -> list[ChatRequest]:
+        if self.config.on_invalid != "retry":
+            return []
+        out = []
+        for a in asked:
+            a.check = self._check(a, plan)
+            if a.lookup is None or a.check.valid:
+                continue
+            names = ", ".join(plan.names)
+            feedback = (
+                f"Your answer was invalid: {a.check.reason}. Reply again with exactly one JSON "
+                f'object: {{"action": "SELL_CALL", "instrument_name": <one of: {names}>, '
+                f'"rationale": "..."}} or {{"action": "DO_NOTHING", "instrument_name": null, '
+                f'"rationale": "..."}}.'
+            )
+            messages = (
+                *plan.messages,
+                ("assistant", a.lookup.entry.text or "(empty answer)"),
+                ("user", feedback),
+            )
+            out.append(
+                ChatRequest(
+                    model=a.request.model,
+                    messages=messages,
+                    temperature=a.request.temperature,
+                    top_p=a.request.top_p,
+                    seed=a.request.seed,
+                    max_tokens=a.request.max_tokens,
+                    max_tokens_param=a.request.max_tokens_param,
+                    response_format=a.request.response_format,
+                    sample_index=a.request.sample_index,
+                )
+            )
+        return out
+
+    # -- asking --------------------------------------------------------------------------------
+
+    def _entry(self, response: ChatResponse) -> CachedResponse:
+        return CachedResponse(
+            text=response.text,
+            finish_reason=response.finish_reason,
+            usage=response.usage,
+            cost_usd=self.prices.cost_usd(self.config.model, response.usage),
+            latency_s=response.latency_s,
+            attempts=response.attempts,
+            schema_fallback=response.schema_fallback,
+            response=response.raw,
+        )
+
+    def _miss(self, when: pd.Timestamp) -> CacheMissError:
+        return CacheMissError(
+            f"no cached answer for the decision at {when.isoformat()} (policy {self.name}, "
+            f"prompt {self.prompt_id}); the cache "
+            f"{self.cache.directory if self.cache else ''} is read_only"
+        )
+
+    def _account(self, asked: _Asked) -> _Asked:
+        if asked.lookup is not None:
+            entry = asked.lookup.entry
+            if asked.lookup.hit:
+                self._totals.served += 1
+                self._totals.saved += entry.cost_usd
+            else:
+                asked.calls = entry.attempts
+                self._totals.usage += entry.usage
+                self._totals.cost += entry.cost_usd
+        self._totals.calls += asked.calls
+        return asked
+
+    def _ask(self, request: ChatRequest, when: pd.Timestamp) -> _Asked:
+        payload = request.key_payload(self.client.base_url)
+
+        def compute() -> CachedResponse:
+            return self._entry(self.client.complete(request))
+
+        try:
+            if self.cache is None:
+                lookup = CacheLookup(compute(), "live")
+            else:
+                lookup = self.cache.get_or_compute(payload, compute, mode=self.cache_mode)
+        except CacheMissError:
+            raise self._miss(when) from None
+        except LLMCallError as exc:
+            return self._account(_Asked(request, error=str(exc), calls=exc.attempts))
+        return self._account(_Asked(request, lookup=lookup))
+
+    async def _aask(self, request: ChatRequest, when: pd.Timestamp) -> _Asked:
+        payload = request.key_payload(self.client.base_url)
+
+        async def compute() -> CachedResponse:
+            return self._entry(await self.client.acomplete(request))
+
+        try:
+            if self.cache is None:
+                lookup = CacheLookup(await compute(), "live")
+            else:
+                lookup = await self.cache.aget_or_compute(payload, compute, mode=self.cache_mode)
+        except CacheMissError:
+            raise self._miss(when) from None
+        except LLMCallError as exc:
+            return self._account(_Asked(request, error=str(exc), calls=exc.attempts))
+        return self._account(_Asked(request, lookup=lookup))
+
+    async def _adecide(
+        self, plan: _Plan, state: DecisionState, candidates: Sequence[CallCandidate]
+    ) -> LLMDecisionRecord:
+        started = time.perf_counter()
+        asked = list(await asyncio.gather(*(self._aask(r, plan.time) for r in plan.requests)))
+        retries = self._retry_requests(plan, asked)
+        if retries:
+            asked += await asyncio.gather(*(self._aask(r, plan.time) for r in retries))
+        return self._conclude(plan, asked, state, candidates, started)
+
+    async def _aprefetch(
+        self,
+        plans: list[tuple[_Plan, DecisionState, Sequence[CallCandidate]]],
+        progress: bool,
+    ) -> None:
+        bar = _Progress(len(plans), self) if progress else None
+        try:
+
+            async def one(item: tuple[_Plan, DecisionState, Sequence[CallCandidate]]) -> None:
+                await self._adecide(*item)
+                if bar is not None:
+                    bar.advance()
+
+            await asyncio.gather(*(one(item) for item in plans))
+        finally:
+            if bar is not None:
+                bar.close()
+            await self.client.aclose()
+
+    # -- concluding ----------------------------------------------------------------------------
+
+    def _check(self, asked: _Asked, plan: _Plan) -> AnswerCheck:
+        if asked.check is None:
+            text = asked.lookup.entry.text if asked.lookup is not None else None
+            asked.check = validate_answer(text, list(plan.names))
+        return asked.check
+
+    def _conclude(
+        self,
+        plan: _Plan,
+        asked: list[_Asked],
+        state: DecisionState,
+        candidates: Sequence[CallCandidate],
+        started: float,
+    ) -> LLMDecisionRecord:
+        samples = self.config.samples
+        by_sample: dict[int, list[_Asked]] = {}
+        for a in asked:
+            by_sample.setdefault(a.request.sample_index, []).append(a)
+        votes: Counter[str | None] = Counter()
+        rationale: dict[str | None, str] = {}
+        reasons: list[str] = []
+        errors = [a.error for a in asked if a.error is not None]
+        for group in by_sample.values():
+            answered = [a for a in group if a.lookup is not None]
+            for a in answered:
+                check = self._check(a, plan)
+                if not check.valid and check.reason:
+                    reasons.append(check.reason)
+            # With on_invalid=retry only the sample's last answer may vote.
+            last = self._check(answered[-1], plan) if answered else None
+            if last is not None and last.valid and last.answer is not None:
+                choice = last.answer.instrument_name
+                votes[choice] += 1
+                rationale.setdefault(choice, last.answer.rationale)
+
+        if errors and self.config.on_error == "abort":
+            raise LLMCallError(
+                f"{self.name}: decision at {plan.time.isoformat()} failed: {errors[0]}",
+                attempts=sum(a.calls for a in asked),
+            )
+        valid = bool(votes)
+        shown: str | None = None
+        action: str | None = None
+        if valid:
+            top = max(votes.values())
+            tied = [c for c in votes if votes[c] == top]
+            # Ties go to DO_NOTHING: selling is the action that needs a majority.
+            shown = None if None in tied else tied[0]
+            action = "DO_NOTHING" if shown is None else "SELL_CALL"
+        # The rule fallback replaces invalid answers; a decision with only transport errors is
+        # DO_NOTHING (the model was never heard).
+        fallback_used = not valid and bool(reasons) and self.fallback is not None
+
+        instrument = plan.names.get(shown) if shown is not None else None
+        if fallback_used:
+            assert self.fallback is not None
+            pick = self.fallback(state, candidates)
+            instrument = pick.instrument_name if pick is not None else None
+            action = "SELL_CALL" if pick is not None else "DO_NOTHING"
+
+        lookups = [a.lookup for a in asked if a.lookup is not None]
+        usage = sum((lk.entry.usage for lk in lookups), Usage())
+        record = LLMDecisionRecord(
+            decision_time=plan.time,
+            policy=self.name,
+            model=self.config.model,
+            prompt_id=self.prompt_id,
+            raw_answers=tuple(lk.entry.text for lk in lookups),
+            action=action,
+            instrument_name=instrument,
+            rationale=rationale.get(shown, "") if valid else "",
+            valid=valid,
+            invalid_reason=None if valid else ("; ".join(dict.fromkeys(reasons)) or None),
+            error="; ".join(dict.fromkeys(errors)) or None,
+            fallback_used=fallback_used,
+            cache_hit=bool(lookups) and all(lk.hit for lk in lookups) and not errors,
+            calls_made=sum(a.calls for a in asked),
+            samples=samples,
+            votes={
+                ("DO_NOTHING" if c is None else plan.names.get(c, c)): n for c, n in votes.items()
+            },
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost_usd=sum(lk.entry.cost_usd for lk in lookups if not lk.hit),
+            cost_usd_saved=sum(lk.entry.cost_usd for lk in lookups if lk.hit),
+            latency_s=time.perf_counter() - started,
+        )
+        self._store(plan.key, record)
+        return record
+
+    def _store(self, key: str | None, record: LLMDecisionRecord) -> None:
+        self._records.append(record)
+        self._by_time[record.decision_time] = record
+        if key is not None:
+            self._memo[key] = record
+
+    def _note_empty(self, state: DecisionState) -> None:
+        when = to_utc(state.time)
+        if when in self._by_time and self._by_time[when].note == "no candidates":
+            return
+        self._store(
+            None,
+            LLMDecisionRecord(
+                decision_time=when,
+                policy=self.name,
+                model=self.config.model,
+                prompt_id=self.prompt_id,
+                raw_answers=(),
+                action="DO_NOTHING",
+                instrument_name=None,
+                valid=True,
+                cache_hit=False,
+                calls_made=0,
+                samples=0,
+                note="no candidates",
+            ),
+        )
+
+    def _choice(
+        self,
+        record: LLMDecisionRecord,
+        state: DecisionState,
+        candidates: Sequence[CallCandidate],
+    ) -> CallCandidate | None:
+        if record.fallback_used and self.fallback is not None:
+            # The rule policy sees this call's state (the replay's, not the scoring pass's).
+            return self.fallback(state, candidates)
+        if record.instrument_name is None:
+            return None
+        for c in candidates:
+            if c.instrument_name == record.instrument_name:
+                return c
+        return None
+
+
+class _Progress:
+    """Rich progress bar with calls, cache hits, tokens and cost so far."""
+
+    def __init__(self, total: int, policy: LLMPolicy) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._policy = policy
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            transient=False,
+        )
+        self._task = self._progress.add_task(policy.name, total=total, stats=self._stats())
+        self._progress.start()
+
+    def _stats(self) -> str:
+        t = self._policy._totals
+        return (
+            f"calls {t.calls} | cache hits {t.served} | "
+            f"tokens {t.usage.total_tokens:,} | ${t.cost:.4f} (saved ${t.saved:.4f})"
+        )
+
+    def advance(self) -> None:
+        self._progress.update(self._task, advance=1, stats=self._stats())
+
+    def close(self) -> None:
+        self._progress.update(self._task, stats=self._stats())
+        self._progress.stop()
+
+
+def _run_coroutine(factory: Callable[[], Any]) -> Any:
+    """Run a coroutine to completion, also when called from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+__all__ = [
+    "LLMCallError",
+    "LLMDecisionRecord",
+    "LLMPolicy",
+    "LLMPolicyConfig",
+    "LLMRunSummary",
+    "LLMUnavailable",
+]

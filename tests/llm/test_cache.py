@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.llm.cache import (
+    CachedResponse,
+    CacheMissError,
+    ResponseCache,
+    cache_key,
+    canonical_json,
+)
+from harness.llm.client import ChatRequest
+from harness.llm.cost import Usage
+
+
+def _payload(model: str = "gpt-4o-mini", content: str = "hello", **extra: object) -> dict:
+    request = ChatRequest(model=model, messages=(("user", content),), max_tokens=50)
+    return {**request.key_payload("http://127.0.0.1:1/v1"), **extra}
+
+
+def _answer(text: str = '{"action": "DO_NOTHING"}', cost: float = 0.25) -> CachedResponse:
+    return CachedResponse(text=text, usage=Usage(100, 10, 0), cost_usd=cost, latency_s=0.5)
+
+
+def test_key_is_canonical_and_covers_what_changes_the_output() -> None:
+    base = _payload()
+    assert cache_key(base) == cache_key(dict(reversed(list(base.items()))))
+    assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
+    variants = [
+        {**base, "model": "gpt-4o"},
+        {**base, "base_url": "http://other/v1"},
+        {**base, "messages": [{"role": "user", "content": "hello!"}]},
+        {**base, "temperature": 0.5},
+        {**base, "top_p": 0.9},
+        {**base, "seed": 7},
+        {**base, "max_tokens": 51},
+        {**base, "response_format": {"type": "json_object"}},
+        {**base, "sample_index": 1},
+    ]
+    keys = {cache_key(v) for v in variants}
+    assert len(keys) == len(variants) and cache_key(base) not in keys
+    # Nothing about credentials, timeouts or concurrency is part of the payload.
+    assert not {"api_key", "timeout", "max_concurrency"} & set(base)
+
+
+def test_roundtrip_stores_readable_payload_usage_and_latency(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path) as cache:
+        lookup = cache.get_or_compute(_payload(), _answer)
+        assert lookup.source == "live" and not lookup.hit
+        again = cache.get_or_compute(_payload(), lambda: pytest.fail("must not compute"))
+        assert again.source == "cache" and again.hit
+        entry = again.entry
+        assert entry.key == cache_key(_payload())
+        assert entry.key_payload["messages"] == [{"role": "user", "content": "hello"}]
+        assert (
+            entry.usage == Usage(100, 10, 0) and entry.latency_s == 0.5 and entry.cost_usd == 0.25
+        )
+        assert entry.created_at
+    # The value is readable JSON in the sqlite file, next to its payload.
+    rows = sqlite3.connect(tmp_path / "cache.db").execute("SELECT value FROM Cache").fetchall()
+    stored = json.loads(rows[0][0])
+    assert stored["key_payload"]["model"] == "gpt-4o-mini" and stored["text"]
+
+
+def test_store_survives_reopening_and_never_evicts(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path) as cache:
+        cache.get_or_compute(_payload(), _answer)
+        assert cache._store.eviction_policy == "none"
+    with ResponseCache(tmp_path, mode="read_only") as cache:
+        assert cache.get_or_compute(_payload(), _answer).source == "cache"
+
+
+def test_empty_answers_are_not_stored(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path) as cache:
+        assert cache.get_or_compute(_payload(), lambda: _answer(text="  ")).source == "live"
+        assert len(cache) == 0
+        assert cache.get_or_compute(_payload(), _answer).source == "live"
+        assert len(cache) == 1
+
+
+def test_failed_computations_are_not_stored(tmp_path: Path) -> None:
+    def boom() -> CachedResponse:
+        raise RuntimeError("transport")
+
+    with ResponseCache(tmp_path) as cache:
+        with pytest.raises(RuntimeError):
+            cache.get_or_compute(_payload(), boom)
+        assert len(cache) == 0
+
+
+def test_modes(tmp_path: Path) -> None:
+    calls = []
+
+    def compute(text: str) -> CachedResponse:
+        calls.append(text)
+        return _answer(text=text)
+
+    with ResponseCache(tmp_path) as cache:
+        with pytest.raises(CacheMissError, match="read_only"):
+            cache.get_or_compute(_payload(), lambda: compute("x"), mode="read_only")
+        assert cache.get_or_compute(_payload(), lambda: compute("first")).entry.text == "first"
+        assert cache.get_or_compute(_payload(), lambda: compute("no")).entry.text == "first"
+        refreshed = cache.get_or_compute(_payload(), lambda: compute("second"), mode="refresh")
+        assert refreshed.source == "live" and refreshed.entry.text == "second"
+        assert (
+            cache.get_or_compute(_payload(), lambda: compute("no"), mode="read_only").entry.text
+            == "second"
+        )
+        off = cache.get_or_compute(_payload(), lambda: compute("third"), mode="off")
+        assert off.source == "live" and off.entry.text == "third"
+        assert cache.get(cache_key(_payload())).text == "second"  # off wrote nothing
+        assert calls == ["first", "second", "third"]
+        with pytest.raises(ValueError, match="cache mode"):
+            cache.get_or_compute(_payload(), _answer, mode="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cache mode"):
+        ResponseCache(tmp_path, mode="nope")  # type: ignore[arg-type]
+
+
+def test_concurrent_identical_requests_collapse_into_one_call(tmp_path: Path) -> None:
+    calls = []
+    barrier = threading.Barrier(20)
+
+    def slow() -> CachedResponse:
+        calls.append(1)
+        time.sleep(0.2)
+        return _answer()
+
+    results = []
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(cache.get_or_compute(_payload(), slow, mode="refresh"))
+
+    with ResponseCache(tmp_path) as cache:
+        threads = [threading.Thread(target=worker) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(calls) == 1
+        assert sorted(r.source for r in results) == ["live"] + ["shared"] * 19
+        assert cache.stats().shared == 19
+
+
+def test_async_identical_requests_collapse_and_errors_propagate(tmp_path: Path) -> None:
+    calls = []
+
+    async def slow() -> CachedResponse:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        return _answer()
+
+    async def failing() -> CachedResponse:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        raise RuntimeError("down")
+
+    async def main(cache: ResponseCache) -> None:
+        lookups = await asyncio.gather(
+            *(cache.aget_or_compute(_payload(), slow) for _ in range(50))
+        )
+        assert sorted(lk.source for lk in lookups) == ["live"] + ["shared"] * 49
+        assert len(calls) == 1
+        other = _payload(content="other")
+        outcomes = await asyncio.gather(
+            *(cache.aget_or_compute(other, failing) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(o, RuntimeError) for o in outcomes)
+        assert len(calls) == 2
+
+    with ResponseCache(tmp_path) as cache:
+        asyncio.run(main(cache))
+        assert cache.get(cache_key(_payload(content="other"))) is None
+
+
+def test_stats_and_clear_by_model(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path) as cache:
+        for i in range(3):
+            cache.get_or_compute(_payload("gpt-4o-mini", f"m{i}"), _answer)
+        for i in range(2):
+            cache.get_or_compute(_payload("llama3", f"l{i}"), _answer)
+        cache.get_or_compute(_payload("llama3", "l0"), _answer)
+        stats = cache.stats()
+        assert stats.entries == 5 and stats.by_model == {"gpt-4o-mini": 3, "llama3": 2}
+        assert stats.hits == 1 and stats.misses == 5 and stats.writes == 5
+        assert stats.size_bytes > 0 and stats.as_dict()["entries"] == 5
+        assert cache.clear(model="llama3") == 2
+        assert cache.stats().by_model == {"gpt-4o-mini": 3}
+        assert cache.clear() == 3 and len(cache) == 0

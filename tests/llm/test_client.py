@@ -1,0 +1,252 @@
+"""ChatClient against the scripted server: the real openai SDK over real HTTP, no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from harness.llm.client import (
+    PLACEHOLDER_API_KEY,
+    ChatClient,
+    ChatRequest,
+    LLMCallError,
+    LLMUnavailable,
+)
+from harness.llm.contract import response_format_for
+from harness.llm.cost import Usage
+from harness.llm.ratelimit import RateLimiter, estimate_tokens
+from harness.llm.retry import RetryPolicy, retry_after_s
+from tests.llm.fixtures import KEY_ENV, SECRET
+from tests.llm.scripted_server import (
+    ScriptedServer,
+    answer,
+    do_nothing,
+    garbage,
+    raw_body,
+    status,
+)
+
+FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.01)
+REQUEST = ChatRequest(
+    model="gpt-4o-mini",
+    messages=(("system", "be brief"), ("user", "decide")),
+    max_tokens=100,
+    response_format=json.dumps(response_format_for(["A", "B"])),
+)
+
+
+def _client(server: ScriptedServer, **kw: object) -> ChatClient:
+    settings: dict = {
+        "base_url": server.url,
+        "api_key_env": KEY_ENV,
+        "timeout_s": 5.0,
+        "retry": FAST_RETRY,
+    }
+    settings.update(kw)
+    return ChatClient(**settings)
+
+
+def test_valid_answer(server: ScriptedServer, api_key: str) -> None:
+    server.enqueue(answer({"action": "DO_NOTHING"}, usage=(200, 20, 50)))
+    client = _client(server)
+    response = client.complete(REQUEST)
+    assert json.loads(response.text) == {"action": "DO_NOTHING"}
+    assert response.usage == Usage(200, 20, 50)
+    assert response.attempts == 1 and not response.schema_fallback
+    assert response.finish_reason == "stop" and response.latency_s > 0
+    sent = server.requests[0]
+    assert sent["model"] == "gpt-4o-mini" and sent["max_tokens"] == 100
+    assert sent["response_format"]["type"] == "json_schema"
+    assert sent["temperature"] == 0.0 and "seed" not in sent and "top_p" not in sent
+    assert server.authorizations == [f"Bearer {api_key}"]
+    assert api_key not in repr(client)
+    client.close()
+
+
+def test_429_waits_what_retry_after_says(server: ScriptedServer, api_key: str) -> None:
+    server.enqueue(status(429, {"Retry-After": "1"}, "slow down"), do_nothing())
+    client = _client(server)
+    started = time.perf_counter()
+    response = client.complete(REQUEST)
+    elapsed = time.perf_counter() - started
+    assert response.attempts == 2 and server.request_count == 2
+    # The exponential backoff is ~ms here, so a ~1 s pause can only be the header's.
+    assert 0.9 <= elapsed < 3.0
+
+
+def test_503_retry_after_ms_and_500_then_success(server: ScriptedServer, api_key: str) -> None:
+    server.enqueue(status(503, {"retry-after-ms": "200"}), status(500), do_nothing())
+    client = _client(server)
+    started = time.perf_counter()
+    response = client.complete(REQUEST)
+    assert response.attempts == 3 and server.request_count == 3
+    assert time.perf_counter() - started >= 0.19
+
+
+def test_retries_are_capped_and_reported(server: ScriptedServer, api_key: str) -> None:
+    server.enqueue(*[status(500)] * 5)
+    with pytest.raises(LLMCallError, match=r"HTTP 500.*3 attempts") as err:
+        _client(server).complete(REQUEST)
+    assert err.value.attempts == 3 and err.value.status_code == 500
+    assert server.request_count == 3
+
+
+def test_total_retry_time_is_capped(server: ScriptedServer, api_key: str) -> None:
+    # Retry-After of 5 s would break the 0.5 s budget: stop instead of sleeping.
+    server.enqueue(status(429, {"Retry-After": "5"}), do_nothing())
+    client = _client(server, retry=RetryPolicy(max_attempts=5, max_total_s=0.5))
+    started = time.perf_counter()
+    with pytest.raises(LLMCallError) as err:
+        client.complete(REQUEST)
+    assert err.value.attempts == 1 and time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("code", [400, 403, 401, 404])
+def test_client_errors_are_not_retried(server: ScriptedServer, api_key: str, code: int) -> None:
+    server.enqueue(status(code, message=f"nope, key {SECRET} rejected"), do_nothing())
+    request = ChatRequest(model="m", messages=(("user", "x"),))  # no response_format
+    expected = LLMCallError if code == 400 else LLMUnavailable
+    with pytest.raises(expected) as err:
+        _client(server).complete(request)
+    assert server.request_count == 1
+    assert SECRET not in str(err.value) and "***" in str(err.value)
+    # The SDK error (whose request carries the Authorization header) is not chained.
+    assert err.value.__cause__ is None
+
+
+def test_quota_exhaustion_is_not_retried(server: ScriptedServer, api_key: str) -> None:
+    quota = {
+        "error": {
+            "message": "out of credit",
+            "type": "insufficient_quota",
+            "code": "insufficient_quota",
+        }
+    }
+    server.enqueue(raw_body(json.dumps(quota), "application/json", code=429), do_nothing())
+    with pytest.raises(LLMUnavailable, match="429"):
+        _client(server).complete(REQUEST)
+    assert server.request_count == 1
+
+
+def test_timeout_is_retried(server: ScriptedServer, api_key: str) -> None:
+    server.enqueue(do_nothing(delay_s=1.0), do_nothing())
+    client = _client(server, timeout_s=0.25)
+    response = client.complete(REQUEST)
+    assert response.attempts == 2
+
+
+def test_timeouts_exhausted(server: ScriptedServer, api_key: str) -> None:
+    server.enqueue(*[do_nothing(delay_s=0.6)] * 2)
+    client = _client(
+        server, timeout_s=0.2, retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.001)
+    )
+    with pytest.raises(LLMCallError, match=r"timeout.*2 attempts"):
+        client.complete(REQUEST)
+
+
+def test_garbage_text_is_a_successful_http_answer(server: ScriptedServer, api_key: str) -> None:
+    server.enqueue(garbage("sell sell sell"))
+    assert _client(server).complete(REQUEST).text == "sell sell sell"
+
+
+def test_non_json_body_is_retried_then_reported(server: ScriptedServer, api_key: str) -> None:
+    server.enqueue(raw_body("<html>bad gateway</html>", "text/html"), do_nothing())
+    assert _client(server).complete(REQUEST).attempts == 2
+    server.enqueue(*[raw_body("oops")] * 3)
+    with pytest.raises(LLMCallError, match="not a chat completion"):
+        _client(server).complete(REQUEST)
+
+
+def test_server_without_json_schema_support(api_key: str) -> None:
+    with ScriptedServer(supports_json_schema=False) as server:
+        client = _client(server)
+        first = client.complete(REQUEST)
+        assert first.schema_fallback and first.attempts == 2
+        assert client.schema_unsupported
+        second = client.complete(REQUEST)
+        assert second.schema_fallback and second.attempts == 1
+        # One rejected request, then the format is no longer sent.
+        formats = [r.get("response_format") for r in server.requests]
+        assert formats[0]["type"] == "json_schema" and formats[1:] == [None, None]
+
+
+def test_missing_key_is_unavailable_and_none_uses_a_placeholder(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    client = _client(server)
+    with pytest.raises(LLMUnavailable, match=KEY_ENV):
+        client.complete(REQUEST)
+    with pytest.raises(LLMUnavailable):
+        client.check_available()
+    assert server.request_count == 0
+    local = _client(server, api_key_env=None)
+    local.check_available()
+    assert local.complete(REQUEST).text
+    assert server.authorizations == [f"Bearer {PLACEHOLDER_API_KEY}"]
+
+
+def test_connection_refused_is_retried_then_reported(api_key: str) -> None:
+    server = ScriptedServer().start()
+    server.stop()
+    with pytest.raises(LLMCallError, match=r"connection error.*3 attempts"):
+        _client(server).complete(REQUEST)
+
+
+def test_async_concurrency_is_bounded(api_key: str) -> None:
+    with ScriptedServer(latency_s=0.02) as server:
+        client = _client(server, max_concurrency=24)
+        requests = [
+            ChatRequest(model="m", messages=(("user", f"q{i}"),), sample_index=0)
+            for i in range(520)
+        ]
+
+        async def main() -> list:
+            try:
+                return await asyncio.gather(*(client.acomplete(r) for r in requests))
+            finally:
+                await client.aclose()
+
+        responses = asyncio.run(main())
+        assert len(responses) == 520 and server.request_count == 520
+        assert 2 <= server.max_in_flight <= 24
+
+
+def test_async_path_retries_too(server: ScriptedServer, api_key: str) -> None:
+    server.enqueue(status(500), status(429, {"Retry-After": "0"}), do_nothing())
+    client = _client(server)
+
+    async def main():
+        try:
+            return await client.acomplete(REQUEST)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()).attempts == 3
+
+
+def test_retry_after_parsing() -> None:
+    assert retry_after_s({"retry-after": "2"}) == 2.0
+    assert retry_after_s({"retry-after-ms": "1500"}) == 1.5
+    assert retry_after_s({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert retry_after_s({"retry-after": "soon"}) is None
+    assert retry_after_s(None) is None
+
+
+def test_rate_limiter_spaces_requests_and_tokens() -> None:
+    now = [0.0]
+    limiter = RateLimiter(requests_per_minute=60, tokens_per_minute=6000, clock=lambda: now[0])
+    # Burst of 10 s of rate, then one request per second.
+    waits = [limiter.reserve(tokens=10) for _ in range(12)]
+    assert waits[:10] == [0.0] * 10
+    assert waits[10] == pytest.approx(1.0) and waits[11] == pytest.approx(2.0)
+    now[0] = 100.0
+    # Tokens: a bucket of 1000 (10 s at 100/s); 1500 tokens leaves a 500-token debt = 5 s.
+    assert limiter.reserve(tokens=1500) == pytest.approx(5.0)
+    limiter.settle(estimated_tokens=1500, actual_tokens=500)  # refund 1000
+    assert limiter.reserve(tokens=400) == pytest.approx(0.0)
+    assert not RateLimiter().enabled and RateLimiter().reserve(10**9) == 0.0
+    assert estimate_tokens([{"role": "user", "content": "x" * 400}], 50) == 100 + 4 + 50
