@@ -139,7 +139,11 @@ class ExperimentConfig(BaseModel):
 def _format_errors(path: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        parts = list(err["loc"])
+        # pydantic puts the union's tag in the path (policies.0.rule.rule): drop it
+        if len(parts) > 2 and parts[0] == "policies" and parts[2] in ("rule", "llm"):
+            del parts[2]
+        loc = ".".join(str(x) for x in parts) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{path}: {loc}: {msg}")
     return "\n".join(lines)
