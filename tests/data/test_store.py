@@ -1,0 +1,59 @@
+"""The columnar chain store: filled from any source, answered by slices."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from harness.data.source import frame_to_snapshots, snapshots_to_frame
+from harness.data.store import ChainStore
+from harness.data.synthetic import SyntheticMarket
+
+
+class ChainOnly:
+    """Only the protocol's chain method matters to the store."""
+
+    def __init__(self, market: SyntheticMarket, leak: bool = False) -> None:
+        self.market, self.leak = market, leak
+
+    def list_option_chain(self, underlying, as_of):
+        t = pd.Timestamp(as_of) + (pd.Timedelta("1h") if self.leak else pd.Timedelta(0))
+        return self.market.list_option_chain(underlying, t)
+
+    def get_spot_ohlc(self, *a):  # pragma: no cover - not used by the store
+        raise NotImplementedError
+
+    def get_option_ohlc(self, *a):  # pragma: no cover
+        raise NotImplementedError
+
+
+def test_generic_and_bulk_fill_agree(market: SyntheticMarket) -> None:
+    times = pd.date_range("2024-04-01", periods=3, freq="6h", tz="UTC")
+    bulk = ChainStore.from_source(market, "BTC", times, calls_only=True, max_dte=10)
+    generic = ChainStore.from_source(ChainOnly(market), "BTC", times, calls_only=True, max_dte=10)
+    assert len(bulk) == len(generic) > 0
+    pd.testing.assert_frame_equal(bulk.frame, generic.frame)
+    assert (bulk.frame["kind"] == "call").all() and (bulk.dte_days() <= 10).all()
+
+
+def test_slices_and_latest_snapshot(market: SyntheticMarket) -> None:
+    times = pd.date_range("2024-04-01", periods=3, freq="6h", tz="UTC")
+    store = ChainStore.from_source(market, "ETH", times)
+    for i, t in enumerate(times):
+        part = store.frame.iloc[store.rows_at(i)]
+        assert (part["as_of"] == t).all() and len(part) > 100
+    mid = times[1] + pd.Timedelta("2h")
+    assert store.frame_at(mid)["as_of"].iloc[0] == times[1]
+    with pytest.raises(KeyError, match="no chain snapshot"):
+        store.time_index(times[0] - pd.Timedelta("1s"))
+    snaps = store.snapshots_at(times[2])
+    pd.testing.assert_frame_equal(
+        snapshots_to_frame(snaps), store.frame_at(times[2]).reset_index(drop=True)
+    )
+    assert frame_to_snapshots(store.frame_at(times[2]))[0] == snaps[0]
+
+
+def test_a_source_that_returns_later_quotes_is_refused(market: SyntheticMarket) -> None:
+    times = pd.date_range("2024-04-01", periods=2, freq="6h", tz="UTC")
+    with pytest.raises(ValueError, match="leak the future"):
+        ChainStore.from_source(ChainOnly(market, leak=True), "BTC", times)
