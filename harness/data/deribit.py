@@ -1,0 +1,340 @@
+"""Point-in-time option chains reconstructed from Deribit's public API (`DeribitDataSource`).
+
+What the public API gives for the past, and therefore what we can rebuild (see docs/data.md):
+
+- instruments with creation and expiration times (`public/get_instruments`, live and expired);
+- traded-price candles per instrument (`public/get_tradingview_chart_data`), in coin for
+  inverse options; bars without trades have zero volume;
+- the perpetual's candles, our spot proxy (the index itself has no candle endpoint);
+- official delivery prices per expiry date (`public/get_delivery_prices`).
+
+It does NOT give historical order books, bids/asks, mark prices, mark IVs or greeks. So a
+reconstructed snapshot is the option's last traded price in a bar: converted to USD at the
+spot close of the same bar, with implied vol and greeks computed by Black-76 (harness.pricing)
+against that spot. Bid/ask and their IVs are missing (NaN), never invented. Bars without a
+trade, options without candles and prices with no implied vol are gated out and counted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from harness.data.deribit_client import DeribitClient, InstrumentInfo
+from harness.data.files import ChainTable, DataError, concat_chain, normalize_store_chain
+from harness.data.source import (
+    OHLC_COLUMNS,
+    empty_chain_frame,
+    empty_ohlc,
+    frame_to_snapshots,
+    inclusive_range,
+)
+from harness.instruments import InstrumentSpec, parse_instrument_name
+from harness.pricing import black76_greeks, implied_vol, year_fraction
+from harness.timestamps import TimestampLike, to_utc, utc_index
+from harness.types import OptionSnapshot, Timeframe, timeframe_delta
+
+DELIVERY_HOUR_UTC = 8
+
+
+def spot_instrument_for(underlying: str) -> str:
+    """The instrument whose candles stand in for spot: the coin's perpetual (e.g. BTC-PERPETUAL)."""
+    return f"{underlying.upper()}-PERPETUAL"
+
+
+def index_name_for(underlying: str) -> str:
+    """Deribit's USD index name of a coin (e.g. btc_usd), used for delivery prices."""
+    return f"{underlying.lower()}_usd"
+
+
+def list_option_instruments(
+    client: DeribitClient, underlying: str, *, use_history: bool = True
+) -> list[InstrumentInfo]:
+    """Inverse options of `underlying`: live, recently expired, and (history API) all expired."""
+    found: dict[str, InstrumentInfo] = {}
+    batches = [
+        client.get_instruments(underlying, "option", expired=False),
+        client.get_instruments(underlying, "option", expired=True),
+    ]
+    if use_history:
+        batches.append(client.get_instruments(underlying, "option", expired=True, history=True))
+    for batch in batches:
+        for info in batch:
+            found.setdefault(info.instrument_name, info)
+    return sorted(found.values(), key=lambda i: (i.expiration, i.instrument_name))
+
+
+def _spec(info: InstrumentInfo, counts: Counter[str]) -> InstrumentSpec | None:
+    try:
+        spec = parse_instrument_name(info.instrument_name)
+    except ValueError:
+        counts["unknown_instrument"] += 1
+        return None
+    if "_" in spec.underlying or info.instrument_type == "linear":
+        counts["linear_skipped"] += 1  # USDC-settled: priced in USD, not coin
+        return None
+    return spec
+
+
+def candles_to_chain(
+    spec: InstrumentSpec,
+    name: str,
+    candles: pd.DataFrame,
+    spot_close: pd.Series,
+    counts: Counter[str],
+    *,
+    r: float = 0.0,
+) -> pd.DataFrame:
+    """Turn one option's close-labeled coin candles into store chain rows (USD, greeks).
+
+    A row per bar that traded (volume > 0) and has a spot close at the same bar; the price is
+    the bar's last trade, `quote_time` is the bar close (the trade happened inside the bar).
+    """
+    if candles.empty:
+        counts["options_without_candles"] += 1
+        return concat_chain([])
+    traded = candles["volume"].to_numpy() > 0
+    counts["bars_without_trades"] += int((~traded).sum())
+    candles = candles[traded]
+    f = spot_close.reindex(candles.index).to_numpy(dtype=np.float64)
+    has_spot = np.isfinite(f) & (f > 0)
+    counts["no_spot"] += int((~has_spot).sum())
+    candles, f = candles[has_spot], f[has_spot]
+    before_expiry = candles.index < spec.expiry
+    candles, f = candles[before_expiry], f[before_expiry]
+    if candles.empty:
+        return concat_chain([])
+    coin = candles["close"].to_numpy(dtype=np.float64)
+    usd = coin * f
+    t = np.asarray(year_fraction(candles.index, spec.expiry), dtype=np.float64)
+    iv = np.asarray(implied_vol(usd, f, spec.strike, t, spec.is_call, r), dtype=np.float64)
+    ok = np.isfinite(iv)
+    counts["no_implied_vol"] += int((~ok).sum())
+    if not ok.any():
+        return concat_chain([])
+    idx, f, coin, usd, t, iv = candles.index[ok], f[ok], coin[ok], usd[ok], t[ok], iv[ok]
+    g = black76_greeks(f, spec.strike, t, iv, spec.is_call, r)
+    n = len(idx)
+    frame = pd.DataFrame(
+        {
+            "as_of": idx,
+            "instrument_name": [name] * n,
+            "underlying": [spec.underlying] * n,
+            "kind": [spec.kind] * n,
+            "strike": spec.strike,
+            "expiry": spec.expiry,
+            "underlying_price": f,
+            "mark_price": usd,
+            "bid_price": np.nan,
+            "ask_price": np.nan,
+            "mark_price_coin": coin,
+            "bid_price_coin": np.nan,
+            "ask_price_coin": np.nan,
+            "mark_iv": iv,
+            "bid_iv": np.nan,
+            "ask_iv": np.nan,
+            "delta": np.asarray(g.delta, dtype=np.float64),
+            "gamma": np.asarray(g.gamma, dtype=np.float64),
+            "vega": np.asarray(g.vega, dtype=np.float64),
+            "theta": np.asarray(g.theta, dtype=np.float64),
+            "open_interest": np.nan,  # not available historically
+            "quote_time": idx,
+        }
+    )
+    counts["chain_rows"] += n
+    return normalize_store_chain(frame)
+
+
+def build_chain(
+    client: DeribitClient,
+    instruments: Iterable[InstrumentInfo],
+    spot_close: pd.Series,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    timeframe: Timeframe,
+    counts: Counter[str],
+    *,
+    on_instrument: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Chain rows (bar closes in [start, end]) for every option listed at some point in range."""
+    bar = timeframe_delta(timeframe)
+    frames = []
+    for info in instruments:
+        if info.creation > end or info.expiration <= start - bar:
+            continue
+        spec = _spec(info, counts)
+        if spec is None:
+            continue
+        lo = max(start, info.creation.ceil(bar))
+        hi = min(end, info.expiration)
+        counts["options_listed"] += 1
+        candles = client.chart_candles(info.instrument_name, lo, hi, timeframe)
+        # A bar that opened before the listing cannot hold a trade of this option.
+        candles = candles[candles.index - bar >= info.creation.floor(bar)]
+        frames.append(candles_to_chain(spec, info.instrument_name, candles, spot_close, counts))
+        if on_instrument is not None:
+            on_instrument(info.instrument_name)
+    return concat_chain(frames)
+
+
+class DeribitDataSource:
+    """MarketDataSource (also Bulk and Settlement source) on the live Deribit public API.
+
+    Config: ``market: {source: deribit, timeframe: 1h, cache_dir: .cache/deribit}``. Chains are
+    fetched one UTC day at a time (every option listed that day, one chart request each) and
+    kept in memory; with `cache_dir` responses about the past are cached on disk. For long
+    backtests prefer `harness data fetch deribit` and the parquet source.
+    """
+
+    def __init__(
+        self,
+        client: DeribitClient | None = None,
+        *,
+        base_url: str | None = None,
+        history_url: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        timeframe: Timeframe = "1h",
+        max_staleness: str | pd.Timedelta | None = None,
+        use_history: bool = True,
+        r: float = 0.0,
+    ):
+        self.client = client or DeribitClient(
+            base_url,
+            history_url=history_url or base_url,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+        )
+        timeframe_delta(timeframe)
+        self.timeframe = timeframe
+        self.max_staleness = None if max_staleness is None else pd.Timedelta(max_staleness)
+        self.use_history = use_history
+        self.r = r
+        self._instruments: dict[str, list[InstrumentInfo]] = {}
+        self._days: dict[tuple[str, pd.Timestamp], pd.DataFrame] = {}
+        self._settlements: dict[str, pd.Series] = {}
+        self.gate_counts: Counter[str] = Counter()
+
+    def fingerprint(self) -> str:
+        """A short description of this source for run records."""
+        return f"deribit({self.client.base_url}; {self.timeframe})"
+
+    # ---- helpers
+
+    def instruments(self, underlying: str) -> list[InstrumentInfo]:
+        """Every option of `underlying` the API lists (live and expired), cached."""
+        key = underlying.upper()
+        if key not in self._instruments:
+            self._instruments[key] = list_option_instruments(
+                self.client, key, use_history=self.use_history
+            )
+        return self._instruments[key]
+
+    def _spot_close(self, underlying: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+        candles = self.client.chart_candles(
+            spot_instrument_for(underlying), start, end, self.timeframe
+        )
+        return candles["close"]
+
+    def _day(self, underlying: str, day: pd.Timestamp) -> pd.DataFrame:
+        key = (underlying.upper(), day)
+        if key not in self._days:
+            end = day + pd.Timedelta(days=1) - pd.Timedelta(1, "ms")
+            spot = self._spot_close(underlying, day, end)
+            self._days[key] = build_chain(
+                self.client,
+                self.instruments(underlying),
+                spot,
+                day,
+                end,
+                self.timeframe,
+                self.gate_counts,
+            )
+        return self._days[key]
+
+    def _table(self, underlying: str, start: pd.Timestamp, end: pd.Timestamp) -> ChainTable:
+        bar = timeframe_delta(self.timeframe)
+        stale = self.max_staleness or bar
+        days = pd.date_range((start - stale - bar).floor("D"), end.floor("D"), freq="D")
+        frame = concat_chain(self._day(underlying, d) for d in days)
+        return ChainTable(frame, self.timeframe, stale)
+
+    # ---- MarketDataSource
+
+    def get_spot_ohlc(
+        self, underlying: str, start: TimestampLike, end: TimestampLike, timeframe: Timeframe
+    ) -> pd.DataFrame:
+        """Perpetual candles of `underlying` (spot proxy, USD), labeled by close time."""
+        s, e = inclusive_range(start, end)
+        candles = self.client.chart_candles(spot_instrument_for(underlying), s, e, timeframe)
+        return candles.loc[:, list(OHLC_COLUMNS)] if len(candles) else empty_ohlc()
+
+    def list_option_chain(self, underlying: str, as_of: TimestampLike) -> list[OptionSnapshot]:
+        """Options of `underlying` that traded in the bar ending at or just before `as_of`."""
+        return frame_to_snapshots(self.chain_frame(underlying, pd.DatetimeIndex([to_utc(as_of)])))
+
+    def get_option_ohlc(
+        self, instrument_name: str, start: TimestampLike, end: TimestampLike, timeframe: Timeframe
+    ) -> pd.DataFrame:
+        """Traded-price candles of one option in USD (coin x spot close of the same bar)."""
+        s, e = inclusive_range(start, end)
+        try:
+            spec = parse_instrument_name(instrument_name)
+        except ValueError as exc:
+            raise DataError(f"unknown instrument name: {exc}") from None
+        candles = self.client.chart_candles(instrument_name, s, e, timeframe)
+        if candles.empty:
+            self.gate_counts["options_without_candles"] += 1
+            return empty_ohlc()
+        spot = self.client.chart_candles(spot_instrument_for(spec.underlying), s, e, timeframe)
+        f = spot["close"].reindex(candles.index)
+        self.gate_counts["no_spot"] += int(f.isna().sum())
+        out = candles.loc[:, ["open", "high", "low", "close"]].mul(f, axis=0)
+        out["volume"] = candles["volume"]
+        return out[f.notna()]
+
+    # ---- BulkChainSource
+
+    def chain_frame(self, underlying: str, times: pd.DatetimeIndex) -> pd.DataFrame:
+        """Chains at each of `times` (CHAIN_COLUMNS)."""
+        times = utc_index(pd.DatetimeIndex(times))
+        if len(times) == 0:
+            return empty_chain_frame()
+        table = self._table(underlying, times.min(), times.max())
+        out = table.at(times)
+        self.gate_counts.update(table.gate_counts)
+        return out
+
+    def option_marks(self, instrument_names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
+        """Last traded prices (USD) as marks, shape (names, times); NaN where none is fresh."""
+        times = utc_index(pd.DatetimeIndex(times))
+        out = np.full((len(instrument_names), len(times)), np.nan)
+        if len(times) == 0:
+            return out
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(instrument_names):
+            groups.setdefault(name.split("-")[0], []).append(i)
+        for underlying, rows in groups.items():
+            table = self._table(underlying, times.min(), times.max())
+            out[rows] = table.marks([instrument_names[i] for i in rows], times)
+        return out
+
+    # ---- SettlementSource
+
+    def settlement_price(self, underlying: str, expiry: pd.Timestamp) -> float | None:
+        """Deribit's official delivery price for `expiry` (USD), or None if not published."""
+        key = underlying.upper()
+        if key not in self._settlements:
+            table = self.client.get_delivery_prices(index_name_for(key))
+            self._settlements[key] = delivery_series(table)
+        series = self._settlements[key]
+        ts = to_utc(expiry)
+        return float(series.loc[ts]) if ts in series.index else None
+
+
+def delivery_series(table: pd.DataFrame) -> pd.Series:
+    """Delivery prices keyed by expiry time (the date at 08:00 UTC)."""
+    idx = pd.DatetimeIndex(table["date"]).floor("D") + pd.Timedelta(hours=DELIVERY_HOUR_UTC)
+    return pd.Series(table["delivery_price"].to_numpy(dtype=np.float64), index=utc_index(idx))

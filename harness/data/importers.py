@@ -1,0 +1,390 @@
+"""Importers the CLI calls to fill the local store, and `open_market_source` for configs.
+
+    harness data fetch deribit --underlying BTC --start ... --end ... --timeframe 1h --out data/
+        -> fetch_deribit("BTC", start, end, "1h", "data/")
+    harness data import tardis FILES... --out data/  -> import_tardis(files, "data/")
+    harness data import cdd FILE --underlying BTC --out data/  -> import_cdd(file, "BTC", "data/")
+
+Each returns an `ImportSummary`. Every file is written atomically (temp file, then rename) and
+merged with what the store already holds, so an interrupted or failed import loses nothing that
+was written before, and re-running it is safe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from harness.data.files import (
+    DataError,
+    FileDataSource,
+    check_chain_timeframe,
+    merge_chain,
+    merge_spot,
+    update_meta,
+)
+from harness.data.source import MarketDataSource
+from harness.data.tardis import DEFAULT_BLOCK_SIZE, TardisResampler, front_underlying_bars
+from harness.types import Timeframe, timeframe_delta
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A run of missing bars: first and last missing bar close (UTC) and how many."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    missing_bars: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSummary:
+    """What an import or fetch did: rows read and written, files written, gaps, gated rows."""
+
+    source: str
+    underlyings: tuple[str, ...]
+    timeframe: str
+    rows_read: int
+    rows_written: int
+    files_written: tuple[str, ...]
+    gaps: tuple[Gap, ...] = ()
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self) -> str:
+        """A few human-readable lines for the CLI."""
+        lines = [
+            f"{self.source}: {', '.join(self.underlyings) or '-'} at {self.timeframe}: "
+            f"read {self.rows_read:,} rows, wrote {self.rows_written:,} rows "
+            f"to {len(self.files_written)} file(s)"
+        ]
+        gated = {k: v for k, v in self.counts.items() if v}
+        if gated:
+            lines.append("  counts: " + ", ".join(f"{k}={v:,}" for k, v in sorted(gated.items())))
+        if self.gaps:
+            total = sum(g.missing_bars for g in self.gaps)
+            lines.append(f"  gaps: {len(self.gaps)} ({total:,} missing bars)")
+            lines.extend(
+                f"    {g.start.isoformat()} .. {g.end.isoformat()} ({g.missing_bars} bars)"
+                for g in self.gaps[:10]
+            )
+            if len(self.gaps) > 10:
+                lines.append(f"    ... and {len(self.gaps) - 10} more")
+        return "\n".join(lines)
+
+
+@contextmanager
+def _progress(enabled: bool, unit_bytes: bool) -> Iterator[Progress | None]:
+    if not enabled:
+        yield None
+        return
+    size_col = DownloadColumn() if unit_bytes else MofNCompleteColumn()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        size_col,
+        TimeRemainingColumn(),
+        transient=False,
+    ) as bar:
+        yield bar
+
+
+def open_market_source(params: Mapping[str, Any]) -> MarketDataSource:
+    """Build a MarketDataSource from config params, e.g. {source: parquet, path: data/}.
+
+    Sources: `parquet`/`csv`/`files` -> FileDataSource(path); `tardis` -> TardisDataSource(
+    files, timeframe); `deribit` -> DeribitDataSource(base_url, cache_dir, timeframe). Optional
+    `max_staleness` (e.g. "1h") for all of them.
+    """
+    kind = str(params.get("source", "")).lower()
+    stale = params.get("max_staleness")
+    if kind in ("parquet", "csv", "files", "file", "store"):
+        if "path" not in params:
+            raise DataError(f"market source {kind!r} needs a `path` (the store directory)")
+        return FileDataSource(params["path"], max_staleness=stale)
+    if kind == "tardis":
+        from harness.data.tardis import TardisDataSource
+
+        files = params.get("files") or params.get("path")
+        if not files:
+            raise DataError("market source 'tardis' needs `files` (options_chain CSV paths)")
+        return TardisDataSource(files, timeframe=params.get("timeframe", "1h"), max_staleness=stale)
+    if kind == "deribit":
+        from harness.data.deribit import DeribitDataSource
+
+        return DeribitDataSource(
+            base_url=params.get("base_url"),
+            history_url=params.get("history_url"),
+            cache_dir=params.get("cache_dir"),
+            timeframe=params.get("timeframe", "1h"),
+            max_staleness=stale,
+        )
+    raise DataError(f"unknown market source {kind!r}: use parquet, csv, tardis or deribit")
+
+
+# ---------------------------------------------------------------- Tardis
+
+
+def import_tardis(
+    files: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    timeframe: Timeframe = "1h",
+    progress: bool = True,
+    underlyings: Sequence[str] | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    spot_from_chain: bool = True,
+) -> ImportSummary:
+    """Stream Tardis options_chain files into the store's chain partitions (and a spot proxy).
+
+    With `spot_from_chain`, bars of the nearest-expiry `underlying_price` are merged into
+    `spot/<timeframe>` where the store has no spot bar yet (real spot data always wins).
+    """
+    timeframe_delta(timeframe)
+    paths = [Path(f) for f in files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"file(s) not found: {', '.join(missing)}")
+    root = Path(out)
+    resampler = TardisResampler(timeframe, underlyings=underlyings, block_size=block_size)
+    written: set[str] = set()
+    seen: set[str] = set()
+    counts: Counter[str] = Counter()
+
+    def store(frame: pd.DataFrame) -> None:
+        for underlying, part in frame.groupby("underlying", sort=True):
+            u = str(underlying)
+            check_chain_timeframe(root, u, timeframe)
+            merge_chain(root, u, part)
+            if spot_from_chain:
+                spot = front_underlying_bars(part)
+                merge_spot(root, u, timeframe, spot, keep_existing=True)
+                written.add(f"{u}/spot/{timeframe}")
+            if u not in seen:
+                update_meta(root, u, chain_timeframe=timeframe)
+                seen.add(u)
+            written.update(
+                f"{u}/chain/date={d:%Y-%m-%d}" for d in part["as_of"].dt.floor("D").unique()
+            )
+
+    with _progress(progress, unit_bytes=True) as bar:
+        for path in paths:
+            task = bar.add_task(f"tardis {path.name}", total=path.stat().st_size) if bar else None
+
+            def advance(done: int, total: int, task: Any = task) -> None:
+                if bar is not None:
+                    bar.update(task, completed=done, total=total)
+
+            for frame in resampler.read_file(path, progress=advance):
+                store(frame)
+            for u in seen:
+                update_meta(root, u, sources=[f"tardis:{path.name}"])
+        store(resampler.finish())
+    for u in seen:
+        update_meta(root, u, sources=[f"tardis:{p.name}" for p in paths])
+    counts.update(resampler.counts)
+    rows_read = counts.pop("rows_read", 0)
+    counts.pop("files", None)
+    return ImportSummary(
+        source="tardis",
+        underlyings=tuple(sorted(seen)),
+        timeframe=timeframe,
+        rows_read=rows_read,
+        rows_written=counts.pop("bars_written", 0),
+        files_written=tuple(sorted(written)),
+        counts=dict(counts),
+    )
+
+
+# ---------------------------------------------------------------- CryptoDataDownload
+
+
+def _gaps(missing: pd.DatetimeIndex, bar: pd.Timedelta) -> tuple[Gap, ...]:
+    """Group missing bar closes into runs."""
+    if len(missing) == 0:
+        return ()
+    values = missing.sort_values()
+    breaks = [
+        0,
+        *[i for i in range(1, len(values)) if values[i] - values[i - 1] != bar],
+        len(values),
+    ]
+    return tuple(
+        Gap(start=values[a], end=values[b - 1], missing_bars=b - a)
+        for a, b in itertools.pairwise(breaks)
+    )
+
+
+def import_cdd(
+    file: str | os.PathLike[str],
+    underlying: str,
+    out: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    timeframe: Timeframe | None = None,
+    drop_partial: bool = True,
+) -> ImportSummary:
+    """Import a CryptoDataDownload spot CSV into `spot/<timeframe>` of `underlying` (new bars win)."""
+    from harness.data.cdd import read_cdd
+
+    with _progress(progress, unit_bytes=False) as bar:
+        task = bar.add_task(f"cdd {Path(file).name}", total=2) if bar else None
+        parsed = read_cdd(
+            file, underlying=underlying, timeframe=timeframe, drop_partial=drop_partial
+        )
+        if bar is not None:
+            bar.advance(task)
+        u = underlying.upper()
+        root = Path(out)
+        merge_spot(
+            root,
+            u,
+            parsed.timeframe,
+            parsed.bars.loc[:, ["open", "high", "low", "close", "volume"]],
+        )
+        update_meta(root, u, sources=[f"cdd:{Path(file).name}"])
+        if bar is not None:
+            bar.advance(task)
+    return ImportSummary(
+        source="cdd",
+        underlyings=(u,),
+        timeframe=parsed.timeframe,
+        rows_read=parsed.rows_read,
+        rows_written=len(parsed.bars),
+        files_written=(f"{u}/spot/{parsed.timeframe}",),
+        gaps=_gaps(parsed.missing, timeframe_delta(parsed.timeframe)),
+        counts={
+            "duplicates_dropped": parsed.duplicates_dropped,
+            "partial_dropped": parsed.partial_dropped,
+            "missing_bars": len(parsed.missing),
+        },
+    )
+
+
+# ---------------------------------------------------------------- Deribit
+
+
+def fetch_deribit(
+    underlying: str,
+    start: Any,
+    end: Any,
+    timeframe: Timeframe,
+    out: str | os.PathLike[str],
+    *,
+    base_url: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    history_url: str | None = None,
+    use_history: bool = True,
+    requests_per_second: float = 5.0,
+) -> ImportSummary:
+    """Fetch spot (perpetual) bars, reconstructed chains and delivery prices from Deribit.
+
+    Bar closes in [start, end]. Responses about the past are cached in `cache_dir` (default
+    `<out>/.cache/deribit`), so re-running an interrupted fetch costs no requests for what was
+    already fetched. With `base_url` (a mirror or test server) the history API defaults to it.
+    """
+    from harness.data.deribit import (
+        build_chain,
+        delivery_series,
+        index_name_for,
+        list_option_instruments,
+        spot_instrument_for,
+    )
+    from harness.data.deribit_client import DeribitClient
+    from harness.data.files import merge_settlements
+    from harness.data.source import inclusive_range
+
+    s, e = inclusive_range(start, end)
+    bar = timeframe_delta(timeframe)
+    u = underlying.upper()
+    root = Path(out)
+    check_chain_timeframe(root, u, timeframe)
+    cache = Path(cache_dir) if cache_dir is not None else root / ".cache" / "deribit"
+    counts: Counter[str] = Counter()
+    written: list[str] = []
+    with DeribitClient(
+        base_url,
+        history_url=history_url or base_url,
+        cache_dir=str(cache),
+        requests_per_second=requests_per_second,
+        burst=max(5, int(requests_per_second)),
+    ) as client:
+        spot = client.chart_candles(spot_instrument_for(u), s, e, timeframe)
+        expected = pd.date_range(s.ceil(bar), e.floor(bar), freq=bar)
+        missing = pd.DatetimeIndex(expected.difference(spot.index))
+        if len(spot):
+            merge_spot(root, u, timeframe, spot.loc[:, ["open", "high", "low", "close", "volume"]])
+            written.append(f"{u}/spot/{timeframe}")
+        instruments = list_option_instruments(client, u, use_history=use_history)
+        alive = [i for i in instruments if i.creation <= e and i.expiration > s - bar]
+        with _progress(progress, unit_bytes=False) as pbar:
+            task = pbar.add_task(f"deribit {u} options", total=len(alive)) if pbar else None
+            chain = build_chain(
+                client,
+                alive,
+                spot["close"],
+                s,
+                e,
+                timeframe,
+                counts,
+                on_instrument=(lambda _name: pbar.advance(task)) if pbar else None,
+            )
+        if len(chain):
+            merge_chain(root, u, chain)
+            written.extend(
+                f"{u}/chain/date={d:%Y-%m-%d}" for d in chain["as_of"].dt.floor("D").unique()
+            )
+        deliveries = delivery_series(client.get_delivery_prices(index_name_for(u)))
+        if len(deliveries):
+            merge_settlements(
+                root,
+                u,
+                pd.DataFrame(
+                    {
+                        "expiry": deliveries.index,
+                        "price": deliveries.to_numpy(),
+                        "source": "deribit",
+                    }
+                ),
+            )
+            written.append(f"{u}/settlement")
+        counts["requests"] = client.stats["requests"]
+        counts["cache_hits"] = client.stats["cache_hits"]
+        counts["retries"] = client.stats["retries"]
+        counts["settlements"] = len(deliveries)
+    update_meta(
+        root,
+        u,
+        chain_timeframe=timeframe,
+        spot_source=f"deribit:{spot_instrument_for(u)} (perpetual as spot proxy)",
+        sources=[f"deribit:{s.isoformat()}..{e.isoformat()}"],
+    )
+    return ImportSummary(
+        source="deribit",
+        underlyings=(u,),
+        timeframe=timeframe,
+        rows_read=len(spot) + counts["chain_rows"] + counts["bars_without_trades"],
+        rows_written=len(spot) + len(chain),
+        files_written=tuple(written),
+        gaps=_gaps(missing, bar),
+        counts=dict(counts),
+    )
