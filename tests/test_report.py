@@ -1,0 +1,231 @@
+"""The run report: files, self-contained HTML, tables that match the run files, robustness."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.report import (
+    disagreements,
+    fmt_pct,
+    fmt_share,
+    fmt_usd,
+    load_run,
+    reading,
+    write_report,
+)
+from tests.run_fixtures import BASELINE, LLM, POLICIES, FakeRun, write_fake_run
+
+CHARTS = ("equity_vs_hodl", "drawdown", "reward_distribution", "cumulative_regret")
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[FakeRun, str, str]:
+    run = write_fake_run(tmp_path_factory.mktemp("runs") / "full")
+    md_path, html_path = write_report(run.path)
+    return run, md_path.read_text(), html_path.read_text()
+
+
+def md_table(md: str, section: str) -> list[dict[str, str]]:
+    """Rows of the first Markdown table under `## <section>` as column -> cell."""
+    body = md.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in body.splitlines() if ln.startswith("|")]
+    split = [[c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]] for ln in lines]
+    header, rows = split[0], split[2:]
+    return [dict(zip(header, r, strict=True)) for r in rows]
+
+
+def usd(x: float) -> str:
+    """Independent USD formatting for the assertions."""
+    s = f"${abs(x):,.2f}"
+    return f"-{s}" if x < 0 and round(abs(x), 2) else s
+
+
+def test_writes_markdown_html_and_figures(reported: tuple[FakeRun, str, str]) -> None:
+    run, md, html = reported
+    for name in CHARTS:
+        png = run.path / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](figures/{name}.png)" in md
+    assert html.count('src="data:image/png;base64,') == len(CHARTS)
+
+
+def test_html_is_self_contained(reported: tuple[FakeRun, str, str]) -> None:
+    _, _, html = reported
+    assert "http://" not in html and "https://" not in html
+    assert 'src="http' not in html and "<script" not in html and "<link" not in html
+    assert "<style>" in html
+
+
+def test_header_lists_run_facts(reported: tuple[FakeRun, str, str]) -> None:
+    run, md, _ = reported
+    assert run.manifest["run_id"] in md
+    assert "synthetic(seed=7)" in md
+    assert "2024-03-01 00:00 → 2024-03-10 20:00 UTC (60 decision times)" in md
+    usage = run.manifest["llm_usage"][LLM]
+    line = f"{usage['calls_made']} calls made, {usage['served_from_cache']} served from cache"
+    assert line in md
+    assert "covered_call_v1@aaaa1111" in md
+
+
+def test_decision_summary_matches_metrics(reported: tuple[FakeRun, str, str]) -> None:
+    run, md, _ = reported
+    rows = {r["Policy"].removesuffix(" (baseline)"): r for r in md_table(md, "Summary: decisions")}
+    assert set(rows) == set(POLICIES)
+    for p, row in rows.items():
+        m = run.metrics[p]
+        assert row["Decisions"] == f"{int(m['n_decisions'])}"
+        assert row["Mean reward"] == usd(m["mean_reward"])
+        assert row["Total reward"] == usd(m["total_reward"])
+        assert row["Mean regret"] == usd(m["mean_regret"])
+        assert row["Sell rate"] == f"{m['sell_rate'] * 100:.1f}%"
+        assert row["Invalid"] == f"{m['invalid_rate'] * 100:.2f}%"
+    assert rows[LLM]["Invalid"] == "6.67%"  # 4 of 60 answers unparseable
+    assert rows[LLM]["LLM cost"] == f"${run.metrics[LLM]['cost_usd']:.4f}"
+
+
+def test_portfolio_summary_matches_metrics(reported: tuple[FakeRun, str, str]) -> None:
+    run, md, _ = reported
+    rows = md_table(md, "Summary: portfolio replay")
+    assert [r["Policy"] for r in rows] == [f"{BASELINE} (baseline)", "iv_rich", LLM]
+    for row in rows:
+        m = run.metrics[row["Policy"].removesuffix(" (baseline)")]
+        assert row["PnL vs HODL"] == usd(m["pnl_vs_hodl_usd"])
+        assert row["Total return"] == f"{m['total_return_pct']:.2f}%"
+        assert row["Sharpe"] == f"{m['sharpe']:.2f}"
+        assert row["Max drawdown"] == f"{m['max_drawdown_pct']:.2f}%"
+        assert row["Trades"] == f"{int(m['n_trades'])}"
+        assert row["Premium"] == usd(m["premium_collected_usd"])
+
+
+def test_paired_comparison_rows_and_reading(reported: tuple[FakeRun, str, str]) -> None:
+    run, md, _ = reported
+    rows = {r["Policy"]: r for r in md_table(md, "Paired comparison vs baseline")}
+    for pair in run.comparison["pairs"]:
+        row = rows[pair["policy"]]
+        assert row["Mean diff"] == usd(pair["mean_diff"])
+        assert row["95% CI"] == f"{usd(pair['ci_low'])} to {usd(pair['ci_high'])}"
+        assert row["Wins / losses / ties"] == f"{pair['wins']} / {pair['losses']} / {pair['ties']}"
+        expected = reading(
+            pair["policy"], BASELINE, pair["mean_diff"], pair["ci_low"], pair["ci_high"], "USD"
+        )
+        assert f"- {expected}" in md
+
+
+def test_disagreements_are_exactly_the_differing_decisions(
+    reported: tuple[FakeRun, str, str],
+) -> None:
+    run, md, _ = reported
+    by_time: dict[str, dict[str, dict]] = {}
+    for r in run.decisions:
+        by_time.setdefault(r["decision_time"], {})[r["policy"]] = r
+    differing = {
+        pd.Timestamp(t)
+        for t, rows in by_time.items()
+        if len({r["instrument_name"] or "DO_NOTHING" for r in rows.values()}) > 1
+    }
+    table = disagreements(load_run(run.path).decisions, top=None)
+    assert set(table["decision_time"]) == differing
+    assert table["spread"].is_monotonic_decreasing
+
+    rendered = md_table(md, "Disagreements")
+    assert len(rendered) == min(30, len(differing))
+    for row in rendered:
+        t = pd.Timestamp(row["Time (UTC)"], tz="UTC").isoformat()
+        rows = by_time[t]
+        rewards = [r["reward"] for r in rows.values()]
+        assert row["Spread"] == usd(max(rewards) - min(rewards))
+        choices = {row[p].split(" ")[0] for p in POLICIES}
+        assert len(choices) > 1
+        for p in POLICIES:
+            assert row[p].split(" ")[0] == (rows[p]["instrument_name"] or "DO_NOTHING")
+
+
+def test_charts_are_deterministic(reported: tuple[FakeRun, str, str], tmp_path: Path) -> None:
+    run, _, html = reported
+    first = {n: (run.path / "figures" / f"{n}.png").read_bytes() for n in CHARTS}
+    _, html_path = write_report(run.path)
+    assert html_path.read_text() == html
+    for n in CHARTS:
+        png = (run.path / "figures" / f"{n}.png").read_bytes()
+        assert png == first[n]
+        assert b"Matplotlib" not in png
+
+
+def test_skipped_llm_policy_is_reported(tmp_path: Path) -> None:
+    run = write_fake_run(tmp_path / "rules", skip_llm=True)
+    md = write_report(run.path)[0].read_text()
+    assert "**Skipped llm_v1:** no API key: set OPENAI_API_KEY" in md
+    assert "**LLM usage:** none (no LLM policy ran)" in md
+    rows = md_table(md, "Summary: decisions")
+    assert [r["Policy"] for r in rows] == [f"{BASELINE} (baseline)", "iv_rich"]
+
+
+def test_missing_files_are_noted_not_fatal(tmp_path: Path) -> None:
+    run = write_fake_run(tmp_path / "partial")
+    write_report(run.path)  # a first, complete report leaves all four figures behind
+    for name in ("metrics.json", "comparison.json", "equity.parquet", "trades.csv"):
+        (run.path / name).unlink()
+    md_path, html_path = write_report(run.path)
+    md = md_path.read_text()
+    for name in ("metrics.json", "comparison.json", "equity.parquet", "trades.csv"):
+        assert f"{name} is missing." in md
+    assert "No paired comparison available" in md
+    assert "No equity data: equity and drawdown charts omitted." in md
+    assert html_path.read_text().count("data:image/png;base64,") == 2
+    assert sorted(f.name for f in (run.path / "figures").iterdir()) == [
+        "cumulative_regret.png",
+        "reward_distribution.png",
+    ]
+    # Decision statistics fall back to decisions.jsonl; without comparison.json the reward
+    # kind is unknown, so rewards are plain numbers.
+    assert "Per-decision reward (units unknown)" in md
+    rows = {r["Policy"]: r for r in md_table(md, "Summary: decisions")}
+    assert rows[LLM]["Mean reward"] == f"{run.metrics[LLM]['mean_reward']:,.2f}"
+
+
+def test_policy_without_trades(tmp_path: Path) -> None:
+    run = write_fake_run(tmp_path / "notrades")
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    metrics["iv_rich"].update(n_trades=0.0, itm_share=0.0, win_rate_vs_hodl=0.0)
+    metrics["iv_rich"]["pnl_vs_hodl_usd"] = -1234567.891
+    (run.path / "metrics.json").write_text(json.dumps(metrics))
+    md = write_report(run.path)[0].read_text()
+    row = {r["Policy"]: r for r in md_table(md, "Summary: portfolio replay")}["iv_rich"]
+    assert (row["Trades"], row["ITM share"], row["Win rate vs HODL"]) == ("0", "—", "—")
+    assert row["PnL vs HODL"] == "-$1,234,567.89"
+    assert "iv_rich: made no trades." in md
+
+
+def test_empty_and_truncated_decisions(tmp_path: Path) -> None:
+    run = write_fake_run(tmp_path / "empty")
+    (run.path / "decisions.jsonl").write_text('{"decision_time": "2024-03-01T00:00:00+00:00", "pol')
+    md = write_report(run.path)[0].read_text()
+    assert "decisions.jsonl: 1 unreadable line(s) skipped." in md
+    assert "No disagreements: no decisions." in md
+    assert "No decisions: reward and regret charts omitted." in md
+
+
+def test_bare_folder_renders(tmp_path: Path) -> None:
+    md_path, html_path = write_report(tmp_path)
+    assert "manifest.json is missing." in md_path.read_text()
+    assert "<h1>Run report:" in html_path.read_text()
+
+
+def test_formatting_and_reading() -> None:
+    assert fmt_usd(-1234.5) == "-$1,234.50"
+    assert fmt_usd(-0.001) == "$0.00"
+    assert fmt_usd(float("nan")) == "—"
+    assert fmt_share(0.4567) == "45.7%"
+    assert fmt_pct(-3.14159) == "-3.14%"
+    assert (
+        reading("iv_rich", "always_sell", 12.3, -4.0, 28.1, "USD")
+        == "iv_rich beat always_sell by $12.30 per decision (95% CI -$4.00 to $28.10): not significant."
+    )
+    assert reading("a", "b", -5.0, -9.0, -1.0, "bps") == (
+        "a trailed b by 5.0 bps per decision (95% CI -9.0 bps to -1.0 bps): significant at 95%."
+    )
