@@ -223,10 +223,14 @@ class ResponseCache:
         compute: Callable[[], CachedResponse],
         *,
         mode: CacheMode | None = None,
+        key: str | None = None,
     ) -> CacheLookup:
-        """Serve `payload` from the store, or call `compute` once even if threads race on it."""
+        """Serve `payload` from the store, or call `compute` once even if threads race on it.
+
+        `key` may be passed when the caller already computed `cache_key(payload)`.
+        """
         mode = self._resolve_mode(mode)
-        key = cache_key(payload)
+        key = key or cache_key(payload)
         entry = self._lookup(key, payload, mode)
         if entry is not None:
             return CacheLookup(entry, "cache")
@@ -261,10 +265,11 @@ class ResponseCache:
         compute: Callable[[], Awaitable[CachedResponse]],
         *,
         mode: CacheMode | None = None,
+        key: str | None = None,
     ) -> CacheLookup:
         """Async `get_or_compute`: identical requests in flight on this loop share one call."""
         mode = self._resolve_mode(mode)
-        key = cache_key(payload)
+        key = key or cache_key(payload)
         entry = self._lookup(key, payload, mode)
         if entry is not None:
             return CacheLookup(entry, "cache")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pandas as pd
 
 from harness.llm.anonymize import View
 from harness.state import DecisionState
@@ -136,11 +137,15 @@ def _pct_or_none(fraction: float | None) -> float | None:
 
 
 def build_context(
-    state: DecisionState, candidates: Sequence[CallCandidate], view: View
+    state: DecisionState,
+    candidates: Sequence[CallCandidate],
+    view: View,
+    when: pd.Timestamp | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Template variables for one decision, and the map shown-name -> real instrument name.
 
     Percent fields (`*_pct`) are in percent; prices are in `view.price_unit`; `dte_days` in days.
+    `when` is `state.time` as a UTC Timestamp when the caller already has it.
     """
     spot = state.spot
     names: dict[str, str] = {}
@@ -184,7 +189,7 @@ def build_context(
     context = {
         "anonymized": view.anonymized,
         "underlying": state.underlying,
-        "time": view.time(to_utc(state.time)),
+        "time": view.time(when if when is not None else to_utc(state.time)),
         "price_unit": view.price_unit,
         "market": {
             "spot": view.price(spot),

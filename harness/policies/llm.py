@@ -192,8 +192,18 @@ class _Plan:
     time: pd.Timestamp
     messages: tuple[tuple[str, str], ...]
     names: dict[str, str]  # shown name -> real instrument name
-    requests: tuple[ChatRequest, ...]
-    key: str  # identity of the decision's prompt and settings
+    requests: tuple[ChatRequest, ...]  # one per sample
+    payloads: tuple[dict[str, Any], ...]  # their cache-key payloads
+    keys: tuple[str, ...]  # their cache keys
+
+    @property
+    def key(self) -> str:
+        """Identity of the decision: the first sample's cache key."""
+        return self.keys[0]
+
+    def asks(self) -> zip[tuple[ChatRequest, dict[str, Any], str]]:
+        """(request, payload, key) per sample."""
+        return zip(self.requests, self.payloads, self.keys, strict=True)
 
 
 @dataclass(slots=True)
@@ -288,7 +298,7 @@ class LLMPolicy:
         record = self._memo.get(plan.key)
         if record is None:
             started = time.perf_counter()
-            asked = [self._ask(r, plan.time) for r in plan.requests]
+            asked = [self._ask(r, plan.time, p, k) for r, p, k in plan.asks()]
             retries = self._retry_requests(plan, asked)
             asked += [self._ask(r, plan.time) for r in retries]
             record = self._conclude(plan, asked, state, candidates, started)
@@ -379,7 +389,8 @@ class LLMPolicy:
         return AnonymizedView(self._anchor)
 
     def _plan(self, state: DecisionState, candidates: Sequence[CallCandidate]) -> _Plan:
-        context, names = build_context(state, candidates, self._view(state))
+        when = to_utc(state.time)
+        context, names = build_context(state, candidates, self._view(state), when=when)
         system, user = self.template.render(context)
         messages = (("system", system), ("user", user))
         cfg = self.config
@@ -401,8 +412,9 @@ class LLMPolicy:
             )
             for i in range(cfg.samples)
         )
-        key = cache_key(requests[0].key_payload(self.client.base_url))
-        return _Plan(to_utc(state.time), messages, names, requests, key)
+        payloads = tuple(r.key_payload(self.client.base_url) for r in requests)
+        keys = tuple(cache_key(p) for p in payloads)
+        return _Plan(when, messages, names, requests, payloads, keys)
 
     def _retry_requests(self, plan: _Plan, asked: list[_Asked]) -> list[ChatRequest]:
         if self.config.on_invalid != "retry":
@@ -473,8 +485,14 @@ class LLMPolicy:
         self._totals.calls += asked.calls
         return asked
 
-    def _ask(self, request: ChatRequest, when: pd.Timestamp) -> _Asked:
-        payload = request.key_payload(self.client.base_url)
+    def _ask(
+        self,
+        request: ChatRequest,
+        when: pd.Timestamp,
+        payload: dict[str, Any] | None = None,
+        key: str | None = None,
+    ) -> _Asked:
+        payload = payload or request.key_payload(self.client.base_url)
 
         def compute() -> CachedResponse:
             return self._entry(self.client.complete(request))
@@ -483,15 +501,21 @@ class LLMPolicy:
             if self.cache is None:
                 lookup = CacheLookup(compute(), "live")
             else:
-                lookup = self.cache.get_or_compute(payload, compute, mode=self.cache_mode)
+                lookup = self.cache.get_or_compute(payload, compute, mode=self.cache_mode, key=key)
         except CacheMissError:
             raise self._miss(when) from None
         except LLMCallError as exc:
             return self._account(_Asked(request, error=str(exc), calls=exc.attempts))
         return self._account(_Asked(request, lookup=lookup))
 
-    async def _aask(self, request: ChatRequest, when: pd.Timestamp) -> _Asked:
-        payload = request.key_payload(self.client.base_url)
+    async def _aask(
+        self,
+        request: ChatRequest,
+        when: pd.Timestamp,
+        payload: dict[str, Any] | None = None,
+        key: str | None = None,
+    ) -> _Asked:
+        payload = payload or request.key_payload(self.client.base_url)
 
         async def compute() -> CachedResponse:
             return self._entry(await self.client.acomplete(request))
@@ -500,7 +524,9 @@ class LLMPolicy:
             if self.cache is None:
                 lookup = CacheLookup(await compute(), "live")
             else:
-                lookup = await self.cache.aget_or_compute(payload, compute, mode=self.cache_mode)
+                lookup = await self.cache.aget_or_compute(
+                    payload, compute, mode=self.cache_mode, key=key
+                )
         except CacheMissError:
             raise self._miss(when) from None
         except LLMCallError as exc:
@@ -511,7 +537,9 @@ class LLMPolicy:
         self, plan: _Plan, state: DecisionState, candidates: Sequence[CallCandidate]
     ) -> LLMDecisionRecord:
         started = time.perf_counter()
-        asked = list(await asyncio.gather(*(self._aask(r, plan.time) for r in plan.requests)))
+        asked = list(
+            await asyncio.gather(*(self._aask(r, plan.time, p, k) for r, p, k in plan.asks()))
+        )
         retries = self._retry_requests(plan, asked)
         if retries:
             asked += await asyncio.gather(*(self._aask(r, plan.time) for r in retries))

@@ -101,6 +101,7 @@ class ScriptedServer:
         self._lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str] = []
+        self.replies: list[Behaviour] = []  # what was answered, in order of arrival
         self.in_flight = 0
         self.max_in_flight = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -125,6 +126,7 @@ class ScriptedServer:
         with self._lock:
             self.requests.clear()
             self.authorizations.clear()
+            self.replies.clear()
             self.max_in_flight = self.in_flight
 
     @property
@@ -257,7 +259,38 @@ class ScriptedServer:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             fmt = request.get("response_format") or {}
             if not self.supports_json_schema and fmt.get("type") == "json_schema":
-                return status(400, message="response_format type 'json_schema' is not supported")
-            if self._queue:
-                return self._queue.popleft()
-        return self.default(request)
+                behaviour = status(
+                    400, message="response_format type 'json_schema' is not supported"
+                )
+            elif self._queue:
+                behaviour = self._queue.popleft()
+            else:
+                behaviour = None
+        if behaviour is None:
+            behaviour = self.default(request)
+        with self._lock:
+            self.replies.append(behaviour)
+        return behaviour
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until killed, printing the base URL first (for benchmarks in another process)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    ap.add_argument("--answer", choices=["first_candidate", "do_nothing"], default="first_candidate")
+    args = ap.parse_args(argv)
+    default = first_enum_or_nothing if args.answer == "first_candidate" else (lambda r: do_nothing())
+    server = ScriptedServer(default=default, latency_s=args.latency).start()
+    print(server.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
