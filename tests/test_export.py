@@ -1,0 +1,530 @@
+"""`harness export`: every format round-trips, splits do not leak, cards match files, errors are loud.
+
+One small run (6 weeks of synthetic BTC; three rules, two LLM policies answered by a local
+chat server, one LLM policy skipped for lack of a key) is made once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from harness.cli import main as cli_main
+from harness.config import parse_config
+from harness.dataset import TrainingExample, preference_pair
+from harness.experiment import run_experiment
+from harness.export import (
+    FORMATS,
+    TABULAR_FORMATS,
+    ExportError,
+    ExportValidationError,
+    RunExamples,
+    export_run,
+    load_run,
+    read_examples,
+    write_export,
+)
+from harness.llm.contract import LLMAnswer, validate_answer
+from harness.llm.prompts import default_prompts_dir
+from harness.markets import build_market
+from harness.simulator import CoveredCallSimulator
+from harness.timestamps import to_utc
+
+NO_KEY_ENV = "HARNESS_EXPORT_TEST_UNSET_KEY"
+
+
+class ChatServer:
+    """Local /v1/chat/completions: answers by the length of the user message, records every prompt.
+
+    len(user) % 3 == 0: DO_NOTHING; 1: the first offered name; 2: the last offered name.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, str]] = []  # (model, system, user)
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                msgs = {m["role"]: m["content"] for m in body["messages"]}
+                with server._lock:
+                    server.received.append((body["model"], msgs["system"], msgs["user"]))
+                schema = body["response_format"]["json_schema"]["schema"]
+                names = schema["properties"]["instrument_name"]["anyOf"][0]["enum"]
+                pick = [None, names[0], names[-1]][len(msgs["user"]) % 3]
+                answer = {
+                    "action": "SELL_CALL" if pick else "DO_NOTHING",
+                    "instrument_name": pick,
+                    "rationale": "scripted",
+                }
+                data = json.dumps(
+                    {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "created": 1_700_000_000,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": json.dumps(answer)},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": 100,
+                            "completion_tokens": 20,
+                            "total_tokens": 120,
+                        },
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 512
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def users(self, model: str) -> list[str]:
+        """User messages received for `model`."""
+        return [u for m, _, u in self.received if m == model]
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def llm_entry(name: str, model: str, url: str, **extra: Any) -> dict[str, Any]:
+    """An LLM policy block for the local server (no key, no retries worth waiting for)."""
+    return {
+        "name": name,
+        "type": "llm",
+        "model": model,
+        "base_url": url,
+        "api_key_env": None,
+        "max_attempts": 1,
+        "timeout_s": 20,
+        "max_concurrency": 8,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def chat_server() -> Iterator[ChatServer]:
+    server = ChatServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def prompts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of prompts/ so a test can edit a prompt after the run."""
+    d = tmp_path_factory.mktemp("prompts")
+    for f in default_prompts_dir().glob("covered_call_v1.*.j2"):
+        shutil.copy(f, d / f.name)
+    return d
+
+
+@pytest.fixture(scope="session")
+def run_config(
+    chat_server: ChatServer, prompts_dir: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    assert NO_KEY_ENV not in os.environ
+    return parse_config(
+        {
+            "name": "export_test",
+            "market": {"source": "synthetic", "seed": 7},
+            "simulation": {
+                "underlying": "BTC",
+                "start": "2024-02-01",
+                "end": "2024-03-14",
+                "timeframe": "1h",
+                "decision_interval_bars": 6,
+            },
+            "policies": [
+                {"name": "always_sell", "rule": "always_sell"},
+                {"name": "iv_rich", "rule": "iv_rich", "params": {"threshold": 0.05}},
+                {"name": "oracle", "rule": "oracle"},
+                llm_entry("llm", "fake-plain", chat_server.url, prompts_dir=str(prompts_dir)),
+                llm_entry("llm_anon", "fake-anon", chat_server.url, anonymize=True),
+                {"name": "llm_nokey", "model": "fake", "api_key_env": NO_KEY_ENV},
+            ],
+            "reward": {"kind": "pnl_vs_hodl", "drawdown_penalty": 20.0},
+            "cache": {"dir": str(tmp_path_factory.mktemp("llm-cache")), "mode": "off"},
+            "baseline": "always_sell",
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def run_dir(run_config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import harness.report
+
+    # the human report is half the run's time and the exporter never reads it
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(harness.report, "write_report", lambda run_dir: None)
+        summary = run_experiment(run_config, out_dir=tmp_path_factory.mktemp("runs"), quiet=True)
+    assert "llm_nokey" in summary.skipped
+    assert {"always_sell", "iv_rich", "oracle", "llm", "llm_anon"} <= set(summary.policies)
+    return summary.run_dir
+
+
+@pytest.fixture(scope="session")
+def run_sim(run_config) -> CoveredCallSimulator:
+    return CoveredCallSimulator(build_market(run_config.market), run_config.simulation)
+
+
+@pytest.fixture(scope="session")
+def loaded(run_dir: Path, run_sim: CoveredCallSimulator):
+    """load_run per policy, sharing one rebuilt market."""
+    cache: dict[str, RunExamples] = {}
+
+    def get(policy: str) -> RunExamples:
+        if policy not in cache:
+            cache[policy] = load_run(run_dir, policy, simulator=run_sim)
+        return cache[policy]
+
+    return get
+
+
+# --------------------------------------------------------------------------- helpers
+def card_counts(card: Path) -> dict[str, tuple[int, int, int]]:
+    """file -> (rows, SELL_CALL, DO_NOTHING) from the card's files table."""
+    out = {}
+    for m in re.finditer(
+        r"^\| `([^`]+)` \| \w+ \| (\d+) \| (\d+) \| (\d+) \|", card.read_text(), re.M
+    ):
+        out[m.group(1)] = (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+    return out
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def with_prompt(examples: list[TrainingExample]) -> list[TrainingExample]:
+    return [e for e in examples if e.user_prompt is not None]
+
+
+def reward_of_answer(e: TrainingExample, content: str) -> float:
+    answer = LLMAnswer.model_validate_json(content)
+    if answer.instrument_name is None:
+        return 0.0
+    return next(c.reward for c in e.candidates if c.name_in_prompt == answer.instrument_name)
+
+
+def file_counts(path: Path, fmt: str, examples: list[TrainingExample]) -> tuple[int, int, int]:
+    """(rows, SELL_CALL, DO_NOTHING) counted from the file itself."""
+    if fmt in TABULAR_FORMATS:
+        back = read_examples(path)
+        actions = [e.action for e in back]
+    else:
+        rows = jsonl(path)
+        if fmt == "openai-chat":
+            contents = [r["messages"][-1]["content"] for r in rows]
+        elif fmt == "preference":
+            contents = [r["preferred_output"][0]["content"] for r in rows]
+        elif fmt == "trl-preference":
+            contents = [r["chosen"][0]["content"] for r in rows]
+        else:
+            contents = [json.dumps({"action": r["best_action"]}) for r in rows]
+        actions = [json.loads(c)["action"] for c in contents]
+    return len(actions), actions.count("SELL_CALL"), actions.count("DO_NOTHING")
+
+
+# --------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_round_trips_and_the_card_matches(fmt: str, loaded, tmp_path: Path) -> None:
+    run = loaded("iv_rich")
+    summary = write_export(run, fmt=fmt, out=tmp_path)
+    data = tmp_path / ("data." + {"parquet": "parquet", "csv": "csv"}.get(fmt, "jsonl"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["README.md", data.name])
+    examples = sorted(run.examples, key=lambda e: e.decision_time)
+    if fmt in TABULAR_FORMATS:
+        assert read_examples(data) == examples  # exact, floats and times included
+    rows = file_counts(data, fmt, examples)
+    assert card_counts(tmp_path / "README.md") == {data.name: rows}
+    assert (summary.files[0].rows, *summary.files[0].by_action.values()) == rows
+    assert str(summary).count(data.name) == 1
+    if fmt in ("openai-chat", "rft"):
+        assert rows[0] == len(with_prompt(examples))
+    if fmt in ("preference", "trl-preference"):
+        assert rows[0] == sum(preference_pair(e) is not None for e in with_prompt(examples))
+
+
+def test_tabular_rows_hold_both_actions_and_full_candidates(loaded, tmp_path: Path) -> None:
+    run = loaded("iv_rich")
+    write_export(run, fmt="parquet", out=tmp_path / "pq")
+    write_export(run, fmt="csv", out=tmp_path / "csv")
+    frame = pd.read_parquet(tmp_path / "pq" / "data.parquet")
+    assert {"SELL_CALL", "DO_NOTHING"} <= set(frame["action"])
+    assert str(frame["decision_time"].dtype) == "datetime64[ns, UTC]"
+    assert (frame["n_candidates"] == frame["candidates"].map(len)).all()
+    assert frame["reward"].notna().all() and (frame["regret"] >= -1e-9).all()
+    nothing = frame[frame["action"] == "DO_NOTHING"]
+    assert (nothing["reward"] == 0).all() and nothing["instrument_name"].isna().all()
+    flat = pd.read_csv(tmp_path / "csv" / "data.csv")
+    width = int(frame["n_candidates"].max())
+    assert f"candidate_{width}_reward" in flat.columns
+    assert f"candidate_{width + 1}_reward" not in flat.columns
+    assert len(flat) == len(frame)
+
+
+def test_openai_chat_assistant_is_the_best_action_in_the_answer_contract(
+    loaded, tmp_path: Path
+) -> None:
+    run = loaded("always_sell")
+    write_export(run, fmt="openai-chat", out=tmp_path)
+    rows = jsonl(tmp_path / "data.jsonl")
+    examples = with_prompt(sorted(run.examples, key=lambda e: e.decision_time))
+    assert len(rows) == len(examples) > 0
+    for row, e in zip(rows, examples, strict=True):
+        roles = [m["role"] for m in row["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        assert row["messages"][1]["content"] == e.user_prompt
+        content = row["messages"][-1]["content"]
+        names = [c.name_in_prompt for c in e.candidates]
+        check = validate_answer(content, names)
+        assert check.valid, check.reason
+        assert check.answer is not None
+        assert check.answer.instrument_name == e.best_instrument_name
+        assert check.answer.action == e.best_action
+        assert reward_of_answer(e, content) == e.best_reward
+
+
+def test_preference_pairs_prefer_the_higher_reward(loaded, tmp_path: Path) -> None:
+    run = loaded("iv_rich")
+    write_export(run, fmt="preference", out=tmp_path / "dpo")
+    write_export(run, fmt="trl-preference", out=tmp_path / "trl")
+    examples = [e for e in with_prompt(run.examples) if preference_pair(e) is not None]
+    dpo = jsonl(tmp_path / "dpo" / "data.jsonl")
+    trl = jsonl(tmp_path / "trl" / "data.jsonl")
+    assert len(dpo) == len(trl) == len(examples) > 0
+    rejected_actions = set()
+    for d, t, e in zip(dpo, trl, examples, strict=True):
+        assert [m["role"] for m in d["input"]["messages"]] == ["system", "user"]
+        assert d["input"]["messages"] == t["prompt"]
+        assert d["preferred_output"] == t["chosen"] and d["non_preferred_output"] == t["rejected"]
+        good = reward_of_answer(e, d["preferred_output"][0]["content"])
+        bad = reward_of_answer(e, d["non_preferred_output"][0]["content"])
+        assert good >= bad and good == e.best_reward
+        if e.reward < e.best_reward:  # the policy's own worse choice is the rejected answer
+            assert bad == e.reward
+        rejected_actions.add(json.loads(d["non_preferred_output"][0]["content"])["action"])
+    assert rejected_actions == {"SELL_CALL", "DO_NOTHING"}
+
+
+def test_rft_rows_end_with_the_user_turn_and_carry_every_reward(loaded, tmp_path: Path) -> None:
+    run = loaded("llm_anon")
+    write_export(run, fmt="rft", out=tmp_path)
+    rows = jsonl(tmp_path / "data.jsonl")
+    examples = with_prompt(sorted(run.examples, key=lambda e: e.decision_time))
+    assert len(rows) == len(examples)
+    for row, e in zip(rows, examples, strict=True):
+        assert [m["role"] for m in row["messages"]] == ["system", "user"]
+        assert row["reward_kind"] == "pnl_vs_hodl"
+        expected = {c.name_in_prompt: c.reward for c in e.candidates} | {"DO_NOTHING": 0.0}
+        assert row["rewards"] == expected
+        assert all(re.fullmatch(r"C\d+", k) for k in row["rewards"] if k != "DO_NOTHING")
+        assert row["best_reward"] == max(expected.values()) == e.best_reward
+        assert to_utc(row["decision_time"]) == to_utc(e.decision_time)
+
+
+# --------------------------------------------------------------------------- LLM policies
+@pytest.mark.parametrize(("policy", "model"), [("llm", "fake-plain"), ("llm_anon", "fake-anon")])
+def test_user_messages_are_exactly_what_the_policy_sent(
+    policy: str, model: str, loaded, run_dir: Path, chat_server: ChatServer, tmp_path: Path
+) -> None:
+    run = loaded(policy)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert run.prompt_id == manifest["prompt_ids"][policy]
+    assert {e.model for e in run.examples} == {model}
+    write_export(run, fmt="openai-chat", out=tmp_path)
+    rows = jsonl(tmp_path / "data.jsonl")
+    exported = [r["messages"][1]["content"] for r in rows]
+    assert sorted(exported) == sorted(chat_server.users(model))
+    systems = {s for m, s, _ in chat_server.received if m == model}
+    assert {r["messages"][0]["content"] for r in rows} == systems
+    # the policy's own actions are the ones the server answered
+    acted = {e.action for e in run.examples if e.user_prompt is not None}
+    assert acted == {"SELL_CALL", "DO_NOTHING"}
+    if policy == "llm_anon":
+        answers = [json.loads(r["messages"][-1]["content"]) for r in rows]
+        names = {a["instrument_name"] for a in answers if a["instrument_name"]}
+        assert names and all(re.fullmatch(r"C\d+", n) for n in names)
+        assert "BTC-" not in "".join(exported)
+
+
+def test_a_changed_prompt_is_refused(loaded, run_dir: Path, prompts_dir: Path, run_sim) -> None:
+    loaded("llm")  # cached before the edit
+    path = prompts_dir / "covered_call_v1.user.j2"
+    original = path.read_text()
+    try:
+        path.write_text(original + "\nThink twice.")
+        with pytest.raises(ExportError, match="changed since the run"):
+            load_run(run_dir, "llm", simulator=run_sim)
+    finally:
+        path.write_text(original)
+
+
+# --------------------------------------------------------------------------- splits
+@pytest.mark.parametrize("fmt", ["parquet", "openai-chat"])
+def test_walk_forward_leaves_a_gap_of_the_longest_trade(fmt: str, loaded, tmp_path: Path) -> None:
+    run = loaded("iv_rich")
+    summary = write_export(run, fmt=fmt, out=tmp_path, split="walk-forward")
+    ext = "parquet" if fmt == "parquet" else "jsonl"
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "README.md",
+        f"train.{ext}",
+        f"validation.{ext}",
+    }
+    by_time = {to_utc(e.decision_time): e for e in run.examples}
+    if fmt == "parquet":
+        train = read_examples(tmp_path / "train.parquet")
+        val = read_examples(tmp_path / "validation.parquet")
+    else:
+        pattern = re.compile(r"Decision time: (\S+ \S+) UTC")
+
+        def examples_of(path: Path) -> list[TrainingExample]:
+            times = [pattern.search(r["messages"][1]["content"]).group(1) for r in jsonl(path)]
+            return [by_time[to_utc(t)] for t in times]
+
+        train, val = (
+            examples_of(tmp_path / "train.jsonl"),
+            examples_of(tmp_path / "validation.jsonl"),
+        )
+    assert train and val
+    start = min(to_utc(e.decision_time) for e in val)
+    last_train = max(to_utc(e.decision_time) for e in train)
+    life = max(
+        to_utc(c.expiry) - to_utc(e.decision_time) for e in run.examples for c in e.candidates
+    )
+    assert start - last_train >= life
+    assert max(to_utc(c.expiry) for e in train for c in e.candidates) < start  # no overlap
+    assert summary.gap is not None and summary.gap >= summary.longest_trade == life
+    n_times = len(run.examples)
+    assert sum(to_utc(e.decision_time) >= start for e in run.examples) == pytest.approx(
+        0.2 * n_times, abs=1
+    )
+    counts = card_counts(tmp_path / "README.md")
+    assert counts[f"train.{ext}"] == file_counts(tmp_path / f"train.{ext}", fmt, train)
+    assert counts[f"validation.{ext}"] == file_counts(tmp_path / f"validation.{ext}", fmt, val)
+
+
+def test_validation_fraction_is_configurable(loaded, tmp_path: Path) -> None:
+    run = loaded("iv_rich")
+    small = write_export(run, fmt="jsonl", out=tmp_path / "a", split="walk-forward")
+    big = write_export(
+        run, fmt="jsonl", out=tmp_path / "b", split="walk-forward", validation_fraction=0.4
+    )
+    assert big.files[1].rows > small.files[1].rows and big.files[0].rows < small.files[0].rows
+    with pytest.raises(ExportError, match="no training decisions"):
+        write_export(
+            run, fmt="jsonl", out=tmp_path / "c", split="walk-forward", validation_fraction=0.9
+        )
+
+
+# --------------------------------------------------------------------------- CLI and errors
+def test_cli_exports_a_run(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = cli_main(
+        ["export", str(run_dir), "--format", "trl-preference", "--out", str(tmp_path / "x")]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "always_sell" in printed and "data.jsonl" in printed
+    assert (tmp_path / "x" / "README.md").is_file()
+
+
+def test_the_default_policy_is_the_baseline_and_export_run_writes(run_dir, tmp_path) -> None:
+    summary = export_run(run_dir, fmt="openai-chat", out=tmp_path)
+    assert summary.policy == "always_sell"
+    assert "always_sell" in (tmp_path / "README.md").read_text()
+
+
+def test_a_skipped_or_unknown_policy_names_the_run_and_the_choices(run_dir: Path) -> None:
+    with pytest.raises(ExportError) as err:
+        load_run(run_dir, "llm_nokey")
+    msg = str(err.value)
+    assert str(run_dir) in msg and "skipped" in msg and "always_sell, iv_rich, oracle" in msg
+    with pytest.raises(ExportError, match=r"not in this run.*iv_rich"):
+        load_run(run_dir, "nope")
+
+
+def test_bad_arguments_and_folders_fail_clearly(run_dir: Path, loaded, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="unknown format 'xml'"):
+        export_run(run_dir, fmt="xml", out=tmp_path / "o")
+    with pytest.raises(ExportError, match="unknown split"):
+        export_run(run_dir, fmt="csv", out=tmp_path / "o", split="random")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match=r"notes\.txt"):
+        write_export(loaded("iv_rich"), fmt="csv", out=busy)
+    # a re-export into its own folder replaces the previous files, whatever their format
+    again = tmp_path / "again"
+    write_export(loaded("iv_rich"), fmt="csv", out=again)
+    write_export(loaded("iv_rich"), fmt="jsonl", out=again)
+    assert sorted(p.name for p in again.iterdir()) == ["README.md", "data.jsonl"]
+    with pytest.raises(ExportError, match="no such run folder"):
+        load_run(tmp_path / "missing")
+
+
+def test_unfinished_or_inconsistent_runs_are_refused(run_dir: Path, run_sim, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken, ignore=shutil.ignore_patterns("figures", "report.*"))
+    labels = pd.read_parquet(broken / "labels.parquet")
+    labels.loc[labels["action"] == "SELL_CALL", "reward"] += 1.0
+    labels.to_parquet(broken / "labels.parquet", index=False)
+    with pytest.raises(ExportError, match="inconsistent"):
+        load_run(broken, "always_sell", simulator=run_sim)
+    (broken / "manifest.json").unlink()
+    with pytest.raises(ExportError, match="did not finish"):
+        load_run(broken)
+
+
+def test_the_exporter_checks_its_own_output(loaded, tmp_path, monkeypatch) -> None:
+    import harness.export as export
+
+    run = loaded("iv_rich")
+    right_answer = export._chat_row
+
+    def wrong_answer(e: TrainingExample) -> dict[str, Any]:
+        row = right_answer(e)
+        row["messages"][-1]["content"] = json.dumps(
+            {"action": "SELL_CALL", "instrument_name": "BTC-1JAN99-1-C", "rationale": ""}
+        )
+        return row
+
+    monkeypatch.setattr(export, "_chat_row", wrong_answer)
+    with pytest.raises(ExportValidationError, match="not one of the candidates"):
+        write_export(run, fmt="openai-chat", out=tmp_path / "a")
+    monkeypatch.undo()
+    bad = run.examples[0].model_copy(update={"reward": float("nan")})
+    nan_run = RunExamples(**{**run.__dict__, "examples": [bad, *run.examples[1:]]})
+    with pytest.raises(ExportValidationError, match="NaN"):
+        write_export(nan_run, fmt="parquet", out=tmp_path / "b")
