@@ -318,7 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--policy", help="policy whose actions are exported (default: the baseline)")
-    e.add_argument("--split", choices=["none", "walk-forward"], default="none")
+    e.add_argument(
+        "--split",
+        choices=["none", "walk-forward"],
+        default="none",
+        help="walk-forward: train/validation by time with a gap of at least one trade life",
+    )
+    e.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.2,
+        help="share of decisions (latest) in validation with --split walk-forward",
+    )
     e.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("data", help="fetch or import real market data into the Parquet store")
