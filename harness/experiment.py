@@ -171,7 +171,7 @@ class ExperimentRunner:
         done = _read_done(decisions_path)
         with self._progress() as progress:
             load = progress.add_task("loading market", total=None)
-            source = build_market(cfg.market)
+            source = build_market(cfg.market, cfg.simulation.timeframe)
 
             def tick(i: int, n: int) -> None:
                 progress.update(load, completed=i, total=n)

@@ -5,10 +5,15 @@ from __future__ import annotations
 from harness.config import MarketConfig
 from harness.data.source import MarketDataSource
 from harness.data.synthetic import SyntheticMarket
+from harness.types import Timeframe
 
 
-def build_market(config: MarketConfig) -> MarketDataSource:
-    """The `MarketDataSource` for `config` (synthetic, parquet store, Tardis files, Deribit API)."""
+def build_market(config: MarketConfig, timeframe: Timeframe = "1h") -> MarketDataSource:
+    """The `MarketDataSource` for `config` (synthetic, parquet store, Tardis files, Deribit API).
+
+    `timeframe` is the simulation's bar: sources that resample raw quotes (Tardis, Deribit)
+    build their bars at it.
+    """
     if config.source == "synthetic":
         return SyntheticMarket(seed=config.seed)
     if config.source == "parquet":
@@ -18,15 +23,15 @@ def build_market(config: MarketConfig) -> MarketDataSource:
     if config.source == "tardis":
         from harness.data.tardis import TardisDataSource
 
-        return TardisDataSource(config.files or [config.path])  # type: ignore[list-item]
+        return TardisDataSource(config.files or [config.path], timeframe=timeframe)  # type: ignore[list-item]
     from harness.data.deribit import DeribitDataSource
 
-    kwargs = {}
+    kwargs: dict[str, object] = {"timeframe": timeframe}
     if config.base_url:
         kwargs["base_url"] = config.base_url
     if config.cache_dir:
         kwargs["cache_dir"] = config.cache_dir
-    return DeribitDataSource(**kwargs)
+    return DeribitDataSource(**kwargs)  # type: ignore[arg-type]
 
 
 def market_fingerprint(source: MarketDataSource, config: MarketConfig) -> str:
