@@ -190,7 +190,9 @@ def load_run(
     if "reward" not in labels.columns:
         raise ExportError(f"{run_dir}/labels.parquet: no `reward` column")
 
-    sim = simulator or CoveredCallSimulator(build_market(config.market), config.simulation)
+    sim = simulator or CoveredCallSimulator(
+        build_market(config.market, config.simulation.timeframe), config.simulation
+    )
     times = sim.decision_times()
     items = [(sim.build_state(t), sim.candidates(t)) for t in times]
     n_run = manifest.get("n_decisions")
