@@ -279,9 +279,13 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
-    ap.add_argument("--answer", choices=["first_candidate", "do_nothing"], default="first_candidate")
+    ap.add_argument(
+        "--answer", choices=["first_candidate", "do_nothing"], default="first_candidate"
+    )
     args = ap.parse_args(argv)
-    default = first_enum_or_nothing if args.answer == "first_candidate" else (lambda r: do_nothing())
+    default = (
+        first_enum_or_nothing if args.answer == "first_candidate" else (lambda r: do_nothing())
+    )
     server = ScriptedServer(default=default, latency_s=args.latency).start()
     print(server.url, flush=True)
     try:
