@@ -1,5 +1,7 @@
 """Market data sources: the `MarketDataSource` protocol and its implementations."""
 
+from harness.data.deribit import DeribitDataSource
+from harness.data.files import DataError, FileDataSource
 from harness.data.source import (
     CHAIN_COLUMNS,
     OHLC_COLUMNS,
@@ -9,13 +11,18 @@ from harness.data.source import (
     frame_to_snapshots,
     snapshots_to_frame,
 )
+from harness.data.tardis import TardisDataSource
 
 __all__ = [
     "CHAIN_COLUMNS",
     "OHLC_COLUMNS",
     "BulkChainSource",
+    "DataError",
+    "DeribitDataSource",
+    "FileDataSource",
     "MarketDataSource",
     "SettlementSource",
+    "TardisDataSource",
     "frame_to_snapshots",
     "snapshots_to_frame",
 ]

@@ -50,7 +50,7 @@ class CddFile:
 def _find_header(lines: list[str], path: Path) -> int:
     for i, line in enumerate(lines[:5]):
         low = line.lower()
-        if "open" in low and "close" in low and ("unix" in low or "date" in low):
+        if "open" in low and ("unix" in low or "date" in low):
             return i
     raise DataError(
         "no CDD header found (expected a line with unix/date, open, high, low, close)",
@@ -145,7 +145,7 @@ def _timestamps(
             .dt.total_seconds()
             .to_numpy(dtype=np.float64, na_value=np.nan)
         )
-        unparsed = np.isnan(from_date) & np.isnan(from_unix)
+        unparsed = np.isnan(from_date) & ~text.isin(_NULLS).to_numpy()
         if unparsed.any():
             i = int(np.flatnonzero(unparsed)[0])
             raise DataError(

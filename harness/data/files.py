@@ -208,7 +208,13 @@ def normalize_store_chain(frame: pd.DataFrame) -> pd.DataFrame:
     """Return a store chain frame: CHAIN_COLUMNS (normalized) plus `quote_time` (UTC)."""
     quote = frame["quote_time"] if "quote_time" in frame.columns else frame["as_of"]
     out = normalize_chain_frame(frame)
-    out["quote_time"] = pd.to_datetime(pd.Series(quote).reset_index(drop=True), utc=True)
+    for col in _STRING_CHAIN:
+        out[col] = out[col].astype("str")  # one string dtype whatever the file format
+    for col in ("as_of", "expiry"):
+        out[col] = out[col].dt.as_unit("ns")
+    out["quote_time"] = pd.to_datetime(
+        pd.Series(quote).reset_index(drop=True), utc=True
+    ).dt.as_unit("ns")
     return out
 
 
@@ -301,10 +307,12 @@ def _ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
 class ChainTable:
     """Resampled chain bars of one underlying, queried point-in-time.
 
-    At query time t an instrument is quoted by its latest bar labeled <= t (so nothing after t
-    is ever used) if that snapshot is younger than `max_staleness` (t - quote_time <
-    max_staleness) and the option has not expired (expiry > t). Otherwise it is left out, and
-    instruments left out for staleness are counted in `gate_counts["stale"]`.
+    A query at time t reads the bar closing at b = t floored to the bar grid (b <= t, so
+    nothing after t is ever used). Each instrument is quoted by its latest snapshot in a bar
+    closing at or before b, if that snapshot is younger than `max_staleness` at b (b -
+    quote_time < max_staleness; default one bar, i.e. quoted within the bar b itself) and the
+    option has not expired (expiry > t). Otherwise it is left out; instruments left out for
+    staleness are counted in `gate_counts["stale"]`.
     """
 
     def __init__(
@@ -335,6 +343,10 @@ class ChainTable:
     def __len__(self) -> int:
         return len(self.frame)
 
+    def _bar_floor(self, t_ns: np.ndarray) -> np.ndarray:
+        """The latest bar close at or before each time (bars aligned to the Unix epoch)."""
+        return t_ns - np.mod(t_ns, self.bar.value)
+
     def _window_rows(self, times_ns: np.ndarray, lookback_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """Row indices (and the query index of each) of bars in (t - lookback, t] per query t."""
         lo = np.searchsorted(self._bar_ns, times_ns - lookback_ns, side="right")
@@ -354,25 +366,25 @@ class ChainTable:
         if len(self.frame) == 0 or len(idx) == 0:
             return empty_chain_frame()
         t_ns = idx.as_unit("ns").asi8
+        ref_ns = self._bar_floor(t_ns)
         stale_ns = self.max_staleness.value
         # Look one bar further back than the freshness window so instruments that just went
         # stale are seen and counted instead of silently vanishing.
-        rows, which = self._window_rows(t_ns, stale_ns + self.bar.value)
+        rows, which = self._window_rows(ref_ns, stale_ns + self.bar.value)
         if rows.size == 0:
             return empty_chain_frame()
-        t_row = t_ns[which]
-        alive = self._expiry_ns[rows] > t_row
-        rows, which, t_row = rows[alive], which[alive], t_row[alive]
+        alive = self._expiry_ns[rows] > t_ns[which]
+        rows, which = rows[alive], which[alive]
         # Rows come sorted by bar within each query, so the last per (query, instrument) is
         # that instrument's latest bar <= t.
         key = pd.DataFrame({"q": which, "c": self._codes[rows]})
         latest = ~key.duplicated(keep="last").to_numpy()
-        rows, which, t_row = rows[latest], which[latest], t_row[latest]
-        fresh = (t_row - self._quote_ns[rows]) < stale_ns
+        rows, which = rows[latest], which[latest]
+        fresh = (ref_ns[which] - self._quote_ns[rows]) < stale_ns
         self.gate_counts["stale"] += int((~fresh).sum())
         rows, which = rows[fresh], which[fresh]
         out = self.frame.iloc[rows].loc[:, list(CHAIN_COLUMNS)].reset_index(drop=True)
-        out["as_of"] = idx[which]
+        out["as_of"] = idx[which].as_unit("ns")
         return normalize_chain_frame(out)
 
     def marks(self, names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
@@ -384,15 +396,16 @@ class ChainTable:
             return out
         mark = self.frame["mark_price"].to_numpy(dtype=np.float64)
         stale_ns = self.max_staleness.value
+        ref_ns = self._bar_floor(t_ns)
         for i, name in enumerate(names):
             code = self._names.get_indexer([name])[0]
             if code < 0:
                 continue
             rows = np.flatnonzero(self._codes == code)  # ascending bar order
-            pos = np.searchsorted(self._bar_ns[rows], t_ns, side="right") - 1
+            pos = np.searchsorted(self._bar_ns[rows], ref_ns, side="right") - 1
             ok = pos >= 0
             sel = rows[np.where(ok, pos, 0)]
-            ok &= (t_ns - self._quote_ns[sel]) < stale_ns
+            ok &= (ref_ns - self._quote_ns[sel]) < stale_ns
             ok &= self._expiry_ns[sel] > t_ns
             out[i] = np.where(ok, mark[sel], np.nan)
         return out

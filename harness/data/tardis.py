@@ -108,6 +108,7 @@ _NON_NEGATIVE = (
 )
 _GREEKS = ("delta", "gamma", "vega", "theta")
 _US = 1000  # nanoseconds per microsecond
+_DAY_US = 86_400_000_000
 _CODE_BITS = 21  # room for 2 million instruments in a (bar, instrument) key
 DEFAULT_BLOCK_SIZE = 16 << 20  # bytes of CSV per streamed block
 
@@ -183,9 +184,10 @@ def _chunks(stream: pa.NativeFile, block_size: int) -> Iterator[memoryview]:
     filled = 0
     header = True
     while True:
-        if filled == len(buf):  # a single line longer than the buffer: grow it
-            buf.extend(bytes(len(buf)))
-            view = memoryview(buf)
+        if filled == len(buf):  # a single line longer than the buffer: use a bigger one
+            bigger = bytearray(2 * len(buf))
+            bigger[:filled] = buf[:filled]
+            buf, view = bigger, memoryview(bigger)
         n = stream.readinto(view[filled:])
         end = filled + n
         if n == 0:
@@ -244,6 +246,8 @@ class TardisResampler:
         self._codes: dict[str, int] = {}
         self._symbols: list[_Symbol] = []
         self._pending: list[pa.Table] = []
+        self._arrays: dict[str, np.ndarray] | None = None
+        self._day_checked = -1
         self.counts: Counter[str] = Counter()
 
     # ---- public
@@ -267,9 +271,12 @@ class TardisResampler:
                 if batch.num_rows:
                     min_bar = self._consume(batch, path, first_row)
                     first_row += batch.num_rows
-                    done = self._flush(before_us=min_bar)
-                    if len(done):
-                        yield done
+                    # Days can only complete when the stream enters a new day.
+                    if min_bar is not None and min_bar // _DAY_US > self._day_checked:
+                        self._day_checked = min_bar // _DAY_US
+                        done = self._flush(before_us=min_bar)
+                        if len(done):
+                            yield done
                 if progress is not None:
                     progress(raw.tell(), size)
         except (OSError, EOFError) as exc:
@@ -307,42 +314,14 @@ class TardisResampler:
         return table.unify_dictionaries().combine_chunks() if table.num_rows else table
 
     def _register(
-        self,
-        names: list[str],
-        first_rows: np.ndarray,
-        batch: pa.Table,
-        path: Path,
-        first_row: int,
+        self, names: list[str], first_rows: np.ndarray, path: Path, first_row: int
     ) -> None:
-        kind_col = _col(batch, "type")
-        strike_col = _col(batch, "strike_price")
-        exp_col = _col(batch, "expiration")
         for name, row in zip(names, first_rows, strict=True):
-            line = first_row + int(row) + 2
             try:
                 spec = parse_instrument_name(name)
             except ValueError as exc:
+                line = first_row + int(row) + 2
                 raise DataError(f"unknown instrument name: {exc}", source=path, line=line) from None
-            kind = kind_col[int(row)].as_py()
-            strike = strike_col[int(row)].as_py()
-            expiry_us = exp_col[int(row)].as_py()
-            if (
-                kind != spec.kind
-                or strike is None
-                or abs(strike - spec.strike) > 1e-9 * spec.strike
-            ):
-                raise DataError(
-                    f"row does not match instrument {name}: type={kind!r}, strike_price={strike!r}",
-                    source=path,
-                    line=line,
-                )
-            if expiry_us is None or expiry_us != spec.expiry.value // _US:
-                raise DataError(
-                    f"row does not match instrument {name}: expiration={expiry_us!r} is not "
-                    f"{spec.expiry.isoformat()}",
-                    source=path,
-                    line=line,
-                )
             linear = "_" in spec.underlying
             wanted = self._underlyings is None or spec.underlying in self._underlyings
             self._codes[name] = len(self._symbols)
@@ -352,8 +331,45 @@ class TardisResampler:
                     underlying=spec.underlying,
                     kind=spec.kind,
                     strike=spec.strike,
-                    expiry_us=int(expiry_us),
+                    expiry_us=int(spec.expiry.value // _US),
                 )
+            )
+        self._arrays = None
+
+    def _symbol_arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = {
+                "keep": np.array([s.keep for s in self._symbols], dtype=bool),
+                "expiry_us": np.array([s.expiry_us for s in self._symbols], dtype=np.int64),
+                "strike": np.array([s.strike for s in self._symbols], dtype=np.float64),
+                "call": np.array([s.kind == "call" for s in self._symbols], dtype=np.int8),
+            }
+        return self._arrays
+
+    def _check_rows_match_names(
+        self, batch: pa.Table, codes: np.ndarray, path: Path, first_row: int
+    ) -> None:
+        """Every row's type, strike and expiration must agree with its instrument name."""
+        sym = self._symbol_arrays()
+        kind = _col(batch, "type")
+        kind_map = np.array(
+            [{"call": 1, "put": 0}.get(k, -1) for k in kind.dictionary.to_pylist()], dtype=np.int8
+        )
+        row_call = kind_map[kind.indices.to_numpy(zero_copy_only=False)]
+        strike = _col(batch, "strike_price").to_numpy()
+        expiration = _col(batch, "expiration").to_numpy()
+        bad = (row_call != sym["call"][codes]) | (expiration != sym["expiry_us"][codes])
+        bad |= ~(np.abs(strike - sym["strike"][codes]) <= 1e-9 * sym["strike"][codes])
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            spec = self._symbols[codes[i]]
+            name = list(self._codes)[codes[i]]
+            raise DataError(
+                f"row does not match instrument {name} ({spec.kind}, strike {spec.strike:g}, "
+                f"expiry {pd.Timestamp(spec.expiry_us, unit='us', tz='UTC').isoformat()}): "
+                f"type={kind[i].as_py()!r}, strike_price={strike[i]!r}, expiration={expiration[i]!r}",
+                source=path,
+                line=first_row + i + 2,
             )
 
     def _consume(self, batch: pa.Table, path: Path, first_row: int) -> int | None:
@@ -388,13 +404,13 @@ class TardisResampler:
             self._register(
                 [local_names[i] for i in new],
                 np.array([first_of[i] for i in new], dtype=np.int64),
-                batch,
                 path,
                 first_row,
             )
         to_global = np.array([self._codes.get(name, -1) for name in local_names], dtype=np.int64)
         codes = to_global[local_idx]
-        keep_code = np.array([s.keep for s in self._symbols], dtype=bool)
+        self._check_rows_match_names(batch, codes, path, first_row)
+        keep_code = self._symbol_arrays()["keep"]
 
         ts = _col(batch, "timestamp").to_numpy()
         expiration = _col(batch, "expiration").to_numpy()
@@ -436,7 +452,7 @@ class TardisResampler:
         table = pa.concat_tables(self._pending)
         ts = table.column("timestamp").to_numpy()
         bar = -(-ts // self._bar_us)
-        day_us = 86_400_000_000
+        day_us = _DAY_US
         if before_us is not None:
             # A day's partition is complete once the stream has moved past its last bar.
             done = ((bar * self._bar_us) // day_us + 1) * day_us <= before_us

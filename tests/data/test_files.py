@@ -1,0 +1,322 @@
+"""The local Parquet/CSV store and FileDataSource: layout, atomic writes, point-in-time queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness.data import DeribitDataSource, FileDataSource, TardisDataSource  # noqa: F401
+from harness.data.files import (
+    ChainTable,
+    DataError,
+    chain_partition_path,
+    merge_chain,
+    merge_settlements,
+    merge_spot,
+    spot_path,
+    update_meta,
+    write_table_atomic,
+)
+from harness.data.importers import open_market_source
+from harness.data.source import (
+    CHAIN_COLUMNS,
+    BulkChainSource,
+    MarketDataSource,
+    SettlementSource,
+    snapshots_to_frame,
+)
+
+UTC = "UTC"
+T0 = pd.Timestamp("2024-03-01 00:00", tz=UTC)
+H = pd.Timedelta(hours=1)
+
+
+def chain_rows(specs: list[tuple[str, pd.Timestamp, pd.Timestamp, float]]) -> pd.DataFrame:
+    """Store chain rows from (name, bar close, quote time, mark coin) with F = 60,000."""
+    rows = []
+    for name, bar, quote, mark in specs:
+        u, code, k, letter = name.split("-")
+        f = 60_000.0
+        rows.append(
+            {
+                "as_of": bar,
+                "instrument_name": name,
+                "underlying": u,
+                "kind": "call" if letter == "C" else "put",
+                "strike": float(k),
+                "expiry": pd.Timestamp(code, tz=UTC) + pd.Timedelta(hours=8),
+                "underlying_price": f,
+                "mark_price": mark * f,
+                "bid_price": np.nan,
+                "ask_price": (mark + 0.0005) * f,
+                "mark_price_coin": mark,
+                "bid_price_coin": np.nan,
+                "ask_price_coin": mark + 0.0005,
+                "mark_iv": 0.6,
+                "bid_iv": np.nan,
+                "ask_iv": 0.62,
+                "delta": 0.3,
+                "gamma": 1e-4,
+                "vega": 20.0,
+                "theta": -50.0,
+                "open_interest": 10.0,
+                "quote_time": quote,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+CALL = "BTC-8MAR24-65000-C"
+PUT = "BTC-8MAR24-55000-P"
+SHORT = "BTC-1MAR24-62000-C"  # expires 2024-03-01 08:00
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    rows = []
+    for h in range(0, 12):
+        bar = T0 + h * H
+        rows.append((CALL, bar, bar - pd.Timedelta(minutes=3), 0.01 + h * 0.001))
+        if h % 3 == 0:  # the put is quoted only every third bar
+            rows.append((PUT, bar, bar - pd.Timedelta(minutes=40), 0.02))
+        rows.append((SHORT, bar, bar - pd.Timedelta(minutes=1), 0.005))
+    merge_chain(root, "BTC", chain_rows(rows))
+    update_meta(root, "BTC", chain_timeframe="1h")
+    idx = pd.date_range(T0 - 23 * H, T0 + 24 * H, freq="h", tz=UTC, name="timestamp")
+    close = 60_000.0 + np.arange(len(idx))
+    spot = pd.DataFrame(
+        {"open": close - 1, "high": close + 5, "low": close - 5, "close": close, "volume": 1.0},
+        index=idx,
+    )
+    merge_spot(root, "BTC", "1h", spot)
+    merge_settlements(
+        root, "BTC", pd.DataFrame({"expiry": [T0 + 8 * H], "price": [60_123.4], "source": ["test"]})
+    )
+    return root
+
+
+def test_layout_on_disk(store: Path) -> None:
+    assert (store / "BTC" / "meta.json").is_file()
+    assert spot_path(store, "BTC", "1h").is_file()
+    assert chain_partition_path(store, "BTC", T0).is_file()
+    assert (store / "BTC" / "settlement.parquet").is_file()
+    table = pq.read_table(chain_partition_path(store, "BTC", T0))
+    assert table.column_names == [*CHAIN_COLUMNS, "quote_time"]
+
+
+def test_source_protocols_and_config(store: Path) -> None:
+    src = open_market_source({"source": "parquet", "path": str(store)})
+    assert isinstance(src, FileDataSource)
+    assert (
+        isinstance(src, MarketDataSource)
+        and isinstance(src, BulkChainSource)
+        and isinstance(src, SettlementSource)
+    )
+    assert src.underlyings() == ["BTC"] and src.chain_timeframe("BTC") == "1h"
+    assert src.fingerprint().startswith("parquet(")
+    with pytest.raises(DataError, match="unknown market source"):
+        open_market_source({"source": "bloomberg"})
+
+
+def test_spot_range_and_resampling(store: Path) -> None:
+    src = FileDataSource(store)
+    bars = src.get_spot_ohlc("BTC", T0, T0 + 3 * H, "1h")
+    assert list(bars.index) == list(pd.date_range(T0, T0 + 3 * H, freq="h", tz=UTC))
+    four = src.get_spot_ohlc("BTC", T0 + 4 * H, T0 + 8 * H, "4h")
+    hourly = src.get_spot_ohlc("BTC", T0 + H, T0 + 8 * H, "1h")
+    assert list(four.index) == [T0 + 4 * H, T0 + 8 * H]
+    assert four["close"].iloc[0] == hourly.loc[T0 + 4 * H, "close"]
+    assert four["open"].iloc[0] == hourly.loc[T0 + H, "open"]
+    assert four["volume"].iloc[1] == 4.0
+    with pytest.raises(DataError, match="no 1m spot bars for BTC") as err:
+        src.get_spot_ohlc("BTC", T0, T0 + H, "1m")
+    assert "1m.parquet" in str(err.value)
+
+
+def test_chain_point_in_time_staleness_and_expiry(store: Path) -> None:
+    src = FileDataSource(store)
+    at3 = {s.instrument_name: s for s in src.list_option_chain("BTC", T0 + 3 * H)}
+    assert set(at3) == {CALL, PUT, SHORT}
+    assert at3[CALL].mark_price_coin == pytest.approx(0.013)
+    assert at3[CALL].bid_price is None and at3[CALL].ask_price == pytest.approx(0.0135 * 60_000)
+    # Between bar closes: the last closed bar, never the one still open.
+    mid = {
+        s.instrument_name: s
+        for s in src.list_option_chain("BTC", T0 + 3 * H + pd.Timedelta(minutes=59))
+    }
+    assert mid[CALL].mark_price_coin == pytest.approx(0.013)
+    # The put was not quoted in the bar closing 04:00: stale, left out and counted.
+    before = src.gate_counts["stale"]
+    at4 = {s.instrument_name for s in src.list_option_chain("BTC", T0 + 4 * H)}
+    assert at4 == {CALL, SHORT} and src.gate_counts["stale"] == before + 1
+    # Expired at 08:00: gone from 08:00 on.
+    assert SHORT not in {s.instrument_name for s in src.list_option_chain("BTC", T0 + 8 * H)}
+    # A wider staleness window keeps the put.
+    lenient = FileDataSource(store, max_staleness="3h")
+    assert PUT in {s.instrument_name for s in lenient.list_option_chain("BTC", T0 + 5 * H)}
+    # Beyond the data: nothing is carried forward.
+    assert src.list_option_chain("BTC", T0 + 30 * H) == []
+
+
+def test_chain_frame_matches_single_queries(store: Path) -> None:
+    src = FileDataSource(store)
+    times = pd.date_range(T0 - 2 * H, T0 + 14 * H, freq="30min", tz=UTC)
+    bulk = src.chain_frame("BTC", times)
+    single = pd.concat(
+        [snapshots_to_frame(src.list_option_chain("BTC", t)) for t in times], ignore_index=True
+    )
+    strings = {"instrument_name": object, "underlying": object, "kind": object}
+    pd.testing.assert_frame_equal(bulk.astype(strings), single.astype(strings))
+    assert list(bulk.columns) == list(CHAIN_COLUMNS)
+
+
+def test_option_marks_and_bars(store: Path) -> None:
+    src = FileDataSource(store)
+    times = pd.DatetimeIndex([T0 + 2 * H, T0 + 3 * H, T0 + 4 * H, T0 + 9 * H], tz=UTC)
+    marks = src.option_marks([CALL, PUT, SHORT, "ETH-8MAR24-3000-C"], times)
+    assert marks.shape == (4, 4)
+    assert marks[0].tolist() == pytest.approx([0.012 * 6e4, 0.013 * 6e4, 0.014 * 6e4, 0.019 * 6e4])
+    assert (
+        np.isnan(marks[1, 0]) and marks[1, 1] == pytest.approx(0.02 * 6e4) and np.isnan(marks[1, 2])
+    )
+    assert np.isfinite(marks[2, :3]).all() and np.isnan(marks[2, 3])  # expired at 08:00
+    assert np.isnan(marks[3]).all()
+    bars = src.get_option_ohlc(CALL, T0 + H, T0 + 4 * H, "1h")
+    assert bars["close"].tolist() == pytest.approx([x * 6e4 for x in (0.011, 0.012, 0.013, 0.014)])
+    assert (bars["high"] == bars["close"]).all() and bars["volume"].isna().all()
+    with pytest.raises(DataError, match="unknown instrument name"):
+        src.get_option_ohlc("BTC-PERPETUAL", T0, T0 + H, "1h")
+
+
+def test_settlement(store: Path) -> None:
+    src = FileDataSource(store)
+    assert src.settlement_price("BTC", T0 + 8 * H) == 60_123.4
+    assert src.settlement_price("BTC", T0 + 32 * H) is None
+    assert src.settlement_price("ETH", T0 + 8 * H) is None
+
+
+def test_merging_keeps_the_latest_quote(store: Path) -> None:
+    late = chain_rows([(CALL, T0 + 2 * H, T0 + 2 * H - pd.Timedelta(minutes=1), 0.5)])
+    early = chain_rows([(CALL, T0 + 3 * H, T0 + 2 * H + pd.Timedelta(minutes=1), 0.5)])
+    merge_chain(store, "BTC", pd.concat([late, early]))
+    src = FileDataSource(store)
+    marks = src.option_marks([CALL], pd.DatetimeIndex([T0 + 2 * H, T0 + 3 * H]))
+    assert marks[0].tolist() == pytest.approx([0.5 * 6e4, 0.013 * 6e4])
+
+
+def test_csv_store_is_read_like_parquet(store: Path, tmp_path: Path) -> None:
+    csv_root = tmp_path / "csvstore"
+    for path in store.rglob("*.parquet"):
+        target = csv_root / path.relative_to(store).with_suffix(".csv")
+        write_table_atomic(pq.read_table(path).to_pandas(), target)
+    (csv_root / "BTC" / "meta.json").write_text((store / "BTC" / "meta.json").read_text())
+    a, b = FileDataSource(store), FileDataSource(csv_root)
+    times = pd.date_range(T0, T0 + 10 * H, freq="h", tz=UTC)
+    pd.testing.assert_frame_equal(a.chain_frame("BTC", times), b.chain_frame("BTC", times))
+    pd.testing.assert_frame_equal(
+        a.get_spot_ohlc("BTC", T0, T0 + 5 * H, "1h"), b.get_spot_ohlc("BTC", T0, T0 + 5 * H, "1h")
+    )
+    assert b.settlement_price("BTC", T0 + 8 * H) == 60_123.4
+
+
+def test_interrupted_write_leaves_the_old_file(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = spot_path(store, "BTC", "1h")
+    before = path.read_bytes()
+
+    def crash(table, where, **kwargs):  # write half a file, then die
+        Path(where).write_bytes(b"PAR1 half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", crash)
+    new = FileDataSource(store).get_spot_ohlc("BTC", T0, T0 + H, "1h") * 2
+    with pytest.raises(KeyboardInterrupt):
+        merge_spot(store, "BTC", "1h", new)
+    assert path.read_bytes() == before
+    assert not list(store.rglob("*.tmp"))
+
+
+def test_store_errors_name_the_file(tmp_path: Path, store: Path) -> None:
+    with pytest.raises(DataError, match="market data store not found"):
+        FileDataSource(tmp_path / "nowhere")
+    (store / "ETH").mkdir()
+    with pytest.raises(DataError, match="no option chain stored for ETH") as err:
+        FileDataSource(store).list_option_chain("ETH", T0)
+    assert "meta.json" in str(err.value)
+    broken = chain_partition_path(store, "BTC", T0)
+    broken.write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="cannot read store file") as err:
+        FileDataSource(store).list_option_chain("BTC", T0)
+    assert str(broken) in str(err.value)
+
+
+def test_data_error_formats() -> None:
+    assert str(DataError("bad", source="f.csv", line=3)) == "f.csv, line 3: bad"
+    assert str(DataError("bad", source="f.csv")) == "f.csv: bad"
+    assert str(DataError("bad")) == "bad"
+    assert isinstance(DataError("x"), ValueError)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    quotes=st.lists(
+        st.tuples(st.sampled_from([CALL, PUT, SHORT]), st.integers(0, 20 * 60)),  # minutes after T0
+        min_size=1,
+        max_size=40,
+    ),
+    queries=st.lists(st.integers(-60, 24 * 60), min_size=1, max_size=10, unique=True),
+    stale_bars=st.integers(1, 3),
+)
+def test_chain_table_never_looks_ahead(quotes, queries, stale_bars: int) -> None:
+    rows = []
+    for name, minute in quotes:
+        quote = T0 + pd.Timedelta(minutes=minute)
+        bar = quote.ceil("h")
+        rows.append((name, bar, quote, 0.01 + minute * 1e-6))
+    frame = (
+        chain_rows(rows)
+        .sort_values("quote_time")
+        .drop_duplicates(["as_of", "instrument_name"], keep="last")
+    )
+    table = ChainTable(frame, "1h", stale_bars * H)
+    times = pd.DatetimeIndex([T0 + pd.Timedelta(minutes=m) for m in queries])
+    out = table.at(times)
+    quote_of = frame.set_index(["instrument_name", "as_of"])["quote_time"]
+    for t in times:
+        got = out[out["as_of"] == t]
+        assert got["instrument_name"].is_unique
+        assert (got["expiry"] > t).all()
+        b = t.floor("h")
+        for _, r in got.iterrows():
+            # It is the instrument's latest bar <= b, quoted within the staleness window.
+            bars = frame[
+                (frame["instrument_name"] == r["instrument_name"]) & (frame["as_of"] <= b)
+            ]["as_of"]
+            latest = bars.max()
+            assert quote_of[(r["instrument_name"], latest)] <= t
+            assert b - quote_of[(r["instrument_name"], latest)] < stale_bars * H
+            assert (
+                r["mark_price_coin"]
+                == frame[
+                    (frame["instrument_name"] == r["instrument_name"]) & (frame["as_of"] == latest)
+                ]["mark_price_coin"].item()
+            )
+        # And every instrument that qualifies is there.
+        fresh = (
+            frame[(frame["as_of"] <= b) & (frame["expiry"] > t)]
+            .sort_values("as_of")
+            .groupby("instrument_name")
+            .last()
+        )
+        fresh = fresh[b - fresh["quote_time"] < stale_bars * H]
+        assert set(got["instrument_name"]) == set(fresh.index)
