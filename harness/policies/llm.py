@@ -551,14 +551,22 @@ class LLMPolicy:
         progress: bool,
     ) -> None:
         bar = _Progress(len(plans), self) if progress else None
+
+        async def one(item: tuple[_Plan, DecisionState, Sequence[CallCandidate]]) -> None:
+            await self._adecide(*item)
+            if bar is not None:
+                bar.advance()
+
+        tasks = [asyncio.create_task(one(item)) for item in plans]
         try:
-
-            async def one(item: tuple[_Plan, DecisionState, Sequence[CallCandidate]]) -> None:
-                await self._adecide(*item)
-                if bar is not None:
-                    bar.advance()
-
-            await asyncio.gather(*(one(item) for item in plans))
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # LLMUnavailable / CacheMissError / abort: stop the other decisions before the client
+            # closes under them, so none of them is recorded as a spurious transport error.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         finally:
             if bar is not None:
                 bar.close()

@@ -427,3 +427,24 @@ def test_no_api_key_in_any_written_file(
         assert SECRET.encode() not in path.read_bytes(), f"API key found in {path}"
     assert SECRET not in repr(policy.records) and SECRET not in repr(policy.summary())
     assert SECRET not in repr(policy.client) and SECRET not in repr(policy)
+
+
+def test_prefetch_stops_cleanly_when_the_model_becomes_unavailable(
+    server: ScriptedServer, make_policy
+) -> None:
+    server.default = lambda request: do_nothing(delay_s=0.05)
+    server.enqueue(status(401, message="invalid api key"))
+    policy = make_policy(max_concurrency=4)
+    with pytest.raises(LLMUnavailable, match="401"):
+        policy.prefetch(decisions(40), progress=False)
+    # The other decisions were cancelled, not recorded as spurious transport errors.
+    assert all(r.error is None for r in policy.records) and len(policy.records) < 40
+
+
+def test_rate_limits_are_wired(make_policy) -> None:
+    policy = make_policy(requests_per_minute=600, tokens_per_minute=100_000)
+    limiter = policy.client.rate_limiter
+    assert limiter.enabled
+    assert limiter._requests.rate == pytest.approx(10.0)
+    assert limiter._tokens.rate == pytest.approx(100_000 / 60)
+    assert not make_policy().client.rate_limiter.enabled
