@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -124,6 +125,31 @@ def normalise_base_url(base_url: str | None) -> str:
     return (base_url or OPENAI_BASE_URL).rstrip("/")
 
 
+_SSL_LOCK = threading.Lock()
+_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """The HTTP library's default TLS context, built once per process.
+
+    Building it reads the CA bundle (~50 ms here), and each `prefetch` needs a new async SDK
+    client; an SSLContext is safe to share between clients and threads.
+    """
+    global _SSL_CONTEXT
+    with _SSL_LOCK:
+        if _SSL_CONTEXT is None:
+            _SSL_CONTEXT = _httpx.create_ssl_context()
+        return _SSL_CONTEXT
+
+
+def _http_client(*, asynchronous: bool) -> Any:
+    """The SDK's default HTTP client with the shared TLS context (None: let the SDK build it)."""
+    factory = getattr(
+        openai, "DefaultAsyncHttpx2Client" if asynchronous else "DefaultHttpx2Client", None
+    )
+    return factory(verify=_ssl_context()) if factory is not None else None
+
+
 class ChatClient:
     """Blocking and asyncio chat calls with retries, rate limits and a concurrency bound."""
 
@@ -197,6 +223,7 @@ class ChatClient:
                     base_url=self.base_url,
                     timeout=self.timeout_s,
                     max_retries=0,
+                    http_client=_http_client(asynchronous=False),
                 )
             return self._sync
 
@@ -211,6 +238,7 @@ class ChatClient:
                     base_url=self.base_url,
                     timeout=self.timeout_s,
                     max_retries=0,
+                    http_client=_http_client(asynchronous=True),
                 )
                 self._async = (loop, client, asyncio.Semaphore(self.max_concurrency))
             return self._async[1], self._async[2]

@@ -313,17 +313,9 @@ class LLMPolicy:
         if self.config.anonymize and self._anchor is None and items:
             first = min(items, key=lambda item: to_utc(item[0].time))[0]
             self.set_anchor(first.time, first.spot)
-        plans: list[tuple[_Plan, DecisionState, Sequence[CallCandidate]]] = []
-        seen: set[str] = set()
-        for state, candidates in items:
-            if not candidates:
-                continue
-            plan = self._plan(state, candidates)
-            if plan.key not in self._memo and plan.key not in seen:
-                seen.add(plan.key)
-                plans.append((plan, state, candidates))
-        if plans:
-            _run_coroutine(lambda: self._aprefetch(plans, progress))
+        todo = [(state, candidates) for state, candidates in items if candidates]
+        if todo:
+            _run_coroutine(lambda: self._aprefetch(todo, progress))
         return self.summary()
 
     def record_for(self, decision_time: TimestampLike) -> LLMDecisionRecord | None:
@@ -547,17 +539,23 @@ class LLMPolicy:
 
     async def _aprefetch(
         self,
-        plans: list[tuple[_Plan, DecisionState, Sequence[CallCandidate]]],
+        items: list[tuple[DecisionState, Sequence[CallCandidate]]],
         progress: bool,
     ) -> None:
-        bar = _Progress(len(plans), self) if progress else None
+        bar = _Progress(len(items), self) if progress else None
+        seen: set[str] = set()
 
-        async def one(item: tuple[_Plan, DecisionState, Sequence[CallCandidate]]) -> None:
-            await self._adecide(*item)
+        async def one(state: DecisionState, candidates: Sequence[CallCandidate]) -> None:
+            # Rendering inside the task lets the first requests leave while later prompts are
+            # still being rendered. No await between the check and `seen.add`: no race.
+            plan = self._plan(state, candidates)
+            if plan.key not in self._memo and plan.key not in seen:
+                seen.add(plan.key)
+                await self._adecide(plan, state, candidates)
             if bar is not None:
                 bar.advance()
 
-        tasks = [asyncio.create_task(one(item)) for item in plans]
+        tasks = [asyncio.create_task(one(state, candidates)) for state, candidates in items]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
