@@ -212,6 +212,9 @@ class ExperimentRunner:
                         prompt_ids[entry.name] = policy.prompt_id
                         model_ids[entry.name] = policy.config.model
                         seeds[entry.name] = policy.config.seed
+                        if policy.config.anonymize and items:
+                            # day 0 and spot 100 are the run's first decision, also on --resume
+                            policy.set_anchor(items[0][0].time, items[0][0].spot)
                         todo = [
                             it
                             for it in items
