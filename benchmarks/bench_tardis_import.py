@@ -121,7 +121,7 @@ def run_import(path: Path, out: Path, block_size: int) -> dict[str, float]:
     t0 = time.perf_counter()
     summary = import_tardis([path], out, timeframe="1h", progress=False, block_size=block_size)
     seconds = time.perf_counter() - t0
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak_mib = peak_rss_mib()
     return {
         "rows": summary.rows_read,
         "seconds": seconds,
@@ -130,17 +130,28 @@ def run_import(path: Path, out: Path, block_size: int) -> dict[str, float]:
     }
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB.
+
+    VmHWM belongs to the process image, so unlike ru_maxrss it does not include what the
+    parent held when it forked this child.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def baseline_rss() -> float:
     """Peak RSS (MiB) of a process that only imports the harness and its libraries."""
     code = (
-        "import resource, harness.data.importers;"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)"
+        "import harness.data.importers, pathlib;"
+        "line = [l for l in pathlib.Path('/proc/self/status').read_text().splitlines()"
+        " if l.startswith('VmHWM:')][0];"
+        "print(int(line.split()[1]) / 1024.0)"
     )
-    return float(
-        subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout
-    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(run.stdout)
 
 
 def main() -> None:
