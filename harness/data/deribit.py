@@ -297,13 +297,20 @@ class DeribitDataSource:
 
     # ---- BulkChainSource
 
-    def chain_frame(self, underlying: str, times: pd.DatetimeIndex) -> pd.DataFrame:
-        """Chains at each of `times` (CHAIN_COLUMNS)."""
+    def chain_frame(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> pd.DataFrame:
+        """Chains at each of `times` (CHAIN_COLUMNS), optionally narrowed to kinds / max DTE."""
         times = utc_index(pd.DatetimeIndex(times))
         if len(times) == 0:
             return empty_chain_frame()
         table = self._table(underlying, times.min(), times.max())
-        out = table.at(times)
+        out = table.at(times, kinds=kinds, max_dte=max_dte)
         self.gate_counts.update(table.gate_counts)
         return out
 

@@ -335,6 +335,7 @@ class ChainTable:
         self._bar_ns = _ns(frame["as_of"])
         self._quote_ns = _ns(frame["quote_time"])
         self._expiry_ns = _ns(frame["expiry"])
+        self._kind = frame["kind"].to_numpy(dtype=object)
         codes, uniques = pd.factorize(frame["instrument_name"])
         self._codes = codes
         self._names = pd.Index(uniques)
@@ -360,8 +361,17 @@ class ChainTable:
         rows = starts + np.arange(total)
         return rows, which
 
-    def at(self, times: Sequence[TimestampLike] | pd.DatetimeIndex) -> pd.DataFrame:
-        """Chains at each of `times` as one frame with CHAIN_COLUMNS (`as_of` = query time)."""
+    def at(
+        self,
+        times: Sequence[TimestampLike] | pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> pd.DataFrame:
+        """Chains at each of `times` as one frame with CHAIN_COLUMNS (`as_of` = query time).
+
+        `kinds` and `max_dte` (days to expiry) only narrow the result.
+        """
         idx = utc_index(pd.DatetimeIndex([to_utc(t) for t in times]))
         if len(self.frame) == 0 or len(idx) == 0:
             return empty_chain_frame()
@@ -374,6 +384,10 @@ class ChainTable:
         if rows.size == 0:
             return empty_chain_frame()
         alive = self._expiry_ns[rows] > t_ns[which]
+        if max_dte is not None:
+            alive &= self._expiry_ns[rows] - t_ns[which] <= max_dte * 86_400e9
+        if set(kinds) != {"call", "put"}:
+            alive &= np.isin(self._kind[rows], list(kinds))
         rows, which = rows[alive], which[alive]
         # Rows come sorted by bar within each query, so the last per (query, instrument) is
         # that instrument's latest bar <= t.
@@ -548,13 +562,20 @@ class FileDataSource:
 
     # ---- BulkChainSource
 
-    def chain_frame(self, underlying: str, times: pd.DatetimeIndex) -> pd.DataFrame:
+    def chain_frame(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> pd.DataFrame:
         """Chains at each of `times` (CHAIN_COLUMNS), vectorized over the stored partitions."""
         times = utc_index(pd.DatetimeIndex(times))
         if len(times) == 0:
             return empty_chain_frame()
         table = self._table(underlying, times.min(), times.max())
-        out = table.at(times)
+        out = table.at(times, kinds=kinds, max_dte=max_dte)
         self.gate_counts.update(table.gate_counts)
         return out
 

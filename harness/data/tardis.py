@@ -670,12 +670,19 @@ class TardisDataSource:
         table = self._table(underlying)
         return empty_ohlc() if table is None else table.ohlc(instrument_name, s, e, timeframe)
 
-    def chain_frame(self, underlying: str, times: pd.DatetimeIndex) -> pd.DataFrame:
-        """Chains at each of `times` (CHAIN_COLUMNS)."""
+    def chain_frame(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> pd.DataFrame:
+        """Chains at each of `times` (CHAIN_COLUMNS), optionally narrowed to kinds / max DTE."""
         table = self._table(underlying)
         if table is None:
             return empty_chain_frame()
-        out = table.at(pd.DatetimeIndex(times))
+        out = table.at(pd.DatetimeIndex(times), kinds=kinds, max_dte=max_dte)
         self.gate_counts.update(table.gate_counts)
         table.gate_counts.clear()
         return out

@@ -323,3 +323,46 @@ def test_chain_table_never_looks_ahead(quotes, queries, stale_bars: int) -> None
         )
         fresh = fresh[b - fresh["quote_time"] < stale_bars * H]
         assert set(got["instrument_name"]) == set(fresh.index)
+
+
+def test_a_store_of_the_synthetic_market_replays_identically(tmp_path: Path) -> None:
+    from harness.data.synthetic import SyntheticMarket
+    from harness.policies import always_sell
+    from harness.simulator import CoveredCallSimulator
+    from harness.types import CallSimulationConfig
+
+    market = SyntheticMarket(seed=3)
+    cfg = CallSimulationConfig(
+        underlying="BTC", start="2024-02-01", end="2024-02-08", timeframe="1h", target_dte=1.0
+    )
+    root = tmp_path / "data"
+    lo, hi = pd.Timestamp("2024-01-30", tz=UTC), pd.Timestamp("2024-02-12", tz=UTC)
+    times = pd.date_range(lo, hi, freq="h", tz=UTC)
+    chain = market.chain_frame("BTC", times, max_dte=10.0)
+    merge_chain(root, "BTC", chain.assign(quote_time=chain["as_of"]))
+    update_meta(root, "BTC", chain_timeframe="1h")
+    merge_spot(root, "BTC", "1h", market.get_spot_ohlc("BTC", lo, hi, "1h"))
+    merge_spot(root, "BTC", "1m", market.get_spot_ohlc("BTC", lo, hi, "1m"))
+    expiries = pd.DatetimeIndex(chain["expiry"].unique())
+    prices = [market.settlement_price("BTC", e) for e in expiries]
+    merge_settlements(
+        root, "BTC", pd.DataFrame({"expiry": expiries, "price": prices, "source": "synthetic"})
+    )
+
+    a = CoveredCallSimulator(market, cfg).simulate_policy(always_sell())
+    b = CoveredCallSimulator(FileDataSource(root), cfg).simulate_policy(always_sell())
+    assert len(a.trades) >= 2
+    assert [t.instrument_name for t in a.trades] == [t.instrument_name for t in b.trades]
+    assert [t.pnl for t in a.trades] == pytest.approx([t.pnl for t in b.trades], rel=1e-9)
+    np.testing.assert_allclose(a.equity_curve.to_numpy(), b.equity_curve.to_numpy(), rtol=1e-9)
+
+
+def test_chain_frame_narrowing(store: Path) -> None:
+    src = FileDataSource(store)
+    times = pd.date_range(T0, T0 + 6 * H, freq="h", tz=UTC)
+    calls = src.chain_frame("BTC", times, kinds=("call",))
+    assert set(calls["kind"]) == {"call"} and set(calls["instrument_name"]) == {CALL, SHORT}
+    near = src.chain_frame("BTC", times, max_dte=1.0)
+    assert set(near["instrument_name"]) == {SHORT}
+    full = src.chain_frame("BTC", times)
+    assert len(full) == len(calls) + (full["kind"] == "put").sum()
