@@ -149,6 +149,24 @@ def candles_to_chain(
     return normalize_store_chain(frame)
 
 
+def source_timeframe(timeframe: Timeframe) -> Timeframe:
+    """Candle resolution we read for `timeframe`: 1h for 4h and 1d bars, else the timeframe.
+
+    A coarse bar's last trade can be hours before its close; reading 1h candles lets us convert
+    each trade at the spot of its own hour and keep its hour as `quote_time`.
+    """
+    return "1h" if timeframe_delta(timeframe) > timeframe_delta("1h") else timeframe
+
+
+def _to_bars(rows: pd.DataFrame, timeframe: Timeframe) -> pd.DataFrame:
+    """Keep the last row per instrument in each `timeframe` bar, stamped at the bar close."""
+    if rows.empty:
+        return rows
+    rows = rows.assign(as_of=rows["quote_time"].dt.ceil(timeframe_delta(timeframe)))
+    rows = rows.sort_values(["as_of", "instrument_name", "quote_time"], kind="stable")
+    return rows.drop_duplicates(["as_of", "instrument_name"], keep="last").reset_index(drop=True)
+
+
 def build_chain(
     client: DeribitClient,
     instruments: Iterable[InstrumentInfo],
@@ -160,22 +178,31 @@ def build_chain(
     *,
     on_instrument: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """Chain rows (bar closes in [start, end]) for every option listed at some point in range."""
+    """Chain rows (bar closes in [start, end]) for every option listed at some point in range.
+
+    `spot_close` holds spot closes at `source_timeframe(timeframe)` from one bar before start.
+    """
     bar = timeframe_delta(timeframe)
+    src_tf = source_timeframe(timeframe)
+    sub = timeframe_delta(src_tf)
+    first_sub = start.ceil(bar) - bar + sub  # the first source bar inside the first bar
     frames = []
     for info in instruments:
-        if info.creation > end or info.expiration <= start - bar:
+        if info.creation > end or info.expiration <= first_sub - sub:
             continue
         spec = _spec(info, counts)
         if spec is None:
             continue
-        lo = max(start, info.creation.ceil(bar))
+        lo = max(first_sub, info.creation.ceil(sub))
         hi = min(end, info.expiration)
         counts["options_listed"] += 1
-        candles = client.chart_candles(info.instrument_name, lo, hi, timeframe)
+        candles = client.chart_candles(info.instrument_name, lo, hi, src_tf)
         # A bar that opened before the listing cannot hold a trade of this option.
-        candles = candles[candles.index - bar >= info.creation.floor(bar)]
-        frames.append(candles_to_chain(spec, info.instrument_name, candles, spot_close, counts))
+        candles = candles[candles.index - sub >= info.creation.floor(sub)]
+        rows = candles_to_chain(spec, info.instrument_name, candles, spot_close, counts)
+        if src_tf != timeframe:
+            rows = _to_bars(rows, timeframe)
+        frames.append(rows[(rows["as_of"] >= start) & (rows["as_of"] <= end)])
         if on_instrument is not None:
             on_instrument(info.instrument_name)
     return concat_chain(frames)
@@ -233,8 +260,9 @@ class DeribitDataSource:
         return self._instruments[key]
 
     def _spot_close(self, underlying: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+        bar = timeframe_delta(self.timeframe)
         candles = self.client.chart_candles(
-            spot_instrument_for(underlying), start, end, self.timeframe
+            spot_instrument_for(underlying), start - bar, end, source_timeframe(self.timeframe)
         )
         return candles["close"]
 

@@ -307,6 +307,7 @@ def fetch_deribit(
         delivery_series,
         index_name_for,
         list_option_instruments,
+        source_timeframe,
         spot_instrument_for,
     )
     from harness.data.deribit_client import DeribitClient
@@ -329,6 +330,12 @@ def fetch_deribit(
         burst=max(5, int(requests_per_second)),
     ) as client:
         spot = client.chart_candles(spot_instrument_for(u), s, e, timeframe)
+        src_tf = source_timeframe(timeframe)
+        spot_src = (
+            spot
+            if src_tf == timeframe
+            else client.chart_candles(spot_instrument_for(u), s - bar, e, src_tf)
+        )
         expected = pd.date_range(s.ceil(bar), e.floor(bar), freq=bar)
         missing = pd.DatetimeIndex(expected.difference(spot.index))
         if len(spot):
@@ -341,7 +348,7 @@ def fetch_deribit(
             chain = build_chain(
                 client,
                 alive,
-                spot["close"],
+                spot_src["close"],
                 s,
                 e,
                 timeframe,

@@ -468,3 +468,27 @@ def test_fetch_writes_the_store_and_resumes_from_cache(
         "(perpetual as spot proxy)"
         in json.loads((out / "BTC" / "meta.json").read_text())["spot_source"]
     )
+
+
+def test_coarse_bars_convert_each_trade_at_its_own_hour(client: DeribitClient) -> None:
+    # A 4h bar's last trade can be hours before the close; it is read from 1h candles and
+    # converted at the spot of its own hour, so the implied vol stays the market's 60%.
+    source = DeribitDataSource(client, timeframe="4h")
+    times = pd.date_range("2024-03-01 04:00", "2024-03-01 16:00", freq="4h", tz=UTC)
+    frame = source.chain_frame("BTC", times)
+    calls = frame[frame["instrument_name"] == "BTC-2MAR24-62000-C"]
+    assert len(calls) == 3
+    assert calls["mark_iv"].to_numpy() == pytest.approx(0.60, abs=0.01)
+    # The 04:00 bar's last trade closed the 03:00 hour: priced at that hour's spot.
+    first = calls.iloc[0]
+    assert first["underlying_price"] == perp_close(
+        int((START + pd.Timedelta(hours=2)).value // 10**6)
+    )
+    daily = DeribitDataSource(client, timeframe="1d").chain_frame(
+        "BTC", pd.DatetimeIndex(["2024-03-02"], tz=UTC)
+    )
+    assert set(daily["instrument_name"]) == {
+        "BTC-2MAR24-58000-P",
+        "BTC-2MAR24-62000-C",
+        "BTC-8MAR24-65000-C",
+    }
