@@ -8,7 +8,7 @@ run in a separate process like a real one; the client is the real openai SDK. Pr
     ms per decision, next to `always_sell` on the same inputs;
 (a2) the simulator's portfolio replay of one year of the synthetic market with `always_sell`
     and with a warm-cache LLM policy that sells whenever asked (same number of asks);
-(b) a cold run with 100 ms server latency, max_concurrency=16 vs 1 over 64 decisions.
+(b) a cold run with 100 ms server latency, max_concurrency=16 vs 1 over 256 decisions (--cold-decisions).
 Figures only, nothing asserted. Run: .venv/bin/python benchmarks/bench_llm.py [--skip-simulator]
 """
 
@@ -149,14 +149,17 @@ def main() -> None:
     ap.add_argument(
         "--skip-simulator", action="store_true", help="skip (a2), which builds a market"
     )
+    ap.add_argument("--cold-decisions", type=int, default=256, help="decisions in the cold run (b)")
+    ap.add_argument("--skip-warm", action="store_true", help="skip (a) and (a2)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        with chat_server() as url:
-            warm_replay(url, Path(tmp) / "a")
-            if not args.skip_simulator:
-                simulator_replay(url, Path(tmp) / "a2")
+        if not args.skip_warm:
+            with chat_server() as url:
+                warm_replay(url, Path(tmp) / "a")
+                if not args.skip_simulator:
+                    simulator_replay(url, Path(tmp) / "a2")
         with chat_server(latency_s=0.1) as url:
-            cold_run(url)
+            cold_run(url, args.cold_decisions)
 
 
 if __name__ == "__main__":
