@@ -21,7 +21,9 @@ from harness.simulator import CoveredCallSimulator
 from harness.types import CallSimulationConfig
 
 
-def sketch_single_call(market: SyntheticMarket, cfg: CallSimulationConfig, t: pd.Timestamp) -> float | None:
+def sketch_single_call(
+    market: SyntheticMarket, cfg: CallSimulationConfig, t: pd.Timestamp
+) -> float | None:
     """The seed design: one decision, fetched and looped over in plain Python. Returns pnl vs HODL."""
     chain = market.list_option_chain(cfg.underlying, t)
     calls = [
@@ -56,11 +58,18 @@ def sketch_single_call(market: SyntheticMarket, cfg: CallSimulationConfig, t: pd
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sample-every", type=int, default=10, help="run the sketch on every Nth decision")
+    ap.add_argument(
+        "--sample-every", type=int, default=10, help="run the sketch on every Nth decision"
+    )
     args = ap.parse_args()
     cfg = CallSimulationConfig(
-        underlying="BTC", start="2024-01-01", end="2024-12-31", timeframe="1h",
-        decision_interval_bars=4, target_dte=7, target_delta=0.25,
+        underlying="BTC",
+        start="2024-01-01",
+        end="2024-12-31",
+        timeframe="1h",
+        decision_interval_bars=4,
+        target_dte=7,
+        target_delta=0.25,
     )
     market = SyntheticMarket(seed=7)
     t0 = time.perf_counter()
@@ -83,7 +92,9 @@ def main() -> None:
     t_sketch = t_sketch_sample * n_dec / len(sample)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"decisions: {n_dec}; candidates labelled: {n_cands}; trades of always_sell: {len(res.trades)}")
+    print(
+        f"decisions: {n_dec}; candidates labelled: {n_cands}; trades of always_sell: {len(res.trades)}"
+    )
     print(f"market load (spot bars, chain store, candidates): {load:.2f} s")
     print(f"simulate_policy(always_sell): {t_policy:.3f} s")
     print(f"counterfactual labels for every candidate: {t_labels:.3f} s")
@@ -91,8 +102,10 @@ def main() -> None:
         f"original-design sketch, one nearest-delta trade per decision: {t_sketch_sample:.1f} s for "
         f"{len(sample)} decisions ({done} trades) -> {t_sketch:.1f} s for all {n_dec} (linear scaling)"
     )
-    print(f"speed ratio, sketch (1 trade/decision) vs engine labels ({n_cands / n_dec:.1f} trades/decision): "
-          f"{t_sketch / t_labels:.0f}x")
+    print(
+        f"speed ratio, sketch (1 trade/decision) vs engine labels ({n_cands / n_dec:.1f} trades/decision): "
+        f"{t_sketch / t_labels:.0f}x"
+    )
     print(f"speed ratio, sketch vs engine simulate_policy: {t_sketch / t_policy:.0f}x")
     print(f"peak memory (max RSS of the process): {peak_mb:.0f} MB")
 
