@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--path", help="store folder for --source parquet")
     ch.add_argument("--seed", type=int, default=7, help="synthetic market seed")
     ch.add_argument("--expiries", type=int, default=3, help="how many nearest expiries to show")
-    ch.add_argument("--width", type=float, default=10.0, help="strikes within this % of spot")
+    ch.add_argument("--width", type=float, default=10.0, help="strikes within this %% of spot")
     ch.set_defaults(func=_cmd_chain)
 
     k = sub.add_parser("cache", help="inspect or clear the LLM response cache")
