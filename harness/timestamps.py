@@ -38,11 +38,6 @@ def utc_index(values: pd.DatetimeIndex | pd.Series | np.ndarray | list) -> pd.Da
     return idx.as_unit("ns").rename("timestamp")
 
 
-def year_fraction_between(start: pd.Timestamp, end: pd.Timestamp) -> float:
-    """Return (end - start) in years of 365 days (Deribit's convention)."""
-    return (end - start).total_seconds() / (365.0 * 86400.0)
-
-
 def as_ns(values: pd.DatetimeIndex | pd.Series | np.ndarray | list) -> np.ndarray:
     """Nanoseconds since the Unix epoch (int64) of UTC instants, whatever their resolution.
 
