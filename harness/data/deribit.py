@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
 from harness.data.deribit_client import DeribitClient, InstrumentInfo
-from harness.data.files import ChainTable, DataError, concat_chain, normalize_store_chain
+from harness.data.files import (
+    ChainTable,
+    ChainTableSource,
+    DataError,
+    concat_chain,
+    normalize_store_chain,
+)
 from harness.data.source import (
     OHLC_COLUMNS,
-    empty_chain_frame,
     empty_ohlc,
     frame_to_snapshots,
     inclusive_range,
@@ -208,7 +213,7 @@ def build_chain(
     return concat_chain(frames)
 
 
-class DeribitDataSource:
+class DeribitDataSource(ChainTableSource):
     """MarketDataSource (also Bulk and Settlement source) on the live Deribit public API.
 
     Config: ``market: {source: deribit, timeframe: 1h, cache_dir: .cache/deribit}``. Chains are
@@ -282,7 +287,7 @@ class DeribitDataSource:
             )
         return self._days[key]
 
-    def _table(self, underlying: str, start: pd.Timestamp, end: pd.Timestamp) -> ChainTable:
+    def _chain_table(self, underlying: str, start: pd.Timestamp, end: pd.Timestamp) -> ChainTable:
         bar = timeframe_delta(self.timeframe)
         stale = self.max_staleness or bar
         days = pd.date_range((start - stale - bar).floor("D"), end.floor("D"), freq="D")
@@ -324,37 +329,6 @@ class DeribitDataSource:
         return out[f.notna()]
 
     # ---- BulkChainSource
-
-    def chain_frame(
-        self,
-        underlying: str,
-        times: pd.DatetimeIndex,
-        *,
-        kinds: Sequence[str] = ("call", "put"),
-        max_dte: float | None = None,
-    ) -> pd.DataFrame:
-        """Chains at each of `times` (CHAIN_COLUMNS), optionally narrowed to kinds / max DTE."""
-        times = utc_index(pd.DatetimeIndex(times))
-        if len(times) == 0:
-            return empty_chain_frame()
-        table = self._table(underlying, times.min(), times.max())
-        out = table.at(times, kinds=kinds, max_dte=max_dte)
-        self.gate_counts.update(table.gate_counts)
-        return out
-
-    def option_marks(self, instrument_names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
-        """Last traded prices (USD) as marks, shape (names, times); NaN where none is fresh."""
-        times = utc_index(pd.DatetimeIndex(times))
-        out = np.full((len(instrument_names), len(times)), np.nan)
-        if len(times) == 0:
-            return out
-        groups: dict[str, list[int]] = {}
-        for i, name in enumerate(instrument_names):
-            groups.setdefault(name.split("-")[0], []).append(i)
-        for underlying, rows in groups.items():
-            table = self._table(underlying, times.min(), times.max())
-            out[rows] = table.marks([instrument_names[i] for i in rows], times)
-        return out
 
     # ---- SettlementSource
 

@@ -456,7 +456,64 @@ class ChainTable:
 # ---------------------------------------------------------------- the store as a data source
 
 
-class FileDataSource:
+class ChainTableSource:
+    """`BulkChainSource` methods for sources whose chains live in `ChainTable`s.
+
+    A subclass provides `_chain_table(underlying, start, end)` (None when it has no data for
+    that underlying) and may override `_has_chains(underlying)`, which lets `option_marks`
+    leave unknown underlyings as NaN rather than fail.
+    """
+
+    gate_counts: Counter[str]
+
+    def _chain_table(
+        self, underlying: str, start: pd.Timestamp, end: pd.Timestamp
+    ) -> ChainTable | None:
+        raise NotImplementedError
+
+    def _has_chains(self, underlying: str) -> bool:
+        return True
+
+    def chain_frame(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> pd.DataFrame:
+        """Chains at each of `times` (CHAIN_COLUMNS), optionally narrowed to kinds / max DTE."""
+        times = utc_index(pd.DatetimeIndex(times))
+        if len(times) == 0:
+            return empty_chain_frame()
+        table = self._chain_table(underlying, times.min(), times.max())
+        if table is None:
+            return empty_chain_frame()
+        out = table.at(times, kinds=kinds, max_dte=max_dte)
+        # tables may be reused across calls: move their counts so none is counted twice
+        self.gate_counts.update(table.gate_counts)
+        table.gate_counts.clear()
+        return out
+
+    def option_marks(self, instrument_names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
+        """Mark prices (USD), shape (len(names), len(times)); NaN where not listed or stale."""
+        times = utc_index(pd.DatetimeIndex(times))
+        out = np.full((len(instrument_names), len(times)), np.nan)
+        if len(times) == 0 or len(instrument_names) == 0:
+            return out
+        by_underlying: dict[str, list[int]] = {}
+        for i, name in enumerate(instrument_names):
+            by_underlying.setdefault(_underlying_of(name), []).append(i)
+        for underlying, rows in by_underlying.items():
+            if not self._has_chains(underlying):
+                continue
+            table = self._chain_table(underlying, times.min(), times.max())
+            if table is not None:
+                out[rows] = table.marks([instrument_names[i] for i in rows], times)
+        return out
+
+
+class FileDataSource(ChainTableSource):
     """MarketDataSource over the local store (Parquet or CSV); also Bulk and Settlement source.
 
     Config: ``market: {source: parquet, path: data/}`` -> ``FileDataSource("data/")``.
@@ -557,43 +614,10 @@ class FileDataSource:
         """Bars of one option from its stored bar-close marks, USD (see ChainTable.ohlc)."""
         s, e = inclusive_range(start, end)
         underlying = _underlying_of(instrument_name)
-        table = self._table(underlying, s - timeframe_delta(timeframe), e)
+        table = self._chain_table(underlying, s - timeframe_delta(timeframe), e)
         return table.ohlc(instrument_name, s, e, timeframe)
 
     # ---- BulkChainSource
-
-    def chain_frame(
-        self,
-        underlying: str,
-        times: pd.DatetimeIndex,
-        *,
-        kinds: Sequence[str] = ("call", "put"),
-        max_dte: float | None = None,
-    ) -> pd.DataFrame:
-        """Chains at each of `times` (CHAIN_COLUMNS), vectorized over the stored partitions."""
-        times = utc_index(pd.DatetimeIndex(times))
-        if len(times) == 0:
-            return empty_chain_frame()
-        table = self._table(underlying, times.min(), times.max())
-        out = table.at(times, kinds=kinds, max_dte=max_dte)
-        self.gate_counts.update(table.gate_counts)
-        return out
-
-    def option_marks(self, instrument_names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
-        """Mark prices (USD), shape (len(names), len(times)); NaN where not listed or stale."""
-        times = utc_index(pd.DatetimeIndex(times))
-        out = np.full((len(instrument_names), len(times)), np.nan)
-        if len(times) == 0 or len(instrument_names) == 0:
-            return out
-        by_underlying: dict[str, list[int]] = {}
-        for i, name in enumerate(instrument_names):
-            by_underlying.setdefault(_underlying_of(name), []).append(i)
-        for underlying, rows in by_underlying.items():
-            if not meta_path(self.root, underlying).exists():
-                continue
-            table = self._table(underlying, times.min(), times.max())
-            out[rows] = table.marks([instrument_names[i] for i in rows], times)
-        return out
 
     # ---- SettlementSource
 
@@ -619,7 +643,10 @@ class FileDataSource:
 
     # ---- internals
 
-    def _table(self, underlying: str, start: pd.Timestamp, end: pd.Timestamp) -> ChainTable:
+    def _has_chains(self, underlying: str) -> bool:
+        return meta_path(self.root, underlying).exists()
+
+    def _chain_table(self, underlying: str, start: pd.Timestamp, end: pd.Timestamp) -> ChainTable:
         tf = self.chain_timeframe(underlying)
         stale = self._max_staleness or timeframe_delta(tf)
         first = (start - stale - timeframe_delta(tf)).floor("D")

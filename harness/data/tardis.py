@@ -29,6 +29,7 @@ import pyarrow.csv as pacsv
 
 from harness.data.files import (
     ChainTable,
+    ChainTableSource,
     DataError,
     concat_chain,
     normalize_store_chain,
@@ -36,7 +37,6 @@ from harness.data.files import (
 from harness.data.source import (
     OHLC_COLUMNS,
     MarketDataSource,
-    empty_chain_frame,
     empty_ohlc,
     frame_to_snapshots,
     inclusive_range,
@@ -577,7 +577,7 @@ def front_underlying_bars(chain: pd.DataFrame) -> pd.DataFrame:
     return out.loc[:, list(OHLC_COLUMNS)]
 
 
-class TardisDataSource:
+class TardisDataSource(ChainTableSource):
     """MarketDataSource reading Tardis options_chain files directly (resampled in memory).
 
     Good for a few days of data; for more, import into the store (`harness data import
@@ -631,6 +631,14 @@ class TardisDataSource:
     def _table(self, underlying: str) -> ChainTable | None:
         return self._load().get(underlying.upper())
 
+    def _chain_table(
+        self, underlying: str, start: pd.Timestamp, end: pd.Timestamp
+    ) -> ChainTable | None:
+        return self._table(underlying)
+
+    def _has_chains(self, underlying: str) -> bool:
+        return underlying.upper() in self._load()
+
     def get_spot_ohlc(
         self, underlying: str, start: TimestampLike, end: TimestampLike, timeframe: Timeframe
     ) -> pd.DataFrame:
@@ -669,34 +677,6 @@ class TardisDataSource:
             raise DataError(f"unknown instrument name: {exc}") from None
         table = self._table(underlying)
         return empty_ohlc() if table is None else table.ohlc(instrument_name, s, e, timeframe)
-
-    def chain_frame(
-        self,
-        underlying: str,
-        times: pd.DatetimeIndex,
-        *,
-        kinds: Sequence[str] = ("call", "put"),
-        max_dte: float | None = None,
-    ) -> pd.DataFrame:
-        """Chains at each of `times` (CHAIN_COLUMNS), optionally narrowed to kinds / max DTE."""
-        table = self._table(underlying)
-        if table is None:
-            return empty_chain_frame()
-        out = table.at(pd.DatetimeIndex(times), kinds=kinds, max_dte=max_dte)
-        self.gate_counts.update(table.gate_counts)
-        table.gate_counts.clear()
-        return out
-
-    def option_marks(self, instrument_names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
-        """Mark prices (USD), shape (len(names), len(times)); NaN where not listed or stale."""
-        out = np.full((len(instrument_names), len(times)), np.nan)
-        for underlying, table in self._load().items():
-            rows = [i for i, n in enumerate(instrument_names) if n.split("-")[0] == underlying]
-            if rows:
-                out[rows] = table.marks(
-                    [instrument_names[i] for i in rows], pd.DatetimeIndex(times)
-                )
-        return out
 
 
 def write_tardis_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
