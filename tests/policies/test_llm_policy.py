@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +26,7 @@ from tests.llm.scripted_server import (
     sell,
     status,
 )
-
-FAST: dict[str, Any] = {
-    "initial_backoff_s": 0.001,
-    "max_backoff_s": 0.01,
-    "timeout_s": 5.0,
-    "max_attempts": 3,
-}
-
-
-@pytest.fixture
-def server() -> Iterator[ScriptedServer]:
-    with ScriptedServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(KEY_ENV, SECRET)
-    return SECRET
+from tests.policies.conftest import FAST
 
 
 @pytest.fixture
