@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -368,6 +368,20 @@ class CoveredCallSimulator:
                 closes = ohlc["close"].reindex(grid).to_numpy(dtype=float)
                 self._paths[n] = (a, _ffill(closes))
 
+    def _settlement_flows(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Settlement price, payoff and delivery fee per coin (USD) of candidate rows `ks`."""
+        c = self.config
+        rows = self.cand_row[ks]
+        settle = np.array(
+            [
+                self.settlement_price(pd.Timestamp(int(e), tz="UTC"))
+                for e in self.store.expiry_ns[rows]
+            ]
+        )
+        payoff = call_payoff(settle, self.store.columns["strike"][rows])
+        dfee = delivery_fee(settle, payoff, c.delivery_fee_rate, c.fee_cap_fraction)
+        return settle, payoff, dfee
+
     def _outcomes(self, ks: np.ndarray) -> dict[str, np.ndarray]:
         """Hold-to-expiry outcomes per coin of candidate rows `ks` (vectorized)."""
         c = self.config
@@ -379,10 +393,8 @@ class CoveredCallSimulator:
         expiry = st.expiry_ns[rows]
         premium = self.cand_premium[ks]
         names = st.names[rows]
-        settle = np.array([self.settlement_price(pd.Timestamp(int(e), tz="UTC")) for e in expiry])
-        payoff = call_payoff(settle, strike)
+        settle, payoff, dfee = self._settlement_flows(ks)
         open_fee = trading_fee(f_open, premium, c.fee_rate, c.fee_cap_fraction)
-        dfee = delivery_fee(settle, payoff, c.delivery_fee_rate, c.fee_cap_fraction)
         net = premium - open_fee - payoff - dfee
         coin = (premium - open_fee) / f_open - (payoff + dfee) / settle
         open_bar = self._bar_at_or_before(self.dec_ns[self.cand_dec[ks]])
@@ -612,8 +624,8 @@ class CoveredCallSimulator:
         for i in range(len(self.dec_ns)):
             t = int(self.dec_ns[i])
             if pos is not None and t >= pos_expiry:
-                o = self._outcomes(np.array([pos.row]))
-                cash -= size * float(o["payoff"][0] + o["delivery_fee"][0])
+                _, payoff, dfee = self._settlement_flows(np.array([pos.row]))
+                cash -= size * float(payoff[0] + dfee[0])
                 pos = None
             offered_names = tuple(
                 str(n)
@@ -775,8 +787,6 @@ class CoveredCallSimulator:
             np.array([cash]),
             np.array([spot - price - close_fee / size]),
         )[0]
-        from dataclasses import replace
-
         return replace(
             trade,
             close_time=pd.Timestamp(int(self.dec_ns[dec]), tz="UTC"),

@@ -496,12 +496,7 @@ class SyntheticMarket:
         is_call: np.ndarray,
     ) -> dict[str, np.ndarray]:
         """Vectorized quotes for rows of (as_of ns, strike, expiry ns, is_call)."""
-        times = pd.DatetimeIndex(as_of.astype("datetime64[ns]"), tz="UTC")
-        spot = self.spot_at(underlying, times)
-        vol = self.vol_state_at(underlying, times)
-        tau = (expiry - as_of) / (365.0 * 86400.0 * 1e9)
-        tau = np.maximum(tau, 0.0)
-        iv, x = self._surface_iv(underlying, vol, tau, np.log(strike / spot))
+        spot, tau, iv, x = self._surface_at(underlying, as_of, strike, expiry)
         g = black76_greeks(spot, strike, tau, iv, is_call)
         sp = self.surface
         half = sp.half_spread_vol + sp.half_spread_vol_per_x * np.abs(x)
@@ -649,14 +644,21 @@ class SyntheticMarket:
             out[rows] = block
         return out
 
-    def _marks(
-        self, u: str, t: np.ndarray, strike: np.ndarray, expiry: np.ndarray, is_call: np.ndarray
-    ) -> np.ndarray:
+    def _surface_at(
+        self, u: str, t: np.ndarray, strike: np.ndarray, expiry: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Spot, tenor (years), implied vol and standardized moneyness at ns instants `t`."""
         times = pd.DatetimeIndex(t.astype("datetime64[ns]"), tz="UTC")
         spot = self.spot_at(u, times)
         vol = self.vol_state_at(u, times)
         tau = np.maximum((expiry - t) / (365.0 * 86400.0 * 1e9), 0.0)
-        iv, _ = self._surface_iv(u, vol, tau, np.log(strike / spot))
+        iv, x = self._surface_iv(u, vol, tau, np.log(strike / spot))
+        return spot, tau, iv, x
+
+    def _marks(
+        self, u: str, t: np.ndarray, strike: np.ndarray, expiry: np.ndarray, is_call: np.ndarray
+    ) -> np.ndarray:
+        spot, tau, iv, _ = self._surface_at(u, t, strike, expiry)
         return black76_price(spot, strike, tau, iv, is_call)
 
     def get_option_ohlc(
