@@ -26,8 +26,8 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------------- run
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.config import load_config
-    from harness.experiment import run_experiment
+    from harness.experiments.config import load_config
+    from harness.experiments.runner import run_experiment
 
     config = load_config(args.config)
     summary = run_experiment(
@@ -89,7 +89,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- compare
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import compare_runs, render_comparison, write_comparison
+    from harness.reports.compare import compare_runs, render_comparison, write_comparison
 
     cmp = compare_runs(Path(args.run_a), Path(args.run_b), policy=args.policy)
     md, _ = render_comparison(cmp)
@@ -104,8 +104,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_chain(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from harness.config import MarketConfig
-    from harness.markets import build_market
+    from harness.experiments.config import MarketConfig
+    from harness.experiments.markets import build_market
     from harness.timestamps import to_utc
 
     source = build_market(MarketConfig(source=args.source, seed=args.seed, path=args.path))
@@ -181,7 +181,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- export
 def _cmd_export(args: argparse.Namespace) -> int:
     try:
-        from harness.dataset import export_run
+        from harness.training.export import export_run
     except ImportError as exc:
         raise CLIError(f"export is not available in this install: {exc}") from None
     result = export_run(
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an experiment config into a run folder",
         description=(
             "Replay every policy of CONFIG on the same decision times, score each decision against the "
-            "counterfactual labels, replay each portfolio, and write runs/<timestamp>-<name>/ with a report."
+            "counterfactual labels, replay each portfolio, and write runs/<timestamp>-<id>-<name>/ with a report."
         ),
     )
     r.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")

@@ -17,9 +17,9 @@ import pandas as pd
 
 from harness.data.source import BulkChainSource, MarketDataSource, SettlementSource
 from harness.data.store import ChainStore, ProgressFn
-from harness.features import spot_features
-from harness.metrics import portfolio_metrics
-from harness.outcomes import (
+from harness.engine.features import spot_features
+from harness.engine.metrics import portfolio_metrics
+from harness.engine.outcomes import (
     call_payoff,
     covered_drawdown_pct,
     delivery_fee,

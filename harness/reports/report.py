@@ -32,6 +32,7 @@ DASH = "—"
 TOP_DISAGREEMENTS = 30
 MAX_PLOT_POINTS = 2000
 FIGURES_DIR = "figures"
+TEMPLATES_DIR = Path(__file__).parent / "templates"
 CHART_NAMES = ("equity_vs_hodl", "drawdown", "reward_distribution", "cumulative_regret")
 
 DECISION_COLUMNS = [
@@ -352,129 +353,25 @@ class Section:
     charts: list[Chart] = field(default_factory=list)
 
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
-color:#222;padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.3em}h2{font-size:1.25em;border-bottom:1px solid #ddd;
-padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.88em;margin:.6em 0}
-th,td{border:1px solid #ddd;padding:.3em .6em}th{background:#f4f4f4}
-td.r{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.l{text-align:left}
-table.kv th{text-align:left;font-weight:600;background:#fafafa}
-tr:nth-child(even) td{background:#fbfbfb}
-figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#555;font-size:.9em}
-.notes li{color:#8a4b00}
-"""
-
-_HTML_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{{ title }}</title>
-<style>{{ css }}</style>
-</head>
-<body>
-<h1>{{ title }}</h1>
-{% if header %}
-<table class="kv">
-{% for key, value in header %}
-<tr><th>{{ key }}</th><td>{{ value }}</td></tr>
-{% endfor %}
-</table>
-{% endif %}
-{% if notes %}
-<h2>Notes</h2>
-<ul class="notes">
-{% for note in notes %}
-<li>{{ note }}</li>
-{% endfor %}
-</ul>
-{% endif %}
-{% for s in sections %}
-<h2>{{ s.title }}</h2>
-{% for p in s.paragraphs %}
-<p>{{ p }}</p>
-{% endfor %}
-{% if s.table %}
-<table>
-<thead><tr>{% for c in s.table.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
-<tbody>
-{% for row in s.table.rows %}
-<tr>{% for cell in row %}<td class="{{ s.table.align[loop.index0] }}">{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}
-</tbody>
-</table>
-{% endif %}
-{% if s.bullets %}
-<ul>
-{% for b in s.bullets %}
-<li>{{ b }}</li>
-{% endfor %}
-</ul>
-{% endif %}
-{% for c in s.charts %}
-<figure><img alt="{{ c.title }}" src="data:image/png;base64,{{ c.b64 }}">
-<figcaption>{{ c.title }}</figcaption></figure>
-{% endfor %}
-{% endfor %}
-</body>
-</html>
-"""
-
-_MD_TEMPLATE = """# {{ title }}
-
-{% for key, value in header %}
-- **{{ key }}:** {{ value }}
-{% endfor %}
-{% if notes %}
-
-## Notes
-
-{% for note in notes %}
-- {{ note }}
-{% endfor %}
-{% endif %}
-{% for s in sections %}
-
-## {{ s.title }}
-
-{% for p in s.paragraphs %}
-{{ p }}
-
-{% endfor %}
-{% if s.table %}
-| {{ s.table.columns | map("mdcell") | join(" | ") }} |
-|{% for a in s.table.align %}{{ "---:" if a == "r" else ":---" }}|{% endfor %}
-
-{% for row in s.table.rows %}
-| {{ row | map("mdcell") | join(" | ") }} |
-{% endfor %}
-
-{% endif %}
-{% for b in s.bullets %}
-- {{ b }}
-{% endfor %}
-{% for c in s.charts %}
-![{{ c.title }}]({{ c.md_path }})
-
-{% endfor %}
-{% endfor %}
-"""
-
-
 def _md_cell(text: Any) -> str:
     # Pipes and newlines would break a Markdown table row.
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _env(autoescape: bool) -> jinja2.Environment:
-    env = jinja2.Environment(autoescape=autoescape, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=autoescape,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["mdcell"] = _md_cell
     return env
 
 
-_HTML = _env(autoescape=True).from_string(_HTML_TEMPLATE)
-_MD = _env(autoescape=False).from_string(_MD_TEMPLATE)
+_HTML = _env(autoescape=True).get_template("document.html.j2")
+_MD = _env(autoescape=False).get_template("document.md.j2")
+_CSS = (TEMPLATES_DIR / "report.css").read_text(encoding="utf-8")
 
 
 def render_document(

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.config import ConfigError, load_config, parse_config
-from harness.experiment import LLMRequiredError, run_experiment
+from harness.experiments.config import ConfigError, load_config, parse_config
+from harness.experiments.runner import LLMRequiredError, run_experiment
 from tests.llm.scripted_server import ScriptedServer, first_enum_or_nothing
 
 KEY_ENV = "HARNESS_E2E_KEY"
@@ -287,6 +287,66 @@ def test_cli_run_chain_and_cache(tmp_path, capsys) -> None:
 
 
 def test_quickstart_config_is_valid() -> None:
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "quickstart.yaml")
     assert {p.name for p in cfg.policies} >= {"always_sell", "oracle", "llm_v1"}
-    load_config(Path(__file__).parents[1] / "configs" / "prompt_iteration.yaml")
+    load_config(Path(__file__).parents[2] / "configs" / "prompt_iteration.yaml")
+
+
+def test_runs_started_in_the_same_second_get_distinct_folders(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from harness.experiments.runner import create_run_dir
+
+    # Eight processes and eight threads at once: every one must get its own new folder.
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        by_process = pool.starmap(create_run_dir, [(tmp_path, "same")] * 8)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as ex:
+        by_thread = list(ex.map(lambda _: create_run_dir(tmp_path, "same"), range(8)))
+    dirs = by_process + by_thread
+    assert len(set(dirs)) == 16
+    assert all(d.is_dir() and d.name.endswith("-same") for d in dirs)
+    assert len(list(tmp_path.iterdir())) == 16
+
+
+def test_a_colliding_run_id_is_drawn_again(tmp_path: Path, monkeypatch) -> None:
+    from harness.experiments import runner
+
+    suffixes = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
+    monkeypatch.setattr(runner.secrets, "token_hex", lambda n: next(suffixes))
+    monkeypatch.setattr(
+        runner.pd.Timestamp,
+        "now",
+        classmethod(lambda cls, tz=None: pd.Timestamp("2026-01-01", tz="UTC")),
+    )
+    first = runner.create_run_dir(tmp_path, "x")
+    second = runner.create_run_dir(tmp_path, "x")
+    assert first.name == "20260101T000000Z-aaaaaa-x"
+    assert second.name == "20260101T000000Z-bbbbbb-x"
+
+
+def test_two_full_runs_started_at_once_both_complete(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "rules.yaml"
+    cfg = _config(tmp_path, None, name="twin")
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "run",
+        str(cfg_path),
+        "--out",
+        str(tmp_path / "runs"),
+        "--quiet",
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-400:] for o in outs]
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 3
+    assert all(
+        json.loads((f / "manifest.json").read_text())["status"] == "complete" for f in folders
+    )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.report import (
+from harness.reports.report import (
     Section,
     Table,
     fmt_int,

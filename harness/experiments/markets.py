@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from harness.config import MarketConfig
 from harness.data.source import MarketDataSource
 from harness.data.synthetic import SyntheticMarket
+from harness.experiments.config import MarketConfig
 from harness.types import Timeframe
 
 

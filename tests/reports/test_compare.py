@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.compare import compare_runs, render_comparison, write_comparison
+from harness.reports.compare import compare_runs, render_comparison, write_comparison
 from tests.run_fixtures import INVALID_EVERY, LLM, LLM_COST, POLICIES, FakeRun, write_fake_run
 
 CHANGED_AT = (3, 10, 42)

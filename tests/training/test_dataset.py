@@ -10,7 +10,14 @@ import pandas as pd
 import pytest
 
 from harness.data.synthetic import SyntheticMarket
-from harness.dataset import (
+from harness.experiments.rewards import return_bps, with_reward
+from harness.llm.prompts import load_prompt
+from harness.policies.llm import LLMPolicy
+from harness.policies.rules import always_sell, iv_rich
+from harness.simulator import CoveredCallSimulator
+from harness.state import DecisionState
+from harness.timestamps import to_utc
+from harness.training.dataset import (
     STATE_FEATURES,
     CandidateExample,
     TrainingExample,
@@ -19,15 +26,8 @@ from harness.dataset import (
     preference_pair,
     walk_forward_split,
 )
-from harness.llm.prompts import load_prompt
-from harness.policies.llm import LLMPolicy
-from harness.policies.rules import always_sell, iv_rich
-from harness.rewards import return_bps, with_reward
-from harness.simulator import CoveredCallSimulator
-from harness.state import DecisionState
-from harness.timestamps import to_utc
 from harness.types import CallCandidate, CallSimulationConfig
-from tests.test_export import ChatServer
+from tests.training.test_export import ChatServer
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.outcomes import (
+from harness.engine.outcomes import (
     call_payoff,
     covered_drawdown_pct,
     delivery_fee,

@@ -20,10 +20,15 @@ import pandas as pd
 import pytest
 
 from harness.cli import main as cli_main
-from harness.config import parse_config
-from harness.dataset import TrainingExample, preference_pair
-from harness.experiment import run_experiment
-from harness.export import (
+from harness.experiments.config import parse_config
+from harness.experiments.markets import build_market
+from harness.experiments.runner import run_experiment
+from harness.llm.contract import LLMAnswer, validate_answer
+from harness.llm.prompts import default_prompts_dir
+from harness.simulator import CoveredCallSimulator
+from harness.timestamps import to_utc
+from harness.training.dataset import TrainingExample, preference_pair
+from harness.training.export import (
     FORMATS,
     TABULAR_FORMATS,
     ExportError,
@@ -34,11 +39,6 @@ from harness.export import (
     read_examples,
     write_export,
 )
-from harness.llm.contract import LLMAnswer, validate_answer
-from harness.llm.prompts import default_prompts_dir
-from harness.markets import build_market
-from harness.simulator import CoveredCallSimulator
-from harness.timestamps import to_utc
 
 NO_KEY_ENV = "HARNESS_EXPORT_TEST_UNSET_KEY"
 
@@ -183,11 +183,11 @@ def run_config(
 
 @pytest.fixture(scope="session")
 def run_dir(run_config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import harness.report
+    import harness.reports.report
 
     # the human report is half the run's time and the exporter never reads it
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(harness.report, "write_report", lambda run_dir: None)
+        mp.setattr(harness.reports.report, "write_report", lambda run_dir: None)
         summary = run_experiment(run_config, out_dir=tmp_path_factory.mktemp("runs"), quiet=True)
     assert "llm_nokey" in summary.skipped
     assert {"always_sell", "iv_rich", "oracle", "llm", "llm_anon"} <= set(summary.policies)
@@ -508,7 +508,7 @@ def test_unfinished_or_inconsistent_runs_are_refused(run_dir: Path, run_sim, tmp
 
 
 def test_the_exporter_checks_its_own_output(loaded, tmp_path, monkeypatch) -> None:
-    import harness.export as export
+    import harness.training.export as export
 
     run = loaded("iv_rich")
     right_answer = export._chat_row

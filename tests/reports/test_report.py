@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.report import (
+from harness.reports.report import (
     disagreements,
     fmt_pct,
     fmt_share,

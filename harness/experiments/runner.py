@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import subprocess
 import time
 from collections.abc import Sequence
@@ -24,13 +25,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness import __version__
-from harness.config import ExperimentConfig, LLMPolicyEntry, RulePolicyEntry, dump_config
+from harness.experiments.config import (
+    ExperimentConfig,
+    LLMPolicyEntry,
+    RulePolicyEntry,
+    dump_config,
+)
+from harness.experiments.markets import build_market, market_fingerprint
+from harness.experiments.rewards import REWARD_UNITS, with_reward
 from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
 from harness.llm.client import LLMUnavailable
-from harness.markets import build_market, market_fingerprint
 from harness.policies.llm import LLMPolicy
 from harness.policies.rules import make_rule, oracle
-from harness.rewards import REWARD_UNITS, with_reward
 from harness.simulator import CoveredCallSimulator, PolicyFn
 from harness.state import DecisionState
 from harness.stats import PairedComparison, paired_comparison
@@ -66,6 +72,25 @@ class _Scored:
     rewards: np.ndarray
     invalid: int = 0
     errors: int = 0
+
+
+def create_run_dir(out_dir: str | Path, name: str) -> Path:
+    """Create and return a new, never-existing run folder `<out_dir>/<UTC stamp>-<6 hex>-<name>`.
+
+    The random suffix keeps ids unique when runs (or sweep trials, or processes) start in the
+    same second; names still sort by start time. `mkdir(exist_ok=False)` is the arbiter, so
+    two processes can never share a folder.
+    """
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%SZ")
+        run_dir = root / f"{stamp}-{secrets.token_hex(3)}-{name}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        return run_dir
 
 
 def _git_commit() -> str | None:
@@ -156,9 +181,7 @@ class ExperimentRunner:
                     "resume only with the same config"
                 )
         else:
-            stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%SZ")
-            self.run_dir = Path(out_dir) / f"{stamp}-{config.name}"
-            self.run_dir.mkdir(parents=True, exist_ok=False)
+            self.run_dir = create_run_dir(out_dir, config.name)
             (self.run_dir / "config.yaml").write_text(dump_config(config))
 
     # ------------------------------------------------------------------ main
@@ -565,7 +588,7 @@ class ExperimentRunner:
 
     def _write_report(self) -> None:
         try:
-            from harness.report import write_report
+            from harness.reports.report import write_report
         except ImportError:  # report module not available in a trimmed install
             return
         try:

@@ -37,8 +37,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness import __version__
-from harness.config import ConfigError, ExperimentConfig, LLMPolicyEntry, load_config
-from harness.dataset import (
+from harness.experiments.config import ConfigError, ExperimentConfig, LLMPolicyEntry, load_config
+from harness.experiments.markets import build_market
+from harness.experiments.rewards import REWARD_UNITS
+from harness.llm.anonymize import Anchor, AnonymizedView, PlainView
+from harness.llm.contract import LLMAnswer, validate_answer
+from harness.llm.prompts import load_prompt
+from harness.simulator import CoveredCallSimulator
+from harness.timestamps import to_utc
+from harness.training.dataset import (
     DEFAULT_PROMPT,
     DO_NOTHING_REWARD,
     STATE_FEATURES,
@@ -50,13 +57,6 @@ from harness.dataset import (
     preference_pair,
     walk_forward_split,
 )
-from harness.llm.anonymize import Anchor, AnonymizedView, PlainView
-from harness.llm.contract import LLMAnswer, validate_answer
-from harness.llm.prompts import load_prompt
-from harness.markets import build_market
-from harness.rewards import REWARD_UNITS
-from harness.simulator import CoveredCallSimulator
-from harness.timestamps import to_utc
 
 FORMATS: tuple[str, ...] = (
     "parquet",
@@ -967,7 +967,7 @@ def dataset_card(run: RunExamples, summary: ExportSummary, validation_fraction: 
         "",
         "## Reward",
         f"{_REWARD_TEXT[run.reward_kind]}{penalty}. DO_NOTHING earns 0. Units: "
-        f"{run.reward_units}. Computed by `harness.rewards.{run.reward_kind}` from the run's "
+        f"{run.reward_units}. Computed by `harness.experiments.rewards.{run.reward_kind}` from the run's "
         "`labels.parquet` (`reward` column); the best action in hindsight is the highest "
         "reward over every candidate and DO_NOTHING (ties: first in candidate order).",
         "",

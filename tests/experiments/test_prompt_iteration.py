@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.compare import compare_runs
-from harness.config import parse_config
-from harness.experiment import run_experiment
+from harness.experiments.config import parse_config
+from harness.experiments.runner import run_experiment
+from harness.reports.compare import compare_runs
 from tests.llm.scripted_server import ScriptedServer, first_enum_or_nothing, sell
 
 KEY_ENV = "HARNESS_ITER_KEY"
 MARKER = "Prefer the furthest strike offered."
-PROMPTS = Path(__file__).parents[1] / "prompts"
+PROMPTS = Path(__file__).parents[2] / "prompts"
 
 
 def _responder(request: dict) -> object:

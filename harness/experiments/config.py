@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.experiments.rewards import RewardKind
 from harness.llm.cache import CacheMode
 from harness.policies.llm import LLMPolicyConfig
 from harness.policies.rules import RULES
-from harness.rewards import RewardKind
 from harness.types import CallSimulationConfig
 
 

@@ -3,7 +3,7 @@
 Every decision time of a simulation becomes one `TrainingExample`, DO_NOTHING decisions
 included: the point-in-time state features, every offered candidate with its features and
 its counterfactual reward (hold to expiry), the action the policy took and its reward, and
-the best action in hindsight. Rewards come from the named functions of `harness.rewards`
+the best action in hindsight. Rewards come from the named functions of `harness.experiments.rewards`
 (`pnl_vs_hodl` in USD, `return_bps` of notional, each minus an optional
 `drawdown_penalty * max_drawdown_pct`).
 
@@ -11,8 +11,8 @@ When a prompt is attached, each example with candidates also carries the exact s
 user messages an LLM policy would be sent (same `build_context`, template and view as
 `LLMPolicy`), so chat-format exports show a model exactly what the policy saw.
 
-`generate_training_data` is the Python API; `export_run` (in `harness.export`, re-exported
-here) turns a run folder into files for supervised, preference and RL training.
+`generate_training_data` is the Python API; `harness.training.export.export_run` turns a run
+folder into files for supervised, preference and RL training.
 """
 
 from __future__ import annotations
@@ -21,22 +21,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from harness.experiments.rewards import RewardKind, with_reward
 from harness.llm.anonymize import Anchor, AnonymizedView, PlainView
 from harness.llm.prompts import PromptTemplate, build_context, load_prompt
-from harness.rewards import RewardKind, with_reward
 from harness.simulator import CoveredCallSimulator, PolicyFn
 from harness.state import DecisionState
 from harness.timestamps import to_utc
 from harness.types import CallCandidate
-
-if TYPE_CHECKING:
-    from harness.export import ExportSummary
 
 Action = Literal["SELL_CALL", "DO_NOTHING"]
 
@@ -430,26 +426,3 @@ def walk_forward_split(
 
 def _days(td: pd.Timedelta) -> str:
     return f"{td / pd.Timedelta(days=1):.2f} days"
-
-
-# --------------------------------------------------------------------------- export
-def export_run(
-    run_dir: Path,
-    *,
-    fmt: str,
-    out: Path,
-    policy: str | None = None,
-    split: str = "none",
-    validation_fraction: float = 0.2,
-) -> ExportSummary:
-    """Export a run folder's decisions of `policy` as a training set in `fmt` (see harness.export)."""
-    from harness.export import export_run as _export_run  # export imports this module
-
-    return _export_run(
-        run_dir,
-        fmt=fmt,
-        out=out,
-        policy=policy,
-        split=split,
-        validation_fraction=validation_fraction,
-    )
