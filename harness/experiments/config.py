@@ -69,6 +69,7 @@ class LLMPolicyEntry(LLMPolicyConfig):
 
 
 PolicyEntry = Annotated[RulePolicyEntry | LLMPolicyEntry, Field(discriminator="type")]
+POLICY_TYPES: tuple[str, ...] = ("rule", "llm")
 
 
 class RewardConfig(BaseModel):
@@ -107,15 +108,16 @@ class ExperimentConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _policy_types(cls, data: Any) -> Any:
-        # `type` may be left out: an entry with a `model` is an LLM policy, else a rule
+        # Every entry states its `type`: inferring it (e.g. "has a model key, so an LLM") would
+        # silently turn other kinds of entries into LLM policies.
         if isinstance(data, dict) and isinstance(data.get("policies"), list):
-            data = dict(data)
-            data["policies"] = [
-                {**p, "type": "llm" if "model" in p else "rule"}
-                if isinstance(p, dict) and "type" not in p
-                else p
-                for p in data["policies"]
-            ]
+            for i, p in enumerate(data["policies"]):
+                if isinstance(p, dict) and "type" not in p:
+                    name = p.get("name", f"#{i}")
+                    raise ValueError(
+                        f"policies.{i} ({name}): every policy entry states its `type` "
+                        f"(one of: {', '.join(POLICY_TYPES)})"
+                    )
         return data
 
     @model_validator(mode="after")
@@ -141,10 +143,13 @@ def _format_errors(path: str, exc: ValidationError) -> str:
     for err in exc.errors():
         parts = list(err["loc"])
         # pydantic puts the union's tag in the path (policies.0.rule.rule): drop it
-        if len(parts) > 2 and parts[0] == "policies" and parts[2] in ("rule", "llm"):
+        if len(parts) > 2 and parts[0] == "policies" and parts[2] in POLICY_TYPES:
             del parts[2]
-        loc = ".".join(str(x) for x in parts) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
+        if not parts and msg.startswith("policies."):
+            lines.append(f"{path}: {msg}")  # the entry-level check names its own path
+            continue
+        loc = ".".join(str(x) for x in parts) or "(top level)"
         lines.append(f"{path}: {loc}: {msg}")
     return "\n".join(lines)
 

@@ -47,7 +47,7 @@ def _config(tmp: Path, url: str, prompts_dir: Path) -> dict:
             "decision_interval_bars": 12,
         },
         "policies": [
-            {"name": "always_sell", "rule": "always_sell"},
+            {"name": "always_sell", "type": "rule", "rule": "always_sell"},
             {"name": "llm_a", "type": "llm", "prompt": "alpha", **llm},
             {"name": "llm_b", "type": "llm", "prompt": "beta", **llm},
         ],

@@ -42,9 +42,9 @@ def _config(
     }
     simulation.update(sim)
     policies: list[dict] = [
-        {"name": "always_sell", "rule": "always_sell"},
-        {"name": "iv_rich", "rule": "iv_rich", "params": {"threshold": 0.0}},
-        {"name": "oracle", "rule": "oracle"},
+        {"name": "always_sell", "type": "rule", "rule": "always_sell"},
+        {"name": "iv_rich", "type": "rule", "rule": "iv_rich", "params": {"threshold": 0.0}},
+        {"name": "oracle", "type": "rule", "rule": "oracle"},
     ]
     if server_url is not None:
         policies.append(
@@ -245,7 +245,7 @@ def test_bad_configs_name_file_field_and_problem(tmp_path) -> None:
     base = _config(tmp_path, None)
     cases = [
         (
-            {"policies": [{"name": "x", "rule": "magic"}]},
+            {"policies": [{"name": "x", "type": "rule", "rule": "magic"}]},
             "policies.0.rule: unknown rule policy 'magic'",
         ),
         (
@@ -258,6 +258,10 @@ def test_bad_configs_name_file_field_and_problem(tmp_path) -> None:
         ),
         ({"baseline": "nobody"}, "baseline 'nobody' is not one of the policies"),
         ({"reward": {"kind": "sharpe"}}, "reward.kind"),
+        (
+            {"policies": [{"name": "x", "model": "gpt-4o-mini"}]},
+            "policies.0 (x): every policy entry states its `type`",
+        ),
     ]
     for i, (patch, message) in enumerate(cases):
         path = tmp_path / f"bad{i}.yaml"
