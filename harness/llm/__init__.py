@@ -35,11 +35,11 @@ if TYPE_CHECKING:
         AnswerCheck,
         LLMAnswer,
         answer_json_schema,
-        extract_first_json_object,
         response_format_for,
         validate_answer,
     )
     from harness.llm.cost import ModelPrice, PriceTable, Usage
+    from harness.llm.final_answer import extract_final_json, parse_choice, split_reasoning
     from harness.llm.prompts import PromptTemplate, build_context, load_prompt
     from harness.llm.ratelimit import RateLimiter
     from harness.llm.retry import RetryPolicy
@@ -74,7 +74,9 @@ _EXPORTS = {
     "cache_key": "harness.llm.cache",
     "canonical_json": "harness.llm.cache",
     "default_cache_dir": "harness.llm.cache",
-    "extract_first_json_object": "harness.llm.contract",
+    "extract_final_json": "harness.llm.final_answer",
+    "parse_choice": "harness.llm.final_answer",
+    "split_reasoning": "harness.llm.final_answer",
     "load_prompt": "harness.llm.prompts",
     "response_format_for": "harness.llm.contract",
     "validate_answer": "harness.llm.contract",
@@ -120,8 +122,10 @@ __all__ = [
     "cache_key",
     "canonical_json",
     "default_cache_dir",
-    "extract_first_json_object",
+    "extract_final_json",
     "load_prompt",
+    "parse_choice",
     "response_format_for",
+    "split_reasoning",
     "validate_answer",
 ]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from harness.llm.final_answer import MAX_RATIONALE_CHARS, parse_choice
 
 Action = Literal["SELL_CALL", "DO_NOTHING"]
 SCHEMA_NAME = "covered_call_decision"
-MAX_RATIONALE_CHARS = 2000
 
 
 class LLMAnswer(BaseModel):
@@ -84,58 +83,18 @@ def response_format_for(candidate_names: Sequence[str]) -> dict[str, Any]:
     }
 
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
-_DECODER = json.JSONDecoder()
-
-
-def extract_first_json_object(text: str) -> dict[str, Any] | None:
-    """Return the first JSON object found in `text` (fenced or inline), or None."""
-    # Fenced blocks first: a model that explains itself and then fences the answer usually
-    # means the fenced object, not a `{...}` it quoted in prose.
-    for chunk in [*(m.group(1) for m in _FENCE.finditer(text)), text]:
-        start = chunk.find("{")
-        while start != -1:
-            try:
-                obj, _ = _DECODER.raw_decode(chunk, start)
-            except ValueError:
-                obj = None
-            if isinstance(obj, dict):
-                return obj
-            start = chunk.find("{", start + 1)
-    return None
-
-
 def validate_answer(text: str | None, candidate_names: Sequence[str]) -> AnswerCheck:
-    """Parse and check a raw model answer against the contract and the offered candidates."""
-    if text is None or not text.strip():
-        return AnswerCheck(False, reason="empty answer")
-    obj = extract_first_json_object(text)
-    if obj is None:
-        return AnswerCheck(False, reason="no JSON object found in the answer")
-    try:
-        answer = LLMAnswer.model_validate(obj)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'answer'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        return AnswerCheck(False, reason=f"answer breaks the schema ({problems})")
-    if answer.action == "DO_NOTHING":
-        # An instrument next to DO_NOTHING is unambiguous noise: the action decides.
-        return AnswerCheck(True, answer=answer.model_copy(update={"instrument_name": None}))
-    if answer.instrument_name is None:
-        return AnswerCheck(False, reason="SELL_CALL without an instrument_name")
-    canonical = _match_candidate(answer.instrument_name, candidate_names)
-    if canonical is None:
-        return AnswerCheck(
-            False, reason=f"instrument {answer.instrument_name!r} is not one of the candidates"
-        )
-    return AnswerCheck(True, answer=answer.model_copy(update={"instrument_name": canonical}))
+    """Parse and check a raw model answer against the contract and the offered candidates.
 
-
-def _match_candidate(name: str, candidate_names: Sequence[str]) -> str | None:
-    if name in candidate_names:
-        return name
-    folded = name.casefold()
-    matches = [c for c in candidate_names if c.casefold() == folded]
-    return matches[0] if len(matches) == 1 else None
+    The final answer is found by `harness.llm.final_answer` (reasoning stripped, the last JSON
+    object or fenced block), the same code training exports ship as their reward parser.
+    """
+    choice = parse_choice(text, candidate_names)
+    if not choice.valid:
+        return AnswerCheck(False, reason=choice.reason)
+    answer = LLMAnswer(
+        action=choice.action,  # type: ignore[arg-type]
+        instrument_name=choice.instrument_name,
+        rationale=choice.rationale,
+    )
+    return AnswerCheck(True, answer=answer)

@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 from harness.llm.contract import (
     LLMAnswer,
     answer_json_schema,
-    extract_first_json_object,
     response_format_for,
     validate_answer,
 )
+from harness.llm.final_answer import extract_final_json
 
 NAMES = ["BTC-08MAR24-63000-C", "BTC-08MAR24-66000-C"]
 
@@ -37,10 +37,10 @@ def test_tolerant_extraction_from_prose_and_fences() -> None:
     inline = f"My answer: {_json('DO_NOTHING', None)} -- hope that helps {{not json}}"
     assert validate_answer(inline, NAMES).answer.action == "DO_NOTHING"
     # A brace in prose before the object does not derail the scan.
-    assert extract_first_json_object('use {braces} carefully {"a": {"b": 1}}') == {"a": {"b": 1}}
+    assert extract_final_json('use {braces} carefully {"a": {"b": 1}}') == {"a": {"b": 1}}
     # Fenced object wins over one quoted earlier in prose.
     text = 'e.g. {"action": "X"} but really:\n```\n{"action": "DO_NOTHING"}\n```'
-    assert extract_first_json_object(text) == {"action": "DO_NOTHING"}
+    assert extract_final_json(text) == {"action": "DO_NOTHING"}
 
 
 def test_action_case_and_blank_instrument_are_normalised() -> None:
