@@ -190,6 +190,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out=Path(args.out),
         policy=args.policy,
         split=args.split,
+        validation_fraction=args.validation_fraction,
+        test_fraction=args.test_fraction,
+        target=args.target,
+        max_share=args.balance,
     )
     out.print(str(result))
     return 0
@@ -307,14 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a run as training data",
         description=(
             "Turn a run folder into labeled examples: parquet, csv, jsonl, openai-chat (SFT), "
-            "preference (OpenAI DPO), trl-preference, rft."
+            "preference (OpenAI DPO), trl-preference, rft, grpo (TRL) and verl, the last two "
+            "with a reward.py. See docs/export.md."
         ),
     )
     e.add_argument("run_dir")
     e.add_argument(
         "--format",
         required=True,
-        choices=["parquet", "csv", "jsonl", "openai-chat", "preference", "trl-preference", "rft"],
+        choices=[
+            "parquet",
+            "csv",
+            "jsonl",
+            "openai-chat",
+            "preference",
+            "trl-preference",
+            "rft",
+            "grpo",
+            "verl",
+        ],
     )
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--policy", help="policy whose actions are exported (default: the baseline)")
@@ -328,7 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation-fraction",
         type=float,
         default=0.2,
-        help="share of decisions (latest) in validation with --split walk-forward",
+        help="share of decision times in validation with --split walk-forward, in (0, 1)",
+    )
+    e.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of decision times (the latest) in test with --split walk-forward; 0 = no test",
+    )
+    e.add_argument(
+        "--target",
+        choices=["oracle", "policy"],
+        default="oracle",
+        help="openai-chat target: the best action in hindsight, or the policy's own valid answers",
+    )
+    e.add_argument(
+        "--balance",
+        type=float,
+        metavar="MAX_SHARE",
+        help="cap the majority target action at this share of the train rows, e.g. 0.6",
     )
     e.set_defaults(func=_cmd_export)
 
