@@ -936,7 +936,7 @@ def write_export(
     out: str | Path,
     split: str = "none",
     validation_fraction: float = 0.2,
-    test_fraction: float = 0.0,
+    test_fraction: float = 0.2,
     target: str = "oracle",
     max_share: float | None = None,
 ) -> ExportSummary:
@@ -1020,7 +1020,7 @@ def export_run(
     policy: str | None = None,
     split: str = "none",
     validation_fraction: float = 0.2,
-    test_fraction: float = 0.0,
+    test_fraction: float = 0.2,
     target: str = "oracle",
     max_share: float | None = None,
 ) -> ExportSummary:

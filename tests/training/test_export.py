@@ -222,60 +222,115 @@ def test_a_changed_prompt_is_refused(loaded, run_dir: Path, prompts_dir: Path, r
 
 
 # --------------------------------------------------------------------------- splits
-@pytest.mark.parametrize("fmt", ["parquet", "openai-chat"])
-def test_walk_forward_leaves_a_gap_of_the_longest_trade(fmt: str, loaded, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["parquet", "openai-chat", "grpo"])
+def test_walk_forward_splits_are_in_time_order_with_a_purge_gap(
+    fmt: str, loaded, tmp_path: Path
+) -> None:
     run = loaded("iv_rich")
     summary = write_export(run, fmt=fmt, out=tmp_path, split="walk-forward")
     ext = "parquet" if fmt == "parquet" else "jsonl"
+    shipped = {"reward.py"} if fmt == "grpo" else set()
     assert {p.name for p in tmp_path.iterdir()} == {
         "README.md",
         f"train.{ext}",
         f"validation.{ext}",
+        f"test.{ext}",
+        *shipped,
     }
     by_time = {to_utc(e.decision_time): e for e in run.examples}
     if fmt == "parquet":
-        train = read_examples(tmp_path / "train.parquet")
-        val = read_examples(tmp_path / "validation.parquet")
+        parts = [read_examples(tmp_path / f"{s}.parquet") for s in ("train", "validation", "test")]
     else:
         pattern = re.compile(r"Decision time: (\S+ \S+) UTC")
 
         def examples_of(path: Path) -> list[TrainingExample]:
-            times = [pattern.search(r["messages"][1]["content"]).group(1) for r in jsonl(path)]
+            key = "prompt" if fmt == "grpo" else "messages"
+            times = [pattern.search(r[key][1]["content"]).group(1) for r in jsonl(path)]
             return [by_time[to_utc(t)] for t in times]
 
-        train, val = (
-            examples_of(tmp_path / "train.jsonl"),
-            examples_of(tmp_path / "validation.jsonl"),
-        )
-    assert train and val
-    start = min(to_utc(e.decision_time) for e in val)
-    last_train = max(to_utc(e.decision_time) for e in train)
+        parts = [examples_of(tmp_path / f"{s}.jsonl") for s in ("train", "validation", "test")]
+    assert all(parts)
     life = max(
         to_utc(c.expiry) - to_utc(e.decision_time) for e in run.examples for c in e.candidates
     )
-    assert start - last_train >= life
-    assert max(to_utc(c.expiry) for e in train for c in e.candidates) < start  # no overlap
+    for earlier, later in zip(parts, parts[1:], strict=False):
+        start = min(to_utc(e.decision_time) for e in later)
+        assert start - max(to_utc(e.decision_time) for e in earlier) >= life
+        assert max(to_utc(c.expiry) for e in earlier for c in e.candidates) < start  # purged
     assert summary.gap is not None and summary.gap >= summary.longest_trade == life
+    assert summary.test_gap is not None and summary.test_gap >= life
     n_times = len(run.examples)
-    assert sum(to_utc(e.decision_time) >= start for e in run.examples) == pytest.approx(
+    test_start = min(to_utc(e.decision_time) for e in parts[2])
+    assert sum(to_utc(e.decision_time) >= test_start for e in run.examples) == pytest.approx(
         0.2 * n_times, abs=1
     )
     counts = card_counts(tmp_path / "README.md")
-    assert counts[f"train.{ext}"] == file_counts(tmp_path / f"train.{ext}", fmt, train)
-    assert counts[f"validation.{ext}"] == file_counts(tmp_path / f"validation.{ext}", fmt, val)
+    for name, examples in zip(("train", "validation", "test"), parts, strict=True):
+        assert counts[f"{name}.{ext}"] == file_counts(tmp_path / f"{name}.{ext}", fmt, examples)
 
 
 def test_validation_fraction_is_configurable(loaded, tmp_path: Path) -> None:
     run = loaded("iv_rich")
-    small = write_export(run, fmt="jsonl", out=tmp_path / "a", split="walk-forward")
+    small = write_export(
+        run, fmt="jsonl", out=tmp_path / "a", split="walk-forward", test_fraction=0.0
+    )
     big = write_export(
-        run, fmt="jsonl", out=tmp_path / "b", split="walk-forward", validation_fraction=0.4
+        run,
+        fmt="jsonl",
+        out=tmp_path / "b",
+        split="walk-forward",
+        validation_fraction=0.4,
+        test_fraction=0.0,
     )
     assert big.files[1].rows > small.files[1].rows and big.files[0].rows < small.files[0].rows
     with pytest.raises(ExportError, match="no training decisions"):
         write_export(
-            run, fmt="jsonl", out=tmp_path / "c", split="walk-forward", validation_fraction=0.9
+            run,
+            fmt="jsonl",
+            out=tmp_path / "c",
+            split="walk-forward",
+            validation_fraction=0.8,
+            test_fraction=0.0,
         )
+    for bad in (1.5, -1, 0, 1.0):
+        with pytest.raises(ExportError, match="validation_fraction must be"):
+            write_export(run, fmt="jsonl", out=tmp_path / "d", validation_fraction=bad)
+    for bad in (1.5, -0.1, 1.0):
+        with pytest.raises(ExportError, match="test_fraction must be"):
+            write_export(run, fmt="jsonl", out=tmp_path / "d", test_fraction=bad)
+    with pytest.raises(ExportError, match="must be below 1"):
+        write_export(
+            run, fmt="jsonl", out=tmp_path / "d", validation_fraction=0.6, test_fraction=0.4
+        )
+    assert not (tmp_path / "d").exists()  # refused before anything is written
+
+
+def test_cli_rejects_bad_fractions_with_a_clear_message(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for flag, value in (
+        ("--validation-fraction", "1.5"),
+        ("--validation-fraction", "-1"),
+        ("--validation-fraction", "0"),
+        ("--test-fraction", "1.5"),
+    ):
+        code = cli_main(
+            [
+                "export",
+                str(run_dir),
+                "--format",
+                "jsonl",
+                "--out",
+                str(tmp_path / "x"),
+                "--split",
+                "walk-forward",
+                flag,
+                value,
+            ]
+        )
+        assert code == 2
+        assert "fraction must be" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 # --------------------------------------------------------------------------- CLI and errors
