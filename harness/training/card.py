@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pyarrow as pa
+import yaml
 
 _TEMPLATES = Path(__file__).with_name("templates")
 _ENV = jinja2.Environment(
@@ -50,6 +52,46 @@ def harness_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _dtype(t: pa.DataType) -> str:
+    if pa.types.is_timestamp(t):
+        return f"timestamp[{t.unit}" + (f", tz={t.tz}]" if t.tz else "]")
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_floating(t):
+        return f"float{t.bit_width}"
+    if pa.types.is_integer(t):
+        return f"{'' if pa.types.is_signed_integer(t) else 'u'}int{t.bit_width}"
+    raise ValueError(f"no Hub dtype for Arrow type {t}")
+
+
+def _feature(name: str, t: pa.DataType) -> dict[str, Any]:
+    if pa.types.is_list(t) and pa.types.is_struct(t.value_type):
+        fields = [_feature(f.name, f.type) for f in t.value_type]
+        return {"name": name, "list": fields}
+    if pa.types.is_struct(t):
+        return {"name": name, "struct": [_feature(f.name, f.type) for f in t]}
+    return {"name": name, "dtype": _dtype(t)}
+
+
+def yaml_features(schema: pa.Schema) -> list[dict[str, Any]]:
+    """An Arrow schema as the Hub card's `dataset_info.features` list.
+
+    JSON lines and CSV carry no schema: a column that is null in every row of one split (no
+    history hint yet, no model) would otherwise be typed differently per split and fail to load.
+    """
+    return [_feature(f.name, f.type) for f in schema]
+
+
+def features_yaml(config_name: str, schema: pa.Schema | None) -> str:
+    """The `dataset_info:` block of the front matter for `schema` ('' for None)."""
+    if schema is None:
+        return ""
+    info = {"dataset_info": {"config_name": config_name, "features": yaml_features(schema)}}
+    return yaml.safe_dump(info, sort_keys=False).rstrip()
 
 
 def render_card(context: Mapping[str, Any]) -> str:

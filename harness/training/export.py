@@ -49,7 +49,7 @@ from harness.llm.prompts import load_prompt
 from harness.simulator import CoveredCallSimulator
 from harness.timestamps import to_utc
 from harness.training import rl
-from harness.training.card import harness_commit, render_card, size_category
+from harness.training.card import features_yaml, harness_commit, render_card, size_category
 from harness.training.dataset import (
     DEFAULT_PROMPT,
     DO_NOTHING_REWARD,
@@ -394,8 +394,10 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
-def _write_csv(path: Path, examples: Sequence[TrainingExample]) -> None:
-    width = max((len(e.candidates) for e in examples), default=0)
+def _write_csv(path: Path, examples: Sequence[TrainingExample], width: int | None = None) -> None:
+    """CSV with `width` candidate column groups (default: the most any row has)."""
+    if width is None:
+        width = max((len(e.candidates) for e in examples), default=0)
     cols = _csv_columns(width)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -488,6 +490,7 @@ class _Opts:
     reward_units: str
     target: str = "oracle"  # openai-chat: the best action, or the policy's own valid answers
     cites_history: bool = False
+    csv_width: int | None = None  # candidate column groups of every csv split (same columns)
 
 
 def _prompt_messages(example: TrainingExample) -> list[dict[str, str]]:
@@ -864,7 +867,7 @@ def _write_file(
         table = pa.Table.from_pylist([_parquet_row(e) for e in examples], schema=PARQUET_SCHEMA)
         pq.write_table(table, path)
     elif fmt == "csv":
-        _write_csv(path, examples)
+        _write_csv(path, examples, opts.csv_width)
     elif fmt in RL_FORMATS:
         rl.write_rows(path, fmt, rows)
     else:
@@ -950,7 +953,8 @@ def write_export(
     _check_options(fmt, split, validation_fraction, test_fraction, target, max_share)
     check_examples(run.examples)
     out = Path(out)
-    opts = _Opts(run.reward_kind, run.reward_units, target, run.cites_history)
+    width = max((len(e.candidates) for e in run.examples), default=0)
+    opts = _Opts(run.reward_kind, run.reward_units, target, run.cites_history, width)
     parts: list[tuple[str, list[TrainingExample]]]
     wf = None
     if split == "walk-forward":
@@ -1007,7 +1011,15 @@ def write_export(
         reward_module=reward_path,
     )
     summary.card.write_text(
-        dataset_card(run, summary, validation_fraction, test_fraction, target, max_share)
+        dataset_card(
+            run,
+            summary,
+            validation_fraction,
+            test_fraction,
+            target,
+            max_share,
+            _schema_of(fmt, width),
+        )
     )
     return summary
 
@@ -1062,6 +1074,30 @@ def _schema(fmt: str) -> str:
     return "tabular" if fmt in TABULAR_FORMATS else fmt
 
 
+def _schema_of(fmt: str, width: int) -> pa.Schema | None:
+    """The Arrow schema of a schemaless file format (jsonl, csv) for the card; else None."""
+    as_text = {"decision_time": _STR, "expiry": _STR}
+    if fmt == "jsonl":
+        cand = pa.struct([(f.name, as_text.get(f.name, f.type)) for f in CANDIDATE_ARROW])
+        return pa.schema(
+            [
+                (f.name, pa.list_(cand) if f.name == "candidates" else as_text.get(f.name, f.type))
+                for f in PARQUET_SCHEMA
+            ]
+        )
+    if fmt == "csv":
+        flat = [
+            (f.name, as_text.get(f.name, f.type)) for f in PARQUET_SCHEMA if f.name != "candidates"
+        ]
+        for i in range(1, width + 1):
+            for f in CANDIDATE_ARROW:
+                # empty cells of rows with fewer candidates read as NaN: numbers are float64 here
+                t = _STR if f.type in (_STR, _TS) else _F64
+                flat.append((f"candidate_{i}_{f.name}", t))
+        return pa.schema(flat)
+    return None
+
+
 def dataset_card(
     run: RunExamples,
     summary: ExportSummary,
@@ -1069,6 +1105,7 @@ def dataset_card(
     test_fraction: float = 0.0,
     target: str = "oracle",
     max_share: float | None = None,
+    schema: pa.Schema | None = None,
 ) -> str:
     """The README.md of an export folder (templates/dataset_card.md.j2), Hub front matter first."""
     m = run.manifest
@@ -1091,6 +1128,7 @@ def dataset_card(
         "task_categories": _TASKS[kind],
         "size_category": size_category(sum(f.rows for f in summary.files)),
         "config_name": fmt,
+        "features_yaml": features_yaml(fmt, schema),
         "files": [
             {
                 "name": f.path.name,

@@ -6,6 +6,7 @@ chat server, one LLM policy skipped for lack of a key) is made once per session.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -253,7 +254,7 @@ def test_walk_forward_splits_are_in_time_order_with_a_purge_gap(
     life = max(
         to_utc(c.expiry) - to_utc(e.decision_time) for e in run.examples for c in e.candidates
     )
-    for earlier, later in zip(parts, parts[1:], strict=False):
+    for earlier, later in itertools.pairwise(parts):
         start = min(to_utc(e.decision_time) for e in later)
         assert start - max(to_utc(e.decision_time) for e in earlier) >= life
         assert max(to_utc(c.expiry) for e in earlier for c in e.candidates) < start  # purged
