@@ -81,6 +81,7 @@ RL_FORMATS: tuple[str, ...] = ("grpo", "verl")  # shipped with reward.py
 SPLITS: tuple[str, ...] = ("none", "walk-forward")
 TARGETS: tuple[str, ...] = ("oracle", "policy")
 CARD = "README.md"
+METADATA = "export.json"  # machine-readable provenance: format, policy, reward kind and units
 
 _EXT = {"parquet": "parquet", "csv": "csv", "verl": "parquet"}  # the others are JSON lines
 _STEMS = ("data", "train", "validation", "test")
@@ -763,7 +764,9 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    ours = {CARD, REWARD_FILE} | {f"{s}.{e}" for s in _STEMS for e in ("parquet", "csv", "jsonl")}
+    ours = {CARD, METADATA, REWARD_FILE} | {
+        f"{s}.{e}" for s in _STEMS for e in ("parquet", "csv", "jsonl")
+    }
     others = sorted(p.name for p in out.iterdir() if p.name not in ours)
     if others:
         raise ExportError(
@@ -1010,6 +1013,22 @@ def write_export(
         test_gap=wf.test_gap if wf else None,
         reward_module=reward_path,
     )
+    metadata = {
+        "format": fmt,
+        "policy": run.policy,
+        "run_id": run.manifest.get("run_id", run.run_dir.name),
+        "run_dir": str(run.run_dir),
+        "underlyings": sorted({e.underlying for e in run.examples}),
+        "reward_kind": run.reward_kind,
+        "drawdown_penalty": run.drawdown_penalty,
+        "reward_units": run.reward_units,
+        "prompt_id": run.prompt_id,
+        "split": split,
+        "files": {f.split: f.path.name for f in files},
+        "longest_trade_days": None if wf is None else wf.longest_trade / pd.Timedelta(days=1),
+        "harness_version": __version__,
+    }
+    (out / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
     summary.card.write_text(
         dataset_card(
             run,

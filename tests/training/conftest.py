@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+
+# `datasets` reads these when imported: no test may reach the Hugging Face Hub
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 import shutil
 import threading
 from collections.abc import Iterator

@@ -93,7 +93,9 @@ def test_every_format_round_trips_and_the_card_matches(fmt: str, loaded, tmp_pat
     ext = {"parquet": "parquet", "csv": "csv", "verl": "parquet"}.get(fmt, "jsonl")
     data = tmp_path / f"data.{ext}"
     shipped = ["reward.py"] if fmt in ("grpo", "verl") else []
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["README.md", data.name, *shipped])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["README.md", "export.json", data.name, *shipped]
+    )
     examples = sorted(run.examples, key=lambda e: e.decision_time)
     if fmt in TABULAR_FORMATS:
         assert read_examples(data) == examples  # exact, floats and times included
@@ -233,6 +235,7 @@ def test_walk_forward_splits_are_in_time_order_with_a_purge_gap(
     shipped = {"reward.py"} if fmt == "grpo" else set()
     assert {p.name for p in tmp_path.iterdir()} == {
         "README.md",
+        "export.json",
         f"train.{ext}",
         f"validation.{ext}",
         f"test.{ext}",
@@ -374,7 +377,7 @@ def test_bad_arguments_and_folders_fail_clearly(run_dir: Path, loaded, tmp_path:
     again = tmp_path / "again"
     write_export(loaded("iv_rich"), fmt="csv", out=again)
     write_export(loaded("iv_rich"), fmt="jsonl", out=again)
-    assert sorted(p.name for p in again.iterdir()) == ["README.md", "data.jsonl"]
+    assert sorted(p.name for p in again.iterdir()) == ["README.md", "data.jsonl", "export.json"]
     with pytest.raises(ExportError, match="no such run folder"):
         load_run(tmp_path / "missing")
 
