@@ -199,6 +199,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from harness.training.learn import train_model
+
+    out.print(str(train_model(Path(args.export_dir), Path(args.out), folds=args.folds)))
+    return 0
+
+
 # ---------------------------------------------------------------------- data
 def _cmd_data(args: argparse.Namespace) -> int:
     from harness.data import importers
@@ -364,6 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap the majority target action at this share of the train rows, e.g. 0.6",
     )
     e.set_defaults(func=_cmd_export)
+
+    tr = sub.add_parser(
+        "train",
+        help="fit a learned policy (candidate-reward model) on an export",
+        description=(
+            "Fit a gradient-boosting model predicting each candidate's reward from point-in-time "
+            "features on a parquet/jsonl export (its data, or train + validation splits), evaluate "
+            "it walk-forward, and write model.joblib, model.json and a model card. Use it in a "
+            "config as a policy entry `type: model`, `path: <out>`. See docs/training.md."
+        ),
+    )
+    tr.add_argument("export_dir", help="folder written by `harness export --format parquet|jsonl`")
+    tr.add_argument("--out", required=True, help="model folder, e.g. models/NAME")
+    tr.add_argument("--folds", type=int, default=4, help="walk-forward folds (default 4)")
+    tr.set_defaults(func=_cmd_train)
 
     d = sub.add_parser("data", help="fetch or import real market data into the Parquet store")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -28,6 +28,7 @@ from harness import __version__
 from harness.experiments.config import (
     ExperimentConfig,
     LLMPolicyEntry,
+    ModelPolicyEntry,
     RulePolicyEntry,
     dump_config,
 )
@@ -35,6 +36,7 @@ from harness.experiments.markets import build_market, market_fingerprint
 from harness.experiments.rewards import REWARD_UNITS, with_reward
 from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
 from harness.llm.client import LLMUnavailable
+from harness.policies.learned import load_learned_policy
 from harness.policies.llm import LLMPolicy
 from harness.policies.rules import make_rule, oracle
 from harness.simulator import CoveredCallSimulator, PolicyFn
@@ -326,7 +328,7 @@ class ExperimentRunner:
     # ------------------------------------------------------------------ policies
     def _build_policy(
         self,
-        entry: RulePolicyEntry | LLMPolicyEntry,
+        entry: RulePolicyEntry | LLMPolicyEntry | ModelPolicyEntry,
         labels: pd.DataFrame,
         cache: ResponseCache | None,
         stack: ExitStack,
@@ -339,6 +341,8 @@ class ExperimentRunner:
             if entry.rule != "never_sell":
                 params.setdefault("target_delta", sim_cfg.target_delta)
             return make_rule(entry.rule, params), ""
+        if isinstance(entry, ModelPolicyEntry):
+            return _model_policy(entry), ""
         fallback = None
         if entry.on_invalid not in ("do_nothing", "retry"):
             params = (
@@ -596,6 +600,16 @@ class ExperimentRunner:
         except Exception as exc:  # the run's data is written; a broken chart must not lose it
             log.exception("report failed")
             self.console.print(f"[red]report failed[/]: {exc}")
+
+
+def _model_policy(entry: ModelPolicyEntry) -> PolicyFn:
+    """A `type: model` entry as a policy (harness.policies.learned)."""
+    return load_learned_policy(
+        entry.path,
+        threshold=entry.threshold,
+        allow_in_sample=entry.allow_in_sample,
+        name=entry.name,
+    )
 
 
 def _json_float(x: Any) -> Any:
