@@ -41,6 +41,7 @@ from harness.policies.learned import (
     MODEL_FILE,
     feature_matrix,
     from_target,
+    one_thread,
     to_target,
 )
 from harness.timestamps import to_utc
@@ -169,6 +170,18 @@ def make_estimator(seed: int = 0) -> Any:
     )
 
 
+def fit_estimator(x: np.ndarray, y: np.ndarray, seed: int = 0) -> Any:
+    """Fit `make_estimator` on (x, y); a feature missing in every row is fitted as a constant 0.
+
+    (The binner cannot take an all-missing column, e.g. history hints before any label settled;
+    a constant carries no split, so predictions later fall back as for a missing value.)
+    """
+    x = x.copy()
+    x[:, np.isnan(x).all(axis=0)] = 0.0
+    with one_thread():
+        return make_estimator(seed).fit(x, y)
+
+
 def _score_block(
     estimator: Any, block: Sequence[TrainingExample], scale: str, threshold: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, list[float], list[float]]:
@@ -178,7 +191,9 @@ def _score_block(
         reward = 0.0
         if e.candidates:
             x = feature_matrix(e.state, e.candidates)
-            pred = from_target(np.asarray(estimator.predict(x), float), e.spot, scale)
+            with one_thread():
+                raw = np.asarray(estimator.predict(x), float)
+            pred = from_target(raw, e.spot, scale)
             k = int(np.argmax(pred))
             if pred[k] > threshold:
                 reward = e.candidates[k].reward
@@ -212,7 +227,7 @@ def walk_forward(
         x, y, _ = _design(past, scale)
         if len(y) < 50 or not block:
             continue  # too little settled history before this block to fit anything
-        est = make_estimator(seed).fit(x, y)
+        est = fit_estimator(x, y, seed)
         chosen, best, pred, real = _score_block(est, block, scale)
         out.append(
             FoldResult(
@@ -300,7 +315,7 @@ def fit_model(
     scale = "per_spot" if units == "USD" else "as_is"
     results = walk_forward(examples, folds, scale, seed)
     x, y, _ = _design(examples, scale)
-    estimator = make_estimator(seed).fit(x, y)
+    estimator = fit_estimator(x, y, seed)
     label_end = max(
         (to_utc(c.expiry) for e in examples for c in e.candidates),
         default=to_utc(examples[-1].decision_time),
