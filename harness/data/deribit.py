@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from harness.coins import COINS, coin, coin_of_instrument_underlying, is_listed_style
 from harness.data.deribit_client import DeribitClient, InstrumentInfo
 from harness.data.files import (
     ChainTable,
@@ -38,7 +39,6 @@ from harness.data.source import (
     frame_to_snapshots,
     inclusive_range,
 )
-from harness.coins import COINS, coin, coin_of_instrument_underlying, is_listed_style
 from harness.instruments import InstrumentSpec, parse_instrument_name
 from harness.pricing import black76_greeks, implied_vol, year_fraction
 from harness.timestamps import TimestampLike, to_utc, utc_index

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from harness.coins import COINS, coin_of_instrument_underlying, is_listed_style
 from harness.data.files import (
     ChainTable,
     ChainTableSource,
@@ -42,7 +43,6 @@ from harness.data.source import (
     frame_to_snapshots,
     inclusive_range,
 )
-from harness.coins import COINS, coin_of_instrument_underlying, is_listed_style
 from harness.instruments import parse_instrument_name
 from harness.pricing import black76_greeks
 from harness.timestamps import TimestampLike, to_utc, utc_index
