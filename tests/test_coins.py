@@ -72,3 +72,37 @@ def test_names_map_to_coins_and_round_trip(
     assert coin_of_instrument_underlying(spec.underlying) == (coin_symbol, style)
     assert is_listed_style(coin_symbol, spec.underlying) is listed
     assert format_instrument_name(spec.underlying, spec.expiry, spec.strike, spec.kind) == name
+
+
+def test_config_takes_lots_and_fees_from_the_coin() -> None:
+    from harness.types import CallSimulationConfig
+
+    btc = CallSimulationConfig(underlying="btc", start="2024-01-01", end="2024-02-01")
+    assert (btc.contract_size, btc.fee_rate, btc.delivery_fee_rate) == (0.1, 0.0003, 0.00015)
+    sol = CallSimulationConfig(
+        underlying="SOL", start="2024-04-01", end="2024-05-01", initial_spot_position=57.0
+    )
+    assert (sol.contract_size, sol.fee_rate) == (10.0, 0.0005)
+    assert (sol.lots, sol.call_size) == (5, 50.0)  # 57 SOL -> five lots of 10, rounded down
+    # 0.3 / 0.1 is 2.9999999999999996 in floating point: still three lots.
+    odd = CallSimulationConfig(
+        underlying="BTC", start="2024-01-01", end="2024-02-01", initial_spot_position=0.3
+    )
+    assert (odd.lots, odd.call_size) == (3, pytest.approx(0.3))
+    explicit = CallSimulationConfig(
+        underlying="SOL", start="2024-04-01", end="2024-05-01", contract_size=1.0, fee_rate=0.0
+    )
+    assert (explicit.contract_size, explicit.fee_rate) == (1.0, 0.0)
+
+
+def test_config_rejects_sizes_below_a_lot_unknown_coins_and_nonzero_rates() -> None:
+    from pydantic import ValidationError
+
+    from harness.types import CallSimulationConfig
+
+    with pytest.raises(ValidationError, match=r"0.05 BTC .* below one lot of 0.1 BTC"):
+        CallSimulationConfig(start="2024-01-01", end="2024-02-01", initial_spot_position=0.05)
+    with pytest.raises(ValidationError, match="no coin 'PEPE'"):
+        CallSimulationConfig(underlying="PEPE", start="2024-01-01", end="2024-02-01")
+    with pytest.raises(ValidationError, match="only 0 is supported"):
+        CallSimulationConfig(start="2024-01-01", end="2024-02-01", risk_free_rate=0.05)
