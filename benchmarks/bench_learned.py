@@ -64,7 +64,9 @@ def main() -> None:
         out_dir=root / "runs",
         quiet=True,
     )
-    export_run(year1.run_dir, fmt="parquet", out=root / "export", policy="always_sell", split="none")
+    export_run(
+        year1.run_dir, fmt="parquet", out=root / "export", policy="always_sell", split="none"
+    )
     trained = train_model(root / "export", root / "models" / "gbm")
     print(trained)
     t1 = time.perf_counter()
@@ -81,8 +83,7 @@ def main() -> None:
     for name in year2.policies:
         m = metrics[name]
         print(
-            f"{name:<14}{m['mean_reward']:>14,.2f}{m['mean_regret']:>14,.2f}"
-            f"{m['sell_rate']:>12.0%}"
+            f"{name:<14}{m['mean_reward']:>14,.2f}{m['mean_regret']:>14,.2f}{m['sell_rate']:>12.0%}"
         )
     print(f"\ntrain year + export + fit: {t1 - t0:.1f}s; test-year run: {t2 - t1:.1f}s")
 

@@ -48,7 +48,6 @@ from harness.llm.contract import LLMAnswer, validate_answer
 from harness.llm.prompts import load_prompt
 from harness.simulator import CoveredCallSimulator
 from harness.timestamps import to_utc
-from harness.training import rl
 from harness.training.card import features_yaml, harness_commit, render_card, size_category
 from harness.training.dataset import (
     DEFAULT_PROMPT,
@@ -64,6 +63,14 @@ from harness.training.dataset import (
     walk_forward_split,
 )
 from harness.training.reward_module import REWARD_FILE, load_reward_module, write_reward_module
+from harness.training.rl import (
+    DATA_SOURCE,
+    check_rows,
+    grpo_row,
+    prompt_messages,
+    verl_row,
+    write_rows,
+)
 
 FORMATS: tuple[str, ...] = (
     "parquet",
@@ -495,7 +502,7 @@ class _Opts:
 
 
 def _prompt_messages(example: TrainingExample) -> list[dict[str, str]]:
-    return rl.prompt_messages(example)
+    return prompt_messages(example)
 
 
 def _assistant(example: TrainingExample, option: Option, opts: _Opts) -> dict[str, str]:
@@ -791,9 +798,9 @@ def _rows(
         kept = [e for e in examples if e.user_prompt is not None]
         left = Counter({_NO_PROMPT: len(examples) - len(kept)} if len(kept) < len(examples) else {})
         if fmt == "grpo":
-            rows = [rl.grpo_row(e, split, opts.reward_units) for e in kept]
+            rows = [grpo_row(e, split, opts.reward_units) for e in kept]
         else:
-            rows = [rl.verl_row(e, split, opts.reward_units, i) for i, e in enumerate(kept)]
+            rows = [verl_row(e, split, opts.reward_units, i) for i, e in enumerate(kept)]
         return kept, rows, left
     make: RowFn = {
         "openai-chat": _chat_row,
@@ -872,7 +879,7 @@ def _write_file(
     elif fmt == "csv":
         _write_csv(path, examples, opts.csv_width)
     elif fmt in RL_FORMATS:
-        rl.write_rows(path, fmt, rows)
+        write_rows(path, fmt, rows)
     else:
         rows = [tabular_row(e) for e in examples] if fmt == "jsonl" else rows
         with path.open("w") as fh:
@@ -881,7 +888,7 @@ def _write_file(
     if fmt in TABULAR_FORMATS:
         _check_tabular_file(path, examples)
     elif fmt in RL_FORMATS:
-        problems = rl.check_rows(path, fmt, examples, load_reward_module(path.parent / REWARD_FILE))
+        problems = check_rows(path, fmt, examples, load_reward_module(path.parent / REWARD_FILE))
         if problems:
             raise _fail(str(path), "; ".join(problems[:3]))
     else:
@@ -1221,7 +1228,7 @@ def dataset_card(
         "target_text": (
             "the policy's own valid answer" if target == "policy" else "the best in hindsight"
         ),
-        "verl_data_source": rl.DATA_SOURCE,
+        "verl_data_source": DATA_SOURCE,
         "config_text": run.config_text.rstrip(),
     }
     return render_card(context)
