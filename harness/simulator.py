@@ -262,16 +262,24 @@ class CoveredCallSimulator:
     def _history_hints(self) -> tuple[np.ndarray, np.ndarray]:
         """Point-in-time history hints of every candidate (harness.engine.hints), computed once."""
         if self._hints is None:
-            ks = np.arange(len(self.cand_row))
-            rows = self.cand_row
-            f_open = self.store.columns["underlying_price"][rows]
-            _, payoff, dfee = self._settlement_flows(ks)
             c = self.config
+            rows = self.cand_row
+            expiry = self.store.expiry_ns[rows]
+            settle_of: dict[int, float] = {}
+            for e in np.unique(expiry):
+                try:
+                    settle_of[int(e)] = self.settlement_price(pd.Timestamp(int(e), tz="UTC"))
+                except ValueError:  # no settlement data: that label is simply not history
+                    settle_of[int(e)] = np.nan
+            settle = np.array([settle_of[int(e)] for e in expiry])
+            payoff = call_payoff(settle, self.store.columns["strike"][rows])
+            dfee = delivery_fee(settle, payoff, c.delivery_fee_rate, c.fee_cap_fraction)
+            f_open = self.store.columns["underlying_price"][rows]
             fee = trading_fee(f_open, self.cand_premium, c.fee_rate, c.fee_cap_fraction)
             realised = (self.cand_premium - fee - payoff - dfee) / f_open * 1e4
             self._hints = history_hints(
                 self.dec_ns[self.cand_dec],
-                self.store.expiry_ns[rows],
+                expiry,
                 self.store.columns["delta"][rows],
                 self.cand_dte,
                 realised,

@@ -121,7 +121,8 @@ class RunExamples:
     prompt_note: str  # where that prompt comes from, for the card
     model: str | None
     anonymized: bool = False
-    cites_history: bool = False  # the prompt shows history hints, so rationales cite them
+    cites_history: bool = False
+    policy_type: str = "rule"  # the config entry's type: rule, llm, model, ...  # the prompt shows history hints, so rationales cite them
 
 
 def _ext(fmt: str) -> str:
@@ -261,7 +262,10 @@ def load_run(
         )
     else:
         template = load_prompt(DEFAULT_PROMPT)
-        note = f"`{DEFAULT_PROMPT}` (a rule policy has no prompt; the default LLM prompt is used)"
+        note = (
+            f"`{DEFAULT_PROMPT}` (a {entry.type} policy has no prompt; the default LLM prompt "
+            "is used)"
+        )
     try:
         examples = build_examples(
             items, choices, labels, policy=name, template=template, view=view, model=model
@@ -289,6 +293,7 @@ def load_run(
         prompt_note=note,
         model=model,
         anonymized=isinstance(entry, LLMPolicyEntry) and entry.anonymize,
+        policy_type=entry.type,
         cites_history="hist_" in template.user_source + template.system_source,
     )
 
@@ -1181,7 +1186,7 @@ def dataset_card(
         "underlying": ", ".join(underlyings),
         "period": m.get("decision_period") or ["-", "-"],
         "decisions": summary.decisions,
-        "policy_kind": "LLM" if run.is_llm else "rule",
+        "policy_kind": "LLM" if run.is_llm else run.policy_type,
         "model": run.model,
         "prompt_id": run.prompt_id,
         "prompt_note": run.prompt_note,
