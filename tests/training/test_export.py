@@ -188,7 +188,10 @@ def test_rft_rows_end_with_the_user_turn_and_carry_every_reward(loaded, tmp_path
 
 
 # --------------------------------------------------------------------------- LLM policies
-@pytest.mark.parametrize(("policy", "model"), [("llm", "fake-plain"), ("llm_anon", "fake-anon")])
+@pytest.mark.parametrize(
+    ("policy", "model"),
+    [("llm", "fake-plain"), ("llm_anon", "fake-anon"), ("llm_messy", "fake-messy")],
+)
 def test_user_messages_are_exactly_what_the_policy_sent(
     policy: str, model: str, loaded, run_dir: Path, chat_server: ChatServer, tmp_path: Path
 ) -> None:
@@ -210,6 +213,10 @@ def test_user_messages_are_exactly_what_the_policy_sent(
         names = {a["instrument_name"] for a in answers if a["instrument_name"]}
         assert names and all(re.fullmatch(r"C\d+", n) for n in names)
         assert "BTC-" not in "".join(exported)
+    # the GRPO prompts are the very same messages
+    write_export(run, fmt="grpo", out=tmp_path / "grpo", split="none")
+    grpo = jsonl(tmp_path / "grpo" / "data.jsonl")
+    assert [r["prompt"] for r in grpo] == [r["messages"][:2] for r in rows]
 
 
 def test_a_changed_prompt_is_refused(loaded, run_dir: Path, prompts_dir: Path, run_sim) -> None:
