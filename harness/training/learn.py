@@ -31,7 +31,6 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
 from harness import __version__
 from harness.policies.learned import (
@@ -205,6 +204,8 @@ def _score_block(
 
 
 def _rank_corr(pred: Sequence[float], real: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
     if len(pred) < 3 or np.ptp(pred) == 0 or np.ptp(real) == 0:
         return float("nan")
     return float(spearmanr(pred, real).statistic)
