@@ -383,6 +383,13 @@ class LLMPolicy:
             _run_coroutine(lambda: self._aprefetch(todo, progress))
         return self.summary()
 
+    def requests_for(
+        self, state: DecisionState, candidates: Sequence[CallCandidate]
+    ) -> list[tuple[ChatRequest, str]]:
+        """The first-attempt requests (one per sample) this policy would send at `state`, with
+        their cache keys. Renders the prompt; sends nothing (for `harness plan`)."""
+        return [(request, key) for request, _, key in self._plan(state, candidates).asks()]
+
     def record_for(self, decision_time: TimestampLike) -> LLMDecisionRecord | None:
         """The record of the decision at `decision_time` (the latest if asked twice), or None."""
         return self._by_time.get(to_utc(decision_time))
