@@ -7,11 +7,14 @@ name belongs (`api_key_env: "sk-..."`) is masked too.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 MASK = "***"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -54,6 +57,22 @@ class RunSecrets:
     def scrub_key_like(self, text: str) -> str:
         """`scrub`, and mask anything shaped like an API key (for error texts and reasons)."""
         return _KEY_LIKE.sub(lambda m: m.group(1) + "-" + MASK, self.scrub(text))
+
+    def config_text(self, data: dict[str, Any]) -> str:
+        """YAML of a config mapping (`model_dump(mode="json")`) with secrets masked as quoted
+        strings, so the file still parses (a bare `***` is a YAML alias)."""
+        data = json.loads(json.dumps(data))
+        for entry in data.get("policies") or []:
+            if not isinstance(entry, dict):
+                continue
+            env = entry.get("api_key_env")
+            if isinstance(env, str) and not ENV_NAME.fullmatch(env.strip()):
+                entry["api_key_env"] = MASK
+            headers = entry.get("extra_headers")
+            if isinstance(headers, dict):
+                entry["extra_headers"] = {k: MASK for k in headers}
+        text = yaml.safe_dump(data, sort_keys=False)
+        return self.scrub(text).replace(f": {MASK}\n", f": '{MASK}'\n")
 
     def scrub_files(self, paths: Iterable[Path]) -> None:
         """Rewrite text files in place with secrets masked (reports written by other code)."""

@@ -29,7 +29,6 @@ from harness.experiments.config import (
     ExperimentConfig,
     LLMPolicyEntry,
     RulePolicyEntry,
-    dump_config,
 )
 from harness.experiments.markets import build_market, market_fingerprint
 from harness.experiments.masking import RunSecrets
@@ -210,7 +209,7 @@ class ExperimentRunner:
         self.config_path = str(config_path) if config_path is not None else None
         llm_entries = [p for p in config.policies if isinstance(p, LLMPolicyEntry)]
         self.secrets = RunSecrets.of_policies(llm_entries)
-        config_text = self.secrets.scrub(dump_config(config))
+        config_text = self.secrets.config_text(config.model_dump(mode="json"))
         self.resuming = resume is not None
         if resume is not None:
             self.run_dir = Path(resume)
