@@ -4,7 +4,6 @@ changed prompt, the spend cap stopping cleanly and resuming, and `harness plan` 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -134,7 +133,9 @@ def test_spend_cap_stops_cleanly_and_resume_continues(tmp_path: Path, monkeypatc
         assert st["status"] == "failed" and st["stopped"] is True
         assert "run --max-cost of $0.0015 reached" in st["reason"]
         spent = sum(
-            r.cost_usd for r in read_transcripts(s.run_dir / "transcripts.jsonl") if not r.from_cache
+            r.cost_usd
+            for r in read_transcripts(s.run_dir / "transcripts.jsonl")
+            if not r.from_cache
         )
         assert 0 < spent <= cap and s.llm_usage["llm"]["cost_usd_incurred"] == pytest.approx(spent)
         to_ask = sum(1 for r in rows(s.run_dir, "always_sell") if r["candidates"])
