@@ -52,9 +52,11 @@ def test_first_request_goes_alone_and_its_answer_is_used(api_key: str) -> None:
 
 def test_a_failing_first_request_raises_before_anything_else_is_sent(api_key: str) -> None:
     with ScriptedServer(default=lambda r: status(402, message="Insufficient credits")) as srv:
-        with _policy(srv, cache_mode="off") as policy:
-            with pytest.raises(LLMUnavailable, match="first request failed \\(payment\\)"):
-                policy.prefetch(decisions(30), progress=False)
+        with (
+            _policy(srv, cache_mode="off") as policy,
+            pytest.raises(LLMUnavailable, match="first request failed \\(payment\\)"),
+        ):
+            policy.prefetch(decisions(30), progress=False)
         assert srv.request_count == 1
 
 
