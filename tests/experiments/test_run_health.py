@@ -178,7 +178,17 @@ def test_consecutive_failures_stop_the_policy(tmp_path: Path, monkeypatch) -> No
     assert st["asked"] == 6 and st["errors"] == 5
 
 
-def test_rates_are_over_asked_decisions(tmp_path: Path, monkeypatch) -> None:
+class _Summary:
+    """The parts of a run's summary the tests read, from its folder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        m = manifest(run_dir)
+        self.policy_status = m["policy_status"]
+        self.metrics = json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_rates_are_over_asked_decisions(tmp_path: Path, monkeypatch, capsys) -> None:
     """Every asked decision fails: the error rate is 100%, not diluted by empty decisions."""
     monkeypatch.setenv(KEY_ENV, SECRET)
     first = threading.Event()
@@ -195,7 +205,15 @@ def test_rates_are_over_asked_decisions(tmp_path: Path, monkeypatch) -> None:
     with ScriptedServer(default=respond) as srv:
         raw["policies"][-1]["base_url"] = srv.url
         raw["policies"][-1]["structured_output"] = False
-        s = run_experiment(parse_config(raw), out_dir=tmp_path / "runs", quiet=True)
+        cfg_path = tmp_path / "cfg.yaml"
+        cfg_path.write_text(yaml.safe_dump(raw))
+        assert main(["run", str(cfg_path), "--out", str(tmp_path / "runs")]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    text = capsys.readouterr().out
+    # the console: status and rate columns, a failed line, no comparison line for it
+    assert "failed llm" in text and "100.0%" in text and "errors" in text
+    assert "llm vs always_sell" not in text and "oracle vs always_sell" in text
+    s = _Summary(run_dir)
     llm_rows = rows(s.run_dir, "llm")
     asked = [r for r in llm_rows if r["candidates"]]
     assert 0 < len(asked) < len(llm_rows)
