@@ -324,12 +324,12 @@ class LLMPolicy:
         self._probed: dict[str, _Asked] = {}
         self._halt: tuple[str, str] | None = None  # ("errors" | "spend", reason)
         self._not_asked: set[pd.Timestamp] = set()
-        own = (
+        self._own_caps: tuple[SpendCap, ...] = (
             ()
             if config.max_cost_usd is None
             else (SpendCap(config.max_cost_usd, f"{self.name} max_cost_usd"),)
         )
-        self._caps: tuple[SpendCap, ...] = own
+        self._caps: tuple[SpendCap, ...] = self._own_caps
         self._transcript: TranscriptWriter | None = None
         self._answers: TranscriptBook | None = None
         self._streak = 0
@@ -441,8 +441,7 @@ class LLMPolicy:
         own `max_cost_usd`), and with `answers` serve every request from a run's transcripts
         (replay: no cache, no network)."""
         self._transcript = transcript
-        own = tuple(c for c in self._caps if c.label.startswith(f"{self.name} "))
-        self._caps = own + tuple(spend_caps)
+        self._caps = self._own_caps + tuple(spend_caps)
         self._answers = answers
 
     @property
