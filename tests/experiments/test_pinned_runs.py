@@ -166,13 +166,15 @@ def test_policy_max_cost_stops_only_that_policy(tmp_path: Path, monkeypatch) -> 
 def test_plan_counts_tokens_cost_and_cache_hits(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv(KEY_ENV, SECRET)
     with ScriptedServer(default=first_enum_or_nothing) as srv:
-        raw = config(tmp_path, srv.url, requests_per_minute=30, samples=2, seed=0)
+        raw = config(tmp_path, srv.url, samples=2, seed=0)
+        fast = parse_config(raw)  # rate limits are not part of a request: same cache keys
+        raw["policies"][-1]["requests_per_minute"] = 30
         cfg_path = tmp_path / "cfg.yaml"
         cfg_path.write_text(yaml.safe_dump(raw))
         cfg = load_config(cfg_path)
         (before,) = plan_experiment(cfg)
         assert srv.request_count == 0  # planning sends nothing
-        s = run_experiment(cfg, out_dir=tmp_path / "runs", quiet=True)
+        s = run_experiment(fast, out_dir=tmp_path / "runs", quiet=True)
         sent = srv.request_count
         (after,) = plan_experiment(cfg)
         assert srv.request_count == sent

@@ -89,12 +89,13 @@ def test_an_endpoint_that_never_answers_is_skipped_and_left_out(
             # Only the first request (with its retries, and the one re-send of a 400) was sent.
             assert 1 <= srv.request_count <= 4, srv.request_count
         assert time.perf_counter() - started < 60
-        # --require-llm: the same run exits 2 (and still writes its folder)
-        code = main(["run", str(cfg_path), "--out", str(tmp_path / "req"), "-q", "--require-llm"])
-        assert code == 2
-        (req_dir,) = (tmp_path / "req").iterdir()
-        assert manifest(req_dir)["policy_status"]["llm"]["status"] == "skipped"
-        assert_secret_nowhere([tmp_path / "runs", tmp_path / "req", tmp_path / "cache"], SECRET)
+        if shape in ("closed port", "401 echoing the key"):
+            # --require-llm: the same run exits 2 (and still writes its folder)
+            req = ["run", str(cfg_path), "--out", str(tmp_path / "req"), "-q", "--require-llm"]
+            assert main(req) == 2
+            (req_dir,) = (tmp_path / "req").iterdir()
+            assert manifest(req_dir)["policy_status"]["llm"]["status"] == "skipped"
+        assert_secret_nowhere([tmp_path], SECRET)
     finally:
         if srv is not None:
             srv.stop()
