@@ -217,6 +217,19 @@ def _cmd_data(args: argparse.Namespace) -> int:
             timeframe=args.timeframe,
             progress=not args.quiet,
         )
+    elif args.data_command == "import-synthetic":
+        res = importers.import_synthetic(
+            args.underlying,
+            args.start,
+            args.end,
+            args.every,
+            Path(args.out),
+            seed=args.seed,
+            calls_only=args.calls_only,
+            max_dte=args.max_dte,
+            spot_timeframe=args.spot_timeframe,
+            progress=not args.quiet,
+        )
     else:
         res = importers.import_cdd(
             Path(args.file), args.underlying, Path(args.out), progress=not args.quiet
@@ -343,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="data")
     f.add_argument("--base-url")
     f.add_argument("--cache-dir")
-    imp = dsub.add_parser("import", help="import files: harness data import tardis|cdd ...")
+    imp = dsub.add_parser("import", help="import: harness data import tardis|cdd|synthetic ...")
     isub = imp.add_subparsers(dest="import_kind", required=True, metavar="KIND")
     it = isub.add_parser("tardis", help="Tardis.dev options_chain CSV(.gz) files")
     it.add_argument("files", nargs="+")
@@ -353,7 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("file")
     ic.add_argument("--underlying", required=True)
     ic.add_argument("--out", default="data")
-    for sp in (f, it, ic):
+    isy = isub.add_parser(
+        "synthetic",
+        help="the embedded synthetic market, written like a real import (offline pipeline tests)",
+    )
+    isy.add_argument("--seed", type=int, default=7)
+    isy.add_argument("--underlying", default="BTC")
+    isy.add_argument("--start", required=True, help="first snapshot, e.g. 2024-01-01T08:00")
+    isy.add_argument("--end", required=True)
+    isy.add_argument("--every", default="1h", help="snapshot spacing, e.g. 1h, 4h, 1d")
+    isy.add_argument("--calls-only", action="store_true", help="write calls only")
+    isy.add_argument("--max-dte", type=float, help="only expiries within this many days")
+    isy.add_argument(
+        "--spot-timeframe", default="1h", choices=["1m", "5m", "15m", "1h", "4h", "1d"]
+    )
+    isy.add_argument("--out", default="data")
+    for sp in (f, it, ic, isy):
         sp.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=_cmd_data)
     return p

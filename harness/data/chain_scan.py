@@ -9,8 +9,9 @@ to numpy once for the whole table (timestamps to int64 ns, instrument names to i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -64,6 +65,61 @@ class ChainColumns:
         return sum(a.nbytes for a in arrays) + sum(v.nbytes for v in self.values.values())
 
 
+@runtime_checkable
+class ColumnarChainSource(Protocol):
+    """Optional fastest bulk path: chains at many times as `ChainColumns` (no pandas frame)."""
+
+    def chain_columns(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> ChainColumns:
+        """Chains at each of `times` (as_of = the query time), like `chain_frame`."""
+        ...
+
+
+def columns_to_frame(cols: ChainColumns) -> pd.DataFrame:
+    """A chain frame with CHAIN_COLUMNS (UTC datetimes, float64) from chain columns."""
+    n = len(cols)
+    data: dict[str, object] = {
+        "as_of": pd.to_datetime(cols.as_of, utc=True),
+        "instrument_name": cols.names[cols.code] if n else np.empty(0, dtype=object),
+        "underlying": np.full(n, cols.underlying, dtype=object),
+        "kind": np.where(cols.is_call, "call", "put").astype(object),
+        "strike": cols.values["strike"],
+        "expiry": pd.to_datetime(cols.expiry, utc=True),
+    }
+    for col in VALUE_COLUMNS:
+        if col != "strike":
+            data[col] = cols.values[col]
+    return pd.DataFrame(data, columns=list(CHAIN_COLUMNS))
+
+
+def concat_columns(
+    parts: Sequence[ChainColumns], names: np.ndarray, underlying: str
+) -> ChainColumns:
+    """Rows of `parts` (codes already into `names`) one after the other."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return replace(empty_columns(underlying), names=names)
+    if len(parts) == 1:
+        return replace(parts[0], names=names)
+    keys = parts[0].values.keys()
+    return ChainColumns(
+        underlying=underlying,
+        as_of=np.concatenate([p.as_of for p in parts]),
+        expiry=np.concatenate([p.expiry for p in parts]),
+        quote_time=np.concatenate([p.quote_time for p in parts]),
+        code=np.concatenate([p.code for p in parts]),
+        names=names,
+        is_call=np.concatenate([p.is_call for p in parts]),
+        values={k: np.concatenate([p.values[k] for p in parts]) for k in keys},
+    )
+
+
 def empty_columns(underlying: str = "") -> ChainColumns:
     """Zero rows."""
     i64 = np.empty(0, dtype=np.int64)
@@ -86,7 +142,7 @@ def _ns(values: pd.Series) -> np.ndarray:
 
 
 def columns_from_frame(frame: pd.DataFrame, underlying: str | None = None) -> ChainColumns:
-    """Chain columns from a normalized store chain frame (CHAIN_COLUMNS + quote_time)."""
+    """Chain columns from a normalized chain frame (CHAIN_COLUMNS, optional quote_time)."""
     if len(frame) == 0:
         return empty_columns(underlying or "")
     codes, uniques = pd.factorize(frame["instrument_name"].astype(str), sort=False)
@@ -145,8 +201,14 @@ def columns_from_arrow(table: pa.Table, underlying: str) -> ChainColumns:
         return empty_columns(underlying)
     names = table.column("instrument_name")
     if pa.types.is_dictionary(names.type):
-        names = names.cast(pa.string())
-    encoded = pc.dictionary_encode(names.combine_chunks())
+        encoded = names.unify_dictionaries().combine_chunks() if names.num_chunks else None
+        if encoded is None:
+            return empty_columns(underlying)
+    else:
+        encoded = pc.dictionary_encode(names.combine_chunks())
+    kind = table.column("kind")
+    if pa.types.is_dictionary(kind.type):
+        kind = kind.cast(pa.string())
     quote = table.column("quote_time") if "quote_time" in table.column_names else None
     as_of = _int_ns(table.column("as_of"))
     return ChainColumns(
@@ -156,7 +218,7 @@ def columns_from_arrow(table: pa.Table, underlying: str) -> ChainColumns:
         quote_time=as_of if quote is None else _int_ns(quote),
         code=encoded.indices.to_numpy().astype(np.int64),
         names=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
-        is_call=pc.equal(table.column("kind"), "call").to_numpy(),
+        is_call=pc.equal(kind, "call").to_numpy(zero_copy_only=False),
         values={
             c: table.column(c).cast(pa.float64()).to_numpy()
             if table.column(c).null_count == 0
@@ -168,13 +230,16 @@ def columns_from_arrow(table: pa.Table, underlying: str) -> ChainColumns:
 
 def scan_parquet(
     paths: Sequence[Path],
-    underlying: str,
     expr: ds.Expression,
     columns: Sequence[str],
 ) -> pa.Table:
     """One dataset scan over the Parquet files `paths` with filter `expr`, projecting `columns`."""
     if not paths:
         return pa.table({})
-    dataset = ds.dataset([str(p) for p in paths], format="parquet")
+    # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
+    fmt = ds.ParquetFileFormat(
+        read_options=ds.ParquetReadOptions(dictionary_columns=["instrument_name", "kind"])
+    )
+    dataset = ds.dataset([str(p) for p in paths], format=fmt)
     present = [c for c in columns if c in dataset.schema.names]
     return dataset.to_table(columns=present, filter=expr, use_threads=True)
