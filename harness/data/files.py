@@ -89,6 +89,14 @@ def parse_duration(text: str | pd.Timedelta) -> pd.Timedelta:
     return pd.Timedelta(value)
 
 
+def duration_text(step: pd.Timedelta) -> str:
+    """A duration as "1d", "4h" or "30min" (what `parse_duration` reads back)."""
+    for unit, size in (("d", pd.Timedelta(days=1)), ("h", pd.Timedelta(hours=1))):
+        if step % size == pd.Timedelta(0):
+            return f"{step // size}{unit}"
+    return f"{step // pd.Timedelta(minutes=1)}min"
+
+
 def underlying_dir(root: str | os.PathLike[str], underlying: str) -> Path:
     """Directory of one underlying in the store (upper-case name)."""
     return Path(root) / underlying.upper()

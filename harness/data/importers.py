@@ -35,6 +35,7 @@ from harness.data.files import (
     DataError,
     FileDataSource,
     check_chain_timeframe,
+    duration_text,
     merge_chain,
     merge_spot,
     parse_duration,
@@ -417,13 +418,6 @@ def snapshot_timeframe(first: pd.Timestamp, every: pd.Timedelta) -> Timeframe:
     return max(fits, key=timeframe_delta)  # type: ignore[return-value]
 
 
-def _duration_text(step: pd.Timedelta) -> str:
-    for unit, size in (("d", pd.Timedelta(days=1)), ("h", pd.Timedelta(hours=1))):
-        if step % size == pd.Timedelta(0):
-            return f"{step // size}{unit}"
-    return f"{step // pd.Timedelta(minutes=1)}min"
-
-
 def import_synthetic(
     underlying: str,
     start: Any,
@@ -501,11 +495,11 @@ def import_synthetic(
         "chain_timeframe": tf,
         "spot_source": f"synthetic(seed={seed})",
         "sources": [
-            f"synthetic(seed={seed}):{s.isoformat()}..{e.isoformat()} every {_duration_text(step)}"
+            f"synthetic(seed={seed}):{s.isoformat()}..{e.isoformat()} every {duration_text(step)}"
         ],
     }
     if step != timeframe_delta(tf):
-        meta["snapshot_every"] = _duration_text(step)
+        meta["snapshot_every"] = duration_text(step)
     update_meta(root, u, **meta)
     return ImportSummary(
         source="synthetic",

@@ -31,7 +31,7 @@ from harness.experiments.config import (
     RulePolicyEntry,
     dump_config,
 )
-from harness.experiments.markets import build_market, market_fingerprint
+from harness.experiments.markets import build_market, mark_cadence, market_fingerprint
 from harness.experiments.rewards import REWARD_UNITS, with_reward
 from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
 from harness.llm.client import LLMUnavailable
@@ -280,6 +280,7 @@ class ExperimentRunner:
             "package_version": __version__,
             "git_commit": _git_commit(),
             "data_fingerprint": market_fingerprint(source, cfg.market),
+            "market_marks": mark_cadence(source, cfg.simulation.underlying, sim.bar),
             "started_at": started.isoformat(),
             "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "status": "complete",

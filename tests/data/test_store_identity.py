@@ -190,3 +190,44 @@ def test_snapshot_timeframe() -> None:
     assert snapshot_timeframe(t8.normalize(), pd.Timedelta(days=1)) == "1d"
     assert snapshot_timeframe(t8, pd.Timedelta(hours=4)) == "4h"
     assert snapshot_timeframe(t8 + pd.Timedelta(minutes=30), pd.Timedelta(hours=1)) == "15m"
+
+
+def test_harness_run_on_a_sparse_store_records_stale_marks(tmp_path: Path) -> None:
+    import yaml
+
+    root = tmp_path / "daily"
+    import_synthetic(
+        "BTC",
+        "2024-03-01T08:00",
+        "2024-03-07",
+        "1d",
+        root,
+        calls_only=True,
+        max_dte=4.0,
+        progress=False,
+    )
+    config = {
+        "name": "sparse",
+        "market": {"source": "parquet", "path": str(root)},
+        "simulation": {
+            "underlying": "BTC",
+            "start": "2024-03-01T08:00",
+            "end": "2024-03-06T08:00",
+            "timeframe": "1h",
+            "decision_interval_bars": 24,
+            "target_dte": 1.0,
+            "dte_tolerance": 0.5,
+        },
+        "policies": [{"name": "always_sell", "type": "rule", "rule": "always_sell"}],
+        "baseline": "always_sell",
+        "bootstrap_resamples": 100,
+    }
+    path = tmp_path / "sparse.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "-q"]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["market_marks"]["stale_marks"] is True
+    assert manifest["market_marks"]["snapshot_every"] == "1d"
+    assert manifest["market_marks"]["bar"] == "1h"
+    assert "stale" in manifest["market_marks"]["note"]
