@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -112,8 +113,7 @@ def write_stores(root: Path) -> dict[str, tuple[Path, float, int]]:
             took = time.perf_counter() - t0
         else:
             rows = sum(
-                pq.ParquetFile(p).metadata.num_rows
-                for p in store.glob("BTC/chain/*/part.parquet")
+                pq.ParquetFile(p).metadata.num_rows for p in store.glob("BTC/chain/*/part.parquet")
             )
             took = float("nan")
         out[case] = (store, took, rows)
@@ -125,20 +125,24 @@ def store_table(root: Path) -> None:
     print("one year of BTC calls, every expiry; 1h bars, 7 DTE, 0.25 delta")
     for case, (store, took, rows) in stores.items():
         size = sum(p.stat().st_size for p in store.rglob("*.parquet")) / 2**20
-        print(f"  {case}: {rows:,} chain rows in the store ({size:.0f} MiB), written in {took:.1f} s")
+        print(
+            f"  {case}: {rows:,} chain rows in the store ({size:.0f} MiB), written in {took:.1f} s"
+        )
     print(
         f"{'case':>6} {'path':>9} {'load s':>7} {'(cpu)':>6} {'labels s':>8} {'(cpu)':>6} "
-        f"{'rows/s':>10} {'us/cand':>8} {'cands':>6} {'peak':>7}"
+        f"{'rows/s':>10} {'us/cand':>8} {'(cpu)':>6} {'cands':>6} {'peak':>7}"
     )
     goals = []
     for case, (store, _, rows) in stores.items():
         got = {kind: child(kind, case, str(store)) for kind in ("store", "synthetic")}
         for kind, r in got.items():
-            per_s = (r["rows_scanned"] or r["chain_rows"]) / r["load_s"]
+            # the year of chain rows both paths stand for, per second of load
+            per_s = rows / r["load_s"]
             us = r["labels_s"] / max(r["candidates"], 1) * 1e6
+            us_cpu = r["labels_cpu_s"] / max(r["candidates"], 1) * 1e6
             print(
                 f"{case:>6} {kind:>9} {r['load_s']:>7.2f} {r['load_cpu_s']:>6.2f} "
-                f"{r['labels_s']:>8.2f} {r['labels_cpu_s']:>6.2f} {per_s:>10,.0f} {us:>8.1f} "
+                f"{r['labels_s']:>8.2f} {r['labels_cpu_s']:>6.2f} {per_s:>10,.0f} {us:>8.1f} {us_cpu:>6.1f} "
                 f"{r['candidates']:>6} {r['peak_mib']:>5.0f}Mi"
             )
         s, y = got["store"], got["synthetic"]
@@ -158,6 +162,7 @@ def store_table(root: Path) -> None:
             goals.append(
                 (f"4h: one year loaded in under 1 s ({s['load_s']:.2f} s)", s["load_s"] < 1.0)
             )
+    print(f"machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("goals (issue 18):")
     for text, ok in goals:
         print(f"  [{'met' if ok else 'MISSED'}] {text}")
@@ -237,9 +242,9 @@ def pipeline(root: Path, rows: int, days: int) -> None:
     gen = time.perf_counter() - t0
     size = path.stat().st_size / 2**20
     store = root / "tardis_store"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     summary = import_tardis([path], store, timeframe="1h", progress=False)
-    imported = time.perf_counter() - t0
+    imported, imported_cpu = time.perf_counter() - t0, time.process_time() - c0
     start = pd.Timestamp("2024-05-01", tz="UTC") + pd.Timedelta(hours=4)
     end = pd.Timestamp("2024-05-01", tz="UTC") + pd.Timedelta(days=days) - pd.Timedelta(hours=1)
     config = {
@@ -266,12 +271,24 @@ def pipeline(root: Path, rows: int, days: int) -> None:
     cfg_path = root / "pipeline.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", str(cfg_path), "--out", str(root / "runs"), "-q"],
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            str(cfg_path),
+            "--out",
+            str(root / "runs"),
+            "-q",
+        ],
         capture_output=True,
         text=True,
     )
     ran = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ran_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if run.returncode != 0:
         print(run.stderr)
         raise SystemExit("harness run failed on the imported store")
@@ -282,14 +299,17 @@ def pipeline(root: Path, rows: int, days: int) -> None:
         f"({size:.0f} MiB; generated in {gen:.1f} s)"
     )
     print(
-        f"  import_tardis -> store: {imported:.2f} s ({summary.rows_read / imported:,.0f} rows/s, "
-        f"{summary.rows_written:,} 1h chain bars)"
+        f"  import_tardis -> store: {imported:.2f} s, cpu {imported_cpu:.2f} s "
+        f"({summary.rows_read / imported:,.0f} rows/s, {summary.rows_written:,} 1h chain bars)"
     )
     print(
         f"  harness run (always_sell + oracle, {manifest['n_decisions']} decisions, process "
-        f"start to report): {ran:.2f} s"
+        f"start to report): {ran:.2f} s, cpu {ran_cpu:.2f} s"
     )
-    print(f"  total import + run: {imported + ran:.2f} s")
+    print(
+        f"  total import + run: {imported + ran:.2f} s (cpu {imported_cpu + ran_cpu:.2f} s); "
+        f"machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
 
 
 def main() -> None:
