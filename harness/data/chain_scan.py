@@ -195,6 +195,14 @@ def _int_ns(column: pa.ChunkedArray) -> np.ndarray:
     return column.cast(pa.int64()).to_numpy()
 
 
+def _float64(column: pa.ChunkedArray) -> np.ndarray:
+    if not pa.types.is_float64(column.type):
+        column = column.cast(pa.float64())
+    if column.null_count:
+        column = column.fill_null(np.nan)
+    return column.to_numpy()
+
+
 def columns_from_arrow(table: pa.Table, underlying: str) -> ChainColumns:
     """Convert a scanned chain table: one conversion per column for the whole table."""
     if table.num_rows == 0:
@@ -219,12 +227,7 @@ def columns_from_arrow(table: pa.Table, underlying: str) -> ChainColumns:
         code=encoded.indices.to_numpy().astype(np.int64),
         names=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
         is_call=pc.equal(kind, "call").to_numpy(zero_copy_only=False),
-        values={
-            c: table.column(c).cast(pa.float64()).to_numpy()
-            if table.column(c).null_count == 0
-            else table.column(c).cast(pa.float64()).fill_null(np.nan).to_numpy()
-            for c in VALUE_COLUMNS
-        },
+        values={c: _float64(table.column(c)) for c in VALUE_COLUMNS},
     )
 
 

@@ -494,6 +494,9 @@ class ChainTable:
         fresh = (ref_ns[which] - c.quote_time[rows]) < stale_ns
         self.gate_counts["stale"] += int((~fresh).sum())
         rows, which = rows[fresh], which[fresh]
+        # ChainStore order (time, calls first, expiry, strike), so the store need not re-sort
+        order = np.lexsort((c.values["strike"][rows], c.expiry[rows], ~c.is_call[rows], which))
+        rows, which = rows[order], which[order]
         return replace(c.take(rows), as_of=t_ns[which])
 
     def _code_index(self) -> tuple[np.ndarray, np.ndarray, int]:

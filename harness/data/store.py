@@ -50,8 +50,8 @@ class ChainStore:
 
     def _setup(self, cols: ChainColumns, times: pd.DatetimeIndex) -> None:
         self.times = utc_index(times).sort_values()
-        order = np.lexsort((cols.values["strike"], cols.expiry, ~cols.is_call, cols.as_of))
-        if len(order) and (order != np.arange(len(order))).any():
+        if not _in_store_order(cols):
+            order = np.lexsort((cols.values["strike"], cols.expiry, ~cols.is_call, cols.as_of))
             cols = cols.take(order)
         self.cols = cols
         self.as_of_ns = cols.as_of
@@ -161,3 +161,17 @@ class ChainStore:
     def dte_days(self) -> np.ndarray:
         """Days to expiry of every row."""
         return (self.expiry_ns - self.as_of_ns) / (86400.0 * 1e9)
+
+
+def _in_store_order(cols: ChainColumns) -> bool:
+    """Whether rows are already sorted by (as_of, calls first, expiry, strike)."""
+    if len(cols) < 2:
+        return True
+    keys = (cols.as_of, (~cols.is_call).astype(np.int8), cols.expiry, cols.values["strike"])
+    undecided = np.ones(len(cols) - 1, dtype=bool)
+    for key in keys:
+        a, b = key[:-1], key[1:]
+        if (undecided & (b < a)).any():
+            return False
+        undecided &= b == a
+    return True
