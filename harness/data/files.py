@@ -15,6 +15,7 @@ an interrupted import never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from harness.coins import coin_of_instrument_underlying
 from harness.data.chain_scan import (
     ChainColumns,
     columns_from_arrow,
@@ -928,7 +930,7 @@ class FileDataSource(ChainTableSource):
             return out
         by_underlying: dict[str, list[int]] = {}
         for i, name in enumerate(instrument_names):
-            by_underlying.setdefault(name.split("-", 1)[0].upper(), []).append(i)
+            by_underlying.setdefault(_coin_of(name.split("-", 1)[0]), []).append(i)
         for u, rows in by_underlying.items():
             if not self._has_chains(u):
                 continue
@@ -1091,9 +1093,15 @@ def _utc_times(times: pd.DatetimeIndex | Sequence[TimestampLike]) -> pd.Datetime
     return utc_index(pd.DatetimeIndex(times))
 
 
+@functools.cache
+def _coin_of(prefix: str) -> str:
+    """The store folder of an option name's underlying part (`SOL_USDC` -> `SOL`)."""
+    return coin_of_instrument_underlying(prefix)[0]
+
+
 def _underlying_of(instrument_name: str) -> str:
     try:
-        return parse_instrument_name(instrument_name).underlying.upper()
+        return _coin_of(parse_instrument_name(instrument_name).underlying)
     except ValueError as exc:
         raise DataError(f"unknown instrument name {instrument_name!r}: {exc}") from exc
 
