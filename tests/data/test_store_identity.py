@@ -231,3 +231,15 @@ def test_harness_run_on_a_sparse_store_records_stale_marks(tmp_path: Path) -> No
     assert manifest["market_marks"]["snapshot_every"] == "1d"
     assert manifest["market_marks"]["bar"] == "1h"
     assert "stale" in manifest["market_marks"]["note"]
+
+
+def test_scan_blocks_do_not_change_results(stores) -> None:
+    one_pass = CoveredCallSimulator(FileDataSource(stores["1h"]), CFG)
+    src = FileDataSource(stores["1h"], block_days=1)
+    daily = CoveredCallSimulator(src, CFG)
+    assert src.scan_stats["scans"] >= 5  # one scan per day of the period
+    pd.testing.assert_frame_equal(daily.candidates_frame(), one_pass.candidates_frame())
+    pd.testing.assert_frame_equal(daily.counterfactual_labels(), one_pass.counterfactual_labels())
+    assert src.scan_stats["files"] == len(list(stores["1h"].glob("BTC/chain/*/part.parquet")))
+    with pytest.raises(ValueError, match="block_days"):
+        FileDataSource(stores["1h"], block_days=0)
