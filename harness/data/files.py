@@ -410,7 +410,7 @@ class ChainTable:
         if len(cols) > 1 and (np.diff(cols.as_of) < 0).any():
             cols = cols.take(np.argsort(cols.as_of, kind="stable"))
         self.cols = cols
-        self._name_index = pd.Index(cols.names)
+        self._name_codes: dict[str, int] | None = None
         self._by_code: np.ndarray | None = None
         self._expiry_of_code: np.ndarray | None = None
         self._frame: pd.DataFrame | None = None
@@ -526,7 +526,11 @@ class ChainTable:
 
     def codes_of(self, names: Sequence[str]) -> np.ndarray:
         """Code of each instrument name (-1 when the table has no row of it)."""
-        return self._name_index.get_indexer(list(names))
+        if self._name_codes is None:
+            # a dict: a few hundred look-ups per request, no array conversion per call
+            self._name_codes = {str(n): i for i, n in enumerate(self.cols.names)}
+        get = self._name_codes.get
+        return np.fromiter((get(n, -1) for n in names), dtype=np.int64, count=len(names))
 
     def marks(
         self, names: Sequence[str], times: pd.DatetimeIndex, codes: np.ndarray | None = None
@@ -570,7 +574,7 @@ class ChainTable:
         volume is NaN; a coarser `timeframe` takes the last mark of each bin.
         """
         c = self.cols
-        code = self._name_index.get_indexer([name])[0]
+        code = self.codes_of([name])[0]
         if code < 0:
             return empty_ohlc()
         lo = (start - timeframe_delta(timeframe)).value
