@@ -61,7 +61,7 @@ def test_a_source_that_returns_later_quotes_is_refused(market: SyntheticMarket) 
         ChainStore.from_source(ChainOnly(market, leak=True), "BTC", times)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(
     rows=st.lists(
         st.tuples(
