@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness import __version__
+from harness.data.source import MarketDataSource
 from harness.experiments.config import (
     ExperimentConfig,
     LLMPolicyEntry,
@@ -163,8 +164,13 @@ class ExperimentRunner:
         require_llm: bool = False,
         resume: str | Path | None = None,
         quiet: bool = False,
+        market: MarketDataSource | None = None,
+        html_report: bool = True,
     ) -> None:
         self.config = config
+        # a sweep passes a market shared by its trials (loaded once) and skips HTML charts
+        self.market = market
+        self.html_report = html_report
         self.cache_mode: CacheMode = cache_mode or config.cache.mode
         self.require_llm = require_llm
         self.quiet = quiet
@@ -194,7 +200,7 @@ class ExperimentRunner:
         done = _read_done(decisions_path)
         with self._progress() as progress:
             load = progress.add_task("loading market", total=None)
-            source = build_market(cfg.market, cfg.simulation.timeframe)
+            source = self.market or build_market(cfg.market, cfg.simulation.timeframe)
 
             def tick(i: int, n: int) -> None:
                 progress.update(load, completed=i, total=n)
@@ -592,7 +598,7 @@ class ExperimentRunner:
         except ImportError:  # report module not available in a trimmed install
             return
         try:
-            write_report(self.run_dir)
+            write_report(self.run_dir, html=self.html_report)
         except Exception as exc:  # the run's data is written; a broken chart must not lose it
             log.exception("report failed")
             self.console.print(f"[red]report failed[/]: {exc}")
