@@ -255,7 +255,9 @@ def load_sweep(path: str | Path) -> Sweep:
         cfg["name"] = f"{spec.name}-t{i:03d}"
         label = ", ".join(f"{k}={_jsonable(v)}" for k, v in point.items())
         config = _validate(cfg, where, f"trial {i} ({label})")
-        key = hashlib.sha256(dump_config(config).encode()).hexdigest()[:16]
+        # the key leaves out the trial's name, so two points giving one config are caught
+        same = dump_config(config.model_copy(update={"name": spec.name}))
+        key = hashlib.sha256(same.encode()).hexdigest()[:16]
         trials.append(Trial(i, _jsonable(point), config, key))
     keys = [t.key for t in trials]
     if len(set(keys)) != len(keys):
