@@ -846,7 +846,9 @@ def build_report(run: RunFolder, *, charts: bool = True) -> tuple[str, str, list
     chart_section = (
         _chart_section(run, unit)
         if charts
-        else Section("Charts", ["Charts not drawn (sweep trial); `write_report(run_dir)` draws them."])
+        else Section(
+            "Charts", ["Charts not drawn (sweep trial); `write_report(run_dir)` draws them."]
+        )
     )
     sections = [
         *_summary_sections(run, unit),
