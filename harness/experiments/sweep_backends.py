@@ -26,6 +26,7 @@ import yaml
 from harness.data.source import MarketDataSource
 from harness.experiments.config import ExperimentConfig, parse_config
 from harness.experiments.markets import build_market
+from harness.experiments.sweep_market import share_chains
 
 Backend = Literal["local", "ray"]
 _MARKETS: dict[str, MarketDataSource] = {}
@@ -70,7 +71,9 @@ def market_for(config: ExperimentConfig) -> MarketDataSource:
     if source is None:
         if len(_MARKETS) >= _MAX_MARKETS:
             _MARKETS.pop(next(iter(_MARKETS)))
-        source = _MARKETS[key] = build_market(config.market, config.simulation.timeframe)
+        source = _MARKETS[key] = share_chains(
+            build_market(config.market, config.simulation.timeframe)
+        )
     return source
 
 
@@ -130,7 +133,7 @@ def _ray_trial(task: TrialTask, key: str, market_ref: list[Any]) -> TrialOutcome
     if source is None:
         # the reference is wrapped in a list so Ray hands it over unresolved: one fetch per
         # worker process, not one deserialized copy per task
-        source = _MARKETS[key] = ray.get(market_ref[0])
+        source = _MARKETS[key] = share_chains(ray.get(market_ref[0]))
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
         scratch = Path(tmp) / Path(task.trial_dir).name
         write_back(scratch, task.files or {})
