@@ -27,6 +27,7 @@ from harness.experiments.sweep_backends import (
     TrialOutcome,
     TrialTask,
     init_ray,
+    market_key,
     needs_cache_writer,
     run_inline,
     run_local,
@@ -194,9 +195,12 @@ class SweepRunner:
         # another: a prompt asked by one trial is a cache hit for every later trial
         here = [task(t) for t in todo if needs_cache_writer(t.config)]
         spread = [task(t) for t in todo if not needs_cache_writer(t.config)]
-        # trials sharing a market next to each other: a worker reuses the market it holds
-        by_market = {t.index: json.dumps(t.config.market.model_dump(mode="json")) for t in todo}
-        spread.sort(key=lambda k: (by_market[k.index], k.index))
+        # trials sharing a market next to each other, so a worker reuses the market it holds;
+        # longest DTE first, so its kept chains are built once at the widest expiry limit
+        order = {
+            t.index: (market_key(t.config), -t.config.simulation.target_dte, t.index) for t in todo
+        }
+        spread.sort(key=lambda k: order[k.index])
         if self.backend == "ray":
             started = init_ray(self.address, self.workers)
             try:
