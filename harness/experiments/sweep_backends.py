@@ -166,7 +166,7 @@ def init_ray(address: str | None, workers: int | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address)  # the cluster's own settings; Ray client accepts few options
     else:
         ray.init(
             num_cpus=workers or os.cpu_count() or 1,

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.experiments.sweep import run_sweep
+from harness.experiments.sweep import SweepRunner, run_sweep
 from tests.experiments.sweep_fixtures import GRID, write_sweep
 
 ROOT = Path(__file__).parents[2]
@@ -139,8 +139,8 @@ def test_resume_after_killing_a_sweep_midway(local_sweep: Path, tmp_path: Path) 
     manifest = json.loads((victim / "manifest.json").read_text())
     assert manifest["resumed_decisions"] == len(half)
     pd.testing.assert_frame_equal(_board(again.sweep_dir), _board(local_sweep))
-    # --fresh starts a new folder
-    assert run_sweep(path, workers=1, out_dir=out, quiet=True, fresh=True).sweep_dir != out
+    # --fresh starts a new folder (nothing run here)
+    assert SweepRunner(path, out_dir=out, quiet=True, fresh=True).dir != again.sweep_dir
 
 
 def test_cli_reports_sweep_file_errors_before_running(tmp_path: Path, capsys) -> None:
