@@ -69,12 +69,16 @@ def market_for(config: ExperimentConfig) -> MarketDataSource:
     key = market_key(config)
     source = _MARKETS.get(key)
     if source is None:
-        if len(_MARKETS) >= _MAX_MARKETS:
-            _MARKETS.pop(next(iter(_MARKETS)))
-        source = _MARKETS[key] = share_chains(
-            build_market(config.market, config.simulation.timeframe)
-        )
+        source = _keep(key, build_market(config.market, config.simulation.timeframe))
     return source
+
+
+def _keep(key: str, source: MarketDataSource) -> MarketDataSource:
+    """Keep `source` (with shared chains) in this process, dropping the oldest past the limit."""
+    if len(_MARKETS) >= _MAX_MARKETS:
+        _MARKETS.pop(next(iter(_MARKETS)))
+    _MARKETS[key] = share_chains(source)
+    return _MARKETS[key]
 
 
 def needs_cache_writer(config: ExperimentConfig) -> bool:
@@ -133,7 +137,7 @@ def _ray_trial(task: TrialTask, key: str, market_ref: list[Any]) -> TrialOutcome
     if source is None:
         # the reference is wrapped in a list so Ray hands it over unresolved: one fetch per
         # worker process, not one deserialized copy per task
-        source = _MARKETS[key] = share_chains(ray.get(market_ref[0]))
+        source = _keep(key, ray.get(market_ref[0]))
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
         scratch = Path(tmp) / Path(task.trial_dir).name
         write_back(scratch, task.files or {})

@@ -11,7 +11,6 @@ import copy
 import datetime as dt
 import hashlib
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -280,13 +279,3 @@ def describe(sweep: Sweep) -> dict[str, Any]:
         "sweep_hash": sweep.sweep_hash,
         "n_trials": len(sweep.trials),
     }
-
-
-def trial_config_yaml(trial: Trial) -> str:
-    """The trial's resolved config as YAML (what its run folder's config.yaml holds)."""
-    return dump_config(trial.config)
-
-
-def point_json(trial: Trial) -> str:
-    """The trial's point as compact JSON."""
-    return json.dumps(trial.point, sort_keys=False)
