@@ -51,6 +51,7 @@ def _timed_sweep(path: Path, out: Path, backend: str, workers: int) -> float:
 
 def _sequential(path: Path, out: Path, n: int) -> float:
     """Mean wall time of `harness run` processes of `n` trial configs spread over the grid."""
+    out.mkdir(parents=True, exist_ok=True)
     trials = load_sweep(path).trials
     pick = [trials[round(i * (len(trials) - 1) / max(n - 1, 1))] for i in range(n)]
     times = []
@@ -73,16 +74,21 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--sequential", type=int, default=3, help="harness run processes to time")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--sequential-only", action="store_true", help="time only harness run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         root = Path(tmp)
         path = _sweep_file(root, args.trials)
         n = len(load_sweep(path).trials)
         print(f"{n} trials, {args.workers} workers, {os.cpu_count()} CPUs")
-        local = _timed_sweep(path, root / "local", "local", args.workers)
-        ray_s = None if args.skip_ray else _timed_sweep(path, root / "ray", "ray", args.workers)
         per_run = _sequential(path, root / "seq", args.sequential)
         seq_total = per_run * n
+        print(f"sequential harness run: {per_run:.1f}s per run, {seq_total:.0f}s for {n}")
+        if args.sequential_only:
+            return
+        local = _timed_sweep(path, root / "local", "local", args.workers)
+        skip = args.skip_ray
+        ray_s = None if skip else _timed_sweep(path, root / "ray", "ray", args.workers)
         print(f"local backend: {local:.1f}s total, {local / n:.2f}s per trial")
         if ray_s is not None:
             print(f"ray backend: {ray_s:.1f}s total (incl. Ray start), {ray_s / local:.2f}x local")
@@ -90,6 +96,8 @@ def main() -> None:
             f"sequential harness run: {per_run:.1f}s per run (mean of {args.sequential}), "
             f"{seq_total:.0f}s extrapolated to {n}; sweep speed-up {seq_total / local:.1f}x"
         )
+        if ray_s is not None:
+            print(f"sweep speed-up on Ray: {seq_total / ray_s:.1f}x")
 
 
 if __name__ == "__main__":
