@@ -21,7 +21,7 @@ import pandas as pd
 from rich.console import Console
 
 from harness.experiments.config import dump_config
-from harness.experiments.runner import create_run_dir
+from harness.experiments.runner import create_run_dir, run_config_text
 from harness.experiments.sweep_backends import (
     Backend,
     TrialOutcome,
@@ -129,7 +129,7 @@ class SweepRunner:
         if prior is not None and (self.dir / "trials" / prior["trial_id"]).is_dir():
             return self.dir / "trials" / prior["trial_id"]
         d = create_run_dir(self.dir / "trials", f"t{trial.index:03d}")
-        (d / "config.yaml").write_text(dump_config(trial.config))
+        (d / "config.yaml").write_text(run_config_text(trial.config))
         return d
 
     def _save(self, extra: dict[str, Any] | None = None) -> None:
