@@ -24,6 +24,33 @@ class CLIError(Exception):
     """An error to report as one line and exit code 2."""
 
 
+# ---------------------------------------------------------------------- sweep
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.experiments.sweep import run_sweep
+
+    if args.backend == "local" and args.address:
+        raise CLIError("--address is for --backend ray")
+    summary = run_sweep(
+        args.sweep,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        out_dir=args.out,
+        trial_reports=args.trial_reports,
+        fresh=args.fresh,
+        quiet=args.quiet,
+    )
+    out.print(summary.sentence, markup=False, highlight=False)
+    out.print(
+        f"{summary.n_complete}/{summary.n_trials} trials complete ({summary.n_already_done} from "
+        f"an earlier run, {summary.n_failed} failed) in {summary.elapsed_s:.1f}s: "
+        f"{summary.sweep_dir / 'sweep_report.html'}",
+        markup=False,
+        highlight=False,
+    )
+    return 1 if summary.n_failed else 0
+
+
 # ---------------------------------------------------------------------- run
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.experiments.config import load_config
@@ -389,6 +416,34 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="no progress bars; print only the run folder"
     )
     r.set_defaults(func=_cmd_run)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run many configs (a grid, list or random sample of axes) and rank them",
+        description=(
+            "Expand SWEEP.yaml (a base config and axes over its dotted fields) into trials, run each "
+            "as a run folder under runs/<sweep-id>/trials/, and write sweep.json, leaderboard.parquet "
+            "and sweep_report.html with Holm/BH-adjusted p-values, the Deflated Sharpe Ratio and PBO. "
+            "Re-running the same file continues it. See docs/sweeps.md."
+        ),
+    )
+    sw.add_argument("sweep", help="sweep YAML, e.g. configs/sweeps/delta_dte.yaml")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local")
+    sw.add_argument(
+        "--workers", type=int, help="parallel trials (default: CPU count; 1 runs in-process)"
+    )
+    sw.add_argument(
+        "--address", help="Ray cluster: auto or ray://HOST:PORT (default: a local loopback Ray)"
+    )
+    sw.add_argument("--out", default="runs", help="parent folder of the sweep folder")
+    sw.add_argument(
+        "--trial-reports", action="store_true", help="also draw each trial's HTML report and charts"
+    )
+    sw.add_argument(
+        "--fresh", action="store_true", help="start a new sweep folder instead of continuing one"
+    )
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    sw.set_defaults(func=_cmd_sweep)
 
     rp = sub.add_parser(
         "replay",

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness import __version__
+from harness.data.source import MarketDataSource
 from harness.experiments.config import (
     ExperimentConfig,
     LLMPolicyEntry,
@@ -101,6 +102,12 @@ class _Scored:
     errors: int = 0
     tally: PolicyTally = field(default_factory=PolicyTally)
     partial: bool = False  # some decisions were not asked (stopped policy): no portfolio replay
+
+
+def run_config_text(config: ExperimentConfig) -> str:
+    """The config.yaml text of a run of `config`: resolved YAML with secret values masked."""
+    llm_entries = [p for p in config.policies if isinstance(p, LLMPolicyEntry)]
+    return RunSecrets.of_policies(llm_entries).config_text(config.model_dump(mode="json"))
 
 
 def create_run_dir(out_dir: str | Path, name: str) -> Path:
@@ -195,10 +202,15 @@ class ExperimentRunner:
         max_cost_usd: float | None = None,
         answers: TranscriptBook | None = None,
         config_path: str | Path | None = None,
+        market: MarketDataSource | None = None,
+        html_report: bool = True,
     ) -> None:
         self.config = config
         # A replay serves every LLM request from the run's transcripts: no cache, no network.
         self.answers = answers
+        # a sweep passes a market shared by its trials (loaded once) and skips HTML charts
+        self.market = market
+        self.html_report = html_report
         self.cache_mode: CacheMode = (
             "off" if answers is not None else (cache_mode or config.cache.mode)
         )
@@ -209,7 +221,7 @@ class ExperimentRunner:
         self.config_path = str(config_path) if config_path is not None else None
         llm_entries = [p for p in config.policies if isinstance(p, LLMPolicyEntry)]
         self.secrets = RunSecrets.of_policies(llm_entries)
-        config_text = self.secrets.config_text(config.model_dump(mode="json"))
+        config_text = run_config_text(config)
         self.resuming = resume is not None
         if resume is not None:
             self.run_dir = Path(resume)
@@ -244,7 +256,7 @@ class ExperimentRunner:
         done = _read_done(decisions_path)
         with self._progress() as progress:
             load = progress.add_task("loading market", total=None)
-            source = build_market(cfg.market, cfg.simulation.timeframe)
+            source = self.market or build_market(cfg.market, cfg.simulation.timeframe)
 
             def tick(i: int, n: int) -> None:
                 progress.update(load, completed=i, total=n)
@@ -736,7 +748,7 @@ class ExperimentRunner:
         except ImportError:  # report module not available in a trimmed install
             return
         try:
-            write_report(self.run_dir)
+            write_report(self.run_dir, html=self.html_report)
         except Exception as exc:  # the run's data is written; a broken chart must not lose it
             log.exception("report failed")
             self.console.print(f"[red]report failed[/]: {exc}")

@@ -847,10 +847,16 @@ def _run_notes(run: RunFolder) -> list[str]:
     return notes
 
 
-def build_report(run: RunFolder) -> tuple[str, str, list[Chart]]:
-    """Markdown, HTML and charts of a loaded run."""
+def build_report(run: RunFolder, *, charts: bool = True) -> tuple[str, str, list[Chart]]:
+    """Markdown, HTML and charts of a loaded run (`charts=False`: no matplotlib charts drawn)."""
     unit = reward_unit(run.reward_kind)
-    chart_section = _chart_section(run, unit)
+    chart_section = (
+        _chart_section(run, unit)
+        if charts
+        else Section(
+            "Charts", ["Charts not drawn (sweep trial); `write_report(run_dir)` draws them."]
+        )
+    )
     sections = [
         *_summary_sections(run, unit),
         _comparison_section(run, unit),
@@ -862,10 +868,17 @@ def build_report(run: RunFolder) -> tuple[str, str, list[Chart]]:
     return md, html, chart_section.charts
 
 
-def write_report(run_dir: Path) -> tuple[Path, Path]:
-    """Write report.md (+ figures/*.png) and self-contained report.html into the run folder."""
+def write_report(run_dir: Path, *, html: bool = True) -> tuple[Path, Path | None]:
+    """Write report.md (+ figures/*.png) and self-contained report.html into the run folder.
+
+    `html=False` (sweep trials) writes report.md only and draws no charts.
+    """
     run_dir = Path(run_dir)
-    md, html, charts = build_report(load_run(run_dir))
+    if not html:
+        md = build_report(load_run(run_dir), charts=False)[0]
+        (run_dir / "report.md").write_text(md, encoding="utf-8")
+        return run_dir / "report.md", None
+    md, html_text, charts = build_report(load_run(run_dir))
     fig_dir = run_dir / FIGURES_DIR
     if charts:
         fig_dir.mkdir(exist_ok=True)
@@ -878,5 +891,5 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
             (fig_dir / f"{name}.png").unlink(missing_ok=True)
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     md_path.write_text(md, encoding="utf-8")
-    html_path.write_text(html, encoding="utf-8")
+    html_path.write_text(html_text, encoding="utf-8")
     return md_path, html_path
