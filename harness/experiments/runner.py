@@ -39,7 +39,7 @@ from harness.policies.llm import LLMPolicy
 from harness.policies.rules import make_rule, oracle
 from harness.simulator import CoveredCallSimulator, PolicyFn
 from harness.state import DecisionState
-from harness.stats import PairedComparison, paired_comparison
+from harness.stats import PairedComparison, all_pairs, paired_comparison
 from harness.types import CallCandidate, OptionSnapshot, SimulatedTrade, SimulationResult
 
 log = logging.getLogger(__name__)
@@ -273,6 +273,7 @@ class ExperimentRunner:
         ran = [p.name for p in cfg.policies if p.name in scored]
         metrics = self._metrics(ran, scored, results, llm_usage)
         comparison = self._compare(ran, scored, sim)
+        self._scored_for_pairs = scored
         self._write_outputs(sim, labels, results, metrics, comparison, ran)
         manifest = {
             "name": cfg.name,
@@ -532,6 +533,17 @@ class ExperimentRunner:
             if name != base
         ]
 
+    def _all_pairs(self, ran: list[str], sim: CoveredCallSimulator) -> list[PairedComparison]:
+        """Every pair of the policies that ran (earlier minus later in config order), Holm-adjusted."""
+        scored = self._scored_for_pairs
+        names = [n for n in ran if n in scored]
+        return all_pairs(
+            {n: scored[n].rewards for n in names},
+            {n: scored[n].choices for n in names},
+            block_length=self._block_length(sim),
+            seed=self.config.seed,
+        )
+
     def _write_outputs(
         self,
         sim: CoveredCallSimulator,
@@ -572,6 +584,7 @@ class ExperimentRunner:
         lab.to_parquet(d / "labels.parquet", index=False)
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_float))
         agreement = _agreement(d / "decisions.jsonl", ran)
+        every_pair = self._all_pairs(ran, sim)
         (d / "comparison.json").write_text(
             json.dumps(
                 {
@@ -579,6 +592,7 @@ class ExperimentRunner:
                     "reward_kind": self.config.reward.kind,
                     "block_length": self._block_length(sim),
                     "pairs": [c.to_dict() for c in comparison],
+                    "all_pairs": [c.to_dict() for c in every_pair],
                     "agreement": agreement,
                 },
                 indent=2,
