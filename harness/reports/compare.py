@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.reports.report import (
+from harness.reports.document import (
     Section,
     Table,
     fmt_int,
@@ -22,12 +22,11 @@ from harness.reports.report import (
     fmt_share,
     fmt_time,
     fmt_usd,
-    read_decisions,
-    read_json,
     reading,
     render_document,
     reward_unit,
 )
+from harness.reports.report import read_decisions, read_json
 from harness.stats import paired_comparison
 
 MAX_CHANGED_ROWS = 50
