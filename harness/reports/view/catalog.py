@@ -123,9 +123,9 @@ def run_entry(runs_dir: Path, path: Path) -> RunEntry:
     )
 
 
-def _sort_key(path: Path, started: str | None) -> str:
-    # Folder names start with a UTC stamp; the manifest's start time wins when present.
-    return started or path.name
+def _sort_key(path: Path, started: str | None) -> tuple[str, str]:
+    # The manifest's start time first; folder names (they start with a UTC stamp) break ties.
+    return (started or "", path.name)
 
 
 def list_runs(runs_dir: Path) -> list[RunEntry | SweepEntry]:
@@ -133,7 +133,7 @@ def list_runs(runs_dir: Path) -> list[RunEntry | SweepEntry]:
     root = Path(runs_dir).resolve()
     if not root.is_dir():
         return []
-    out: list[tuple[str, RunEntry | SweepEntry]] = []
+    out: list[tuple[tuple[str, str], RunEntry | SweepEntry]] = []
     for child in root.iterdir():
         if not child.is_dir():
             continue
@@ -145,7 +145,7 @@ def list_runs(runs_dir: Path) -> list[RunEntry | SweepEntry]:
                 for t in (sorted(trials_dir.iterdir()) if trials_dir.is_dir() else [])
                 if is_run_folder(t)
             ]
-            trials.sort(key=lambda e: e.started_at or e.id, reverse=True)
+            trials.sort(key=lambda e: (e.started_at or "", e.id), reverse=True)
             started = spec.get("started_at") or (trials[-1].started_at if trials else None)
             entry = SweepEntry(
                 id=child.name,
