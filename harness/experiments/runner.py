@@ -28,14 +28,17 @@ from harness import __version__
 from harness.experiments.config import (
     ExperimentConfig,
     LLMPolicyEntry,
+    PythonPolicyEntry,
     RulePolicyEntry,
     dump_config,
 )
 from harness.experiments.markets import build_market, market_fingerprint
+from harness.experiments.preflight import check_config
 from harness.experiments.rewards import REWARD_UNITS, with_reward
 from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
 from harness.llm.client import LLMUnavailable
 from harness.policies.llm import LLMPolicy
+from harness.policies.python import load_python_policy
 from harness.policies.rules import make_rule, oracle
 from harness.simulator import CoveredCallSimulator, PolicyFn
 from harness.state import DecisionState
@@ -49,6 +52,18 @@ LLM_HOWTO = "or replay a warm cache offline with --cache-mode read_only"
 
 class LLMRequiredError(RuntimeError):
     """`--require-llm` was given and an LLM policy could not run."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; carries the run folder so the caller can print how to resume."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+class NoDecisionsError(ValueError):
+    """The configured period produced no decision time (one-line reason in the message)."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,8 @@ class ExperimentRunner:
             )
             progress.update(load, description="market loaded", completed=1, total=1)
             times = sim.decision_times()
+            if len(times) == 0:
+                raise NoDecisionsError(_no_decisions_reason(cfg))
             items = [(sim.build_state(t), sim.candidates(t)) for t in times]
             self._labels = labels
             self._index_labels(labels, times)
@@ -327,12 +344,14 @@ class ExperimentRunner:
     # ------------------------------------------------------------------ policies
     def _build_policy(
         self,
-        entry: RulePolicyEntry | LLMPolicyEntry,
+        entry: RulePolicyEntry | LLMPolicyEntry | PythonPolicyEntry,
         labels: pd.DataFrame,
         cache: ResponseCache | None,
         stack: ExitStack,
     ) -> tuple[PolicyFn | None, str]:
         sim_cfg = self.config.simulation
+        if isinstance(entry, PythonPolicyEntry):
+            return load_python_policy(entry.ref, entry.params), ""
         if isinstance(entry, RulePolicyEntry):
             if entry.rule == "oracle":
                 return oracle(labels), ""
@@ -649,12 +668,33 @@ def run_experiment(
     resume: str | Path | None = None,
     quiet: bool = False,
 ) -> RunSummary:
-    """Run `config` and write its run folder under `out_dir` (or continue `resume`)."""
-    return ExperimentRunner(
+    """Run `config` and write its run folder under `out_dir` (or continue `resume`).
+
+    The config is checked first (rule and python policy parameters, prompts, period length),
+    so a bad one fails before a run folder exists. Ctrl-C raises `RunInterrupted` with the
+    run folder to resume.
+    """
+    check_config(config)
+    runner = ExperimentRunner(
         config,
         out_dir=out_dir,
         cache_mode=cache_mode,
         require_llm=require_llm,
         resume=resume,
         quiet=quiet,
-    ).run()
+    )
+    try:
+        return runner.run()
+    except KeyboardInterrupt:
+        raise RunInterrupted(runner.run_dir) from None
+
+
+def _no_decisions_reason(cfg: ExperimentConfig) -> str:
+    sim = cfg.simulation
+    days = (sim.end_ts - sim.start_ts) / pd.Timedelta(days=1)
+    return (
+        f"no decision times between {sim.start_ts:%Y-%m-%d} and {sim.end_ts:%Y-%m-%d} "
+        f"({days:.1f} days): each decision needs a call of {sim.target_dte} days "
+        f"(tolerance {sim.dte_tolerance}) listed and expiring inside the data; lengthen the "
+        "period or lower simulation.target_dte"
+    )
