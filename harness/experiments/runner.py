@@ -264,7 +264,7 @@ class ExperimentRunner:
                             if todo:
                                 policy.prefetch(todo, progress=not self.quiet)
                         except (LLMUnavailable, CacheMissError) as exc:
-                            reason = f"{exc} ({LLM_HOWTO})"
+                            reason = f"{exc} ({self._howto()})"
                             if self.require_llm:
                                 raise LLMRequiredError(f"{entry.name}: {reason}") from exc
                             skipped[entry.name] = reason
@@ -341,6 +341,16 @@ class ExperimentRunner:
             disable=self.quiet,
         )
 
+    def _howto(self) -> str:
+        """What to do about an LLM policy that cannot run, for this run's cache mode."""
+        if self.cache_mode == "read_only":
+            # Suggesting read_only during a read_only run would send the user in a circle.
+            return (
+                "the cache has no answer for it: run once with --cache-mode read_write "
+                "and the API key to fill the cache"
+            )
+        return LLM_HOWTO
+
     # ------------------------------------------------------------------ policies
     def _build_policy(
         self,
@@ -377,7 +387,7 @@ class ExperimentRunner:
         try:
             policy.ensure_available()
         except LLMUnavailable as exc:
-            reason = f"{exc} ({LLM_HOWTO})"
+            reason = f"{exc} ({self._howto()})"
             if self.require_llm:
                 raise LLMRequiredError(f"{entry.name}: {reason}") from exc
             return None, reason
