@@ -368,29 +368,40 @@ def disagreements(decisions: pd.DataFrame, top: int | None = None) -> pd.DataFra
     return out
 
 
-def disagreement_episodes(table: pd.DataFrame, trade_life: pd.Timedelta) -> pd.DataFrame:
-    """Group disagreement times into episodes: a new one starts after a gap over one trade life.
+def _expiry_token(name: Any) -> str | None:
+    # Deribit names read UNDERLYING-DMMMYY-STRIKE-C; the second part is the expiry.
+    parts = name.split("-") if isinstance(name, str) else []
+    return parts[1] if len(parts) >= 4 else None
 
-    Neighbouring decisions sell calls whose lives overlap, so one market event shows up as many
-    disagreeing decisions; an episode is that event. Columns: `episode`, `start`, `end`,
-    `n` (disagreeing decisions), `peak_time` (widest spread) and `peak_spread`, widest first.
+
+def disagreement_episodes(table: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """Group disagreement times per trade life: by the expiry of the call the policies chose.
+
+    Neighbouring decisions sell calls of the same expiry, so one market event shows up as
+    many disagreeing decisions; an episode is one expiry (one trade life). Columns: `expiry`,
+    `start`, `end`, `n` (disagreeing decisions), `peak_time` (widest spread), `peak_spread`;
+    widest first.
     """
+    cols = ["expiry", "start", "end", "n", "peak_time", "peak_spread"]
     if table.empty:
-        return pd.DataFrame(columns=["episode", "start", "end", "n", "peak_time", "peak_spread"])
-    t = table.sort_values("decision_time")
-    gaps = t["decision_time"].diff() > trade_life
-    ep = gaps.cumsum().to_numpy()
-    t = t.assign(episode=ep)
-    peak = t.loc[t.groupby("episode")["spread"].idxmax()]
-    agg = t.groupby("episode").agg(
+        return pd.DataFrame(columns=cols)
+    names = decisions.pivot(index="decision_time", columns="policy", values="instrument_name")
+    tokens = names.loc[table["decision_time"]].map(_expiry_token)
+    expiry = tokens.bfill(axis=1).iloc[:, 0].to_numpy()
+    t = table.assign(expiry=expiry)
+    # A time whose name has no parseable expiry is its own episode rather than a wrong merge.
+    t["expiry"] = t["expiry"].fillna(t["decision_time"].astype(str))
+    peak = t.loc[t.groupby("expiry")["spread"].idxmax()]
+    agg = t.groupby("expiry").agg(
         start=("decision_time", "min"), end=("decision_time", "max"), n=("decision_time", "size")
     )
     out = agg.join(
-        peak.set_index("episode")[["decision_time", "spread"]].rename(
+        peak.set_index("expiry")[["decision_time", "spread"]].rename(
             columns={"decision_time": "peak_time", "spread": "peak_spread"}
         )
     ).reset_index()
-    return out.sort_values("peak_spread", ascending=False, kind="stable").reset_index(drop=True)
+    out = out.sort_values(["peak_spread", "start"], ascending=[False, True], kind="stable")
+    return out[cols].reset_index(drop=True)
 
 
 def pairs_from_decisions(
@@ -416,10 +427,17 @@ def pairs_from_decisions(
 # --------------------------------------------------------------------------- helpers
 
 
+def fmt_p(x: Any) -> str:
+    """A p-value with three decimals, `<0.001` below that (bootstrap p has no finer meaning)."""
+    if not finite(x):
+        return DASH
+    return "<0.001" if float(x) < 0.001 else f"{float(x):.3f}"
+
+
 def _policy_label(p: str, baseline: str | None, status: dict[str, dict[str, Any]]) -> str:
     out = p
     if p in BOUND_LABELS:
-        out += f" ({BOUND_LABELS[p]})"
+        out += f": {BOUND_LABELS[p]}"
     if p == baseline:
         out += " (baseline)"
     st = (status.get(p) or {}).get("status")
@@ -450,16 +468,6 @@ def _baseline(run: RunFolder) -> str | None:
 def _block_length(run: RunFolder) -> int:
     value = run.comparison.get("block_length")
     return int(value) if finite(value) and int(value) >= 1 else 1
-
-
-def _trade_life(run: RunFolder) -> pd.Timedelta:
-    sim = run.config.get("simulation") or {}
-    if finite(sim.get("target_dte")):
-        return pd.Timedelta(days=float(sim["target_dte"]) + float(sim.get("dte_tolerance") or 0))
-    times = run.decisions["decision_time"].drop_duplicates().sort_values()
-    if len(times) > 1:
-        return times.diff().median() * _block_length(run)
-    return pd.Timedelta(days=7)
 
 
 def _pairs(run: RunFolder) -> list[dict[str, Any]]:
@@ -567,6 +575,13 @@ def _portfolio_verdict(run: RunFolder) -> list[str]:
         f"As a portfolio (one call at a time, replayed), {best} {verb} HODL the most: "
         f"ending equity minus HODL's was {parts} (one price path: no confidence interval)."
     ]
+    same = _identical_trade_pairs(run)
+    if same:
+        out.append(
+            "Identical portfolio trades: "
+            + "; ".join(f"{a} = {b}" for a, b in same)
+            + " (their per-decision scores differ only where the portfolio already held a call)."
+        )
     dd = [
         (p, run.metrics[p].get("max_drawdown_pct"))
         for p, _ in ranked
@@ -813,7 +828,7 @@ def _portfolio_table(run: RunFolder) -> Table:
     return Table(cols, rows, ["l"] + ["r"] * (len(cols) - 1))
 
 
-def _identical_trades(run: RunFolder) -> list[str]:
+def _identical_trade_pairs(run: RunFolder) -> list[tuple[str, str]]:
     t = run.trades
     if t.empty or not {"policy", "open_time", "instrument_name"} <= set(t.columns):
         return []
@@ -821,17 +836,23 @@ def _identical_trades(run: RunFolder) -> list[str]:
         p: tuple(zip(g["open_time"].astype(str), g["instrument_name"].astype(str), strict=True))
         for p, g in t.groupby("policy", sort=False)
     }
-    notes = []
     names = [p for p in run.compared if p in keys]
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            if keys[a] == keys[b] and keys[a]:
-                notes.append(
-                    f"{a} and {b} made identical portfolio trades ({len(keys[a])}), so their "
-                    "portfolio rows match; their per-decision scores can still differ because they "
-                    "chose differently at decision times when the portfolio already held a call."
-                )
-    return notes
+    return [
+        (a, b)
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        if keys[a] == keys[b] and keys[a]
+    ]
+
+
+def _identical_trades(run: RunFolder) -> list[str]:
+    t = run.trades
+    return [
+        f"{a} and {b} made identical portfolio trades ({int((t['policy'] == a).sum())}), so "
+        "their portfolio rows match; their per-decision scores can still differ because they "
+        "chose differently at decision times when the portfolio already held a call."
+        for a, b in _identical_trade_pairs(run)
+    ]
 
 
 def _view_sections(run: RunFolder, unit: str) -> list[Section]:
@@ -903,8 +924,8 @@ def _matrix_section(run: RunFolder, unit: str, pairs: list[dict[str, Any]]) -> S
                 fmt_int(c.get("n")),
                 fmt_reward(c.get("mean_diff"), unit),
                 f"{fmt_reward(c.get('ci_low'), unit)} to {fmt_reward(c.get('ci_high'), unit)}",
-                fmt_num(c.get("p_value"), 3),
-                fmt_num(c.get("p_holm"), 3),
+                fmt_p(c.get("p_value")),
+                fmt_p(c.get("p_holm")),
                 f"{fmt_int(c.get('wins'))} / {fmt_int(c.get('losses'))} / {fmt_int(c.get('ties'))}",
                 fmt_share(c.get("agreement_rate")),
                 fmt_int(c.get("block_length", run.comparison.get("block_length"))),
@@ -984,20 +1005,22 @@ def _disagreement_section(
     run: RunFolder, unit: str, link_for: LinkFor | None, linked: list[tuple[str, pd.Timestamp]]
 ) -> Section:
     title = "Disagreements, grouped per trade life"
-    d = run.decisions[run.decisions["policy"].isin(run.compared)]
+    # The hindsight bounds disagree with everyone all the time; they would make one big episode.
+    shown = [p for p in run.compared if not _is_bound(run, p)]
+    d = run.decisions[run.decisions["policy"].isin(shown)]
     everything = disagreements(d, top=None)
     if everything.empty:
         reason = "no decisions" if d.empty else "all policies chose the same"
         return Section(title, [f"No disagreements: {reason}."], anchor="disagreements")
-    life = _trade_life(run)
-    episodes = disagreement_episodes(everything, life)
+    episodes = disagreement_episodes(everything, d)
     present = {c.removeprefix("choice.") for c in everything.columns if c.startswith("choice.")}
-    policies = [p for p in run.compared if p in present]
+    policies = [p for p in shown if p in present]
     peak_rows = everything.set_index("decision_time")
     rows: list[list[Cell]] = []
     for e in episodes.head(TOP_EPISODES).to_dict("records"):
         peak = peak_rows.loc[e["peak_time"]]
         cells: list[Cell] = [
+            str(e["expiry"]),
             f"{fmt_time(e['start'])} → {fmt_time(e['end'])}",
             fmt_int(e["n"]),
             fmt_time(e["peak_time"]),
@@ -1012,18 +1035,17 @@ def _disagreement_section(
             cells.append(_choice_cell(run, p, e["peak_time"], text, link_for, linked))
         rows.append(cells)
     intro = (
-        f"{len(everything):,} decision time(s) where the compared policies chose differently, "
-        f"grouped into {len(episodes):,} episode(s): a new episode starts when more than one "
-        f"trade life ({life / pd.Timedelta(days=1):.1f} days) passes without a disagreement, so "
-        f"one market event is one row. The {min(TOP_EPISODES, len(episodes))} episodes with the "
-        "widest reward spread are listed; cells show each policy's choice (reward) at the "
-        "episode's widest decision."
+        f"{len(everything):,} decision time(s) where the compared policies (hindsight bounds "
+        f"left out) chose differently, grouped into {len(episodes):,} trade lives by the expiry "
+        "of the call chosen, so one market event is one row. The "
+        f"{min(TOP_EPISODES, len(episodes))} with the widest reward spread are listed; cells "
+        "show each policy's choice (reward) at the trade life's widest decision."
     )
-    cols = ["Episode (UTC)", "Decisions", "Widest at", "Spread", *policies]
+    cols = ["Expiry", "Decisions from → to (UTC)", "Decisions", "Widest at", "Spread", *policies]
     return Section(
         title,
         [intro],
-        table=Table(cols, rows, ["l", "r", "l", "r"] + ["l"] * len(policies)),
+        table=Table(cols, rows, ["l", "l", "r", "l", "r"] + ["l"] * len(policies)),
         anchor="disagreements",
     )
 

@@ -152,8 +152,17 @@ def test_disagreements_are_exactly_the_differing_decisions(
     assert set(table["decision_time"]) == differing
     assert table["spread"].is_monotonic_decreasing
 
-    episodes = disagreement_episodes(table, pd.Timedelta(days=9))
+    decisions = load_run(run.path).decisions
+    episodes = disagreement_episodes(table, decisions)
     assert episodes["n"].sum() == len(differing)
+    # One row per expiry (trade life): the fixture sells 7-day calls from every decision.
+    expiries = {
+        next(
+            r["instrument_name"] for r in by_time[t.isoformat()].values() if r["instrument_name"]
+        ).split("-")[1]
+        for t in differing
+    }
+    assert set(episodes["expiry"]) == expiries
     rendered = md_table(md, "Disagreements")
     assert len(rendered) == len(episodes)
     for row in rendered:
