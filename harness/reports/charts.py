@@ -99,7 +99,7 @@ def chart_equity(series: dict[str, pd.DataFrame], colors: dict[str, str]) -> Cha
     first = next(iter(series.values()))
     if "hodl" in first:
         h = _downsample(first["hodl"])
-        top.plot(h.index, h.to_numpy(), color=policy_color(HODL), lw=1.6, label=HODL)
+        top.plot(h.index, h.to_numpy(), color=policy_color(HODL), lw=2.4, label=HODL)
         bottom.axhline(0.0, color=policy_color(HODL), lw=1.2, label=HODL)
     for i, (p, df) in enumerate(series.items()):
         style = {"color": colors[p], "lw": 1.3, "ls": DASHES[i % len(DASHES)], "label": p}
@@ -137,7 +137,7 @@ def chart_drawdown(series: dict[str, pd.DataFrame], colors: dict[str, str]) -> C
     first = next(iter(series.values()))
     if "hodl" in first:
         dd = daily_drawdown(first["hodl"])
-        ax.plot(dd.index, dd.to_numpy(), color=policy_color(HODL), lw=1.8, label=HODL)
+        ax.plot(dd.index, dd.to_numpy(), color=policy_color(HODL), lw=2.4, label=HODL)
     for i, (p, df) in enumerate(series.items()):
         dd = daily_drawdown(df["equity"])
         ax.plot(

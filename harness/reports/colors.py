@@ -13,9 +13,9 @@ HODL = "HODL"
 FIXED = {
     "oracle": "#000000",  # per-decision bound (hindsight)
     "oracle_schedule": "#6f6f6f",  # portfolio bound (hindsight schedule)
-    HODL: "#a0522d",
+    HODL: "#2f4f4f",  # dark slate, drawn thicker than policies
 }
-# Colour-blind friendly hues (Okabe-Ito and Tableau), none black, grey or HODL's sienna.
+# Colour-blind friendly hues (Okabe-Ito and Tableau), none black, grey or HODL's dark slate.
 PALETTE = (
     "#0072b2",
     "#e69f00",
@@ -30,7 +30,6 @@ PALETTE = (
     "#76b7b2",
     "#edc948",
     "#e15759",
-    "#9c755f",
     "#17becf",
     "#bcbd22",
 )

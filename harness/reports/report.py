@@ -978,7 +978,7 @@ def _chart_section(run: RunFolder, unit: str, colors: dict[str, str]) -> Section
     if run.decisions.empty:
         notes.append("No decisions: reward and regret charts omitted.")
     notes.append(
-        "Colours are fixed per policy name (the same in every run); HODL is sienna, the "
+        "Colours are fixed per policy name (the same in every run); HODL is dark slate (drawn thicker), the "
         "per-decision bound black, the portfolio bound grey."
     )
     return Section("Charts", notes, charts=charts, anchor="charts")
