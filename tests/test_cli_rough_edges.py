@@ -179,3 +179,38 @@ def test_ctrl_c_prints_the_folder_and_resume_command(tmp_path: Path) -> None:
     run_dir = folders[0]
     assert f"interrupted; run folder: {run_dir}" in err
     assert f"resume with: harness run {path} --resume {run_dir}" in err
+
+
+def test_harness_view_serves_on_loopback(tmp_path: Path) -> None:
+    import socket
+
+    import requests
+
+    runs = tmp_path / "runs"
+    write_fake_run(runs / "20240601T000000Z-aaaaaa-fake")
+    with socket.socket() as s:  # a free port; the server binds it right after
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "view", str(runs), "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                r = requests.get(f"http://127.0.0.1:{port}/api/runs", timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail(f"harness view did not start: {proc.stderr.read()}")
+                time.sleep(0.1)
+        assert [e["id"] for e in r.json()] == ["20240601T000000Z-aaaaaa-fake"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert main(["view", str(tmp_path / "nope")]) == 2

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 RUN_MARKERS = ("manifest.json", "config.yaml", "decisions.jsonl")
 
 
@@ -30,7 +32,7 @@ class RunEntry:
     period: list[str] | None
     policies: list[str]
     policy_status: dict[str, str]
-    best_per_decision: tuple[str, float] | None  # (policy, mean reward)
+    best_per_decision: tuple[str, float] | None  # (policy, mean reward), bounds left out
     best_portfolio: tuple[str, float] | None  # (policy, PnL vs HODL USD)
     llm_cost_usd: float
     reward_kind: str | None
@@ -68,6 +70,19 @@ def _json(path: Path) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+def _bounds(path: Path) -> set[str]:
+    """Names of the hindsight-bound policies of a run (by name or by `rule: oracle*`)."""
+    names = {"oracle", "oracle_schedule"}
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return names
+    for entry in cfg.get("policies") or [] if isinstance(cfg, dict) else []:
+        if isinstance(entry, dict) and str(entry.get("rule", "")).startswith("oracle"):
+            names.add(str(entry.get("name")))
+    return names
+
+
 def is_run_folder(path: Path) -> bool:
     """True for a folder holding any of the files a run writes first."""
     return path.is_dir() and any((path / m).is_file() for m in RUN_MARKERS)
@@ -94,7 +109,9 @@ def run_entry(runs_dir: Path, path: Path) -> RunEntry:
     }
     for p in manifest.get("skipped") or {}:
         status.setdefault(p, "skipped")
-    ok = [p for p in metrics if status.get(p, "ok") == "ok"]
+    bounds = _bounds(path)
+    # Headlines name real policies: the hindsight bounds always "win" and answer nothing.
+    ok = [p for p in metrics if status.get(p, "ok") == "ok" and p not in bounds]
 
     def best(key: str) -> tuple[str, float] | None:
         vals = [
