@@ -177,6 +177,7 @@ class Section:
     transcripts: list[TranscriptBlock] = field(default_factory=list)
     anchor: str = ""
     tables: list[tuple[str, Table]] = field(default_factory=list)  # extra (caption, table)
+    preformatted: str = ""  # a block shown verbatim (e.g. a prompt diff)
 
 
 def _md_cell(cell: Any) -> str:

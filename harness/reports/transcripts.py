@@ -7,6 +7,7 @@ the writer already masks keys, a viewer must never be the place one leaks.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections import defaultdict
@@ -79,3 +80,33 @@ def transcript_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         "cost_usd": float(sum(float(r.get("cost_usd") or 0.0) for r in records)),
         "errors": [str(r["error"]) for r in records if r.get("error")],
     }
+
+
+def prompt_lines(records: list[dict[str, Any]] | None) -> list[str]:
+    """The first request's messages as text lines, each message headed by `[role]`."""
+    if not records:
+        return []
+    lines: list[str] = []
+    for m in (records[0].get("request") or {}).get("messages") or []:
+        if isinstance(m, dict):
+            lines.append(f"[{m.get('role', '?')}]")
+            lines.extend(str(m.get("content", "")).splitlines())
+    return lines
+
+
+def final_answer(records: list[dict[str, Any]] | None) -> str | None:
+    """The last request's raw answer text (or its error), secret-masked; None without records."""
+    if not records:
+        return None
+    resp = records[-1].get("response") or {}
+    text = resp.get("content") if resp.get("content") is not None else records[-1].get("error")
+    return mask_secrets(text)
+
+
+def prompt_diff(a: list[dict[str, Any]] | None, b: list[dict[str, Any]] | None) -> list[str]:
+    """Unified diff of two decisions' prompts (A -> B); [] when either is missing or equal."""
+    if not a or not b:
+        return []
+    return list(
+        difflib.unified_diff(prompt_lines(a), prompt_lines(b), "prompt A", "prompt B", lineterm="")
+    )

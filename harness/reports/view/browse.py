@@ -6,7 +6,6 @@ transcripts.jsonl) and returned as plain, JSON-ready structures (rewards in the 
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from dataclasses import dataclass
@@ -17,7 +16,13 @@ import pandas as pd
 
 from harness.reports.compare import compare_runs
 from harness.reports.report import RunFolder, disagreements, load_run
-from harness.reports.transcripts import mask_secrets, time_key, transcript_summary
+from harness.reports.transcripts import (
+    final_answer,
+    mask_secrets,
+    prompt_diff,
+    time_key,
+    transcript_summary,
+)
 
 MAX_ROWS = 500
 
@@ -205,43 +210,20 @@ def transcript(run: RunFolder, policy: str, time: str) -> dict[str, Any]:
     }
 
 
-def _prompt_text(recs: list[dict[str, Any]] | None) -> list[str]:
-    if not recs:
-        return []
-    msgs = (recs[0].get("request") or {}).get("messages") or []
-    lines: list[str] = []
-    for m in msgs:
-        if isinstance(m, dict):
-            lines.append(f"[{m.get('role', '?')}]")
-            lines.extend(str(m.get("content", "")).splitlines())
-    return lines
-
-
-def _answer(recs: list[dict[str, Any]] | None) -> str | None:
-    if not recs:
-        return None
-    resp = recs[-1].get("response") or {}
-    return resp.get("content") if resp.get("content") is not None else recs[-1].get("error")
-
-
 def compare(run_a: RunFolder, run_b: RunFolder, policy: str | None = None) -> dict[str, Any]:
     """Two runs side by side: per policy the changed decisions with both answers, prompt diff."""
     cmp = compare_runs(run_a.path, run_b.path, policy=policy)
     policies = []
     for p in cmp.policies:
         changed = []
-        prompt_diff: list[str] = []
+        diff: list[str] = []
         for c in sorted(
             p.changed, key=lambda c: -abs(c.reward_change) if math.isfinite(c.reward_change) else 0
         ):
             ka = (p.policy, time_key(c.decision_time))
             ra, rb = run_a.transcripts.get(ka), run_b.transcripts.get(ka)
-            if not prompt_diff and ra and rb:
-                prompt_diff = list(
-                    difflib.unified_diff(
-                        _prompt_text(ra), _prompt_text(rb), "prompt A", "prompt B", lineterm=""
-                    )
-                )
+            if not diff:
+                diff = prompt_diff(ra, rb)
             changed.append(
                 {
                     "decision_time": c.decision_time.isoformat(),
@@ -250,8 +232,8 @@ def compare(run_a: RunFolder, run_b: RunFolder, policy: str | None = None) -> di
                     "reward_a": _clean(c.reward_a),
                     "reward_b": _clean(c.reward_b),
                     "reward_change": _clean(c.reward_change),
-                    "answer_a": mask_secrets(_answer(ra)),
-                    "answer_b": mask_secrets(_answer(rb)),
+                    "answer_a": final_answer(ra),
+                    "answer_b": final_answer(rb),
                 }
             )
         policies.append(
@@ -264,7 +246,7 @@ def compare(run_a: RunFolder, run_b: RunFolder, policy: str | None = None) -> di
                 "ci_high": _clean(p.ci_high),
                 "prompt_id_a": p.prompt_id_a,
                 "prompt_id_b": p.prompt_id_b,
-                "prompt_diff": prompt_diff,
+                "prompt_diff": diff,
                 "changed": changed,
             }
         )
