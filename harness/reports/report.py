@@ -386,8 +386,11 @@ def disagreement_episodes(table: pd.DataFrame, decisions: pd.DataFrame) -> pd.Da
     if table.empty:
         return pd.DataFrame(columns=cols)
     names = decisions.pivot(index="decision_time", columns="policy", values="instrument_name")
-    tokens = names.loc[table["decision_time"]].map(_expiry_token)
-    expiry = tokens.bfill(axis=1).iloc[:, 0].to_numpy()
+    # First policy's sold instrument per row (a row-wise bfill on objects is slow in pandas).
+    rows = names.loc[table["decision_time"]].to_numpy(dtype=object)
+    expiry = [
+        next((tok for tok in map(_expiry_token, row) if tok is not None), None) for row in rows
+    ]
     t = table.assign(expiry=expiry)
     # A time whose name has no parseable expiry is its own episode rather than a wrong merge.
     t["expiry"] = t["expiry"].fillna(t["decision_time"].astype(str))
