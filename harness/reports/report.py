@@ -606,21 +606,45 @@ def _portfolio_verdict(run: RunFolder) -> list[str]:
 
 
 def _bound_verdict(run: RunFolder, unit: str) -> list[str]:
-    bounds = [p for p in run.compared if _is_bound(run, p)]
     others = [p for p in run.compared if not _is_bound(run, p)]
     out = []
-    for b in bounds:
+    for b in [p for p in run.compared if _is_bound(run, p)]:
+        if not others:
+            break
+        if _bound_kind(run, b) == "oracle_schedule":
+            # The portfolio bound is a schedule: compare money (PnL vs HODL), not per decision.
+            vb = run.metrics.get(b, {}).get("pnl_vs_hodl_usd")
+            vals = {p: run.metrics.get(p, {}).get("pnl_vs_hodl_usd") for p in others}
+            vals = {p: float(v) for p, v in vals.items() if finite(v)}
+            if not finite(vb) or float(vb) <= 0 or not vals:
+                continue
+            best = max(vals, key=lambda p: vals[p])
+            out.append(
+                f"The {BOUND_LABELS['oracle_schedule']}, {b}, ends {fmt_usd(vb, 0)} ahead of "
+                f"HODL; the best policy as a portfolio, {best}, reaches "
+                f"{fmt_share(vals[best] / float(vb))} of it."
+            )
+            continue
         mb = _policy_metrics(run, b).get("mean_reward")
-        if not finite(mb) or float(mb) <= 0 or not others:
+        if not finite(mb) or float(mb) <= 0:
             continue
         best = max(others, key=lambda p: _policy_metrics(run, p).get("mean_reward", -np.inf))
         mx = _policy_metrics(run, best).get("mean_reward")
-        label = BOUND_LABELS.get(b, "hindsight bound")
         out.append(
-            f"The {label}, {b}, earns {fmt_reward(mb, unit)} per decision; the best policy, "
-            f"{best}, reaches {fmt_share(float(mx) / float(mb))} of it."
+            f"The {BOUND_LABELS['oracle']}, {b}, earns {fmt_reward(mb, unit)} per decision; the "
+            f"best policy, {best}, reaches {fmt_share(float(mx) / float(mb))} of it."
         )
     return out
+
+
+def _bound_kind(run: RunFolder, p: str) -> str:
+    """`oracle` (per-decision bound) or `oracle_schedule` (portfolio bound) of a bound policy."""
+    if p in BOUND_LABELS:
+        return p
+    for entry in run.config.get("policies") or []:
+        if isinstance(entry, dict) and entry.get("name") == p and entry.get("rule") in BOUND_LABELS:
+            return str(entry["rule"])
+    return "oracle"
 
 
 # --------------------------------------------------------------------------- sections

@@ -325,3 +325,24 @@ def test_colours_are_fixed_per_name() -> None:
     assert a["oracle"] == FIXED["oracle"]
     many = policy_colors([f"p{i}" for i in range(12)])
     assert len(set(many.values())) == 12  # collisions resolved within a run
+
+
+def test_hindsight_bounds_are_labelled_and_kept_out_of_the_verdict(tmp_path: Path) -> None:
+    run = write_fake_run(tmp_path / "bounds")
+    # Rename iv_rich to the portfolio bound in every file the report reads.
+    for name in ("decisions.jsonl", "metrics.json", "comparison.json", "manifest.json"):
+        path = run.path / name
+        path.write_text(path.read_text().replace("iv_rich", "oracle_schedule"))
+    eq = pd.read_parquet(run.path / "equity.parquet")
+    eq["policy"] = eq["policy"].replace("iv_rich", "oracle_schedule")
+    eq.to_parquet(run.path / "equity.parquet")
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    metrics["oracle_schedule"]["pnl_vs_hodl_usd"] = 5000.0
+    (run.path / "metrics.json").write_text(json.dumps(metrics))
+    md = write_report(run.path)[0].read_text()
+    verdict = md.split("## Verdict", 1)[1].split("- **Run:**", 1)[0]
+    assert "The portfolio bound (hindsight schedule), oracle_schedule, ends $5,000 ahead" in verdict
+    assert "Per decision, oracle_schedule" not in verdict
+    rows = {r["Policy"] for r in md_table(md, "Portfolio view")}
+    assert "oracle_schedule: portfolio bound (hindsight schedule)" in rows
+    assert "oracle_schedule" not in md_table(md, "Disagreements")[0]
