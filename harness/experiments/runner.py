@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -697,6 +698,10 @@ def run_experiment(
         return runner.run()
     except KeyboardInterrupt:
         raise RunInterrupted(runner.run_dir) from None
+    except NoDecisionsError:
+        if resume is None:  # nothing but config.yaml was written: leave no empty run behind
+            shutil.rmtree(runner.run_dir, ignore_errors=True)
+        raise
 
 
 def _no_decisions_reason(cfg: ExperimentConfig) -> str:

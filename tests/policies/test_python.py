@@ -99,3 +99,18 @@ def test_a_run_with_a_python_policy_is_compared_and_reported(tmp_path: Path) -> 
     ]
     assert "p_holm" in comparison["all_pairs"][0]
     assert "Per decision," in (s.run_dir / "report.md").read_text()
+
+
+def test_a_period_without_decisions_fails_in_one_line_and_leaves_no_folder(
+    tmp_path: Path,
+) -> None:
+    from harness.experiments.runner import NoDecisionsError
+
+    cfg = parse_config(
+        _cfg(tmp_path, [{"name": "a", "type": "rule", "rule": "always_sell"}], end="2024-02-07")
+    )
+    with pytest.raises(NoDecisionsError) as exc:
+        run_experiment(cfg, out_dir=tmp_path / "runs", quiet=True)
+    assert "\n" not in str(exc.value)
+    assert "no decision times between 2024-02-01 and 2024-02-07" in str(exc.value)
+    assert list((tmp_path / "runs").iterdir()) == []
