@@ -80,6 +80,7 @@ def decision_rows(run: RunFolder, f: Filters) -> dict[str, Any]:
                     p: {
                         "choice": choice.loc[t, p] if isinstance(choice.loc[t, p], str) else None,
                         "reward": _clean(float(reward.loc[t, p])),
+                        "has_transcript": (p, time_key(t)) in run.transcripts,
                     }
                     for p in policies
                 },

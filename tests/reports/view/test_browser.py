@@ -88,6 +88,8 @@ def test_runs_to_transcript_to_compare(viewer: Viewer, page: Page) -> None:
     page.locator('select[name="policy"]').select_option(LLM)
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("body")).to_contain_text(f"best in hindsight minus {LLM}'s reward")
+    page.locator('table a[href^="/transcript"]').first.click()
+    expect(page.locator("h1")).to_contain_text(f"Transcript: {LLM} at")
 
     # 6. Compare the two runs: changed decisions side by side, prompt diff, both answers.
     page.goto(viewer.base + "/compare")
