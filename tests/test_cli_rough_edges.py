@@ -214,3 +214,31 @@ def test_harness_view_serves_on_loopback(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=20)
     assert main(["view", str(tmp_path / "nope")]) == 2
+
+
+def test_run_json_prints_one_document(tmp_path: Path, capsys) -> None:
+    cfg = {
+        "name": "js",
+        "market": {"source": "synthetic", "seed": 3},
+        "simulation": {
+            "underlying": "BTC",
+            "start": "2024-02-01",
+            "end": "2024-02-20",
+            "timeframe": "1h",
+            "decision_interval_bars": 24,
+        },
+        "policies": [
+            {"name": "always_sell", "type": "rule", "rule": "always_sell"},
+            {"name": "never_sell", "type": "rule", "rule": "never_sell"},
+        ],
+        "cache": {"dir": str(tmp_path / "cache")},
+        "bootstrap_resamples": 200,
+    }
+    path = tmp_path / "js.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["policies"] == ["always_sell", "never_sell"]
+    assert Path(data["run_dir"]).is_dir()
+    assert data["comparison"][0]["policy"] == "never_sell"
+    assert data["metrics"]["never_sell"]["sell_rate"] == 0.0
