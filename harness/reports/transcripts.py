@@ -8,7 +8,6 @@ the writer already masks keys, a viewer must never be the place one leaks.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -16,7 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-TRANSCRIPTS_FILE = "transcripts.jsonl"
+from harness.llm.transcripts import TRANSCRIPTS_FILE
+from harness.llm.transcripts import read_transcripts as read_records
+
 _SECRET = re.compile(
     r"(sk-[A-Za-z0-9_\-]{6,}|(?i:bearer)\s+[A-Za-z0-9._\-]{6,}|(?i:api[_-]?key)[\"'=: ]+[^\s\"',}]{6,})"
 )
@@ -46,23 +47,17 @@ def time_key(ts: Any) -> str:
 
 
 def read_transcripts(run_dir: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Records per (policy, canonical decision time), attempts then samples in order; {} if absent."""
-    path = Path(run_dir) / TRANSCRIPTS_FILE
+    """Records per (policy, canonical decision time), attempts then samples in order; {} if absent.
+
+    Parsing is the LLM layer's (`harness.llm.transcripts`); records become secret-masked dicts.
+    """
     out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    if not path.is_file():
-        return {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for rec in read_records(Path(run_dir) / TRANSCRIPTS_FILE):
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of an interrupted run
-        if not isinstance(rec, dict) or not rec.get("policy") or not rec.get("decision_time"):
-            continue
-        try:
-            key = (str(rec["policy"]), time_key(rec["decision_time"]))
+            key = (rec.policy, time_key(rec.decision_time))
         except (ValueError, TypeError):
             continue
-        out[key].append(_scrub(rec))
+        out[key].append(_scrub(rec.model_dump()))
     for recs in out.values():
         recs.sort(key=lambda r: (int(r.get("attempt") or 0), int(r.get("sample") or 0)))
     return dict(out)
