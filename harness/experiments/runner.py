@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -29,10 +30,12 @@ from harness.data.source import MarketDataSource
 from harness.experiments.config import (
     ExperimentConfig,
     LLMPolicyEntry,
+    PythonPolicyEntry,
     RulePolicyEntry,
 )
 from harness.experiments.markets import build_market, mark_cadence, market_fingerprint
 from harness.experiments.masking import RunSecrets
+from harness.experiments.preflight import check_config
 from harness.experiments.rewards import REWARD_UNITS, with_reward
 from harness.experiments.run_health import (
     PolicyTally,
@@ -46,10 +49,11 @@ from harness.llm.client import LLMUnavailable
 from harness.llm.prompts import load_prompt
 from harness.llm.transcripts import TRANSCRIPTS_FILE, TranscriptBook, TranscriptWriter
 from harness.policies.llm import LLMPolicy
+from harness.policies.python import load_python_policy
 from harness.policies.rules import make_rule, oracle
 from harness.simulator import CoveredCallSimulator, PolicyFn
 from harness.state import DecisionState
-from harness.stats import PairedComparison, paired_comparison
+from harness.stats import PairedComparison, all_pairs, paired_comparison
 from harness.types import CallCandidate, OptionSnapshot, SimulatedTrade, SimulationResult
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,18 @@ class LLMRequiredError(RuntimeError):
     def __init__(self, message: str, summary: RunSummary | None = None) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; carries the run folder so the caller can print how to resume."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+class NoDecisionsError(ValueError):
+    """The configured period produced no decision time (one-line reason in the message)."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +284,8 @@ class ExperimentRunner:
             )
             progress.update(load, description="market loaded", completed=1, total=1)
             times = sim.decision_times()
+            if len(times) == 0:
+                raise NoDecisionsError(_no_decisions_reason(cfg))
             items = [(sim.build_state(t), sim.candidates(t)) for t in times]
             self._labels = labels
             self._index_labels(labels, times)
@@ -325,7 +343,7 @@ class ExperimentRunner:
                             if todo:
                                 policy.prefetch(todo, progress=not self.quiet)
                         except (LLMUnavailable, CacheMissError) as exc:
-                            self._skip(entry.name, f"{exc} ({LLM_HOWTO})", skipped, status)
+                            self._skip(entry.name, f"{exc} ({self._howto()})", skipped, status)
                             continue
                     guarded = _Guarded(policy, entry.name)
                     try:
@@ -363,6 +381,8 @@ class ExperimentRunner:
         ran = [p.name for p in cfg.policies if p.name in scored]
         metrics = self._metrics(ran, scored, results, llm_usage)
         comparison = self._compare([n for n in ran if counted(status, n)], scored, sim)
+        # all_pairs covers the same policies as `pairs`: failed ones enter no comparison
+        self._scored_for_pairs = {n: scored[n] for n in ran if counted(status, n)}
         self._write_outputs(sim, labels, results, metrics, comparison, ran)
         run_status = "stopped" if spend_stops else "complete"
         resume_hint = self._resume_hint(spend_stops) if spend_stops else None
@@ -458,15 +478,27 @@ class ExperimentRunner:
             disable=self.quiet,
         )
 
+    def _howto(self) -> str:
+        """What to do about an LLM policy that cannot run, for this run's cache mode."""
+        if self.cache_mode == "read_only":
+            # Suggesting read_only during a read_only run would send the user in a circle.
+            return (
+                "the cache has no answer for it: run once with --cache-mode read_write "
+                "and the API key to fill the cache"
+            )
+        return LLM_HOWTO
+
     # ------------------------------------------------------------------ policies
     def _build_policy(
         self,
-        entry: RulePolicyEntry | LLMPolicyEntry,
+        entry: RulePolicyEntry | LLMPolicyEntry | PythonPolicyEntry,
         labels: pd.DataFrame,
         cache: ResponseCache | None,
         stack: ExitStack,
     ) -> tuple[PolicyFn | None, str]:
         sim_cfg = self.config.simulation
+        if isinstance(entry, PythonPolicyEntry):
+            return load_python_policy(entry.ref, entry.params), ""
         if isinstance(entry, RulePolicyEntry):
             if entry.rule == "oracle":
                 return oracle(labels), ""
@@ -494,7 +526,7 @@ class ExperimentRunner:
         try:
             policy.ensure_available()
         except LLMUnavailable as exc:
-            return None, f"{exc} ({LLM_HOWTO})"
+            return None, f"{exc} ({self._howto()})"
         return policy, ""
 
     def _index_labels(self, labels: pd.DataFrame, times: pd.DatetimeIndex) -> None:
@@ -688,6 +720,17 @@ class ExperimentRunner:
             if name != base
         ]
 
+    def _all_pairs(self, ran: list[str], sim: CoveredCallSimulator) -> list[PairedComparison]:
+        """Every pair of the policies that ran (earlier minus later in config order), Holm-adjusted."""
+        scored = self._scored_for_pairs
+        names = [n for n in ran if n in scored]
+        return all_pairs(
+            {n: scored[n].rewards for n in names},
+            {n: scored[n].choices for n in names},
+            block_length=self._block_length(sim),
+            seed=self.config.seed,
+        )
+
     def _write_outputs(
         self,
         sim: CoveredCallSimulator,
@@ -728,6 +771,7 @@ class ExperimentRunner:
         lab.to_parquet(d / "labels.parquet", index=False)
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_float))
         agreement = _agreement(d / "decisions.jsonl", ran)
+        every_pair = self._all_pairs(ran, sim)
         (d / "comparison.json").write_text(
             json.dumps(
                 {
@@ -735,6 +779,7 @@ class ExperimentRunner:
                     "reward_kind": self.config.reward.kind,
                     "block_length": self._block_length(sim),
                     "pairs": [c.to_dict() for c in comparison],
+                    "all_pairs": [c.to_dict() for c in every_pair],
                     "agreement": agreement,
                 },
                 indent=2,
@@ -798,9 +843,12 @@ def run_experiment(
 
     `max_cost_usd` caps what this invocation may spend on LLM calls (USD); `answers` serves
     every LLM request from a run's transcripts (replay); `config_path` is only quoted in the
-    resume hint.
+    resume hint. The config is checked first (rule and python policy parameters, prompts,
+    period length), so a bad one fails before a run folder exists. Ctrl-C raises
+    `RunInterrupted` with the run folder to resume.
     """
-    return ExperimentRunner(
+    check_config(config)
+    runner = ExperimentRunner(
         config,
         out_dir=out_dir,
         cache_mode=cache_mode,
@@ -810,4 +858,23 @@ def run_experiment(
         max_cost_usd=max_cost_usd,
         answers=answers,
         config_path=config_path,
-    ).run()
+    )
+    try:
+        return runner.run()
+    except KeyboardInterrupt:
+        raise RunInterrupted(runner.run_dir) from None
+    except NoDecisionsError:
+        if resume is None:  # nothing but config.yaml was written: leave no empty run behind
+            shutil.rmtree(runner.run_dir, ignore_errors=True)
+        raise
+
+
+def _no_decisions_reason(cfg: ExperimentConfig) -> str:
+    sim = cfg.simulation
+    days = (sim.end_ts - sim.start_ts) / pd.Timedelta(days=1)
+    return (
+        f"no decision times between {sim.start_ts:%Y-%m-%d} and {sim.end_ts:%Y-%m-%d} "
+        f"({days:.1f} days): each decision needs a call of {sim.target_dte} days "
+        f"(tolerance {sim.dte_tolerance}) listed and expiring inside the data; lengthen the "
+        "period or lower simulation.target_dte"
+    )
