@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.experiments.rewards import RewardKind
 from harness.llm.cache import CacheMode
 from harness.policies.llm import LLMPolicyConfig
+from harness.policies.python import split_ref
 from harness.policies.rules import RULES
 from harness.types import CallSimulationConfig
 
@@ -68,6 +69,23 @@ class LLMPolicyEntry(LLMPolicyConfig):
     type: Literal["llm"] = "llm"
 
 
+class PythonPolicyEntry(BaseModel):
+    """A user's own policy function: `ref: "package.module:function"`, keyword `params`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    type: Literal["python"] = "python"
+    ref: str = Field(description='The policy function, "package.module:function".')
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_shape(cls, value: str) -> str:
+        split_ref(value)
+        return value
+
+
 class ModelPolicyEntry(BaseModel):
     """A learned policy (`harness train`): sell the best predicted candidate if above `threshold`."""
 
@@ -83,9 +101,10 @@ class ModelPolicyEntry(BaseModel):
 
 
 PolicyEntry = Annotated[
-    RulePolicyEntry | LLMPolicyEntry | ModelPolicyEntry, Field(discriminator="type")
+    RulePolicyEntry | LLMPolicyEntry | PythonPolicyEntry | ModelPolicyEntry,
+    Field(discriminator="type"),
 ]
-POLICY_TYPES: tuple[str, ...] = ("rule", "llm", "model")
+POLICY_TYPES: tuple[str, ...] = ("rule", "llm", "python", "model")
 
 
 class RewardConfig(BaseModel):

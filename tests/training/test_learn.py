@@ -10,7 +10,6 @@ import pytest
 from harness.cli import main as cli_main
 from harness.experiments.config import ConfigError, parse_config
 from harness.experiments.runner import run_experiment
-from harness.policies.learned import InSampleError
 from harness.training.learn import TrainError, train_model
 
 
@@ -84,8 +83,10 @@ def test_a_model_entry_runs_out_of_sample_and_refuses_in_sample(
     rows = [json.loads(x) for x in (later.run_dir / "decisions.jsonl").read_text().splitlines()]
     learned = [r for r in rows if r["policy"] == "learned"]
     assert learned and all(r["valid"] for r in learned)
-    with pytest.raises(InSampleError, match="allow_in_sample"):
+    runs_before = set(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match=r"inside its training period.*allow_in_sample"):
         run_experiment(config(model_dir, "2024-02-10", "2024-03-01"), out_dir=tmp_path, quiet=True)
+    assert set(tmp_path.iterdir()) == runs_before  # refused before any run folder is made
     inside = run_experiment(
         config(model_dir, "2024-02-10", "2024-03-01", allow_in_sample=True, threshold=1e9),
         out_dir=tmp_path,
