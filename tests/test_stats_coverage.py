@@ -113,3 +113,28 @@ def test_paired_comparison_fields_by_hand() -> None:
     assert near.agreement_rate == 0.0
     empty = paired_comparison("p", "b", [np.nan], [1.0], ["A"], ["A"], block_length=1)
     assert empty.n == 0 and math.isnan(empty.mean_diff) and math.isnan(empty.agreement_rate)
+
+
+def test_paired_comparison_rejects_each_length_mismatch_alone() -> None:
+    a, b, ch = [1.0, 2.0], [0.0, 1.0], ["A", "B"]
+    for args in (
+        (a, b[:1], ch, ch),  # rewards differ in length
+        (a, b, ch[:1], ch),  # policy choices short
+        (a, b, ch, ch[:1]),  # baseline choices short
+    ):
+        with pytest.raises(ValueError, match="paired series must have the same length"):
+            paired_comparison("p", "b", *args, block_length=1)
+
+
+def test_paired_interval_follows_the_seed() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(1.0, 1.0, 60), rng.normal(0.0, 1.0, 60)
+    names = ["X"] * 60
+
+    def ci(**kw) -> tuple[float, float]:
+        r = paired_comparison("p", "b", a, b, names, names, block_length=3, **kw)
+        return r.ci_low, r.ci_high
+
+    assert ci(seed=9) == block_bootstrap_ci(a - b, block_length=3, seed=9)
+    assert ci() == block_bootstrap_ci(a - b, block_length=3, seed=0)
+    assert ci(seed=9) != ci(seed=10)
