@@ -138,3 +138,12 @@ def test_paired_interval_follows_the_seed() -> None:
     assert ci(seed=9) == block_bootstrap_ci(a - b, block_length=3, seed=9)
     assert ci() == block_bootstrap_ci(a - b, block_length=3, seed=0)
     assert ci(seed=9) != ci(seed=10)
+
+
+def test_constant_and_two_point_series() -> None:
+    # a constant series has a zero-width interval at exactly its value (no float drift from
+    # resampled means: (0.1 + 0.1 + 0.1) / 3 != 0.1 in floating point)
+    assert block_bootstrap_ci([0.1] * 3, block_length=1) == (0.1, 0.1)
+    # two different values: a real interval inside their range
+    lo, hi = block_bootstrap_ci([1.0, 3.0], block_length=1, n_resamples=400)
+    assert 1.0 <= lo < hi <= 3.0
