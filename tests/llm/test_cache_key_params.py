@@ -124,3 +124,22 @@ def test_policy_config_reaches_the_key(change: dict[str, Any]) -> None:
 
     assert keys(**base) == keys(**base)
     assert keys(**base) != keys(**{**base, **change})
+
+
+def test_readable_payload_names_each_setting() -> None:
+    """The payload stored next to each answer is readable: settings under their own names."""
+    p = BASE.key_payload(BASE_URL)
+    assert p["base_url"] == BASE_URL and p["model"] == "gpt-4o-mini"
+    assert p["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "sell?"},
+    ]
+    assert (p["temperature"], p["top_p"], p["seed"], p["max_tokens"]) == (0.0, 0.9, 3, 400)
+    assert p["max_tokens_param"] == "max_tokens" and p["sample_index"] == 0
+    assert p["response_format"] == {"type": "json_object"}
+    assert (
+        dataclasses.replace(BASE, response_format=None).key_payload(BASE_URL)["response_format"]
+        is None
+    )
+    # never a credential or transport setting
+    assert not {"api_key", "timeout", "max_concurrency", "headers"} & set(p)
