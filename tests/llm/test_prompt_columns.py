@@ -144,3 +144,14 @@ def test_market_lines_show_the_state(prompt: str) -> None:
     assert f"{state.realized_vol_30d * 100:.1f}%" in user
     assert f"{state.return_1d * 100:+.2f}%" in user
     assert f"{state.return_7d * 100:+.2f}%" in user
+
+
+@pytest.mark.parametrize("prompt", ["covered_call_v1", "covered_call_v2"])
+def test_unknown_features_show_as_n_a(prompt: str) -> None:
+    state = make_state(spot=SPOT).model_copy(
+        update={"return_7d": None, "realized_vol_30d": None, "atm_iv": None, "iv_rv_spread": None}
+    )
+    context, _ = build_context(state, _candidates(), PlainView())
+    _, user = load_prompt(prompt).render(context)
+    assert user.count("n/a") >= 3
+    assert "None" not in user and "nan" not in user.lower()
