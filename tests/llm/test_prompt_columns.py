@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 
 from harness.llm.anonymize import Anchor, AnonymizedView, PlainView
@@ -155,3 +156,59 @@ def test_unknown_features_show_as_n_a(prompt: str) -> None:
     _, user = load_prompt(prompt).render(context)
     assert user.count("n/a") >= 3
     assert "None" not in user and "nan" not in user.lower()
+
+
+def _with_position():
+    from harness.state import PositionState
+
+    state = make_state(spot=SPOT)
+    c = _candidates()[0]
+    pos = PositionState(
+        instrument_name=c.instrument_name,
+        strike=c.strike,
+        expiry=c.expiry.to_pydatetime(),
+        size=0.5,
+        open_time=(c.as_of - pd.Timedelta(days=2)).to_pydatetime(),
+        open_price=812.0,
+        mark_price=431.0,
+        unrealized_pnl=0.5 * (812.0 - 431.0) - 7.0,
+        dte_days=4.25,
+    )
+    return state.model_copy(update={"position": pos}), c, pos
+
+
+def test_context_fields_hold_the_candidate_and_position_values() -> None:
+    state, c, _ = _with_position()
+    context, _ = build_context(state, [c], PlainView())
+    row = context["candidates"][0]
+    assert (row["bid"], row["ask"], row["mark"]) == (c.bid_price, c.ask_price, c.mark_price)
+    assert row["premium"] == c.premium_usd and row["breakeven"] == c.breakeven
+    assert row["breakeven_moneyness"] == pytest.approx(c.breakeven / SPOT)
+    p = context["position"]
+    assert p["name"] == c.instrument_name and p["strike"] == c.strike
+    assert p["moneyness"] == pytest.approx(c.strike / SPOT)
+    assert (p["size"], p["dte_days"]) == (0.5, 4.25)
+    assert (p["open_price"], p["mark_price"]) == (812.0, 431.0)
+    assert p["unrealized_pnl"] == pytest.approx(183.5)
+    assert p["opened"] == "2024-02-28 08:00 UTC"
+    # anonymized: the open call is not named, prices are index points
+    anon, _ = build_context(state, [c], AnonymizedView(Anchor(state.time, 50_000.0)))
+    assert anon["position"]["name"] == "open call" and anon["position"]["strike"] is None
+    assert anon["position"]["mark_price"] == pytest.approx(431.0 / 500.0)
+    assert context["time"] == "2024-03-01 08:00 UTC"
+    # no open call: no position block at all
+    flat, _ = build_context(make_state(spot=SPOT), [c], PlainView())
+    assert flat["position"] is None
+
+
+@pytest.mark.parametrize("prompt", ["covered_call_v1", "covered_call_v2"])
+def test_position_line_shows_the_open_call(prompt: str) -> None:
+    state, c, _ = _with_position()
+    context, _ = build_context(state, [c], PlainView())
+    _, user = load_prompt(prompt).render(context)
+    assert f"short {c.instrument_name}" in user or f"short {c.instrument_name}".lower() in user
+    assert "4.2 days" in user or "4.2 days left" in user or "4.2d" in user
+    assert f"{c.strike / SPOT:.3f}" in user
+    flat_context, _ = build_context(make_state(spot=SPOT), [c], PlainView())
+    _, flat = load_prompt(prompt).render(flat_context)
+    assert c.instrument_name not in flat.split("Candidate")[0]
