@@ -147,3 +147,24 @@ def test_constant_and_two_point_series() -> None:
     # two different values: a real interval inside their range
     lo, hi = block_bootstrap_ci([1.0, 3.0], block_length=1, n_resamples=400)
     assert 1.0 <= lo < hi <= 3.0
+
+
+def test_blocks_run_forward_in_time() -> None:
+    # x = [0, 0, 0, 10], blocks of 3 from starts {0, 1}: [0, 0, 0] or [0, 0, 10], then one
+    # more value (always 0) -> resample means are exactly 0 or 2.5, by hand
+    lo, hi = block_bootstrap_ci([0.0, 0.0, 0.0, 10.0], block_length=3, n_resamples=400)
+    assert (lo, hi) == (0.0, 2.5)
+
+
+def test_ties_include_the_tolerance_edge() -> None:
+    res = paired_comparison(
+        "p",
+        "b",
+        [0.5, -0.5, 0.25],
+        [0.0, 0.0, 0.0],
+        ["A"] * 3,
+        ["B"] * 3,
+        block_length=1,
+        tie_tolerance=0.5,
+    )
+    assert (res.wins, res.losses, res.ties) == (0, 0, 3)
