@@ -14,8 +14,8 @@ from harness.types import SimulatedTrade
 HOUR = pd.Timedelta(hours=1)
 IDX = pd.date_range("2024-01-01", periods=8, freq="4h", tz="UTC", name="timestamp")
 EQUITY = [100.0, 102.0, 101.0, 104.0, 98.0, 99.0, 103.0, 105.0]
-HODL = [100.0, 103.0, 100.0, 106.0, 97.0, 96.0, 104.0, 104.0]
-SPOT = [50.0, 51.5, 50.0, 53.0, 48.5, 48.0, 52.0, 52.0]
+HODL = [100.0, 103.0, 100.0, 106.0, 97.0, 96.0, 102.0, 104.0]
+SPOT = [50.0, 51.5, 50.0, 53.0, 48.5, 48.0, 51.0, 52.0]
 
 
 def _trade(premium: float, fees: float, payoff: float, itm: bool) -> SimulatedTrade:
@@ -114,3 +114,33 @@ def test_flat_curve_and_no_trades() -> None:
     r = portfolio_metrics(ruin, ruin, pd.Series(SPOT[:3], index=IDX[:3]), [], HOUR)
     assert r["annualized_return_pct"] == -100.0
     assert r["max_drawdown_pct"] == pytest.approx(100.0)
+
+
+def test_annualized_return_over_a_quarter() -> None:
+    idx = pd.date_range("2024-01-01", periods=91, freq="1D", tz="UTC")
+    eq = pd.Series(np_linspace(100.0, 110.0, 91), index=idx)
+    m = portfolio_metrics(eq, eq, eq / 100.0, [], pd.Timedelta(days=1))
+    # 10% over 90 days, compounded to a 365-day year
+    assert m["annualized_return_pct"] == pytest.approx((1.1 ** (365 / 90) - 1) * 100, rel=1e-12)
+
+
+def np_linspace(a: float, b: float, n: int) -> list[float]:
+    return [a + (b - a) * k / (n - 1) for k in range(n)]
+
+
+def test_short_and_degenerate_curves() -> None:
+    spot = pd.Series(SPOT, index=IDX)
+    empty = pd.Series([], index=IDX[:0], dtype=float)
+    assert portfolio_metrics(empty, empty, empty, [], HOUR) == {}
+    one = pd.Series([100.0], index=IDX[:1])
+    m1 = portfolio_metrics(one, one, spot[:1], [], HOUR)
+    assert m1["final_pnl_usd"] == 0.0 and m1["sharpe"] == 0.0 and m1["sortino"] == 0.0
+    # one falling bar: no spread of returns (Sharpe 0) but a full downside (Sortino -sqrt(p))
+    two = pd.Series([100.0, 99.0], index=IDX[:2])
+    m2 = portfolio_metrics(two, two, spot[:2], [], pd.Timedelta(hours=4))
+    assert m2["sharpe"] == 0.0
+    assert m2["sortino"] == pytest.approx(-math.sqrt(365 * 6))
+    # equity below zero: the annualized figure is a total loss, not a complex number
+    neg = pd.Series([100.0, 20.0, -50.0], index=IDX[:3])
+    m3 = portfolio_metrics(neg, neg, spot[:3], [], HOUR)
+    assert m3["annualized_return_pct"] == -100.0
