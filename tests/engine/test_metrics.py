@@ -141,6 +141,7 @@ def test_short_and_degenerate_curves() -> None:
     assert m2["sharpe"] == 0.0
     assert m2["sortino"] == pytest.approx(-math.sqrt(365 * 6))
     # equity below zero: the annualized figure is a total loss, not a complex number
-    neg = pd.Series([100.0, 20.0, -50.0], index=IDX[:3])
-    m3 = portfolio_metrics(neg, neg, spot[:3], [], HOUR)
+    days = pd.date_range("2024-01-01", periods=3, freq="1D", tz="UTC")  # 365 / 2: fractional
+    neg = pd.Series([100.0, 20.0, -50.0], index=days)
+    m3 = portfolio_metrics(neg, neg, pd.Series(SPOT[:3], index=days), [], pd.Timedelta(days=1))
     assert m3["annualized_return_pct"] == -100.0
