@@ -89,6 +89,7 @@ class CoveredCallSimulator:
         self.size = config.initial_spot_position * config.call_size_fraction
         self.last_no_trade_reason: str | None = None
         self._paths: dict[str, tuple[int, np.ndarray]] = {}
+        self._seeds: dict[str, dict[int, float]] = {}  # name -> {bar: chain mark at a sale}
         self._settlements: dict[int, float] = {}
         self._labels: pd.DataFrame | None = None
         self._outcome_cache: dict[str, np.ndarray] | None = None
@@ -342,6 +343,8 @@ class CoveredCallSimulator:
             if have is not None and have[0] <= a and have[0] + len(have[1]) - 1 >= b:
                 continue
             lo, hi = need.get(n, (a, b))
+            if have is not None:  # reload over the union so a wider path never shrinks
+                lo, hi = min(lo, have[0]), max(hi, have[0] + len(have[1]) - 1)
             need[n] = (min(lo, a), max(hi, b))
         if not need:
             return
@@ -355,7 +358,7 @@ class CoveredCallSimulator:
                 times = pd.to_datetime(self.bar_ns[a : b + 1], utc=True)
                 marks = self.source.option_marks(group, times)
                 for n, row in zip(group, marks, strict=True):
-                    self._paths[n] = (a, _ffill(row))
+                    self._store_path(n, a, row)
         else:
             for n, (a, b) in need.items():
                 ohlc = self.source.get_option_ohlc(
@@ -366,7 +369,35 @@ class CoveredCallSimulator:
                 )
                 grid = pd.to_datetime(self.bar_ns[a : b + 1], utc=True)
                 closes = ohlc["close"].reindex(grid).to_numpy(dtype=float)
-                self._paths[n] = (a, _ffill(closes))
+                self._store_path(n, a, closes)
+
+    def _seed_paths(self, names: np.ndarray, open_bar: np.ndarray, marks: np.ndarray) -> None:
+        """Give each path the chain's own mark at its sale bar when the source's path has none.
+
+        A protocol-only source's option bars can start after the decision instant although
+        the chain quotes a mark at it; a leading gap cannot be carried forward, so the sale
+        bar is seeded with the mark the seller saw, then carried forward as usual. Seeds are
+        kept so a path loaded again over a wider range gets them too.
+        """
+        for n, a, m in zip(names, open_bar, marks, strict=True):
+            if not np.isfinite(m):
+                continue
+            self._seeds.setdefault(str(n), {})[int(a)] = float(m)
+            start, path = self._paths[n]
+            j = int(a) - start
+            if 0 <= j < len(path) and np.isnan(path[j]):
+                path = path.copy()
+                path[j] = float(m)
+                self._paths[n] = (start, _ffill(path))
+
+    def _store_path(self, name: str, start: int, raw: np.ndarray) -> None:
+        """Keep a freshly loaded mark path: seeds fill its gaps, then marks carry forward."""
+        raw = np.array(raw, dtype=float)
+        for bar, mark in self._seeds.get(name, {}).items():
+            j = bar - start
+            if 0 <= j < len(raw) and np.isnan(raw[j]):
+                raw[j] = mark
+        self._paths[name] = (start, _ffill(raw))
 
     def _settlement_flows(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Settlement price, payoff and delivery fee per coin (USD) of candidate rows `ks`."""
@@ -402,6 +433,7 @@ class CoveredCallSimulator:
         last_bar = np.searchsorted(self.bar_ns, expiry, side="left") - 1
         last_bar = np.maximum(last_bar, open_bar)
         self._ensure_paths(names, open_bar, last_bar)
+        self._seed_paths(names, open_bar, col["mark_price"][rows])
         dd = self._drawdowns(names, open_bar, last_bar, premium - open_fee, settle - payoff - dfee)
         return {
             "strike": strike,
