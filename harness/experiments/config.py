@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.experiments.rewards import RewardKind
 from harness.llm.cache import CacheMode
 from harness.policies.llm import LLMPolicyConfig
+from harness.policies.oracles import ORACLES
 from harness.policies.rules import RULES
 from harness.types import CallSimulationConfig
 
@@ -41,7 +42,7 @@ class MarketConfig(BaseModel):
 
 
 class RulePolicyEntry(BaseModel):
-    """A rule policy: `rule` is always_sell, never_sell, iv_rich, trend_pause or oracle."""
+    """A rule policy: always_sell, never_sell, iv_rich, trend_pause, oracle or oracle_schedule."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -53,7 +54,7 @@ class RulePolicyEntry(BaseModel):
     @field_validator("rule")
     @classmethod
     def _known(cls, value: str) -> str:
-        known = [*RULES, "oracle"]
+        known = [*RULES, *ORACLES]
         if value not in known:
             raise ValueError(f"unknown rule policy {value!r}; known rules: {', '.join(known)}")
         return value

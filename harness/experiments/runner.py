@@ -36,7 +36,8 @@ from harness.experiments.rewards import REWARD_UNITS, with_reward
 from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
 from harness.llm.client import LLMUnavailable
 from harness.policies.llm import LLMPolicy
-from harness.policies.rules import make_rule, oracle
+from harness.policies.oracles import ORACLES, oracle
+from harness.policies.rules import make_rule
 from harness.simulator import CoveredCallSimulator, PolicyFn
 from harness.state import DecisionState
 from harness.stats import PairedComparison, paired_comparison
@@ -333,8 +334,8 @@ class ExperimentRunner:
     ) -> tuple[PolicyFn | None, str]:
         sim_cfg = self.config.simulation
         if isinstance(entry, RulePolicyEntry):
-            if entry.rule == "oracle":
-                return oracle(labels), ""
+            if entry.rule in ORACLES:
+                return ORACLES[entry.rule](labels), ""
             params = dict(entry.params)
             if entry.rule != "never_sell":
                 params.setdefault("target_delta", sim_cfg.target_delta)
