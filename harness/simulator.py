@@ -52,14 +52,20 @@ class InvalidChoiceError(ValueError):
 
 @dataclass(frozen=True)
 class GateCounts:
-    """How many calls in the DTE and delta band each liquidity gate removed (all decisions)."""
+    """How many calls in the DTE and delta band each gate removed (all decisions).
+
+    Each removed call counts once, under the first gate it fails in the order
+    expires_after_end, no_bid, bid_below_min, crossed, spread_too_wide, unfillable, so
+    `in_band` = the removed counts + `offered`.
+    """
 
     in_band: int
+    expires_after_end: int
     no_bid: int
     bid_below_min: int
     crossed: int
     spread_too_wide: int
-    expires_after_end: int
+    unfillable: int
     offered: int
 
 
@@ -178,16 +184,22 @@ class CoveredCallSimulator:
         wide = np.isfinite(spread_pct) & (spread_pct > c.max_spread_pct)
         premium = sale_price(bid, ask, mark, c.fill, c.slippage_bps)
         fillable = np.isfinite(premium) & (premium > 0)
-        ok = in_band & ~after_end & ~no_bid & ~below_min & ~crossed & ~wide & fillable
-        self.gate_counts = GateCounts(
-            in_band=int(in_band.sum()),
-            no_bid=int((in_band & no_bid).sum()),
-            bid_below_min=int((in_band & below_min).sum()),
-            crossed=int((in_band & crossed).sum()),
-            spread_too_wide=int((in_band & wide).sum()),
-            expires_after_end=int((in_band & after_end).sum()),
-            offered=int(ok.sum()),
-        )
+        # each removed call is counted once, by the first gate it fails, in this order
+        remaining = in_band.copy()
+        removed: dict[str, int] = {}
+        for gate, fails in (
+            ("expires_after_end", after_end),
+            ("no_bid", no_bid),
+            ("bid_below_min", below_min),
+            ("crossed", crossed),
+            ("spread_too_wide", wide),
+            ("unfillable", ~fillable),
+        ):
+            hit = remaining & fails
+            removed[gate] = int(hit.sum())
+            remaining &= ~hit
+        ok = remaining
+        self.gate_counts = GateCounts(in_band=int(in_band.sum()), **removed, offered=int(ok.sum()))
         rows = np.nonzero(ok)[0]  # store order: decision, expiry, strike
         self.cand_row = rows
         self.cand_dec = dec_of_row[rows]

@@ -96,3 +96,19 @@ def test_upside_given_up_counts_intrinsic_value_only_in_roll_mode(
     want = sum(t.size * max(t.close_underlying_price - t.strike, 0.0) for t in res.trades)
     assert res.metrics["upside_given_up_usd"] == pytest.approx(want)
     assert res.metrics["upside_given_up_usd"] < sum(t.payoff_usd for t in res.trades)
+
+
+def test_gate_counts_count_each_removed_call_once(market: SyntheticMarket) -> None:
+    # a high minimum bid and a tight spread limit make many calls fail both gates
+    cfg = _cfg(min_bid_usd=400.0, max_spread_pct=8.0)
+    g = CoveredCallSimulator(market, cfg).gate_counts
+    removed = (
+        g.expires_after_end
+        + g.no_bid
+        + g.bid_below_min
+        + g.crossed
+        + g.spread_too_wide
+        + g.unfillable
+    )
+    assert g.bid_below_min > 0 and g.spread_too_wide > 0
+    assert removed + g.offered == g.in_band
