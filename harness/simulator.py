@@ -30,12 +30,14 @@ from harness.engine.outcomes import (
 from harness.state import DecisionState, PositionState
 from harness.timestamps import TimestampLike, as_ns, to_utc
 from harness.types import (
+    TIMEFRAMES,
     CallCandidate,
     CallSimulationConfig,
     DecisionRecord,
     OptionSnapshot,
     SimulatedTrade,
     SimulationResult,
+    timeframe_delta,
 )
 
 log = logging.getLogger(__name__)
@@ -318,11 +320,13 @@ class CoveredCallSimulator:
         return np.searchsorted(self.bar_ns, t_ns, side="right") - 1
 
     def settlement_price(self, expiry: pd.Timestamp) -> float:
-        """Price (USD) a call of `expiry` settles at: the source's delivery price, else a TWAP.
+        """Price (USD) a call of `expiry` settles at: the delivery price, a TWAP, or a close at expiry.
 
         Sources that know the exchange delivery price (SettlementSource) give it; otherwise
         the average of 1-minute closes over the 30 minutes before expiry when the source has
-        them, else the close of the bar at expiry.
+        them; otherwise the close of the finest bar the source has labeled exactly at the
+        expiry instant. A coarser bar (a 1d bar closes at 00:00, 8 hours before an 08:00
+        expiry) is never used: without a bar at the expiry instant this raises ValueError.
         """
         key = int(expiry.value)
         if key in self._settlements:
@@ -331,21 +335,41 @@ class CoveredCallSimulator:
         if isinstance(self.source, SettlementSource):
             price = self.source.settlement_price(self.underlying, expiry)
         if price is None:
-            try:
-                fine = self.source.get_spot_ohlc(
-                    self.underlying, expiry - pd.Timedelta(minutes=29), expiry, "1m"
-                )
-            except (ValueError, NotImplementedError):
-                fine = None
+            fine = self._source_bars(expiry - pd.Timedelta(minutes=29), expiry, "1m")
             if fine is not None and len(fine) == 30:
                 price = float(fine["close"].mean())
         if price is None:
-            j = self._bar_at_or_before(np.array([key]))[0]
-            if j < 0 or self.bar_ns[j] < key - self.bar.value:
-                raise ValueError(f"no spot bar at expiry {expiry.isoformat()} to settle against")
-            price = float(self.close[j])
+            price = self._close_at(expiry)
         self._settlements[key] = price
         return price
+
+    def _source_bars(self, start: pd.Timestamp, end: pd.Timestamp, tf: str) -> pd.DataFrame | None:
+        try:
+            return self.source.get_spot_ohlc(self.underlying, start, end, tf)  # type: ignore[arg-type]
+        except (ValueError, NotImplementedError, KeyError):
+            return None
+
+    def _close_at(self, expiry: pd.Timestamp) -> float:
+        """Close of the finest bar labeled exactly at `expiry` (own bars first), else ValueError."""
+        key = int(expiry.value)
+        j = int(np.searchsorted(self.bar_ns, key))
+        if j < len(self.bar_ns) and self.bar_ns[j] == key:
+            return float(self.close[j])
+        tried = []
+        for tf in TIMEFRAMES:
+            step = timeframe_delta(tf)
+            if step >= self.bar or expiry != expiry.floor(step):
+                continue
+            tried.append(tf)
+            bars = self._source_bars(expiry, expiry, tf)
+            if bars is not None and len(bars) and bars.index[-1] == expiry:
+                return float(bars["close"].iloc[-1])
+        raise ValueError(
+            f"cannot settle {self.underlying} calls expiring {expiry.isoformat()}: the source has "
+            f"no delivery price, no 1-minute bars for the 30 minutes before expiry and no bar "
+            f"labeled at the expiry instant (tried {', '.join(tried) or 'none'} and the "
+            f"{self.config.timeframe} bars of the replay); add finer spot bars to the data"
+        )
 
     def _ensure_paths(self, names: np.ndarray, first_bar: np.ndarray, last_bar: np.ndarray) -> None:
         """Load mark paths (USD per coin, on the bar grid) for instruments over bar ranges."""
@@ -863,9 +887,13 @@ class CoveredCallSimulator:
             a = int(np.searchsorted(self.bar_ns, tr.open_time.value, side="left")) - j0
             # settled (or bought back) at the first bar labeled at or after the close instant
             b = int(np.searchsorted(self.bar_ns, tr.close_time.value, side="left")) - j0
-            b = min(b, n - 1)
             cash[a:] += tr.premium_usd - tr.open_fee_usd
-            cash[b:] -= tr.payoff_usd + tr.close_fee_usd
+            if b < n:
+                cash[b:] -= tr.payoff_usd + tr.close_fee_usd
+            else:
+                # closes after the last bar of the window (a 1d bar at 00:00 before an 08:00
+                # expiry): still open at the end, so it keeps being marked, not settled early
+                b = n
             if b > a:
                 start, path = self._paths[tr.instrument_name]
                 marks = path[a + j0 - start : b + j0 - start]

@@ -112,3 +112,53 @@ def test_gate_counts_count_each_removed_call_once(market: SyntheticMarket) -> No
     )
     assert g.bid_below_min > 0 and g.spread_too_wide > 0
     assert removed + g.offered == g.in_band
+
+
+class CoarseOnly(ProtocolOnly):
+    """A protocol-only source with spot bars only at the given timeframes (no delivery price)."""
+
+    def __init__(self, market: SyntheticMarket, timeframes: tuple[str, ...]) -> None:
+        super().__init__(market)
+        self.timeframes = timeframes
+
+    def get_spot_ohlc(self, underlying, start, end, timeframe):
+        if timeframe not in self.timeframes:
+            raise ValueError(f"no {timeframe} bars")
+        return super().get_spot_ohlc(underlying, start, end, timeframe)
+
+
+def test_daily_bars_settle_at_the_expiry_instant_not_the_midnight_close(
+    market: SyntheticMarket,
+) -> None:
+    cfg = _cfg(timeframe="1d", decision_interval_bars=1, end="2024-03-10")
+    sim = CoveredCallSimulator(CoarseOnly(market, ("1d", "1h")), cfg)
+    res = sim.simulate_policy(always_sell())
+    assert res.trades
+    for t in res.trades:
+        assert t.settlement_price == pytest.approx(market.spot_at("BTC", [t.expiry])[0])
+    with pytest.raises(ValueError, match="no bar labeled at the expiry instant"):
+        CoveredCallSimulator(CoarseOnly(market, ("1d",)), cfg).simulate_policy(always_sell())
+
+
+def test_daily_call_expiring_after_the_last_bar_keeps_being_marked(
+    market: SyntheticMarket,
+) -> None:
+    # the last daily bar is 2024-03-08 00:00; a call expiring 2024-03-08 08:00 is still open
+    cfg = _cfg(timeframe="1d", decision_interval_bars=1, end="2024-03-08T12:00")
+    sim = CoveredCallSimulator(market, cfg)
+    last_decision = sim.decision_times()[-1]
+    assert last_decision == pd.Timestamp("2024-03-01", tz="UTC")
+    sell_last = always_sell()
+
+    def policy(state, candidates):
+        return sell_last(state, candidates) if state.time == last_decision else None
+
+    res = sim.simulate_policy(policy)
+    last_bar = res.equity_curve.index[-1]
+    open_at_end = [t for t in res.trades if t.close_time > last_bar]
+    assert len(open_at_end) == 1
+    tr = open_at_end[0]
+    mark = market.option_marks([tr.instrument_name], pd.DatetimeIndex([last_bar]))[0, 0]
+    settled = sum(t.pnl_vs_hodl for t in res.trades if t is not tr)
+    want = settled + tr.premium_usd - tr.open_fee_usd - tr.size * mark
+    assert res.equity_vs_hodl.iloc[-1] == pytest.approx(want)
