@@ -142,9 +142,39 @@ class CoveredCallSimulator:
             max_dte=max_dte,
             progress=progress,
         )
-        self._features = spot_features(self.bar_ns, self.close, self.bar, self.dec_ns)
+        self._spot_freshness()
+        self._features = spot_features(
+            self.bar_ns, self.close, self.bar, self.dec_ns, self._chain_spot
+        )
         self._features["atm_iv"] = self._atm_iv()
         self._build_candidates()
+
+    def _spot_freshness(self) -> None:
+        """Per decision: is the last spot bar older than the decision, and the chain's spot if fresher.
+
+        After a gap in the spot bars the last close can be hours old while the chain quoted
+        at the decision carries the underlying price of that instant (its nearest expiry's).
+        """
+        n = len(self.dec_ns)
+        j = self._bar_at_or_before(self.dec_ns)
+        bar_time = np.where(j >= 0, self.bar_ns[np.maximum(j, 0)], np.iinfo(np.int64).min)
+        self.spot_stale = bar_time < self.dec_ns
+        self._chain_spot = np.full(n, np.nan)
+        self._spot_as_of = bar_time.copy()
+        st = self.store
+        for i in np.nonzero(self.spot_stale)[0]:
+            sl = st.rows_at(int(i))
+            if sl.stop <= sl.start:
+                continue
+            as_of = st.as_of_ns[sl]
+            live = st.expiry_ns[sl] > self.dec_ns[i]
+            if not live.any():
+                continue
+            # the freshest quote, and among those the nearest expiry (closest to the index)
+            k = np.lexsort((st.expiry_ns[sl], -as_of, ~live))[0]
+            if as_of[k] > bar_time[i]:
+                self._chain_spot[i] = st.columns["underlying_price"][sl.start + k]
+                self._spot_as_of[i] = as_of[k]
 
     def _atm_iv(self) -> np.ndarray:
         """Mark IV of the call nearest the money in the expiry nearest target_dte, per decision."""
@@ -306,6 +336,10 @@ class CoveredCallSimulator:
             realized_vol_30d=val("realized_vol_30d"),
             atm_iv=iv,
             iv_rv_spread=None if iv is None or rv is None else iv - rv,
+            spot_as_of=None
+            if self._spot_as_of[i] == np.iinfo(np.int64).min
+            else pd.Timestamp(int(self._spot_as_of[i]), tz="UTC").to_pydatetime(),
+            spot_stale=bool(self.spot_stale[i]),
             coins_held=self.config.initial_spot_position,
             cash_usd=cash,
             position=position,
@@ -704,6 +738,7 @@ class CoveredCallSimulator:
                     DecisionRecord(
                         decision_time=pd.Timestamp(t, tz="UTC"),
                         candidate_names=offered_names,
+                        spot_stale=bool(self.spot_stale[i]),
                         chosen=None,
                         asked=False,
                         note="call open",
@@ -719,6 +754,7 @@ class CoveredCallSimulator:
                     DecisionRecord(
                         decision_time=pd.Timestamp(t, tz="UTC"),
                         candidate_names=offered_names,
+                        spot_stale=bool(self.spot_stale[i]),
                         chosen=None,
                         asked=True,
                         note="holding"
@@ -746,6 +782,7 @@ class CoveredCallSimulator:
                     candidate_names=offered_names,
                     chosen=str(choice.instrument_name),
                     asked=True,
+                    spot_stale=bool(self.spot_stale[i]),
                 )
             )
         trades = self._trades(opened, closes, size)

@@ -162,3 +162,35 @@ def test_daily_call_expiring_after_the_last_bar_keeps_being_marked(
     settled = sum(t.pnl_vs_hodl for t in res.trades if t is not tr)
     want = settled + tr.premium_usd - tr.open_fee_usd - tr.size * mark
     assert res.equity_vs_hodl.iloc[-1] == pytest.approx(want)
+
+
+class Gappy(ProtocolOnly):
+    """Spot bars missing over (gap_start, gap_end]; chains and option bars untouched."""
+
+    def __init__(self, market: SyntheticMarket, gap_start: str, gap_end: str) -> None:
+        super().__init__(market)
+        self.gap = (pd.Timestamp(gap_start, tz="UTC"), pd.Timestamp(gap_end, tz="UTC"))
+
+    def get_spot_ohlc(self, underlying, start, end, timeframe):
+        bars = super().get_spot_ohlc(underlying, start, end, timeframe)
+        return bars[(bars.index <= self.gap[0]) | (bars.index > self.gap[1])]
+
+
+def test_a_decision_after_a_data_gap_is_flagged_and_uses_the_chains_spot(
+    market: SyntheticMarket,
+) -> None:
+    t = pd.Timestamp("2024-02-10T08:00", tz="UTC")
+    src = Gappy(market, "2024-02-09T11:00", "2024-02-10T08:00")
+    sim = CoveredCallSimulator(src, _cfg(end="2024-02-25"))
+    state = sim.build_state(t)
+    chain = market.list_option_chain("BTC", t)
+    nearest = min((c for c in chain if c.expiry > t), key=lambda c: c.expiry)
+    assert state.spot_stale and state.spot == pytest.approx(nearest.underlying_price)
+    assert pd.Timestamp(state.spot_as_of) == t
+    day_before = market.get_spot_ohlc("BTC", t - pd.Timedelta(days=1), t, "1h")["close"].iloc[0]
+    assert state.return_1d == pytest.approx(state.spot / day_before - 1)
+    fresh = sim.build_state(t - pd.Timedelta(hours=24))
+    assert not fresh.spot_stale and pd.Timestamp(fresh.spot_as_of) == t - pd.Timedelta(hours=24)
+    res = sim.simulate_policy(never_sell())
+    flagged = [d.decision_time for d in res.decisions if d.spot_stale]
+    assert t in flagged and len(flagged) == 3  # 16:00, 00:00 and 08:00 fall in the gap

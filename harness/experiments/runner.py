@@ -417,6 +417,7 @@ class ExperimentRunner:
                 "decision_time": _iso(t),
                 "policy": name,
                 "spot": state.spot,
+                "spot_stale": state.spot_stale,
                 "state": {
                     k: _clean(getattr(state, k))
                     for k in (
