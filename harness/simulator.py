@@ -177,21 +177,29 @@ class CoveredCallSimulator:
                 self._spot_as_of[i] = as_of[k]
 
     def _atm_iv(self) -> np.ndarray:
-        """Mark IV of the call nearest the money in the expiry nearest target_dte, per decision."""
+        """Mark IV of the call nearest the money in the expiry nearest target_dte, per decision.
+
+        Two grouped minimum passes over the rows with a usable IV (rows are stored by
+        decision, then expiry and strike, so ties go to the earlier expiry, lower strike).
+        """
         st = self.store
         out = np.full(len(self.dec_ns), np.nan)
         if len(st) == 0:
             return out
-        dec = np.repeat(np.arange(len(st.times)), st.row_stop - st.row_start)
-        dte_gap = np.abs(st.dte_days() - self.config.target_dte)
-        money_gap = np.abs(st.columns["strike"] / st.columns["underlying_price"] - 1.0)
+        dte = st.dte_days()
         iv = st.columns["mark_iv"]
-        ok = np.isfinite(iv) & (st.dte_days() > 0)
-        order = np.lexsort((money_gap, dte_gap, ~ok, dec))
-        first = np.r_[True, dec[order][1:] != dec[order][:-1]]
-        best = order[first]
-        good = ok[best]
-        out[dec[best][good]] = iv[best][good]
+        rows = np.nonzero(np.isfinite(iv) & (dte > 0))[0]
+        if len(rows) == 0:
+            return out
+        dec = np.searchsorted(st.row_start, rows, side="right") - 1
+        dte_gap = np.abs(dte[rows] - self.config.target_dte)
+        money_gap = np.abs(st.columns["strike"][rows] / st.columns["underlying_price"][rows] - 1.0)
+        keep = _group_min(dec, dte_gap)
+        rows, dec, money_gap = rows[keep], dec[keep], money_gap[keep]
+        keep = _group_min(dec, money_gap)
+        rows, dec = rows[keep], dec[keep]
+        first = np.r_[True, dec[1:] != dec[:-1]]
+        out[dec[first]] = iv[rows[first]]
         return out
 
     def _build_candidates(self) -> None:
@@ -949,6 +957,13 @@ class CoveredCallSimulator:
             decisions=decisions,
             policy_name=name,
         )
+
+
+def _group_min(group: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Mask of the entries equal to the minimum of their group (`group` sorted ascending)."""
+    starts = np.r_[0, np.nonzero(np.diff(group))[0] + 1]
+    ids = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(group)]))
+    return value == np.minimum.reduceat(value, starts)[ids]
 
 
 def _ffill(values: np.ndarray) -> np.ndarray:
