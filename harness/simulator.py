@@ -703,6 +703,55 @@ class CoveredCallSimulator:
         o = self._outcomes(np.array([k]))
         return self._trade(k, o, 0, size)
 
+    def simulate_call(
+        self, decision_time: TimestampLike, instrument_name: str, size: float
+    ) -> SimulatedTrade:
+        """Sell `size` coins of the offered call `instrument_name` at t and hold it to expiry.
+
+        Raises KeyError naming the offered calls when it is not a candidate at t.
+        """
+        i = self._decision_index(decision_time)
+        names = self.store.names[self.cand_row[self.cand_start[i] : self.cand_stop[i]]]
+        hits = np.nonzero(names == instrument_name)[0]
+        if len(hits) == 0:
+            offered = ", ".join(str(n) for n in names) or "none"
+            raise KeyError(
+                f"{instrument_name} is not offered at {to_utc(decision_time).isoformat()} "
+                f"(outside the DTE/delta bands or removed by a liquidity gate); offered: {offered}"
+            )
+        k = int(self.cand_start[i] + hits[0])
+        return self._trade(k, self._outcomes(np.array([k])), 0, size)
+
+    def trade_path(self, trade: SimulatedTrade) -> pd.DataFrame:
+        """Per bar from the sale to expiry: spot, call mark and the trade's pnl vs HODL (USD).
+
+        `pnl_vs_hodl` is premium - open fee - size x mark while open; the last row (expiry) is
+        the settled figure. `covered_value` is size x spot plus that.
+        """
+        a = int(np.searchsorted(self.bar_ns, trade.open_time.value, side="left"))
+        b = int(np.searchsorted(self.bar_ns, trade.close_time.value, side="left"))
+        b = min(b, len(self.bar_ns))
+        start, path = self._paths[trade.instrument_name]
+        marks = path[a - start : b - start]
+        cash = trade.premium_usd - trade.open_fee_usd
+        spot = self.close[a:b]
+        times = pd.to_datetime(self.bar_ns[a:b], utc=True)
+        final_spot = (
+            trade.settlement_price
+            if trade.settlement_price is not None
+            else trade.close_underlying_price
+        )
+        frame = pd.DataFrame(
+            {
+                "spot": np.r_[spot, final_spot],
+                "call_mark": np.r_[marks, trade.payoff_usd / trade.size],
+                "pnl_vs_hodl": np.r_[cash - trade.size * marks, trade.pnl_vs_hodl],
+            },
+            index=pd.DatetimeIndex(times.append(pd.DatetimeIndex([trade.close_time])), name="time"),
+        )
+        frame["covered_value"] = trade.size * frame["spot"] + frame["pnl_vs_hodl"]
+        return frame
+
     def _match(self, i: int, choice: OptionSnapshot, offered: Sequence[CallCandidate]) -> int:
         for j, cand in enumerate(offered):
             if choice is cand or (
