@@ -30,7 +30,13 @@ def _cfg(**kw) -> CallSimulationConfig:
 def test_protocol_only_source_has_no_nan_equity_on_sale_bars(market: SyntheticMarket) -> None:
     # 21-day weeklies are sold the instant they are listed: the option's own bars start one
     # bar later, so the sale bar's mark comes from the chain
-    cfg = _cfg(target_dte=21, dte_tolerance=0.5)
+    cfg = _cfg(
+        start="2024-02-23T08:00",  # the 15MAR24 weekly is listed at this instant
+        end="2024-03-16",
+        decision_interval_bars=24,
+        target_dte=21,
+        dte_tolerance=0.5,
+    )
     res = CoveredCallSimulator(ProtocolOnly(market), cfg).simulate_policy(always_sell())
     assert res.trades
     assert not res.equity_curve.isna().any()
@@ -130,7 +136,7 @@ class CoarseOnly(ProtocolOnly):
 def test_daily_bars_settle_at_the_expiry_instant_not_the_midnight_close(
     market: SyntheticMarket,
 ) -> None:
-    cfg = _cfg(timeframe="1d", decision_interval_bars=1, end="2024-03-10")
+    cfg = _cfg(timeframe="1d", decision_interval_bars=1, end="2024-02-20")
     sim = CoveredCallSimulator(CoarseOnly(market, ("1d", "1h")), cfg)
     res = sim.simulate_policy(always_sell())
     assert res.trades
@@ -181,7 +187,7 @@ def test_a_decision_after_a_data_gap_is_flagged_and_uses_the_chains_spot(
 ) -> None:
     t = pd.Timestamp("2024-02-10T08:00", tz="UTC")
     src = Gappy(market, "2024-02-09T11:00", "2024-02-10T08:00")
-    sim = CoveredCallSimulator(src, _cfg(end="2024-02-25"))
+    sim = CoveredCallSimulator(src, _cfg(start="2024-02-08", end="2024-02-18"))
     state = sim.build_state(t)
     chain = market.list_option_chain("BTC", t)
     nearest = min((c for c in chain if c.expiry > t), key=lambda c: c.expiry)
