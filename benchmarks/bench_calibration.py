@@ -8,7 +8,8 @@ random_sell, at one year of 4-hour decisions (the power).
 
 Rewards are what the experiment runner scores: per decision, the hold-to-expiry pnl vs HODL of
 the call a policy sells (0 for doing nothing), with `fill: mark` and no fees. The block length
-is the runner's: a call's life over the decision spacing.
+is the runner's: a call's life over the decision spacing; both interval methods of
+`harness.stats.paired_comparison` are reported (batch means is the default).
 Run: .venv/bin/python benchmarks/bench_calibration.py [--seeds 20] [--draws 5]
 """
 
@@ -68,8 +69,12 @@ def main() -> None:
     spacing = pd.Timedelta(cfg.timeframe) * cfg.decision_interval_bars
     block = max(1, math.ceil(pd.Timedelta(days=cfg.target_dte + cfg.dte_tolerance) / spacing))
     t0 = time.perf_counter()
-    fp_first = fp_all = n_all = 0
-    power_never = power_random = 0
+    methods = ("batch_means", "block_bootstrap")
+    fp_first = dict.fromkeys(methods, 0)
+    fp_all = dict.fromkeys(methods, 0)
+    power_never = dict.fromkeys(methods, 0)
+    power_random = dict.fromkeys(methods, 0)
+    n_all = n = 0
     for world in ("placebo", "rich_premium"):
         for seed in range(args.seeds):
             sim = CoveredCallSimulator(SyntheticMarket(seed=seed, world=world), cfg)
@@ -83,47 +88,54 @@ def main() -> None:
                 sell = rng.random(n) < 0.5
                 rand = np.where(sell, base, 0.0)
                 rand_names = [x if s else None for x, s in zip(names, sell, strict=True)]
-                c = paired_comparison(
-                    "random_sell",
-                    "always_sell",
-                    rand,
-                    base,
-                    rand_names,
-                    names,
-                    block_length=block,
-                    seed=seed,
-                )
-                if world == "placebo":
-                    hit = _significant(c)
-                    fp_all += hit
-                    n_all += 1
-                    fp_first += hit if d == 0 else 0
-                else:
-                    power_random += c.ci_high < 0
+                n_all += world == "placebo"
+                for m in methods:
+                    c = paired_comparison(
+                        "random_sell",
+                        "always_sell",
+                        rand,
+                        base,
+                        rand_names,
+                        names,
+                        block_length=block,
+                        seed=seed,
+                        ci_method=m,
+                    )
+                    if world == "placebo":
+                        fp_all[m] += _significant(c)
+                        fp_first[m] += _significant(c) and d == 0
+                    else:
+                        power_random[m] += c.ci_high < 0
             if world == "rich_premium":
-                c = paired_comparison(
-                    "always_sell",
-                    "never_sell",
-                    base,
-                    zeros,
-                    names,
-                    nones,
-                    block_length=block,
-                    seed=seed,
-                )
-                power_never += c.ci_low > 0
-            print(f"{world} seed {seed}: {n} decisions, {time.perf_counter() - t0:.0f} s", flush=True)
+                for m in methods:
+                    c = paired_comparison(
+                        "always_sell",
+                        "never_sell",
+                        base,
+                        zeros,
+                        names,
+                        nones,
+                        block_length=block,
+                        seed=seed,
+                        ci_method=m,
+                    )
+                    power_never[m] += c.ci_low > 0
+            print(
+                f"{world} seed {seed}: {n} decisions, {time.perf_counter() - t0:.0f} s", flush=True
+            )
     s = args.seeds
     print(f"decisions per seed: {n}; block length: {block} decisions")
-    print(
-        f"placebo false-positive rate, random_sell vs always_sell: {fp_first}/{s} seeds "
-        f"({fp_first / s:.0%}); over {n_all} seed x draw pairs: {fp_all}/{n_all} "
-        f"({fp_all / n_all:.0%}); nominal 5%"
-    )
-    print(
-        f"rich_premium power, always_sell > never_sell: {power_never}/{s} ({power_never / s:.0%}); "
-        f"always_sell > random_sell: {power_random}/{s} ({power_random / s:.0%})"
-    )
+    for m in methods:
+        print(
+            f"[{m}] placebo false-positive rate, random_sell vs always_sell: "
+            f"{fp_first[m]}/{s} seeds ({fp_first[m] / s:.0%}); over {n_all} seed x draw pairs: "
+            f"{fp_all[m]}/{n_all} ({fp_all[m] / n_all:.0%}); nominal 5%"
+        )
+        print(
+            f"[{m}] rich_premium power, always_sell > never_sell: {power_never[m]}/{s} "
+            f"({power_never[m] / s:.0%}); always_sell > random_sell: {power_random[m]}/{s} "
+            f"({power_random[m] / s:.0%})"
+        )
     print(f"total time: {time.perf_counter() - t0:.0f} s")
 
 
