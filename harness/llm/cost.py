@@ -63,6 +63,7 @@ class ModelPrice:
     input: float
     output: float
     cached_input: float
+    batch_discount: float | None = None  # batch price = list price x this; None: no batch API
 
     def cost_usd(self, usage: Usage) -> float:
         """USD cost of `usage` (cached prompt tokens at the cached rate)."""
@@ -73,6 +74,12 @@ class ModelPrice:
             + cached * self.cached_input
             + usage.completion_tokens * self.output
         ) / 1_000_000.0
+
+    def batch_cost_usd(self, usage: Usage) -> float | None:
+        """USD cost of `usage` through the provider's batch API, None when it has none."""
+        if self.batch_discount is None:
+            return None
+        return self.cost_usd(usage) * self.batch_discount
 
 
 class PriceTable:
@@ -131,10 +138,17 @@ def _read_prices(path: Path) -> dict[str, ModelPrice]:
                 input=float(entry["input"]),
                 output=float(entry["output"]),
                 cached_input=float(entry.get("cached_input", entry["input"])),
+                batch_discount=(
+                    float(entry["batch_discount"])
+                    if entry.get("batch_discount") is not None
+                    else None
+                ),
             )
         except (TypeError, ValueError):
             raise ValueError(f"{path}: model {name!r} has a non-numeric price") from None
         if min(price.input, price.output, price.cached_input) < 0:
             raise ValueError(f"{path}: model {name!r} has a negative price")
+        if price.batch_discount is not None and not 0 < price.batch_discount <= 1:
+            raise ValueError(f"{path}: model {name!r}: batch_discount must be in (0, 1]")
         prices[str(name)] = price
     return prices

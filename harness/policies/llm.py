@@ -9,6 +9,13 @@ Errors: a bad answer never raises (it is recorded as invalid and `on_invalid` ap
 that still fails after its retries is recorded as an error and the decision is DO_NOTHING unless
 `on_error="abort"`. `LLMUnavailable` (missing/rejected API key, unknown model, no quota) and
 `CacheMissError` (read_only cache without the answer) do raise: the run cannot be meaningful.
+
+Run health (docs/llm.md): `prefetch` sends the first uncached request alone; if it fails (a 400
+only when it repeats with the same text) the policy raises `LLMUnavailable` before any other
+request leaves. During the prefetch the policy stops asking (`halted`) after
+`max_consecutive_errors` failed decisions in a row, once errors or invalid answers already
+exceed `max_error_rate` / `max_invalid_rate` of the decisions to ask, or when a spend cap would
+be passed. Every request and its answer is written to the run's transcript when one is attached.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.llm.anonymize import Anchor, AnonymizedView, PlainView
+from harness.llm.budget import Reservation, SpendCap, SpendCapReached, reserve, settle
 from harness.llm.cache import (
     CachedResponse,
     CacheLookup,
@@ -44,15 +52,27 @@ from harness.llm.client import (
 )
 from harness.llm.contract import AnswerCheck, response_format_for, validate_answer
 from harness.llm.cost import PriceTable, Usage
+from harness.llm.health import classify_failure, probe_skips
 from harness.llm.prompts import PromptTemplate, build_context, load_prompt
 from harness.llm.ratelimit import RateLimiter
 from harness.llm.retry import RetryPolicy
+from harness.llm.tokens import count_message_tokens
+from harness.llm.transcripts import (
+    TranscriptBook,
+    TranscriptMissing,
+    TranscriptRecord,
+    TranscriptRequest,
+    TranscriptResponse,
+    TranscriptWriter,
+)
 from harness.state import DecisionState
 from harness.timestamps import TimestampLike, to_utc
 from harness.types import CallCandidate
 
 Policy = Callable[[DecisionState, Sequence[CallCandidate]], CallCandidate | None]
 BUILTIN_ON_INVALID = ("do_nothing", "retry")
+# Answer budget assumed by spend caps when `max_tokens` is not set.
+UNBOUNDED_ANSWER_TOKENS = 4096
 
 
 class LLMPolicyConfig(BaseModel):
@@ -97,6 +117,19 @@ class LLMPolicyConfig(BaseModel):
     prompts_dir: str | None = None
     prices_path: str | None = Field(None, description="Override file for model prices.")
     name: str | None = Field(None, description="Policy name in reports.")
+    # Run health and spend (docs/llm.md "Run health" and "Spend control").
+    max_error_rate: float = Field(
+        0.1, ge=0, le=1, description="Failed share of asked decisions past which it fails."
+    )
+    max_invalid_rate: float = Field(
+        0.5, ge=0, le=1, description="Invalid share of asked decisions past which it fails."
+    )
+    max_consecutive_errors: int = Field(
+        20, ge=1, description="Failed decisions in a row after which the policy stops asking."
+    )
+    max_cost_usd: float | None = Field(
+        None, ge=0, description="Spend cap of this policy per `harness run` invocation, USD."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LLMPolicyConfig:
@@ -170,6 +203,10 @@ class LLMRunSummary:
     errors: int
     fallback_used: int
     model_priced: bool  # False: the price table does not list the model, costs show as 0
+    asked: int = 0  # decisions where the model was asked (with candidates)
+    error_rate: float = 0.0  # errors / asked
+    invalid_rate: float = 0.0  # invalid / asked
+    halted: str | None = None  # why the policy stopped asking before the end, if it did
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict."""
@@ -185,6 +222,8 @@ class _Asked:
     error: str | None = None
     calls: int = 0
     check: AnswerCheck | None = None
+    failure: str | None = None  # harness.llm.health kind of `error`
+    attempt: int = 0  # on_invalid=retry attempt index
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +320,22 @@ class LLMPolicy:
         self._by_time: dict[pd.Timestamp, LLMDecisionRecord] = {}
         self._memo: dict[str, LLMDecisionRecord] = {}
         self._totals = _Totals()
+        # Run health, spend caps, transcripts and replay (attach_run).
+        self._probed: dict[str, _Asked] = {}
+        self._halt: tuple[str, str] | None = None  # ("errors" | "spend", reason)
+        self._not_asked: set[pd.Timestamp] = set()
+        self._own_caps: tuple[SpendCap, ...] = (
+            ()
+            if config.max_cost_usd is None
+            else (SpendCap(config.max_cost_usd, f"{self.name} max_cost_usd"),)
+        )
+        self._caps: tuple[SpendCap, ...] = self._own_caps
+        self._transcript: TranscriptWriter | None = None
+        self._answers: TranscriptBook | None = None
+        self._streak = 0
+        self._n_errors = 0
+        self._n_invalid = 0
+        self._to_ask = 0
 
     def __repr__(self) -> str:
         return f"LLMPolicy(name={self.name!r}, prompt_id={self.prompt_id!r})"
@@ -297,11 +352,21 @@ class LLMPolicy:
         plan = self._plan(state, candidates)
         record = self._memo.get(plan.key)
         if record is None:
+            if self._halt is not None or plan.time in self._not_asked:
+                return None  # a stopped policy asks nothing more; the decision has no record
             started = time.perf_counter()
-            asked = [self._ask(r, plan.time, p, k) for r, p, k in plan.asks()]
-            retries = self._retry_requests(plan, asked)
-            asked += [self._ask(r, plan.time) for r in retries]
+            try:
+                asked = [self._ask(r, plan.time, p, k) for r, p, k in plan.asks()]
+                retries = self._retry_requests(plan, asked)
+                asked += [self._ask(r, plan.time, attempt=1) for r in retries]
+            except TranscriptMissing:
+                self._not_asked.add(plan.time)
+                return None
+            except SpendCapReached as exc:
+                self._stop("spend", str(exc))
+                return None
             record = self._conclude(plan, asked, state, candidates, started)
+            self._watch(record)
         return self._choice(record, state, candidates)
 
     def prefetch(
@@ -318,6 +383,13 @@ class LLMPolicy:
             _run_coroutine(lambda: self._aprefetch(todo, progress))
         return self.summary()
 
+    def requests_for(
+        self, state: DecisionState, candidates: Sequence[CallCandidate]
+    ) -> list[tuple[ChatRequest, str]]:
+        """The first-attempt requests (one per sample) this policy would send at `state`, with
+        their cache keys. Renders the prompt; sends nothing (for `harness plan`)."""
+        return [(request, key) for request, _, key in self._plan(state, candidates).asks()]
+
     def record_for(self, decision_time: TimestampLike) -> LLMDecisionRecord | None:
         """The record of the decision at `decision_time` (the latest if asked twice), or None."""
         return self._by_time.get(to_utc(decision_time))
@@ -330,6 +402,9 @@ class LLMPolicy:
     def summary(self) -> LLMRunSummary:
         """Calls made, answers served from cache, tokens, cost incurred and saved, failures."""
         t = self._totals
+        asked = sum(r.note != "no candidates" for r in self._records)
+        errors = sum(r.error is not None for r in self._records)
+        invalid = sum(not r.valid and r.error is None for r in self._records)
         return LLMRunSummary(
             policy=self.name,
             model=self.config.model,
@@ -343,10 +418,156 @@ class LLMPolicy:
             cached_tokens=t.usage.cached_tokens,
             cost_usd_incurred=t.cost,
             cost_usd_saved=t.saved,
-            invalid=sum(not r.valid and r.error is None for r in self._records),
-            errors=sum(r.error is not None for r in self._records),
+            invalid=invalid,
+            errors=errors,
             fallback_used=sum(r.fallback_used for r in self._records),
             model_priced=self.prices.price_for(self.config.model) is not None,
+            asked=asked,
+            error_rate=errors / asked if asked else 0.0,
+            invalid_rate=invalid / asked if asked else 0.0,
+            halted=self.halted,
+        )
+
+    # -- run integrity -------------------------------------------------------------------------
+
+    def attach_run(
+        self,
+        *,
+        transcript: TranscriptWriter | None = None,
+        spend_caps: Sequence[SpendCap] = (),
+        answers: TranscriptBook | None = None,
+    ) -> None:
+        """Write every request to `transcript`, obey run-level `spend_caps` (with the policy's
+        own `max_cost_usd`), and with `answers` serve every request from a run's transcripts
+        (replay: no cache, no network)."""
+        self._transcript = transcript
+        self._caps = self._own_caps + tuple(spend_caps)
+        self._answers = answers
+
+    @property
+    def halted(self) -> str | None:
+        """Why the policy stopped asking before its last decision (None: it did not stop)."""
+        return self._halt[1] if self._halt is not None else None
+
+    @property
+    def halted_for_spend(self) -> bool:
+        """True when a spend cap stopped the policy (the run can be resumed with more budget)."""
+        return self._halt is not None and self._halt[0] == "spend"
+
+    @property
+    def incomplete(self) -> bool:
+        """True when some decisions were deliberately not asked (stopped, or no transcript)."""
+        return self._halt is not None or bool(self._not_asked)
+
+    def _stop(self, why: str, reason: str) -> None:
+        if self._halt is None:
+            self._halt = (why, reason)
+
+    def _watch(self, record: LLMDecisionRecord) -> None:
+        """Count a concluded decision towards the early-stop rules (docs/llm.md)."""
+        cfg = self.config
+        if record.error is not None:
+            self._streak += 1
+            self._n_errors += 1
+        else:
+            self._streak = 0
+            self._n_invalid += int(not record.valid)
+        if self._answers is not None:
+            return  # a replay reproduces the run, it does not judge it again
+        if self._streak >= cfg.max_consecutive_errors:
+            self._stop(
+                "errors",
+                f"stopped after {self._streak} failed decisions in a row "
+                f"(max_consecutive_errors {cfg.max_consecutive_errors}); last: {record.error}",
+            )
+        elif self._to_ask and self._n_errors > cfg.max_error_rate * self._to_ask:
+            self._stop(
+                "errors",
+                f"stopped: {self._n_errors} failed decisions already exceed max_error_rate "
+                f"{cfg.max_error_rate:g} of the {self._to_ask} to ask; last: {record.error}",
+            )
+        elif self._to_ask and self._n_invalid > cfg.max_invalid_rate * self._to_ask:
+            self._stop(
+                "errors",
+                f"stopped: {self._n_invalid} invalid answers already exceed max_invalid_rate "
+                f"{cfg.max_invalid_rate:g} of the {self._to_ask} decisions to ask",
+            )
+
+    def _reserve(self, request: ChatRequest) -> Reservation | None:
+        """Hold the worst-case cost of `request` on every spend cap (None when uncapped)."""
+        if not self._caps:
+            return None
+        price = self.prices.price_for(request.model)
+        if price is None:
+            amount = 0.0  # unpriced models cost 0 in every report; the caps cannot see them
+        else:
+            prompt = count_message_tokens(request.messages, request.model)
+            answer = request.max_tokens or UNBOUNDED_ANSWER_TOKENS
+            amount = price.cost_usd(Usage(prompt_tokens=prompt, completion_tokens=answer))
+        return reserve(self._caps, amount, f"{self.name} at {request.model}")
+
+    def _replayed(self, request: ChatRequest, when: pd.Timestamp, key: str, attempt: int) -> _Asked:
+        assert self._answers is not None
+        rec = self._answers.find(self.name, when, attempt, request.sample_index, key)
+        if rec.response is None:
+            return _Asked(request, error=rec.error or "error", attempt=attempt)
+        usage = rec.usage or {}
+        entry = CachedResponse(
+            key=key,
+            text=rec.response.content or "",
+            finish_reason=rec.response.finish_reason,
+            usage=Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                cached_tokens=int(usage.get("cached_tokens") or 0),
+            ),
+            cost_usd=rec.cost_usd,
+            latency_s=rec.latency_s,
+        )
+        return _Asked(request, lookup=CacheLookup(entry, "cache"), attempt=attempt)
+
+    def _transcribe(
+        self, asked: _Asked, when: pd.Timestamp, payload: dict[str, Any], key: str
+    ) -> None:
+        if self._transcript is None:
+            return
+        entry = asked.lookup.entry if asked.lookup is not None else None
+        response = None
+        if entry is not None:
+            choices = entry.response.get("choices") or [{}]
+            message = (choices[0] if isinstance(choices[0], dict) else {}).get("message") or {}
+            reasoning = getattr(entry, "reasoning", None) or (
+                message.get("reasoning_content") or message.get("reasoning")
+            )
+            response = TranscriptResponse(
+                content=entry.text,
+                reasoning=reasoning if isinstance(reasoning, str) else None,
+                finish_reason=entry.finish_reason,
+                refusal=getattr(entry, "refusal", None) or message.get("refusal"),
+            )
+        skip = ("messages", "base_url", "model")
+        self._transcript.write(
+            TranscriptRecord(
+                policy=self.name,
+                decision_time=when.isoformat(),
+                attempt=asked.attempt,
+                sample=asked.request.sample_index,
+                cache_key=key,
+                from_cache=asked.lookup.hit if asked.lookup is not None else False,
+                execution="replay" if self._answers is not None else "live",
+                model=asked.request.model,
+                base_url=self.client.base_url,
+                prompt_id=self.prompt_id,
+                request=TranscriptRequest(
+                    messages=list(payload.get("messages") or asked.request.message_dicts()),
+                    params={k: v for k, v in payload.items() if k not in skip},
+                ),
+                response=response,
+                usage=entry.usage.as_dict() if entry is not None else {},
+                cost_usd=entry.cost_usd if entry is not None else 0.0,
+                latency_s=entry.latency_s if entry is not None else 0.0,
+                error=asked.error,
+            )
         )
 
     def set_anchor(self, anchor_time: TimestampLike, anchor_spot: float) -> None:
@@ -477,17 +698,46 @@ class LLMPolicy:
         self._totals.calls += asked.calls
         return asked
 
+    def _done(self, asked: _Asked, when: pd.Timestamp, payload: dict[str, Any], key: str) -> _Asked:
+        self._account(asked)
+        self._transcribe(asked, when, payload, key)
+        return asked
+
+    def _failed(self, request: ChatRequest, exc: LLMCallError, attempt: int) -> _Asked:
+        return _Asked(
+            request,
+            error=str(exc),
+            calls=exc.attempts,
+            failure=classify_failure(exc),
+            attempt=attempt,
+        )
+
     def _ask(
         self,
         request: ChatRequest,
         when: pd.Timestamp,
         payload: dict[str, Any] | None = None,
         key: str | None = None,
+        attempt: int = 0,
     ) -> _Asked:
         payload = payload or request.key_payload(self.client.base_url)
+        key = key or cache_key(payload)
+        if self._answers is not None:
+            return self._done(self._replayed(request, when, key, attempt), when, payload, key)
+        probed = self._probed.pop(key, None)
+        if probed is not None:
+            return probed  # the health probe's answer, already counted and transcribed
 
         def compute() -> CachedResponse:
-            return self._entry(self.client.complete(request))
+            hold = self._reserve(request)
+            cost = 0.0
+            try:
+                entry = self._entry(self.client.complete(request))
+                cost = entry.cost_usd
+                return entry
+            finally:
+                if hold is not None:
+                    settle(hold, cost)
 
         try:
             if self.cache is None:
@@ -497,8 +747,8 @@ class LLMPolicy:
         except CacheMissError:
             raise self._miss(when) from None
         except LLMCallError as exc:
-            return self._account(_Asked(request, error=str(exc), calls=exc.attempts))
-        return self._account(_Asked(request, lookup=lookup))
+            return self._done(self._failed(request, exc, attempt), when, payload, key)
+        return self._done(_Asked(request, lookup=lookup, attempt=attempt), when, payload, key)
 
     async def _aask(
         self,
@@ -506,11 +756,26 @@ class LLMPolicy:
         when: pd.Timestamp,
         payload: dict[str, Any] | None = None,
         key: str | None = None,
+        attempt: int = 0,
     ) -> _Asked:
         payload = payload or request.key_payload(self.client.base_url)
+        key = key or cache_key(payload)
+        if self._answers is not None:
+            return self._done(self._replayed(request, when, key, attempt), when, payload, key)
+        probed = self._probed.pop(key, None)
+        if probed is not None:
+            return probed  # the health probe's answer, already counted and transcribed
 
         async def compute() -> CachedResponse:
-            return self._entry(await self.client.acomplete(request))
+            hold = self._reserve(request)
+            cost = 0.0
+            try:
+                entry = self._entry(await self.client.acomplete(request))
+                cost = entry.cost_usd
+                return entry
+            finally:
+                if hold is not None:
+                    settle(hold, cost)
 
         try:
             if self.cache is None:
@@ -522,8 +787,8 @@ class LLMPolicy:
         except CacheMissError:
             raise self._miss(when) from None
         except LLMCallError as exc:
-            return self._account(_Asked(request, error=str(exc), calls=exc.attempts))
-        return self._account(_Asked(request, lookup=lookup))
+            return self._done(self._failed(request, exc, attempt), when, payload, key)
+        return self._done(_Asked(request, lookup=lookup, attempt=attempt), when, payload, key)
 
     async def _adecide(
         self, plan: _Plan, state: DecisionState, candidates: Sequence[CallCandidate]
@@ -534,8 +799,57 @@ class LLMPolicy:
         )
         retries = self._retry_requests(plan, asked)
         if retries:
-            asked += await asyncio.gather(*(self._aask(r, plan.time) for r in retries))
-        return self._conclude(plan, asked, state, candidates, started)
+            asked += await asyncio.gather(*(self._aask(r, plan.time, attempt=1) for r in retries))
+        record = self._conclude(plan, asked, state, candidates, started)
+        self._watch(record)
+        return record
+
+    async def _aprobe(
+        self,
+        items: list[tuple[DecisionState, Sequence[CallCandidate]]],
+        plans: dict[int, _Plan],
+    ) -> None:
+        """Send the first uncached request alone; raise `LLMUnavailable` when it fails.
+
+        Plans rendered while looking for it are kept in `plans` for the prefetch. Nothing is
+        sent when every request is answered already (memory, cache or transcripts).
+        """
+        if self._answers is not None or self.cache_mode == "read_only":
+            return
+        found: tuple[_Plan, ChatRequest, dict[str, Any], str] | None = None
+        for i, (state, candidates) in enumerate(items):
+            plan = plans[i] = self._plan(state, candidates)
+            if plan.key in self._memo:
+                continue
+            request, payload, key = next(iter(plan.asks()))
+            cached = (
+                self.cache is not None and self.cache_mode == "read_write" and key in self.cache
+            )
+            if not cached:
+                found = (plan, request, payload, key)
+                break
+        if found is None:
+            return
+        plan, request, payload, key = found
+        try:
+            first = await self._aask(request, plan.time, payload, key)
+            if first.error is not None and first.failure == "bad_request":
+                # A 400 may be about this one prompt: ask once more, skip only if it repeats.
+                again = await self._aask(request, plan.time, payload, key)
+                if again.error == first.error:
+                    raise LLMUnavailable(
+                        f"{self.name}: the first request was rejected twice with the same "
+                        f"error: {first.error}"
+                    )
+                first = again
+        except SpendCapReached as exc:
+            self._stop("spend", str(exc))
+            return
+        if first.error is not None and probe_skips(first.failure or "other"):
+            raise LLMUnavailable(
+                f"{self.name}: the first request failed ({first.failure}): {first.error}"
+            )
+        self._probed[key] = first
 
     async def _aprefetch(
         self,
@@ -544,19 +858,36 @@ class LLMPolicy:
     ) -> None:
         bar = _Progress(len(items), self) if progress else None
         seen: set[str] = set()
+        plans: dict[int, _Plan] = {}
+        self._to_ask = len(items)
+        # Decisions in flight are bounded here too, so a spend cap holds money only for
+        # requests about to be sent, not for every queued decision.
+        gate = asyncio.Semaphore(self.config.max_concurrency)
 
-        async def one(state: DecisionState, candidates: Sequence[CallCandidate]) -> None:
+        async def one(i: int, state: DecisionState, candidates: Sequence[CallCandidate]) -> None:
             # Rendering inside the task lets the first requests leave while later prompts are
             # still being rendered. No await between the check and `seen.add`: no race.
-            plan = self._plan(state, candidates)
+            plan = plans.pop(i, None) or self._plan(state, candidates)
             if plan.key not in self._memo and plan.key not in seen:
                 seen.add(plan.key)
-                await self._adecide(plan, state, candidates)
+                async with gate:
+                    if self._halt is None:
+                        try:
+                            await self._adecide(plan, state, candidates)
+                        except SpendCapReached as exc:
+                            self._stop("spend", str(exc))
+                        except TranscriptMissing:
+                            self._not_asked.add(plan.time)
             if bar is not None:
                 bar.advance()
 
-        tasks = [asyncio.create_task(one(state, candidates)) for state, candidates in items]
+        tasks: list[asyncio.Task[None]] = []
         try:
+            await self._aprobe(items, plans)
+            tasks = [
+                asyncio.create_task(one(i, state, candidates))
+                for i, (state, candidates) in enumerate(items)
+            ]
             await asyncio.gather(*tasks)
         except BaseException:
             # LLMUnavailable / CacheMissError / abort: stop the other decisions before the client
