@@ -817,13 +817,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="what if I sold this call here? one call held to expiry",
         description="Sell one call at an instant, hold it to expiry and print the outcome.",
     )
-    w.add_argument("--underlying", default="BTC")
+    w.add_argument("--underlying", default="BTC", help="coin, e.g. BTC or ETH")
     w.add_argument("--as-of", required=True, help="sale instant, e.g. 2024-03-01T08:00Z (UTC)")
     w.add_argument("--instrument", help="the call to sell, e.g. BTC-8MAR24-62000-C")
     w.add_argument("--delta", type=float, default=0.25, help="else: the call nearest this delta")
     w.add_argument("--dte", type=float, default=7.0, help="... and this many days to expiry")
     w.add_argument("--size", type=float, default=1.0, help="coins covered")
-    w.add_argument("--source", default="synthetic", choices=["synthetic", "parquet"])
+    w.add_argument(
+        "--source", default="synthetic", choices=["synthetic", "parquet"], help="market data"
+    )
     w.add_argument("--path", help="store folder for --source parquet")
     w.add_argument("--seed", type=int, default=7, help="synthetic market seed")
     w.add_argument("--world", default="realistic", help="synthetic world")
