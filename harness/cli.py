@@ -331,6 +331,7 @@ def _compare_json(cmp: Any, paths: Sequence[Path]) -> dict[str, Any]:
 def _cmd_chain(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from harness.coins import listing_note
     from harness.experiments.config import MarketConfig
     from harness.experiments.markets import build_market
     from harness.timestamps import to_utc
@@ -345,11 +346,13 @@ def _cmd_chain(args: argparse.Namespace) -> int:
     spot = chain[0].underlying_price
     expiries = sorted({c.expiry for c in chain})[: args.expiries]
     lo, hi = spot * (1 - args.width / 100), spot * (1 + args.width / 100)
+    note = listing_note(args.underlying)
     if args.json:
         shown = [c for c in chain if c.expiry in set(expiries) and lo <= c.strike <= hi]
         _print_json(
             {
                 "underlying": args.underlying.upper(),
+                "note": note,
                 "as_of": as_of.isoformat(),
                 "spot": spot,
                 "options": [
@@ -370,8 +373,14 @@ def _cmd_chain(args: argparse.Namespace) -> int:
         )
         return 0
     out.print(
-        f"{args.underlying.upper()} at {as_of.isoformat()}  spot {spot:,.2f} USD  ({len(chain)} options listed)"
+        f"{args.underlying.upper()} at {as_of.isoformat()}  spot {spot:,.{6 if spot < 1 else 2}f} USD  ({len(chain)} options listed)"
     )
+    if note:
+        out.print(f"[yellow]{note}[/]")
+    # Sub-dollar coins (XRP, DOGE) need more decimals than BTC to show a price at all.
+    price_decimals = 2 if spot >= 10 else 4 if spot >= 0.5 else 6
+    price_spec = f",.{price_decimals}f"
+    strike_decimals = max(4, price_decimals)
     for exp in expiries:
         rows = [c for c in chain if c.expiry == exp and lo <= c.strike <= hi]
         calls = {c.strike: c for c in rows if c.kind == "call"}
@@ -391,7 +400,7 @@ def _cmd_chain(args: argparse.Namespace) -> int:
         ):
             t.add_column(col, justify="right")
 
-        def fmt(x: float | None, spec: str = ",.2f") -> str:
+        def fmt(x: float | None, spec: str = price_spec) -> str:
             return "-" if x is None else format(x, spec)
 
         for k in sorted(calls.keys() | puts.keys()):
@@ -402,7 +411,9 @@ def _cmd_chain(args: argparse.Namespace) -> int:
                 fmt(c and c.mark_price),
                 fmt(c.mark_iv * 100 if c else None, ".1f"),
                 fmt(c and c.delta, ".3f"),
-                f"[bold]{k:,.0f}[/]" if k == int(k) else f"[bold]{k:,.4f}[/]",
+                f"[bold]{k:,.0f}[/]"
+                if k == int(k)
+                else "[bold]" + f"{k:,.{strike_decimals}f}".rstrip("0") + "[/]",
                 fmt(p and p.delta, ".3f"),
                 fmt(p and p.bid_price),
                 fmt(p and p.ask_price),

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from harness.coins import coin, coin_of_instrument_underlying
 from harness.data.source import (
     empty_chain_frame,
     empty_ohlc,
@@ -436,7 +437,8 @@ class SyntheticMarket:
         cached = self._names_cache.get(key)
         if cached is None:
             lst = self._expiry_listing(underlying, expiry)
-            prefix = f"{underlying}-{format_expiry_code(expiry)}-"
+            # Inverse coins list `BTC-...`, linear ones `SOL_USDC-...` (harness.coins).
+            prefix = f"{coin(underlying).instrument_prefix}-{format_expiry_code(expiry)}-"
             strikes = [prefix + format_strike(k) for k in lst.strikes]
             calls = np.array([k + "-C" for k in strikes], dtype=object)
             puts = np.array([k + "-P" for k in strikes], dtype=object)
@@ -498,19 +500,24 @@ class SyntheticMarket:
         bid_usd = black76_price(spot, strike, tau, bid_iv, is_call)
         ask_usd = black76_price(spot, strike, tau, ask_iv, is_call)
         mark_coin = g.price / spot
-        # Quotes sit on Deribit's tick: bids round down, asks round up; a bid under one tick
-        # means nobody is bidding.
-        bid_coin = np.floor(bid_usd / spot / TICK_COIN + 1e-9) * TICK_COIN
-        ask_coin = np.maximum(np.ceil(ask_usd / spot / TICK_COIN - 1e-9), 1.0) * TICK_COIN
-        bid_coin = np.where((bid_coin >= TICK_COIN) & live, bid_coin, np.nan)
-        ask_coin = np.where(live, ask_coin, np.nan)
+        # Quotes sit on Deribit's tick in the quote currency (coin for inverse options, USDC for
+        # linear ones): bids round down, asks round up; a bid under one tick means nobody bids.
+        c = coin(underlying)
+        per_quote = spot if c.quoted_in_coin else np.ones_like(spot)
+        tick = c.tick_size
+        bid_q = np.floor(bid_usd / per_quote / tick + 1e-9) * tick
+        ask_q = np.maximum(np.ceil(ask_usd / per_quote / tick - 1e-9), 1.0) * tick
+        bid_q = np.where((bid_q >= tick) & live, bid_q, np.nan)
+        ask_q = np.where(live, ask_q, np.nan)
+        bid_coin = bid_q * per_quote / spot
+        ask_coin = ask_q * per_quote / spot
         oi_scale = 2000.0 if underlying == "BTC" else 20000.0
         oi = np.round(oi_scale * np.exp(-0.5 * x * x) * (0.3 + np.minimum(tau * 12, 1.0)), 1)
         return {
             "underlying_price": spot,
             "mark_price": g.price,
-            "bid_price": bid_coin * spot,
-            "ask_price": ask_coin * spot,
+            "bid_price": bid_q * per_quote,
+            "ask_price": ask_q * per_quote,
             "mark_price_coin": mark_coin,
             "bid_price_coin": bid_coin,
             "ask_price_coin": ask_coin,
@@ -599,7 +606,7 @@ class SyntheticMarket:
 
     def _resolve(self, instrument_name: str) -> tuple[str, float, pd.Timestamp, bool, pd.Timestamp]:
         spec = parse_instrument_name(instrument_name)
-        u = spec.underlying.upper()
+        u, _ = coin_of_instrument_underlying(spec.underlying)  # SOL_USDC-... is SOL's
         self._coin(u)
         listed = self._listed_time(u, spec.strike, spec.expiry)
         return u, spec.strike, spec.expiry, spec.kind == "call", listed

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from harness.coins import coin
+
 Anchor = Literal["historical", "none"]
 ANCHORS: tuple[str, ...] = ("historical", "none")
 
@@ -74,6 +76,74 @@ ETH_LEVELS = {
     2027: 3_200.0,
 }
 
+# Linear USDC coins (harness.coins). Levels are approximate Jan-1 prices, like BTC's and ETH's;
+# before a coin traded, a level of its first traded year stands in (the market is synthetic).
+SOL_LEVELS = {
+    2018: 1.0,
+    2019: 1.0,
+    2020: 1.0,
+    2021: 1.5,
+    2022: 170.0,
+    2023: 10.0,
+    2024: 100.0,
+    2025: 190.0,
+    2026: 180.0,
+    2027: 190.0,
+}
+XRP_LEVELS = {
+    2018: 2.3,
+    2019: 0.36,
+    2020: 0.19,
+    2021: 0.22,
+    2022: 0.83,
+    2023: 0.34,
+    2024: 0.62,
+    2025: 2.10,
+    2026: 2.00,
+    2027: 2.10,
+}
+MATIC_LEVELS = {
+    2018: 0.004,
+    2019: 0.004,
+    2020: 0.015,
+    2021: 0.018,
+    2022: 2.50,
+    2023: 0.76,
+    2024: 0.97,
+    2025: 0.45,
+    2026: 0.40,
+    2027: 0.42,
+}
+# DOGE: Deribit lists no DOGE options; this coin is hypothetical (harness.coins says so).
+DOGE_LEVELS = {
+    2018: 0.009,
+    2019: 0.002,
+    2020: 0.002,
+    2021: 0.0047,
+    2022: 0.17,
+    2023: 0.07,
+    2024: 0.09,
+    2025: 0.32,
+    2026: 0.30,
+    2027: 0.31,
+}
+
+
+def _altcoin(code: int, symbol: str, levels: dict[int, float], base_volume: float) -> CoinParams:
+    """Dynamics of a linear altcoin: its registry volatility, more jumps than BTC/ETH."""
+    return CoinParams(
+        code=code,
+        year_start_prices=levels,
+        mean_vol=coin(symbol).synthetic.mean_vol,
+        vol_of_vol=1.3,
+        vol_mean_reversion=10.0,
+        jumps_per_year=26.0,
+        jump_mean=-0.004,
+        jump_std=0.04,
+        base_volume=base_volume,
+    )
+
+
 REALISTIC_COINS: dict[str, CoinParams] = {
     "BTC": CoinParams(
         code=1,
@@ -97,6 +167,10 @@ REALISTIC_COINS: dict[str, CoinParams] = {
         jump_std=0.03,
         base_volume=90.0,
     ),
+    "SOL": _altcoin(3, "SOL", SOL_LEVELS, base_volume=2_000.0),
+    "XRP": _altcoin(4, "XRP", XRP_LEVELS, base_volume=400_000.0),
+    "MATIC": _altcoin(6, "MATIC", MATIC_LEVELS, base_volume=300_000.0),
+    "DOGE": _altcoin(5, "DOGE", DOGE_LEVELS, base_volume=3_000_000.0),
 }
 
 # `anchor: historical`: each year's expected log return pulls the path fully back toward
