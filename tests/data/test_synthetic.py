@@ -162,8 +162,8 @@ def test_bulk_chain_frame_equals_single_chains(market: SyntheticMarket) -> None:
 
 
 def test_unknown_underlying_and_span_errors(market: SyntheticMarket) -> None:
-    with pytest.raises(ValueError, match="DOGE"):
-        market.get_spot_ohlc("DOGE", "2024-01-01", "2024-01-02", "1h")
+    with pytest.raises(ValueError, match="PEPE"):
+        market.get_spot_ohlc("PEPE", "2024-01-01", "2024-01-02", "1h")
     with pytest.raises(ValueError, match="covers"):
         market.get_spot_ohlc("BTC", "2017-01-01", "2017-01-02", "1h")
     with pytest.raises(ValueError, match="covers"):
