@@ -4,6 +4,7 @@ normal theory (width ~ 2 * 1.96 * sigma / sqrt(n)) and by coverage over many i.i
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -94,7 +95,9 @@ def test_paired_comparison_fields_by_hand() -> None:
     b = np.array([1.0, 1.0, 4.0, 0.0, 2.0, np.nan])
     ca = ["A", None, "C", "D", "E", "F"]
     cb = ["A", None, "X", "D", "Y", "F"]
-    res = paired_comparison("pol", "base", a, b, ca, cb, block_length=2, seed=4)
+    res = paired_comparison(
+        "pol", "base", a, b, ca, cb, block_length=2, seed=4, ci_method="block_bootstrap"
+    )
     # pairs kept: 0, 1, 2, 4 -> diffs 2, 0, -2, 3
     assert res.policy == "pol" and res.baseline == "base"
     assert res.n == 4
@@ -132,7 +135,9 @@ def test_paired_interval_follows_the_seed() -> None:
     names = ["X"] * 60
 
     def ci(**kw) -> tuple[float, float]:
-        r = paired_comparison("p", "b", a, b, names, names, block_length=3, **kw)
+        r = paired_comparison(
+            "p", "b", a, b, names, names, block_length=3, ci_method="block_bootstrap", **kw
+        )
         return r.ci_low, r.ci_high
 
     assert ci(seed=9) == block_bootstrap_ci(a - b, block_length=3, seed=9)
@@ -168,3 +173,22 @@ def test_ties_include_the_tolerance_edge() -> None:
         tie_tolerance=0.5,
     )
     assert (res.wins, res.losses, res.ties) == (0, 0, 3)
+
+
+def test_default_interval_is_batch_means_by_the_textbook() -> None:
+    # 60 differences, trade life 3 decisions -> batches of 4 x 3 = 12: five batch means, and a
+    # Student-t interval with 4 degrees of freedom around their mean.
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0.5, 1.0, 60), rng.normal(0.0, 1.0, 60)
+    names = ["X"] * 60
+    res = paired_comparison("p", "b", a, b, names, names, block_length=3)
+    d = a - b
+    batch = [statistics.fmean(d[i * 12 : (i + 1) * 12]) for i in range(5)]
+    centre = statistics.fmean(batch)
+    half = scipy_stats.t.ppf(0.975, 4) * statistics.stdev(batch) / math.sqrt(5)
+    assert (res.ci_low, res.ci_high) == (
+        pytest.approx(centre - half, rel=1e-12),
+        pytest.approx(centre + half, rel=1e-12),
+    )

@@ -20,6 +20,8 @@ SPOT = [50.0, 51.5, 50.0, 53.0, 48.5, 48.0, 51.0, 52.0]
 
 def _trade(premium: float, fees: float, payoff: float, itm: bool) -> SimulatedTrade:
     t0 = IDX[0]
+    # Settled at 52 with the strike placed so that the payoff is max(52 - K, 0).
+    strike = 52.0 - payoff if payoff > 0 else 60.0
     return SimulatedTrade(
         instrument_name="BTC-X-C",
         underlying="BTC",
@@ -36,6 +38,8 @@ def _trade(premium: float, fees: float, payoff: float, itm: bool) -> SimulatedTr
         close_fee_usd=fees / 2,
         payoff_usd=payoff,
         in_the_money=itm,
+        strike=strike,
+        close_underlying_price=52.0,
     )
 
 
@@ -61,7 +65,9 @@ def _textbook_drawdown(values: list[float]) -> float:
 
 
 def test_sharpe_and_sortino_are_annualised_with_sqrt_of_periods() -> None:
-    rets = [EQUITY[i] / EQUITY[i - 1] - 1.0 for i in range(1, len(EQUITY))]
+    # Measured from the coins held at the start (HODL's first value), then bar by bar.
+    curve = [HODL[0], *EQUITY]
+    rets = [curve[i] / curve[i - 1] - 1.0 for i in range(1, len(curve))]
     periods = 365 * 6  # 4-hour bars in a 365-day year
     mean = statistics.fmean(rets)
     sharpe = mean / statistics.pstdev(rets) * math.sqrt(periods)
@@ -106,8 +112,10 @@ def test_trade_statistics_count_and_sum_trades() -> None:
 def test_flat_curve_and_no_trades() -> None:
     flat = pd.Series([100.0] * 8, index=IDX)
     m = portfolio_metrics(flat, flat, pd.Series(SPOT, index=IDX), [], HOUR)
-    assert m["sharpe"] == 0.0 and m["sortino"] == 0.0 and m["max_drawdown_pct"] == 0.0
-    assert m["n_trades"] == 0.0 and m["itm_share"] == 0.0 and m["win_rate_vs_hodl"] == 0.0
+    # No variation and no trades: the ratios and trade shares are undefined (NaN), never 0.
+    assert math.isnan(m["sharpe"]) and math.isnan(m["sortino"]) and m["max_drawdown_pct"] == 0.0
+    assert m["n_trades"] == 0.0
+    assert math.isnan(m["itm_share"]) and math.isnan(m["win_rate_vs_hodl"])
     assert max_drawdown_pct([]) == 0.0
     # a total loss annualises to -100%
     ruin = pd.Series([100.0, 50.0, 0.0], index=IDX[:3])
@@ -134,12 +142,15 @@ def test_short_and_degenerate_curves() -> None:
     assert portfolio_metrics(empty, empty, empty, [], HOUR) == {}
     one = pd.Series([100.0], index=IDX[:1])
     m1 = portfolio_metrics(one, one, spot[:1], [], HOUR)
-    assert m1["final_pnl_usd"] == 0.0 and m1["sharpe"] == 0.0 and m1["sortino"] == 0.0
-    # one falling bar: no spread of returns (Sharpe 0) but a full downside (Sortino -sqrt(p))
+    assert m1["final_pnl_usd"] == 0.0 and math.isnan(m1["sharpe"]) and math.isnan(m1["sortino"])
+    # one falling bar after the start: returns [0, -1%] from the coins held at the start
     two = pd.Series([100.0, 99.0], index=IDX[:2])
     m2 = portfolio_metrics(two, two, spot[:2], [], pd.Timedelta(hours=4))
-    assert m2["sharpe"] == 0.0
-    assert m2["sortino"] == pytest.approx(-math.sqrt(365 * 6))
+    rets = [0.0, -0.01]
+    mean = statistics.fmean(rets)
+    assert m2["sharpe"] == pytest.approx(mean / statistics.pstdev(rets) * math.sqrt(365 * 6))
+    downside = math.sqrt(sum(r * r for r in rets) / 2)
+    assert m2["sortino"] == pytest.approx(mean / downside * math.sqrt(365 * 6))
     # equity below zero: the annualized figure is a total loss, not a complex number
     days = pd.date_range("2024-01-01", periods=3, freq="1D", tz="UTC")  # 365 / 2: fractional
     neg = pd.Series([100.0, 20.0, -50.0], index=days)
