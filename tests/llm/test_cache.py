@@ -77,12 +77,19 @@ def test_store_survives_reopening_and_never_evicts(tmp_path: Path) -> None:
         assert cache.get_or_compute(_payload(), _answer).source == "cache"
 
 
-def test_empty_answers_are_not_stored(tmp_path: Path) -> None:
+def test_empty_refused_and_truncated_answers_are_stored(tmp_path: Path) -> None:
+    # What the provider said is cached, whatever it was: a replay must not pay for it again.
+    empty = CachedResponse(text="", content_null=True, finish_reason="length", reasoning="hmm")
+    refused = CachedResponse(text="", refusal="I can't help with that.", finish_reason="stop")
     with ResponseCache(tmp_path) as cache:
-        assert cache.get_or_compute(_payload(), lambda: _answer(text="  ")).source == "live"
-        assert len(cache) == 0
-        assert cache.get_or_compute(_payload(), _answer).source == "live"
-        assert len(cache) == 1
+        for i, entry in enumerate((empty, refused, _answer(text="  "))):
+            assert cache.get_or_compute(_payload(content=f"q{i}"), lambda e=entry: e).source == "live"
+        assert len(cache) == 3
+        stored = cache.get_or_compute(_payload(content="q0"), lambda: pytest.fail("cached"))
+        assert stored.hit and stored.entry.content is None
+        assert stored.entry.finish_reason == "length" and stored.entry.reasoning == "hmm"
+        again = cache.get_or_compute(_payload(content="q1"), lambda: pytest.fail("cached"))
+        assert again.entry.refusal == "I can't help with that." and again.entry.content == ""
 
 
 def test_failed_computations_are_not_stored(tmp_path: Path) -> None:
