@@ -14,6 +14,8 @@ that still fails after its retries is recorded as an error and the decision is D
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,7 +24,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from harness.llm.anonymize import Anchor, AnonymizedView, PlainView
 from harness.llm.cache import (
@@ -36,6 +45,8 @@ from harness.llm.cache import (
 )
 from harness.llm.client import (
     DEFAULT_API_KEY_ENV,
+    MASK,
+    ChatChoice,
     ChatClient,
     ChatRequest,
     ChatResponse,
@@ -44,6 +55,7 @@ from harness.llm.client import (
 )
 from harness.llm.contract import AnswerCheck, response_format_for, validate_answer
 from harness.llm.cost import PriceTable, Usage
+from harness.llm.model_family import infer_reasoning_model
 from harness.llm.prompts import PromptTemplate, build_context, load_prompt
 from harness.llm.ratelimit import RateLimiter
 from harness.llm.retry import RetryPolicy
@@ -51,8 +63,28 @@ from harness.state import DecisionState
 from harness.timestamps import TimestampLike, to_utc
 from harness.types import CallCandidate
 
+log = logging.getLogger("harness.llm")
+
 Policy = Callable[[DecisionState, Sequence[CallCandidate]], CallCandidate | None]
 BUILTIN_ON_INVALID = ("do_nothing", "retry")
+
+
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_HIDDEN = "<hidden: not an environment variable name>"
+REASONING_MAX_TOKENS = 8000  # default budget of reasoning models: reasoning counts against it
+# Request fields the harness sets itself; `extra_body` must not override them silently.
+_OWN_FIELDS = {
+    "model": "model",
+    "messages": "prompt",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "max_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens",
+    "response_format": "structured_output",
+    "n": "samples",
+    "reasoning_effort": "reasoning_effort",
+}
 
 
 class LLMPolicyConfig(BaseModel):
@@ -70,9 +102,23 @@ class LLMPolicyConfig(BaseModel):
     temperature: float | None = Field(0.0, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, description="Sent as seed + sample index when set.")
-    max_tokens: int | None = Field(400, ge=1, description="Answer token budget.")
-    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    max_tokens: int | None = Field(
+        400, ge=1, description=f"Answer token budget ({REASONING_MAX_TOKENS} for reasoning models)."
+    )
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = Field(
+        None, description="None: max_completion_tokens for reasoning models, else max_tokens."
+    )
+    reasoning_model: bool | None = Field(
+        None, description="None: inferred from the model name (o1/o3/o4/gpt-5 families)."
+    )
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     samples: int = Field(1, ge=1, le=64, description="Answers per decision, majority vote.")
+    sample_with_n: bool = Field(
+        True, description="Ask for all samples in one request (`n`); separate requests if not."
+    )
+    min_vote_share: float = Field(
+        0.0, ge=0, le=1, description="Share of valid votes a SELL needs, else DO_NOTHING."
+    )
     on_invalid: str = Field(
         "do_nothing", min_length=1, description="do_nothing | retry | <rule policy name>."
     )
@@ -86,8 +132,19 @@ class LLMPolicyConfig(BaseModel):
     initial_backoff_s: float = Field(1.0, ge=0)
     max_backoff_s: float = Field(30.0, ge=0)
     max_retry_after_s: float = Field(120.0, ge=0)
-    structured_output: bool = Field(
-        True, description="Ask with a strict JSON-schema response_format (auto fallback)."
+    structured_output: bool | Literal["json_schema", "json_object"] = Field(
+        True,
+        description="true/json_schema: strict schema; json_object: JSON mode; false: none "
+        "(a request steps down when the server rejects the field).",
+    )
+    extra_headers: dict[str, str] = Field(
+        default_factory=dict, description="Sent with every request; values masked when written."
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="Merged into every request body (provider options)."
+    )
+    extra_query: dict[str, str] = Field(
+        default_factory=dict, description="URL query parameters, e.g. Azure api-version."
     )
     anonymize: bool = Field(False, description="Relative days, indexed prices, aliases.")
     cache_mode: CacheMode = "read_write"
@@ -98,11 +155,69 @@ class LLMPolicyConfig(BaseModel):
     prices_path: str | None = Field(None, description="Override file for model prices.")
     name: str | None = Field(None, description="Policy name in reports.")
 
-    @model_validator(mode="after")
-    def _check(self) -> LLMPolicyConfig:
-        if self.api_key_env is not None and not self.api_key_env.strip():
-            raise ValueError("api_key_env must be an environment variable name or null")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_pasted_key(cls, data: Any) -> Any:
+        # A key pasted where the variable name belongs must not be echoed by the error message
+        # (pydantic prints the input value), so the value is replaced before it is checked.
+        if isinstance(data, dict):
+            value = data.get("api_key_env")
+            if isinstance(value, str) and not ENV_NAME.fullmatch(value):
+                data = {**data, "api_key_env": _HIDDEN}
+        return data
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "api_key_env must be the NAME of the environment variable holding the key "
+                "(capitals, digits and underscores, like OPENAI_API_KEY), or null for a server "
+                "that needs no key; the value given is not shown in case it is the key itself"
+            )
+        return value
+
+    @field_validator("extra_body")
+    @classmethod
+    def _own_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(set(value) & set(_OWN_FIELDS))
+        if clash:
+            fields = ", ".join(f"{k!r} (use `{_OWN_FIELDS[k]}`)" for k in clash)
+            raise ValueError(f"extra_body must not set {fields}")
+        return value
+
+    @field_serializer("extra_headers")
+    def _mask_headers(self, value: dict[str, str]) -> dict[str, str]:
+        # Header values can carry keys: every dump (config.yaml, manifest, reports) masks them.
+        return {name: MASK for name in value}
+
+    @property
+    def is_reasoning_model(self) -> bool:
+        """`reasoning_model`, else inferred from the model name."""
+        if self.reasoning_model is not None:
+            return self.reasoning_model
+        return infer_reasoning_model(self.model)
+
+    @property
+    def token_param(self) -> str:
+        """The request field carrying the token budget."""
+        if self.max_tokens_param is not None:
+            return self.max_tokens_param
+        return "max_completion_tokens" if self.is_reasoning_model else "max_tokens"
+
+    @property
+    def token_budget(self) -> int | None:
+        """`max_tokens`, or the reasoning default when it was not set for a reasoning model."""
+        if self.is_reasoning_model and "max_tokens" not in self.model_fields_set:
+            return REASONING_MAX_TOKENS
+        return self.max_tokens
+
+    @property
+    def format_level(self) -> str | None:
+        """json_schema / json_object / None, from `structured_output`."""
+        if self.structured_output is True:
+            return "json_schema"
+        return self.structured_output or None
 
     @property
     def policy_name(self) -> str:
@@ -178,13 +293,26 @@ class LLMRunSummary:
 
 @dataclass(slots=True)
 class _Asked:
-    """One request's outcome inside a decision."""
+    """One answer (a choice of a request) or one failed request inside a decision."""
 
     request: ChatRequest
     lookup: CacheLookup | None = None
     error: str | None = None
-    calls: int = 0
+    error_kind: str | None = None
+    calls: int = 0  # HTTP requests, counted on the request's first choice only
     check: AnswerCheck | None = None
+    choice_index: int = 0
+    superseded: bool = False  # a failed `n` request whose samples were asked one by one
+
+    @property
+    def sample(self) -> int:
+        """Vote index of this answer."""
+        return self.request.sample_index + self.choice_index
+
+    @property
+    def choice(self) -> ChatChoice | None:
+        """The answer, None for a failed request."""
+        return self.lookup.entry.choice(self.choice_index) if self.lookup is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +320,8 @@ class _Plan:
     time: pd.Timestamp
     messages: tuple[tuple[str, str], ...]
     names: dict[str, str]  # shown name -> real instrument name
-    requests: tuple[ChatRequest, ...]  # one per sample
+    response_format: str | None  # canonical JSON of the response_format asked for
+    requests: tuple[ChatRequest, ...]  # one per sample, or one asking for `n` samples
     payloads: tuple[dict[str, Any], ...]  # their cache-key payloads
     keys: tuple[str, ...]  # their cache keys
 
@@ -273,7 +402,12 @@ class LLMPolicy:
             ),
             rate_limiter=RateLimiter(config.requests_per_minute, config.tokens_per_minute),
             max_concurrency=config.max_concurrency,
+            extra_headers=config.extra_headers,
+            extra_query=config.extra_query,
         )
+        self._extra_body = canonical_json(config.extra_body) if config.extra_body else None
+        self._warned_n = False
+        self._warn_settings()
         self._owns_cache = cache is None and self.cache_mode != "off"
         self.cache = ResponseCache(config.cache_dir) if self._owns_cache else cache
         self._anchor: Anchor | None = None
@@ -284,6 +418,28 @@ class LLMPolicy:
 
     def __repr__(self) -> str:
         return f"LLMPolicy(name={self.name!r}, prompt_id={self.prompt_id!r})"
+
+    def _warn_settings(self) -> None:
+        cfg = self.config
+        greedy = cfg.temperature == 0 and not cfg.is_reasoning_model
+        if cfg.samples > 1 and greedy and cfg.seed is None:
+            log.warning(
+                "%s: samples=%d at temperature 0 without a seed: the samples are the same "
+                "greedy answer, so the vote adds cost and no information; set a temperature "
+                "> 0 (and a seed to make them reproducible)",
+                self.name,
+                cfg.samples,
+            )
+        if cfg.is_reasoning_model:
+            set_here = {"temperature", "top_p"} & cfg.model_fields_set
+            if any(getattr(cfg, f) is not None for f in set_here):
+                log.warning(
+                    "%s: %s is a reasoning model: %s not sent (these models accept only the "
+                    "default); set `reasoning_model: false` if the server takes it",
+                    self.name,
+                    cfg.model,
+                    " and ".join(sorted(set_here)),
+                )
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -297,11 +453,7 @@ class LLMPolicy:
         plan = self._plan(state, candidates)
         record = self._memo.get(plan.key)
         if record is None:
-            started = time.perf_counter()
-            asked = [self._ask(r, plan.time, p, k) for r, p, k in plan.asks()]
-            retries = self._retry_requests(plan, asked)
-            asked += [self._ask(r, plan.time) for r in retries]
-            record = self._conclude(plan, asked, state, candidates, started)
+            record = self._decide(plan, state, candidates)
         return self._choice(record, state, candidates)
 
     def prefetch(
@@ -386,59 +538,109 @@ class LLMPolicy:
         system, user = self.template.render(context)
         messages = (("system", system), ("user", user))
         cfg = self.config
+        level = cfg.format_level
         response_format = (
-            canonical_json(response_format_for(list(names))) if cfg.structured_output else None
+            canonical_json(response_format_for(list(names)))
+            if level == "json_schema"
+            else canonical_json({"type": "json_object"})
+            if level == "json_object"
+            else None
         )
-        requests = tuple(
-            ChatRequest(
-                model=cfg.model,
-                messages=messages,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                # Distinct seeds per sample: with a fixed seed k samples would be k copies.
-                seed=None if cfg.seed is None else cfg.seed + i,
-                max_tokens=cfg.max_tokens,
-                max_tokens_param=cfg.max_tokens_param,
-                response_format=response_format,
-                sample_index=i,
+        if cfg.samples > 1 and cfg.sample_with_n:
+            requests: tuple[ChatRequest, ...] = (
+                self._request(messages, response_format, sample=0, n=cfg.samples),
             )
-            for i in range(cfg.samples)
-        )
-        payloads = tuple(r.key_payload(self.client.base_url) for r in requests)
+        else:
+            requests = tuple(
+                self._request(messages, response_format, sample=i) for i in range(cfg.samples)
+            )
+        payloads = tuple(self.client.key_payload(r) for r in requests)
         keys = tuple(cache_key(p) for p in payloads)
-        return _Plan(when, messages, names, requests, payloads, keys)
+        return _Plan(when, messages, names, response_format, requests, payloads, keys)
+
+    def _request(
+        self,
+        messages: tuple[tuple[str, str], ...],
+        response_format: str | None,
+        *,
+        sample: int,
+        n: int = 1,
+        attempt: int = 0,
+    ) -> ChatRequest:
+        """The request for vote `sample` (or `n` votes from `sample` on), retry `attempt`."""
+        cfg = self.config
+        reasoning = cfg.is_reasoning_model
+        return ChatRequest(
+            model=cfg.model,
+            messages=messages,
+            # OpenAI reasoning models reject any temperature/top_p but the default.
+            temperature=None if reasoning else cfg.temperature,
+            top_p=None if reasoning else cfg.top_p,
+            # Distinct seeds per sample: with a fixed seed k samples would be k copies.
+            seed=None if cfg.seed is None else cfg.seed + sample,
+            max_tokens=cfg.token_budget,
+            max_tokens_param=cfg.token_param,
+            response_format=response_format,
+            sample_index=sample,
+            n=n,
+            reasoning_effort=cfg.reasoning_effort,
+            extra_body=self._extra_body,
+            attempt=attempt,
+        )
+
+    def _missing_samples(self, plan: _Plan, asked: list[_Asked]) -> list[ChatRequest]:
+        """Separate requests for the votes an `n` request did not bring back."""
+        samples = self.config.samples
+        if plan.requests[0].n == 1:
+            return []
+        got = {a.sample for a in asked if a.lookup is not None}
+        rejected = [a for a in asked if a.error_kind == "bad_request" and _names_n(a.error)]
+        if not got and not rejected:
+            return []  # the request failed like any other: recorded as an error
+        for a in rejected:
+            a.superseded = True
+        if len(got) < samples and not self._warned_n:
+            self._warned_n = True
+            log.info(
+                "%s: %s returned %d of %d choices for `n`; the other samples are asked one "
+                "by one (set `sample_with_n: false` to skip the `n` request)",
+                self.name,
+                self.client.base_url,
+                len(got),
+                samples,
+            )
+        return [
+            self._request(plan.messages, plan.response_format, sample=i)
+            for i in range(samples)
+            if i not in got
+        ]
 
     def _retry_requests(self, plan: _Plan, asked: list[_Asked]) -> list[ChatRequest]:
         if self.config.on_invalid != "retry":
             return []
         out = []
         for a in asked:
+            if a.lookup is None or a.request.attempt >= 1:
+                continue
             a.check = self._check(a, plan)
-            if a.lookup is None or a.check.valid:
+            if a.check.valid:
                 continue
             names = ", ".join(plan.names)
             feedback = (
                 f"Your answer was invalid: {a.check.reason}. Reply again with exactly one JSON "
-                f'object: {{"action": "SELL_CALL", "instrument_name": <one of: {names}>, '
-                f'"rationale": "..."}} or {{"action": "DO_NOTHING", "instrument_name": null, '
-                f'"rationale": "..."}}.'
+                f'object: {{"analysis": "...", "action": "SELL_CALL", "instrument_name": <one '
+                f'of: {names}>, "rationale": "..."}} or {{"analysis": "...", "action": '
+                f'"DO_NOTHING", "instrument_name": null, "rationale": "..."}}.'
             )
+            text = a.choice.text if a.choice is not None else ""
             messages = (
                 *plan.messages,
-                ("assistant", a.lookup.entry.text or "(empty answer)"),
+                ("assistant", text or "(empty answer)"),
                 ("user", feedback),
             )
             out.append(
-                ChatRequest(
-                    model=a.request.model,
-                    messages=messages,
-                    temperature=a.request.temperature,
-                    top_p=a.request.top_p,
-                    seed=a.request.seed,
-                    max_tokens=a.request.max_tokens,
-                    max_tokens_param=a.request.max_tokens_param,
-                    response_format=a.request.response_format,
-                    sample_index=a.request.sample_index,
+                self._request(
+                    messages, plan.response_format, sample=a.sample, attempt=a.request.attempt + 1
                 )
             )
         return out
@@ -446,15 +648,8 @@ class LLMPolicy:
     # -- asking --------------------------------------------------------------------------------
 
     def _entry(self, response: ChatResponse) -> CachedResponse:
-        return CachedResponse(
-            text=response.text,
-            finish_reason=response.finish_reason,
-            usage=response.usage,
-            cost_usd=self.prices.cost_usd(self.config.model, response.usage),
-            latency_s=response.latency_s,
-            attempts=response.attempts,
-            schema_fallback=response.schema_fallback,
-            response=response.raw,
+        return CachedResponse.from_response(
+            response, self.prices.cost_usd(self.config.model, response.usage)
         )
 
     def _miss(self, when: pd.Timestamp) -> CacheMissError:
@@ -464,18 +659,27 @@ class LLMPolicy:
             f"{self.cache.directory if self.cache else ''} is read_only"
         )
 
-    def _account(self, asked: _Asked) -> _Asked:
-        if asked.lookup is not None:
-            entry = asked.lookup.entry
-            if asked.lookup.hit:
-                self._totals.served += 1
-                self._totals.saved += entry.cost_usd
-            else:
-                asked.calls = entry.attempts
-                self._totals.usage += entry.usage
-                self._totals.cost += entry.cost_usd
-        self._totals.calls += asked.calls
-        return asked
+    def _answers(self, request: ChatRequest, lookup: CacheLookup) -> list[_Asked]:
+        """One `_Asked` per choice of `lookup` (at most `request.n`), accounted once."""
+        entry = lookup.entry
+        calls = 0
+        if lookup.hit:
+            self._totals.served += 1
+            self._totals.saved += entry.cost_usd
+        else:
+            calls = entry.attempts
+            self._totals.usage += entry.usage
+            self._totals.cost += entry.cost_usd
+        self._totals.calls += calls
+        count = max(1, min(entry.n_choices, request.n))
+        return [
+            _Asked(request, lookup=lookup, calls=calls if i == 0 else 0, choice_index=i)
+            for i in range(count)
+        ]
+
+    def _failed(self, request: ChatRequest, exc: LLMCallError) -> list[_Asked]:
+        self._totals.calls += exc.attempts
+        return [_Asked(request, error=str(exc), error_kind=exc.kind, calls=exc.attempts)]
 
     def _ask(
         self,
@@ -483,8 +687,8 @@ class LLMPolicy:
         when: pd.Timestamp,
         payload: dict[str, Any] | None = None,
         key: str | None = None,
-    ) -> _Asked:
-        payload = payload or request.key_payload(self.client.base_url)
+    ) -> list[_Asked]:
+        payload = payload or self.client.key_payload(request)
 
         def compute() -> CachedResponse:
             return self._entry(self.client.complete(request))
@@ -497,8 +701,8 @@ class LLMPolicy:
         except CacheMissError:
             raise self._miss(when) from None
         except LLMCallError as exc:
-            return self._account(_Asked(request, error=str(exc), calls=exc.attempts))
-        return self._account(_Asked(request, lookup=lookup))
+            return self._failed(request, exc)
+        return self._answers(request, lookup)
 
     async def _aask(
         self,
@@ -506,8 +710,8 @@ class LLMPolicy:
         when: pd.Timestamp,
         payload: dict[str, Any] | None = None,
         key: str | None = None,
-    ) -> _Asked:
-        payload = payload or request.key_payload(self.client.base_url)
+    ) -> list[_Asked]:
+        payload = payload or self.client.key_payload(request)
 
         async def compute() -> CachedResponse:
             return self._entry(await self.client.acomplete(request))
@@ -522,19 +726,36 @@ class LLMPolicy:
         except CacheMissError:
             raise self._miss(when) from None
         except LLMCallError as exc:
-            return self._account(_Asked(request, error=str(exc), calls=exc.attempts))
-        return self._account(_Asked(request, lookup=lookup))
+            return self._failed(request, exc)
+        return self._answers(request, lookup)
+
+    def _decide(
+        self, plan: _Plan, state: DecisionState, candidates: Sequence[CallCandidate]
+    ) -> LLMDecisionRecord:
+        started = time.perf_counter()
+        asked = [a for r, p, k in plan.asks() for a in self._ask(r, plan.time, p, k)]
+        for request in self._missing_samples(plan, asked):
+            asked += self._ask(request, plan.time)
+        for request in self._retry_requests(plan, asked):
+            asked += self._ask(request, plan.time)
+        return self._conclude(plan, asked, state, candidates, started)
 
     async def _adecide(
         self, plan: _Plan, state: DecisionState, candidates: Sequence[CallCandidate]
     ) -> LLMDecisionRecord:
         started = time.perf_counter()
-        asked = list(
-            await asyncio.gather(*(self._aask(r, plan.time, p, k) for r, p, k in plan.asks()))
-        )
+
+        async def ask_all(requests: Sequence[tuple[ChatRequest, Any, Any]]) -> list[_Asked]:
+            done = await asyncio.gather(*(self._aask(r, plan.time, p, k) for r, p, k in requests))
+            return [a for group in done for a in group]
+
+        asked = await ask_all(list(plan.asks()))
+        missing = self._missing_samples(plan, asked)
+        if missing:
+            asked += await ask_all([(r, None, None) for r in missing])
         retries = self._retry_requests(plan, asked)
         if retries:
-            asked += await asyncio.gather(*(self._aask(r, plan.time) for r in retries))
+            asked += await ask_all([(r, None, None) for r in retries])
         return self._conclude(plan, asked, state, candidates, started)
 
     async def _aprefetch(
@@ -574,8 +795,12 @@ class LLMPolicy:
 
     def _check(self, asked: _Asked, plan: _Plan) -> AnswerCheck:
         if asked.check is None:
-            text = asked.lookup.entry.text if asked.lookup is not None else None
-            asked.check = validate_answer(text, list(plan.names))
+            choice = asked.choice
+            check = validate_answer(choice.text if choice is not None else None, list(plan.names))
+            if not check.valid and choice is not None and asked.lookup is not None:
+                reason = _why_invalid(check.reason or "invalid", choice, asked)
+                check = AnswerCheck(False, reason=reason)
+            asked.check = check
         return asked.check
 
     def _conclude(
@@ -587,13 +812,14 @@ class LLMPolicy:
         started: float,
     ) -> LLMDecisionRecord:
         samples = self.config.samples
+        note = ""
         by_sample: dict[int, list[_Asked]] = {}
         for a in asked:
-            by_sample.setdefault(a.request.sample_index, []).append(a)
+            by_sample.setdefault(a.sample, []).append(a)
         votes: Counter[str | None] = Counter()
         rationale: dict[str | None, str] = {}
         reasons: list[str] = []
-        errors = [a.error for a in asked if a.error is not None]
+        errors = [a.error for a in asked if a.error is not None and not a.superseded]
         for group in by_sample.values():
             answered = [a for a in group if a.lookup is not None]
             for a in answered:
@@ -620,6 +846,13 @@ class LLMPolicy:
             tied = [c for c in votes if votes[c] == top]
             # Ties go to DO_NOTHING: selling is the action that needs a majority.
             shown = None if None in tied else tied[0]
+            share = top / sum(votes.values())
+            if shown is not None and share < self.config.min_vote_share:
+                note = (
+                    f"SELL {plan.names.get(shown, shown)} had {share:.0%} of the valid votes, "
+                    f"under min_vote_share {self.config.min_vote_share:.0%}"
+                )
+                shown = None
             action = "DO_NOTHING" if shown is None else "SELL_CALL"
         # The rule fallback replaces invalid answers; a decision with only transport errors is
         # DO_NOTHING (the model was never heard).
@@ -632,14 +865,16 @@ class LLMPolicy:
             instrument = pick.instrument_name if pick is not None else None
             action = "SELL_CALL" if pick is not None else "DO_NOTHING"
 
-        lookups = [a.lookup for a in asked if a.lookup is not None]
+        answers = [a for a in asked if a.choice is not None]
+        # An `n` request's choices share one lookup: its usage and cost count once.
+        lookups = list({id(a.lookup): a.lookup for a in answers if a.lookup}.values())
         usage = sum((lk.entry.usage for lk in lookups), Usage())
         record = LLMDecisionRecord(
             decision_time=plan.time,
             policy=self.name,
             model=self.config.model,
             prompt_id=self.prompt_id,
-            raw_answers=tuple(lk.entry.text for lk in lookups),
+            raw_answers=tuple(a.choice.text for a in answers if a.choice is not None),
             action=action,
             instrument_name=instrument,
             rationale=rationale.get(shown, "") if valid else "",
@@ -659,6 +894,7 @@ class LLMPolicy:
             cost_usd=sum(lk.entry.cost_usd for lk in lookups if not lk.hit),
             cost_usd_saved=sum(lk.entry.cost_usd for lk in lookups if lk.hit),
             latency_s=time.perf_counter() - started,
+            note=note,
         )
         self._store(plan.key, record)
         return record
@@ -706,6 +942,38 @@ class LLMPolicy:
             if c.instrument_name == record.instrument_name:
                 return c
         return None
+
+
+_N_PARAM = re.compile(r"['\"`]n['\"`]|\bn\s*(must|should|is|:|=|>)", re.IGNORECASE)
+
+
+def _names_n(error: str | None) -> bool:
+    """True when a 400's text is about the `n` parameter (the server takes one choice only)."""
+    return bool(error and _N_PARAM.search(error))
+
+
+def _why_invalid(reason: str, choice: ChatChoice, asked: _Asked) -> str:
+    """The invalid reason, with what the provider said about why the answer is missing."""
+    if choice.refusal:
+        return f"the model refused: {choice.refusal[:300]}"
+    request = asked.request
+    if choice.finish_reason == "length":
+        budget = (
+            f"raise `max_tokens` in the policy config (sent as {request.max_tokens_param}="
+            f"{request.max_tokens})"
+        )
+        if reason in ("empty answer", "no answer after the reasoning"):
+            entry = asked.lookup.entry if asked.lookup is not None else None
+            spent = (
+                " by reasoning" if choice.reasoning or (entry and entry.reasoning_tokens) else ""
+            )
+            return (
+                f"no answer: the token limit was used up{spent} (finish_reason: length); {budget}"
+            )
+        return f"answer truncated at the token limit (finish_reason: length; {reason}); {budget}"
+    if choice.finish_reason == "content_filter":
+        return f"the provider's content filter stopped the answer ({reason})"
+    return reason
 
 
 class _Progress:

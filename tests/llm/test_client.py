@@ -160,17 +160,18 @@ def test_non_json_body_is_retried_then_reported(server: ScriptedServer, api_key:
         _client(server).complete(REQUEST)
 
 
-def test_server_without_json_schema_support(api_key: str) -> None:
+def test_server_without_json_schema_support_steps_down_per_request(api_key: str) -> None:
     with ScriptedServer(supports_json_schema=False) as server:
         client = _client(server)
         first = client.complete(REQUEST)
         assert first.schema_fallback and first.attempts == 2
-        assert client.schema_unsupported
+        assert first.response_format_used == "json_object"
+        assert first.request_params["response_format"] == {"type": "json_object"}
+        # Per request: the next one asks for the schema again (nothing is switched off).
         second = client.complete(REQUEST)
-        assert second.schema_fallback and second.attempts == 1
-        # One rejected request, then the format is no longer sent.
-        formats = [r.get("response_format") for r in server.requests]
-        assert formats[0]["type"] == "json_schema" and formats[1:] == [None, None]
+        assert second.schema_fallback and second.attempts == 2
+        formats = [(r.get("response_format") or {}).get("type") for r in server.requests]
+        assert formats == ["json_schema", "json_object"] * 2
 
 
 def test_missing_key_is_unavailable_and_none_uses_a_placeholder(
