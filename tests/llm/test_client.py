@@ -251,3 +251,16 @@ def test_rate_limiter_spaces_requests_and_tokens() -> None:
     assert limiter.reserve(tokens=400) == pytest.approx(0.0)
     assert not RateLimiter().enabled and RateLimiter().reserve(10**9) == 0.0
     assert estimate_tokens([{"role": "user", "content": "x" * 400}], 50) == 100 + 4 + 50
+
+
+def test_http_library_is_the_one_the_installed_sdk_uses() -> None:
+    import importlib
+
+    from harness.llm import client as client_module
+
+    base = importlib.import_module("openai._base_client")
+    http = client_module._httpx
+    assert http.__name__ in ("httpx", "httpx2") and getattr(base, http.__name__) is http
+    made = client_module._http_client(asynchronous=False)
+    assert isinstance(made, http.Client)
+    made.close()
