@@ -70,7 +70,9 @@ class CachedResponse(BaseModel):
     attempts: int = 1
     schema_fallback: bool = False
     response_format_used: str | None = None
-    request_params: dict[str, Any] = {}  # what was sent besides model and messages (no key)
+    # What was sent besides model and messages (see `sent_params`: the response_format is
+    # left out here when it is the one in the key payload).
+    request_params: dict[str, Any] = {}
     response: dict[str, Any] = {}
     created_at: str = ""
     format: int = ENTRY_FORMAT
@@ -84,6 +86,16 @@ class CachedResponse(BaseModel):
     def content(self) -> str | None:
         """Content of the first choice as received (None when the server sent null)."""
         return None if self.content_null else self.text
+
+    @property
+    def sent_params(self) -> dict[str, Any]:
+        """The request parameters sent besides model and messages (no key, header values
+        never): `request_params` with the response_format restored when it was stored only
+        once, in the key payload."""
+        params = dict(self.request_params)
+        if self.response_format_used is not None and "response_format" not in params:
+            params["response_format"] = self.key_payload.get("response_format")
+        return params
 
     @property
     def n_choices(self) -> int:
@@ -288,7 +300,14 @@ class ResponseCache:
     def _finish(
         self, key: str, payload: Mapping[str, Any], entry: CachedResponse, mode: CacheMode
     ) -> CachedResponse:
-        entry = entry.model_copy(update={"key": key, "key_payload": dict(payload)})
+        update: dict[str, Any] = {"key": key, "key_payload": dict(payload)}
+        params = entry.request_params
+        if "response_format" in params and params["response_format"] == payload.get(
+            "response_format"
+        ):
+            # The schema is the bulk of an entry; the key payload already holds it.
+            update["request_params"] = {k: v for k, v in params.items() if k != "response_format"}
+        entry = entry.model_copy(update=update)
         if not entry.created_at:
             entry = entry.model_copy(update={"created_at": datetime.now(UTC).isoformat()})
         if mode != "off":

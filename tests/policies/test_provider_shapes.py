@@ -136,12 +136,13 @@ def test_what_each_shape_leaves_in_the_cache_entry(tmp_path: Path, api_key: str)
     entry, srv = entry_for("openai_strict")
     assert entry.finish_reason == "stop" and entry.refusal is None and entry.reasoning is None
     assert entry.usage.prompt_tokens == 812 and entry.usage_reported
-    assert entry.request_params["response_format"]["json_schema"]["strict"] is True
+    assert entry.sent_params["response_format"]["json_schema"]["strict"] is True
+    assert "response_format" not in entry.request_params  # stored once, in the key payload
     assert entry.response["system_fingerprint"] == "fp_0ba0d124f1"
 
     entry, srv = entry_for("vllm_no_response_format")
     assert entry.schema_fallback and entry.response_format_used is None
-    assert "response_format" not in entry.request_params
+    assert "response_format" not in entry.sent_params
     formats = [(r.get("response_format") or {}).get("type") for r in srv.requests]
     assert formats == ["json_schema", "json_object", None]
 
