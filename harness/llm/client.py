@@ -348,8 +348,8 @@ def names_structured_output(exc: BaseException) -> bool:
     """True for a 400/422 whose text is about `response_format` / JSON schema support."""
     if not isinstance(exc, openai.APIStatusError) or exc.status_code not in (400, 422):
         return False
-    text = f"{server_reason(exc)} {exc.body!r}"
-    return bool(_NAMES_STRUCTURED_OUTPUT.search(text))
+    # Only the server's message: bodies that echo the request would always name the field.
+    return bool(_NAMES_STRUCTURED_OUTPUT.search(server_reason(exc)))
 
 
 def _format_body(level: str | None, requested: str | None) -> dict[str, Any] | None:

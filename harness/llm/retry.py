@@ -172,6 +172,14 @@ def server_reason(exc: BaseException) -> str:
         return f"connection error: {exc.__cause__ or exc}"
     if isinstance(exc, openai.APIStatusError):
         body = exc.body
+        if isinstance(body, dict) and isinstance(body.get("detail"), list):
+            # FastAPI-style validation errors: where and what, not the echoed input.
+            items = [d for d in body["detail"] if isinstance(d, dict)]
+            text = "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', '')}" for d in items
+            )
+            if text:
+                return text[:500]
         if isinstance(body, dict):
             message = body.get("message") or body.get("detail") or body.get("error")
             code = body.get("code")

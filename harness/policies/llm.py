@@ -138,7 +138,9 @@ class LLMPolicyConfig(BaseModel):
         "(a request steps down when the server rejects the field).",
     )
     extra_headers: dict[str, str] = Field(
-        default_factory=dict, description="Sent with every request; values masked when written."
+        default_factory=dict,
+        description="Sent with every request; values masked when written.",
+        repr=False,
     )
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description="Merged into every request body (provider options)."

@@ -83,7 +83,9 @@ def test_empty_refused_and_truncated_answers_are_stored(tmp_path: Path) -> None:
     refused = CachedResponse(text="", refusal="I can't help with that.", finish_reason="stop")
     with ResponseCache(tmp_path) as cache:
         for i, entry in enumerate((empty, refused, _answer(text="  "))):
-            assert cache.get_or_compute(_payload(content=f"q{i}"), lambda e=entry: e).source == "live"
+            assert (
+                cache.get_or_compute(_payload(content=f"q{i}"), lambda e=entry: e).source == "live"
+            )
         assert len(cache) == 3
         stored = cache.get_or_compute(_payload(content="q0"), lambda: pytest.fail("cached"))
         assert stored.hit and stored.entry.content is None

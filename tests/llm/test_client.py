@@ -12,6 +12,7 @@ from harness.llm.client import (
     PLACEHOLDER_API_KEY,
     ChatClient,
     ChatRequest,
+    LLMBadRequest,
     LLMCallError,
     LLMUnavailable,
 )
@@ -264,3 +265,27 @@ def test_http_library_is_the_one_the_installed_sdk_uses() -> None:
     made = client_module._http_client(asynchronous=False)
     assert isinstance(made, http.Client)
     made.close()
+
+
+def test_validation_errors_that_echo_the_request_are_not_a_schema_rejection(
+    server: ScriptedServer, api_key: str
+) -> None:
+    # A FastAPI-style 422 about temperature whose `input` echoes the whole request body.
+    echo = {
+        "detail": [
+            {
+                "loc": ["body", "temperature"],
+                "msg": "Input should be less than or equal to 2",
+                "input": {"response_format": {"type": "json_schema"}, "temperature": 9},
+            }
+        ]
+    }
+    server.enqueue(raw_body(json.dumps(echo), "application/json", code=422))
+    with pytest.raises(LLMBadRequest, match=r"body\.temperature: Input should be") as err:
+        _client(server).complete(REQUEST)
+    assert server.request_count == 1 and "input" not in err.value.reason
+    # One that names the field in its message does step down.
+    vllm = {"object": "error", "message": "response_format json_schema is not supported"}
+    server.enqueue(raw_body(json.dumps(vllm), "application/json", code=400), do_nothing())
+    response = _client(server).complete(REQUEST)
+    assert response.schema_fallback and response.response_format_used == "json_object"

@@ -289,6 +289,7 @@ def test_extra_headers_body_and_query_reach_the_server_and_headers_stay_masked(
         assert srv.headers[0]["x-proxy-token"] == header_secret
         assert srv.requests[0]["provider"] == {"order": ["Together"], "allow_fallbacks": False}
         assert srv.query[0] == "api-version=2024-10-21"
+        assert header_secret not in repr(policy.config) and header_secret not in repr(policy)
         dumped = json.dumps(policy.config.model_dump(mode="json"))
         assert header_secret not in dumped and '"X-Proxy-Token": "***"' in dumped
         (entry,) = cache.entries()
