@@ -180,3 +180,22 @@ def test_a_400_not_about_structured_output_is_not_a_fallback(
     server.enqueue(answer({"action": "DO_NOTHING", "instrument_name": None}))
     policy(later, make_candidates(later))
     assert server.requests[-1]["response_format"]["type"] == "json_schema"
+
+
+@pytest.mark.parametrize("shape, per_decision", [("openai_strict", 1), ("ollama", 3)])
+def test_prefetch_with_n_and_its_fallback(
+    shape: str, per_decision: int, tmp_path: Path, api_key: str
+) -> None:
+    from tests.llm.fixtures import decisions
+    from tests.llm.provider_emulator import ProviderEmulator
+
+    items = decisions(5)
+    with ProviderEmulator(shape) as srv, ResponseCache(tmp_path / shape) as cache:
+        settings = {"base_url": srv.url, "api_key_env": KEY_ENV, "cache": cache, **FAST}
+        with LLMPolicy(model="m", samples=3, temperature=0.5, seed=1, **settings) as policy:
+            summary = policy.prefetch(items, progress=False)
+            assert srv.request_count == 5 * per_decision == summary.calls_made
+            for state, cands in items:
+                assert policy(state, cands) is cands[0]
+            assert all(r.votes == {r.instrument_name: 3} for r in policy.records)
+            assert srv.request_count == 5 * per_decision
