@@ -1,7 +1,8 @@
 """Benchmark: import a synthetic Tardis `options_chain` CSV into the Parquet store.
 
-Generates Tardis-format files (the real 24-column header, microsecond timestamps, coin prices,
-IVs in percent, empty cells for missing sides) in a temp dir, then imports each in a fresh
+Generates Tardis-format files (the real 24-column header, microsecond timestamps, coin prices
+for BTC inverse options and USDC prices for a quarter of SOL_USDC linear ones, IVs in percent,
+empty cells for missing sides) in a temp dir, then imports each in a fresh
 subprocess so peak memory (max RSS) belongs to the import alone. Prints rows/s and peak RSS for
 two file sizes at the same block size (memory should not grow with the file) and for two block
 sizes. Target: >= 500k rows/s.
@@ -39,11 +40,16 @@ EXPIRY_US = {
 }
 
 
-def make_table(rows: int, seed: int = 7) -> pa.Table:
-    """A day of synthetic BTC options_chain rows in time order (about 600 instruments)."""
+def make_table(rows: int, seed: int = 7, linear_share: float = 0.25) -> pa.Table:
+    """A day of synthetic options_chain rows in time order (about 800 instruments).
+
+    BTC inverse options (coin prices) and, for `linear_share` of the instruments, SOL_USDC
+    linear options (USDC prices), so the import's linear path is measured too.
+    """
     rng = np.random.default_rng(seed)
     strikes = np.arange(6000, 14000 + 1, 250)
-    names, kinds, strike_col, expiry_col = [], [], [], []
+    sol_strikes = np.arange(20, 45 + 1, 1)
+    names, kinds, strike_col, expiry_col, linear_col = [], [], [], [], []
     for expiry in EXPIRIES:
         for k in strikes:
             for letter, kind in (("C", "call"), ("P", "put")):
@@ -51,12 +57,30 @@ def make_table(rows: int, seed: int = 7) -> pa.Table:
                 kinds.append(kind)
                 strike_col.append(float(k))
                 expiry_col.append(EXPIRY_US[expiry])
+                linear_col.append(False)
+    n_sol = round(len(names) * linear_share / max(1e-9, 1.0 - linear_share))
+    sol = [
+        (expiry, k, letter, kind)
+        for expiry in EXPIRIES
+        for k in sol_strikes
+        for letter, kind in (("C", "call"), ("P", "put"))
+    ][:n_sol]
+    for expiry, k, letter, kind in sol:
+        names.append(f"SOL_USDC-{expiry}-{k}-{letter}")
+        kinds.append(kind)
+        strike_col.append(float(k))
+        expiry_col.append(EXPIRY_US[expiry])
+        linear_col.append(True)
     n_inst = len(names)
     inst = rng.integers(0, n_inst, rows)
     ts = START_US + np.sort(rng.integers(0, DAY_US - 1, rows))
-    f = 9700.0 + np.cumsum(rng.normal(0, 0.5, rows))
+    linear = np.asarray(linear_col)[inst]
+    walk = np.cumsum(rng.normal(0, 0.5, rows))
+    f = np.where(linear, 32.0 + walk / 300.0, 9700.0 + walk)
     strike = np.asarray(strike_col)[inst]
-    mark = np.maximum(np.abs(f - strike) / f * 0.3, 0.0005).round(4)
+    # Inverse options are quoted in coin, linear ones in USDC per coin.
+    mark_coin = np.maximum(np.abs(f - strike) / f * 0.3, 0.0005)
+    mark = np.where(linear, mark_coin * f, mark_coin).round(4)
     bid = np.where(rng.random(rows) < 0.15, np.nan, (mark * 0.95).round(4))
     ask = np.where(rng.random(rows) < 0.10, np.nan, (mark * 1.05).round(4))
     iv = rng.uniform(40, 120, rows).round(2)
@@ -79,7 +103,9 @@ def make_table(rows: int, seed: int = 7) -> pa.Table:
         "ask_iv": pa.array(np.where(np.isnan(ask), np.nan, iv + 3), from_pandas=True),
         "mark_price": mark,
         "mark_iv": iv,
-        "underlying_index": pa.array(["SYN.BTC-9JUN20"] * rows).dictionary_encode(),
+        "underlying_index": pa.array(
+            np.where(linear, "index_price", "SYN.BTC-9JUN20").tolist()
+        ).dictionary_encode(),
         "underlying_price": f.round(2),
     }
     for g, scale in (

@@ -86,7 +86,7 @@ class CoveredCallSimulator:
         self.config = config
         self.underlying = config.underlying
         self.bar = config.bar
-        self.size = config.initial_spot_position * config.call_size_fraction
+        self.size = config.call_size  # whole lots of contract_size coins
         self.last_no_trade_reason: str | None = None
         self._paths: dict[str, tuple[int, np.ndarray]] = {}
         self._settlements: dict[int, float] = {}

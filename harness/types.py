@@ -7,6 +7,7 @@ units of the underlying (1.0 = one BTC); timestamps are tz-aware UTC.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, get_args
@@ -14,6 +15,7 @@ from typing import Literal, get_args
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness.coins import coin
 from harness.timestamps import to_utc
 
 Timeframe = Literal["1m", "5m", "15m", "1h", "4h", "1d"]
@@ -100,15 +102,25 @@ class CallSimulationConfig(BaseModel):
     timeframe: Timeframe = Field("1h", description="Bar length for marking and decisions.")
     decision_interval_bars: int = Field(4, ge=1, le=100_000)
     initial_spot_position: float = Field(1.0, gt=0, description="Coins held at start.")
-    contract_size: float = Field(1.0, gt=0, description="Coins per option contract.")
+    contract_size: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Lot size in coins: sold calls are whole lots. Default: the coin's smallest "
+            "tradable amount on Deribit (harness.coins: BTC 0.1, ETH 1, SOL 10)."
+        ),
+    )
     call_size_fraction: float = Field(
         1.0, gt=0, le=1, description="Share of the coins held that each sold call covers."
     )
-    fee_rate: float = Field(
-        0.0003,
+    fee_rate: float | None = Field(
+        None,
         ge=0,
         le=0.01,
-        description="Trading fee per contract as a fraction of the underlying.",
+        description=(
+            "Trading fee per coin as a fraction of the underlying. Default: the coin's Deribit "
+            "taker rate (0.0003 for BTC/ETH, 0.0005 for USDC linear options)."
+        ),
     )
     fee_cap_fraction: float = Field(
         0.125,
@@ -116,14 +128,18 @@ class CallSimulationConfig(BaseModel):
         le=1,
         description="Trading and delivery fees are capped at this share of the option price.",
     )
-    delivery_fee_rate: float = Field(
-        0.00015,
+    delivery_fee_rate: float | None = Field(
+        None,
         ge=0,
         le=0.01,
-        description="Delivery fee of ITM options at expiry, fraction of the underlying.",
+        description=(
+            "Delivery fee of ITM options at expiry, fraction of the underlying. Default: the "
+            "coin's rate (0.00015 for BTC/ETH)."
+        ),
     )
     risk_free_rate: float = Field(
-        0.0, ge=-0.5, le=0.5, description="r in Black-76 (Deribit uses 0)."
+        0.0,
+        description="r in Black-76. Deribit prices with r = 0 and so does the harness: only 0.",
     )
     target_dte: float = Field(7.0, gt=0, le=730, description="Target days to expiry.")
     dte_tolerance: float = Field(2.0, ge=0, le=365)
@@ -151,7 +167,52 @@ class CallSimulationConfig(BaseModel):
     @field_validator("underlying")
     @classmethod
     def _upper(cls, value: str) -> str:
-        return value.upper()
+        value = value.upper()
+        coin(value)  # an unknown coin is an error here, naming the known ones
+        return value
+
+    @field_validator("risk_free_rate")
+    @classmethod
+    def _zero_rate(cls, value: float) -> float:
+        # Every price, IV and greek in the harness is Black-76 with r = 0 (Deribit's convention);
+        # accepting another r here would silently change nothing.
+        if value != 0.0:
+            raise ValueError(
+                "only 0 is supported: Deribit prices options with r = 0 and the harness "
+                "computes every price, IV and greek that way"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _coin_defaults(self) -> CallSimulationConfig:
+        c = coin(self.underlying)
+        defaults = {
+            "contract_size": c.lot_size,
+            "fee_rate": c.fees.taker_rate,
+            "delivery_fee_rate": c.fees.delivery_rate,
+        }
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)  # frozen model: fill once at validation
+        if self.lots < 1:
+            raise ValueError(
+                f"the call size {self.initial_spot_position * self.call_size_fraction:g} "
+                f"{self.underlying} (initial_spot_position x call_size_fraction) is below one lot "
+                f"of {self.contract_size:g} {self.underlying} (contract_size)"
+            )
+        return self
+
+    @property
+    def lots(self) -> int:
+        """Whole lots of `contract_size` coins that one sold call covers (rounded down)."""
+        wanted = self.initial_spot_position * self.call_size_fraction
+        # The small epsilon keeps 0.3 / 0.1 = 2.9999999999999996 at 3 lots.
+        return math.floor(wanted / float(self.contract_size or 1.0) + 1e-9)
+
+    @property
+    def call_size(self) -> float:
+        """Coins covered by each sold call: whole lots of `contract_size`."""
+        return self.lots * float(self.contract_size or 1.0)
 
     @model_validator(mode="after")
     def _check_range(self) -> CallSimulationConfig:

@@ -133,6 +133,7 @@ def test_mark_fill_zero_fees_identity(market: SyntheticMarket) -> None:
         delivery_fee_rate=0.0,
         initial_spot_position=3.0,
         call_size_fraction=0.5,
+        contract_size=0.5,  # 1.5 ETH is three lots of 0.5 (the default ETH lot is 1)
     )
     s = CoveredCallSimulator(market, cfg)
     res = s.simulate_policy(always_sell(0.3))

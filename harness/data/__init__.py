@@ -11,6 +11,7 @@ from harness.data.source import (
     frame_to_snapshots,
     snapshots_to_frame,
 )
+from harness.data.synthetic import SyntheticMarket
 from harness.data.tardis import TardisDataSource
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "FileDataSource",
     "MarketDataSource",
     "SettlementSource",
+    "SyntheticMarket",
     "TardisDataSource",
     "frame_to_snapshots",
     "snapshots_to_frame",

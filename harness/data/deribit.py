@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from harness.coins import COINS, coin, coin_of_instrument_underlying, is_listed_style
 from harness.data.deribit_client import DeribitClient, InstrumentInfo
 from harness.data.files import (
     ChainTable,
@@ -47,28 +48,40 @@ DELIVERY_HOUR_UTC = 8
 
 
 def spot_instrument_for(underlying: str) -> str:
-    """The instrument whose candles stand in for spot: the coin's perpetual (e.g. BTC-PERPETUAL)."""
-    return f"{underlying.upper()}-PERPETUAL"
+    """The instrument whose candles stand in for spot: the coin's perpetual.
+
+    `BTC-PERPETUAL` for inverse coins, `SOL_USDC-PERPETUAL` for linear ones (harness.coins).
+    """
+    return coin(underlying).spot_instrument
 
 
 def index_name_for(underlying: str) -> str:
-    """Deribit's USD index name of a coin (e.g. btc_usd), used for delivery prices."""
-    return f"{underlying.lower()}_usd"
+    """Deribit's index of a coin (btc_usd, sol_usdc), used for delivery prices."""
+    return coin(underlying).index_name
 
 
 def list_option_instruments(
     client: DeribitClient, underlying: str, *, use_history: bool = True
 ) -> list[InstrumentInfo]:
-    """Inverse options of `underlying`: live, recently expired, and (history API) all expired."""
+    """Options of `underlying` in its registry style: live, recently expired and (history) expired.
+
+    Linear options are listed under the currency USDC for every coin, so they are filtered by
+    their name's underlying part (`SOL_USDC`).
+    """
+    c = coin(underlying)
     found: dict[str, InstrumentInfo] = {}
     batches = [
-        client.get_instruments(underlying, "option", expired=False),
-        client.get_instruments(underlying, "option", expired=True),
+        client.get_instruments(c.currency, "option", expired=False),
+        client.get_instruments(c.currency, "option", expired=True),
     ]
     if use_history:
-        batches.append(client.get_instruments(underlying, "option", expired=True, history=True))
+        batches.append(client.get_instruments(c.currency, "option", expired=True, history=True))
     for batch in batches:
         for info in batch:
+            if c.settlement == "linear" and not info.instrument_name.startswith(
+                f"{c.instrument_prefix}-"
+            ):
+                continue
             found.setdefault(info.instrument_name, info)
     return sorted(found.values(), key=lambda i: (i.expiration, i.instrument_name))
 
@@ -79,8 +92,12 @@ def _spec(info: InstrumentInfo, counts: Counter[str]) -> InstrumentSpec | None:
     except ValueError:
         counts["unknown_instrument"] += 1
         return None
-    if "_" in spec.underlying or info.instrument_type == "linear":
-        counts["linear_skipped"] += 1  # USDC-settled: priced in USD, not coin
+    symbol, _ = coin_of_instrument_underlying(spec.underlying)
+    if symbol not in COINS:
+        counts["not_in_coin_registry"] += 1
+        return None
+    if not is_listed_style(symbol, spec.underlying):
+        counts["linear_skipped"] += 1  # BTC_USDC next to the inverse BTC options we trade
         return None
     return spec
 
@@ -94,10 +111,11 @@ def candles_to_chain(
     *,
     r: float = 0.0,
 ) -> pd.DataFrame:
-    """Turn one option's close-labeled coin candles into store chain rows (USD, greeks).
+    """Turn one option's close-labeled candles into store chain rows (USD, greeks).
 
-    A row per bar that traded (volume > 0) and has a spot close at the same bar; the price is
-    the bar's last trade, `quote_time` is the bar close (the trade happened inside the bar).
+    Inverse candles are in coin (converted at the spot close of the same bar); linear candles
+    are already USDC per coin. A row per bar that traded (volume > 0) and has a spot close at
+    the same bar; the price is the bar's last trade, `quote_time` is the bar close.
     """
     if candles.empty:
         counts["options_without_candles"] += 1
@@ -113,22 +131,24 @@ def candles_to_chain(
     candles, f = candles[before_expiry], f[before_expiry]
     if candles.empty:
         return concat_chain([])
-    coin = candles["close"].to_numpy(dtype=np.float64)
-    usd = coin * f
+    symbol, style = coin_of_instrument_underlying(spec.underlying)
+    quote = candles["close"].to_numpy(dtype=np.float64)
+    usd = quote if style == "linear" else quote * f
+    in_coin = usd / f
     t = np.asarray(year_fraction(candles.index, spec.expiry), dtype=np.float64)
     iv = np.asarray(implied_vol(usd, f, spec.strike, t, spec.is_call, r), dtype=np.float64)
     ok = np.isfinite(iv)
     counts["no_implied_vol"] += int((~ok).sum())
     if not ok.any():
         return concat_chain([])
-    idx, f, coin, usd, t, iv = candles.index[ok], f[ok], coin[ok], usd[ok], t[ok], iv[ok]
+    idx, f, in_coin, usd, t, iv = candles.index[ok], f[ok], in_coin[ok], usd[ok], t[ok], iv[ok]
     g = black76_greeks(f, spec.strike, t, iv, spec.is_call, r)
     n = len(idx)
     frame = pd.DataFrame(
         {
             "as_of": idx,
             "instrument_name": [name] * n,
-            "underlying": [spec.underlying] * n,
+            "underlying": [symbol] * n,
             "kind": [spec.kind] * n,
             "strike": spec.strike,
             "expiry": spec.expiry,
@@ -136,7 +156,7 @@ def candles_to_chain(
             "mark_price": usd,
             "bid_price": np.nan,
             "ask_price": np.nan,
-            "mark_price_coin": coin,
+            "mark_price_coin": in_coin,
             "bid_price_coin": np.nan,
             "ask_price_coin": np.nan,
             "mark_iv": iv,
@@ -311,7 +331,7 @@ class DeribitDataSource(ChainTableSource):
     def get_option_ohlc(
         self, instrument_name: str, start: TimestampLike, end: TimestampLike, timeframe: Timeframe
     ) -> pd.DataFrame:
-        """Traded-price candles of one option in USD (coin x spot close of the same bar)."""
+        """Traded-price candles of one option in USD (inverse: coin x spot close of the same bar)."""
         s, e = inclusive_range(start, end)
         try:
             spec = parse_instrument_name(instrument_name)
@@ -321,7 +341,11 @@ class DeribitDataSource(ChainTableSource):
         if candles.empty:
             self.gate_counts["options_without_candles"] += 1
             return empty_ohlc()
-        spot = self.client.chart_candles(spot_instrument_for(spec.underlying), s, e, timeframe)
+        symbol, style = coin_of_instrument_underlying(spec.underlying)
+        if style == "linear":
+            out = candles.loc[:, ["open", "high", "low", "close", "volume"]]
+            return out[out["close"].notna()]
+        spot = self.client.chart_candles(spot_instrument_for(symbol), s, e, timeframe)
         f = spot["close"].reindex(candles.index)
         self.gate_counts["no_spot"] += int(f.isna().sum())
         out = candles.loc[:, ["open", "high", "low", "close"]].mul(f, axis=0)

@@ -1,7 +1,8 @@
 """Tardis.dev `options_chain` CSV files: streamed, validated and resampled to chain bars.
 
 A Tardis options_chain file (`.csv` or `.csv.gz`) has one row per Deribit ticker update with
-the columns in `TARDIS_COLUMNS`: microsecond timestamps, prices in coin (inverse options), IVs in
+the columns in `TARDIS_COLUMNS`: microsecond timestamps, prices in coin (inverse options) or in
+USDC per coin (linear options such as SOL_USDC; `harness.coins` says which), IVs in
 percent and empty cells where a side of the book is missing. We read it with pyarrow's streaming
 CSV reader in blocks of `block_size` bytes, so memory is bounded by the block size plus the
 resampled output (bars x instruments), never by the file size. Each block is reduced to the
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from harness.coins import COINS, coin_of_instrument_underlying, is_listed_style
 from harness.data.files import (
     ChainTable,
     ChainTableSource,
@@ -119,10 +121,26 @@ ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total)
 @dataclass(frozen=True, slots=True)
 class _Symbol:
     keep: bool
-    underlying: str
+    underlying: str  # the coin (SOL for SOL_USDC-... names)
+    linear: bool  # quoted in USDC per coin (no coin -> USD conversion)
+    skip_reason: str  # counter name when not kept
     kind: str
     strike: float
     expiry_us: int
+
+
+def _classify(prefix: str, wanted: set[str] | None) -> tuple[str, bool, str]:
+    """(coin, linear, skip reason or "") of an option name's underlying part."""
+    symbol, style = coin_of_instrument_underlying(prefix)
+    linear = style == "linear"
+    if symbol not in COINS:
+        return symbol, linear, "not_in_coin_registry"
+    if not is_listed_style(symbol, prefix):
+        # BTC_USDC / ETH_USDC: a linear product beside the inverse one the registry trades.
+        return symbol, linear, "linear_skipped"
+    if wanted is not None and symbol not in wanted:
+        return symbol, linear, "other_underlying"
+    return symbol, linear, ""
 
 
 def _open_text_head(path: Path) -> str:
@@ -228,7 +246,8 @@ class TardisResampler:
 
     Feed files with `read_file`, which yields completed store chain frames (CHAIN_COLUMNS +
     `quote_time`) as days complete; call `finish` for the rest. Rows are gated and counted in
-    `counts`, never repaired: `linear_skipped` (USDC options), `other_underlying`,
+    `counts`, never repaired: `linear_skipped` (BTC_USDC/ETH_USDC: linear options of coins the
+    registry trades inverse), `not_in_coin_registry`, `other_underlying`,
     `after_expiry`, `no_mark` (no mark price or underlying price), `greeks_computed` (greeks
     missing in the file, computed from mark_iv with Black-76).
     """
@@ -324,13 +343,14 @@ class TardisResampler:
             except ValueError as exc:
                 line = first_row + int(row) + 2
                 raise DataError(f"unknown instrument name: {exc}", source=path, line=line) from None
-            linear = "_" in spec.underlying
-            wanted = self._underlyings is None or spec.underlying in self._underlyings
+            symbol, linear, skip = _classify(spec.underlying, self._underlyings)
             self._codes[name] = len(self._symbols)
             self._symbols.append(
                 _Symbol(
-                    keep=wanted and not linear,
-                    underlying=spec.underlying,
+                    keep=not skip,
+                    underlying=symbol,
+                    linear=linear,
+                    skip_reason=skip,
                     kind=spec.kind,
                     strike=spec.strike,
                     expiry_us=int(spec.expiry.value // _US),
@@ -342,6 +362,7 @@ class TardisResampler:
         if self._arrays is None:
             self._arrays = {
                 "keep": np.array([s.keep for s in self._symbols], dtype=bool),
+                "linear": np.array([s.linear for s in self._symbols], dtype=bool),
                 "expiry_us": np.array([s.expiry_us for s in self._symbols], dtype=np.int64),
                 "strike": np.array([s.strike for s in self._symbols], dtype=np.float64),
                 "call": np.array([s.kind == "call" for s in self._symbols], dtype=np.int8),
@@ -444,8 +465,7 @@ class TardisResampler:
             return
         per_code = np.bincount(codes[~keep], minlength=len(self._symbols))
         for code in np.flatnonzero(per_code).tolist():
-            linear = "_" in self._symbols[code].underlying
-            self.counts["linear_skipped" if linear else "other_underlying"] += int(per_code[code])
+            self.counts[self._symbols[code].skip_reason] += int(per_code[code])
 
     def _flush(self, before_us: int | None) -> pd.DataFrame:
         """Convert and return pending bars of days ending at or before `before_us` (all if None)."""
@@ -477,16 +497,22 @@ class TardisResampler:
     def _to_chain(self, table: pa.Table, bar: np.ndarray, codes: np.ndarray) -> pd.DataFrame:
         col = {c: table.column(c).to_numpy() for c in table.column_names if c != "_code"}
         f = col["underlying_price"]
-        mark_coin = col["mark_price"]
-        ok = np.isfinite(mark_coin) & np.isfinite(f) & (f > 0)
+        ok = np.isfinite(col["mark_price"]) & np.isfinite(f) & (f > 0)
         self.counts["no_mark"] += int((~ok).sum())
         if not ok.all():
             col = {k: v[ok] for k, v in col.items()}
-            bar, codes, f, mark_coin = bar[ok], codes[ok], f[ok], mark_coin[ok]
+            bar, codes, f = bar[ok], codes[ok], f[ok]
         symbols = self._symbols
         names = np.array(list(self._codes), dtype=object)[codes]
-        bid_coin = np.where(col["bid_price"] > 0, col["bid_price"], np.nan)
-        ask_coin = np.where(col["ask_price"] > 0, col["ask_price"], np.nan)
+        # Inverse options are quoted in coin, linear ones in USDC per coin: bring both to
+        # (USD, coin) = (price x F, price) or (price, price / F).
+        linear = self._symbol_arrays()["linear"][codes]
+        to_usd = np.where(linear, 1.0, f)
+        to_coin = np.where(linear, 1.0 / f, 1.0)
+        mark_quote = col["mark_price"]
+        bid_quote = np.where(col["bid_price"] > 0, col["bid_price"], np.nan)
+        ask_quote = np.where(col["ask_price"] > 0, col["ask_price"], np.nan)
+        mark_coin, bid_coin, ask_coin = (q * to_coin for q in (mark_quote, bid_quote, ask_quote))
         # Deribit reports IV 0 for an empty side; a missing quote has no IV, not a zero IV.
         bid_iv = np.where(
             np.isfinite(bid_coin) & (col["bid_iv"] > 0), col["bid_iv"] / 100.0, np.nan
@@ -517,9 +543,9 @@ class TardisResampler:
                 "strike": strike,
                 "expiry": pd.to_datetime(expiry_us, unit="us", utc=True),
                 "underlying_price": f,
-                "mark_price": mark_coin * f,
-                "bid_price": bid_coin * f,
-                "ask_price": ask_coin * f,
+                "mark_price": mark_quote * to_usd,
+                "bid_price": bid_quote * to_usd,
+                "ask_price": ask_quote * to_usd,
                 "mark_price_coin": mark_coin,
                 "bid_price_coin": bid_coin,
                 "ask_price_coin": ask_coin,
