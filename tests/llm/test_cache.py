@@ -43,11 +43,21 @@ def test_key_is_canonical_and_covers_what_changes_the_output() -> None:
         {**base, "max_tokens": 51},
         {**base, "response_format": {"type": "json_object"}},
         {**base, "sample_index": 1},
+        {**base, "attempt": 1},
+        {**base, "n": 3},
+        {**base, "reasoning_effort": "low"},
+        {**base, "extra_body": {"provider": {"order": ["a"]}}},
+        {**base, "extra_query": {"api-version": "2024-10-21"}},
+        {**base, "extra_header_names": ["X-Title"]},
     ]
     keys = {cache_key(v) for v in variants}
     assert len(keys) == len(variants) and cache_key(base) not in keys
-    # Nothing about credentials, timeouts or concurrency is part of the payload.
+    # Nothing about credentials, timeouts or concurrency is part of the payload, and fields at
+    # their default are left out (keys written before they existed stay valid).
     assert not {"api_key", "timeout", "max_concurrency"} & set(base)
+    assert not {"attempt", "n", "reasoning_effort", "extra_body"} & set(base)
+    request = ChatRequest(model="m", messages=(("user", "x"),), attempt=1, n=2)
+    assert {"attempt": 1, "n": 2}.items() <= request.key_payload("u").items()
 
 
 def test_roundtrip_stores_readable_payload_usage_and_latency(tmp_path: Path) -> None:
