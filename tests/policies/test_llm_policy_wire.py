@@ -199,3 +199,24 @@ def test_prefetch_with_n_and_its_fallback(
                 assert policy(state, cands) is cands[0]
             assert all(r.votes == {r.instrument_name: 3} for r in policy.records)
             assert srv.request_count == 5 * per_decision
+
+
+def test_a_server_rejecting_n_gets_separate_requests(server: ScriptedServer, make_policy) -> None:
+    a = CANDS[0].instrument_name
+    server.enqueue(
+        status(400, message="Invalid value for 'n': this model only supports n=1."),
+        sell(a),
+        sell(a),
+        do_nothing(),
+    )
+    policy = make_policy(samples=3, temperature=0.5, seed=9)
+    assert policy(STATE, CANDS) is CANDS[0]
+    rec = policy.record_for(STATE.time)
+    assert rec.error is None and rec.votes == {a: 2, "DO_NOTHING": 1} and rec.calls_made == 4
+    assert [r.get("n") for r in server.requests] == [3, None, None, None]
+    # A 400 about something else is the decision's error, not a reason to ask three times.
+    server.enqueue(status(400, message="This model's maximum context length is 8192 tokens."))
+    other = make_policy(samples=3, temperature=0.5, seed=10)
+    assert other(STATE, CANDS) is None
+    assert "maximum context length" in other.record_for(STATE.time).error
+    assert server.request_count == 5
