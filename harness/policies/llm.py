@@ -5,10 +5,15 @@ At each decision it renders the prompt from the state and the candidate table, a
 candidate or None (DO_NOTHING). `prefetch` asks many decisions concurrently first so the
 sequential replay only reads the cache. Every decision leaves an `LLMDecisionRecord`.
 
-Errors: a bad answer never raises (it is recorded as invalid and `on_invalid` applies); a call
-that still fails after its retries is recorded as an error and the decision is DO_NOTHING unless
-`on_error="abort"`. `LLMUnavailable` (missing/rejected API key, unknown model, no quota) and
-`CacheMissError` (read_only cache without the answer) do raise: the run cannot be meaningful.
+Errors: a bad answer never raises (it is recorded as invalid, with the provider's refusal or
+truncation named, and `on_invalid` applies); a call that still fails after its retries
+(`LLMCallError`: unreachable, timeout, rate-limited, server, bad request) is recorded as an error
+and the decision is DO_NOTHING unless `on_error="abort"`. `LLMUnavailable` (key missing or
+rejected, out of credit, unknown model) and `CacheMissError` (read_only cache without the answer)
+do raise: the run cannot be meaningful.
+
+Requests follow the model family (reasoning models: `max_completion_tokens`, no temperature) and
+the sampling settings (`n` for several votes, separate requests where the server ignores it).
 """
 
 from __future__ import annotations
