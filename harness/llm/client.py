@@ -282,6 +282,11 @@ class ChatResponse:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the body as received
 
     @property
+    def sent_params(self) -> dict[str, Any]:
+        """The request parameters sent besides model and messages (no key, no header values)."""
+        return dict(self.request_params)
+
+    @property
     def first(self) -> ChatChoice:
         """The first choice."""
         return self.choices[0]

@@ -167,7 +167,8 @@ def test_server_without_json_schema_support_steps_down_per_request(api_key: str)
         first = client.complete(REQUEST)
         assert first.schema_fallback and first.attempts == 2
         assert first.response_format_used == "json_object"
-        assert first.request_params["response_format"] == {"type": "json_object"}
+        assert first.sent_params["response_format"] == {"type": "json_object"}
+        assert first.sent_params["max_tokens"] == 100 and "messages" not in first.sent_params
         # Per request: the next one asks for the schema again (nothing is switched off).
         second = client.complete(REQUEST)
         assert second.schema_fallback and second.attempts == 2
