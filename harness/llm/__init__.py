@@ -23,8 +23,8 @@ if TYPE_CHECKING:
         canonical_json,
         default_cache_dir,
     )
+    from harness.llm.choice import ChatChoice
     from harness.llm.client import (
-        ChatChoice,
         ChatClient,
         ChatRequest,
         ChatResponse,
@@ -66,7 +66,7 @@ _EXPORTS = {
     "LLMKeyMissing": "harness.llm.client",
     "LLMBadRequest": "harness.llm.client",
     "LLMAuthError": "harness.llm.client",
-    "ChatChoice": "harness.llm.client",
+    "ChatChoice": "harness.llm.choice",
     "Anchor": "harness.llm.anonymize",
     "AnonymizedView": "harness.llm.anonymize",
     "AnswerCheck": "harness.llm.contract",

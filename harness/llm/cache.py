@@ -27,13 +27,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import diskcache
 from pydantic import BaseModel, ConfigDict
 
-from harness.llm.client import ChatChoice, ChatResponse
+from harness.llm.choice import ChatChoice
 from harness.llm.cost import Usage
+
+if TYPE_CHECKING:  # the client imports the openai SDK, which `harness cache stats` never needs
+    from harness.llm.client import ChatResponse
 
 CacheMode = Literal["read_write", "read_only", "refresh", "off"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)

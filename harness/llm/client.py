@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 import openai
 
+from harness.llm.choice import ChatChoice
 from harness.llm.cost import Usage
 from harness.llm.final_answer import split_reasoning
 from harness.llm.ratelimit import RateLimiter, estimate_tokens
@@ -238,30 +239,6 @@ class ChatRequest:
             return None
         kind = json.loads(self.response_format).get("type")
         return kind if kind in ("json_schema", "json_object") else "json_schema"
-
-
-@dataclass(frozen=True, slots=True)
-class ChatChoice:
-    """One choice of a completion: the answer text, reasoning kept apart, why it stopped."""
-
-    content: str | None  # the message content as received (None when the server sent null)
-    reasoning: str | None = None  # reasoning_content / reasoning field, else <think> blocks
-    finish_reason: str | None = None
-    refusal: str | None = None
-
-    @property
-    def text(self) -> str:
-        """The content, '' when the server sent none."""
-        return self.content or ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
-        return {
-            "content": self.content,
-            "reasoning": self.reasoning,
-            "finish_reason": self.finish_reason,
-            "refusal": self.refusal,
-        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,10 +48,10 @@ from harness.llm.cache import (
     cache_key,
     canonical_json,
 )
+from harness.llm.choice import ChatChoice
 from harness.llm.client import (
     DEFAULT_API_KEY_ENV,
     MASK,
-    ChatChoice,
     ChatClient,
     ChatRequest,
     ChatResponse,

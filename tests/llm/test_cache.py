@@ -213,3 +213,20 @@ def test_stats_and_clear_by_model(tmp_path: Path) -> None:
         assert cache.clear(model="llama3") == 2
         assert cache.stats().by_model == {"gpt-4o-mini": 3}
         assert cache.clear() == 3 and len(cache) == 0
+
+
+def test_the_cache_does_not_import_the_openai_sdk() -> None:
+    # `harness cache stats/clear` stay fast: only the client needs the SDK.
+    import subprocess
+    import sys
+
+    code = "import sys, harness.llm.cache; print('openai' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "False"
