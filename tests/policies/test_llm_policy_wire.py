@@ -220,3 +220,26 @@ def test_a_server_rejecting_n_gets_separate_requests(server: ScriptedServer, mak
     assert other(STATE, CANDS) is None
     assert "maximum context length" in other.record_for(STATE.time).error
     assert server.request_count == 5
+
+
+def test_dump_config_masks_header_values_and_the_policy_still_sends_them() -> None:
+    from harness.experiments.config import dump_config
+
+    secret = "tok-IN-A-HEADER-987654321"
+    entry = {
+        "type": "llm",
+        "name": "llm_v1",
+        "model": "gpt-4o-mini",
+        "extra_headers": {"X-Proxy-Token": secret},
+    }
+    data = {
+        "name": "masking",
+        "simulation": {"underlying": "BTC", "start": "2024-01-01", "end": "2024-01-10"},
+        "baseline": "always_sell",
+        "policies": [{"name": "always_sell", "type": "rule", "rule": "always_sell"}, entry],
+    }
+    config = parse_config(data)
+    text = dump_config(config)
+    assert secret not in text and "X-Proxy-Token: '***'" in text
+    (policy_entry,) = [p for p in config.policies if p.name == "llm_v1"]
+    assert policy_entry.extra_headers == {"X-Proxy-Token": secret}
