@@ -27,44 +27,73 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------- run
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.experiments.config import load_config
-    from harness.experiments.runner import run_experiment
+    from harness.experiments.runner import LLMRequiredError, run_experiment
 
     config = load_config(args.config)
-    summary = run_experiment(
-        config,
-        out_dir=args.out,
-        cache_mode=args.cache_mode,
-        require_llm=args.require_llm,
-        resume=args.resume,
-        quiet=args.quiet,
-    )
-    if args.quiet:
+    try:
+        summary = run_experiment(
+            config,
+            out_dir=args.out,
+            cache_mode=args.cache_mode,
+            require_llm=args.require_llm,
+            resume=args.resume,
+            quiet=args.quiet,
+            max_cost_usd=args.max_cost,
+            config_path=args.config,
+        )
+    except LLMRequiredError as exc:
+        if exc.summary is not None:
+            _print_run(exc.summary, config.reward.kind, quiet=args.quiet)
+        err.print(f"harness run: error: {exc}", markup=False, highlight=False)
+        return 2
+    _print_run(summary, config.reward.kind, quiet=args.quiet)
+    return 0
+
+
+def _fmt(m: dict, key: str, spec: str) -> str:
+    value = m.get(key)
+    return "-" if value is None else format(value, spec)
+
+
+def _print_run(summary: object, reward_kind: str, *, quiet: bool) -> None:
+    from harness.experiments.runner import RunSummary
+
+    assert isinstance(summary, RunSummary)
+    if quiet:
         out.print(str(summary.run_dir))
-        return 0
-    units = "USD" if config.reward.kind == "pnl_vs_hodl" else "bps"
+        return
+    units = "USD" if reward_kind == "pnl_vs_hodl" else "bps"
     table = Table(title=f"{summary.name}: {len(summary.policies)} policies on the same decisions")
     for col in (
         "policy",
+        "status",
         f"mean reward ({units})",
         "mean regret",
         "sell rate",
+        "invalid",
+        "errors",
         "PnL vs HODL $",
         "Sharpe",
         "max DD %",
         "trades",
     ):
-        table.add_column(col, justify="right" if col != "policy" else "left")
+        table.add_column(col, justify="left" if col in ("policy", "status") else "right")
     for name in summary.policies:
         m = summary.metrics[name]
+        state = summary.policy_status.get(name, {}).get("status", "ok")
         table.add_row(
             name,
+            state if state == "ok" else f"[red]{state}[/]",
             f"{m['mean_reward']:,.2f}",
             f"{m['mean_regret']:,.2f}",
             f"{m['sell_rate']:.0%}",
-            f"{m['pnl_vs_hodl_usd']:,.0f}",
-            f"{m['sharpe']:.2f}",
-            f"{m['max_drawdown_pct']:.1f}",
-            f"{m['n_trades']:.0f}",
+            # rates over asked decisions (with candidates), not over all decision times
+            f"{m['invalid_rate']:.1%}",
+            f"{m['error_rate']:.1%}",
+            _fmt(m, "pnl_vs_hodl_usd", ",.0f"),
+            _fmt(m, "sharpe", ".2f"),
+            _fmt(m, "max_drawdown_pct", ".1f"),
+            _fmt(m, "n_trades", ".0f"),
         )
     out.print(table)
     for c in summary.comparison:
@@ -80,10 +109,87 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"cost ${usage['cost_usd_incurred']:.4f} (saved ${usage['cost_usd_saved']:.4f})"
         )
     for name, why in summary.skipped.items():
-        out.print(f"[yellow]skipped {name}[/]: {why}")
+        out.print(f"[yellow]skipped {name}[/]: {why}", highlight=False)
+    for name, st in summary.policy_status.items():
+        if st.get("status") == "failed":
+            out.print(
+                f"[red]failed {name}[/]: {st.get('reason')} (left out of every comparison)",
+                highlight=False,
+            )
     if summary.resumed_decisions:
         out.print(f"resumed: {summary.resumed_decisions} finished decisions were kept")
+    if summary.resume_hint:
+        out.print(f"[yellow]stopped[/]: {summary.resume_hint}", highlight=False)
     out.print(f"run folder: {summary.run_dir}  ({summary.elapsed_s:.1f}s)")
+
+
+# ---------------------------------------------------------------------- replay
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from harness.experiments.replay import replay_run
+
+    result = replay_run(Path(args.run_dir), out_dir=args.out, quiet=args.quiet)
+    for line in result.differences[:20]:
+        out.print(f"differs: {line}", markup=False, highlight=False)
+    if result.prompt_changes:
+        out.print(
+            f"note: {result.prompt_changes} requests render differently from the original run "
+            "(prompts changed since); the run's own answers were used",
+            highlight=False,
+        )
+    verdict = "identical" if result.reproduced else "NOT identical"
+    out.print(
+        f"replayed {result.run_dir} -> {result.replay_dir}: {result.identical} of "
+        f"{result.rows} decision rows {verdict}",
+        highlight=False,
+    )
+    return 0 if result.reproduced else 1
+
+
+# ---------------------------------------------------------------------- plan
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from harness.experiments.config import load_config
+    from harness.experiments.plan import plan_experiment
+
+    config = load_config(args.config)
+    plans = plan_experiment(config, latency_s=args.latency_s)
+    if not plans:
+        out.print(f"{args.config}: no LLM policy; nothing would be sent")
+        return 0
+    table = Table(title=f"{config.name}: what a run would send (nothing was sent)")
+    for col in (
+        "policy",
+        "model",
+        "to ask",
+        "requests",
+        "cached",
+        "prompt tokens",
+        "max output tokens",
+        "cost live $ (max)",
+        "cost batch $ (max)",
+        "wall time",
+    ):
+        table.add_column(col, justify="left" if col in ("policy", "model") else "right")
+    for p in plans:
+        table.add_row(
+            p.policy,
+            p.model,
+            f"{p.to_ask:,}",
+            f"{p.requests:,}",
+            f"{p.cached:,}",
+            f"{p.prompt_tokens:,}",
+            f"{p.max_output_tokens:,}",
+            f"{p.cost_live_usd:,.4f}" if p.priced else "unpriced",
+            "-" if p.cost_batch_usd is None else f"{p.cost_batch_usd:,.4f}",
+            f"{p.wall_s:,.0f} s",
+        )
+    out.print(table)
+    for p in plans:
+        out.print(
+            f"{p.policy}: prompt tokens by {p.tokenizer}; output at most "
+            f"{p.token_budget or 'unbounded'} tokens per answer (sent as {p.token_param}); "
+            f"wall time bound by {p.wall_basis}",
+            highlight=False,
+        )
     return 0
 
 
@@ -254,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--require-llm",
         action="store_true",
-        help="fail instead of skipping an LLM policy that cannot run",
+        help="exit 2 when any LLM policy is skipped or failed (the run folder is still written)",
     )
     r.add_argument(
         "--resume",
@@ -262,9 +368,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted run folder, skipping finished decisions",
     )
     r.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop cleanly before this invocation's LLM spend could pass USD (resume to go on)",
+    )
+    r.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars; print only the run folder"
     )
     r.set_defaults(func=_cmd_run)
+
+    rp = sub.add_parser(
+        "replay",
+        help="re-run a run folder from its own transcripts (no cache, no network)",
+        description=(
+            "Re-run RUN_DIR's config serving every LLM request from RUN_DIR/transcripts.jsonl, "
+            "write a new run folder, and check its decisions against the original's. Exit 0 when "
+            "identical, 1 when not."
+        ),
+    )
+    rp.add_argument("run_dir")
+    rp.add_argument(
+        "--out", help="parent folder of the replay's run folder (default: next to RUN_DIR)"
+    )
+    rp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    rp.set_defaults(func=_cmd_replay)
+
+    pl = sub.add_parser(
+        "plan",
+        help="what a run would send and cost, without calling anyone",
+        description=(
+            "Render every prompt CONFIG's LLM policies would send and print per policy: decisions to "
+            "ask, answers already cached, estimated tokens, cost at live and batch prices, wall time."
+        ),
+    )
+    pl.add_argument("config")
+    pl.add_argument(
+        "--latency-s",
+        type=float,
+        default=1.0,
+        help="assumed seconds per request for the wall-time estimate (default 1)",
+    )
+    pl.set_defaults(func=_cmd_plan)
 
     c = sub.add_parser(
         "compare",

@@ -29,12 +29,21 @@ from harness.experiments.config import (
     ExperimentConfig,
     LLMPolicyEntry,
     RulePolicyEntry,
-    dump_config,
 )
 from harness.experiments.markets import build_market, market_fingerprint
+from harness.experiments.masking import RunSecrets
 from harness.experiments.rewards import REWARD_UNITS, with_reward
+from harness.experiments.run_health import (
+    PolicyTally,
+    check_resume_identity,
+    counted,
+    llm_status,
+)
+from harness.llm.budget import SpendCap
 from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
 from harness.llm.client import LLMUnavailable
+from harness.llm.prompts import load_prompt
+from harness.llm.transcripts import TRANSCRIPTS_FILE, TranscriptBook, TranscriptWriter
 from harness.policies.llm import LLMPolicy
 from harness.policies.rules import make_rule, oracle
 from harness.simulator import CoveredCallSimulator, PolicyFn
@@ -48,7 +57,14 @@ LLM_HOWTO = "or replay a warm cache offline with --cache-mode read_only"
 
 
 class LLMRequiredError(RuntimeError):
-    """`--require-llm` was given and an LLM policy could not run."""
+    """`--require-llm` was given and an LLM policy was skipped or failed.
+
+    Raised after the run folder is complete; `summary` is the finished run's summary.
+    """
+
+    def __init__(self, message: str, summary: RunSummary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,17 @@ class RunSummary:
     llm_usage: dict[str, dict[str, Any]] = field(default_factory=dict)
     elapsed_s: float = 0.0
     resumed_decisions: int = 0
+    policy_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: str = "complete"  # complete | stopped (a spend cap stopped it: resume to go on)
+    resume_hint: str | None = None
+
+
+def _llm_not_ok(summary: RunSummary, llm_names: Sequence[str]) -> list[str]:
+    return [
+        f"{n} {summary.policy_status.get(n, {}).get('status', 'skipped')}"
+        for n in llm_names
+        if not counted(summary.policy_status, n) or n in summary.skipped
+    ]
 
 
 @dataclass
@@ -72,6 +99,8 @@ class _Scored:
     rewards: np.ndarray
     invalid: int = 0
     errors: int = 0
+    tally: PolicyTally = field(default_factory=PolicyTally)
+    partial: bool = False  # some decisions were not asked (stopped policy): no portfolio replay
 
 
 def create_run_dir(out_dir: str | Path, name: str) -> Path:
@@ -163,26 +192,47 @@ class ExperimentRunner:
         require_llm: bool = False,
         resume: str | Path | None = None,
         quiet: bool = False,
+        max_cost_usd: float | None = None,
+        answers: TranscriptBook | None = None,
+        config_path: str | Path | None = None,
     ) -> None:
         self.config = config
-        self.cache_mode: CacheMode = cache_mode or config.cache.mode
+        # A replay serves every LLM request from the run's transcripts: no cache, no network.
+        self.answers = answers
+        self.cache_mode: CacheMode = (
+            "off" if answers is not None else (cache_mode or config.cache.mode)
+        )
         self.require_llm = require_llm
         self.quiet = quiet
         self.console = Console(stderr=True, quiet=quiet)
+        self.max_cost_usd = max_cost_usd
+        self.config_path = str(config_path) if config_path is not None else None
+        llm_entries = [p for p in config.policies if isinstance(p, LLMPolicyEntry)]
+        self.secrets = RunSecrets.of_policies(llm_entries)
+        config_text = self.secrets.config_text(config.model_dump(mode="json"))
+        self.resuming = resume is not None
         if resume is not None:
             self.run_dir = Path(resume)
             if not (self.run_dir / "config.yaml").exists():
                 raise FileNotFoundError(
                     f"{self.run_dir}: not a run folder (no config.yaml) to resume"
                 )
-            if (self.run_dir / "config.yaml").read_text() != dump_config(config):
+            if (self.run_dir / "config.yaml").read_text() != config_text:
                 raise ValueError(
                     f"{self.run_dir}: its config.yaml differs from the config given; "
                     "resume only with the same config"
                 )
+            check_resume_identity(
+                self.run_dir,
+                _read_done(self.run_dir / "decisions.jsonl").values(),
+                {
+                    p.name: (load_prompt(p.prompt, p.prompts_dir).prompt_id, p.model)
+                    for p in llm_entries
+                },
+            )
         else:
             self.run_dir = create_run_dir(out_dir, config.name)
-            (self.run_dir / "config.yaml").write_text(dump_config(config))
+            (self.run_dir / "config.yaml").write_text(config_text)
 
     # ------------------------------------------------------------------ main
     def run(self) -> RunSummary:
@@ -213,11 +263,18 @@ class ExperimentRunner:
             scored: dict[str, _Scored] = {}
             results: dict[str, SimulationResult] = {}
             skipped: dict[str, str] = {}
+            status: dict[str, dict[str, Any]] = {}
             llm_usage: dict[str, dict[str, Any]] = {}
             prompt_ids: dict[str, str] = {}
             model_ids: dict[str, str] = {}
             seeds: dict[str, Any] = {"market": cfg.market.seed, "bootstrap": cfg.seed}
             resumed = 0
+            spend_stops: list[str] = []
+            run_caps = (
+                (SpendCap(self.max_cost_usd, "run --max-cost"),)
+                if self.max_cost_usd is not None
+                else ()
+            )
             with ExitStack() as stack, decisions_path.open("a") as out:
                 cache = None
                 if (
@@ -225,13 +282,22 @@ class ExperimentRunner:
                     and self.cache_mode != "off"
                 ):
                     cache = stack.enter_context(ResponseCache(cfg.cache.dir))
+                transcript = None
+                if any(isinstance(p, LLMPolicyEntry) for p in cfg.policies):
+                    transcript = stack.enter_context(
+                        TranscriptWriter(
+                            self.run_dir / TRANSCRIPTS_FILE, redact=self.secrets.scrub_key_like
+                        )
+                    )
                 for entry in cfg.policies:
                     policy, why = self._build_policy(entry, labels, cache, stack)
                     if policy is None:
-                        skipped[entry.name] = why
-                        self.console.print(f"[yellow]skipped[/] {entry.name}: {why}")
+                        self._skip(entry.name, why, skipped, status)
                         continue
                     if isinstance(policy, LLMPolicy):
+                        policy.attach_run(
+                            transcript=transcript, spend_caps=run_caps, answers=self.answers
+                        )
                         prompt_ids[entry.name] = policy.prompt_id
                         model_ids[entry.name] = policy.config.model
                         seeds[entry.name] = policy.config.seed
@@ -247,11 +313,7 @@ class ExperimentRunner:
                             if todo:
                                 policy.prefetch(todo, progress=not self.quiet)
                         except (LLMUnavailable, CacheMissError) as exc:
-                            reason = f"{exc} ({LLM_HOWTO})"
-                            if self.require_llm:
-                                raise LLMRequiredError(f"{entry.name}: {reason}") from exc
-                            skipped[entry.name] = reason
-                            self.console.print(f"[yellow]skipped[/] {entry.name}: {exc}")
+                            self._skip(entry.name, f"{exc} ({LLM_HOWTO})", skipped, status)
                             continue
                     guarded = _Guarded(policy, entry.name)
                     try:
@@ -259,21 +321,39 @@ class ExperimentRunner:
                             entry.name, guarded, policy, items, times, done, out, progress
                         )
                         resumed += n_resumed
-                        task = progress.add_task(f"replaying {entry.name}", total=None)
-                        results[entry.name] = sim.simulate_policy(guarded, name=entry.name)
-                        progress.update(task, completed=1, total=1)
+                        if not s.partial:
+                            task = progress.add_task(f"replaying {entry.name}", total=None)
+                            results[entry.name] = sim.simulate_policy(guarded, name=entry.name)
+                            progress.update(task, completed=1, total=1)
                     except (LLMUnavailable, CacheMissError) as exc:
-                        if self.require_llm:
-                            raise LLMRequiredError(f"{entry.name}: {exc}") from exc
-                        skipped[entry.name] = str(exc)
+                        self._skip(entry.name, str(exc), skipped, status)
                         continue
                     scored[entry.name] = s
                     if isinstance(policy, LLMPolicy):
                         llm_usage[entry.name] = policy.summary().as_dict()
+                        status[entry.name] = llm_status(
+                            s.tally,
+                            max_error_rate=policy.config.max_error_rate,
+                            max_invalid_rate=policy.config.max_invalid_rate,
+                            halted=self.secrets.scrub_key_like(policy.halted or "") or None,
+                            stopped_for_spend=policy.halted_for_spend,
+                        )
+                        if policy.halted_for_spend:
+                            spend_stops.append(entry.name)
+                        if status[entry.name]["status"] != "ok":
+                            self.console.print(
+                                f"[red]failed[/] {entry.name}: {status[entry.name]['reason']}",
+                                markup=True,
+                                highlight=False,
+                            )
+                    else:
+                        status[entry.name] = {"status": "ok"}
         ran = [p.name for p in cfg.policies if p.name in scored]
         metrics = self._metrics(ran, scored, results, llm_usage)
-        comparison = self._compare(ran, scored, sim)
+        comparison = self._compare([n for n in ran if counted(status, n)], scored, sim)
         self._write_outputs(sim, labels, results, metrics, comparison, ran)
+        run_status = "stopped" if spend_stops else "complete"
+        resume_hint = self._resume_hint(spend_stops) if spend_stops else None
         manifest = {
             "name": cfg.name,
             "run_id": self.run_dir.name,
@@ -282,7 +362,7 @@ class ExperimentRunner:
             "data_fingerprint": market_fingerprint(source, cfg.market),
             "started_at": started.isoformat(),
             "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
-            "status": "complete",
+            "status": run_status,
             "policies": ran,
             "baseline": cfg.baseline_name,
             "reward": cfg.reward.model_dump(),
@@ -291,6 +371,7 @@ class ExperimentRunner:
             "model_ids": model_ids,
             "seeds": seeds,
             "skipped": skipped,
+            "policy_status": {p.name: status[p.name] for p in cfg.policies if p.name in status},
             "n_decisions": len(times),
             "decision_period": [_iso(times[0]), _iso(times[-1])] if len(times) else None,
             "liquidity_gates": vars(sim.gate_counts),
@@ -298,9 +379,19 @@ class ExperimentRunner:
             "cache_mode": self.cache_mode,
             "resumed_decisions": resumed,
         }
-        (self.run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        if self.max_cost_usd is not None:
+            manifest["max_cost_usd"] = self.max_cost_usd
+        if resume_hint is not None:
+            manifest["resume"] = resume_hint
+        if self.answers is not None:
+            manifest["replay"] = True
+        (self.run_dir / "manifest.json").write_text(
+            self.secrets.scrub(json.dumps(manifest, indent=2, default=str))
+        )
         self._write_report()
-        return RunSummary(
+        self.secrets.scrub_files(self.run_dir.glob("*.md"))
+        self.secrets.scrub_files(self.run_dir.glob("*.html"))
+        summary = RunSummary(
             run_dir=self.run_dir,
             name=cfg.name,
             policies=ran,
@@ -310,6 +401,37 @@ class ExperimentRunner:
             llm_usage=llm_usage,
             elapsed_s=time.perf_counter() - t0,
             resumed_decisions=resumed,
+            policy_status=status,
+            status=run_status,
+            resume_hint=resume_hint,
+        )
+        if self.require_llm:
+            bad = _llm_not_ok(
+                summary, [p.name for p in cfg.policies if isinstance(p, LLMPolicyEntry)]
+            )
+            if bad:
+                raise LLMRequiredError(
+                    f"--require-llm: {', '.join(bad)} (run folder {self.run_dir})", summary
+                )
+        return summary
+
+    def _skip(
+        self,
+        name: str,
+        reason: str,
+        skipped: dict[str, str],
+        status: dict[str, dict[str, Any]],
+    ) -> None:
+        reason = self.secrets.scrub_key_like(reason)
+        skipped[name] = reason
+        status[name] = {"status": "skipped", "reason": reason}
+        self.console.print(f"[yellow]skipped[/] {name}: {reason}", markup=True, highlight=False)
+
+    def _resume_hint(self, stopped: Sequence[str]) -> str:
+        config = self.config_path or "CONFIG"
+        return (
+            f"spend cap reached ({', '.join(stopped)}); everything done is kept. Resume with: "
+            f"harness run {config} --resume {self.run_dir} --max-cost USD"
         )
 
     def _progress(self) -> Progress:
@@ -354,13 +476,12 @@ class ExperimentRunner:
             llm_cfg, fallback=fallback, cache=cache, cache_mode=self.cache_mode
         )
         stack.callback(policy.close)
+        if self.answers is not None:
+            return policy, ""  # a replay needs no key: nothing leaves the machine
         try:
             policy.ensure_available()
         except LLMUnavailable as exc:
-            reason = f"{exc} ({LLM_HOWTO})"
-            if self.require_llm:
-                raise LLMRequiredError(f"{entry.name}: {reason}") from exc
-            return None, reason
+            return None, f"{exc} ({LLM_HOWTO})"
         return policy, ""
 
     def _index_labels(self, labels: pd.DataFrame, times: pd.DatetimeIndex) -> None:
@@ -396,6 +517,8 @@ class ExperimentRunner:
         choices: list[str | None] = []
         rewards = np.zeros(len(items))
         invalid = errors = resumed = 0
+        tally = PolicyTally()
+        partial = isinstance(policy, LLMPolicy) and policy.incomplete
         for i, ((state, cands), t) in enumerate(zip(items, times, strict=True)):
             key = (name, _iso(t))
             prior = done.get(key)
@@ -404,11 +527,17 @@ class ExperimentRunner:
                 rewards[i] = prior["reward"]
                 invalid += int(not prior["valid"])
                 errors += int(prior.get("error") is not None)
+                tally.add(prior)
                 choices.append(choice_name)
                 resumed += 1
                 progress.advance(task)
                 continue
             choice = guarded(state, cands)
+            if partial and cands and policy.record_for(t) is None:
+                # A stopped policy did not ask this decision: no row (a resume asks it).
+                choices.append(None)
+                progress.advance(task)
+                continue
             choice_name = choice.instrument_name if choice is not None else None
             reward = self._reward_of[(t.value, choice_name)] if choice_name else 0.0
             best_name, best_reward = self._best[i]
@@ -465,14 +594,25 @@ class ExperimentRunner:
                         "rationale": rec.rationale,
                         "fallback_used": rec.fallback_used,
                     }
+                    if self.answers is not None:
+                        row["llm"]["replayed"] = True  # timing, cache and cost fields differ
             invalid += int(not row["valid"])
             errors += int(row["error"] is not None)
-            out.write(json.dumps(row, default=str) + "\n")
+            tally.add(row)
+            out.write(self.secrets.scrub(json.dumps(row, default=str)) + "\n")
             out.flush()
             choices.append(choice_name)
             rewards[i] = reward
             progress.advance(task)
-        return _Scored(choices=choices, rewards=rewards, invalid=invalid, errors=errors), resumed
+        scored = _Scored(
+            choices=choices,
+            rewards=rewards,
+            invalid=invalid,
+            errors=errors,
+            tally=tally,
+            partial=partial,
+        )
+        return scored, resumed
 
     # ------------------------------------------------------------------ outputs
     def _metrics(
@@ -487,16 +627,19 @@ class ExperimentRunner:
         for name in ran:
             s = scored[name]
             n = len(s.rewards)
-            m = dict(results[name].metrics)
+            # A stopped policy has no portfolio replay: decision metrics only.
+            m = dict(results[name].metrics) if name in results else {}
             m.update(
                 {
                     "n_decisions": float(n),
+                    "n_asked": float(s.tally.asked),
                     "mean_reward": float(s.rewards.mean()) if n else 0.0,
                     "total_reward": float(s.rewards.sum()),
                     "mean_regret": float((best - s.rewards).mean()) if n else 0.0,
                     "sell_rate": float(np.mean([c is not None for c in s.choices])) if n else 0.0,
-                    "invalid_rate": s.invalid / n if n else 0.0,
-                    "error_rate": s.errors / n if n else 0.0,
+                    # over asked decisions: a decision without candidates cannot fail
+                    "invalid_rate": s.tally.invalid_rate,
+                    "error_rate": s.tally.error_rate,
                     "cost_usd": float(llm_usage.get(name, {}).get("cost_usd_incurred", 0.0)),
                 }
             )
@@ -543,7 +686,7 @@ class ExperimentRunner:
     ) -> None:
         d = self.run_dir
         trade_rows = []
-        for name in ran:
+        for name in (n for n in ran if n in results):
             for t in results[name].trades:
                 row = {"policy": name}
                 row.update({f: getattr(t, f) for f in t.__dataclass_fields__})
@@ -560,7 +703,7 @@ class ExperimentRunner:
                     "equity_vs_hodl": r.equity_vs_hodl.to_numpy(),
                 }
             )
-            for name, r in ((n, results[n]) for n in ran)
+            for name, r in ((n, results[n]) for n in ran if n in results)
         ]
         equity = (
             pd.concat(eq, ignore_index=True)
@@ -634,8 +777,16 @@ def run_experiment(
     require_llm: bool = False,
     resume: str | Path | None = None,
     quiet: bool = False,
+    max_cost_usd: float | None = None,
+    answers: TranscriptBook | None = None,
+    config_path: str | Path | None = None,
 ) -> RunSummary:
-    """Run `config` and write its run folder under `out_dir` (or continue `resume`)."""
+    """Run `config` and write its run folder under `out_dir` (or continue `resume`).
+
+    `max_cost_usd` caps what this invocation may spend on LLM calls (USD); `answers` serves
+    every LLM request from a run's transcripts (replay); `config_path` is only quoted in the
+    resume hint.
+    """
     return ExperimentRunner(
         config,
         out_dir=out_dir,
@@ -643,4 +794,7 @@ def run_experiment(
         require_llm=require_llm,
         resume=resume,
         quiet=quiet,
+        max_cost_usd=max_cost_usd,
+        answers=answers,
+        config_path=config_path,
     ).run()

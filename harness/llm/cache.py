@@ -66,7 +66,6 @@ class CachedResponse(BaseModel):
     refusal: str | None = None
     choices: list[dict[str, Any]] = []  # every choice (ChatChoice.as_dict), when n > 1 too
     usage: Usage = Usage()
-    reasoning_tokens: int = 0
     usage_reported: bool = True
     cost_usd: float = 0.0
     latency_s: float = 0.0
@@ -101,6 +100,11 @@ class CachedResponse(BaseModel):
         return params
 
     @property
+    def reasoning_tokens(self) -> int:
+        """Completion tokens spent on reasoning (`usage.reasoning_tokens`)."""
+        return self.usage.reasoning_tokens
+
+    @property
     def n_choices(self) -> int:
         """How many choices the server returned."""
         return max(1, len(self.choices))
@@ -130,7 +134,6 @@ class CachedResponse(BaseModel):
             refusal=response.refusal,
             choices=[c.as_dict() for c in response.choices],
             usage=response.usage,
-            reasoning_tokens=response.reasoning_tokens,
             usage_reported=response.usage_reported,
             cost_usd=cost_usd,
             latency_s=response.latency_s,

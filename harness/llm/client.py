@@ -254,7 +254,6 @@ class ChatResponse:
     schema_fallback: bool  # sent with a weaker response_format than asked (server rejected it)
     request_params: dict[str, Any] = field(default_factory=dict)
     response_format_used: str | None = None  # json_schema / json_object / None (plain text)
-    reasoning_tokens: int = 0
     usage_reported: bool = True  # False: the server sent no `usage` (tokens count as 0)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the body as received
 
@@ -262,6 +261,11 @@ class ChatResponse:
     def sent_params(self) -> dict[str, Any]:
         """The request parameters sent besides model and messages (no key, no header values)."""
         return dict(self.request_params)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """Completion tokens spent on reasoning (`usage.reasoning_tokens`)."""
+        return self.usage.reasoning_tokens
 
     @property
     def first(self) -> ChatChoice:
@@ -400,8 +404,20 @@ class ChatClient:
     # -- credentials -------------------------------------------------------------------------
 
     def check_available(self) -> None:
-        """Raise `LLMKeyMissing` when the API key this client needs is not in the environment."""
+        """Raise `LLMKeyMissing` when the API key this client needs is not in the environment,
+        `LLMUnavailable` when an extra header holds the mask instead of its value."""
         self._api_key()
+        self._check_headers()
+
+    def _check_headers(self) -> None:
+        # A run folder's config.yaml masks header values; sending the mask would only earn a
+        # confusing 401, so a config rebuilt from it must not reach the network.
+        masked = sorted(name for name, value in self._headers.items() if value == MASK)
+        if masked:
+            raise LLMUnavailable(
+                f"extra_headers {', '.join(masked)} hold the mask {MASK!r}, not a value: a run "
+                "folder's config.yaml masks header values; run with the original config"
+            )
 
     def _api_key(self) -> str:
         if self.api_key_env is None:
@@ -433,6 +449,7 @@ class ChatClient:
             "max_retries": 0,
         }
         if self._headers:
+            self._check_headers()
             options["default_headers"] = dict(self._headers)
         if self.extra_query:
             options["default_query"] = dict(self.extra_query)
@@ -678,7 +695,6 @@ def _parse_response(
             raise ProviderError(_error_text(raw.get("error") or "finish_reason: error"))
         choices.append(_choice(raw))
     usage_raw = data.get("usage")
-    details = (usage_raw or {}).get("completion_tokens_details") or {}
     params = {k: v for k, v in sent.items() if k not in ("model", "messages")}
     return ChatResponse(
         choices=tuple(choices),
@@ -688,7 +704,6 @@ def _parse_response(
         schema_fallback=counter.level != request.format_level(),
         request_params=params,
         response_format_used=counter.level,
-        reasoning_tokens=int(details.get("reasoning_tokens") or 0),
         usage_reported=bool(usage_raw),
         raw=data,
     )

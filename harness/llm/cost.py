@@ -17,11 +17,14 @@ PRICES_ENV = "HARNESS_MODEL_PRICES"  # optional path of a user override file
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts of one chat completion (`cached_tokens` is the part of the prompt the
-    provider served from its own prompt cache, included in `prompt_tokens`)."""
+    provider served from its own prompt cache, included in `prompt_tokens`; `reasoning_tokens`
+    the part of the completion a reasoning model spent thinking, included in
+    `completion_tokens` and billed with it)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -33,6 +36,7 @@ class Usage:
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
     @classmethod
@@ -41,11 +45,19 @@ class Usage:
         if not usage:
             return cls()
         details = usage.get("prompt_tokens_details") or {}
+        completion = usage.get("completion_tokens_details") or {}
         return cls(
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
+            reasoning_tokens=int(completion.get("reasoning_tokens") or 0),
         )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Usage:
+        """Read what `as_dict` wrote (missing fields count 0)."""
+        data = data or {}
+        return cls(**{name: int(data.get(name) or 0) for name in _USAGE_FIELDS})
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict for JSON."""
@@ -53,7 +65,11 @@ class Usage:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
         }
+
+
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +79,7 @@ class ModelPrice:
     input: float
     output: float
     cached_input: float
+    batch_discount: float | None = None  # batch price = list price x this; None: no batch API
 
     def cost_usd(self, usage: Usage) -> float:
         """USD cost of `usage` (cached prompt tokens at the cached rate)."""
@@ -73,6 +90,12 @@ class ModelPrice:
             + cached * self.cached_input
             + usage.completion_tokens * self.output
         ) / 1_000_000.0
+
+    def batch_cost_usd(self, usage: Usage) -> float | None:
+        """USD cost of `usage` through the provider's batch API, None when it has none."""
+        if self.batch_discount is None:
+            return None
+        return self.cost_usd(usage) * self.batch_discount
 
 
 class PriceTable:
@@ -131,10 +154,17 @@ def _read_prices(path: Path) -> dict[str, ModelPrice]:
                 input=float(entry["input"]),
                 output=float(entry["output"]),
                 cached_input=float(entry.get("cached_input", entry["input"])),
+                batch_discount=(
+                    float(entry["batch_discount"])
+                    if entry.get("batch_discount") is not None
+                    else None
+                ),
             )
         except (TypeError, ValueError):
             raise ValueError(f"{path}: model {name!r} has a non-numeric price") from None
         if min(price.input, price.output, price.cached_input) < 0:
             raise ValueError(f"{path}: model {name!r} has a negative price")
+        if price.batch_discount is not None and not 0 < price.batch_discount <= 1:
+            raise ValueError(f"{path}: model {name!r}: batch_discount must be in (0, 1]")
         prices[str(name)] = price
     return prices

@@ -14,6 +14,14 @@ do raise: the run cannot be meaningful.
 
 Requests follow the model family (reasoning models: `max_completion_tokens`, no temperature) and
 the sampling settings (`n` for several votes, separate requests where the server ignores it).
+
+Run health (docs/llm.md): `prefetch` sends the first uncached request alone; if it fails (a 400
+only when it repeats with the same text) the policy raises `LLMUnavailable` before any other
+request leaves. During the prefetch the policy stops asking (`halted`) after
+`max_consecutive_errors` failed decisions in a row, once errors or invalid answers already
+exceed `max_error_rate` / `max_invalid_rate` of the decisions to ask, or when a spend cap would
+be passed. Every answer (each choice of an `n` request) and every failed request is written to
+the run's transcript when one is attached; a replay serves every request from those records.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from pydantic import (
 )
 
 from harness.llm.anonymize import Anchor, AnonymizedView, PlainView
+from harness.llm.budget import Reservation, SpendCap, SpendCapReached, reserve, settle
 from harness.llm.cache import (
     CachedResponse,
     CacheLookup,
@@ -60,10 +69,20 @@ from harness.llm.client import (
 )
 from harness.llm.contract import AnswerCheck, response_format_for, validate_answer
 from harness.llm.cost import PriceTable, Usage
+from harness.llm.health import FAILURE_KINDS, FailureKind, classify_failure, probe_skips
 from harness.llm.model_family import infer_reasoning_model
 from harness.llm.prompts import PromptTemplate, build_context, load_prompt
 from harness.llm.ratelimit import RateLimiter
 from harness.llm.retry import RetryPolicy
+from harness.llm.tokens import count_message_tokens
+from harness.llm.transcripts import (
+    TranscriptBook,
+    TranscriptMissing,
+    TranscriptRecord,
+    TranscriptRequest,
+    TranscriptResponse,
+    TranscriptWriter,
+)
 from harness.state import DecisionState
 from harness.timestamps import TimestampLike, to_utc
 from harness.types import CallCandidate
@@ -72,6 +91,8 @@ log = logging.getLogger("harness.llm")
 
 Policy = Callable[[DecisionState, Sequence[CallCandidate]], CallCandidate | None]
 BUILTIN_ON_INVALID = ("do_nothing", "retry")
+# Answer budget assumed by spend caps when `max_tokens` is not set.
+UNBOUNDED_ANSWER_TOKENS = 4096
 
 
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -161,6 +182,19 @@ class LLMPolicyConfig(BaseModel):
     prompts_dir: str | None = None
     prices_path: str | None = Field(None, description="Override file for model prices.")
     name: str | None = Field(None, description="Policy name in reports.")
+    # Run health and spend (docs/llm.md "Run health" and "Spend control").
+    max_error_rate: float = Field(
+        0.1, ge=0, le=1, description="Failed share of asked decisions past which it fails."
+    )
+    max_invalid_rate: float = Field(
+        0.5, ge=0, le=1, description="Invalid share of asked decisions past which it fails."
+    )
+    max_consecutive_errors: int = Field(
+        20, ge=1, description="Failed decisions in a row after which the policy stops asking."
+    )
+    max_cost_usd: float | None = Field(
+        None, ge=0, description="Spend cap of this policy per `harness run` invocation, USD."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -292,6 +326,10 @@ class LLMRunSummary:
     errors: int
     fallback_used: int
     model_priced: bool  # False: the price table does not list the model, costs show as 0
+    asked: int = 0  # decisions where the model was asked (with candidates)
+    error_rate: float = 0.0  # errors / asked
+    invalid_rate: float = 0.0  # invalid / asked
+    halted: str | None = None  # why the policy stopped asking before the end, if it did
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict."""
@@ -305,11 +343,16 @@ class _Asked:
     request: ChatRequest
     lookup: CacheLookup | None = None
     error: str | None = None
-    error_kind: str | None = None
     calls: int = 0  # HTTP requests, counted on the request's first choice only
     check: AnswerCheck | None = None
     choice_index: int = 0
     superseded: bool = False  # a failed `n` request whose samples were asked one by one
+    failure: FailureKind | None = None  # harness.llm.health kind of `error`
+
+    @property
+    def attempt(self) -> int:
+        """The `on_invalid: retry` attempt index of the request (0 first)."""
+        return self.request.attempt
 
     @property
     def sample(self) -> int:
@@ -422,6 +465,22 @@ class LLMPolicy:
         self._by_time: dict[pd.Timestamp, LLMDecisionRecord] = {}
         self._memo: dict[str, LLMDecisionRecord] = {}
         self._totals = _Totals()
+        # Run health, spend caps, transcripts and replay (attach_run).
+        self._probed: dict[str, _Asked] = {}
+        self._halt: tuple[str, str] | None = None  # ("errors" | "spend", reason)
+        self._not_asked: set[pd.Timestamp] = set()
+        self._own_caps: tuple[SpendCap, ...] = (
+            ()
+            if config.max_cost_usd is None
+            else (SpendCap(config.max_cost_usd, f"{self.name} max_cost_usd"),)
+        )
+        self._caps: tuple[SpendCap, ...] = self._own_caps
+        self._transcript: TranscriptWriter | None = None
+        self._answers: TranscriptBook | None = None
+        self._streak = 0
+        self._n_errors = 0
+        self._n_invalid = 0
+        self._to_ask = 0
 
     def __repr__(self) -> str:
         return f"LLMPolicy(name={self.name!r}, prompt_id={self.prompt_id!r})"
@@ -460,7 +519,17 @@ class LLMPolicy:
         plan = self._plan(state, candidates)
         record = self._memo.get(plan.key)
         if record is None:
-            record = self._decide(plan, state, candidates)
+            if self._halt is not None or plan.time in self._not_asked:
+                return None  # a stopped policy asks nothing more; the decision has no record
+            try:
+                record = self._decide(plan, state, candidates)
+            except TranscriptMissing:
+                self._not_asked.add(plan.time)
+                return None
+            except SpendCapReached as exc:
+                self._stop("spend", str(exc))
+                return None
+            self._watch(record)
         return self._choice(record, state, candidates)
 
     def prefetch(
@@ -477,6 +546,13 @@ class LLMPolicy:
             _run_coroutine(lambda: self._aprefetch(todo, progress))
         return self.summary()
 
+    def requests_for(
+        self, state: DecisionState, candidates: Sequence[CallCandidate]
+    ) -> list[tuple[ChatRequest, str]]:
+        """The first-attempt requests (one per sample) this policy would send at `state`, with
+        their cache keys. Renders the prompt; sends nothing (for `harness plan`)."""
+        return [(request, key) for request, _, key in self._plan(state, candidates).asks()]
+
     def record_for(self, decision_time: TimestampLike) -> LLMDecisionRecord | None:
         """The record of the decision at `decision_time` (the latest if asked twice), or None."""
         return self._by_time.get(to_utc(decision_time))
@@ -489,6 +565,9 @@ class LLMPolicy:
     def summary(self) -> LLMRunSummary:
         """Calls made, answers served from cache, tokens, cost incurred and saved, failures."""
         t = self._totals
+        asked = sum(r.note != "no candidates" for r in self._records)
+        errors = sum(r.error is not None for r in self._records)
+        invalid = sum(not r.valid and r.error is None for r in self._records)
         return LLMRunSummary(
             policy=self.name,
             model=self.config.model,
@@ -502,10 +581,193 @@ class LLMPolicy:
             cached_tokens=t.usage.cached_tokens,
             cost_usd_incurred=t.cost,
             cost_usd_saved=t.saved,
-            invalid=sum(not r.valid and r.error is None for r in self._records),
-            errors=sum(r.error is not None for r in self._records),
+            invalid=invalid,
+            errors=errors,
             fallback_used=sum(r.fallback_used for r in self._records),
             model_priced=self.prices.price_for(self.config.model) is not None,
+            asked=asked,
+            error_rate=errors / asked if asked else 0.0,
+            invalid_rate=invalid / asked if asked else 0.0,
+            halted=self.halted,
+        )
+
+    # -- run integrity -------------------------------------------------------------------------
+
+    def attach_run(
+        self,
+        *,
+        transcript: TranscriptWriter | None = None,
+        spend_caps: Sequence[SpendCap] = (),
+        answers: TranscriptBook | None = None,
+    ) -> None:
+        """Write every request to `transcript`, obey run-level `spend_caps` (with the policy's
+        own `max_cost_usd`), and with `answers` serve every request from a run's transcripts
+        (replay: no cache, no network)."""
+        self._transcript = transcript
+        self._caps = self._own_caps + tuple(spend_caps)
+        self._answers = answers
+
+    @property
+    def halted(self) -> str | None:
+        """Why the policy stopped asking before its last decision (None: it did not stop)."""
+        return self._halt[1] if self._halt is not None else None
+
+    @property
+    def halted_for_spend(self) -> bool:
+        """True when a spend cap stopped the policy (the run can be resumed with more budget)."""
+        return self._halt is not None and self._halt[0] == "spend"
+
+    @property
+    def incomplete(self) -> bool:
+        """True when some decisions were deliberately not asked (stopped, or no transcript)."""
+        return self._halt is not None or bool(self._not_asked)
+
+    def _stop(self, why: str, reason: str) -> None:
+        if self._halt is None:
+            self._halt = (why, reason)
+
+    def _watch(self, record: LLMDecisionRecord) -> None:
+        """Count a concluded decision towards the early-stop rules (docs/llm.md)."""
+        cfg = self.config
+        if record.error is not None:
+            self._streak += 1
+            self._n_errors += 1
+        else:
+            self._streak = 0
+            self._n_invalid += int(not record.valid)
+        if self._answers is not None:
+            return  # a replay reproduces the run, it does not judge it again
+        if self._streak >= cfg.max_consecutive_errors:
+            self._stop(
+                "errors",
+                f"stopped after {self._streak} failed decisions in a row "
+                f"(max_consecutive_errors {cfg.max_consecutive_errors}); last: {record.error}",
+            )
+        elif self._to_ask and self._n_errors > cfg.max_error_rate * self._to_ask:
+            self._stop(
+                "errors",
+                f"stopped: {self._n_errors} failed decisions already exceed max_error_rate "
+                f"{cfg.max_error_rate:g} of the {self._to_ask} to ask; last: {record.error}",
+            )
+        elif self._to_ask and self._n_invalid > cfg.max_invalid_rate * self._to_ask:
+            self._stop(
+                "errors",
+                f"stopped: {self._n_invalid} invalid answers already exceed max_invalid_rate "
+                f"{cfg.max_invalid_rate:g} of the {self._to_ask} decisions to ask",
+            )
+
+    def _reserve(self, request: ChatRequest) -> Reservation | None:
+        """Hold the worst-case cost of `request` on every spend cap (None when uncapped)."""
+        if not self._caps:
+            return None
+        price = self.prices.price_for(request.model)
+        if price is None:
+            amount = 0.0  # unpriced models cost 0 in every report; the caps cannot see them
+        else:
+            prompt = count_message_tokens(request.messages, request.model)
+            # An `n` request can bill n full answers.
+            answer = (request.max_tokens or UNBOUNDED_ANSWER_TOKENS) * request.n
+            amount = price.cost_usd(Usage(prompt_tokens=prompt, completion_tokens=answer))
+        return reserve(self._caps, amount, f"{self.name} at {request.model}")
+
+    def _replayed(self, request: ChatRequest, when: pd.Timestamp, key: str) -> list[_Asked]:
+        """The run's recorded outcome of `request`: its answers (every choice of an `n` request,
+        one record per sample) or its failure."""
+        assert self._answers is not None
+        book = self._answers
+        first = book.find(self.name, when, request.attempt, request.sample_index, key)
+        if first.response is None:
+            failure = first.error_kind if first.error_kind in FAILURE_KINDS else None
+            return [_Asked(request, error=first.error or "error", failure=failure)]  # type: ignore[arg-type]
+        records = [first]
+        for i in range(1, request.n):
+            try:
+                more = book.find(self.name, when, request.attempt, request.sample_index + i, key)
+            except TranscriptMissing:
+                break
+            if more.cache_key != key or more.response is None:
+                break  # the server returned fewer choices; the rest were asked one by one
+            records.append(more)
+        usage = first.usage or {}
+        choices = [
+            ChatChoice(
+                content=r.response.content,
+                reasoning=r.response.reasoning,
+                finish_reason=r.response.finish_reason,
+                refusal=r.response.refusal,
+            ).as_dict()
+            for r in records
+            if r.response is not None
+        ]
+        head = first.response
+        entry = CachedResponse(
+            key=key,
+            text=head.content or "",
+            content_null=head.content is None,
+            reasoning=head.reasoning,
+            finish_reason=head.finish_reason,
+            refusal=head.refusal,
+            choices=choices,
+            usage=Usage.from_dict(usage),
+            cost_usd=first.cost_usd,
+            latency_s=first.latency_s,
+            request_params=first.request.params,
+        )
+        return self._answered(request, CacheLookup(entry, "cache"))
+
+    def _transcribe(
+        self, asked: _Asked, when: pd.Timestamp, payload: dict[str, Any], key: str
+    ) -> None:
+        """One transcript record per answer (choice) or failed request (INTERFACES section 2).
+
+        An `n` request's usage, cost and latency are on its first choice's record only, so
+        sums over the file count the request once."""
+        if self._transcript is None:
+            return
+        entry = asked.lookup.entry if asked.lookup is not None else None
+        choice = asked.choice
+        response = None
+        if choice is not None:
+            response = TranscriptResponse(
+                content=choice.content,
+                reasoning=choice.reasoning,
+                finish_reason=choice.finish_reason,
+                refusal=choice.refusal,
+            )
+        if entry is not None and entry.sent_params:
+            params = dict(entry.sent_params)  # as sent: token parameter, response_format used
+        else:
+            skip = ("messages", "base_url", "model", "extra_header_names")
+            params = {k: v for k, v in payload.items() if k not in skip}
+        if self.client.header_names:
+            params["extra_headers"] = {name: MASK for name in self.client.header_names}
+        if self.client.extra_query and "extra_query" not in params:
+            params["extra_query"] = dict(self.client.extra_query)
+        first_choice = asked.choice_index == 0
+        self._transcript.write(
+            TranscriptRecord(
+                policy=self.name,
+                decision_time=when.isoformat(),
+                attempt=asked.attempt,
+                sample=asked.sample,
+                cache_key=key,
+                from_cache=asked.lookup.hit if asked.lookup is not None else False,
+                execution="replay" if self._answers is not None else "live",
+                model=asked.request.model,
+                base_url=self.client.base_url,
+                prompt_id=self.prompt_id,
+                request=TranscriptRequest(
+                    messages=list(payload.get("messages") or asked.request.message_dicts()),
+                    params=params,
+                ),
+                response=response,
+                usage=entry.usage.as_dict() if entry is not None and first_choice else {},
+                cost_usd=entry.cost_usd if entry is not None and first_choice else 0.0,
+                latency_s=entry.latency_s if entry is not None and first_choice else 0.0,
+                error=asked.error,
+                error_kind=asked.failure,
+                n_choices=entry.n_choices if entry is not None else None,
+            )
         )
 
     def set_anchor(self, anchor_time: TimestampLike, anchor_spot: float) -> None:
@@ -601,7 +863,7 @@ class LLMPolicy:
         if plan.requests[0].n == 1:
             return []
         got = {a.sample for a in asked if a.lookup is not None}
-        rejected = [a for a in asked if a.error_kind == "bad_request" and _names_n(a.error)]
+        rejected = [a for a in asked if a.failure == "bad_request" and _names_n(a.error)]
         if not got and not rejected:
             return []  # the request failed like any other: recorded as an error
         for a in rejected:
@@ -666,7 +928,7 @@ class LLMPolicy:
             f"{self.cache.directory if self.cache else ''} is read_only"
         )
 
-    def _answers(self, request: ChatRequest, lookup: CacheLookup) -> list[_Asked]:
+    def _answered(self, request: ChatRequest, lookup: CacheLookup) -> list[_Asked]:
         """One `_Asked` per choice of `lookup` (at most `request.n`), accounted once."""
         entry = lookup.entry
         calls = 0
@@ -684,9 +946,17 @@ class LLMPolicy:
             for i in range(count)
         ]
 
+    def _done(
+        self, asked: list[_Asked], when: pd.Timestamp, payload: dict[str, Any], key: str
+    ) -> list[_Asked]:
+        """Write the request's answers (one per choice) or its failure to the transcript."""
+        for a in asked:
+            self._transcribe(a, when, payload, key)
+        return asked
+
     def _failed(self, request: ChatRequest, exc: LLMCallError) -> list[_Asked]:
         self._totals.calls += exc.attempts
-        return [_Asked(request, error=str(exc), error_kind=exc.kind, calls=exc.attempts)]
+        return [_Asked(request, error=str(exc), failure=classify_failure(exc), calls=exc.attempts)]
 
     def _ask(
         self,
@@ -696,9 +966,23 @@ class LLMPolicy:
         key: str | None = None,
     ) -> list[_Asked]:
         payload = payload or self.client.key_payload(request)
+        key = key or cache_key(payload)
+        if self._answers is not None:
+            return self._done(self._replayed(request, when, key), when, payload, key)
+        probed = self._probed.pop(key, None)
+        if probed is not None:
+            return probed  # the health probe's answers, already counted and transcribed
 
         def compute() -> CachedResponse:
-            return self._entry(self.client.complete(request))
+            hold = self._reserve(request)
+            cost = 0.0
+            try:
+                entry = self._entry(self.client.complete(request))
+                cost = entry.cost_usd
+                return entry
+            finally:
+                if hold is not None:
+                    settle(hold, cost)
 
         try:
             if self.cache is None:
@@ -708,8 +992,8 @@ class LLMPolicy:
         except CacheMissError:
             raise self._miss(when) from None
         except LLMCallError as exc:
-            return self._failed(request, exc)
-        return self._answers(request, lookup)
+            return self._done(self._failed(request, exc), when, payload, key)
+        return self._done(self._answered(request, lookup), when, payload, key)
 
     async def _aask(
         self,
@@ -719,9 +1003,23 @@ class LLMPolicy:
         key: str | None = None,
     ) -> list[_Asked]:
         payload = payload or self.client.key_payload(request)
+        key = key or cache_key(payload)
+        if self._answers is not None:
+            return self._done(self._replayed(request, when, key), when, payload, key)
+        probed = self._probed.pop(key, None)
+        if probed is not None:
+            return probed  # the health probe's answers, already counted and transcribed
 
         async def compute() -> CachedResponse:
-            return self._entry(await self.client.acomplete(request))
+            hold = self._reserve(request)
+            cost = 0.0
+            try:
+                entry = self._entry(await self.client.acomplete(request))
+                cost = entry.cost_usd
+                return entry
+            finally:
+                if hold is not None:
+                    settle(hold, cost)
 
         try:
             if self.cache is None:
@@ -733,8 +1031,8 @@ class LLMPolicy:
         except CacheMissError:
             raise self._miss(when) from None
         except LLMCallError as exc:
-            return self._failed(request, exc)
-        return self._answers(request, lookup)
+            return self._done(self._failed(request, exc), when, payload, key)
+        return self._done(self._answered(request, lookup), when, payload, key)
 
     def _decide(
         self, plan: _Plan, state: DecisionState, candidates: Sequence[CallCandidate]
@@ -763,7 +1061,64 @@ class LLMPolicy:
         retries = self._retry_requests(plan, asked)
         if retries:
             asked += await ask_all([(r, None, None) for r in retries])
-        return self._conclude(plan, asked, state, candidates, started)
+        record = self._conclude(plan, asked, state, candidates, started)
+        self._watch(record)
+        return record
+
+    async def _aprobe(
+        self,
+        items: list[tuple[DecisionState, Sequence[CallCandidate]]],
+        plans: dict[int, _Plan],
+    ) -> None:
+        """Send the first uncached request alone; raise `LLMUnavailable` when it fails.
+
+        Plans rendered while looking for it are kept in `plans` for the prefetch. Nothing is
+        sent when every request is answered already (memory, cache or transcripts).
+        """
+        if self._answers is not None or self.cache_mode == "read_only":
+            return
+        found: tuple[_Plan, ChatRequest, dict[str, Any], str] | None = None
+        for i, (state, candidates) in enumerate(items):
+            plan = plans[i] = self._plan(state, candidates)
+            if plan.key in self._memo:
+                continue
+            request, payload, key = next(iter(plan.asks()))
+            cached = (
+                self.cache is not None and self.cache_mode == "read_write" and key in self.cache
+            )
+            if not cached:
+                found = (plan, request, payload, key)
+                break
+        if found is None:
+            return
+        plan, request, payload, key = found
+        try:
+            first = await self._aask(request, plan.time, payload, key)
+            failed = first[0] if first[0].error is not None else None
+            n_rejected = request.n > 1 and _names_n(failed.error if failed else None)
+            if failed is not None and failed.failure == "bad_request" and n_rejected:
+                # The server takes one choice per request: the samples are asked one by one
+                # (`_missing_samples`), that is no reason to skip the policy.
+                self._probed[key] = first
+                return
+            if failed is not None and failed.failure == "bad_request":
+                # A 400 may be about this one prompt: ask once more, skip only if it repeats.
+                again = await self._aask(request, plan.time, payload, key)
+                if again[0].error == failed.error:
+                    raise LLMUnavailable(
+                        f"{self.name}: the first request was rejected twice with the same "
+                        f"error: {failed.error}"
+                    )
+                first = again
+                failed = first[0] if first[0].error is not None else None
+        except SpendCapReached as exc:
+            self._stop("spend", str(exc))
+            return
+        if failed is not None and probe_skips(failed.failure or "other"):
+            raise LLMUnavailable(
+                f"{self.name}: the first request failed ({failed.failure}): {failed.error}"
+            )
+        self._probed[key] = first
 
     async def _aprefetch(
         self,
@@ -772,19 +1127,36 @@ class LLMPolicy:
     ) -> None:
         bar = _Progress(len(items), self) if progress else None
         seen: set[str] = set()
+        plans: dict[int, _Plan] = {}
+        self._to_ask = len(items)
+        # Decisions in flight are bounded here too, so a spend cap holds money only for
+        # requests about to be sent, not for every queued decision.
+        gate = asyncio.Semaphore(self.config.max_concurrency)
 
-        async def one(state: DecisionState, candidates: Sequence[CallCandidate]) -> None:
+        async def one(i: int, state: DecisionState, candidates: Sequence[CallCandidate]) -> None:
             # Rendering inside the task lets the first requests leave while later prompts are
             # still being rendered. No await between the check and `seen.add`: no race.
-            plan = self._plan(state, candidates)
+            plan = plans.pop(i, None) or self._plan(state, candidates)
             if plan.key not in self._memo and plan.key not in seen:
                 seen.add(plan.key)
-                await self._adecide(plan, state, candidates)
+                async with gate:
+                    if self._halt is None:
+                        try:
+                            await self._adecide(plan, state, candidates)
+                        except SpendCapReached as exc:
+                            self._stop("spend", str(exc))
+                        except TranscriptMissing:
+                            self._not_asked.add(plan.time)
             if bar is not None:
                 bar.advance()
 
-        tasks = [asyncio.create_task(one(state, candidates)) for state, candidates in items]
+        tasks: list[asyncio.Task[None]] = []
         try:
+            await self._aprobe(items, plans)
+            tasks = [
+                asyncio.create_task(one(i, state, candidates))
+                for i, (state, candidates) in enumerate(items)
+            ]
             await asyncio.gather(*tasks)
         except BaseException:
             # LLMUnavailable / CacheMissError / abort: stop the other decisions before the client

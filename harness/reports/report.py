@@ -622,6 +622,10 @@ def _header(run: RunFolder) -> list[tuple[str, str]]:
         rows.append(("Ran", f"{m.get('started_at', DASH)} → {m.get('finished_at', DASH)}"))
     for p, reason in run.skipped.items():
         rows.append((f"Skipped {p}", str(reason)))
+    for p, st in (m.get("policy_status") or {}).items():
+        # manifest policy_status (docs/run_folder.md): failed policies are in no comparison
+        if isinstance(st, dict) and st.get("status") == "failed":
+            rows.append((f"Failed {p}", f"{st.get('reason', DASH)} (left out of comparisons)"))
     rows.extend(_llm_usage(run))
     return rows
 
@@ -652,7 +656,10 @@ def _llm_usage(run: RunFolder) -> list[tuple[str, str]]:
     ]
 
 
-def _policy_label(p: str, baseline: str | None) -> str:
+def _policy_label(p: str, baseline: str | None, status: dict[str, Any] | None = None) -> str:
+    st = (status or {}).get(p)
+    if isinstance(st, dict) and st.get("status", "ok") != "ok":
+        return f"{p} ({st['status']})"
     return f"{p} (baseline)" if p == baseline else p
 
 
@@ -670,7 +677,7 @@ def _decision_table(run: RunFolder, unit: str, baseline: str | None) -> Table:
         m = _policy_metrics(run, p)
         rows.append(
             [
-                _policy_label(p, baseline),
+                _policy_label(p, baseline, run.manifest.get("policy_status")),
                 fmt_int(m.get("n_decisions")),
                 fmt_reward(m.get("mean_reward"), unit),
                 fmt_reward(m.get("total_reward"), unit),
@@ -693,7 +700,7 @@ def _portfolio_table(run: RunFolder, baseline: str | None) -> Table:
         traded = _finite(m.get("n_trades")) and float(m["n_trades"]) > 0
         rows.append(
             [
-                _policy_label(p, baseline),
+                _policy_label(p, baseline, run.manifest.get("policy_status")),
                 fmt_usd(m.get("pnl_vs_hodl_usd")),
                 fmt_pct(m.get("total_return_pct")),
                 fmt_num(m.get("sharpe")),
