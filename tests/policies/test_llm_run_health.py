@@ -11,6 +11,7 @@ import pytest
 from harness.llm.budget import SpendCap
 from harness.llm.cache import ResponseCache
 from harness.llm.client import LLMPaymentRequired, LLMUnavailable
+from harness.llm.tokens import count_message_tokens
 from harness.policies.llm import LLMPolicy
 from tests.llm.fixtures import KEY_ENV, decisions
 from tests.llm.scripted_server import ScriptedServer, do_nothing, status
@@ -105,3 +106,21 @@ def test_spend_cap_stops_sending_and_keeps_what_was_answered(api_key: str) -> No
             # a stopped policy asks nothing more, also from the sequential path
             state, candidates = decisions(41)[-1]
             assert policy(state, candidates) is None and srv.request_count == summary.asked
+
+
+def test_an_n_request_holds_n_answer_budgets(api_key: str) -> None:
+    with ScriptedServer(default=lambda r: do_nothing()) as srv:
+        items = decisions(1)
+        with _policy(srv, cache_mode="off", samples=3, temperature=0.7) as policy:
+            ((request, _),) = policy.requests_for(*items[0])
+            assert request.n == 3
+            prompt = count_message_tokens(request.messages, request.model)
+            # room for 2 answers of 400 tokens at $0.60/M plus the prompt at $0.15/M, not 3
+            cap = SpendCap((prompt * 0.15 + 2 * 400 * 0.60) / 1e6, "test cap")
+            policy.attach_run(spend_caps=[cap])
+            policy.prefetch(items, progress=False)
+            assert policy.halted_for_spend and srv.request_count == 0
+        with _policy(srv, cache_mode="off") as single:
+            single.attach_run(spend_caps=[SpendCap(cap.limit_usd, "test cap")])
+            single.prefetch(items, progress=False)
+            assert not single.halted_for_spend and srv.request_count == 1
