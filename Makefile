@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/harness run configs/quickstart.yaml
 
+# The browser test drives Debian's chromium through Playwright (no browser download).
+CHROMIUM_OK = command -v chromium >/dev/null 2>&1 || test -x /usr/lib/chromium/chromium
+APT = $(if $(shell test "$$(id -u)" = 0 && echo root),,sudo )apt-get
+
 test: $(STAMP)
+	@$(CHROMIUM_OK) || ($(APT) update && $(APT) install -y chromium)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -6,28 +6,60 @@ Every command exits 0 on success and non-zero with a one-line reason on errors.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from harness import __version__
 
-out = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True)
+# soft_wrap: when output is not a terminal, long lines (URLs, paths) stay whole, not cut at 80.
+out = Console(width=None if sys.stdout.isatty() else 140, soft_wrap=not sys.stdout.isatty())
+err = Console(stderr=True, soft_wrap=True)
 
 
 class CLIError(Exception):
     """An error to report as one line and exit code 2."""
 
 
+# ---------------------------------------------------------------------- sweep
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.experiments.sweep import run_sweep
+
+    if args.backend == "local" and args.address:
+        raise CLIError("--address is for --backend ray")
+    summary = run_sweep(
+        args.sweep,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        out_dir=args.out,
+        trial_reports=args.trial_reports,
+        fresh=args.fresh,
+        quiet=args.quiet,
+    )
+    out.print(summary.sentence, markup=False, highlight=False)
+    out.print(
+        f"{summary.n_complete}/{summary.n_trials} trials complete ({summary.n_already_done} from "
+        f"an earlier run, {summary.n_failed} failed) in {summary.elapsed_s:.1f}s: "
+        f"{summary.sweep_dir / 'sweep_report.html'}",
+        markup=False,
+        highlight=False,
+    )
+    return 1 if summary.n_failed else 0
+
+
 # ---------------------------------------------------------------------- run
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.experiments.config import load_config
-    from harness.experiments.runner import LLMRequiredError, run_experiment
+    from harness.experiments.runner import LLMRequiredError, RunInterrupted, run_experiment
 
     config = load_config(args.config)
     try:
@@ -37,15 +69,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cache_mode=args.cache_mode,
             require_llm=args.require_llm,
             resume=args.resume,
-            quiet=args.quiet,
+            quiet=args.quiet or args.json,
             max_cost_usd=args.max_cost,
             config_path=args.config,
         )
+    except RunInterrupted as exc:
+        _print_resume(args, exc.run_dir)
+        return 130
     except LLMRequiredError as exc:
         if exc.summary is not None:
-            _print_run(exc.summary, config.reward.kind, quiet=args.quiet)
+            if args.json:
+                _print_json(_run_json(exc.summary))
+            else:
+                _print_run(exc.summary, config.reward.kind, quiet=args.quiet)
         err.print(f"harness run: error: {exc}", markup=False, highlight=False)
         return 2
+    if args.json:
+        _print_json(_run_json(summary))
+        return 0
     _print_run(summary, config.reward.kind, quiet=args.quiet)
     return 0
 
@@ -193,17 +234,98 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_resume(args: argparse.Namespace, run_dir: Path) -> None:
+    """After Ctrl-C: the run folder and the exact command that continues it."""
+    parts = ["harness", "run", shlex.quote(args.config), "--resume", shlex.quote(str(run_dir))]
+    if args.cache_mode:
+        parts += ["--cache-mode", args.cache_mode]
+    if args.require_llm:
+        parts.append("--require-llm")
+    err.print(f"interrupted; run folder: {run_dir}", markup=False, highlight=False)
+    err.print(f"resume with: {' '.join(parts)}", markup=False, highlight=False)
+
+
+def _print_json(obj: Any) -> None:
+    """One JSON document on stdout (NaN written as null), nothing else."""
+    sys.stdout.write(json.dumps(_json_clean(obj), indent=2, default=str) + "\n")
+
+
+def _json_clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_clean(v) for v in obj]
+    return obj
+
+
+def _run_json(summary: Any) -> dict[str, Any]:
+    return {
+        "run_dir": str(summary.run_dir),
+        "name": summary.name,
+        "policies": summary.policies,
+        "skipped": summary.skipped,
+        "metrics": summary.metrics,
+        "comparison": [c.to_dict() for c in summary.comparison],
+        "llm_usage": summary.llm_usage,
+        "elapsed_s": summary.elapsed_s,
+        "resumed_decisions": summary.resumed_decisions,
+    }
+
+
 # ---------------------------------------------------------------------- compare
 def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.reports.compare import compare_runs, render_comparison, write_comparison
 
     cmp = compare_runs(Path(args.run_a), Path(args.run_b), policy=args.policy)
-    md, _ = render_comparison(cmp)
-    out.print(md)
     target = Path(args.out) if args.out else Path(args.run_b)
     paths = write_comparison(cmp, target)
+    if args.json:
+        _print_json(_compare_json(cmp, paths))
+        return 0
+    md, _ = render_comparison(cmp)
+    out.print(md)
     out.print(f"written: {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def _compare_json(cmp: Any, paths: Sequence[Path]) -> dict[str, Any]:
+    return {
+        "run_a": str(cmp.run_a),
+        "run_b": str(cmp.run_b),
+        "reward_kind": cmp.reward_kind,
+        "written": [str(p) for p in paths],
+        "policies": [
+            {
+                "policy": p.policy,
+                "n_aligned": p.n_aligned,
+                "n_changed": p.n_changed,
+                "mean_change": p.mean_change,
+                "ci_low": p.ci_low,
+                "ci_high": p.ci_high,
+                "wins": p.wins,
+                "losses": p.losses,
+                "ties": p.ties,
+                "prompt_id_a": p.prompt_id_a,
+                "prompt_id_b": p.prompt_id_b,
+                "changed": [
+                    {
+                        "decision_time": c.decision_time.isoformat(),
+                        "choice_a": c.choice_a,
+                        "choice_b": c.choice_b,
+                        "reward_a": c.reward_a,
+                        "reward_b": c.reward_b,
+                    }
+                    for c in p.changed
+                ],
+            }
+            for p in cmp.policies
+        ],
+        "policies_only_in_a": list(cmp.policies_only_in_a),
+        "policies_only_in_b": list(cmp.policies_only_in_b),
+        "notes": list(cmp.notes),
+    }
 
 
 # ---------------------------------------------------------------------- chain
@@ -214,6 +336,8 @@ def _cmd_chain(args: argparse.Namespace) -> int:
     from harness.experiments.markets import build_market
     from harness.timestamps import to_utc
 
+    if args.source == "parquet" and not args.path:
+        raise CLIError("chain --source parquet needs --path STORE_DIR (the Parquet store folder)")
     source = build_market(MarketConfig(source=args.source, seed=args.seed, path=args.path))
     as_of = to_utc(args.as_of)
     chain = [c for c in source.list_option_chain(args.underlying.upper(), as_of) if c.dte > 0]
@@ -222,6 +346,30 @@ def _cmd_chain(args: argparse.Namespace) -> int:
     spot = chain[0].underlying_price
     expiries = sorted({c.expiry for c in chain})[: args.expiries]
     lo, hi = spot * (1 - args.width / 100), spot * (1 + args.width / 100)
+    if args.json:
+        shown = [c for c in chain if c.expiry in set(expiries) and lo <= c.strike <= hi]
+        _print_json(
+            {
+                "underlying": args.underlying.upper(),
+                "as_of": as_of.isoformat(),
+                "spot": spot,
+                "options": [
+                    {
+                        "instrument_name": c.instrument_name,
+                        "kind": c.kind,
+                        "strike": c.strike,
+                        "expiry": pd.Timestamp(c.expiry).isoformat(),
+                        "bid_price": c.bid_price,
+                        "ask_price": c.ask_price,
+                        "mark_price": c.mark_price,
+                        "mark_iv": c.mark_iv,
+                        "delta": c.delta,
+                    }
+                    for c in sorted(shown, key=lambda c: (c.expiry, c.strike, c.kind))
+                ],
+            }
+        )
+        return 0
     out.print(
         f"{args.underlying.upper()} at {as_of.isoformat()}  spot {spot:,.2f} USD  ({len(chain)} options listed)"
     )
@@ -278,10 +426,30 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             for model, n in sorted(st.by_model.items()):
                 out.print(f"  {model}: {n}")
         else:
-            n = cache.clear(model=args.model)
             what = f"model {args.model}" if args.model else "all models"
+            st = cache.stats()
+            n_at_risk = st.by_model.get(args.model, 0) if args.model else st.entries
+            if not args.yes and not _confirm(
+                f"delete {n_at_risk} cached answers ({what}) from {directory}? "
+                "They were paid for and cannot be restored."
+            ):
+                raise CLIError(
+                    f"not cleared: {n_at_risk} cached answers kept (pass --yes to delete "
+                    "without asking)"
+                )
+            n = cache.clear(model=args.model)
             out.print(f"removed {n} cached answers ({what})")
     return 0
+
+
+def _confirm(question: str) -> bool:
+    """Ask y/N on a terminal; without a terminal the answer is no (use --yes)."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 # ---------------------------------------------------------------------- export
@@ -323,12 +491,105 @@ def _cmd_data(args: argparse.Namespace) -> int:
             timeframe=args.timeframe,
             progress=not args.quiet,
         )
+    elif args.data_command == "import-synthetic":
+        res = importers.import_synthetic(
+            args.underlying,
+            args.start,
+            args.end,
+            args.every,
+            Path(args.out),
+            seed=args.seed,
+            calls_only=args.calls_only,
+            max_dte=args.max_dte,
+            spot_timeframe=args.spot_timeframe,
+            progress=not args.quiet,
+        )
     else:
         res = importers.import_cdd(
             Path(args.file), args.underlying, Path(args.out), progress=not args.quiet
         )
     out.print(str(res))
     return 0
+
+
+# ---------------------------------------------------------------------- view
+def _cmd_view(args: argparse.Namespace) -> int:
+    from harness.reports.view.app import serve
+
+    runs_dir = Path(args.runs_dir)
+    if not runs_dir.is_dir():
+        raise CLIError(f"no runs folder at {runs_dir}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"warning: serving on {args.host}, reachable beyond this machine", markup=False)
+    out.print(f"harness view: http://{args.host}:{args.port}/ (runs from {runs_dir}; Ctrl-C stops)")
+    serve(runs_dir, host=args.host, port=args.port)
+    return 0
+
+
+# ---------------------------------------------------------------------- runs
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from harness.experiments.run_folders import remove_run_folders, scan_run_folders
+
+    infos = scan_run_folders(Path(args.runs_dir), incomplete_only=args.incomplete)
+    if args.runs_command == "list":
+        if args.json:
+            _print_json(
+                [
+                    {
+                        "path": str(i.path),
+                        "name": i.name,
+                        "status": i.status,
+                        "started_at": i.started_at,
+                        "decision_lines": i.n_decision_lines,
+                        "size_bytes": i.size_bytes,
+                        "live": i.live,
+                    }
+                    for i in infos
+                ]
+            )
+            return 0
+        table = Table(title=f"{len(infos)} run folder(s) in {args.runs_dir}")
+        for col in ("run folder", "status", "started", "decision lines", "size"):
+            table.add_column(col, justify="right" if col in ("decision lines", "size") else "left")
+        for i in infos:
+            status = i.status + (" (live?)" if i.live and not i.complete else "")
+            table.add_row(
+                str(i.path),
+                status,
+                i.started_at or "-",
+                f"{i.n_decision_lines:,}",
+                f"{i.size_bytes / 1e6:.1f} MB",
+            )
+        out.print(table)
+        return 0
+    doomed = [i for i in infos if not i.complete and not i.live]
+    kept_live = [i for i in infos if not i.complete and i.live]
+    for i in kept_live:
+        out.print(f"kept {i.path}: written to in the last minutes (may still be running)")
+    if not doomed:
+        out.print("no incomplete run folders to remove")
+        return 0
+    for i in doomed:
+        out.print(f"incomplete: {i.path} ({i.n_decision_lines:,} decision lines)")
+    if not args.yes and not _confirm(f"remove these {len(doomed)} incomplete run folder(s)?"):
+        raise CLIError("nothing removed (pass --yes to remove without asking)")
+    removed = remove_run_folders(doomed)
+    out.print(f"removed {len(removed)} incomplete run folder(s)")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
 
 
 # ---------------------------------------------------------------------- parser
@@ -376,7 +637,45 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars; print only the run folder"
     )
+    r.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run summary (folder, metrics, comparisons, LLM usage) as JSON",
+    )
     r.set_defaults(func=_cmd_run)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run many configs (a grid, list or random sample of axes) and rank them",
+        description=(
+            "Expand SWEEP.yaml (a base config and axes over its dotted fields) into trials, run each "
+            "as a run folder under runs/<sweep-id>/trials/, and write sweep.json, leaderboard.parquet "
+            "and sweep_report.html with Holm/BH-adjusted p-values, the Deflated Sharpe Ratio and PBO. "
+            "Re-running the same file continues it. See docs/sweeps.md."
+        ),
+    )
+    sw.add_argument("sweep", help="sweep YAML, e.g. configs/sweeps/delta_dte.yaml")
+    sw.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="where trials run: a local process pool (default) or Ray",
+    )
+    sw.add_argument(
+        "--workers", type=int, help="parallel trials (default: CPU count; 1 runs in-process)"
+    )
+    sw.add_argument(
+        "--address", help="Ray cluster: auto or ray://HOST:PORT (default: a local loopback Ray)"
+    )
+    sw.add_argument("--out", default="runs", help="parent folder of the sweep folder")
+    sw.add_argument(
+        "--trial-reports", action="store_true", help="also draw each trial's HTML report and charts"
+    )
+    sw.add_argument(
+        "--fresh", action="store_true", help="start a new sweep folder instead of continuing one"
+    )
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    sw.set_defaults(func=_cmd_sweep)
 
     rp = sub.add_parser(
         "replay",
@@ -387,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
             "identical, 1 when not."
         ),
     )
-    rp.add_argument("run_dir")
+    rp.add_argument("run_dir", help="the run folder to replay from its transcripts.jsonl")
     rp.add_argument(
         "--out", help="parent folder of the replay's run folder (default: next to RUN_DIR)"
     )
@@ -402,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
             "ask, answers already cached, estimated tokens, cost at live and batch prices, wall time."
         ),
     )
-    pl.add_argument("config")
+    pl.add_argument("config", help="experiment YAML whose LLM requests are planned")
     pl.add_argument(
         "--latency-s",
         type=float,
@@ -416,13 +715,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare two runs decision by decision (prompt iteration)",
         description=(
             "Line up the decisions of RUN_A and RUN_B by decision time: where the choice changed, the reward "
-            "change with a 95% block-bootstrap interval, validity and cost changes. Writes comparison.md/.html."
+            "change with a 95% block-bootstrap interval, validity and cost changes. Writes "
+            "run_comparison.md and run_comparison.html."
         ),
     )
-    c.add_argument("run_a")
-    c.add_argument("run_b")
+    c.add_argument("run_a", help="the earlier run folder (A)")
+    c.add_argument("run_b", help="the later run folder (B); changes are B minus A")
     c.add_argument("--policy", help="compare only this policy (default: every policy in both runs)")
-    c.add_argument("--out", help="folder for comparison.md/.html (default: RUN_B)")
+    c.add_argument(
+        "--out", help="folder for run_comparison.md and run_comparison.html (default: RUN_B)"
+    )
+    c.add_argument(
+        "--json", action="store_true", help="print the comparison as JSON instead of Markdown"
+    )
     c.set_defaults(func=_cmd_compare)
 
     ch = sub.add_parser(
@@ -430,22 +735,77 @@ def build_parser() -> argparse.ArgumentParser:
         help="print an option chain near the money",
         description="Print the listed options around spot at an instant.",
     )
-    ch.add_argument("--underlying", default="BTC")
+    ch.add_argument("--underlying", default="BTC", help="coin, e.g. BTC or ETH (default: BTC)")
     ch.add_argument("--as-of", required=True, help="instant, e.g. 2024-03-01T08:00Z (UTC)")
-    ch.add_argument("--source", default="synthetic", choices=["synthetic", "parquet"])
-    ch.add_argument("--path", help="store folder for --source parquet")
+    ch.add_argument(
+        "--source",
+        default="synthetic",
+        choices=["synthetic", "parquet"],
+        help="market data: the embedded synthetic market or a Parquet store (default: synthetic)",
+    )
+    ch.add_argument("--path", help="store folder for --source parquet (required there)")
     ch.add_argument("--seed", type=int, default=7, help="synthetic market seed")
-    ch.add_argument("--expiries", type=int, default=3, help="how many nearest expiries to show")
-    ch.add_argument("--width", type=float, default=10.0, help="strikes within this %% of spot")
+    ch.add_argument(
+        "--expiries",
+        type=_positive_int,
+        default=3,
+        help="how many nearest expiries to show (at least 1)",
+    )
+    ch.add_argument(
+        "--width",
+        type=_positive_float,
+        default=10.0,
+        help="strikes within this %% of spot (greater than 0)",
+    )
+    ch.add_argument("--json", action="store_true", help="print the options shown as JSON")
     ch.set_defaults(func=_cmd_chain)
 
     k = sub.add_parser("cache", help="inspect or clear the LLM response cache")
     k.add_argument("--dir", default=".cache/llm", help="cache folder (default: .cache/llm)")
     ksub = k.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     ksub.add_parser("stats", help="entries and size per model")
-    kc = ksub.add_parser("clear", help="remove cached answers")
+    kc = ksub.add_parser(
+        "clear", help="remove cached answers (asks first: they were paid for; --yes skips)"
+    )
     kc.add_argument("--model", help="only this model's answers")
+    kc.add_argument("--yes", action="store_true", help="delete without asking")
     k.set_defaults(func=_cmd_cache)
+
+    v = sub.add_parser(
+        "view",
+        help="browse runs in a local read-only web app",
+        description=(
+            "Serve a read-only web app over RUNS_DIR: runs list, run reports, a decision browser, "
+            "LLM transcripts and run-vs-run comparison (JSON under /api/). Binds to 127.0.0.1."
+        ),
+    )
+    v.add_argument("runs_dir", nargs="?", default="runs", help="runs folder (default: runs)")
+    v.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    v.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default: 127.0.0.1, this machine only)",
+    )
+    v.set_defaults(func=_cmd_view)
+
+    rn = sub.add_parser("runs", help="list run folders or remove incomplete ones")
+    rnsub = rn.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    rl = rnsub.add_parser("list", help="run folders (sweep trials included), newest first")
+    rl.add_argument("--incomplete", action="store_true", help="only runs that did not finish")
+    rl.add_argument("--json", action="store_true", help="print the list as JSON")
+    rc = rnsub.add_parser(
+        "clean", help="remove incomplete run folders (never complete or still-running ones)"
+    )
+    rc.add_argument(
+        "--incomplete",
+        action="store_true",
+        required=True,
+        help="remove run folders whose manifest does not say complete (required)",
+    )
+    rc.add_argument("--yes", action="store_true", help="remove without asking")
+    for sp in (rl, rc):
+        sp.add_argument("--runs-dir", default="runs", help="runs folder (default: runs)")
+    rn.set_defaults(func=_cmd_runs)
 
     e = sub.add_parser(
         "export",
@@ -455,11 +815,12 @@ def build_parser() -> argparse.ArgumentParser:
             "preference (OpenAI DPO), trl-preference, rft."
         ),
     )
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="the run folder to export")
     e.add_argument(
         "--format",
         required=True,
         choices=["parquet", "csv", "jsonl", "openai-chat", "preference", "trl-preference", "rft"],
+        help="output format",
     )
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--policy", help="policy whose actions are exported (default: the baseline)")
@@ -480,26 +841,56 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="fetch or import real market data into the Parquet store")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     f = dsub.add_parser("fetch", help="fetch from the Deribit API: harness data fetch deribit ...")
-    f.add_argument("exchange", choices=["deribit"])
-    f.add_argument("--underlying", default="BTC")
-    f.add_argument("--start", required=True)
-    f.add_argument("--end", required=True)
-    f.add_argument("--timeframe", default="1h", choices=["1m", "5m", "15m", "1h", "4h", "1d"])
-    f.add_argument("--out", default="data")
-    f.add_argument("--base-url")
-    f.add_argument("--cache-dir")
-    imp = dsub.add_parser("import", help="import files: harness data import tardis|cdd ...")
+    f.add_argument("exchange", choices=["deribit"], help="the exchange API (deribit)")
+    f.add_argument("--underlying", default="BTC", help="coin (default: BTC)")
+    f.add_argument("--start", required=True, help="first instant, UTC (e.g. 2024-03-01)")
+    f.add_argument("--end", required=True, help="last instant, UTC")
+    f.add_argument(
+        "--timeframe",
+        default="1h",
+        choices=["1m", "5m", "15m", "1h", "4h", "1d"],
+        help="bar length (default: 1h)",
+    )
+    f.add_argument("--out", default="data", help="store folder (default: data)")
+    f.add_argument("--base-url", help="Deribit API base URL override")
+    f.add_argument("--cache-dir", help="HTTP cache folder for API responses")
+    imp = dsub.add_parser(
+        "import", help="import files: harness data import tardis|cdd|synthetic ..."
+    )
     isub = imp.add_subparsers(dest="import_kind", required=True, metavar="KIND")
     it = isub.add_parser("tardis", help="Tardis.dev options_chain CSV(.gz) files")
-    it.add_argument("files", nargs="+")
-    it.add_argument("--timeframe", default="1h", choices=["1m", "5m", "15m", "1h", "4h", "1d"])
-    it.add_argument("--out", default="data")
+    it.add_argument("files", nargs="+", help="options_chain CSV(.gz) files")
+    it.add_argument(
+        "--timeframe",
+        default="1h",
+        choices=["1m", "5m", "15m", "1h", "4h", "1d"],
+        help="bar length (default: 1h)",
+    )
+    it.add_argument("--out", default="data", help="store folder (default: data)")
     ic = isub.add_parser("cdd", help="a CryptoDataDownload spot CSV")
-    ic.add_argument("file")
-    ic.add_argument("--underlying", required=True)
-    ic.add_argument("--out", default="data")
-    for sp in (f, it, ic):
-        sp.add_argument("-q", "--quiet", action="store_true")
+    ic.add_argument("file", help="the CryptoDataDownload CSV")
+    ic.add_argument("--underlying", required=True, help="coin of the file, e.g. BTC")
+    ic.add_argument("--out", default="data", help="store folder (default: data)")
+    isy = isub.add_parser(
+        "synthetic",
+        help="the embedded synthetic market, written like a real import (offline pipeline tests)",
+    )
+    isy.add_argument("--seed", type=int, default=7, help="synthetic market seed (default: 7)")
+    isy.add_argument("--underlying", default="BTC", help="coin (default: BTC)")
+    isy.add_argument("--start", required=True, help="first snapshot, e.g. 2024-01-01T08:00")
+    isy.add_argument("--end", required=True, help="last snapshot, UTC")
+    isy.add_argument("--every", default="1h", help="snapshot spacing, e.g. 1h, 4h, 1d")
+    isy.add_argument("--calls-only", action="store_true", help="write calls only")
+    isy.add_argument("--max-dte", type=float, help="only expiries within this many days")
+    isy.add_argument(
+        "--spot-timeframe",
+        default="1h",
+        choices=["1m", "5m", "15m", "1h", "4h", "1d"],
+        help="bar length of the spot bars written (default: 1h)",
+    )
+    isy.add_argument("--out", default="data", help="store folder (default: data)")
+    for sp in (f, it, ic, isy):
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_data)
     return p
 

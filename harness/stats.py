@@ -8,7 +8,7 @@ decisions, not an i.i.d. one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -28,10 +28,34 @@ class PairedComparison:
     ties: int
     agreement_rate: float  # share of decisions where both chose the same action
     block_length: int
+    p_value: float = float("nan")  # two-sided block-bootstrap p-value of mean_diff == 0
+    p_holm: float = float("nan")  # Holm-adjusted over the family it was compared in
 
     def to_dict(self) -> dict:
         """Plain-dict form for JSON."""
         return asdict(self)
+
+
+def block_bootstrap_means(
+    values: Sequence[float] | np.ndarray,
+    *,
+    block_length: int,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> np.ndarray:
+    """Means of `n_resamples` moving-block bootstrap resamples (deterministic for a seed)."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n == 0:
+        return np.zeros(0)
+    if n == 1 or np.all(x == x[0]):
+        return np.full(n_resamples, float(x[0]))
+    b = int(min(max(block_length, 1), n))
+    n_blocks = int(np.ceil(n / b))
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n - b + 1, size=(n_resamples, n_blocks))
+    idx = (starts[:, :, None] + np.arange(b)[None, None, :]).reshape(n_resamples, -1)[:, :n]
+    return x[idx].mean(axis=1)
 
 
 def block_bootstrap_ci(
@@ -43,21 +67,43 @@ def block_bootstrap_ci(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile CI of the mean by the moving-block bootstrap (deterministic for a seed)."""
-    x = np.asarray(values, dtype=float)
-    n = len(x)
-    if n == 0:
+    means = block_bootstrap_means(
+        values, block_length=block_length, n_resamples=n_resamples, seed=seed
+    )
+    if len(means) == 0:
         return (float("nan"), float("nan"))
-    if n == 1 or np.all(x == x[0]):
-        return (float(x[0]), float(x[0]))
-    b = int(min(max(block_length, 1), n))
-    n_blocks = int(np.ceil(n / b))
-    rng = np.random.default_rng(seed)
-    starts = rng.integers(0, n - b + 1, size=(n_resamples, n_blocks))
-    idx = (starts[:, :, None] + np.arange(b)[None, None, :]).reshape(n_resamples, -1)[:, :n]
-    means = x[idx].mean(axis=1)
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return (float(lo), float(hi))
+
+
+def bootstrap_p_value(means: np.ndarray) -> float:
+    """Two-sided p-value of "mean is 0" from bootstrap means, consistent with the percentile CI.
+
+    Twice the smaller share of resampled means on either side of zero (so the 95% percentile
+    interval excludes zero exactly when p < 0.05, up to resampling ties); NaN without data.
+    """
+    if len(means) == 0:
+        return float("nan")
+    if np.all(means == 0):
+        return 1.0
+    below = float(np.mean(means <= 0.0))
+    above = float(np.mean(means >= 0.0))
+    return float(min(1.0, 2.0 * min(below, above)))
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values (family-wise error control); NaN entries stay NaN."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(len(p), np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out.tolist()
+    order = ok[np.argsort(p[ok], kind="stable")]
+    scaled = (m - np.arange(m)) * p[order]
+    out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out.tolist()
 
 
 def paired_comparison(
@@ -79,7 +125,11 @@ def paired_comparison(
         raise ValueError("paired series must have the same length")
     ok = np.isfinite(a) & np.isfinite(b)
     diff = (a - b)[ok]
-    lo, hi = block_bootstrap_ci(diff, block_length=block_length, seed=seed)
+    means = block_bootstrap_means(diff, block_length=block_length, seed=seed)
+    if len(means):
+        lo, hi = (float(q) for q in np.quantile(means, [0.025, 0.975]))
+    else:
+        lo = hi = float("nan")
     same = [x == y for x, y, k in zip(choices, baseline_choices, ok, strict=True) if k]
     return PairedComparison(
         policy=policy,
@@ -93,4 +143,36 @@ def paired_comparison(
         ties=int((np.abs(diff) <= tie_tolerance).sum()),
         agreement_rate=float(np.mean(same)) if same else float("nan"),
         block_length=int(block_length),
+        p_value=bootstrap_p_value(means),
     )
+
+
+def all_pairs(
+    rewards: dict[str, np.ndarray],
+    choices: dict[str, Sequence[str | None]],
+    *,
+    block_length: int,
+    seed: int = 0,
+) -> list[PairedComparison]:
+    """Every unordered pair (earlier name minus later, in the dict's order), Holm-adjusted.
+
+    The Holm family is the pairs returned, so a difference that "survives Holm" survives the
+    multiple-comparison correction over every pair shown together.
+    """
+    names = list(rewards)
+    pairs = [
+        paired_comparison(
+            a,
+            b,
+            rewards[a],
+            rewards[b],
+            choices[a],
+            choices[b],
+            block_length=block_length,
+            seed=seed,
+        )
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    ]
+    adjusted = holm_adjust([p.p_value for p in pairs])
+    return [replace(p, p_holm=h) for p, h in zip(pairs, adjusted, strict=True)]

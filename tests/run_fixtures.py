@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -114,10 +115,10 @@ def _decision(
     prompt_id: str,
 ) -> dict[str, Any]:
     invalid = policy == LLM and i % INVALID_EVERY == INVALID_EVERY - 1
-    if invalid:
+    if invalid or not cands:
         pick = None  # an unparseable answer falls back to DO_NOTHING
     reward = 0.0 if pick is None else float(rewards[pick])
-    options = [0.0, *rewards.tolist()]
+    options = [0.0, *rewards.tolist()] if cands else [0.0]
     best = int(np.argmax(options))
     row: dict[str, Any] = {
         "decision_time": _iso(t),
@@ -281,6 +282,97 @@ def _comparison(rows_by_policy: Mapping[str, list[dict]], block_length: int) -> 
     }
 
 
+def _policy_status(skip_llm: bool, fail_llm: bool) -> dict[str, dict[str, Any]]:
+    status: dict[str, dict[str, Any]] = {p: {"status": "ok"} for p in POLICIES}
+    if skip_llm:
+        status[LLM] = {"status": "skipped", "reason": "no API key: set OPENAI_API_KEY"}
+    if fail_llm:
+        status[LLM] = {
+            "status": "failed",
+            "reason": "error rate 0.42 over asked decisions > max_error_rate 0.1",
+            "asked": 60,
+            "errors": 25,
+            "error_rate": 0.4167,
+            "top_error": "HTTP 500: upstream overloaded",
+        }
+    return status
+
+
+def _labels(times: list, candidates: list[list[str]], rewards: np.ndarray) -> pd.DataFrame:
+    rows = []
+    for t, cands, rw in zip(times, candidates, rewards, strict=True):
+        rows.append(
+            {
+                "decision_time": t,
+                "action": "DO_NOTHING",
+                "instrument_name": None,
+                "strike": np.nan,
+                "delta": np.nan,
+                "premium": 0.0,
+                "reward": 0.0,
+            }
+        )
+        for k, (name, r) in enumerate(zip(cands, rw[: len(cands)], strict=True)):
+            rows.append(
+                {
+                    "decision_time": t,
+                    "action": "SELL_CALL",
+                    "instrument_name": name,
+                    "strike": float(name.split("-")[2]),
+                    "delta": 0.35 - 0.1 * k,
+                    "premium": 500.0 - 150.0 * k,
+                    "reward": float(r),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+PROMPT_TEXT = {
+    "covered_call_v1@aaaa1111": "You sell weekly covered calls. Pick one candidate or DO_NOTHING.",
+}
+
+
+def _transcript(row: dict[str, Any], prompt_id: str) -> dict[str, Any]:
+    """The transcripts.jsonl record of one LLM decision (docs: INTERFACES section 2)."""
+    llm = row["llm"]
+    system = PROMPT_TEXT.get(prompt_id, f"Prompt {prompt_id}: be careful with calls.")
+    user = f"Time {row['decision_time']}; spot {row['spot']}; candidates: " + ", ".join(
+        row["candidates"]
+    )
+    choice = row["instrument_name"] or "DO_NOTHING"
+    content = (
+        "not json at all"
+        if not row["valid"]
+        else json.dumps({"action": row["action"], "instrument_name": choice, "rationale": "fake"})
+    )
+    return {
+        "policy": row["policy"],
+        "decision_time": row["decision_time"],
+        "attempt": 0,
+        "sample": 0,
+        "cache_key": hashlib.sha256(f"{row['decision_time']}|{prompt_id}".encode()).hexdigest(),
+        "from_cache": llm["cache_hit"],
+        "execution": "live",
+        "model": llm["model"],
+        "base_url": "http://127.0.0.1:9/v1",
+        "prompt_id": prompt_id,
+        "request": {
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "params": {"temperature": 0.0, "seed": 0, "max_tokens": 400},
+        },
+        "response": {
+            "content": content,
+            "reasoning": f"Thinking about {choice} at {row['decision_time']}.",
+            "finish_reason": "stop",
+            "refusal": None,
+        },
+        "usage": {"prompt_tokens": 900, "completion_tokens": 40, "cached_tokens": 0},
+        "cost_usd": llm["cost_usd"],
+        "latency_s": llm["latency_s"],
+        "error": None,
+    }
+
+
 def write_fake_run(
     run_dir: Path,
     *,
@@ -289,19 +381,27 @@ def write_fake_run(
     llm_overrides: Mapping[int, int | None] | None = None,
     llm_missing_times: Sequence[int] = (),
     skip_llm: bool = False,
+    fail_llm: bool = False,
     prompt_id: str = "covered_call_v1@aaaa1111",
     block_length: int = BLOCK_LENGTH,
+    config_end: str = "2024-03-20",
+    no_candidate_times: Sequence[int] = (),
 ) -> FakeRun:
     """Write a complete fake run of always_sell, iv_rich and llm_v1 into run_dir.
 
     `llm_overrides` maps a decision index to the candidate index the LLM picks instead
     (None = DO_NOTHING); `llm_missing_times` drops the LLM's rows at those indices;
-    `skip_llm` records the LLM policy as skipped (no rows, no metrics).
+    `skip_llm` records the LLM policy as skipped (no rows, no metrics); `fail_llm` records it
+    as failed (rows kept, left out of comparison.json); `no_candidate_times` offers no
+    candidate at those indices (every policy does nothing there). Also writes labels.parquet,
+    transcripts.jsonl and a config.yaml whose simulation `end` is `config_end`.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     times, spot, candidates, rewards = _market(rng, n_times)
     picks = _choices(rng, n_times)
+    for i in no_candidate_times:
+        candidates[i] = []
     for i, k in (llm_overrides or {}).items():
         picks[LLM][i] = k
     run = FakeRun(run_dir, times, candidates, rewards)
@@ -328,7 +428,17 @@ def write_fake_run(
     pd.DataFrame(trades, columns=TRADE_COLUMNS).to_csv(run_dir / "trades.csv", index=False)
     pd.concat(equity, ignore_index=True).to_parquet(run_dir / "equity.parquet", index=False)
     (run_dir / "metrics.json").write_text(json.dumps(run.metrics, indent=2))
-    run.comparison = _comparison(rows_by_policy, block_length)
+    compared = {p: r for p, r in rows_by_policy.items() if not (fail_llm and p == LLM)}
+    run.comparison = _comparison(compared, block_length)
+    _labels(times, candidates, rewards).to_parquet(run_dir / "labels.parquet", index=False)
+    with (run_dir / "transcripts.jsonl").open("w") as fh:
+        for row in rows_by_policy.get(LLM, []):
+            fh.write(json.dumps(_transcript(row, prompt_id)) + "\n")
+    (run_dir / "config.yaml").write_text(
+        "name: fake\nsimulation:\n  underlying: BTC\n  start: '2024-03-01'\n"
+        f"  end: '{config_end}'\n  timeframe: 1h\n  decision_interval_bars: 4\n"
+        "  target_dte: 7\n  dte_tolerance: 2\n"
+    )
     (run_dir / "comparison.json").write_text(json.dumps(run.comparison, indent=2))
 
     llm_rows = rows_by_policy.get(LLM, [])
@@ -347,6 +457,8 @@ def write_fake_run(
         "model_ids": {LLM: "gpt-4o-mini"},
         "seeds": {"market": 7, LLM: 0, "bootstrap": 0},
         "skipped": {LLM: "no API key: set OPENAI_API_KEY"} if skip_llm else {},
+        "policy_status": _policy_status(skip_llm, fail_llm),
+        "decision_period": [_iso(times[0]), _iso(times[-1])],
         "n_decisions": n_times,
         "llm_usage": {}
         if skip_llm

@@ -11,7 +11,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "harness"
 
 # Top of the pipeline last. A module may import its own layer and the layers before it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("harness", "types", "state", "timestamps", "pricing", "instruments", "stats", "coins"),
+    (
+        "harness",
+        "types",
+        "state",
+        "timestamps",
+        "pricing",
+        "instruments",
+        "stats",
+        "coins",
+        "selection",
+    ),
     ("data",),
     ("engine",),
     ("simulator",),

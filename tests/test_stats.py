@@ -46,3 +46,42 @@ def test_paired_counts_and_agreement() -> None:
     assert res.agreement_rate == pytest.approx(0.5)
     with pytest.raises(ValueError):
         paired_comparison("p", "b", a[:2], b, [], [], block_length=1)
+
+
+def test_holm_adjustment_matches_hand_computation() -> None:
+    from harness.stats import holm_adjust
+
+    # sorted p: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.04 (x1 = 0.04); NaN stays NaN
+    assert holm_adjust([0.04, 0.01, float("nan"), 0.02]) == pytest.approx(
+        [0.04, 0.03, float("nan"), 0.04], nan_ok=True
+    )
+    # monotone: a larger raw p never gets a smaller adjusted p
+    assert holm_adjust([0.001, 0.5, 0.02]) == pytest.approx([0.003, 0.5, 0.04])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=12))
+def test_holm_is_bounded_and_never_below_raw(ps: list[float]) -> None:
+    from harness.stats import holm_adjust
+
+    adj = holm_adjust(ps)
+    for p, a in zip(ps, adj, strict=True):
+        assert p - 1e-12 <= a <= 1.0
+
+
+def test_p_value_agrees_with_the_interval_and_all_pairs() -> None:
+    from harness.stats import all_pairs
+
+    rng = np.random.default_rng(5)
+    n = 400
+    base = rng.normal(0.0, 1.0, n)
+    rewards = {"a": base + 0.5, "b": base, "c": base + rng.normal(0, 0.01, n)}
+    choices = {k: ["x"] * n for k in rewards}
+    pairs = all_pairs(rewards, choices, block_length=5)
+    assert [(p.policy, p.baseline) for p in pairs] == [("a", "b"), ("a", "c"), ("b", "c")]
+    for p in pairs:
+        excludes_zero = p.ci_low > 0 or p.ci_high < 0
+        assert excludes_zero == (p.p_value < 0.05)
+        assert p.p_holm >= p.p_value
+    assert pairs[0].p_holm < 0.05  # a is 0.5 better on every decision
+    assert pairs[2].p_value > 0.05  # b vs c: noise around zero

@@ -15,19 +15,33 @@ an interrupted import never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from harness.coins import coin_of_instrument_underlying
+from harness.data.chain_scan import (
+    ChainColumns,
+    columns_from_arrow,
+    columns_from_frame,
+    columns_to_frame,
+    concat_columns,
+    empty_columns,
+    scan_filter,
+    scan_parquet,
+)
 from harness.data.source import (
     CHAIN_COLUMNS,
     OHLC_COLUMNS,
@@ -37,10 +51,13 @@ from harness.data.source import (
     inclusive_range,
     normalize_chain_frame,
 )
+from harness.instruments import parse_instrument_name
 from harness.timestamps import TimestampLike, to_utc, utc_index
 from harness.types import TIMEFRAMES, OptionSnapshot, Timeframe, timeframe_delta
 
 STORE_CHAIN_COLUMNS: tuple[str, ...] = (*CHAIN_COLUMNS, "quote_time")
+# What a chain scan decodes: the underlying is the store folder's, so its column is skipped.
+STORE_SCAN_COLUMNS: tuple[str, ...] = tuple(c for c in STORE_CHAIN_COLUMNS if c != "underlying")
 SETTLEMENT_COLUMNS: tuple[str, ...] = ("expiry", "price", "source")
 _DATETIME_CHAIN = ("as_of", "expiry", "quote_time")
 _STRING_CHAIN = ("instrument_name", "underlying", "kind")
@@ -62,6 +79,24 @@ class DataError(ValueError):
 
 
 # ---------------------------------------------------------------- paths and atomic writes
+
+
+def parse_duration(text: str | pd.Timedelta) -> pd.Timedelta:
+    """A duration such as "4h", "1d" or "30min" (pandas spells days "D")."""
+    if isinstance(text, pd.Timedelta):
+        return text
+    value = str(text).strip()
+    if value[:-1].isdigit() and value.endswith("d"):
+        value = value[:-1] + "D"
+    return pd.Timedelta(value)
+
+
+def duration_text(step: pd.Timedelta) -> str:
+    """A duration as "1d", "4h" or "30min" (what `parse_duration` reads back)."""
+    for unit, size in (("d", pd.Timedelta(days=1)), ("h", pd.Timedelta(hours=1))):
+        if step % size == pd.Timedelta(0):
+            return f"{step // size}{unit}"
+    return f"{step // pd.Timedelta(minutes=1)}min"
 
 
 def underlying_dir(root: str | os.PathLike[str], underlying: str) -> Path:
@@ -105,6 +140,30 @@ def _commit(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _arrow_table(frame: pd.DataFrame) -> pa.Table:
+    """`frame` as an Arrow table whose float NaNs stay NaN (not null): readers then get
+    numpy columns without a fill pass."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for i, field in enumerate(table.schema):
+        if pa.types.is_floating(field.type) and table.column(i).null_count:
+            values = frame[field.name].to_numpy(dtype=np.float64)
+            table = table.set_column(i, field, pa.array(values, from_pandas=False))
+    return table
+
+
+def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """LZ4 with byte-stream-split floats: as small as zstd on price columns, about 2x faster to read."""
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    strings = [
+        f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+    ]
+    return {
+        "compression": "lz4",
+        "use_dictionary": strings,
+        "column_encoding": dict.fromkeys(floats, "BYTE_STREAM_SPLIT"),
+    }
+
+
 def write_table_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write `frame` (no index) to `path` as Parquet or CSV by extension, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,8 +172,8 @@ def write_table_atomic(frame: pd.DataFrame, path: Path) -> None:
         if path.suffix == ".csv":
             frame.to_csv(tmp, index=False)
         else:
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            pq.write_table(table, tmp, compression="zstd")
+            table = _arrow_table(frame)
+            pq.write_table(table, tmp, **_parquet_options(table.schema))
         _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -297,52 +356,77 @@ def merge_settlements(root: str | os.PathLike[str], underlying: str, frame: pd.D
 # ---------------------------------------------------------------- point-in-time chain queries
 
 
-def _ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
-    idx = pd.DatetimeIndex(values)
-    if idx.tz is None:
-        idx = idx.tz_localize("UTC")
-    return idx.tz_convert("UTC").as_unit("ns").asi8
-
-
 class ChainTable:
-    """Resampled chain bars of one underlying, queried point-in-time.
+    """Resampled chain bars of one underlying, held as columns and queried point-in-time.
 
     A query at time t reads the bar closing at b = t floored to the bar grid (b <= t, so
     nothing after t is ever used). Each instrument is quoted by its latest snapshot in a bar
     closing at or before b, if that snapshot is younger than `max_staleness` at b (b -
     quote_time < max_staleness; default one bar, i.e. quoted within the bar b itself) and the
     option has not expired (expiry > t). Otherwise it is left out; instruments left out for
-    staleness are counted in `gate_counts["stale"]`.
+    staleness are counted in `gate_counts["stale"]`. Marks (`marks`) use `mark_staleness`
+    (default `max_staleness`): a store with sparser snapshots than its bars carries the last
+    snapshot's mark until the next one, never an invented value.
     """
 
     def __init__(
-        self, frame: pd.DataFrame, timeframe: Timeframe, max_staleness: pd.Timedelta | None = None
+        self,
+        frame: pd.DataFrame,
+        timeframe: Timeframe,
+        max_staleness: pd.Timedelta | None = None,
+        *,
+        mark_staleness: pd.Timedelta | None = None,
     ):
+        cols = columns_from_frame(normalize_store_chain(frame)) if len(frame) else empty_columns()
+        self._setup(cols, timeframe, max_staleness, mark_staleness)
+
+    @classmethod
+    def from_columns(
+        cls,
+        cols: ChainColumns,
+        timeframe: Timeframe,
+        max_staleness: pd.Timedelta | None = None,
+        *,
+        mark_staleness: pd.Timedelta | None = None,
+    ) -> ChainTable:
+        """A table over already-converted columns (no copy when they are sorted by as_of)."""
+        table = cls.__new__(cls)
+        table._setup(cols, timeframe, max_staleness, mark_staleness)
+        return table
+
+    def _setup(
+        self,
+        cols: ChainColumns,
+        timeframe: Timeframe,
+        max_staleness: pd.Timedelta | None,
+        mark_staleness: pd.Timedelta | None,
+    ) -> None:
         self.timeframe = timeframe
         self.bar = timeframe_delta(timeframe)
         self.max_staleness = self.bar if max_staleness is None else pd.Timedelta(max_staleness)
-        frame = (
-            normalize_store_chain(frame)
-            if len(frame)
-            else normalize_store_chain(
-                empty_chain_frame().assign(quote_time=pd.Series(dtype="datetime64[ns, UTC]"))
-            )
+        self.mark_staleness = (
+            self.max_staleness if mark_staleness is None else pd.Timedelta(mark_staleness)
         )
-        frame = frame.sort_values(["as_of", "instrument_name"], kind="stable").reset_index(
-            drop=True
-        )
-        self.frame = frame
-        self._bar_ns = _ns(frame["as_of"])
-        self._quote_ns = _ns(frame["quote_time"])
-        self._expiry_ns = _ns(frame["expiry"])
-        self._kind = frame["kind"].to_numpy(dtype=object)
-        codes, uniques = pd.factorize(frame["instrument_name"])
-        self._codes = codes
-        self._names = pd.Index(uniques)
+        if len(cols) > 1 and (np.diff(cols.as_of) < 0).any():
+            cols = cols.take(np.argsort(cols.as_of, kind="stable"))
+        self.cols = cols
+        self._name_codes: dict[str, int] | None = None
+        self._by_code: np.ndarray | None = None
+        self._expiry_of_code: np.ndarray | None = None
+        self._frame: pd.DataFrame | None = None
         self.gate_counts: Counter[str] = Counter()
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self.cols)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """All rows as a store chain frame (CHAIN_COLUMNS + quote_time), sorted by as_of."""
+        if self._frame is None:
+            out = columns_to_frame(self.cols)
+            out["quote_time"] = pd.to_datetime(self.cols.quote_time, utc=True)
+            self._frame = out
+        return self._frame
 
     def _bar_floor(self, t_ns: np.ndarray) -> np.ndarray:
         """The latest bar close at or before each time (bars aligned to the Unix epoch)."""
@@ -350,8 +434,8 @@ class ChainTable:
 
     def _window_rows(self, times_ns: np.ndarray, lookback_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """Row indices (and the query index of each) of bars in (t - lookback, t] per query t."""
-        lo = np.searchsorted(self._bar_ns, times_ns - lookback_ns, side="right")
-        hi = np.searchsorted(self._bar_ns, times_ns, side="right")
+        lo = np.searchsorted(self.cols.as_of, times_ns - lookback_ns, side="right")
+        hi = np.searchsorted(self.cols.as_of, times_ns, side="right")
         lengths = hi - lo
         total = int(lengths.sum())
         if total == 0:
@@ -373,8 +457,22 @@ class ChainTable:
         `kinds` and `max_dte` (days to expiry) only narrow the result.
         """
         idx = utc_index(pd.DatetimeIndex([to_utc(t) for t in times]))
-        if len(self.frame) == 0 or len(idx) == 0:
+        if len(self.cols) == 0 or len(idx) == 0:
             return empty_chain_frame()
+        return columns_to_frame(self.at_columns(idx, kinds=kinds, max_dte=max_dte))
+
+    def at_columns(
+        self,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> ChainColumns:
+        """`at` as columns (as_of = query time; quote_time = the snapshot's)."""
+        idx = utc_index(pd.DatetimeIndex(times))
+        c = self.cols
+        if len(c) == 0 or len(idx) == 0:
+            return replace(empty_columns(c.underlying), names=c.names)
         t_ns = idx.as_unit("ns").asi8
         ref_ns = self._bar_floor(t_ns)
         stale_ns = self.max_staleness.value
@@ -382,46 +480,89 @@ class ChainTable:
         # stale are seen and counted instead of silently vanishing.
         rows, which = self._window_rows(ref_ns, stale_ns + self.bar.value)
         if rows.size == 0:
-            return empty_chain_frame()
-        alive = self._expiry_ns[rows] > t_ns[which]
+            return replace(empty_columns(c.underlying), names=c.names)
+        alive = c.expiry[rows] > t_ns[which]
         if max_dte is not None:
-            alive &= self._expiry_ns[rows] - t_ns[which] <= max_dte * 86_400e9
+            alive &= c.expiry[rows] - t_ns[which] <= max_dte * 86_400e9
         if set(kinds) != {"call", "put"}:
-            alive &= np.isin(self._kind[rows], list(kinds))
+            want_call = "call" in kinds
+            alive &= c.is_call[rows] == want_call
         rows, which = rows[alive], which[alive]
         # Rows come sorted by bar within each query, so the last per (query, instrument) is
         # that instrument's latest bar <= t.
-        key = pd.DataFrame({"q": which, "c": self._codes[rows]})
-        latest = ~key.duplicated(keep="last").to_numpy()
+        key = which * (len(c.names) + 1) + c.code[rows]
+        latest = ~pd.Series(key).duplicated(keep="last").to_numpy()
         rows, which = rows[latest], which[latest]
-        fresh = (ref_ns[which] - self._quote_ns[rows]) < stale_ns
+        fresh = (ref_ns[which] - c.quote_time[rows]) < stale_ns
         self.gate_counts["stale"] += int((~fresh).sum())
         rows, which = rows[fresh], which[fresh]
-        out = self.frame.iloc[rows].loc[:, list(CHAIN_COLUMNS)].reset_index(drop=True)
-        out["as_of"] = idx[which].as_unit("ns")
-        return normalize_chain_frame(out)
+        # ChainStore order (time, calls first, expiry, strike), so the store need not re-sort
+        order = np.lexsort((c.values["strike"][rows], c.expiry[rows], ~c.is_call[rows], which))
+        rows, which = rows[order], which[order]
+        return replace(c.take(rows), as_of=t_ns[which])
 
-    def marks(self, names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
-        """Mark prices (USD) of `names` at `times`, shape (names, times); NaN if not fresh or listed."""
-        idx = utc_index(pd.DatetimeIndex(times))
+    def _code_index(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Rows sorted by (instrument, bar), their search keys and the key stride."""
+        if self._by_code is None:
+            c = self.cols
+            bar_ns = self.bar.value
+            base = int(c.as_of.min() // bar_ns) if len(c) else 0
+            bar_idx = c.as_of // bar_ns - base
+            stride = int(bar_idx.max()) + 2 if len(c) else 1
+            order = np.lexsort((c.as_of, c.code))
+            self._by_code = order
+            self._keys = c.code[order] * stride + bar_idx[order]
+            self._stride = stride
+            self._base = base
+        return self._by_code, self._keys, self._stride
+
+    def expiry_of_code(self) -> np.ndarray:
+        """Expiry (ns) of each instrument code."""
+        if self._expiry_of_code is None:
+            out = np.zeros(len(self.cols.names), dtype=np.int64)
+            out[self.cols.code] = self.cols.expiry
+            self._expiry_of_code = out
+        return self._expiry_of_code
+
+    def codes_of(self, names: Sequence[str]) -> np.ndarray:
+        """Code of each instrument name (-1 when the table has no row of it)."""
+        if self._name_codes is None:
+            # a dict: a few hundred look-ups per request, no array conversion per call
+            self._name_codes = {str(n): i for i, n in enumerate(self.cols.names)}
+        get = self._name_codes.get
+        return np.fromiter((get(n, -1) for n in names), dtype=np.int64, count=len(names))
+
+    def marks(
+        self, names: Sequence[str], times: pd.DatetimeIndex, codes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Mark prices (USD) of `names` at `times`, shape (names, times).
+
+        The latest snapshot at or before each time's bar, if younger than `mark_staleness`
+        and the option has not expired; NaN otherwise or when the name is not in the table.
+        """
+        idx = _utc_times(times)
         t_ns = idx.as_unit("ns").asi8
         out = np.full((len(names), len(t_ns)), np.nan)
-        if len(self.frame) == 0:
+        if len(self.cols) == 0 or len(names) == 0 or len(t_ns) == 0:
             return out
-        mark = self.frame["mark_price"].to_numpy(dtype=np.float64)
-        stale_ns = self.max_staleness.value
+        c = self.cols
+        if codes is None:
+            codes = self.codes_of(names)
+        known = np.flatnonzero(codes >= 0)
+        if len(known) == 0:
+            return out
+        order, keys, stride = self._code_index()
         ref_ns = self._bar_floor(t_ns)
-        for i, name in enumerate(names):
-            code = self._names.get_indexer([name])[0]
-            if code < 0:
-                continue
-            rows = np.flatnonzero(self._codes == code)  # ascending bar order
-            pos = np.searchsorted(self._bar_ns[rows], ref_ns, side="right") - 1
-            ok = pos >= 0
-            sel = rows[np.where(ok, pos, 0)]
-            ok &= (ref_ns - self._quote_ns[sel]) < stale_ns
-            ok &= self._expiry_ns[sel] > t_ns
-            out[i] = np.where(ok, mark[sel], np.nan)
+        ref_idx = np.clip(ref_ns // self.bar.value - self._base, -1, stride - 2)
+        query = codes[known][:, None] * stride + ref_idx[None, :]
+        pos = np.searchsorted(keys, query, side="right") - 1
+        ok = (pos >= 0) & (ref_idx[None, :] >= 0)
+        pos = np.where(ok, pos, 0)
+        ok &= keys[pos] // stride == codes[known][:, None]
+        rows = order[pos]
+        ok &= (ref_ns[None, :] - c.quote_time[rows]) < self.mark_staleness.value
+        ok &= c.expiry[rows] > t_ns[None, :]
+        out[known] = np.where(ok, c.values["mark_price"][rows], np.nan)
         return out
 
     def ohlc(
@@ -432,11 +573,17 @@ class ChainTable:
         Snapshot data carries no intrabar path or traded volume, so high/low are the close and
         volume is NaN; a coarser `timeframe` takes the last mark of each bin.
         """
-        rows = self.frame[self.frame["instrument_name"] == name]
-        rows = rows[(rows["as_of"] >= start - timeframe_delta(timeframe)) & (rows["as_of"] <= end)]
-        if rows.empty:
+        c = self.cols
+        code = self.codes_of([name])[0]
+        if code < 0:
             return empty_ohlc()
-        close = pd.Series(rows["mark_price"].to_numpy(), index=utc_index(rows["as_of"]))
+        lo = (start - timeframe_delta(timeframe)).value
+        rows = np.flatnonzero((c.code == code) & (c.as_of >= lo) & (c.as_of <= end.value))
+        if len(rows) == 0:
+            return empty_ohlc()
+        close = pd.Series(
+            c.values["mark_price"][rows], index=utc_index(pd.to_datetime(c.as_of[rows], utc=True))
+        )
         if timeframe_delta(timeframe) != self.bar:
             close = (
                 close.resample(
@@ -497,7 +644,7 @@ class ChainTableSource:
 
     def option_marks(self, instrument_names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
         """Mark prices (USD), shape (len(names), len(times)); NaN where not listed or stale."""
-        times = utc_index(pd.DatetimeIndex(times))
+        times = _utc_times(times)
         out = np.full((len(instrument_names), len(times)), np.nan)
         if len(times) == 0 or len(instrument_names) == 0:
             return out
@@ -513,11 +660,47 @@ class ChainTableSource:
         return out
 
 
+@dataclass
+class _MarkPeriod:
+    """Mark columns of one underlying loaded by the last bulk `chain_frame` (ns bounds, inclusive)."""
+
+    kinds: frozenset[str]
+    max_dte: float | None
+    lo: int
+    hi: int
+    table: ChainTable
+
+
+class _Codes:
+    """Instrument names -> integer codes shared by every block of one scan."""
+
+    def __init__(self) -> None:
+        self.index = pd.Index([], dtype=object)
+
+    def remap(self, cols: ChainColumns) -> ChainColumns:
+        if len(self.index) == 0:
+            self.index = pd.Index(cols.names, dtype=object)
+            return cols
+        mapping = self.index.get_indexer(cols.names)
+        new = mapping < 0
+        if new.any():
+            mapping[new] = len(self.index) + np.arange(int(new.sum()))
+            self.index = self.index.append(pd.Index(cols.names[new], dtype=object))
+        return replace(cols, code=mapping.astype(np.int64)[cols.code] if len(cols) else cols.code)
+
+    def names(self) -> np.ndarray:
+        return np.asarray(self.index, dtype=object)
+
+
 class FileDataSource(ChainTableSource):
     """MarketDataSource over the local store (Parquet or CSV); also Bulk and Settlement source.
 
     Config: ``market: {source: parquet, path: data/}`` -> ``FileDataSource("data/")``.
     `max_staleness` (default: one chain bar) is how old a snapshot may be at query time.
+    A bulk `chain_frame` reads its whole period in one columnar pass, `block_days` days of
+    partitions per pyarrow scan (see docs/data.md for the memory bound); with `max_dte` it also
+    keeps the marks of those options until they expire, so the simulator's mark paths and
+    labels never read a file again.
     """
 
     def __init__(
@@ -525,18 +708,23 @@ class FileDataSource(ChainTableSource):
         path: str | os.PathLike[str],
         *,
         max_staleness: str | pd.Timedelta | None = None,
-        cache_partitions: int = 64,
+        block_days: int = 366,
     ):
         self.root = Path(path)
         if not self.root.is_dir():
             raise DataError(
                 "market data store not found (run `harness data ...` first)", source=self.root
             )
+        if block_days < 1:
+            raise ValueError(f"block_days must be at least 1, got {block_days}")
         self._max_staleness = None if max_staleness is None else pd.Timedelta(max_staleness)
-        self._cache_limit = cache_partitions
-        self._partitions: dict[Path, pd.DataFrame] = {}
+        self.block_days = block_days
         self._settlements: dict[str, pd.Series] = {}
+        self._spot: dict[Path, pd.DataFrame] = {}
+        self._mark_periods: dict[str, _MarkPeriod] = {}
+        self._window_cache: dict[str, tuple[Timeframe, pd.Timedelta, pd.Timedelta]] = {}
         self.gate_counts: Counter[str] = Counter()
+        self.scan_stats: Counter[str] = Counter()  # files, scans, rows read (for benchmarks)
 
     def fingerprint(self) -> str:
         """A short description of this store for run records."""
@@ -561,6 +749,16 @@ class FileDataSource(ChainTableSource):
             )
         return tf
 
+    def snapshot_cadence(self, underlying: str) -> pd.Timedelta:
+        """How often the store holds a chain snapshot of `underlying` (meta `snapshot_every`).
+
+        Stores written bar by bar (Tardis, Deribit) have one per chain bar; a sparser store
+        (e.g. `harness data import synthetic --every 1d`) says so in meta.json.
+        """
+        every = read_meta(self.root, underlying).get("snapshot_every")
+        bar = timeframe_delta(self.chain_timeframe(underlying))
+        return bar if every is None else max(parse_duration(every), bar)
+
     def spot_timeframes(self, underlying: str) -> list[str]:
         """Timeframes with stored spot bars for `underlying`."""
         folder = underlying_dir(self.root, underlying) / "spot"
@@ -576,6 +774,11 @@ class FileDataSource(ChainTableSource):
 
     # ---- MarketDataSource
 
+    def _spot_file(self, path: Path) -> pd.DataFrame:
+        if path not in self._spot:
+            self._spot[path] = normalize_ohlc(read_table(path))
+        return self._spot[path]
+
     def get_spot_ohlc(
         self, underlying: str, start: TimestampLike, end: TimestampLike, timeframe: Timeframe
     ) -> pd.DataFrame:
@@ -584,7 +787,7 @@ class FileDataSource(ChainTableSource):
         want = timeframe_delta(timeframe)
         found = _existing(spot_path(self.root, underlying, timeframe))
         if found is not None:
-            frame = normalize_ohlc(read_table(found))
+            frame = self._spot_file(found)
         else:
             # Coarser bars from the coarsest stored timeframe that divides the wanted one.
             finer = [
@@ -599,7 +802,7 @@ class FileDataSource(ChainTableSource):
                     source=spot_path(self.root, underlying, timeframe),
                 )
             src = max(finer, key=timeframe_delta)
-            fine = normalize_ohlc(read_table(_existing(spot_path(self.root, underlying, src))))  # type: ignore[arg-type]
+            fine = self._spot_file(_existing(spot_path(self.root, underlying, src)))  # type: ignore[arg-type]
             fine = fine[(fine.index > s - want) & (fine.index <= e)]
             frame = resample_ohlc(fine, timeframe)
         return frame[(frame.index >= s) & (frame.index <= e)]
@@ -614,10 +817,178 @@ class FileDataSource(ChainTableSource):
         """Bars of one option from its stored bar-close marks, USD (see ChainTable.ohlc)."""
         s, e = inclusive_range(start, end)
         underlying = _underlying_of(instrument_name)
-        table = self._chain_table(underlying, s - timeframe_delta(timeframe), e)
-        return table.ohlc(instrument_name, s, e, timeframe)
+        tf = self.chain_timeframe(underlying)
+        lo = s - timeframe_delta(timeframe) - timeframe_delta(tf)
+        cols = self._scan(underlying, lo, e, names=[instrument_name])
+        return ChainTable.from_columns(cols, tf, self._max_staleness).ohlc(
+            instrument_name, s, e, timeframe
+        )
 
     # ---- BulkChainSource
+
+    def _windows(self, underlying: str) -> tuple[Timeframe, pd.Timedelta, pd.Timedelta]:
+        """Chain bar, chain staleness and mark staleness of `underlying` (meta read once)."""
+        u = underlying.upper()
+        if u not in self._window_cache:
+            tf = self.chain_timeframe(u)
+            stale = self._max_staleness or timeframe_delta(tf)
+            self._window_cache[u] = (tf, stale, max(stale, self.snapshot_cadence(u)))
+        return self._window_cache[u]
+
+    def chain_frame(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> pd.DataFrame:
+        """Chains at each of `times` (CHAIN_COLUMNS), optionally narrowed to kinds / max DTE."""
+        cols = self.chain_columns(underlying, times, kinds=kinds, max_dte=max_dte)
+        return columns_to_frame(cols) if len(cols) else empty_chain_frame()
+
+    def chain_columns(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> ChainColumns:
+        """`chain_frame` as columns: one columnar pass over the period's partitions. With `max_dte` the pass runs on until
+        the last of those options can expire (last time + max_dte) and keeps their marks for
+        `option_marks`, so a simulation reads every partition once.
+        """
+        times = utc_index(pd.DatetimeIndex(times))
+        u = underlying.upper()
+        if len(times) == 0:
+            return empty_columns(u)
+        tf, stale, mark_stale = self._windows(u)
+        bar = timeframe_delta(tf)
+        t_ns = np.sort(times.as_unit("ns").asi8)
+        ref = t_ns - np.mod(t_ns, bar.value)
+        chain_back = (stale + bar).value
+        lo = int(ref[0]) - max(chain_back, (mark_stale + bar).value)
+        hi_chain = int(ref[-1])
+        hi = hi_chain + (0 if max_dte is None else int(max_dte * 86_400e9))
+        codes = _Codes()
+        found: list[ChainColumns] = []
+        slim: list[ChainColumns] = []
+        tail: ChainColumns | None = None
+        for block_lo, block_hi in self._blocks(lo, hi):
+            cols = self._scan(
+                u,
+                pd.Timestamp(block_lo, tz="UTC"),
+                pd.Timestamp(block_hi, tz="UTC"),
+                kinds=kinds,
+                max_dte=max_dte,
+                codes=codes,
+            )
+            slim.append(
+                replace(cols, values={"mark_price": cols.values["mark_price"]}, names=cols.names)
+            )
+            if block_lo > hi_chain:
+                continue  # past the last chain time: only marks are needed
+            rows = cols if tail is None else concat_columns([tail, cols], codes.names(), u)
+            mine = (ref >= block_lo) & (ref <= block_hi)
+            if mine.any():
+                table = ChainTable.from_columns(rows, tf, stale)
+                part = table.at_columns(
+                    pd.to_datetime(t_ns[mine], utc=True), kinds=kinds, max_dte=max_dte
+                )
+                self.gate_counts.update(table.gate_counts)
+                found.append(part)
+            # the next block's first chains look back into this one
+            tail = rows.take(np.flatnonzero(rows.as_of > block_hi - chain_back))
+        names = codes.names()
+        table = ChainTable.from_columns(
+            concat_columns(slim, names, u), tf, stale, mark_staleness=mark_stale
+        )
+        self._mark_periods[u] = _MarkPeriod(
+            kinds=frozenset(kinds), max_dte=max_dte, lo=lo, hi=hi, table=table
+        )
+        return concat_columns(found, names, u)
+
+    def _blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """[lo, hi] (ns) cut at UTC midnights into runs of at most `block_days` days."""
+        day = 86_400 * 10**9
+        first = lo - lo % day
+        out = []
+        start = lo
+        edge = first + self.block_days * day
+        while start <= hi:
+            stop = min(hi, edge - 1)
+            out.append((start, stop))
+            start, edge = edge, edge + self.block_days * day
+        return out
+
+    def option_marks(self, instrument_names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
+        """Mark prices (USD), shape (len(names), len(times)); NaN where not listed or stale.
+
+        Answered from the marks the last bulk `chain_frame` loaded when they cover the question;
+        otherwise from one scan of those instruments' partitions.
+        """
+        times = _utc_times(times)
+        out = np.full((len(instrument_names), len(times)), np.nan)
+        if len(times) == 0 or len(instrument_names) == 0:
+            return out
+        by_underlying: dict[str, list[int]] = {}
+        for i, name in enumerate(instrument_names):
+            by_underlying.setdefault(_coin_of(name.split("-", 1)[0]), []).append(i)
+        for u, rows in by_underlying.items():
+            if not self._has_chains(u):
+                continue
+            names = [instrument_names[i] for i in rows]
+            tf, stale, mark_stale = self._windows(u)
+            bar = timeframe_delta(tf).value
+            t_ns = times.as_unit("ns").asi8
+            need_lo = int(t_ns.min() - t_ns.min() % bar) - mark_stale.value
+            need_hi = int(t_ns.max())
+            period = self._mark_periods.get(u)
+            codes = None if period is None else period.table.codes_of(names)
+            covered = self._covered(u, names, codes, need_lo, need_hi)
+            if covered.any() and period is not None and codes is not None:
+                idx = np.flatnonzero(covered)
+                out[[rows[i] for i in idx]] = period.table.marks(
+                    [names[i] for i in idx], times, codes=codes[idx]
+                )
+            if not covered.all():
+                idx = np.flatnonzero(~covered)
+                missing = [names[i] for i in idx]
+                cols = self._scan(
+                    u,
+                    pd.Timestamp(need_lo, tz="UTC"),
+                    pd.Timestamp(need_hi, tz="UTC"),
+                    names=missing,
+                )
+                table = ChainTable.from_columns(cols, tf, stale, mark_staleness=mark_stale)
+                out[[rows[i] for i in idx]] = table.marks(missing, times)
+        return out
+
+    def _covered(
+        self, u: str, names: list[str], codes: np.ndarray | None, need_lo: int, need_hi: int
+    ) -> np.ndarray:
+        """Which of `names` the loaded mark period answers completely over [need_lo, need_hi]."""
+        period = self._mark_periods.get(u)
+        if period is None or codes is None or need_lo < period.lo or need_hi > period.hi:
+            return np.zeros(len(names), dtype=bool)
+        kind_ok = np.array(
+            [("call" if n.endswith("-C") else "put") in period.kinds for n in names], dtype=bool
+        )
+        if period.max_dte is None:
+            return kind_ok
+        table = period.table
+        limit = need_lo + int(period.max_dte * 86_400e9)
+        expiry = np.full(len(names), np.iinfo(np.int64).max)
+        known = codes >= 0
+        expiry[known] = table.expiry_of_code()[codes[known]]
+        for i in np.flatnonzero(~known):
+            # an option absent from the period: covered only if the dte filter cannot have hidden it
+            try:
+                expiry[i] = parse_instrument_name(names[i]).expiry.value
+            except ValueError:
+                expiry[i] = np.iinfo(np.int64).min  # not an option name: nothing to find
+        return kind_ok & (expiry <= limit)
 
     # ---- SettlementSource
 
@@ -647,31 +1018,94 @@ class FileDataSource(ChainTableSource):
         return meta_path(self.root, underlying).exists()
 
     def _chain_table(self, underlying: str, start: pd.Timestamp, end: pd.Timestamp) -> ChainTable:
-        tf = self.chain_timeframe(underlying)
-        stale = self._max_staleness or timeframe_delta(tf)
-        first = (start - stale - timeframe_delta(tf)).floor("D")
-        days = pd.date_range(first, end.floor("D"), freq="D")
-        frames = [f for f in (self._partition(underlying, d) for d in days) if f is not None]
-        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        return ChainTable(frame, tf, stale)
+        tf, stale, mark_stale = self._windows(underlying)
+        cols = self._scan(underlying, start - stale - timeframe_delta(tf), end)
+        return ChainTable.from_columns(cols, tf, stale, mark_staleness=mark_stale)
 
-    def _partition(self, underlying: str, day: pd.Timestamp) -> pd.DataFrame | None:
-        found = _existing(chain_partition_path(self.root, underlying, day))
-        if found is None:
-            return None
-        if found not in self._partitions:
-            if len(self._partitions) >= self._cache_limit:
-                self._partitions.pop(next(iter(self._partitions)))
-            self._partitions[found] = normalize_store_chain(read_table(found))
-        return self._partitions[found]
+    def _partition_files(self, underlying: str, lo: int, hi: int) -> list[Path]:
+        """Chain partition files of the UTC days holding bars in [lo, hi] (ns), in day order."""
+        folder = underlying_dir(self.root, underlying) / "chain"
+        if not folder.is_dir():
+            return []
+        first = pd.Timestamp(lo, tz="UTC").floor("D")
+        last = pd.Timestamp(hi, tz="UTC").floor("D")
+        out = []
+        for entry in sorted(os.listdir(folder)):
+            if not entry.startswith("date="):
+                continue
+            try:
+                day = pd.Timestamp(entry[5:], tz="UTC")
+            except ValueError:
+                continue
+            if first <= day <= last:
+                found = _existing(folder / entry / "part.parquet")
+                if found is not None:
+                    out.append(found)
+        return out
+
+    def _scan(
+        self,
+        underlying: str,
+        lo: pd.Timestamp,
+        hi: pd.Timestamp,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+        names: Sequence[str] | None = None,
+        codes: _Codes | None = None,
+    ) -> ChainColumns:
+        """Chain rows of `underlying` with as_of in [lo, hi] in one columnar pass."""
+        u = underlying.upper()
+        files = self._partition_files(u, lo.value, hi.value)
+        expr = scan_filter(lo, hi, kinds=kinds, max_dte=max_dte, names=names)
+        parquet = [f for f in files if f.suffix == ".parquet"]
+        parts: list[ChainColumns] = []
+        if parquet:
+            try:
+                table = scan_parquet(parquet, expr, STORE_SCAN_COLUMNS)
+                parts.append(columns_from_arrow(table, u))
+            except (pa.ArrowException, OSError, TypeError, KeyError):
+                # name the broken file (or read mismatched schemas one by one)
+                parts.extend(self._read_one(f, u, expr) for f in parquet)
+        parts.extend(self._read_one(f, u, expr) for f in files if f.suffix == ".csv")
+        self.scan_stats["scans"] += 1
+        self.scan_stats["files"] += len(files)
+        if codes is None:
+            codes = _Codes()
+        parts = [codes.remap(p) for p in parts]
+        cols = concat_columns(parts, codes.names(), u)
+        self.scan_stats["rows"] += len(cols)
+        if len(cols) > 1 and (np.diff(cols.as_of) < 0).any():
+            cols = cols.take(np.argsort(cols.as_of, kind="stable"))
+        return cols
+
+    def _read_one(self, path: Path, underlying: str, expr: ds.Expression) -> ChainColumns:
+        frame = normalize_store_chain(read_table(path))
+        try:
+            table = ds.dataset(pa.Table.from_pandas(frame, preserve_index=False)).to_table(
+                filter=expr
+            )
+        except pa.ArrowException as exc:
+            raise DataError(f"cannot read store file: {exc}", source=path) from exc
+        return columns_from_arrow(table, underlying)
+
+
+def _utc_times(times: pd.DatetimeIndex | Sequence[TimestampLike]) -> pd.DatetimeIndex:
+    """`times` as a UTC ns DatetimeIndex, without copies when it already is one."""
+    if isinstance(times, pd.DatetimeIndex) and str(times.tz) == "UTC" and times.unit == "ns":
+        return times
+    return utc_index(pd.DatetimeIndex(times))
+
+
+@functools.cache
+def _coin_of(prefix: str) -> str:
+    """The store folder of an option name's underlying part (`SOL_USDC` -> `SOL`)."""
+    return coin_of_instrument_underlying(prefix)[0]
 
 
 def _underlying_of(instrument_name: str) -> str:
-    # Deferred import: harness.instruments is optional for readers of the store.
-    from harness.instruments import parse_instrument_name
-
     try:
-        return parse_instrument_name(instrument_name).underlying.upper()
+        return _coin_of(parse_instrument_name(instrument_name).underlying)
     except ValueError as exc:
         raise DataError(f"unknown instrument name {instrument_name!r}: {exc}") from exc
 

@@ -35,13 +35,15 @@ from harness.data.files import (
     DataError,
     FileDataSource,
     check_chain_timeframe,
+    duration_text,
     merge_chain,
     merge_spot,
+    parse_duration,
     update_meta,
 )
 from harness.data.source import MarketDataSource
 from harness.data.tardis import DEFAULT_BLOCK_SIZE, TardisResampler, front_underlying_bars
-from harness.types import Timeframe, timeframe_delta
+from harness.types import TIMEFRAMES, Timeframe, timeframe_delta
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,4 +396,117 @@ def fetch_deribit(
         files_written=tuple(written),
         gaps=_gaps(missing, bar),
         counts=dict(counts),
+    )
+
+
+# ---------------------------------------------------------------- the embedded synthetic market
+
+
+def snapshot_timeframe(first: pd.Timestamp, every: pd.Timedelta) -> Timeframe:
+    """The coarsest bar grid (epoch-aligned) holding every snapshot `first + k * every`."""
+    fits = [
+        tf
+        for tf in TIMEFRAMES
+        if every % timeframe_delta(tf) == pd.Timedelta(0)
+        and (first.value % timeframe_delta(tf).value) == 0
+    ]
+    if not fits:
+        raise DataError(
+            f"snapshots every {every} from {first.isoformat()} sit on no bar grid "
+            f"({', '.join(TIMEFRAMES)}); start on a whole minute and use a whole-minute step"
+        )
+    return max(fits, key=timeframe_delta)  # type: ignore[return-value]
+
+
+def import_synthetic(
+    underlying: str,
+    start: Any,
+    end: Any,
+    every: str | pd.Timedelta,
+    out: str | os.PathLike[str],
+    *,
+    seed: int = 7,
+    calls_only: bool = False,
+    max_dte: float | None = None,
+    spot_timeframe: Timeframe = "1h",
+    progress: bool = True,
+) -> ImportSummary:
+    """Write the embedded synthetic market into the store, laid out like a real import.
+
+    Chain snapshots at `start`, `start + every`, ... <= `end` (both kinds unless `calls_only`;
+    every listed expiry unless `max_dte` days; `quote_time` = snapshot time), spot bars at `spot_timeframe` from 31 days before `start`
+    (the simulator's feature history) to `end`, and the delivery price of every expiry in
+    the chain up to `end`. meta.json gets the chain bar grid and, when snapshots are sparser
+    than it, `snapshot_every`. Values are bit-for-bit the embedded market's.
+    """
+    from harness.data.files import merge_settlements
+    from harness.data.source import inclusive_range
+    from harness.data.synthetic import SyntheticMarket
+
+    s, e = inclusive_range(start, end)
+    step = parse_duration(every)
+    if step <= pd.Timedelta(0):
+        raise DataError(f"--every must be positive, got {every!r}")
+    u = underlying.upper()
+    root = Path(out)
+    tf = snapshot_timeframe(s, step)
+    check_chain_timeframe(root, u, tf)
+    market = SyntheticMarket(seed=seed)
+    times = pd.date_range(s, e, freq=step)
+    kinds = ("call",) if calls_only else ("call", "put")
+    months = [g for _, g in pd.Series(times, index=times).groupby(times.year * 12 + times.month)]
+    written: set[str] = set()
+    rows = 0
+    expiries: set[pd.Timestamp] = set()
+    with _progress(progress, unit_bytes=False) as bar:
+        task = bar.add_task(f"synthetic {u} chains", total=len(months)) if bar else None
+        for month in months:
+            # a month at a time keeps memory at one month of chain rows
+            chain = market.chain_frame(
+                u, pd.DatetimeIndex(month.index), kinds=kinds, max_dte=max_dte
+            )
+            if len(chain):
+                merge_chain(root, u, chain.assign(quote_time=chain["as_of"]))
+                rows += len(chain)
+                expiries.update(pd.DatetimeIndex(chain["expiry"].unique()))
+                written.update(
+                    f"{u}/chain/date={d:%Y-%m-%d}" for d in chain["as_of"].dt.floor("D").unique()
+                )
+            if bar is not None:
+                bar.advance(task)
+    spot = market.get_spot_ohlc(u, s - pd.Timedelta(days=31), e, spot_timeframe)
+    merge_spot(root, u, spot_timeframe, spot)
+    written.add(f"{u}/spot/{spot_timeframe}")
+    settled = sorted(x for x in expiries if x <= e)
+    if settled:
+        merge_settlements(
+            root,
+            u,
+            pd.DataFrame(
+                {
+                    "expiry": pd.DatetimeIndex(settled),
+                    "price": [market.settlement_price(u, x) for x in settled],
+                    "source": f"synthetic(seed={seed})",
+                }
+            ),
+        )
+        written.add(f"{u}/settlement")
+    meta: dict[str, Any] = {
+        "chain_timeframe": tf,
+        "spot_source": f"synthetic(seed={seed})",
+        "sources": [
+            f"synthetic(seed={seed}):{s.isoformat()}..{e.isoformat()} every {duration_text(step)}"
+        ],
+    }
+    if step != timeframe_delta(tf):
+        meta["snapshot_every"] = duration_text(step)
+    update_meta(root, u, **meta)
+    return ImportSummary(
+        source="synthetic",
+        underlyings=(u,),
+        timeframe=tf,
+        rows_read=rows,
+        rows_written=rows + len(spot) + len(settled),
+        files_written=tuple(sorted(written)),
+        counts={"snapshots": len(times), "spot_bars": len(spot), "settlements": len(settled)},
     )

@@ -1,7 +1,8 @@
 """Columnar option-chain store: chains at a set of snapshot times, held as numpy arrays.
 
 Any `MarketDataSource` can fill it (one `list_option_chain` call per time); sources that
-implement `BulkChainSource.chain_frame` fill it in one vectorized call. Queries (chain at
+implement `BulkChainSource.chain_frame` fill it in one vectorized call, and sources with
+`ColumnarChainSource.chain_columns` (the Parquet store) without building a pandas frame. Queries (chain at
 an instant, rows of a time) are searchsorted slices, never per-row Python objects.
 """
 
@@ -12,8 +13,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from harness.data.chain_scan import (
+    ChainColumns,
+    ColumnarChainSource,
+    columns_from_frame,
+    columns_to_frame,
+)
 from harness.data.source import (
-    CHAIN_COLUMNS,
     BulkChainSource,
     MarketDataSource,
     empty_chain_frame,
@@ -32,31 +38,41 @@ class ChainStore:
 
     def __init__(self, frame: pd.DataFrame, times: pd.DatetimeIndex) -> None:
         frame = normalize_chain_frame(frame)
+        underlying = str(frame["underlying"].iloc[0]) if len(frame) else ""
+        self._setup(columns_from_frame(frame, underlying), times)
+
+    @classmethod
+    def from_columns(cls, cols: ChainColumns, times: pd.DatetimeIndex) -> ChainStore:
+        """A store over chain columns (no pandas frame is built unless `frame` is asked for)."""
+        store = cls.__new__(cls)
+        store._setup(cols, times)
+        return store
+
+    def _setup(self, cols: ChainColumns, times: pd.DatetimeIndex) -> None:
         self.times = utc_index(times).sort_values()
-        order = np.lexsort(
-            (
-                frame["strike"].to_numpy(),
-                as_ns(frame["expiry"]),
-                (frame["kind"].to_numpy() == "put"),
-                as_ns(frame["as_of"]),
-            )
-        )
-        self.frame = frame.iloc[order].reset_index(drop=True)
-        self.as_of_ns = as_ns(self.frame["as_of"])
-        self.expiry_ns = as_ns(self.frame["expiry"])
-        self.is_call = self.frame["kind"].to_numpy() == "call"
-        self.names = self.frame["instrument_name"].to_numpy()
-        self.columns: dict[str, np.ndarray] = {
-            c: self.frame[c].to_numpy(dtype=float)
-            for c in CHAIN_COLUMNS
-            if c not in ("as_of", "expiry", "instrument_name", "underlying", "kind")
-        }
+        if not _in_store_order(cols):
+            order = np.lexsort((cols.values["strike"], cols.expiry, ~cols.is_call, cols.as_of))
+            cols = cols.take(order)
+        self.cols = cols
+        self.as_of_ns = cols.as_of
+        self.expiry_ns = cols.expiry
+        self.is_call = cols.is_call
+        self.names = cols.names[cols.code] if len(cols) else np.empty(0, dtype=object)
+        self.columns: dict[str, np.ndarray] = dict(cols.values)
         t = as_ns(self.times)
         self.row_start = np.searchsorted(self.as_of_ns, t, side="left")
         self.row_stop = np.searchsorted(self.as_of_ns, t, side="right")
+        self._frame: pd.DataFrame | None = None
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """Every row as a chain frame (CHAIN_COLUMNS), in store order; built on first use."""
+        if self._frame is None:
+            self._frame = columns_to_frame(self.cols)
+        return self._frame
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self.cols)
 
     @classmethod
     def from_source(
@@ -72,6 +88,32 @@ class ChainStore:
         """Fill a store with `source`'s chains at `times` (bulk path when the source has one)."""
         idx = utc_index(pd.DatetimeIndex([to_utc(t) for t in times]))
         kinds = ("call",) if calls_only else ("call", "put")
+        if isinstance(source, ColumnarChainSource):
+            cols = source.chain_columns(underlying, idx, kinds=kinds, max_dte=max_dte)
+            if progress:
+                progress(len(idx), len(idx))
+        else:
+            frame = cls._frame_from_source(source, underlying, idx, kinds, max_dte, progress)
+            frame = normalize_chain_frame(frame)
+            cols = columns_from_frame(frame, underlying.upper() if len(frame) else None)
+        keep = np.ones(len(cols), dtype=bool)
+        if calls_only:
+            keep &= cols.is_call
+        if max_dte is not None and len(cols):
+            keep &= (cols.expiry - cols.as_of) / 86_400e9 <= max_dte
+        if not keep.all():
+            cols = cols.take(np.flatnonzero(keep))
+        return cls.from_columns(cols, idx)
+
+    @staticmethod
+    def _frame_from_source(
+        source: MarketDataSource,
+        underlying: str,
+        idx: pd.DatetimeIndex,
+        kinds: tuple[str, ...],
+        max_dte: float | None,
+        progress: ProgressFn | None,
+    ) -> pd.DataFrame:
         if isinstance(source, BulkChainSource):
             try:
                 frame = source.chain_frame(underlying, idx, kinds=kinds, max_dte=max_dte)  # type: ignore[call-arg]
@@ -79,30 +121,22 @@ class ChainStore:
                 frame = source.chain_frame(underlying, idx)
             if progress:
                 progress(len(idx), len(idx))
-        else:
-            parts = []
-            for i, t in enumerate(idx):
-                part = snapshots_to_frame(source.list_option_chain(underlying, t))
-                if len(part) and (part["as_of"] > t).any():
-                    bad = part.loc[part["as_of"] > t, "instrument_name"].iloc[0]
-                    raise ValueError(
-                        f"source returned a quote of {bad} stamped after the requested "
-                        f"as_of {t.isoformat()}: that would leak the future"
-                    )
-                # the store keys snapshots by the instant they were asked for
-                part["as_of"] = t
-                parts.append(part)
-                if progress:
-                    progress(i + 1, len(idx))
-            frame = pd.concat(parts, ignore_index=True) if parts else empty_chain_frame()
-        frame = normalize_chain_frame(frame)
-        keep = np.ones(len(frame), dtype=bool)
-        if calls_only:
-            keep &= frame["kind"].to_numpy() == "call"
-        if max_dte is not None and len(frame):
-            dte = (frame["expiry"] - frame["as_of"]).dt.total_seconds().to_numpy() / 86400.0
-            keep &= dte <= max_dte
-        return cls(frame.loc[keep], idx)
+            return frame
+        parts = []
+        for i, t in enumerate(idx):
+            part = snapshots_to_frame(source.list_option_chain(underlying, t))
+            if len(part) and (part["as_of"] > t).any():
+                bad = part.loc[part["as_of"] > t, "instrument_name"].iloc[0]
+                raise ValueError(
+                    f"source returned a quote of {bad} stamped after the requested "
+                    f"as_of {t.isoformat()}: that would leak the future"
+                )
+            # the store keys snapshots by the instant they were asked for
+            part["as_of"] = t
+            parts.append(part)
+            if progress:
+                progress(i + 1, len(idx))
+        return pd.concat(parts, ignore_index=True) if parts else empty_chain_frame()
 
     def rows_at(self, i: int) -> slice:
         """Row slice of the i-th snapshot time."""
@@ -127,3 +161,17 @@ class ChainStore:
     def dte_days(self) -> np.ndarray:
         """Days to expiry of every row."""
         return (self.expiry_ns - self.as_of_ns) / (86400.0 * 1e9)
+
+
+def _in_store_order(cols: ChainColumns) -> bool:
+    """Whether rows are already sorted by (as_of, calls first, expiry, strike)."""
+    if len(cols) < 2:
+        return True
+    keys = (cols.as_of, (~cols.is_call).astype(np.int8), cols.expiry, cols.values["strike"])
+    undecided = np.ones(len(cols) - 1, dtype=bool)
+    for key in keys:
+        a, b = key[:-1], key[1:]
+        if (undecided & (b < a)).any():
+            return False
+        undecided &= b == a
+    return True

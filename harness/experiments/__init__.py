@@ -2,6 +2,7 @@
 
 `run_experiment(config)` replays every configured policy on the same decisions, pairs their
 rewards against the baseline and writes `runs/<run-id>/` (see docs/run_folder.md).
+`run_sweep(path)` runs many variants of a config as trials and ranks them (docs/sweeps.md).
 """
 
 from harness.experiments.config import (
@@ -22,6 +23,8 @@ from harness.experiments.runner import (
     RunSummary,
     run_experiment,
 )
+from harness.experiments.sweep import SweepSummary, run_sweep
+from harness.experiments.sweep_spec import SweepError, load_sweep
 
 __all__ = [
     "REWARDS",
@@ -34,11 +37,15 @@ __all__ = [
     "MarketConfig",
     "RulePolicyEntry",
     "RunSummary",
+    "SweepError",
+    "SweepSummary",
     "build_market",
     "dump_config",
     "load_config",
+    "load_sweep",
     "market_fingerprint",
     "parse_config",
     "run_experiment",
+    "run_sweep",
     "with_reward",
 ]

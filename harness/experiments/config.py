@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.experiments.rewards import RewardKind
 from harness.llm.cache import CacheMode
 from harness.policies.llm import LLMPolicyConfig
+from harness.policies.python import split_ref
 from harness.policies.rules import RULES
 from harness.types import CallSimulationConfig
 
@@ -68,8 +69,27 @@ class LLMPolicyEntry(LLMPolicyConfig):
     type: Literal["llm"] = "llm"
 
 
-PolicyEntry = Annotated[RulePolicyEntry | LLMPolicyEntry, Field(discriminator="type")]
-POLICY_TYPES: tuple[str, ...] = ("rule", "llm")
+class PythonPolicyEntry(BaseModel):
+    """A user's own policy function: `ref: "package.module:function"`, keyword `params`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    type: Literal["python"] = "python"
+    ref: str = Field(description='The policy function, "package.module:function".')
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_shape(cls, value: str) -> str:
+        split_ref(value)
+        return value
+
+
+PolicyEntry = Annotated[
+    RulePolicyEntry | LLMPolicyEntry | PythonPolicyEntry, Field(discriminator="type")
+]
+POLICY_TYPES: tuple[str, ...] = ("rule", "llm", "python")
 
 
 class RewardConfig(BaseModel):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
+from harness.data.files import duration_text
 from harness.data.source import MarketDataSource
 from harness.data.synthetic import SyntheticMarket
 from harness.experiments.config import MarketConfig
@@ -40,3 +43,31 @@ def market_fingerprint(source: MarketDataSource, config: MarketConfig) -> str:
     if callable(fp):
         return str(fp())
     return f"{config.source}({config.path or ','.join(config.files) or config.base_url or ''})"
+
+
+def mark_cadence(source: MarketDataSource, underlying: str, bar: pd.Timedelta) -> dict | None:
+    """How often the source refreshes option marks, for the run manifest (None: every instant).
+
+    A store whose chain snapshots are sparser than the simulation's bars marks open calls
+    with the last snapshot until the next one (stale, never invented), so drawdowns are then
+    measured at the store's cadence, not at every bar.
+    """
+    cadence = getattr(source, "snapshot_cadence", None)
+    if not callable(cadence):
+        return None
+    try:
+        every = pd.Timedelta(cadence(underlying))
+    except ValueError:
+        return None
+    stale = every > bar
+    return {
+        "snapshot_every": duration_text(every),
+        "bar": duration_text(bar),
+        "stale_marks": stale,
+        "note": (
+            "option marks between snapshots are the last snapshot (stale, never invented); "
+            "drawdowns are measured at the snapshot cadence"
+            if stale
+            else "a chain snapshot at every bar"
+        ),
+    }

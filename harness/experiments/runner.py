@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -25,13 +26,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness import __version__
+from harness.data.source import MarketDataSource
 from harness.experiments.config import (
     ExperimentConfig,
     LLMPolicyEntry,
+    PythonPolicyEntry,
     RulePolicyEntry,
 )
-from harness.experiments.markets import build_market, market_fingerprint
+from harness.experiments.markets import build_market, mark_cadence, market_fingerprint
 from harness.experiments.masking import RunSecrets
+from harness.experiments.preflight import check_config
 from harness.experiments.rewards import REWARD_UNITS, with_reward
 from harness.experiments.run_health import (
     PolicyTally,
@@ -45,10 +49,11 @@ from harness.llm.client import LLMUnavailable
 from harness.llm.prompts import load_prompt
 from harness.llm.transcripts import TRANSCRIPTS_FILE, TranscriptBook, TranscriptWriter
 from harness.policies.llm import LLMPolicy
+from harness.policies.python import load_python_policy
 from harness.policies.rules import make_rule, oracle
 from harness.simulator import CoveredCallSimulator, PolicyFn
 from harness.state import DecisionState
-from harness.stats import PairedComparison, paired_comparison
+from harness.stats import PairedComparison, all_pairs, paired_comparison
 from harness.types import CallCandidate, OptionSnapshot, SimulatedTrade, SimulationResult
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,18 @@ class LLMRequiredError(RuntimeError):
     def __init__(self, message: str, summary: RunSummary | None = None) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; carries the run folder so the caller can print how to resume."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+class NoDecisionsError(ValueError):
+    """The configured period produced no decision time (one-line reason in the message)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,12 @@ class _Scored:
     errors: int = 0
     tally: PolicyTally = field(default_factory=PolicyTally)
     partial: bool = False  # some decisions were not asked (stopped policy): no portfolio replay
+
+
+def run_config_text(config: ExperimentConfig) -> str:
+    """The config.yaml text of a run of `config`: resolved YAML with secret values masked."""
+    llm_entries = [p for p in config.policies if isinstance(p, LLMPolicyEntry)]
+    return RunSecrets.of_policies(llm_entries).config_text(config.model_dump(mode="json"))
 
 
 def create_run_dir(out_dir: str | Path, name: str) -> Path:
@@ -195,10 +218,15 @@ class ExperimentRunner:
         max_cost_usd: float | None = None,
         answers: TranscriptBook | None = None,
         config_path: str | Path | None = None,
+        market: MarketDataSource | None = None,
+        html_report: bool = True,
     ) -> None:
         self.config = config
         # A replay serves every LLM request from the run's transcripts: no cache, no network.
         self.answers = answers
+        # a sweep passes a market shared by its trials (loaded once) and skips HTML charts
+        self.market = market
+        self.html_report = html_report
         self.cache_mode: CacheMode = (
             "off" if answers is not None else (cache_mode or config.cache.mode)
         )
@@ -209,7 +237,7 @@ class ExperimentRunner:
         self.config_path = str(config_path) if config_path is not None else None
         llm_entries = [p for p in config.policies if isinstance(p, LLMPolicyEntry)]
         self.secrets = RunSecrets.of_policies(llm_entries)
-        config_text = self.secrets.config_text(config.model_dump(mode="json"))
+        config_text = run_config_text(config)
         self.resuming = resume is not None
         if resume is not None:
             self.run_dir = Path(resume)
@@ -244,7 +272,7 @@ class ExperimentRunner:
         done = _read_done(decisions_path)
         with self._progress() as progress:
             load = progress.add_task("loading market", total=None)
-            source = build_market(cfg.market, cfg.simulation.timeframe)
+            source = self.market or build_market(cfg.market, cfg.simulation.timeframe)
 
             def tick(i: int, n: int) -> None:
                 progress.update(load, completed=i, total=n)
@@ -256,6 +284,8 @@ class ExperimentRunner:
             )
             progress.update(load, description="market loaded", completed=1, total=1)
             times = sim.decision_times()
+            if len(times) == 0:
+                raise NoDecisionsError(_no_decisions_reason(cfg))
             items = [(sim.build_state(t), sim.candidates(t)) for t in times]
             self._labels = labels
             self._index_labels(labels, times)
@@ -313,7 +343,7 @@ class ExperimentRunner:
                             if todo:
                                 policy.prefetch(todo, progress=not self.quiet)
                         except (LLMUnavailable, CacheMissError) as exc:
-                            self._skip(entry.name, f"{exc} ({LLM_HOWTO})", skipped, status)
+                            self._skip(entry.name, f"{exc} ({self._howto()})", skipped, status)
                             continue
                     guarded = _Guarded(policy, entry.name)
                     try:
@@ -351,6 +381,8 @@ class ExperimentRunner:
         ran = [p.name for p in cfg.policies if p.name in scored]
         metrics = self._metrics(ran, scored, results, llm_usage)
         comparison = self._compare([n for n in ran if counted(status, n)], scored, sim)
+        # all_pairs covers the same policies as `pairs`: failed ones enter no comparison
+        self._scored_for_pairs = {n: scored[n] for n in ran if counted(status, n)}
         self._write_outputs(sim, labels, results, metrics, comparison, ran)
         run_status = "stopped" if spend_stops else "complete"
         resume_hint = self._resume_hint(spend_stops) if spend_stops else None
@@ -360,6 +392,7 @@ class ExperimentRunner:
             "package_version": __version__,
             "git_commit": _git_commit(),
             "data_fingerprint": market_fingerprint(source, cfg.market),
+            "market_marks": mark_cadence(source, cfg.simulation.underlying, sim.bar),
             "started_at": started.isoformat(),
             "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "status": run_status,
@@ -445,15 +478,27 @@ class ExperimentRunner:
             disable=self.quiet,
         )
 
+    def _howto(self) -> str:
+        """What to do about an LLM policy that cannot run, for this run's cache mode."""
+        if self.cache_mode == "read_only":
+            # Suggesting read_only during a read_only run would send the user in a circle.
+            return (
+                "the cache has no answer for it: run once with --cache-mode read_write "
+                "and the API key to fill the cache"
+            )
+        return LLM_HOWTO
+
     # ------------------------------------------------------------------ policies
     def _build_policy(
         self,
-        entry: RulePolicyEntry | LLMPolicyEntry,
+        entry: RulePolicyEntry | LLMPolicyEntry | PythonPolicyEntry,
         labels: pd.DataFrame,
         cache: ResponseCache | None,
         stack: ExitStack,
     ) -> tuple[PolicyFn | None, str]:
         sim_cfg = self.config.simulation
+        if isinstance(entry, PythonPolicyEntry):
+            return load_python_policy(entry.ref, entry.params), ""
         if isinstance(entry, RulePolicyEntry):
             if entry.rule == "oracle":
                 return oracle(labels), ""
@@ -481,7 +526,7 @@ class ExperimentRunner:
         try:
             policy.ensure_available()
         except LLMUnavailable as exc:
-            return None, f"{exc} ({LLM_HOWTO})"
+            return None, f"{exc} ({self._howto()})"
         return policy, ""
 
     def _index_labels(self, labels: pd.DataFrame, times: pd.DatetimeIndex) -> None:
@@ -675,6 +720,17 @@ class ExperimentRunner:
             if name != base
         ]
 
+    def _all_pairs(self, ran: list[str], sim: CoveredCallSimulator) -> list[PairedComparison]:
+        """Every pair of the policies that ran (earlier minus later in config order), Holm-adjusted."""
+        scored = self._scored_for_pairs
+        names = [n for n in ran if n in scored]
+        return all_pairs(
+            {n: scored[n].rewards for n in names},
+            {n: scored[n].choices for n in names},
+            block_length=self._block_length(sim),
+            seed=self.config.seed,
+        )
+
     def _write_outputs(
         self,
         sim: CoveredCallSimulator,
@@ -715,6 +771,7 @@ class ExperimentRunner:
         lab.to_parquet(d / "labels.parquet", index=False)
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_float))
         agreement = _agreement(d / "decisions.jsonl", ran)
+        every_pair = self._all_pairs(ran, sim)
         (d / "comparison.json").write_text(
             json.dumps(
                 {
@@ -722,6 +779,7 @@ class ExperimentRunner:
                     "reward_kind": self.config.reward.kind,
                     "block_length": self._block_length(sim),
                     "pairs": [c.to_dict() for c in comparison],
+                    "all_pairs": [c.to_dict() for c in every_pair],
                     "agreement": agreement,
                 },
                 indent=2,
@@ -735,7 +793,7 @@ class ExperimentRunner:
         except ImportError:  # report module not available in a trimmed install
             return
         try:
-            write_report(self.run_dir)
+            write_report(self.run_dir, html=self.html_report)
         except Exception as exc:  # the run's data is written; a broken chart must not lose it
             log.exception("report failed")
             self.console.print(f"[red]report failed[/]: {exc}")
@@ -785,9 +843,12 @@ def run_experiment(
 
     `max_cost_usd` caps what this invocation may spend on LLM calls (USD); `answers` serves
     every LLM request from a run's transcripts (replay); `config_path` is only quoted in the
-    resume hint.
+    resume hint. The config is checked first (rule and python policy parameters, prompts,
+    period length), so a bad one fails before a run folder exists. Ctrl-C raises
+    `RunInterrupted` with the run folder to resume.
     """
-    return ExperimentRunner(
+    check_config(config)
+    runner = ExperimentRunner(
         config,
         out_dir=out_dir,
         cache_mode=cache_mode,
@@ -797,4 +858,23 @@ def run_experiment(
         max_cost_usd=max_cost_usd,
         answers=answers,
         config_path=config_path,
-    ).run()
+    )
+    try:
+        return runner.run()
+    except KeyboardInterrupt:
+        raise RunInterrupted(runner.run_dir) from None
+    except NoDecisionsError:
+        if resume is None:  # nothing but config.yaml was written: leave no empty run behind
+            shutil.rmtree(runner.run_dir, ignore_errors=True)
+        raise
+
+
+def _no_decisions_reason(cfg: ExperimentConfig) -> str:
+    sim = cfg.simulation
+    days = (sim.end_ts - sim.start_ts) / pd.Timedelta(days=1)
+    return (
+        f"no decision times between {sim.start_ts:%Y-%m-%d} and {sim.end_ts:%Y-%m-%d} "
+        f"({days:.1f} days): each decision needs a call of {sim.target_dte} days "
+        f"(tolerance {sim.dte_tolerance}) listed and expiring inside the data; lengthen the "
+        "period or lower simulation.target_dte"
+    )

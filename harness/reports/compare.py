@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.reports.report import (
+from harness.reports.document import (
     Section,
     Table,
     fmt_int,
@@ -22,12 +22,12 @@ from harness.reports.report import (
     fmt_share,
     fmt_time,
     fmt_usd,
-    read_decisions,
-    read_json,
     reading,
     render_document,
     reward_unit,
 )
+from harness.reports.report import read_decisions, read_json
+from harness.reports.transcripts import final_answer, prompt_diff, read_transcripts, time_key
 from harness.stats import paired_comparison
 
 MAX_CHANGED_ROWS = 50
@@ -365,6 +365,52 @@ def _changed_section(p: PolicyRunComparison, unit: str) -> Section:
     return Section(title, paragraphs, table=table, bullets=bullets)
 
 
+MAX_ANSWER_CHARS = 400
+
+
+def _answers_section(
+    p: PolicyRunComparison,
+    ta: dict[tuple[str, str], list[dict[str, Any]]],
+    tb: dict[tuple[str, str], list[dict[str, Any]]],
+) -> Section | None:
+    """Prompt diff and both raw answers for the changed decisions (from transcripts.jsonl)."""
+    ranked = sorted(
+        p.changed, key=lambda c: -abs(c.reward_change) if np.isfinite(c.reward_change) else 0.0
+    )[:MAX_CHANGED_ROWS]
+    rows, diff = [], []
+    for c in ranked:
+        key = (p.policy, time_key(c.decision_time))
+        ra, rb = ta.get(key), tb.get(key)
+        if not (ra or rb):
+            continue
+        diff = diff or prompt_diff(ra, rb)
+        rows.append(
+            [
+                fmt_time(c.decision_time),
+                c.choice_a,
+                c.choice_b,
+                (final_answer(ra) or "—")[:MAX_ANSWER_CHARS],
+                (final_answer(rb) or "—")[:MAX_ANSWER_CHARS],
+            ]
+        )
+    if not rows:
+        return None
+    return Section(
+        f"{p.policy}: prompts and answers behind the changes",
+        [
+            "The prompt diff (first changed decision with a transcript in both runs), then both "
+            "runs' raw answers for the changed decisions, largest reward change first. "
+            "`harness view` shows the full transcripts."
+        ],
+        preformatted="\n".join(diff) if diff else "",
+        table=Table(
+            ["Time (UTC)", "Choice A", "Choice B", "Answer A", "Answer B"],
+            rows,
+            ["l"] * 5,
+        ),
+    )
+
+
 def render_comparison(cmp: RunComparison) -> tuple[str, str]:
     """Render a run comparison to (Markdown, self-contained HTML)."""
     unit = reward_unit(cmp.reward_kind)
@@ -399,6 +445,11 @@ def render_comparison(cmp: RunComparison) -> tuple[str, str]:
         ),
         *(_changed_section(p, unit) for p in cmp.policies),
     ]
+    ta, tb = read_transcripts(cmp.run_a), read_transcripts(cmp.run_b)
+    for p in cmp.policies:
+        section = _answers_section(p, ta, tb)
+        if section is not None:
+            sections.append(section)
     title = f"Run comparison: {cmp.run_id_a} → {cmp.run_id_b}"
     return render_document(title, header, list(cmp.notes), sections)
 

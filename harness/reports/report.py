@@ -1,5 +1,11 @@
 """Human report of a run folder: `report.md` + one self-contained `report.html` with charts.
 
+The verdict comes first (who beat whom per decision and as a portfolio, by how much, with a
+95% CI and whether it survives a Holm correction), then the evidence: all-pairs matrix, forest
+chart, the per-decision and portfolio views (each explained where it appears), disagreements
+grouped per trade life, and for LLM policies each decision's transcript. docs/report.md
+describes every section and chart.
+
 Reads only the files documented in docs/run_folder.md. Any of them may be missing, empty or
 partly written (a crashed run, a run with only rule policies, a skipped LLM policy); the report
 then says so in its notes instead of failing.
@@ -7,35 +13,76 @@ then says so in its notes instead of failing.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import matplotlib
-import matplotlib.dates as mdates
-import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+import yaml
 
-# Charts use the object-oriented Figure API, which renders PNGs through Agg without pyplot:
-# no GUI backend is ever needed, and importing this module does not switch the caller's
-# pyplot backend (matplotlib.use would, e.g. inside a notebook).
+from harness.reports.charts import (
+    chart_drawdown,
+    chart_equity,
+    chart_forest,
+    chart_regret,
+    chart_rewards,
+    equity_series,
+)
+from harness.reports.colors import HODL, policy_colors
+from harness.reports.document import (
+    DASH,
+    FIGURES_DIR,
+    Cell,
+    Chart,
+    Link,
+    Section,
+    Table,
+    TranscriptBlock,
+    finite,
+    fmt_int,
+    fmt_num,
+    fmt_pct,
+    fmt_reward,
+    fmt_share,
+    fmt_time,
+    fmt_usd,
+    reading,
+    render_document,
+    reward_unit,
+)
+from harness.reports.transcripts import read_transcripts, time_key, transcript_summary
+from harness.stats import all_pairs, holm_adjust
 
-DASH = "—"
-TOP_DISAGREEMENTS = 30
-MAX_PLOT_POINTS = 2000
-FIGURES_DIR = "figures"
-TEMPLATES_DIR = Path(__file__).parent / "templates"
-CHART_NAMES = ("equity_vs_hodl", "drawdown", "reward_distribution", "cumulative_regret")
+TOP_EPISODES = 15
+MAX_LLM_ROWS = 25
+MAX_VERDICT_PAIRS = 6
+CHART_NAMES = (
+    "equity_vs_hodl",
+    "drawdown",
+    "paired_differences",
+    "reward_distribution",
+    "cumulative_regret",
+)
+BOUND_LABELS = {
+    "oracle": "per-decision bound (hindsight)",
+    "oracle_schedule": "portfolio bound (hindsight schedule)",
+}
+PER_DECISION_NOTE = (
+    "Per-decision view: every policy is asked at every decision time as if no call were open, "
+    "and each choice is scored alone by what that call would have earned held to expiry, versus "
+    "holding the coin. Neighbouring decisions overlap in time, so their sum is not money."
+)
+PORTFOLIO_NOTE = (
+    "Portfolio view: each policy's choices replayed as one account holding the coin and selling "
+    "one call at a time (a new call only after the last expired); this is the money (USD)."
+)
 
 DECISION_COLUMNS = [
+    "n_candidates",
+    "rationale",
     "decision_time",
     "policy",
     "action",
@@ -56,91 +103,7 @@ DECISION_COLUMNS = [
     "model",
 ]
 
-
-# --------------------------------------------------------------------------- formatting
-
-
-def _finite(x: Any) -> bool:
-    try:
-        return x is not None and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-def _clean_zero(x: float, decimals: int) -> float:
-    # Avoid "-0.00" for tiny negatives that round to zero.
-    return 0.0 if round(x, decimals) == 0 else x
-
-
-def fmt_usd(x: Any, decimals: int = 2) -> str:
-    """USD amount with thousands separators, e.g. `-$1,234.50` (dash when missing)."""
-    if not _finite(x):
-        return DASH
-    v = _clean_zero(float(x), decimals)
-    return f"{'-' if v < 0 else ''}${abs(v):,.{decimals}f}"
-
-
-def fmt_pct(x: Any, decimals: int = 2) -> str:
-    """A value already in percent, e.g. `12.34%`."""
-    if not _finite(x):
-        return DASH
-    return f"{_clean_zero(float(x), decimals):,.{decimals}f}%"
-
-
-def fmt_share(x: Any, decimals: int = 1) -> str:
-    """A fraction in [0, 1] shown as percent, e.g. 0.456 -> `45.6%`."""
-    return fmt_pct(float(x) * 100.0, decimals) if _finite(x) else DASH
-
-
-def fmt_num(x: Any, decimals: int = 2) -> str:
-    """Plain number with thousands separators."""
-    if not _finite(x):
-        return DASH
-    return f"{_clean_zero(float(x), decimals):,.{decimals}f}"
-
-
-def fmt_int(x: Any) -> str:
-    """Integer count with thousands separators."""
-    return f"{round(float(x)):,}" if _finite(x) else DASH
-
-
-def reward_unit(reward_kind: str | None) -> str:
-    """Unit of the reward for a config reward kind: `USD`, `bps` or `` when unknown."""
-    if reward_kind == "return_bps":
-        return "bps"
-    if reward_kind == "pnl_vs_hodl":
-        return "USD"
-    return ""
-
-
-def fmt_reward(x: Any, unit: str) -> str:
-    """Reward in its unit: USD as money, bps with one decimal, unknown as a plain number."""
-    if unit == "USD":
-        return fmt_usd(x)
-    if unit == "bps":
-        return f"{fmt_num(x, 1)} bps" if _finite(x) else DASH
-    return fmt_num(x)
-
-
-def fmt_time(ts: Any) -> str:
-    """UTC timestamp as `YYYY-MM-DD HH:MM`."""
-    if ts is None or (not isinstance(ts, str) and pd.isna(ts)):
-        return DASH
-    return pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%d %H:%M")
-
-
-def reading(subject: str, other: str, mean: float, lo: float, hi: float, unit: str) -> str:
-    """One plain-English line on a paired difference and whether its 95% CI excludes zero."""
-    if not _finite(mean):
-        return f"{subject} vs {other}: no paired decisions."
-    ci = f"95% CI {fmt_reward(lo, unit)} to {fmt_reward(hi, unit)}"
-    if mean == 0:
-        return f"{subject} matched {other} on average ({ci})."
-    verb = "beat" if mean > 0 else "trailed"
-    significant = _finite(lo) and _finite(hi) and (lo > 0 or hi < 0)
-    verdict = "significant at 95%" if significant else "not significant"
-    amount = fmt_reward(abs(mean), unit)
-    return f"{subject} {verb} {other} by {amount} per decision ({ci}): {verdict}."
+LinkFor = Callable[[str, pd.Timestamp], str]
 
 
 # --------------------------------------------------------------------------- loading
@@ -158,6 +121,8 @@ class RunFolder:
     metrics: dict[str, dict[str, Any]]
     comparison: dict[str, Any]
     notes: tuple[str, ...]
+    config: dict[str, Any] = field(default_factory=dict)
+    transcripts: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def reward_kind(self) -> str | None:
@@ -165,9 +130,41 @@ class RunFolder:
         return self.comparison.get("reward_kind") or self.manifest.get("reward_kind")
 
     @property
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Policy -> {"status": ok|skipped|failed, "reason", ...} (manifest `policy_status`).
+
+        Older runs have only `skipped: {name: reason}`; their other policies count as ok.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for p, reason in (self.manifest.get("skipped") or {}).items():
+            out[p] = {"status": "skipped", "reason": str(reason)}
+        for p, st in (self.manifest.get("policy_status") or {}).items():
+            if isinstance(st, dict) and st.get("status"):
+                out[p] = dict(st)
+        return out
+
+    @property
     def skipped(self) -> dict[str, str]:
-        """Skipped policy -> reason."""
-        return dict(self.manifest.get("skipped") or {})
+        """Skipped policy (never ran) -> reason."""
+        return {
+            p: str(s.get("reason") or "")
+            for p, s in self.status.items()
+            if s.get("status") == "skipped"
+        }
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Failed policy (ran, past an error/invalid threshold) -> reason."""
+        return {
+            p: str(s.get("reason") or "")
+            for p, s in self.status.items()
+            if s.get("status") == "failed"
+        }
+
+    @property
+    def compared(self) -> list[str]:
+        """Policies that ran and count: not skipped, not failed (they enter no comparison)."""
+        return [p for p in self.policies if p not in self.failed]
 
     @property
     def policies(self) -> list[str]:
@@ -198,7 +195,7 @@ def read_json(path: Path, notes: list[str]) -> dict[str, Any]:
 
 
 def _num(x: Any, default: float = float("nan")) -> float:
-    return float(x) if _finite(x) else default
+    return float(x) if finite(x) else default
 
 
 def choice_label(action: Any, instrument_name: Any) -> str:
@@ -214,7 +211,10 @@ def _decision_row(obj: dict[str, Any]) -> dict[str, Any]:
     valid = obj.get("valid") is not False
     error = obj.get("error")
     label = choice + ("" if valid else " (invalid)") + (" (error)" if error else "")
+    cands = obj.get("candidates")
     return {
+        "n_candidates": float(len(cands)) if isinstance(cands, list) else float("nan"),
+        "rationale": llm.get("rationale"),
         "decision_time": obj.get("decision_time"),
         "policy": obj.get("policy"),
         "action": obj.get("action"),
@@ -296,6 +296,13 @@ def load_run(run_dir: Path) -> RunFolder:
     comparison = read_json(run_dir / "comparison.json", notes)
     trades = _read_table(run_dir / "trades.csv", pd.read_csv, notes)
     equity = _read_table(run_dir / "equity.parquet", pd.read_parquet, notes)
+    config: dict[str, Any] = {}
+    if (run_dir / "config.yaml").is_file():
+        try:
+            loaded = yaml.safe_load((run_dir / "config.yaml").read_text())
+            config = loaded if isinstance(loaded, dict) else {}
+        except yaml.YAMLError:
+            notes.append("config.yaml is not valid YAML; ignored.")
     if not equity.empty and not {"timestamp", "policy", "equity"} <= set(equity.columns):
         notes.append("equity.parquet lacks timestamp/policy/equity columns; ignored.")
         equity = pd.DataFrame()
@@ -308,101 +315,37 @@ def load_run(run_dir: Path) -> RunFolder:
         metrics={k: v for k, v in metrics.items() if isinstance(v, dict)},
         comparison=comparison,
         notes=tuple(notes),
+        config=config,
+        transcripts=read_transcripts(run_dir),
     )
-
-
-# --------------------------------------------------------------------------- document model
-
-
-@dataclass(frozen=True)
-class Table:
-    """A rendered table: header, rows of display strings, and per-column alignment (l/r)."""
-
-    columns: list[str]
-    rows: list[list[str]]
-    align: list[str]
-
-
-@dataclass(frozen=True)
-class Chart:
-    """A PNG chart: file name under figures/, caption, and the image bytes."""
-
-    name: str
-    title: str
-    png: bytes
-
-    @property
-    def b64(self) -> str:
-        """Base64 of the PNG, for a data URI."""
-        return base64.b64encode(self.png).decode("ascii")
-
-    @property
-    def md_path(self) -> str:
-        """Path of the PNG relative to the run folder."""
-        return f"{FIGURES_DIR}/{self.name}.png"
-
-
-@dataclass(frozen=True)
-class Section:
-    """One titled block of the document."""
-
-    title: str
-    paragraphs: list[str] = field(default_factory=list)
-    table: Table | None = None
-    bullets: list[str] = field(default_factory=list)
-    charts: list[Chart] = field(default_factory=list)
-
-
-def _md_cell(text: Any) -> str:
-    # Pipes and newlines would break a Markdown table row.
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _env(autoescape: bool) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        autoescape=autoescape,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["mdcell"] = _md_cell
-    return env
-
-
-_HTML = _env(autoescape=True).get_template("document.html.j2")
-_MD = _env(autoescape=False).get_template("document.md.j2")
-_CSS = (TEMPLATES_DIR / "report.css").read_text(encoding="utf-8")
-
-
-def render_document(
-    title: str, header: Sequence[tuple[str, str]], notes: Sequence[str], sections: Sequence[Section]
-) -> tuple[str, str]:
-    """Render a document model to (Markdown, self-contained HTML)."""
-    ctx = {"title": title, "header": header, "notes": notes, "sections": sections, "css": _CSS}
-    return _MD.render(**ctx), _HTML.render(**ctx)
 
 
 # --------------------------------------------------------------------------- statistics
 
 
 def decision_stats(df: pd.DataFrame) -> dict[str, float]:
-    """metrics.json-style decision statistics of one policy's decision rows."""
+    """metrics.json-style decision statistics of one policy's decision rows (shares in [0, 1])."""
     n = len(df)
     if n == 0:
         return {"n_decisions": 0.0}
+    sold = df["action"] == "SELL_CALL"
+    known = df["n_candidates"].notna()
+    offered_none = known & (df["n_candidates"] == 0)
     return {
         "n_decisions": float(n),
         "mean_reward": float(df["reward"].mean()),
         "total_reward": float(df["reward"].sum()),
         "mean_regret": float(df["regret"].mean()),
-        "sell_rate": float((df["action"] == "SELL_CALL").mean()),
+        "sell_rate": float(sold.mean()),
+        "no_candidate_rate": float(offered_none.mean()) if known.all() else float("nan"),
+        "declined_rate": float((~sold & ~offered_none).mean()),
         "invalid_rate": float((~df["valid"].astype(bool)).mean()),
         "error_rate": float(df["error"].notna().mean()),
         "cost_usd": float(df["llm_cost_usd"].sum()),
     }
 
 
-def disagreements(decisions: pd.DataFrame, top: int | None = TOP_DISAGREEMENTS) -> pd.DataFrame:
+def disagreements(decisions: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
     """Decision times where policies chose differently, widest reward spread first.
 
     Columns: `decision_time`, `spread` (max - min reward across policies), and per policy
@@ -425,190 +368,331 @@ def disagreements(decisions: pd.DataFrame, top: int | None = TOP_DISAGREEMENTS) 
     return out
 
 
-# --------------------------------------------------------------------------- charts
+def _expiry_token(name: Any) -> str | None:
+    # Deribit names read UNDERLYING-DMMMYY-STRIKE-C; the second part is the expiry.
+    parts = name.split("-") if isinstance(name, str) else []
+    return parts[1] if len(parts) >= 4 else None
 
 
-def _colors(policies: Sequence[str]) -> dict[str, Any]:
-    cmap = matplotlib.colormaps["tab10"]
-    return {p: cmap(i % 10) for i, p in enumerate(policies)}
+def disagreement_episodes(table: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """Group disagreement times per trade life: by the expiry of the call the policies chose.
+
+    Neighbouring decisions sell calls of the same expiry, so one market event shows up as
+    many disagreeing decisions; an episode is one expiry (one trade life). Columns: `expiry`,
+    `start`, `end`, `n` (disagreeing decisions), `peak_time` (widest spread), `peak_spread`;
+    widest first.
+    """
+    cols = ["expiry", "start", "end", "n", "peak_time", "peak_spread"]
+    if table.empty:
+        return pd.DataFrame(columns=cols)
+    names = decisions.pivot(index="decision_time", columns="policy", values="instrument_name")
+    # First policy's sold instrument per row (a row-wise bfill on objects is slow in pandas).
+    rows = names.loc[table["decision_time"]].to_numpy(dtype=object)
+    expiry = [
+        next((tok for tok in map(_expiry_token, row) if tok is not None), None) for row in rows
+    ]
+    t = table.assign(expiry=expiry)
+    # A time whose name has no parseable expiry is its own episode rather than a wrong merge.
+    t["expiry"] = t["expiry"].fillna(t["decision_time"].astype(str))
+    peak = t.loc[t.groupby("expiry")["spread"].idxmax()]
+    agg = t.groupby("expiry").agg(
+        start=("decision_time", "min"), end=("decision_time", "max"), n=("decision_time", "size")
+    )
+    out = agg.join(
+        peak.set_index("expiry")[["decision_time", "spread"]].rename(
+            columns={"decision_time": "peak_time", "spread": "peak_spread"}
+        )
+    ).reset_index()
+    out = out.sort_values(["peak_spread", "start"], ascending=[False, True], kind="stable")
+    return out[cols].reset_index(drop=True)
 
 
-def _png(fig: Figure) -> bytes:
-    # Fixed margins: constrained/tight layout would cost a full extra draw per chart.
-    fig.subplots_adjust(left=0.09, right=0.98, top=0.93, bottom=0.1, hspace=0.08)
-    buf = io.BytesIO()
-    # No "Software" entry: the PNG bytes depend only on the data (PNG carries no timestamp).
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    return buf.getvalue()
+def pairs_from_decisions(
+    decisions: pd.DataFrame, policies: Sequence[str], block_length: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """All-pairs comparisons computed from decisions.jsonl (runs older than `all_pairs`)."""
+    d = decisions[decisions["policy"].isin(policies)]
+    if d.empty or len(policies) < 2:
+        return []
+    reward = d.pivot(index="decision_time", columns="policy", values="reward")
+    choice = d.pivot(index="decision_time", columns="policy", values="instrument_name")
+    names = [p for p in policies if p in reward.columns]
+    rows = reward[names].dropna()
+    pairs = all_pairs(
+        {p: rows[p].to_numpy(dtype=float) for p in names},
+        {p: choice.loc[rows.index, p].tolist() for p in names},
+        block_length=block_length,
+        seed=seed,
+    )
+    return [c.to_dict() for c in pairs]
 
 
-def _stride(n: int) -> int:
-    return max(1, math.ceil(n / MAX_PLOT_POINTS))
+# --------------------------------------------------------------------------- helpers
 
 
-def _downsample(s: pd.Series) -> pd.Series:
-    """Every k-th point plus the last, so long series plot fast."""
-    k = _stride(len(s))
-    if k == 1:
-        return s
-    idx = np.unique(np.r_[np.arange(0, len(s), k), len(s) - 1])
-    return s.iloc[idx]
+def fmt_p(x: Any) -> str:
+    """A p-value with three decimals, `<0.001` below that (bootstrap p has no finer meaning)."""
+    if not finite(x):
+        return DASH
+    return "<0.001" if float(x) < 0.001 else f"{float(x):.3f}"
 
 
-def _bucket_min(s: pd.Series) -> pd.Series:
-    """Minimum of each run of k points, so downsampling keeps drawdown troughs."""
-    k = _stride(len(s))
-    if k == 1:
-        return s
-    groups = np.arange(len(s)) // k
-    vals = s.groupby(groups).min().to_numpy()
-    times = s.index.to_series().groupby(groups).first()
-    return pd.Series(vals, index=pd.DatetimeIndex(times.to_numpy()))
-
-
-def _naive_utc(ts: pd.Series | pd.Index) -> pd.DatetimeIndex:
-    idx = pd.DatetimeIndex(ts)
-    return idx.tz_convert("UTC").tz_localize(None) if idx.tz is not None else idx
-
-
-def _thousands(ax: Any) -> None:
-    ax.yaxis.set_major_formatter(mticker.StrMethodFormatter("{x:,.0f}"))
-
-
-def _time_axis(ax: Any) -> None:
-    locator = mdates.AutoDateLocator()
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    ax.grid(True, alpha=0.3)
-
-
-def _equity_series(equity: pd.DataFrame, policies: Sequence[str]) -> dict[str, pd.DataFrame]:
-    out: dict[str, pd.DataFrame] = {}
-    for p in policies:
-        df = equity[equity["policy"] == p].sort_values("timestamp")
-        if df.empty:
-            continue
-        df = df.set_index(_naive_utc(df["timestamp"]))
-        if "equity_vs_hodl" not in df and "hodl" in df:
-            df = df.assign(equity_vs_hodl=df["equity"] - df["hodl"])
-        out[p] = df
+def _policy_label(p: str, baseline: str | None, status: dict[str, dict[str, Any]]) -> str:
+    out = p
+    if p in BOUND_LABELS:
+        out += f": {BOUND_LABELS[p]}"
+    if p == baseline:
+        out += " (baseline)"
+    st = (status.get(p) or {}).get("status")
+    if st == "failed":
+        out += " (FAILED: not compared)"
     return out
 
 
-def chart_equity(series: dict[str, pd.DataFrame], colors: dict[str, Any]) -> Chart:
-    """Equity per policy with HODL (top) and equity minus HODL (bottom), USD."""
-    fig = Figure(
-        figsize=(10, 6.5),
+def _is_bound(run: RunFolder, p: str) -> bool:
+    if p in BOUND_LABELS:
+        return True
+    for entry in run.config.get("policies") or []:
+        if isinstance(entry, dict) and entry.get("name") == p:
+            return entry.get("rule") in BOUND_LABELS
+    return False
+
+
+def _policy_metrics(run: RunFolder, p: str) -> dict[str, Any]:
+    """Decision statistics from decisions.jsonl, overlaid by metrics.json where it has them."""
+    stats = decision_stats(run.decisions[run.decisions["policy"] == p])
+    return {**stats, **run.metrics.get(p, {})}
+
+
+def _baseline(run: RunFolder) -> str | None:
+    return run.manifest.get("baseline") or run.comparison.get("baseline")
+
+
+def _block_length(run: RunFolder) -> int:
+    value = run.comparison.get("block_length")
+    return int(value) if finite(value) and int(value) >= 1 else 1
+
+
+def _pairs(run: RunFolder) -> list[dict[str, Any]]:
+    """All pairs among the compared policies, Holm-adjusted over exactly these pairs."""
+    compared = set(run.compared)
+    stored = [p for p in run.comparison.get("all_pairs") or [] if isinstance(p, dict)]
+    if stored:
+        pairs = [p for p in stored if p.get("policy") in compared and p.get("baseline") in compared]
+    else:
+        pairs = pairs_from_decisions(run.decisions, run.compared, _block_length(run))
+    if pairs and all("p_value" in p for p in pairs):
+        adjusted = holm_adjust([float(p["p_value"]) for p in pairs])
+        pairs = [{**p, "p_holm": h} for p, h in zip(pairs, adjusted, strict=True)]
+    return pairs
+
+
+def _significance(p: dict[str, Any], n_family: int) -> str:
+    lo, hi = p.get("ci_low"), p.get("ci_high")
+    if not (finite(lo) and finite(hi)) or not (float(lo) > 0 or float(hi) < 0):
+        return "not significant (the 95% CI includes 0)"
+    holm = p.get("p_holm")
+    if not finite(holm):
+        return "significant at 95% (no p-value for a Holm correction)"
+    survives = "survives" if float(holm) < 0.05 else "does not survive"
+    return f"significant at 95%, and {survives} a Holm correction over the {n_family} pairs shown"
+
+
+def _oriented(p: dict[str, Any]) -> dict[str, Any]:
+    """The pair with the better policy first (mean and CI flipped), so sentences say who won."""
+    if not finite(p.get("mean_diff")) or float(p["mean_diff"]) >= 0:
+        return p
+    return {
+        **p,
+        "policy": p.get("baseline"),
+        "baseline": p.get("policy"),
+        "mean_diff": -float(p["mean_diff"]),
+        "ci_low": -float(p["ci_high"]),
+        "ci_high": -float(p["ci_low"]),
+    }
+
+
+def _pair_sentence(p: dict[str, Any], unit: str, n_family: int) -> str:
+    p = _oriented(p)
+    a, b, m = str(p.get("policy")), str(p.get("baseline")), p.get("mean_diff")
+    if not finite(m):
+        return f"Per decision, {a} vs {b}: no paired decisions."
+    ci = f"95% CI {fmt_reward(p.get('ci_low'), unit)} to {fmt_reward(p.get('ci_high'), unit)}"
+    if float(m) == 0:
+        return f"Per decision, {a} matched {b} on average ({ci})."
+    verb = "beat" if float(m) > 0 else "trailed"
+    amount = fmt_reward(abs(float(m)), unit)
+    return (
+        f"Per decision, {a} {verb} {b} by {amount} per decision ({ci}): "
+        f"{_significance(p, n_family)}."
     )
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    first = next(iter(series.values()))
-    if "hodl" in first:
-        h = _downsample(first["hodl"])
-        top.plot(h.index, h.to_numpy(), color="black", ls="--", lw=1.2, label="HODL")
-    for p, df in series.items():
-        e = _downsample(df["equity"])
-        top.plot(e.index, e.to_numpy(), color=colors[p], lw=1.1, label=p)
-        if "equity_vs_hodl" in df:
-            v = _downsample(df["equity_vs_hodl"])
-            bottom.plot(v.index, v.to_numpy(), color=colors[p], lw=1.1, label=p)
-    bottom.axhline(0.0, color="black", lw=0.8)
-    top.set_ylabel("equity (USD)")
-    bottom.set_ylabel("equity − HODL (USD)")
-    top.legend(loc="upper left", fontsize=8, ncols=min(len(series) + 1, 4))
-    for ax in (top, bottom):
-        _time_axis(ax)
-        _thousands(ax)
-    top.set_title("Portfolio equity vs HODL (UTC)")
-    return Chart("equity_vs_hodl", "Equity vs HODL per policy (USD)", _png(fig))
 
 
-def chart_drawdown(series: dict[str, pd.DataFrame], colors: dict[str, Any]) -> Chart:
-    """Drawdown of each policy's equity from its running peak, percent."""
-    fig = Figure(
-        figsize=(10, 4),
-    )
-    ax = fig.subplots()
-    for p, df in series.items():
-        e = df["equity"].astype(float)
-        dd = _bucket_min((e / e.cummax() - 1.0) * 100.0)
-        ax.plot(dd.index, dd.to_numpy(), color=colors[p], lw=1.1, label=p)
-    ax.set_ylabel("drawdown (%)")
-    ax.legend(loc="lower left", fontsize=8, ncols=min(len(series), 4))
-    _time_axis(ax)
-    ax.set_title("Drawdown of each policy's equity (UTC)")
-    return Chart("drawdown", "Drawdown from running peak per policy (%)", _png(fig))
+# --------------------------------------------------------------------------- verdict
 
 
-def chart_rewards(decisions: pd.DataFrame, policies: Sequence[str], unit: str) -> Chart | None:
-    """Box plot of per-decision rewards per policy, with the mean marked."""
-    data = {p: decisions.loc[decisions["policy"] == p, "reward"].dropna() for p in policies}
-    data = {p: v.to_numpy(dtype=float) for p, v in data.items() if len(v)}
-    if not data:
-        return None
-    fig = Figure(
-        figsize=(max(6.0, 1.6 * len(data) + 2), 4.5),
-    )
-    ax = fig.subplots()
-    ax.boxplot(
-        list(data.values()),
-        tick_labels=list(data),
-        showmeans=True,
-        whis=(5, 95),  # rewards are fat-tailed: 1.5 IQR whiskers flag half the sample
-        flierprops={"markersize": 2, "alpha": 0.4},
-    )
-    ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set_ylabel(f"reward per decision ({unit})" if unit else "reward per decision")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title("Reward per decision (box: quartiles, whiskers: 5–95%, triangle: mean)")
-    return Chart("reward_distribution", "Distribution of per-decision rewards", _png(fig))
-
-
-def chart_regret(
-    decisions: pd.DataFrame, policies: Sequence[str], colors: dict[str, Any], unit: str
-) -> Chart | None:
-    """Cumulative regret vs the best choice over decision time, per policy."""
-    fig = Figure(
-        figsize=(10, 4),
-    )
-    ax = fig.subplots()
-    drawn = 0
-    for p in policies:
-        df = decisions[decisions["policy"] == p]
-        if df.empty or df["regret"].isna().all():
-            continue
-        # Missing regret (e.g. an errored row without a score) adds nothing rather than NaN-ing the sum.
-        cum = pd.Series(
-            df["regret"].fillna(0.0).cumsum().to_numpy(), index=_naive_utc(df["decision_time"])
+def _verdict(run: RunFolder, unit: str, pairs: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    if not run.policies:
+        return ["No policy produced decisions or metrics: there is no answer in this run."]
+    base = _baseline(run)
+    candidates = [
+        p for p in pairs if not (_is_bound(run, p["policy"]) or _is_bound(run, p["baseline"]))
+    ]
+    # Pairs with the baseline and significant ones first: those are what the run is asked.
+    candidates.sort(
+        key=lambda p: (
+            not (p.get("policy") == base or p.get("baseline") == base),
+            not (finite(p.get("p_holm")) and float(p["p_holm"]) < 0.05),
+            -abs(float(p["mean_diff"])) if finite(p.get("mean_diff")) else 0.0,
         )
-        cum = _downsample(cum)
-        ax.plot(cum.index, cum.to_numpy(), color=colors[p], lw=1.2, label=p)
-        drawn += 1
-    if not drawn:
-        return None
-    ax.set_ylabel(f"cumulative regret ({unit})" if unit else "cumulative regret")
-    ax.legend(loc="upper left", fontsize=8, ncols=min(drawn, 4))
-    _time_axis(ax)
-    _thousands(ax)
-    ax.set_title("Cumulative regret vs the best choice (UTC)")
-    return Chart("cumulative_regret", "Cumulative regret over time per policy", _png(fig))
+    )
+    for p in candidates[:MAX_VERDICT_PAIRS]:
+        out.append(_pair_sentence(p, unit, len(pairs)))
+    if len(candidates) > MAX_VERDICT_PAIRS:
+        out.append(
+            f"{len(candidates) - MAX_VERDICT_PAIRS} more pair(s) are in the all-pairs matrix below."
+        )
+    out.extend(_portfolio_verdict(run))
+    out.extend(_bound_verdict(run, unit))
+    for p, why in run.skipped.items():
+        out.append(f"{p} was SKIPPED (never ran) and is in no comparison: {why}")
+    for p, why in run.failed.items():
+        out.append(f"{p} FAILED (ran, but {why}) and is in no comparison.")
+    return out
+
+
+def _portfolio_verdict(run: RunFolder) -> list[str]:
+    ranked = [
+        (p, float(run.metrics[p]["pnl_vs_hodl_usd"]))
+        for p in run.compared
+        if finite(run.metrics.get(p, {}).get("pnl_vs_hodl_usd")) and not _is_bound(run, p)
+    ]
+    if not ranked:
+        return []
+    ranked.sort(key=lambda x: -x[1])
+    parts = ", ".join(f"{p} {fmt_usd(v, 0)}" for p, v in ranked)
+    best, v = ranked[0]
+    verb = "beat" if v > 0 else "did not beat"
+    out = [
+        f"As a portfolio (one call at a time, replayed), {best} {verb} HODL the most: "
+        f"ending equity minus HODL's was {parts} (one price path: no confidence interval)."
+    ]
+    same = _identical_trade_pairs(run)
+    if same:
+        out.append(
+            "Identical portfolio trades: "
+            + "; ".join(f"{a} = {b}" for a, b in same)
+            + " (their per-decision scores differ only where the portfolio already held a call)."
+        )
+    dd = [
+        (p, run.metrics[p].get("max_drawdown_pct"))
+        for p, _ in ranked
+        if finite(run.metrics[p].get("max_drawdown_pct"))
+    ]
+    hodl_dd = _hodl_metrics(run).get("max_drawdown_pct")
+    if dd:
+        worse = [p for p, x in dd if finite(hodl_dd) and float(x) > float(hodl_dd) + 1e-9]
+        text = "Max drawdown: " + ", ".join(f"{p} {fmt_pct(x, 1)}" for p, x in dd)
+        if finite(hodl_dd):
+            text += f"; HODL {fmt_pct(hodl_dd, 1)}"
+            text += (
+                f" ({', '.join(worse)} deeper than HODL)." if worse else " (none deeper than HODL)."
+            )
+        else:
+            text += "."
+        out.append(text)
+    return out
+
+
+def _bound_verdict(run: RunFolder, unit: str) -> list[str]:
+    others = [p for p in run.compared if not _is_bound(run, p)]
+    out = []
+    for b in [p for p in run.compared if _is_bound(run, p)]:
+        if not others:
+            break
+        if _bound_kind(run, b) == "oracle_schedule":
+            # The portfolio bound is a schedule: compare money (PnL vs HODL), not per decision.
+            vb = run.metrics.get(b, {}).get("pnl_vs_hodl_usd")
+            vals = {p: run.metrics.get(p, {}).get("pnl_vs_hodl_usd") for p in others}
+            vals = {p: float(v) for p, v in vals.items() if finite(v)}
+            if not finite(vb) or float(vb) <= 0 or not vals:
+                continue
+            best = max(vals, key=lambda p: vals[p])
+            out.append(
+                f"The {BOUND_LABELS['oracle_schedule']}, {b}, ends {fmt_usd(vb, 0)} ahead of "
+                f"HODL; the best policy as a portfolio, {best}, reaches "
+                f"{fmt_share(vals[best] / float(vb))} of it."
+            )
+            continue
+        mb = _policy_metrics(run, b).get("mean_reward")
+        if not finite(mb) or float(mb) <= 0:
+            continue
+        best = max(others, key=lambda p: _policy_metrics(run, p).get("mean_reward", -np.inf))
+        mx = _policy_metrics(run, best).get("mean_reward")
+        out.append(
+            f"The {BOUND_LABELS['oracle']}, {b}, earns {fmt_reward(mb, unit)} per decision; the "
+            f"best policy, {best}, reaches {fmt_share(float(mx) / float(mb))} of it."
+        )
+    return out
+
+
+def _bound_kind(run: RunFolder, p: str) -> str:
+    """`oracle` (per-decision bound) or `oracle_schedule` (portfolio bound) of a bound policy."""
+    if p in BOUND_LABELS:
+        return p
+    for entry in run.config.get("policies") or []:
+        if isinstance(entry, dict) and entry.get("name") == p and entry.get("rule") in BOUND_LABELS:
+            return str(entry["rule"])
+    return "oracle"
 
 
 # --------------------------------------------------------------------------- sections
 
 
+def _period(run: RunFolder) -> str | None:
+    d = run.decisions
+    if d.empty:
+        return None
+    first, last = d["decision_time"].min(), d["decision_time"].max()
+    n_times = d["decision_time"].nunique()
+    text = f"{fmt_time(first)} → {fmt_time(last)} UTC ({n_times:,} decision times)"
+    sim = run.config.get("simulation") or {}
+    end = sim.get("end")
+    if end is None:
+        return text
+    try:
+        end_ts = pd.Timestamp(str(end))
+        end_ts = end_ts.tz_localize("UTC") if end_ts.tz is None else end_ts.tz_convert("UTC")
+    except (ValueError, TypeError):
+        return text
+    gap_days = (end_ts - last) / pd.Timedelta(days=1)
+    if gap_days > 1.0:
+        dte, tol = sim.get("target_dte"), sim.get("dte_tolerance")
+        room = (
+            f"a call of about {fmt_num(dte, 0)} days (tolerance {fmt_num(tol or 0, 0)})"
+            if finite(dte)
+            else "the target call"
+        )
+        text += (
+            f"; decisions stop {gap_days:.1f} days before the config's end "
+            f"{end_ts:%Y-%m-%d} because the last decision must leave room for {room} to expire "
+            "inside the data"
+        )
+    return text
+
+
 def _header(run: RunFolder) -> list[tuple[str, str]]:
     m = run.manifest
-    d = run.decisions
     name = m.get("name") or run.path.name
     rows: list[tuple[str, str]] = [("Run", f"{name} ({m.get('run_id') or run.path.name})")]
     rows.append(("Status", str(m.get("status") or "unknown")))
-    if not d.empty:
-        n_times = d["decision_time"].nunique()
-        period = f"{fmt_time(d['decision_time'].min())} → {fmt_time(d['decision_time'].max())} UTC"
-        rows.append(("Period", f"{period} ({n_times:,} decision times)"))
+    period = _period(run)
+    if period:
+        rows.append(("Period", period))
     rows.append(("Market data", str(m.get("data_fingerprint") or DASH)))
     rows.append(("Policies", ", ".join(run.policies) or DASH))
-    rows.append(("Baseline", str(m.get("baseline") or run.comparison.get("baseline") or DASH)))
+    rows.append(("Baseline", str(_baseline(run) or DASH)))
     unit = reward_unit(run.reward_kind)
     rows.append(("Reward", f"{run.reward_kind} ({unit})" if unit else str(run.reward_kind or DASH)))
     for p, model in (m.get("model_ids") or {}).items():
@@ -620,12 +704,6 @@ def _header(run: RunFolder) -> list[tuple[str, str]]:
     rows.append(("Code", code))
     if m.get("started_at") or m.get("finished_at"):
         rows.append(("Ran", f"{m.get('started_at', DASH)} → {m.get('finished_at', DASH)}"))
-    for p, reason in run.skipped.items():
-        rows.append((f"Skipped {p}", str(reason)))
-    for p, st in (m.get("policy_status") or {}).items():
-        # manifest policy_status (docs/run_folder.md): failed policies are in no comparison
-        if isinstance(st, dict) and st.get("status") == "failed":
-            rows.append((f"Failed {p}", f"{st.get('reason', DASH)} (left out of comparisons)"))
     rows.extend(_llm_usage(run))
     return rows
 
@@ -650,57 +728,102 @@ def _llm_usage(run: RunFolder) -> list[tuple[str, str]]:
             f"LLM usage {p}",
             f"{fmt_int(u.get('calls_made'))} calls made, "
             f"{fmt_int(u.get('served_from_cache'))} served from cache; "
-            f"cost {fmt_usd(u.get('cost_usd'), 4)}, saved {fmt_usd(u.get('cost_saved_usd'), 4)}",
+            f"cost {fmt_usd(u.get('cost_usd', u.get('cost_usd_incurred')), 4)}, "
+            f"saved {fmt_usd(u.get('cost_saved_usd', u.get('cost_usd_saved')), 4)}",
         )
         for p, u in usage.items()
     ]
 
 
-def _policy_label(p: str, baseline: str | None, status: dict[str, Any] | None = None) -> str:
-    st = (status or {}).get(p)
-    if isinstance(st, dict) and st.get("status", "ok") != "ok":
-        return f"{p} ({st['status']})"
-    return f"{p} (baseline)" if p == baseline else p
+def _status_section(run: RunFolder) -> Section | None:
+    status = run.status
+    if not any(s.get("status") != "ok" for s in status.values()):
+        return None
+    cols = ["Policy", "Status", "Reason", "Asked", "Errors", "Invalid", "Top error"]
+    rows: list[list[Cell]] = []
+    names = [*run.policies, *[p for p in status if p not in run.policies]]
+    for p in names:
+        s = status.get(p, {"status": "ok"})
+        rows.append(
+            [
+                p,
+                str(s.get("status", "ok")).upper(),
+                str(s.get("reason") or ""),
+                fmt_int(s.get("asked")),
+                fmt_int(s.get("errors")),
+                fmt_int(s.get("invalid")),
+                str(s.get("top_error") or ""),
+            ]
+        )
+    intro = (
+        "Skipped: never ran (no key, endpoint unreachable, auth, model not found). Failed: ran, "
+        "but errors or invalid answers passed the policy's threshold. Neither enters any "
+        "comparison or verdict; a failed policy's decisions stay listed for inspection."
+    )
+    return Section(
+        "Policy status",
+        [intro],
+        table=Table(cols, rows, ["l"] * 3 + ["r"] * 3 + ["l"]),
+        anchor="status",
+    )
 
 
-def _policy_metrics(run: RunFolder, p: str) -> dict[str, Any]:
-    """metrics.json entry, with decision statistics filled in from decisions.jsonl if absent."""
-    stats = decision_stats(run.decisions[run.decisions["policy"] == p])
-    return {**stats, **run.metrics.get(p, {})}
-
-
-def _decision_table(run: RunFolder, unit: str, baseline: str | None) -> Table:
-    cols = ["Policy", "Decisions", "Mean reward", "Total reward", "Mean regret", "Sell rate"]
-    cols += ["Invalid", "Errors", "LLM cost"]
-    rows = []
+def _decision_table(run: RunFolder, unit: str) -> Table:
+    base, status = _baseline(run), run.status
+    cols = ["Policy", "Decisions", "Mean reward", "Mean regret", "Sold", "No candidate offered"]
+    cols += ["Chose not to sell", "Invalid", "Errors", "LLM cost", "Sum (overlapping, not PnL)"]
+    rows: list[list[Cell]] = []
     for p in run.policies:
         m = _policy_metrics(run, p)
         rows.append(
             [
-                _policy_label(p, baseline, run.manifest.get("policy_status")),
+                _policy_label(p, base, status),
                 fmt_int(m.get("n_decisions")),
                 fmt_reward(m.get("mean_reward"), unit),
-                fmt_reward(m.get("total_reward"), unit),
                 fmt_reward(m.get("mean_regret"), unit),
                 fmt_share(m.get("sell_rate")),
+                fmt_share(m.get("no_candidate_rate")),
+                fmt_share(m.get("declined_rate")),
                 fmt_share(m.get("invalid_rate"), 2),
                 fmt_share(m.get("error_rate"), 2),
                 fmt_usd(m.get("cost_usd"), 4),
+                fmt_reward(m.get("total_reward"), unit),
             ]
         )
     return Table(cols, rows, ["l"] + ["r"] * (len(cols) - 1))
 
 
-def _portfolio_table(run: RunFolder, baseline: str | None) -> Table:
-    cols = ["Policy", "PnL vs HODL", "Total return", "Sharpe", "Sortino", "Max drawdown"]
-    cols += ["Trades", "ITM share", "Win rate vs HODL", "Premium", "Fees", "Upside given up"]
-    rows = []
+def _hodl_metrics(run: RunFolder) -> dict[str, Any]:
     for p in run.policies:
         m = run.metrics.get(p, {})
-        traded = _finite(m.get("n_trades")) and float(m["n_trades"]) > 0
+        if finite(m.get("hodl_return_pct")):
+            return {
+                "total_return_pct": m["hodl_return_pct"],
+                "max_drawdown_pct": m.get("hodl_max_drawdown_pct"),
+            }
+    eq = run.equity
+    if not eq.empty and "hodl" in eq:
+        first = eq[eq["policy"] == eq["policy"].iloc[0]].sort_values("timestamp")
+        h = first["hodl"].to_numpy(dtype=float)
+        if len(h) and h[0] > 0:
+            return {
+                "total_return_pct": (h[-1] / h[0] - 1.0) * 100.0,
+                "max_drawdown_pct": float(np.max(1.0 - h / np.maximum.accumulate(h)) * 100.0),
+            }
+    return {}
+
+
+def _portfolio_table(run: RunFolder) -> Table:
+    base, status = _baseline(run), run.status
+    cols = ["Policy", "PnL vs HODL", "Total return", "Sharpe", "Sortino", "Max drawdown"]
+    cols += ["Trades", "ITM share", "Win rate vs HODL", "Premium", "Fees", "Upside given up"]
+    rows: list[list[Cell]] = []
+    for p in run.policies:
+        m = run.metrics.get(p, {})
+        traded = finite(m.get("n_trades")) and float(m["n_trades"]) > 0
         rows.append(
             [
-                _policy_label(p, baseline, run.manifest.get("policy_status")),
+                _policy_label(p, base, status),
                 fmt_usd(m.get("pnl_vs_hodl_usd")),
                 fmt_pct(m.get("total_return_pct")),
                 fmt_num(m.get("sharpe")),
@@ -715,124 +838,381 @@ def _portfolio_table(run: RunFolder, baseline: str | None) -> Table:
                 fmt_usd(m.get("upside_given_up_usd")),
             ]
         )
+    h = _hodl_metrics(run)
+    if h:
+        rows.append(
+            [
+                HODL,
+                fmt_usd(0.0),
+                fmt_pct(h.get("total_return_pct")),
+                DASH,
+                DASH,
+                fmt_pct(h.get("max_drawdown_pct")),
+                "0",
+                *[DASH] * 5,
+            ]
+        )
     return Table(cols, rows, ["l"] + ["r"] * (len(cols) - 1))
 
 
-def _summary_sections(run: RunFolder, unit: str) -> list[Section]:
-    baseline = run.manifest.get("baseline") or run.comparison.get("baseline")
+def _identical_trade_pairs(run: RunFolder) -> list[tuple[str, str]]:
+    t = run.trades
+    if t.empty or not {"policy", "open_time", "instrument_name"} <= set(t.columns):
+        return []
+    keys = {
+        p: tuple(zip(g["open_time"].astype(str), g["instrument_name"].astype(str), strict=True))
+        for p, g in t.groupby("policy", sort=False)
+    }
+    names = [p for p in run.compared if p in keys]
+    return [
+        (a, b)
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        if keys[a] == keys[b] and keys[a]
+    ]
+
+
+def _identical_trades(run: RunFolder) -> list[str]:
+    t = run.trades
+    return [
+        f"{a} and {b} made identical portfolio trades ({int((t['policy'] == a).sum())}), so "
+        "their portfolio rows match; their per-decision scores can still differ because they "
+        "chose differently at decision times when the portfolio already held a call."
+        for a, b in _identical_trade_pairs(run)
+    ]
+
+
+def _view_sections(run: RunFolder, unit: str) -> list[Section]:
     if not run.policies:
-        return [Section("Summary", ["No policy produced decisions or metrics."])]
+        return [Section("Per-decision view", ["No policy produced decisions or metrics."])]
     decision = Section(
-        "Summary: decisions",
+        "Per-decision view: each decision scored alone",
         [
-            f"Per-decision reward ({unit or 'units unknown'}) against the counterfactual table; "
-            "regret is the gap to the best choice at each decision."
+            PER_DECISION_NOTE,
+            f"Rewards in {unit or 'units unknown'}; regret is the gap to the best choice in "
+            "hindsight at that decision. Sold + no candidate offered + chose not to sell = 100% "
+            "of decision times.",
         ],
-        table=_decision_table(run, unit, baseline),
+        table=_decision_table(run, unit),
+        anchor="per-decision",
     )
-    notes = []
+    notes = [PORTFOLIO_NOTE, "Returns and drawdown in %; Sharpe/Sortino annualized."]
     if not run.metrics:
         notes.append("metrics.json is missing: no portfolio metrics.")
     portfolio = Section(
-        "Summary: portfolio replay",
-        notes
-        or [
-            "Sequential covered-call replay of each policy (USD; returns and drawdown in %; "
-            "Sharpe/Sortino annualized)."
-        ],
-        table=_portfolio_table(run, baseline) if run.metrics else None,
+        "Portfolio view: one covered call at a time",
+        notes + _identical_trades(run),
+        table=_portfolio_table(run) if run.metrics else None,
+        anchor="portfolio",
     )
     return [decision, portfolio]
 
 
-def _comparison_section(run: RunFolder, unit: str) -> Section:
-    pairs = [p for p in run.comparison.get("pairs") or [] if isinstance(p, dict)]
-    title = "Paired comparison vs baseline"
+def _matrix_section(
+    run: RunFolder, unit: str, pairs: list[dict[str, Any]], *, charts: bool = True
+) -> Section:
+    title = "Paired differences per decision: all pairs"
     if not pairs:
         return Section(
-            title, ["No paired comparison available (comparison.json missing or empty)."]
+            title,
+            ["No paired comparison available (fewer than two compared policies or no data)."],
+            anchor="pairs",
         )
-    cols = ["Policy", "Baseline", "Decisions", "Mean diff", "95% CI", "Wins / losses / ties"]
-    cols += ["Agreement", "Block length"]
-    rows, readings = [], []
+    names = run.compared
+    by = {(p["policy"], p["baseline"]): p for p in pairs}
+    rows: list[list[Cell]] = []
+    for r in names:
+        row: list[Cell] = [r]
+        for c in names:
+            if r == c:
+                row.append(DASH)
+                continue
+            p, sign = (by.get((r, c)), 1.0) if (r, c) in by else (by.get((c, r)), -1.0)
+            if p is None or not finite(p.get("mean_diff")):
+                row.append(DASH)
+                continue
+            lo, hi = sign * float(p["ci_low"]), sign * float(p["ci_high"])
+            lo, hi = min(lo, hi), max(lo, hi)
+            mark = ""
+            if lo > 0 or hi < 0:
+                mark = " **" if finite(p.get("p_holm")) and float(p["p_holm"]) < 0.05 else " *"
+            row.append(
+                f"{fmt_reward(sign * float(p['mean_diff']), unit)} "
+                f"[{fmt_reward(lo, unit)}, {fmt_reward(hi, unit)}]{mark}"
+            )
+        rows.append(row)
+    matrix = Table(["Row − column", *names], rows, ["l"] + ["r"] * len(names))
+    cols = ["First", "Second", "Decisions", "Mean diff", "95% CI", "p", "Holm p"]
+    cols += ["Wins / losses / ties", "Agreement", "Block length"]
+    detail: list[list[Cell]] = []
     for c in pairs:
-        rows.append(
+        detail.append(
             [
                 str(c.get("policy")),
                 str(c.get("baseline")),
                 fmt_int(c.get("n")),
                 fmt_reward(c.get("mean_diff"), unit),
                 f"{fmt_reward(c.get('ci_low'), unit)} to {fmt_reward(c.get('ci_high'), unit)}",
+                fmt_p(c.get("p_value")),
+                fmt_p(c.get("p_holm")),
                 f"{fmt_int(c.get('wins'))} / {fmt_int(c.get('losses'))} / {fmt_int(c.get('ties'))}",
                 fmt_share(c.get("agreement_rate")),
                 fmt_int(c.get("block_length", run.comparison.get("block_length"))),
             ]
         )
-        readings.append(
-            reading(
-                str(c.get("policy")),
-                str(c.get("baseline")),
-                _num(c.get("mean_diff")),
-                _num(c.get("ci_low")),
-                _num(c.get("ci_high")),
-                unit,
-            )
+    intro = (
+        "Per-decision view. Each cell: mean of (row policy − column policy) reward over the same "
+        "decisions, with its 95% moving-block bootstrap CI. * the CI excludes 0; ** it also "
+        f"survives a Holm correction over all {len(pairs)} pairs. Skipped and failed policies "
+        "are left out."
+    )
+    forest = chart_forest(pairs, unit) if charts else None
+    readings = [
+        reading(
+            str(c.get("policy")),
+            str(c.get("baseline")),
+            float(c["mean_diff"]) if finite(c.get("mean_diff")) else float("nan"),
+            float(c["ci_low"]) if finite(c.get("ci_low")) else float("nan"),
+            float(c["ci_high"]) if finite(c.get("ci_high")) else float("nan"),
+            unit,
         )
-    intro = "Policy minus baseline reward on the same decisions; 95% moving-block bootstrap CI."
+        for c in pairs
+    ]
     return Section(
-        title, [intro], table=Table(cols, rows, ["l", "l"] + ["r"] * 6), bullets=readings
+        title,
+        [intro],
+        table=matrix,
+        tables=[("Every pair (first − second)", Table(cols, detail, ["l", "l"] + ["r"] * 8))],
+        bullets=list(readings),
+        charts=[forest] if forest else [],
+        anchor="pairs",
     )
 
 
-def _chart_section(run: RunFolder, unit: str) -> Section:
-    policies = run.policies
-    colors = _colors(policies)
+def _chart_section(run: RunFolder, unit: str, colors: dict[str, str]) -> Section:
+    policies = run.compared
     charts: list[Chart] = []
     notes: list[str] = []
-    series = _equity_series(run.equity, policies) if not run.equity.empty else {}
+    series = equity_series(run.equity, policies) if not run.equity.empty else {}
     if series:
         charts += [chart_equity(series, colors), chart_drawdown(series, colors)]
     else:
         notes.append("No equity data: equity and drawdown charts omitted.")
     for chart in (
-        chart_rewards(run.decisions, policies, unit),
+        chart_rewards(run.decisions, policies, unit, colors),
         chart_regret(run.decisions, policies, colors, unit),
     ):
         if chart is not None:
             charts.append(chart)
     if run.decisions.empty:
         notes.append("No decisions: reward and regret charts omitted.")
-    return Section("Charts", notes, charts=charts)
-
-
-def _disagreement_section(run: RunFolder, unit: str) -> Section:
-    title = f"Disagreements (top {TOP_DISAGREEMENTS} by reward spread)"
-    everything = disagreements(run.decisions, top=None)
-    if everything.empty:
-        reason = "no decisions" if run.decisions.empty else "all policies chose the same"
-        return Section(title, [f"No disagreements: {reason}."])
-    d = everything.head(TOP_DISAGREEMENTS)
-    present = {c.removeprefix("choice.") for c in d.columns if c.startswith("choice.")}
-    policies = [p for p in run.policies if p in present]
-    rows = [_disagreement_row(r, policies, unit) for r in d.to_dict("records")]
-    intro = (
-        f"{len(everything):,} decision time(s) where the policies' choices differ; the "
-        f"{len(rows)} with the widest spread between the best and worst policy reward are "
-        "listed. Cells: choice (reward)."
+    notes.append(
+        "Colours are fixed per policy name (the same in every run); HODL is dark slate (drawn thicker), the "
+        "per-decision bound black, the portfolio bound grey."
     )
-    cols = ["Time (UTC)", "Spread", *policies]
-    return Section(title, [intro], table=Table(cols, rows, ["l", "r"] + ["l"] * len(policies)))
+    return Section("Charts", notes, charts=charts, anchor="charts")
 
 
-def _disagreement_row(r: dict[str, Any], policies: Iterable[str], unit: str) -> list[str]:
-    cells = [fmt_time(r["decision_time"]), fmt_reward(r["spread"], unit)]
-    for p in policies:
-        label = r.get(f"choice.{p}")
-        if not isinstance(label, str):
-            cells.append(DASH)
-        else:
-            cells.append(f"{label} ({fmt_reward(r.get(f'reward.{p}'), unit)})")
-    return cells
+def _choice_cell(
+    run: RunFolder,
+    p: str,
+    t: pd.Timestamp,
+    text: str,
+    link_for: LinkFor | None,
+    linked: list[tuple[str, pd.Timestamp]],
+) -> Cell:
+    if link_for is None:
+        return text
+    if link_for is _static_link:
+        if (p, time_key(t)) not in run.transcripts:
+            return text
+        linked.append((p, pd.Timestamp(t)))  # its transcript block goes into the page
+    return Link(text, link_for(p, t))
+
+
+def _disagreement_section(
+    run: RunFolder, unit: str, link_for: LinkFor | None, linked: list[tuple[str, pd.Timestamp]]
+) -> Section:
+    title = "Disagreements, grouped per trade life"
+    # The hindsight bounds disagree with everyone all the time; they would make one big episode.
+    shown = [p for p in run.compared if not _is_bound(run, p)]
+    d = run.decisions[run.decisions["policy"].isin(shown)]
+    everything = disagreements(d, top=None)
+    if everything.empty:
+        reason = "no decisions" if d.empty else "all policies chose the same"
+        return Section(title, [f"No disagreements: {reason}."], anchor="disagreements")
+    episodes = disagreement_episodes(everything, d)
+    present = {c.removeprefix("choice.") for c in everything.columns if c.startswith("choice.")}
+    policies = [p for p in shown if p in present]
+    peak_rows = everything.set_index("decision_time")
+    rows: list[list[Cell]] = []
+    for e in episodes.head(TOP_EPISODES).to_dict("records"):
+        peak = peak_rows.loc[e["peak_time"]]
+        cells: list[Cell] = [
+            str(e["expiry"]),
+            f"{fmt_time(e['start'])} → {fmt_time(e['end'])}",
+            fmt_int(e["n"]),
+            fmt_time(e["peak_time"]),
+            fmt_reward(e["peak_spread"], unit),
+        ]
+        for p in policies:
+            label = peak.get(f"choice.{p}")
+            if not isinstance(label, str):
+                cells.append(DASH)
+                continue
+            text = f"{label} ({fmt_reward(peak.get(f'reward.{p}'), unit)})"
+            cells.append(_choice_cell(run, p, e["peak_time"], text, link_for, linked))
+        rows.append(cells)
+    intro = (
+        f"{len(everything):,} decision time(s) where the compared policies (hindsight bounds "
+        f"left out) chose differently, grouped into {len(episodes):,} trade lives by the expiry "
+        "of the call chosen, so one market event is one row. The "
+        f"{min(TOP_EPISODES, len(episodes))} with the widest reward spread are listed; cells "
+        "show each policy's choice (reward) at the trade life's widest decision."
+    )
+    cols = ["Expiry", "Decisions from → to (UTC)", "Decisions", "Widest at", "Spread", *policies]
+    return Section(
+        title,
+        [intro],
+        table=Table(cols, rows, ["l", "l", "r", "l", "r"] + ["l"] * len(policies)),
+        anchor="disagreements",
+    )
+
+
+def _static_link(policy: str, t: pd.Timestamp) -> str:
+    return f"#{transcript_anchor(policy, t)}"
+
+
+def transcript_anchor(policy: str, t: Any) -> str:
+    """HTML id of a decision's transcript block in the static report."""
+    stamp = pd.Timestamp(t).tz_convert("UTC").strftime("%Y%m%dT%H%M")
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in policy)
+    return f"tr-{safe}-{stamp}"
+
+
+def _llm_rows(run: RunFolder, p: str) -> pd.DataFrame:
+    d = run.decisions
+    rows = d[(d["policy"] == p) & d["is_llm"]]
+    # Costliest mistakes first: the decisions a person wants to read.
+    return rows.sort_values("regret", ascending=False, kind="stable").head(MAX_LLM_ROWS)
+
+
+def transcript_block(
+    run: RunFolder, p: str, t: pd.Timestamp, row: dict[str, Any] | None, unit: str
+) -> TranscriptBlock | None:
+    """The transcript of one LLM decision for display; None without records."""
+    recs = run.transcripts.get((p, time_key(t)))
+    if not recs:
+        return None
+    s = transcript_summary(recs)
+    first = recs[0]
+    messages = [
+        (str(m.get("role", "?")), str(m.get("content", "")))
+        for m in ((first.get("request") or {}).get("messages") or [])
+        if isinstance(m, dict)
+    ]
+    answers = []
+    for r in recs:
+        resp = r.get("response") or {}
+        label = f"answer (attempt {r.get('attempt', 0)}, sample {r.get('sample', 0)})"
+        label += ", from cache" if r.get("from_cache") else ""
+        text = (
+            resp.get("content") if resp.get("content") is not None else f"error: {r.get('error')}"
+        )
+        answers.append((label, str(text), str(resp.get("reasoning") or "")))
+    facts = [
+        ("Model", str(first.get("model") or DASH)),
+        ("Prompt", str(first.get("prompt_id") or DASH)),
+        ("Requests", f"{s['requests']} ({s['from_cache']} from cache)"),
+        ("Tokens", f"{s['prompt_tokens']:,} prompt, {s['completion_tokens']:,} completion"),
+        ("Cost", fmt_usd(s["cost_usd"], 6)),
+    ]
+    if row is not None:
+        facts += [
+            ("Choice", str(row.get("label"))),
+            ("Rationale", str(row.get("rationale") or DASH)),
+            ("Reward", fmt_reward(row.get("reward"), unit)),
+            ("Best in hindsight", fmt_reward(row.get("best_reward"), unit)),
+        ]
+    return TranscriptBlock(
+        anchor=transcript_anchor(p, t),
+        title=f"{p} at {fmt_time(t)} UTC",
+        facts=facts,
+        messages=messages,
+        answers=answers,
+    )
+
+
+def _llm_sections(
+    run: RunFolder, unit: str, link_for: LinkFor | None, linked: list[tuple[str, pd.Timestamp]]
+) -> list[Section]:
+    d = run.decisions
+    llm_policies = [p for p in run.policies if d.loc[d["policy"] == p, "is_llm"].any()]
+    if not llm_policies:
+        return []
+    sections: list[Section] = []
+    for p in llm_policies:
+        rows: list[list[Cell]] = []
+        for r in _llm_rows(run, p).to_dict("records"):
+            t = r["decision_time"]
+            cells: list[Cell] = [
+                _choice_cell(run, p, t, fmt_time(t), link_for, linked),
+                str(r["label"]),
+                fmt_reward(r["reward"], unit),
+                fmt_reward(r["regret"], unit),
+                str(r.get("rationale") or DASH)[:120],
+                "yes" if r["llm_cache_hit"] else "no",
+                fmt_usd(r["llm_cost_usd"], 5),
+            ]
+            rows.append(cells)
+        n = int((d["policy"] == p).sum())
+        sections.append(
+            Section(
+                f"LLM decisions: {p}",
+                [
+                    f"The {len(rows)} of {n:,} decisions with the largest regret; the time links "
+                    "to the decision's transcript (prompt, raw answer, reasoning, rationale, "
+                    "tokens, cost). `harness view` browses every decision."
+                ],
+                table=Table(
+                    ["Time (UTC)", "Choice", "Reward", "Regret", "Rationale", "Cache hit", "Cost"],
+                    rows,
+                    ["l", "l", "r", "r", "l", "l", "r"],
+                ),
+                anchor=f"llm-{p}",
+            )
+        )
+    blocks = _linked_blocks(run, unit, linked)
+    if blocks:
+        sections.append(
+            Section(
+                "LLM transcripts",
+                [
+                    "Every request the policy made or took from the cache, for each decision linked above."
+                ],
+                transcripts=blocks,
+                anchor="transcripts",
+            )
+        )
+    elif not run.transcripts:
+        sections[-1].paragraphs.append("transcripts.jsonl is missing: no transcripts to link.")
+    return sections
+
+
+def _linked_blocks(
+    run: RunFolder, unit: str, linked: list[tuple[str, pd.Timestamp]]
+) -> list[TranscriptBlock]:
+    d = run.decisions.set_index(["policy", "decision_time"])
+    blocks, seen = [], set()
+    for p, t in linked:
+        if (p, t) in seen:
+            continue
+        seen.add((p, t))
+        row = d.loc[(p, t)].to_dict() if (p, t) in d.index else None
+        block = transcript_block(run, p, t, row, unit)
+        if block is not None:
+            blocks.append(block)
+    return blocks
 
 
 def _run_notes(run: RunFolder) -> list[str]:
@@ -842,30 +1222,82 @@ def _run_notes(run: RunFolder) -> list[str]:
         if n == 0:
             notes.append(f"{p}: no decisions recorded.")
         m = run.metrics.get(p, {})
-        if _finite(m.get("n_trades")) and float(m["n_trades"]) == 0:
+        if finite(m.get("n_trades")) and float(m["n_trades"]) == 0:
             notes.append(f"{p}: made no trades.")
     return notes
 
 
-def build_report(run: RunFolder) -> tuple[str, str, list[Chart]]:
-    """Markdown, HTML and charts of a loaded run."""
+@dataclass(frozen=True)
+class Document:
+    """A run report before rendering: the verdict, run facts, notes, sections and charts."""
+
+    title: str
+    verdict: list[str]
+    header: list[tuple[str, str]]
+    notes: list[str]
+    sections: list[Section]
+    charts: list[Chart] = field(default_factory=list)
+
+
+def build_document(
+    run: RunFolder, link_for: LinkFor | None = _static_link, *, charts: bool = True
+) -> Document:
+    """The report of a loaded run; `link_for(policy, time)` gives each LLM decision's link.
+
+    The default links to transcript blocks inside the same page (the static report); the
+    viewer passes its own URLs and then no transcript blocks are embedded. `charts=False`
+    (sweep trials) draws no matplotlib chart at all.
+    """
     unit = reward_unit(run.reward_kind)
-    chart_section = _chart_section(run, unit)
+    colors = policy_colors([*run.policies, *BOUND_LABELS])
+    pairs = _pairs(run)
+    chart_section = (
+        _chart_section(run, unit, colors)
+        if charts
+        else Section(
+            "Charts", ["Charts not drawn (sweep trial); `write_report(run_dir)` draws them."]
+        )
+    )
+    matrix = _matrix_section(run, unit, pairs, charts=charts)
+    status = _status_section(run)
+    linked: list[tuple[str, pd.Timestamp]] = []
     sections = [
-        *_summary_sections(run, unit),
-        _comparison_section(run, unit),
+        *([status] if status else []),
+        matrix,
+        *_view_sections(run, unit),
         chart_section,
-        _disagreement_section(run, unit),
+        _disagreement_section(run, unit, link_for, linked),
+        *_llm_sections(run, unit, link_for, linked),
     ]
     name = run.manifest.get("name") or run.path.name
-    md, html = render_document(f"Run report: {name}", _header(run), _run_notes(run), sections)
-    return md, html, chart_section.charts
+    return Document(
+        title=f"Run report: {name}",
+        verdict=_verdict(run, unit, pairs),
+        header=_header(run),
+        notes=_run_notes(run),
+        sections=sections,
+        charts=[*matrix.charts, *chart_section.charts],
+    )
 
 
-def write_report(run_dir: Path) -> tuple[Path, Path]:
-    """Write report.md (+ figures/*.png) and self-contained report.html into the run folder."""
+def build_report(run: RunFolder, *, charts: bool = True) -> tuple[str, str, list[Chart]]:
+    """Markdown, HTML and charts of a loaded run (`charts=False`: no matplotlib charts drawn)."""
+    doc = build_document(run, charts=charts)
+    md, html = render_document(doc.title, doc.header, doc.notes, doc.sections, doc.verdict)
+    return md, html, doc.charts
+
+
+def write_report(run_dir: Path, *, html: bool = True) -> tuple[Path, Path | None]:
+    """Write report.md (+ figures/*.png) and self-contained report.html into the run folder.
+
+    `html=False` (sweep trials) writes report.md only and draws no charts.
+    """
     run_dir = Path(run_dir)
-    md, html, charts = build_report(load_run(run_dir))
+    if not html:
+        md = build_report(load_run(run_dir), charts=False)[0]
+        (run_dir / "report.md").write_text(md, encoding="utf-8")
+        return run_dir / "report.md", None
+    md, html_text, charts = build_report(load_run(run_dir))
     fig_dir = run_dir / FIGURES_DIR
     if charts:
         fig_dir.mkdir(exist_ok=True)
@@ -878,5 +1310,5 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
             (fig_dir / f"{name}.png").unlink(missing_ok=True)
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     md_path.write_text(md, encoding="utf-8")
-    html_path.write_text(html, encoding="utf-8")
+    html_path.write_text(html_text, encoding="utf-8")
     return md_path, html_path

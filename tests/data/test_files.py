@@ -366,3 +366,19 @@ def test_chain_frame_narrowing(store: Path) -> None:
     assert set(near["instrument_name"]) == {SHORT}
     full = src.chain_frame("BTC", times)
     assert len(full) == len(calls) + (full["kind"] == "put").sum()
+
+
+def test_linear_options_are_found_under_their_coin(tmp_path: Path) -> None:
+    name = "SOL_USDC-8MAR24-130-C"
+    rows = chain_rows([(CALL, T0 + h * H, T0 + h * H, 0.01) for h in range(3)])
+    rows["instrument_name"] = name
+    rows["underlying"] = "SOL"
+    rows["strike"] = 130.0
+    rows["mark_price"] = [2.0, 2.5, 3.0]
+    root = tmp_path / "data"
+    merge_chain(root, "SOL", rows)
+    update_meta(root, "SOL", chain_timeframe="1h")
+    src = FileDataSource(root)
+    marks = src.option_marks([name], pd.DatetimeIndex([T0, T0 + 2 * H]))
+    assert marks[0].tolist() == [2.0, 3.0]
+    assert src.get_option_ohlc(name, T0, T0 + 2 * H, "1h")["close"].tolist() == [2.0, 2.5, 3.0]

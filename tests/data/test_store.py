@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from harness.data.source import frame_to_snapshots, snapshots_to_frame
+from harness.data.source import CHAIN_COLUMNS, frame_to_snapshots, snapshots_to_frame
 from harness.data.store import ChainStore
 from harness.data.synthetic import SyntheticMarket
 
@@ -57,3 +59,44 @@ def test_a_source_that_returns_later_quotes_is_refused(market: SyntheticMarket) 
     times = pd.date_range("2024-04-01", periods=2, freq="6h", tz="UTC")
     with pytest.raises(ValueError, match="leak the future"):
         ChainStore.from_source(ChainOnly(market, leak=True), "BTC", times)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # snapshot
+            st.booleans(),  # call
+            st.integers(1, 3),  # expiry day
+            st.sampled_from([50_000.0, 60_000.0, 70_000.0]),
+        ),
+        min_size=0,
+        max_size=30,
+        unique=True,
+    )
+)
+def test_store_rows_are_sorted_whatever_the_input_order(rows) -> None:
+    t0 = pd.Timestamp("2024-04-01", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "as_of": [t0 + pd.Timedelta(hours=6 * s) for s, _, _, _ in rows],
+            "instrument_name": [
+                f"BTC-{e}APR24-{int(k)}-{'C' if c else 'P'}" for _, c, e, k in rows
+            ],
+            "underlying": "BTC",
+            "kind": ["call" if c else "put" for _, c, _, _ in rows],
+            "strike": [k for *_, k in rows],
+            "expiry": [t0 + pd.Timedelta(days=e, hours=8) for _, _, e, _ in rows],
+            **{c: 1.0 for c in CHAIN_COLUMNS[6:]},
+        },
+        columns=list(CHAIN_COLUMNS),
+    )
+    times = pd.date_range(t0, periods=4, freq="6h")
+    store = ChainStore(frame, times)
+    key = list(
+        zip(store.as_of_ns, ~store.is_call, store.expiry_ns, store.columns["strike"], strict=True)
+    )
+    assert key == sorted(key) and len(store) == len(rows)
+    # already-sorted columns are kept as they are, and give the same store
+    again = ChainStore.from_columns(store.cols, times)
+    assert list(again.names) == list(store.names)

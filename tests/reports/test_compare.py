@@ -154,3 +154,14 @@ def test_render_and_write(pair: tuple[FakeRun, FakeRun], tmp_path: Path) -> None
     assert f"- llm_v1 in B {'beat' if llm.mean_change > 0 else 'trailed'} A by $" in md
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert np.isfinite(llm.mean_change)
+
+
+def test_comparison_shows_prompt_diff_and_both_answers(tmp_path: Path) -> None:
+    a = write_fake_run(tmp_path / "a")
+    b = write_fake_run(tmp_path / "b", prompt_id="covered_call_v2@bbbb2222", llm_overrides={1: 2})
+    md, html = render_comparison(compare_runs(a.path, b.path, policy="llm_v1"))
+    section = md.split("## llm_v1: prompts and answers behind the changes", 1)[1]
+    assert "-You sell weekly covered calls." in section
+    assert "+Prompt covered_call_v2@bbbb2222: be careful with calls." in section
+    assert '"instrument_name": "BTC-' in section  # both raw answers are shown
+    assert "<pre>" in html

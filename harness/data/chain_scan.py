@@ -1,0 +1,248 @@
+"""Columnar chain rows (`ChainColumns`) and the one-pass pyarrow scan that fills them from the store.
+
+A period of chain partitions is read as one pyarrow dataset: only the partitions (files) of the
+period are opened, the filter (period, kinds, days to expiry) runs inside the scan so dropped
+rows are never materialized, only the needed columns are decoded, and each column is converted
+to numpy once for the whole table (timestamps to int64 ns, instrument names to integer codes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from harness.data.source import CHAIN_COLUMNS
+
+# Float columns of CHAIN_COLUMNS (everything but times and strings), in schema order.
+VALUE_COLUMNS: tuple[str, ...] = tuple(
+    c
+    for c in CHAIN_COLUMNS
+    if c not in ("as_of", "expiry", "instrument_name", "underlying", "kind")
+)
+_TS = pa.timestamp("ns", tz="UTC")
+
+
+@dataclass(frozen=True)
+class ChainColumns:
+    """Chain rows of one underlying as numpy arrays (times int64 ns UTC, prices float64)."""
+
+    underlying: str
+    as_of: np.ndarray
+    expiry: np.ndarray
+    quote_time: np.ndarray
+    code: np.ndarray  # int64 index into `names`
+    names: np.ndarray  # unique instrument names (object)
+    is_call: np.ndarray
+    values: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.as_of)
+
+    def take(self, rows: np.ndarray) -> ChainColumns:
+        """The rows `rows` (names and codes unchanged)."""
+        return ChainColumns(
+            underlying=self.underlying,
+            as_of=self.as_of[rows],
+            expiry=self.expiry[rows],
+            quote_time=self.quote_time[rows],
+            code=self.code[rows],
+            names=self.names,
+            is_call=self.is_call[rows],
+            values={k: v[rows] for k, v in self.values.items()},
+        )
+
+    def nbytes(self) -> int:
+        """Bytes held by the row arrays (names excluded)."""
+        arrays = [self.as_of, self.expiry, self.quote_time, self.code, self.is_call]
+        return sum(a.nbytes for a in arrays) + sum(v.nbytes for v in self.values.values())
+
+
+@runtime_checkable
+class ColumnarChainSource(Protocol):
+    """Optional fastest bulk path: chains at many times as `ChainColumns` (no pandas frame)."""
+
+    def chain_columns(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> ChainColumns:
+        """Chains at each of `times` (as_of = the query time), like `chain_frame`."""
+        ...
+
+
+def columns_to_frame(cols: ChainColumns) -> pd.DataFrame:
+    """A chain frame with CHAIN_COLUMNS (UTC datetimes, float64) from chain columns."""
+    n = len(cols)
+    data: dict[str, object] = {
+        "as_of": pd.to_datetime(cols.as_of, utc=True),
+        "instrument_name": cols.names[cols.code] if n else np.empty(0, dtype=object),
+        "underlying": np.full(n, cols.underlying, dtype=object),
+        "kind": np.where(cols.is_call, "call", "put").astype(object),
+        "strike": cols.values["strike"],
+        "expiry": pd.to_datetime(cols.expiry, utc=True),
+    }
+    for col in VALUE_COLUMNS:
+        if col != "strike":
+            data[col] = cols.values[col]
+    return pd.DataFrame(data, columns=list(CHAIN_COLUMNS))
+
+
+def concat_columns(
+    parts: Sequence[ChainColumns], names: np.ndarray, underlying: str
+) -> ChainColumns:
+    """Rows of `parts` (codes already into `names`) one after the other."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return replace(empty_columns(underlying), names=names)
+    if len(parts) == 1:
+        return replace(parts[0], names=names)
+    keys = parts[0].values.keys()
+    return ChainColumns(
+        underlying=underlying,
+        as_of=np.concatenate([p.as_of for p in parts]),
+        expiry=np.concatenate([p.expiry for p in parts]),
+        quote_time=np.concatenate([p.quote_time for p in parts]),
+        code=np.concatenate([p.code for p in parts]),
+        names=names,
+        is_call=np.concatenate([p.is_call for p in parts]),
+        values={k: np.concatenate([p.values[k] for p in parts]) for k in keys},
+    )
+
+
+def empty_columns(underlying: str = "") -> ChainColumns:
+    """Zero rows."""
+    i64 = np.empty(0, dtype=np.int64)
+    return ChainColumns(
+        underlying=underlying,
+        as_of=i64,
+        expiry=i64,
+        quote_time=i64,
+        code=i64,
+        names=np.empty(0, dtype=object),
+        is_call=np.empty(0, dtype=bool),
+        values={c: np.empty(0) for c in VALUE_COLUMNS},
+    )
+
+
+def _ns(values: pd.Series) -> np.ndarray:
+    idx = pd.DatetimeIndex(values)
+    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    return idx.as_unit("ns").asi8
+
+
+def columns_from_frame(frame: pd.DataFrame, underlying: str | None = None) -> ChainColumns:
+    """Chain columns from a normalized chain frame (CHAIN_COLUMNS, optional quote_time)."""
+    if len(frame) == 0:
+        return empty_columns(underlying or "")
+    codes, uniques = pd.factorize(frame["instrument_name"].astype(str), sort=False)
+    if underlying is None:
+        found = frame["underlying"].astype(str).unique()
+        if len(found) > 1:
+            raise ValueError(f"one underlying per chain table, got {', '.join(sorted(found))}")
+        underlying = str(found[0])
+    quote = frame["quote_time"] if "quote_time" in frame.columns else frame["as_of"]
+    return ChainColumns(
+        underlying=underlying,
+        as_of=_ns(frame["as_of"]),
+        expiry=_ns(frame["expiry"]),
+        quote_time=_ns(quote),
+        code=codes.astype(np.int64),
+        names=np.asarray(uniques, dtype=object),
+        is_call=frame["kind"].to_numpy() == "call",
+        values={c: frame[c].to_numpy(dtype=np.float64) for c in VALUE_COLUMNS},
+    )
+
+
+def scan_filter(
+    lo: pd.Timestamp,
+    hi: pd.Timestamp,
+    *,
+    kinds: Sequence[str] = ("call", "put"),
+    max_dte: float | None = None,
+    names: Sequence[str] | None = None,
+) -> ds.Expression:
+    """Row filter of a chain scan: as_of in [lo, hi], kinds, expiry - as_of <= max_dte days."""
+    expr = (ds.field("as_of") >= pa.scalar(lo.value, _TS)) & (
+        ds.field("as_of") <= pa.scalar(hi.value, _TS)
+    )
+    if set(kinds) != {"call", "put"}:
+        expr &= ds.field("kind").isin(list(kinds))
+    if max_dte is not None:
+        limit = pa.scalar(int(max_dte * 86_400e9), pa.duration("ns"))
+        expr &= (ds.field("expiry") - ds.field("as_of")) <= limit
+    if names is not None:
+        expr &= ds.field("instrument_name").isin(list(names))
+    return expr
+
+
+def _int_ns(column: pa.ChunkedArray) -> np.ndarray:
+    if not pa.types.is_timestamp(column.type):
+        raise TypeError(f"expected a timestamp column, got {column.type}")
+    if column.type.unit != "ns":
+        column = column.cast(pa.timestamp("ns", tz=column.type.tz))
+    # timestamps without a zone are stored UTC (the writers always write UTC)
+    return column.cast(pa.int64()).to_numpy()
+
+
+def _float64(column: pa.ChunkedArray) -> np.ndarray:
+    if not pa.types.is_float64(column.type):
+        column = column.cast(pa.float64())
+    if column.null_count:
+        column = column.fill_null(np.nan)
+    return column.to_numpy()
+
+
+def columns_from_arrow(table: pa.Table, underlying: str) -> ChainColumns:
+    """Convert a scanned chain table: one conversion per column for the whole table."""
+    if table.num_rows == 0:
+        return empty_columns(underlying)
+    names = table.column("instrument_name")
+    if pa.types.is_dictionary(names.type):
+        encoded = names.unify_dictionaries().combine_chunks() if names.num_chunks else None
+        if encoded is None:
+            return empty_columns(underlying)
+    else:
+        encoded = pc.dictionary_encode(names.combine_chunks())
+    kind = table.column("kind")
+    if pa.types.is_dictionary(kind.type):
+        kind = kind.cast(pa.string())
+    quote = table.column("quote_time") if "quote_time" in table.column_names else None
+    as_of = _int_ns(table.column("as_of"))
+    return ChainColumns(
+        underlying=underlying,
+        as_of=as_of,
+        expiry=_int_ns(table.column("expiry")),
+        quote_time=as_of if quote is None else _int_ns(quote),
+        code=encoded.indices.to_numpy().astype(np.int64),
+        names=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
+        is_call=pc.equal(kind, "call").to_numpy(zero_copy_only=False),
+        values={c: _float64(table.column(c)) for c in VALUE_COLUMNS},
+    )
+
+
+def scan_parquet(
+    paths: Sequence[Path],
+    expr: ds.Expression,
+    columns: Sequence[str],
+) -> pa.Table:
+    """One dataset scan over the Parquet files `paths` with filter `expr`, projecting `columns`."""
+    if not paths:
+        return pa.table({})
+    # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
+    fmt = ds.ParquetFileFormat(
+        read_options=ds.ParquetReadOptions(dictionary_columns=["instrument_name", "kind"])
+    )
+    dataset = ds.dataset([str(p) for p in paths], format=fmt)
+    present = [c for c in columns if c in dataset.schema.names]
+    return dataset.to_table(columns=present, filter=expr, use_threads=True)

@@ -1,0 +1,297 @@
+"""Run a sweep: expand the sweep file, run its trials as run folders, write the sweep outputs.
+
+The sweep folder is `<out>/<stamp>-<6 hex>-<name>/` with `sweep.yaml`, `sweep.json`,
+`trials/<trial-id>/` (normal run folders), `leaderboard.parquet` and `sweep_report.html`.
+Running the same sweep file again (same resolved trials) continues the newest such folder:
+finished trials are skipped, interrupted ones resume from their decisions.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+
+from harness.experiments.config import dump_config
+from harness.experiments.runner import create_run_dir, run_config_text
+from harness.experiments.sweep_backends import (
+    Backend,
+    TrialOutcome,
+    TrialTask,
+    init_ray,
+    market_key,
+    needs_cache_writer,
+    run_inline,
+    run_local,
+    run_ray,
+    write_back,
+)
+from harness.experiments.sweep_outputs import (
+    TrialRecord,
+    build_leaderboard,
+    headline,
+    heatmaps,
+    render_report,
+    selection_statistics,
+)
+from harness.experiments.sweep_spec import Sweep, Trial, describe, load_sweep
+
+SWEEP_JSON = "sweep.json"
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """What a sweep run produced."""
+
+    sweep_dir: Path
+    n_trials: int
+    n_complete: int
+    n_failed: int
+    n_already_done: int
+    sentence: str
+    elapsed_s: float
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)  # a kill never leaves a torn sweep.json
+
+
+def _find_previous(out: Path, sweep: Sweep) -> Path | None:
+    """The newest sweep folder under `out` holding this very sweep (same resolved trials)."""
+    found = []
+    for p in out.glob(f"*-{sweep.spec.name}/{SWEEP_JSON}"):
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("sweep", {}).get("sweep_hash") == sweep.sweep_hash:
+            found.append(p.parent)
+    return max(found, key=lambda d: d.name) if found else None
+
+
+def _is_finished(trial_dir: Path) -> bool:
+    try:
+        return json.loads((trial_dir / "manifest.json").read_text()).get("status") == "complete"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+class SweepRunner:
+    """Runs one sweep file into a sweep folder."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        backend: Backend = "local",
+        workers: int | None = None,
+        address: str | None = None,
+        out_dir: str | Path = "runs",
+        trial_reports: bool = False,
+        fresh: bool = False,
+        quiet: bool = False,
+    ) -> None:
+        self.sweep = load_sweep(path)  # every sweep-file problem is raised here, before any run
+        self.backend = backend
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.address = address
+        self.out = Path(out_dir)
+        self.trial_reports = trial_reports
+        self.console = Console(stderr=True, quiet=quiet)
+        previous = None if fresh else _find_previous(self.out, self.sweep)
+        if previous is not None:
+            self.dir = previous
+            self.console.print(f"continuing sweep {previous}")
+        else:
+            self.dir = create_run_dir(self.out, self.sweep.spec.name)
+            shutil.copyfile(self.sweep.path, self.dir / "sweep.yaml")
+        (self.dir / "trials").mkdir(exist_ok=True)
+        self.state = self._load_state()
+
+    def _load_state(self) -> dict[str, dict[str, Any]]:
+        p = self.dir / SWEEP_JSON
+        if not p.exists():
+            return {}
+        return {t["key"]: t for t in json.loads(p.read_text()).get("trials", [])}
+
+    def _trial_dir(self, trial: Trial) -> Path:
+        prior = self.state.get(trial.key)
+        if prior is not None and (self.dir / "trials" / prior["trial_id"]).is_dir():
+            return self.dir / "trials" / prior["trial_id"]
+        d = create_run_dir(self.dir / "trials", f"t{trial.index:03d}")
+        (d / "config.yaml").write_text(run_config_text(trial.config))
+        return d
+
+    def _save(self, extra: dict[str, Any] | None = None) -> None:
+        data = {
+            "sweep": describe(self.sweep),
+            "sweep_id": self.dir.name,
+            "axes": self.sweep.axes,
+            "trials": [self.state[t.key] for t in self.sweep.trials if t.key in self.state],
+        }
+        data.update(extra or {})
+        _write_json(self.dir / SWEEP_JSON, data)
+
+    def run(self) -> SweepSummary:
+        """Run every unfinished trial, then write sweep.json, leaderboard and report."""
+        t0 = time.perf_counter()
+        trials = self.sweep.trials
+        dirs: dict[int, Path] = {}
+        todo: list[Trial] = []
+        for trial in trials:
+            d = dirs[trial.index] = self._trial_dir(trial)
+            done = _is_finished(d)
+            entry = self.state.get(trial.key, {})
+            self.state[trial.key] = {
+                "index": trial.index,
+                "key": trial.key,
+                "trial_id": d.name,
+                "point": trial.point,
+                "status": "complete" if done else "pending",
+                "error": None if done else entry.get("error"),
+                "elapsed_s": entry.get("elapsed_s"),
+            }
+            if not done:
+                todo.append(trial)
+        already = len(trials) - len(todo)
+        self._save({"status": "running"})
+        self.console.print(
+            f"sweep {self.dir.name}: {len(trials)} trials, {already} already finished, "
+            f"{len(todo)} to run ({self.backend}, {self.workers} worker(s))"
+        )
+        for n, outcome in enumerate(self._execute(todo, dirs), start=1):
+            trial = trials[outcome.index]
+            rec = self.state[trial.key]
+            rec.update(status=outcome.status, error=outcome.error, elapsed_s=outcome.elapsed_s)
+            self._save({"status": "running"})
+            mark = "done" if outcome.status == "complete" else f"FAILED: {outcome.error}"
+            self.console.print(
+                f"[{n}/{len(todo)}] trial {trial.index} ({trial.label()}): {mark} "
+                f"in {outcome.elapsed_s:.1f}s",
+                markup=False,
+                highlight=False,
+            )
+        elapsed = time.perf_counter() - t0
+        sentence = self._outputs(dirs, elapsed)
+        n_failed = sum(1 for t in trials if self.state[t.key]["status"] == "failed")
+        n_complete = sum(1 for t in trials if self.state[t.key]["status"] == "complete")
+        return SweepSummary(self.dir, len(trials), n_complete, n_failed, already, sentence, elapsed)
+
+    def _execute(self, todo: list[Trial], dirs: dict[int, Path]) -> Iterator[TrialOutcome]:
+        def task(t: Trial) -> TrialTask:
+            return TrialTask(t.index, str(dirs[t.index]), dump_config(t.config), self.trial_reports)
+
+        # LLM trials run here, in the one process that writes the response cache, one after
+        # another: a prompt asked by one trial is a cache hit for every later trial
+        here = [task(t) for t in todo if needs_cache_writer(t.config)]
+        spread = [task(t) for t in todo if not needs_cache_writer(t.config)]
+        # trials sharing a market next to each other, so a worker reuses the market it holds;
+        # longest DTE first, so its kept chains are built once at the widest expiry limit
+        order = {
+            t.index: (market_key(t.config), -t.config.simulation.target_dte, t.index) for t in todo
+        }
+        spread.sort(key=lambda k: order[k.index])
+        if self.backend == "ray":
+            started = init_ray(self.address, self.workers)
+            try:
+                configs = {t.index: t.config for t in todo}
+                for outcome in run_ray(spread, configs):
+                    if outcome.files:
+                        write_back(dirs[outcome.index], outcome.files)
+                    yield outcome
+            finally:
+                if started:
+                    import ray
+
+                    ray.shutdown()
+        elif self.workers > 1 and len(spread) > 1:
+            yield from run_local(spread, self.workers)
+        else:
+            yield from run_inline(spread)
+        yield from run_inline(here)
+
+    def _outputs(self, dirs: dict[int, Path], elapsed: float) -> str:
+        trials = self.sweep.trials
+        finished = [
+            TrialRecord(t.index, dirs[t.index].name, t.point, dirs[t.index])
+            for t in trials
+            if self.state[t.key]["status"] == "complete"
+        ]
+        axes = self.sweep.axes
+        board, series = build_leaderboard(finished, axes)
+        stats = selection_statistics(board, series)
+        unit = "USD" if trials[0].config.reward.kind == "pnl_vs_hodl" else "bps"
+        sentence = headline(stats, board, {t.index: t.label() for t in trials}, unit)
+        board.to_parquet(self.dir / "leaderboard.parquet", index=False)
+        failed = [
+            {"index": t.index, "trial_id": dirs[t.index].name, "error": self.state[t.key]["error"]}
+            for t in trials
+            if self.state[t.key]["status"] == "failed"
+        ]
+        status = "complete" if not failed else "complete_with_failures"
+        self._save(
+            {
+                "status": status,
+                "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
+                "backend": self.backend,
+                "workers": self.workers,
+                "elapsed_s": elapsed,
+                "headline": sentence,
+                "selection": stats,
+            }
+        )
+        info = dict(describe(self.sweep))
+        info.update(
+            axis_names=axes,
+            n_complete=len(finished),
+            elapsed_s=elapsed,
+            backend=self.backend,
+            workers=self.workers,
+        )
+        html = render_report(
+            title=f"Sweep report: {self.sweep.spec.name}",
+            sentence=sentence,
+            sweep=info,
+            board=board,
+            stats=stats,
+            maps=heatmaps(board, axes, self.sweep.spec.mode),
+            failed=failed,
+            axes=axes,
+            unit=unit,
+        )
+        (self.dir / "sweep_report.html").write_text(html, encoding="utf-8")
+        return sentence
+
+
+def run_sweep(
+    path: str | Path,
+    *,
+    backend: Backend = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    out_dir: str | Path = "runs",
+    trial_reports: bool = False,
+    fresh: bool = False,
+    quiet: bool = False,
+) -> SweepSummary:
+    """Run the sweep file at `path` (continuing an unfinished folder of it) and summarize."""
+    return SweepRunner(
+        path,
+        backend=backend,
+        workers=workers,
+        address=address,
+        out_dir=out_dir,
+        trial_reports=trial_reports,
+        fresh=fresh,
+        quiet=quiet,
+    ).run()

@@ -1,0 +1,215 @@
+"""Where sweep trials run: inline, a local process pool, or a Ray cluster.
+
+Trials that share a market (same market section and bar) load it once per worker process:
+`market_for` keeps an in-process cache keyed by that market, and a pool or Ray worker runs
+many trials. On Ray, the driver builds each market once and puts it into the object store;
+workers fetch it once and keep it. Ray workers run a trial in a scratch folder and send the
+run folder's files back, so the sweep folder needs no shared filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harness.data.source import MarketDataSource
+from harness.experiments.config import ExperimentConfig, parse_config
+from harness.experiments.markets import build_market
+from harness.experiments.sweep_market import share_chains
+
+Backend = Literal["local", "ray"]
+_MARKETS: dict[str, MarketDataSource] = {}
+_MAX_MARKETS = 4  # markets kept per worker process (a year of 1h synthetic BTC is ~100 MB)
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """One trial to run: its folder (on the driver), resolved config and report choice."""
+
+    index: int
+    trial_dir: str
+    config_yaml: str
+    html_report: bool
+    cache_mode: str | None = None
+    files: dict[str, bytes] | None = None  # Ray: the folder's files so far, for a remote resume
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What running a trial gave: `complete` or `failed` (with the error), and the time taken."""
+
+    index: int
+    status: str
+    error: str | None
+    elapsed_s: float
+    files: dict[str, bytes] | None = None  # Ray: the run folder's files, written by the driver
+
+
+def market_key(config: ExperimentConfig) -> str:
+    """Identity of a trial's market: the market section and the bar it is loaded at."""
+    return json.dumps(
+        {"market": config.market.model_dump(mode="json"), "timeframe": config.simulation.timeframe},
+        sort_keys=True,
+    )
+
+
+def market_for(config: ExperimentConfig) -> MarketDataSource:
+    """The market of `config` from this process's cache, built on first use."""
+    key = market_key(config)
+    source = _MARKETS.get(key)
+    if source is None:
+        source = _keep(key, build_market(config.market, config.simulation.timeframe))
+    return source
+
+
+def _keep(key: str, source: MarketDataSource) -> MarketDataSource:
+    """Keep `source` (with shared chains) in this process, dropping the oldest past the limit."""
+    if len(_MARKETS) >= _MAX_MARKETS:
+        _MARKETS.pop(next(iter(_MARKETS)))
+    _MARKETS[key] = share_chains(source)
+    return _MARKETS[key]
+
+
+def needs_cache_writer(config: ExperimentConfig) -> bool:
+    """True for trials with LLM policies: they run where the one response-cache writer lives."""
+    return any(p.type == "llm" for p in config.policies)
+
+
+def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialOutcome:
+    """Run one trial into its folder (resuming decisions already there); never raises."""
+    from harness.experiments.runner import ExperimentRunner
+
+    t0 = time.perf_counter()
+    try:
+        config = parse_config(yaml.safe_load(task.config_yaml), task.trial_dir)
+        runner = ExperimentRunner(
+            config,
+            resume=task.trial_dir,
+            cache_mode=task.cache_mode,  # type: ignore[arg-type]
+            quiet=True,
+            market=market or market_for(config),
+            html_report=task.html_report,
+        )
+        runner.run()
+    except Exception as exc:
+        detail = "".join(traceback.format_exception_only(exc)).strip()
+        return TrialOutcome(task.index, "failed", detail, time.perf_counter() - t0)
+    return TrialOutcome(task.index, "complete", None, time.perf_counter() - t0)
+
+
+def run_inline(tasks: Iterable[TrialTask]) -> Iterator[TrialOutcome]:
+    """Run trials one after another in this process."""
+    for task in tasks:
+        yield run_trial(task)
+
+
+def run_local(tasks: list[TrialTask], workers: int) -> Iterator[TrialOutcome]:
+    """Run trials in a pool of `workers` processes; each keeps its markets between trials."""
+    if not tasks:
+        return
+    # forkserver: workers fork from a clean server that already imported the runner, so they
+    # start fast and never inherit the driver's threads (progress bars, Ray, HTTP clients)
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["harness.experiments.sweep_backends", "harness.experiments.runner"])
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
+        futures = [pool.submit(run_trial, t) for t in tasks]
+        for f in as_completed(futures):
+            yield f.result()
+
+
+# ---------------------------------------------------------------------- Ray
+def _ray_trial(task: TrialTask, key: str, market_ref: list[Any]) -> TrialOutcome:
+    """Ray task: fetch the shared market once per worker, run the trial in a scratch folder."""
+    import ray
+
+    source = _MARKETS.get(key)
+    if source is None:
+        # the reference is wrapped in a list so Ray hands it over unresolved: one fetch per
+        # worker process, not one deserialized copy per task
+        source = _keep(key, ray.get(market_ref[0]))
+    with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
+        scratch = Path(tmp) / Path(task.trial_dir).name
+        write_back(scratch, task.files or {})
+        local = replace(task, trial_dir=str(scratch), files=None)
+        outcome = run_trial(local, market=source)
+        files = {
+            str(p.relative_to(scratch)): p.read_bytes() for p in scratch.rglob("*") if p.is_file()
+        }
+    return replace(outcome, files=files)
+
+
+def resume_files(trial_dir: Path) -> dict[str, bytes]:
+    """The files a trial folder already has (config, partial decisions) for a remote resume."""
+    return {
+        p.name: p.read_bytes()
+        for p in (trial_dir / "config.yaml", trial_dir / "decisions.jsonl")
+        if p.is_file()
+    }
+
+
+def init_ray(address: str | None, workers: int | None) -> bool:
+    """Connect to `address` (auto, ray://HOST:PORT) or start a loopback-only local Ray.
+
+    Returns True when this call started Ray (so the caller shuts it down). A session that
+    already called `ray.init` (tests, notebooks) is reused as it is.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address)  # the cluster's own settings; Ray client accepts few options
+    else:
+        ray.init(
+            num_cpus=workers or os.cpu_count() or 1,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+        )
+    return True
+
+
+def run_ray(tasks: list[TrialTask], configs: dict[int, ExperimentConfig]) -> Iterator[TrialOutcome]:
+    """Run trials as Ray tasks; each distinct market is built here and put once in the store."""
+    if not tasks:
+        return
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=0)(_ray_trial)
+    refs: dict[str, Any] = {}
+    pending = {}
+    for task in tasks:
+        cfg = configs[task.index]
+        key = market_key(cfg)
+        if key not in refs:
+            refs[key] = ray.put(build_market(cfg.market, cfg.simulation.timeframe))
+        shipped = replace(task, files=resume_files(Path(task.trial_dir)))
+        pending[remote.remote(shipped, key, [refs[key]])] = task
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        task = pending.pop(done[0])
+        try:
+            outcome = ray.get(done[0])
+        except Exception as exc:  # a worker that died: the trial stays resumable
+            outcome = TrialOutcome(task.index, "failed", f"Ray task failed: {exc}", 0.0)
+        yield outcome
+
+
+def write_back(trial_dir: Path, files: dict[str, bytes]) -> None:
+    """Write the files a remote trial sent back into its folder on the driver."""
+    for rel, data in files.items():
+        target = trial_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
