@@ -464,8 +464,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out=Path(args.out),
         policy=args.policy,
         split=args.split,
+        validation_fraction=args.validation_fraction,
+        test_fraction=args.test_fraction,
+        target=args.target,
+        max_share=args.balance,
     )
     out.print(str(result))
+    return 0
+
+
+# ---------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from harness.training.learn import train_model
+
+    out.print(str(train_model(Path(args.export_dir), Path(args.out), folds=args.folds)))
     return 0
 
 
@@ -812,14 +824,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a run as training data",
         description=(
             "Turn a run folder into labeled examples: parquet, csv, jsonl, openai-chat (SFT), "
-            "preference (OpenAI DPO), trl-preference, rft."
+            "preference (OpenAI DPO), trl-preference, rft, grpo (TRL) and verl, the last two "
+            "with a reward.py. See docs/export.md."
         ),
     )
     e.add_argument("run_dir", help="the run folder to export")
     e.add_argument(
         "--format",
         required=True,
-        choices=["parquet", "csv", "jsonl", "openai-chat", "preference", "trl-preference", "rft"],
+        choices=[
+            "parquet",
+            "csv",
+            "jsonl",
+            "openai-chat",
+            "preference",
+            "trl-preference",
+            "rft",
+            "grpo",
+            "verl",
+        ],
         help="output format",
     )
     e.add_argument("--out", required=True, help="output folder")
@@ -834,9 +857,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation-fraction",
         type=float,
         default=0.2,
-        help="share of decisions (latest) in validation with --split walk-forward",
+        help="share of decision times in validation with --split walk-forward, in (0, 1)",
+    )
+    e.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of decision times (the latest) in test with --split walk-forward; 0 = no test",
+    )
+    e.add_argument(
+        "--target",
+        choices=["oracle", "policy"],
+        default="oracle",
+        help="openai-chat target: the best action in hindsight, or the policy's own valid answers",
+    )
+    e.add_argument(
+        "--balance",
+        type=float,
+        metavar="MAX_SHARE",
+        help="cap the majority target action at this share of the train rows, e.g. 0.6",
     )
     e.set_defaults(func=_cmd_export)
+
+    tr = sub.add_parser(
+        "train",
+        help="fit a learned policy (candidate-reward model) on an export",
+        description=(
+            "Fit a gradient-boosting model predicting each candidate's reward from point-in-time "
+            "features on a parquet/jsonl export (its data, or train + validation splits), evaluate "
+            "it walk-forward, and write model.joblib, model.json and a model card. Use it in a "
+            "config as a policy entry `type: model`, `path: <out>`. See docs/training.md."
+        ),
+    )
+    tr.add_argument("export_dir", help="folder written by `harness export --format parquet|jsonl`")
+    tr.add_argument("--out", required=True, help="model folder, e.g. models/NAME")
+    tr.add_argument("--folds", type=int, default=4, help="walk-forward folds (default 4)")
+    tr.set_defaults(func=_cmd_train)
 
     d = sub.add_parser("data", help="fetch or import real market data into the Parquet store")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")

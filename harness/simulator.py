@@ -18,6 +18,7 @@ import pandas as pd
 from harness.data.source import BulkChainSource, MarketDataSource, SettlementSource
 from harness.data.store import ChainStore, ProgressFn
 from harness.engine.features import spot_features
+from harness.engine.hints import history_hints
 from harness.engine.metrics import portfolio_metrics
 from harness.engine.outcomes import (
     call_payoff,
@@ -92,6 +93,7 @@ class CoveredCallSimulator:
         self._settlements: dict[int, float] = {}
         self._labels: pd.DataFrame | None = None
         self._outcome_cache: dict[str, np.ndarray] | None = None
+        self._hints: tuple[np.ndarray, np.ndarray] | None = None
         self._load(progress)
 
     # ------------------------------------------------------------------ loading
@@ -224,6 +226,7 @@ class CoveredCallSimulator:
             return None if x != x else float(x)
 
         f = self.cand_fields
+        hist_reward, hist_count = self._history_hints()
         return CallCandidate(
             instrument_name=str(st.names[r]),
             underlying=self.underlying,
@@ -252,7 +255,36 @@ class CoveredCallSimulator:
             annualized_yield_pct=float(f["annualized_yield_pct"][k]),
             strike_distance_pct=float(f["strike_distance_pct"][k]),
             breakeven=float(f["breakeven"][k]),
+            hist_reward=opt(hist_reward[k]),
+            hist_count=int(hist_count[k]),
         )
+
+    def _history_hints(self) -> tuple[np.ndarray, np.ndarray]:
+        """Point-in-time history hints of every candidate (harness.engine.hints), computed once."""
+        if self._hints is None:
+            c = self.config
+            rows = self.cand_row
+            expiry = self.store.expiry_ns[rows]
+            settle_of: dict[int, float] = {}
+            for e in np.unique(expiry):
+                try:
+                    settle_of[int(e)] = self.settlement_price(pd.Timestamp(int(e), tz="UTC"))
+                except ValueError:  # no settlement data: that label is simply not history
+                    settle_of[int(e)] = np.nan
+            settle = np.array([settle_of[int(e)] for e in expiry])
+            payoff = call_payoff(settle, self.store.columns["strike"][rows])
+            dfee = delivery_fee(settle, payoff, c.delivery_fee_rate, c.fee_cap_fraction)
+            f_open = self.store.columns["underlying_price"][rows]
+            fee = trading_fee(f_open, self.cand_premium, c.fee_rate, c.fee_cap_fraction)
+            realised = (self.cand_premium - fee - payoff - dfee) / f_open * 1e4
+            self._hints = history_hints(
+                self.dec_ns[self.cand_dec],
+                expiry,
+                self.store.columns["delta"][rows],
+                self.cand_dte,
+                realised,
+            )
+        return self._hints
 
     def _candidates_at(self, i: int) -> list[CallCandidate]:
         return [self._candidate(k) for k in range(self.cand_start[i], self.cand_stop[i])]

@@ -89,6 +89,9 @@ class CallCandidate(OptionSnapshot):
     annualized_yield_pct: float  # premium_pct scaled to a 365-day year
     strike_distance_pct: float  # (strike / spot - 1) * 100
     breakeven: float  # strike + premium: the spot above which the call loses vs HODL
+    # History hint (harness.engine.hints): mean realised bps of similar settled past calls
+    hist_reward: float | None = None
+    hist_count: int = 0
 
 
 class CallSimulationConfig(BaseModel):

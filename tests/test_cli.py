@@ -93,7 +93,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys) -> None:
 
 def test_every_command_has_help() -> None:
     parser = build_parser()
-    for cmd in ("run", "compare", "chain", "cache", "export", "data"):
+    for cmd in ("run", "compare", "chain", "cache", "export", "train", "data"):
         with pytest.raises(SystemExit) as exc:
             parser.parse_args([cmd, "--help"])
         assert exc.value.code == 0

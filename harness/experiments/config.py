@@ -86,10 +86,25 @@ class PythonPolicyEntry(BaseModel):
         return value
 
 
+class ModelPolicyEntry(BaseModel):
+    """A learned policy (`harness train`): sell the best predicted candidate if above `threshold`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    type: Literal["model"] = "model"
+    path: str = Field(min_length=1, description="Model folder written by `harness train`.")
+    threshold: float = Field(0.0, description="Sell only above this predicted reward (units).")
+    allow_in_sample: bool = Field(
+        False, description="Score decisions inside the model's training period (hindsight)."
+    )
+
+
 PolicyEntry = Annotated[
-    RulePolicyEntry | LLMPolicyEntry | PythonPolicyEntry, Field(discriminator="type")
+    RulePolicyEntry | LLMPolicyEntry | PythonPolicyEntry | ModelPolicyEntry,
+    Field(discriminator="type"),
 ]
-POLICY_TYPES: tuple[str, ...] = ("rule", "llm", "python")
+POLICY_TYPES: tuple[str, ...] = ("rule", "llm", "python", "model")
 
 
 class RewardConfig(BaseModel):

@@ -2,7 +2,8 @@
 
 Catches what would otherwise fail halfway (after the rules were scored, leaving a
 half-written folder): a rule's parameters, a python policy's ref or parameters, a missing
-prompt, a period too short for any decision.
+prompt, a learned model that cannot load or would score its own training period, a period too
+short for any decision.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from harness.experiments.config import (
     ConfigError,
     ExperimentConfig,
     LLMPolicyEntry,
+    ModelPolicyEntry,
     PythonPolicyEntry,
     RulePolicyEntry,
 )
 from harness.llm.prompts import load_prompt
+from harness.policies.learned import InSampleError, load_model
 from harness.policies.python import load_python_policy
 from harness.policies.rules import make_rule
 
@@ -37,6 +40,16 @@ def check_config(config: ExperimentConfig) -> None:
                 load_python_policy(entry.ref, entry.params)
             elif isinstance(entry, LLMPolicyEntry):
                 load_prompt(entry.prompt, entry.prompts_dir)
+            elif isinstance(entry, ModelPolicyEntry):
+                model = load_model(entry.path)
+                first = sim.start_ts.ceil(sim.bar)
+                if not entry.allow_in_sample and first < model.label_end:
+                    raise InSampleError(
+                        f"model {entry.path} has seen labels up to {model.label_end.isoformat()}"
+                        f" but the run's first decision is {first.isoformat()}: inside its "
+                        "training period (hindsight); start after it, or set "
+                        "allow_in_sample: true knowingly"
+                    )
         except (ValueError, FileNotFoundError) as exc:
             problems.append(f"{where}: {exc}")
     span = sim.end_ts - sim.start_ts

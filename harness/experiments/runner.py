@@ -30,6 +30,7 @@ from harness.data.source import MarketDataSource
 from harness.experiments.config import (
     ExperimentConfig,
     LLMPolicyEntry,
+    ModelPolicyEntry,
     PythonPolicyEntry,
     RulePolicyEntry,
 )
@@ -48,6 +49,7 @@ from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
 from harness.llm.client import LLMUnavailable
 from harness.llm.prompts import load_prompt
 from harness.llm.transcripts import TRANSCRIPTS_FILE, TranscriptBook, TranscriptWriter
+from harness.policies.learned import load_learned_policy
 from harness.policies.llm import LLMPolicy
 from harness.policies.python import load_python_policy
 from harness.policies.rules import make_rule, oracle
@@ -491,7 +493,7 @@ class ExperimentRunner:
     # ------------------------------------------------------------------ policies
     def _build_policy(
         self,
-        entry: RulePolicyEntry | LLMPolicyEntry | PythonPolicyEntry,
+        entry: RulePolicyEntry | LLMPolicyEntry | PythonPolicyEntry | ModelPolicyEntry,
         labels: pd.DataFrame,
         cache: ResponseCache | None,
         stack: ExitStack,
@@ -506,6 +508,8 @@ class ExperimentRunner:
             if entry.rule != "never_sell":
                 params.setdefault("target_delta", sim_cfg.target_delta)
             return make_rule(entry.rule, params), ""
+        if isinstance(entry, ModelPolicyEntry):
+            return _model_policy(entry), ""
         fallback = None
         if entry.on_invalid not in ("do_nothing", "retry"):
             params = (
@@ -797,6 +801,16 @@ class ExperimentRunner:
         except Exception as exc:  # the run's data is written; a broken chart must not lose it
             log.exception("report failed")
             self.console.print(f"[red]report failed[/]: {exc}")
+
+
+def _model_policy(entry: ModelPolicyEntry) -> PolicyFn:
+    """A `type: model` entry as a policy (harness.policies.learned)."""
+    return load_learned_policy(
+        entry.path,
+        threshold=entry.threshold,
+        allow_in_sample=entry.allow_in_sample,
+        name=entry.name,
+    )
 
 
 def _json_float(x: Any) -> Any:

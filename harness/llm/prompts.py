@@ -170,6 +170,8 @@ def build_context(
                 "annualized_yield_pct": c.annualized_yield_pct,
                 "breakeven": view.price(c.breakeven),
                 "breakeven_moneyness": c.breakeven / spot,
+                "hist_reward_bps": c.hist_reward,
+                "hist_count": c.hist_count,
             }
         )
     position = None

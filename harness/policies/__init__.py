@@ -1,5 +1,6 @@
-"""Policies: rule-based ones and the LLM policy, all `policy(state, candidates) -> option | None`."""
+"""Policies: rules, the LLM policy and the learned policy, all `policy(state, candidates) -> option | None`."""
 
+from harness.policies.learned import LearnedPolicy, load_learned_policy
 from harness.policies.rules import (
     RULES,
     always_sell,
@@ -14,9 +15,11 @@ from harness.policies.rules import (
 
 __all__ = [
     "RULES",
+    "LearnedPolicy",
     "always_sell",
     "from_bool",
     "iv_rich",
+    "load_learned_policy",
     "make_rule",
     "nearest_delta",
     "never_sell",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -88,6 +88,8 @@ class CandidateExample(BaseModel):
     strike_distance_pct: float
     breakeven: float
     reward: float
+    hist_reward: float | None = None  # history hint, bps (harness.engine.hints)
+    hist_count: int = 0
 
     @field_validator("expiry")
     @classmethod
@@ -288,6 +290,8 @@ def build_examples(
                         strike_distance_pct=c.strike_distance_pct,
                         breakeven=c.breakeven,
                         reward=reward_of(c.instrument_name),
+                        hist_reward=_finite(c.hist_reward),
+                        hist_count=c.hist_count,
                     )
                     for c in cands
                 ),
@@ -367,14 +371,22 @@ def generate_training_data(
 # --------------------------------------------------------------------------- splitting
 @dataclass(frozen=True)
 class WalkForwardSplit:
-    """Train before validation in time, separated by at least the longest trade's life."""
+    """Train, validation and test in time order, each a trade's life after the one before.
+
+    Every label of a split (sold at its decision, settled at its expiry) settles strictly before
+    the next split's first decision. `gap`/`test_gap` are the distances between the last decision
+    of one split and the first of the next; `dropped` counts decisions in the gaps.
+    """
 
     train: list[TrainingExample]
     validation: list[TrainingExample]
     validation_start: pd.Timestamp  # first validation decision time
     longest_trade: pd.Timedelta  # max (expiry - decision_time) over every label of the examples
     gap: pd.Timedelta  # validation_start - last train decision time (> longest_trade)
-    dropped: int  # decisions in the gap, in neither split
+    dropped: int  # decisions in the gaps, in no split
+    test: list[TrainingExample] = field(default_factory=list)
+    test_start: pd.Timestamp | None = None
+    test_gap: pd.Timedelta | None = None  # test_start - last validation decision time
 
 
 def longest_trade(examples: Sequence[TrainingExample]) -> pd.Timedelta:
@@ -386,41 +398,74 @@ def longest_trade(examples: Sequence[TrainingExample]) -> pd.Timedelta:
     return life
 
 
-def walk_forward_split(
-    examples: Sequence[TrainingExample], validation_fraction: float = 0.2
-) -> WalkForwardSplit:
-    """Last `validation_fraction` of decision times as validation; train ends a trade's life before.
+def check_fractions(validation_fraction: float, test_fraction: float = 0.0) -> None:
+    """Raise ValueError unless 0 < validation < 1, 0 <= test < 1 and their sum < 1."""
+    if not (isinstance(validation_fraction, int | float) and 0 < validation_fraction < 1):
+        raise ValueError(
+            f"validation_fraction must be a number in (0, 1), got {validation_fraction!r}"
+        )
+    if not (isinstance(test_fraction, int | float) and 0 <= test_fraction < 1):
+        raise ValueError(f"test_fraction must be a number in [0, 1), got {test_fraction!r}")
+    if validation_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"validation_fraction + test_fraction must be below 1 (train needs decisions), got "
+            f"{validation_fraction} + {test_fraction}"
+        )
 
-    Train keeps decisions t with t + longest trade < first validation decision, so every train
-    label (sold at its decision, settled at its expiry) settles before validation starts. Raises ValueError when
-    the examples are too short in time to leave both splits non-empty.
+
+def walk_forward_split(
+    examples: Sequence[TrainingExample],
+    validation_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+) -> WalkForwardSplit:
+    """Last `test_fraction` of decision times as test, the `validation_fraction` before as validation.
+
+    Fractions are of the decision times. Each split keeps only decisions t with t + longest trade
+    < the next split's first decision, so every label settles before the next split starts.
+    Raises ValueError for bad fractions or when a split would be empty.
     """
-    if not 0 < validation_fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    check_fractions(validation_fraction, test_fraction)
     ordered = sorted(examples, key=lambda e: e.decision_time)
     times = sorted({to_utc(e.decision_time) for e in ordered})
-    n_val = math.ceil(len(times) * validation_fraction)
-    if len(times) < 2 or n_val >= len(times):
-        raise ValueError(f"{len(times)} decision times are too few for a walk-forward split")
-    start = times[len(times) - n_val]
+    n = len(times)
+    n_val = math.ceil(n * validation_fraction)
+    n_test = math.ceil(n * test_fraction) if test_fraction > 0 else 0
+    if n < 2 or n_val + n_test >= n:
+        raise ValueError(f"{n} decision times are too few for a walk-forward split")
     life = longest_trade(ordered)
-    # strictly before: a label settling at the very instant validation starts counts as overlap
-    train = [e for e in ordered if to_utc(e.decision_time) + life < start]
-    validation = [e for e in ordered if to_utc(e.decision_time) >= start]
+    test: list[TrainingExample] = []
+    test_start = None
+    before = ordered
+    if n_test:
+        test_start = times[n - n_test]
+        test = [e for e in ordered if to_utc(e.decision_time) >= test_start]
+        # strictly before: a label settling at the very instant the next split starts overlaps
+        before = [e for e in ordered if to_utc(e.decision_time) + life < test_start]
+        if len(before) <= n_val:
+            raise ValueError(
+                f"walk-forward split leaves no training decisions: the test split starts "
+                f"{test_start.isoformat()} and the longest trade lasts {_days(life)}; use a "
+                "longer run or smaller validation/test fractions"
+            )
+    start = to_utc(before[-n_val].decision_time)
+    validation = [e for e in before if to_utc(e.decision_time) >= start]
+    train = [e for e in before if to_utc(e.decision_time) + life < start]
     if not train:
         raise ValueError(
             f"walk-forward split leaves no training decisions: validation starts "
             f"{start.isoformat()} and the longest trade lasts {_days(life)}, but the first "
             f"decision is {times[0].isoformat()}; use a longer run or a smaller validation fraction"
         )
-    gap = start - to_utc(train[-1].decision_time)
     return WalkForwardSplit(
         train=train,
         validation=validation,
         validation_start=start,
         longest_trade=life,
-        gap=gap,
-        dropped=len(ordered) - len(train) - len(validation),
+        gap=start - to_utc(train[-1].decision_time),
+        dropped=len(ordered) - len(train) - len(validation) - len(test),
+        test=test,
+        test_start=test_start,
+        test_gap=None if test_start is None else test_start - to_utc(validation[-1].decision_time),
     )
 
 

@@ -11,12 +11,14 @@ Formats (`docs/export.md` has the exact schemas):
   best action in hindsight as the assistant's answer-contract JSON;
 - `preference` (OpenAI DPO) and `trl-preference` (TRL `prompt`/`chosen`/`rejected`);
 - `rft`: reinforcement fine-tuning, `messages` ending with the user turn plus every action's
-  reward as fields a grader can read.
+  reward as fields a grader can read;
+- `grpo` (TRL GRPOTrainer, prompt-only rows with a reward table) and `verl` (verl's Parquet RL
+  layout), each shipped with `reward.py` (harness.training.reward_module).
 The chat formats use the policy's prompt if it is an LLM policy, else `covered_call_v1`;
 decisions that offered no candidate are left out of them (a policy is never asked then).
 
-Files: `data.<ext>` without a split, `train.<ext>` and `validation.<ext>` with `walk-forward`;
-every export folder gets a `README.md` dataset card. The written files are read back and
+Files: `data.<ext>` without a split, `train.<ext>`, `validation.<ext>` (and `test.<ext>`) with
+`walk-forward`; every export folder gets a `README.md` dataset card with Hub YAML front matter. The written files are read back and
 checked (row counts, roles, the final assistant answer against the contract, finite rewards)
 and any problem raises `ExportValidationError`.
 """
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,6 +48,7 @@ from harness.llm.contract import LLMAnswer, validate_answer
 from harness.llm.prompts import load_prompt
 from harness.simulator import CoveredCallSimulator
 from harness.timestamps import to_utc
+from harness.training.card import features_yaml, harness_commit, render_card, size_category
 from harness.training.dataset import (
     DEFAULT_PROMPT,
     DO_NOTHING_REWARD,
@@ -54,8 +58,18 @@ from harness.training.dataset import (
     TrainingExample,
     View,
     build_examples,
+    check_fractions,
     preference_pair,
     walk_forward_split,
+)
+from harness.training.reward_module import REWARD_FILE, load_reward_module, write_reward_module
+from harness.training.rl import (
+    DATA_SOURCE,
+    check_rows,
+    grpo_row,
+    prompt_messages,
+    verl_row,
+    write_rows,
 )
 
 FORMATS: tuple[str, ...] = (
@@ -66,13 +80,18 @@ FORMATS: tuple[str, ...] = (
     "preference",
     "trl-preference",
     "rft",
+    "grpo",
+    "verl",
 )
 TABULAR_FORMATS: tuple[str, ...] = ("parquet", "csv", "jsonl")
+RL_FORMATS: tuple[str, ...] = ("grpo", "verl")  # shipped with reward.py
 SPLITS: tuple[str, ...] = ("none", "walk-forward")
+TARGETS: tuple[str, ...] = ("oracle", "policy")
 CARD = "README.md"
+METADATA = "export.json"  # machine-readable provenance: format, policy, reward kind and units
 
-_EXT = {"parquet": "parquet", "csv": "csv"}  # every other format is JSON lines
-_STEMS = ("data", "train", "validation")
+_EXT = {"parquet": "parquet", "csv": "csv", "verl": "parquet"}  # the others are JSON lines
+_STEMS = ("data", "train", "validation", "test")
 _RTOL = 1e-9  # rewards read back from decisions.jsonl went through JSON: allow rounding only
 
 
@@ -101,6 +120,9 @@ class RunExamples:
     prompt_id: str  # template the messages were rendered from
     prompt_note: str  # where that prompt comes from, for the card
     model: str | None
+    anonymized: bool = False
+    cites_history: bool = False
+    policy_type: str = "rule"  # the config entry's type: rule, llm, model, ...  # the prompt shows history hints, so rationales cite them
 
 
 def _ext(fmt: str) -> str:
@@ -240,7 +262,10 @@ def load_run(
         )
     else:
         template = load_prompt(DEFAULT_PROMPT)
-        note = f"`{DEFAULT_PROMPT}` (a rule policy has no prompt; the default LLM prompt is used)"
+        note = (
+            f"`{DEFAULT_PROMPT}` (a {entry.type} policy has no prompt; the default LLM prompt "
+            "is used)"
+        )
     try:
         examples = build_examples(
             items, choices, labels, policy=name, template=template, view=view, model=model
@@ -267,6 +292,9 @@ def load_run(
         prompt_id=template.prompt_id,
         prompt_note=note,
         model=model,
+        anonymized=isinstance(entry, LLMPolicyEntry) and entry.anonymize,
+        policy_type=entry.type,
+        cites_history="hist_" in template.user_source + template.system_source,
     )
 
 
@@ -317,7 +345,12 @@ def _example_from_row(row: dict[str, Any]) -> TrainingExample:
 
 _F64, _STR = pa.float64(), pa.string()
 _TS = pa.timestamp("ns", tz="UTC")
-_CANDIDATE_TYPES = {"instrument_name": _STR, "name_in_prompt": _STR, "expiry": _TS}
+_CANDIDATE_TYPES = {
+    "instrument_name": _STR,
+    "name_in_prompt": _STR,
+    "expiry": _TS,
+    "hist_count": pa.int32(),
+}
 _ROW_TYPES = {
     "decision_time": _TS,
     "n_candidates": pa.int32(),
@@ -374,8 +407,10 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
-def _write_csv(path: Path, examples: Sequence[TrainingExample]) -> None:
-    width = max((len(e.candidates) for e in examples), default=0)
+def _write_csv(path: Path, examples: Sequence[TrainingExample], width: int | None = None) -> None:
+    """CSV with `width` candidate column groups (default: the most any row has)."""
+    if width is None:
+        width = max((len(e.candidates) for e in examples), default=0)
     cols = _csv_columns(width)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -414,18 +449,40 @@ def read_examples(path: str | Path) -> list[TrainingExample]:
 
 
 # --------------------------------------------------------------------------- chat rows
-def _rationale(example: TrainingExample, option: Option) -> str:
-    """A point-in-time description of the action (never its outcome: that would leak the label)."""
-    if option.instrument_name is None:
-        return "Do nothing: keep the coins uncovered at this decision."
-    c = example.candidate(option.instrument_name)
-    return (
-        f"Sell {c.name_in_prompt}: premium {c.premium_pct:.2f}% of spot for {c.dte_days:.1f} "
-        f"days at delta {c.delta:.2f}, strike {c.strike_distance_pct:+.1f}% from spot."
+def _signed(value: float | None, scale: float, unit: str, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value * scale:+.{digits}f}{unit}"
+
+
+def _rationale(example: TrainingExample, option: Option, cites_history: bool = False) -> str:
+    """The fields the prompts ask the model to cite, known at the decision (never the outcome).
+
+    Every shipped prompt asks for the IV - RV spread and the trend; a sale adds the candidate's
+    premium, days, delta and strike distance, and its history hint when the prompt shows one.
+    """
+    st = example.state
+    market = (
+        f"IV - RV spread {_signed(st.get('iv_rv_spread'), 100, ' vol points')}, trend "
+        f"{_signed(st.get('return_1d'), 100, '%', 2)} over 1 day and "
+        f"{_signed(st.get('return_7d'), 100, '%', 2)} over 7 days"
     )
+    if option.instrument_name is None:
+        return f"{market}: no candidate pays enough for the risk, so keep the coins uncovered."
+    c = example.candidate(option.instrument_name)
+    text = (
+        f"{market}: sell {c.name_in_prompt}, premium {c.premium_pct:.2f}% of spot for "
+        f"{c.dte_days:.1f} days at delta {c.delta:.2f}, strike {c.strike_distance_pct:+.1f}% "
+        "from spot"
+    )
+    if cites_history:
+        text += (
+            f"; similar settled calls averaged {c.hist_reward:+.1f} bps over {c.hist_count}"
+            if c.hist_count and c.hist_reward is not None
+            else "; no similar call has settled yet"
+        )
+    return text + "."
 
 
-def answer_json(example: TrainingExample, option: Option) -> str:
+def answer_json(example: TrainingExample, option: Option, cites_history: bool = False) -> str:
     """`option` as the answer contract's JSON, naming the candidate as the prompt shows it."""
     name = None
     if option.instrument_name is not None:
@@ -433,57 +490,74 @@ def answer_json(example: TrainingExample, option: Option) -> str:
     answer = {
         "action": option.action,
         "instrument_name": name,
-        "rationale": _rationale(example, option),
+        "rationale": _rationale(example, option, cites_history),
     }
     return json.dumps(answer, ensure_ascii=False)
 
 
+@dataclass(frozen=True)
+class _Opts:
+    """What shapes the rows of one export beyond the examples."""
+
+    reward_kind: str
+    reward_units: str
+    target: str = "oracle"  # openai-chat: the best action, or the policy's own valid answers
+    cites_history: bool = False
+    csv_width: int | None = None  # candidate column groups of every csv split (same columns)
+
+
 def _prompt_messages(example: TrainingExample) -> list[dict[str, str]]:
-    assert example.system_prompt is not None and example.user_prompt is not None
-    return [
-        {"role": "system", "content": example.system_prompt},
-        {"role": "user", "content": example.user_prompt},
-    ]
+    return prompt_messages(example)
 
 
-def _assistant(example: TrainingExample, option: Option) -> dict[str, str]:
-    return {"role": "assistant", "content": answer_json(example, option)}
+def _assistant(example: TrainingExample, option: Option, opts: _Opts) -> dict[str, str]:
+    return {"role": "assistant", "content": answer_json(example, option, opts.cites_history)}
 
 
-def _chat_row(example: TrainingExample) -> dict[str, Any] | None:
-    return {"messages": [*_prompt_messages(example), _assistant(example, example.best)]}
+def _target(example: TrainingExample, opts: _Opts) -> Option | None:
+    """The SFT target: the best action, or the policy's own answer (None when it was invalid)."""
+    if opts.target == "oracle":
+        return example.best
+    return example.chosen if example.valid else None
 
 
-def _dpo_row(example: TrainingExample) -> dict[str, Any] | None:
+def _chat_row(example: TrainingExample, opts: _Opts) -> dict[str, Any] | None:
+    target = _target(example, opts)
+    if target is None:
+        return None
+    return {"messages": [*_prompt_messages(example), _assistant(example, target, opts)]}
+
+
+def _dpo_row(example: TrainingExample, opts: _Opts) -> dict[str, Any] | None:
     pair = preference_pair(example)
     if pair is None:
         return None
     return {
         "input": {"messages": _prompt_messages(example)},
-        "preferred_output": [_assistant(example, pair.preferred)],
-        "non_preferred_output": [_assistant(example, pair.rejected)],
+        "preferred_output": [_assistant(example, pair.preferred, opts)],
+        "non_preferred_output": [_assistant(example, pair.rejected, opts)],
     }
 
 
-def _trl_row(example: TrainingExample) -> dict[str, Any] | None:
+def _trl_row(example: TrainingExample, opts: _Opts) -> dict[str, Any] | None:
     pair = preference_pair(example)
     if pair is None:
         return None
     return {
         "prompt": _prompt_messages(example),
-        "chosen": [_assistant(example, pair.preferred)],
-        "rejected": [_assistant(example, pair.rejected)],
+        "chosen": [_assistant(example, pair.preferred, opts)],
+        "rejected": [_assistant(example, pair.rejected, opts)],
     }
 
 
-def _rft_row(example: TrainingExample, reward_kind: str) -> dict[str, Any]:
+def _rft_row(example: TrainingExample, opts: _Opts) -> dict[str, Any]:
     rewards = {c.name_in_prompt: c.reward for c in example.candidates}
     rewards["DO_NOTHING"] = DO_NOTHING_REWARD
     best = example.best
     return {
         "messages": _prompt_messages(example),
         "decision_time": _iso(example.decision_time),
-        "reward_kind": reward_kind,
+        "reward_kind": opts.reward_kind,
         "rewards": rewards,
         "best_action": best.action,
         "best_instrument_name": (
@@ -556,7 +630,9 @@ def _reward_of_answer(example: TrainingExample, answer: LLMAnswer) -> float:
     return by_shown[answer.instrument_name]
 
 
-def _check_chat_file(path: Path, fmt: str, examples: Sequence[TrainingExample]) -> None:
+def _check_chat_file(
+    path: Path, fmt: str, examples: Sequence[TrainingExample], opts: _Opts
+) -> None:
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     if len(lines) != len(examples):
         raise _fail(str(path), f"{len(lines)} rows written, {len(examples)} expected")
@@ -572,8 +648,10 @@ def _check_chat_file(path: Path, fmt: str, examples: Sequence[TrainingExample]) 
                 raise _fail(where, "expected messages [system, user, assistant]")
             _check_prompt(where, msgs[:2], e)
             answer = _check_answer(where, msgs[-1], e, "assistant")
-            if not math.isclose(_reward_of_answer(e, answer), e.best_reward, abs_tol=1e-9):
-                raise _fail(where, "assistant answer is not the best action in hindsight")
+            target = _target(e, opts)
+            want = target.reward if target is not None else math.nan
+            if not math.isclose(_reward_of_answer(e, answer), want, abs_tol=1e-9):
+                raise _fail(where, f"assistant answer is not the target ({opts.target}) action")
         elif fmt in ("preference", "trl-preference"):
             keys = (
                 ("input", "preferred_output", "non_preferred_output")
@@ -628,7 +706,7 @@ class ExportedFile:
     """One written data file: its split, row count, rows per action and decision-time range."""
 
     path: Path
-    split: str  # all | train | validation
+    split: str  # all | train | validation | test
     rows: int
     by_action: dict[str, int]
     first: pd.Timestamp | None
@@ -653,6 +731,9 @@ class ExportSummary:
     longest_trade: pd.Timedelta | None = None
     gap: pd.Timedelta | None = None
     gap_dropped: int = 0
+    test_start: pd.Timestamp | None = None
+    test_gap: pd.Timedelta | None = None
+    reward_module: Path | None = None  # reward.py of grpo/verl exports
 
     def __str__(self) -> str:
         lines = [
@@ -665,13 +746,20 @@ class ExportSummary:
             lines.append(f"  {f.path.name} ({f.split}): {f.rows} rows ({counts}){span}")
         lines.append(f"  rows per action count {self.counted_action}")
         if self.validation_start is not None and self.gap is not None:
+            test = (
+                f"; test from {_when(self.test_start)} (gap {_days(self.test_gap)})"
+                if self.test_start is not None
+                else ""
+            )
             lines.append(
                 f"  walk-forward: validation from {_when(self.validation_start)}; gap "
-                f"{_days(self.gap)} > longest trade {_days(self.longest_trade)}; "
-                f"{self.gap_dropped} decisions in the gap left out"
+                f"{_days(self.gap)} > longest trade {_days(self.longest_trade)}{test}; "
+                f"{self.gap_dropped} decisions in the gaps left out"
             )
         for reason, n in self.not_exported.items():
             lines.append(f"  not exported: {n} decisions ({reason})")
+        if self.reward_module is not None:
+            lines.append(f"  reward module: {self.reward_module}")
         lines.append(f"  dataset card: {self.card}")
         return "\n".join(lines)
 
@@ -688,7 +776,9 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    ours = {CARD} | {f"{s}.{e}" for s in _STEMS for e in ("parquet", "csv", "jsonl")}
+    ours = {CARD, METADATA, REWARD_FILE} | {
+        f"{s}.{e}" for s in _STEMS for e in ("parquet", "csv", "jsonl")
+    }
     others = sorted(p.name for p in out.iterdir() if p.name not in ours)
     if others:
         raise ExportError(
@@ -699,73 +789,162 @@ def _prepare_out(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-RowFn = Callable[[TrainingExample], dict[str, Any] | None]
+RowFn = Callable[[TrainingExample, _Opts], dict[str, Any] | None]
+_NO_PROMPT = "no candidate was offered, so the policy was not asked"
 
 
-def _chat_rows(
-    fmt: str, examples: Sequence[TrainingExample], reward_kind: str
+def _rows(
+    fmt: str, examples: Sequence[TrainingExample], opts: _Opts, split: str
 ) -> tuple[list[TrainingExample], list[dict[str, Any]], Counter[str]]:
-    """Rows of a chat format and the examples they came from; counts of decisions left out."""
+    """Rows of a format and the examples they came from; counts of decisions left out and why."""
+    if fmt in TABULAR_FORMATS:
+        return list(examples), [], Counter()
+    if fmt in RL_FORMATS:
+        kept = [e for e in examples if e.user_prompt is not None]
+        left = Counter({_NO_PROMPT: len(examples) - len(kept)} if len(kept) < len(examples) else {})
+        if fmt == "grpo":
+            rows = [grpo_row(e, split, opts.reward_units) for e in kept]
+        else:
+            rows = [verl_row(e, split, opts.reward_units, i) for i, e in enumerate(kept)]
+        return kept, rows, left
     make: RowFn = {
         "openai-chat": _chat_row,
         "preference": _dpo_row,
         "trl-preference": _trl_row,
-        "rft": lambda e: _rft_row(e, reward_kind),
+        "rft": _rft_row,
     }[fmt]
     kept, rows, left_out = [], [], Counter[str]()
     for e in examples:
         if e.user_prompt is None:
-            left_out["no candidate was offered, so the policy was not asked"] += 1
+            left_out[_NO_PROMPT] += 1
             continue
-        row = make(e)
+        row = make(e, opts)
         if row is None:
-            left_out["every action had the same reward: no preference"] += 1
+            reason = (
+                "the policy's answer was invalid, so there is no target"
+                if fmt == "openai-chat"
+                else "every action had the same reward: no preference"
+            )
+            left_out[reason] += 1
             continue
         kept.append(e)
         rows.append(row)
     return kept, rows, left_out
 
 
+def _target_action(fmt: str, example: TrainingExample, opts: _Opts) -> str:
+    """The action a row teaches (tabular: what the policy did)."""
+    if fmt in TABULAR_FORMATS or (fmt == "openai-chat" and opts.target == "policy"):
+        return example.action
+    return example.best_action
+
+
+def balance(
+    fmt: str,
+    examples: Sequence[TrainingExample],
+    rows: Sequence[dict[str, Any]],
+    opts: _Opts,
+    max_share: float,
+) -> tuple[list[TrainingExample], list[dict[str, Any]], int]:
+    """Cap the majority target action at `max_share` of the rows by dropping majority rows.
+
+    The kept majority rows are spread evenly over time (deterministic). Returns the kept
+    examples and rows and how many rows were dropped.
+    """
+    actions = [_target_action(fmt, e, opts) for e in examples]
+    counts = Counter(actions)
+    if len(examples) == 0 or max(counts.values()) / len(examples) <= max_share:
+        return list(examples), list(rows), 0
+    major = counts.most_common(1)[0][0]
+    minority = len(examples) - counts[major]
+    if minority == 0:
+        raise ExportError(
+            f"--balance {max_share}: every row's target is {major}, so capping it leaves nothing; "
+            "export without --balance or from a run where both actions are targets"
+        )
+    keep_major = math.floor(minority * max_share / (1.0 - max_share))
+    major_idx = [i for i, a in enumerate(actions) if a == major]
+    picks = np.unique(np.linspace(0, len(major_idx) - 1, keep_major).round().astype(int))
+    keep = sorted({major_idx[i] for i in picks} | {i for i, a in enumerate(actions) if a != major})
+    kept_rows = [rows[i] for i in keep] if rows else []
+    return [examples[i] for i in keep], kept_rows, len(examples) - len(keep)
+
+
 def _write_file(
-    path: Path, fmt: str, examples: Sequence[TrainingExample], reward_kind: str
-) -> tuple[list[TrainingExample], Counter[str]]:
-    """Write one split; returns the examples that became rows and what was left out."""
+    path: Path,
+    fmt: str,
+    examples: Sequence[TrainingExample],
+    rows: Sequence[dict[str, Any]],
+    opts: _Opts,
+) -> None:
+    """Write one split's rows, then read the file back and check it (ExportValidationError)."""
     if fmt == "parquet":
         table = pa.Table.from_pylist([_parquet_row(e) for e in examples], schema=PARQUET_SCHEMA)
         pq.write_table(table, path)
-        _check_tabular_file(path, examples)
-        return list(examples), Counter()
-    if fmt == "csv":
-        _write_csv(path, examples)
-        _check_tabular_file(path, examples)
-        return list(examples), Counter()
-    if fmt == "jsonl":
-        rows = [tabular_row(e) for e in examples]
-        kept: list[TrainingExample] = list(examples)
-        left_out: Counter[str] = Counter()
+    elif fmt == "csv":
+        _write_csv(path, examples, opts.csv_width)
+    elif fmt in RL_FORMATS:
+        write_rows(path, fmt, rows)
     else:
-        kept, rows, left_out = _chat_rows(fmt, examples, reward_kind)
-    with path.open("w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-    if fmt == "jsonl":
+        rows = [tabular_row(e) for e in examples] if fmt == "jsonl" else rows
+        with path.open("w") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+    if fmt in TABULAR_FORMATS:
         _check_tabular_file(path, examples)
+    elif fmt in RL_FORMATS:
+        problems = check_rows(path, fmt, examples, load_reward_module(path.parent / REWARD_FILE))
+        if problems:
+            raise _fail(str(path), "; ".join(problems[:3]))
     else:
-        _check_chat_file(path, fmt, kept)
-    return kept, left_out
+        _check_chat_file(path, fmt, examples, opts)
 
 
-def _counted_action(fmt: str) -> str:
+def _counted_action(fmt: str, target: str) -> str:
     if fmt in TABULAR_FORMATS:
         return "the policy's action"
     if fmt in ("preference", "trl-preference"):
         return "the preferred action (the best in hindsight)"
-    return "the best action in hindsight (the training target)"
+    if fmt == "openai-chat" and target == "policy":
+        return "the policy's own valid answer (the training target)"
+    if fmt == "openai-chat":
+        return "the best action in hindsight (the training target)"
+    return "the best action in hindsight"
 
 
-def _by_action(fmt: str, examples: Sequence[TrainingExample]) -> dict[str, int]:
-    counts = Counter(e.action if fmt in TABULAR_FORMATS else e.best_action for e in examples)
+def _by_action(fmt: str, examples: Sequence[TrainingExample], opts: _Opts) -> dict[str, int]:
+    counts = Counter(_target_action(fmt, e, opts) for e in examples)
     return {a: counts.get(a, 0) for a in ("SELL_CALL", "DO_NOTHING")}
+
+
+def _check_options(
+    fmt: str,
+    split: str,
+    validation_fraction: float,
+    test_fraction: float,
+    target: str,
+    max_share: float | None,
+) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if split not in SPLITS:
+        raise ExportError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    try:
+        check_fractions(validation_fraction, test_fraction)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    if target != "oracle" and fmt != "openai-chat":
+        raise ExportError(
+            f"--target {target} applies to openai-chat (supervised targets); {fmt} rows are "
+            "defined by the rewards"
+        )
+    if max_share is not None and not (isinstance(max_share, int | float) and 0.5 <= max_share < 1):
+        raise ExportError(
+            f"--balance must be a share in [0.5, 1) (the majority action's largest share), "
+            f"got {max_share!r}"
+        )
 
 
 def write_export(
@@ -775,30 +954,46 @@ def write_export(
     out: str | Path,
     split: str = "none",
     validation_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    target: str = "oracle",
+    max_share: float | None = None,
 ) -> ExportSummary:
-    """Write `run`'s examples in `fmt` to the folder `out` (with a split and a card), then check them."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if split not in SPLITS:
-        raise ExportError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    """Write `run`'s examples in `fmt` to the folder `out` (splits, card, reward.py), then check.
+
+    `split="walk-forward"`: train / validation (`validation_fraction` of decision times) / test
+    (`test_fraction`, 0 = none), purged by the longest trade's life. `target` (openai-chat):
+    `oracle` = the best action in hindsight, `policy` = the policy's own valid answers.
+    `max_share` caps the majority target action's share of the train rows (`--balance`).
+    """
+    _check_options(fmt, split, validation_fraction, test_fraction, target, max_share)
     check_examples(run.examples)
     out = Path(out)
+    width = max((len(e.candidates) for e in run.examples), default=0)
+    opts = _Opts(run.reward_kind, run.reward_units, target, run.cites_history, width)
     parts: list[tuple[str, list[TrainingExample]]]
     wf = None
     if split == "walk-forward":
         try:
-            wf = walk_forward_split(run.examples, validation_fraction)
+            wf = walk_forward_split(run.examples, validation_fraction, test_fraction)
         except ValueError as exc:
             raise ExportError(f"{run.run_dir}: {exc}") from None
         parts = [("train", wf.train), ("validation", wf.validation)]
+        if wf.test:
+            parts.append(("test", wf.test))
     else:
         parts = [("all", sorted(run.examples, key=lambda e: e.decision_time))]
     _prepare_out(out)
+    reward_path = write_reward_module(out) if fmt in RL_FORMATS else None
     files = []
     left_out: Counter[str] = Counter()
     for name, examples in parts:
         path = out / f"{'data' if name == 'all' else name}.{_ext(fmt)}"
-        kept, skipped = _write_file(path, fmt, examples, run.reward_kind)
+        kept, rows, skipped = _rows(fmt, examples, opts, name)
+        if max_share is not None and name in ("train", "all"):
+            kept, rows, dropped = balance(fmt, kept, rows, opts, max_share)
+            if dropped:
+                skipped[f"--balance {max_share:g}: majority action capped in {name}"] += dropped
+        _write_file(path, fmt, kept, rows, opts)
         left_out.update(skipped)
         times = [to_utc(e.decision_time) for e in kept]
         files.append(
@@ -806,7 +1001,7 @@ def write_export(
                 path=path,
                 split=name,
                 rows=len(kept),
-                by_action=_by_action(fmt, kept),
+                by_action=_by_action(fmt, kept, opts),
                 first=min(times) if times else None,
                 last=max(times) if times else None,
             )
@@ -820,14 +1015,43 @@ def write_export(
         files=tuple(files),
         card=out / CARD,
         decisions=len(run.examples),
-        counted_action=_counted_action(fmt),
+        counted_action=_counted_action(fmt, target),
         not_exported=dict(left_out),
         validation_start=wf.validation_start if wf else None,
         longest_trade=wf.longest_trade if wf else None,
         gap=wf.gap if wf else None,
         gap_dropped=wf.dropped if wf else 0,
+        test_start=wf.test_start if wf else None,
+        test_gap=wf.test_gap if wf else None,
+        reward_module=reward_path,
     )
-    summary.card.write_text(dataset_card(run, summary, validation_fraction))
+    metadata = {
+        "format": fmt,
+        "policy": run.policy,
+        "run_id": run.manifest.get("run_id", run.run_dir.name),
+        "run_dir": str(run.run_dir),
+        "underlyings": sorted({e.underlying for e in run.examples}),
+        "reward_kind": run.reward_kind,
+        "drawdown_penalty": run.drawdown_penalty,
+        "reward_units": run.reward_units,
+        "prompt_id": run.prompt_id,
+        "split": split,
+        "files": {f.split: f.path.name for f in files},
+        "longest_trade_days": None if wf is None else wf.longest_trade / pd.Timedelta(days=1),
+        "harness_version": __version__,
+    }
+    (out / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    summary.card.write_text(
+        dataset_card(
+            run,
+            summary,
+            validation_fraction,
+            test_fraction,
+            target,
+            max_share,
+            _schema_of(fmt, width),
+        )
+    )
     return summary
 
 
@@ -839,14 +1063,23 @@ def export_run(
     policy: str | None = None,
     split: str = "none",
     validation_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    target: str = "oracle",
+    max_share: float | None = None,
 ) -> ExportSummary:
     """Export `policy`'s decisions (default: the baseline) of a run folder as `fmt` into `out`."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if split not in SPLITS:
-        raise ExportError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    _check_options(fmt, split, validation_fraction, test_fraction, target, max_share)
     run = load_run(run_dir, policy)
-    return write_export(run, fmt=fmt, out=out, split=split, validation_fraction=validation_fraction)
+    return write_export(
+        run,
+        fmt=fmt,
+        out=out,
+        split=split,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        target=target,
+        max_share=max_share,
+    )
 
 
 # --------------------------------------------------------------------------- dataset card
@@ -861,144 +1094,146 @@ _REWARD_TEXT = {
         "decision, x 10,000"
     ),
 }
-
-_SCHEMAS = {
-    "tabular": """One row per decision time, in time order.
-
-| column | meaning |
-|---|---|
-| `decision_time` | UTC decision instant (ISO text in jsonl/csv, `timestamp[ns, UTC]` in parquet) |
-| `underlying`, `spot` | coin and its spot price (USD) at the decision |
-| `return_1d`, `return_7d` | simple spot returns, fractions (null without enough history) |
-| `realized_vol_7d`, `realized_vol_30d`, `atm_iv`, `iv_rv_spread` | annualized vols, fractions |
-| `n_candidates` | calls offered |
-| `candidates` | list of the offered calls (csv: columns `candidate_<i>_<field>`, i = 1..max) |
-| `action`, `instrument_name` | what the policy did: SELL_CALL with the instrument, or DO_NOTHING with null |
-| `reward` | reward of that action (DO_NOTHING = 0) |
-| `valid` | false when the policy's answer was invalid or failed (it then counts as DO_NOTHING) |
-| `best_action`, `best_instrument_name`, `best_reward` | best of all candidates and DO_NOTHING in hindsight |
-| `regret` | `best_reward - reward` (>= 0) |
-| `policy`, `model` | policy name; model for LLM policies |
-| `prompt_id`, `system_prompt`, `user_prompt` | the prompt's id and its rendered messages (null when no candidate was offered) |
-
-Candidate fields: `instrument_name`, `name_in_prompt` (the name the prompt shows: an alias such
-as C1 for anonymized prompts), `strike` (USD), `expiry` (UTC), `dte_days`, `delta`, `mark_iv`
-(fraction), `bid_price`, `ask_price`, `mark_price`, `premium_usd` (fill per coin before fees,
-USD), `premium_pct` (% of spot), `annualized_yield_pct`, `strike_distance_pct` (% above spot),
-`breakeven` (USD), `reward` (counterfactual reward of selling it and holding to expiry).""",
-    "openai-chat": """OpenAI supervised fine-tuning JSONL, one decision per line:
-`{"messages": [{"role": "system", ...}, {"role": "user", ...}, {"role": "assistant", ...}]}`.
-The user message is exactly the prompt the policy saw; the assistant message is the best action
-in hindsight as the answer contract's JSON:
-`{"action": "SELL_CALL" | "DO_NOTHING", "instrument_name": <name as shown> | null, "rationale": ...}`.
-The rationale only describes the action with facts known at the decision (premium, days,
-delta, strike distance): never its outcome.""",
-    "preference": """OpenAI DPO JSONL, one decision per line:
-`{"input": {"messages": [system, user]}, "preferred_output": [assistant], "non_preferred_output": [assistant]}`.
-Preferred: the best action in hindsight. Non-preferred: the policy's own action when it earned
-less, else the worst action (ties: the first in candidate order, DO_NOTHING last). Decisions
-where every action earned the same are left out. Answers are in the answer contract's JSON.""",
-    "trl-preference": """TRL conversational preference JSONL, one decision per line:
-`{"prompt": [system, user], "chosen": [assistant], "rejected": [assistant]}`.
-Chosen: the best action in hindsight. Rejected: the policy's own action when it earned less,
-else the worst action. Decisions where every action earned the same are left out.""",
-    "rft": """OpenAI reinforcement fine-tuning JSONL, one decision per line: `messages`
-([system, user], ending with the user turn) plus fields a grader reads as `item.<field>`:
-`decision_time` (ISO UTC), `reward_kind`, `rewards` (an object: each candidate's name as the
-prompt shows it, and `DO_NOTHING`, to its reward), `best_action`, `best_instrument_name`
-(as shown), `best_reward`. A Python grader can score a sample as
-`item["rewards"].get(answer["instrument_name"] or "DO_NOTHING")` after parsing the answer
-(an invalid answer should score below every action).""",
+_TASKS = {
+    "tabular": ["tabular-regression", "tabular-classification"],
+    "chat": ["text-generation"],
+    "rl": ["text-generation", "reinforcement-learning"],
 }
 
 
-def _files_table(summary: ExportSummary) -> str:
-    lines = [
-        "| file | split | rows | SELL_CALL | DO_NOTHING | first decision | last decision |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for f in summary.files:
-        lines.append(
-            f"| `{f.path.name}` | {f.split} | {f.rows} | {f.by_action['SELL_CALL']} | "
-            f"{f.by_action['DO_NOTHING']} | {_when(f.first)} | {_when(f.last)} |"
+def _schema(fmt: str) -> str:
+    return "tabular" if fmt in TABULAR_FORMATS else fmt
+
+
+def _schema_of(fmt: str, width: int) -> pa.Schema | None:
+    """The Arrow schema of a schemaless file format (jsonl, csv) for the card; else None."""
+    as_text = {"decision_time": _STR, "expiry": _STR}
+    if fmt == "jsonl":
+        cand = pa.struct([(f.name, as_text.get(f.name, f.type)) for f in CANDIDATE_ARROW])
+        return pa.schema(
+            [
+                (f.name, pa.list_(cand) if f.name == "candidates" else as_text.get(f.name, f.type))
+                for f in PARQUET_SCHEMA
+            ]
         )
-    return "\n".join(lines)
+    if fmt == "csv":
+        flat = [
+            (f.name, as_text.get(f.name, f.type)) for f in PARQUET_SCHEMA if f.name != "candidates"
+        ]
+        for i in range(1, width + 1):
+            for f in CANDIDATE_ARROW:
+                # empty cells of rows with fewer candidates read as NaN: numbers are float64 here
+                t = _STR if f.type in (_STR, _TS) else _F64
+                flat.append((f"candidate_{i}_{f.name}", t))
+        return pa.schema(flat)
+    return None
 
 
-def dataset_card(run: RunExamples, summary: ExportSummary, validation_fraction: float) -> str:
-    """The README.md of an export folder: source, files and counts, reward, split, schema, config."""
+def dataset_card(
+    run: RunExamples,
+    summary: ExportSummary,
+    validation_fraction: float,
+    test_fraction: float = 0.0,
+    target: str = "oracle",
+    max_share: float | None = None,
+    schema: pa.Schema | None = None,
+) -> str:
+    """The README.md of an export folder (templates/dataset_card.md.j2), Hub front matter first."""
     m = run.manifest
-    kind = "LLM" if run.is_llm else "rule"
-    model = f", model `{run.model}`" if run.model else ""
-    penalty = (
-        f" minus {run.drawdown_penalty:g} x `max_drawdown_pct` (the covered position's worst "
-        "peak-to-trough fall during the trade, in percent)"
-        if run.drawdown_penalty
-        else " (no drawdown penalty)"
-    )
-    period = m.get("decision_period") or ["-", "-"]
-    out = [
-        f"# Training set: `{run.policy}` from run `{m.get('run_id', run.run_dir.name)}`",
-        "",
-        f"Written by `harness export --format {summary.fmt}"
-        + (f" --split {summary.split}" if summary.split != "none" else "")
-        + f"` (harness {__version__}). Rows are in decision-time order.",
-        "",
-        "## Source",
-        f"- run folder: `{run.run_dir}` (experiment `{m.get('name', '?')}`, "
-        f"status {m.get('status', '?')}, git commit `{m.get('git_commit')}`)",
-        f"- market data: {m.get('data_fingerprint', '?')}; decisions {period[0]} to {period[1]} "
-        f"({summary.decisions} decision times)",
-        f"- policy: `{run.policy}` ({kind} policy{model})",
-        f"- messages rendered from prompt `{run.prompt_id}`: {run.prompt_note}",
-        "",
-        "## Files",
-        _files_table(summary),
-        "",
-        f"Rows per action count {summary.counted_action}.",
-    ]
-    if summary.not_exported:
-        out.append(
-            "Not exported: "
-            + "; ".join(f"{n} decisions ({r})" for r, n in summary.not_exported.items())
-            + "."
+    fmt = summary.fmt
+    command = f"harness export --format {fmt}"
+    if summary.split != "none":
+        command += (
+            f" --split {summary.split} --validation-fraction {validation_fraction:g}"
+            f" --test-fraction {test_fraction:g}"
         )
-    out += [
-        "",
-        "## Reward",
-        f"{_REWARD_TEXT[run.reward_kind]}{penalty}. DO_NOTHING earns 0. Units: "
-        f"{run.reward_units}. Computed by `harness.experiments.rewards.{run.reward_kind}` from the run's "
-        "`labels.parquet` (`reward` column); the best action in hindsight is the highest "
-        "reward over every candidate and DO_NOTHING (ties: first in candidate order).",
-        "",
-        "## Split",
-    ]
-    if summary.split == "walk-forward":
-        out.append(
-            f"Walk-forward by decision time: the last {validation_fraction:.0%} of decision times "
-            f"are validation (from {_when(summary.validation_start)}). Training keeps only "
-            f"decisions more than the longest trade's life ({_days(summary.longest_trade)}, max "
-            "expiry - decision time over every label) before it, so every training label has "
-            "settled before the first validation decision. Gap between the last training and "
-            f"the first validation decision: {_days(summary.gap)}; {summary.gap_dropped} "
-            "decisions in the gap are in neither split."
-        )
-    else:
-        out.append(
-            "None: one file with every decision. Labels of neighbouring decisions overlap in "
-            "time (each trade lives until its expiry); use `--split walk-forward` for a "
-            "validation set without leakage."
-        )
-    key = "tabular" if summary.fmt in TABULAR_FORMATS else summary.fmt
-    out += [
-        "",
-        "## Schema",
-        _SCHEMAS[key],
-        "",
-        "## Config of the run",
-        "```yaml",
-        run.config_text.rstrip(),
-        "```",
-        "",
-    ]
-    return "\n".join(out)
+    if target != "oracle":
+        command += f" --target {target}"
+    if max_share is not None:
+        command += f" --balance {max_share:g}"
+    kind = "rl" if fmt in (*RL_FORMATS, "rft") else "tabular" if fmt in TABULAR_FORMATS else "chat"
+    underlyings = sorted({e.underlying for e in run.examples}) or ["-"]
+    context = {
+        "license": "other",
+        "pretty_name": f"Covered-call decisions of {run.policy} ({fmt})",
+        "task_categories": _TASKS[kind],
+        "size_category": size_category(sum(f.rows for f in summary.files)),
+        "config_name": fmt,
+        "features_yaml": features_yaml(fmt, schema),
+        "files": [
+            {
+                "name": f.path.name,
+                "split": f.split,
+                "hub_split": "train" if f.split == "all" else f.split,
+                "rows": f.rows,
+                "sell": f.by_action["SELL_CALL"],
+                "nothing": f.by_action["DO_NOTHING"],
+                "first": _when(f.first),
+                "last": _when(f.last),
+            }
+            for f in summary.files
+        ],
+        "policy": run.policy,
+        "run_id": m.get("run_id", run.run_dir.name),
+        "command": command,
+        "harness_version": __version__,
+        "harness_commit": harness_commit(),
+        "run_dir": str(run.run_dir),
+        "experiment": m.get("name", "?"),
+        "status": m.get("status", "?"),
+        "run_commit": m.get("git_commit"),
+        "data_fingerprint": m.get("data_fingerprint", "?"),
+        "underlying": ", ".join(underlyings),
+        "period": m.get("decision_period") or ["-", "-"],
+        "decisions": summary.decisions,
+        "policy_kind": "LLM" if run.is_llm else run.policy_type,
+        "model": run.model,
+        "prompt_id": run.prompt_id,
+        "prompt_note": run.prompt_note,
+        "anonymization": (
+            "on: relative days, prices indexed to 100 at the first decision, candidates as "
+            "aliases C1..Cn (`name_in_prompt`)"
+            if run.anonymized
+            else "off: real dates, USD prices and instrument names"
+        ),
+        "counted_action": summary.counted_action,
+        "target_note": (
+            "SFT target: the policy's own valid answers (`--target policy`); invalid answers are "
+            "left out."
+            if fmt == "openai-chat" and target == "policy"
+            else ""
+        ),
+        "balance_note": (
+            f"Balanced (`--balance {max_share:g}`): the majority target action is capped at "
+            f"{max_share:.0%} of the train rows; the kept majority rows are spread evenly in time."
+            if max_share is not None
+            else ""
+        ),
+        "not_exported": list(summary.not_exported.items()),
+        "reward_text": _REWARD_TEXT[run.reward_kind],
+        "penalty_text": (
+            f" minus {run.drawdown_penalty:g} x `max_drawdown_pct` (the covered position's worst "
+            "peak-to-trough fall during the trade, in percent)"
+            if run.drawdown_penalty
+            else " (no drawdown penalty)"
+        ),
+        "reward_units": run.reward_units,
+        "reward_kind": run.reward_kind,
+        "reward_module": summary.reward_module is not None,
+        "split": summary.split,
+        "validation_fraction": validation_fraction,
+        "test_fraction": test_fraction if summary.test_start is not None else 0.0,
+        "validation_start": _when(summary.validation_start),
+        "test_start": _when(summary.test_start),
+        "longest_trade": _days(summary.longest_trade),
+        "gap": _days(summary.gap),
+        "test_gap": _days(summary.test_gap),
+        "gap_dropped": summary.gap_dropped,
+        "schema": _schema(fmt),
+        "target_text": (
+            "the policy's own valid answer" if target == "policy" else "the best in hindsight"
+        ),
+        "verl_data_source": DATA_SOURCE,
+        "config_text": run.config_text.rstrip(),
+    }
+    return render_card(context)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -228,3 +229,22 @@ def test_preference_pairs_use_the_policys_worse_choice_else_the_worst() -> None:
     nothing_best = preference_pair(_example([-5.0], chosen=0))
     assert nothing_best is not None and nothing_best.preferred.action == "DO_NOTHING"
     assert preference_pair(_example([0.0], chosen=None)) is None  # every action ties
+
+
+def test_walk_forward_split_with_a_test_split_purges_both_gaps(sim: CoveredCallSimulator) -> None:
+    examples = generate_training_data(sim, always_sell())
+    split = walk_forward_split(examples, validation_fraction=0.2, test_fraction=0.2)
+    assert split.train and split.validation and split.test
+    assert len(split.test) == int(np.ceil(0.2 * len(examples)))
+    assert len(split.validation) == int(np.ceil(0.2 * len(examples)))
+    parts = [split.train, split.validation, split.test]
+    for earlier, later in itertools.pairwise(parts):
+        start = min(to_utc(e.decision_time) for e in later)
+        assert all(to_utc(c.expiry) < start for e in earlier for c in e.candidates)
+    assert split.test_start == min(to_utc(e.decision_time) for e in split.test)
+    assert split.test_gap is not None and split.test_gap > split.longest_trade
+    total = len(split.train) + len(split.validation) + len(split.test) + split.dropped
+    assert total == len(examples)
+    for bad in ((1.5, 0.0), (-1, 0.0), (0, 0.0), (0.2, -0.1), (0.2, 1.0), (0.5, 0.5)):
+        with pytest.raises(ValueError, match="fraction"):
+            walk_forward_split(examples, *bad)

@@ -6,26 +6,19 @@ chat server, one LLM policy skipped for lack of a key) is made once per session.
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import re
 import shutil
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from harness.cli import main as cli_main
-from harness.experiments.config import parse_config
-from harness.experiments.markets import build_market
-from harness.experiments.runner import run_experiment
 from harness.llm.contract import LLMAnswer, validate_answer
-from harness.llm.prompts import default_prompts_dir
-from harness.simulator import CoveredCallSimulator
 from harness.timestamps import to_utc
 from harness.training.dataset import TrainingExample, preference_pair
 from harness.training.export import (
@@ -39,182 +32,7 @@ from harness.training.export import (
     read_examples,
     write_export,
 )
-
-NO_KEY_ENV = "HARNESS_EXPORT_TEST_UNSET_KEY"
-
-
-class ChatServer:
-    """Local /v1/chat/completions: answers by the length of the user message, records every prompt.
-
-    len(user) % 3 == 0: DO_NOTHING; 1: the first offered name; 2: the last offered name.
-    """
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, str, str]] = []  # (model, system, user)
-        self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                msgs = {m["role"]: m["content"] for m in body["messages"]}
-                with server._lock:
-                    server.received.append((body["model"], msgs["system"], msgs["user"]))
-                schema = body["response_format"]["json_schema"]["schema"]
-                names = schema["properties"]["instrument_name"]["anyOf"][0]["enum"]
-                pick = [None, names[0], names[-1]][len(msgs["user"]) % 3]
-                answer = {
-                    "action": "SELL_CALL" if pick else "DO_NOTHING",
-                    "instrument_name": pick,
-                    "rationale": "scripted",
-                }
-                data = json.dumps(
-                    {
-                        "id": "chatcmpl-1",
-                        "object": "chat.completion",
-                        "created": 1_700_000_000,
-                        "model": body["model"],
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": json.dumps(answer)},
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": {
-                            "prompt_tokens": 100,
-                            "completion_tokens": 20,
-                            "total_tokens": 120,
-                        },
-                    }
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 512
-
-        self._httpd = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    def users(self, model: str) -> list[str]:
-        """User messages received for `model`."""
-        return [u for m, _, u in self.received if m == model]
-
-    def close(self) -> None:
-        """Stop serving."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
-def llm_entry(name: str, model: str, url: str, **extra: Any) -> dict[str, Any]:
-    """An LLM policy block for the local server (no key, no retries worth waiting for)."""
-    return {
-        "name": name,
-        "type": "llm",
-        "model": model,
-        "base_url": url,
-        "api_key_env": None,
-        "max_attempts": 1,
-        "timeout_s": 20,
-        "max_concurrency": 8,
-        **extra,
-    }
-
-
-@pytest.fixture(scope="session")
-def chat_server() -> Iterator[ChatServer]:
-    server = ChatServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="session")
-def prompts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private copy of prompts/ so a test can edit a prompt after the run."""
-    d = tmp_path_factory.mktemp("prompts")
-    for f in default_prompts_dir().glob("covered_call_v1.*.j2"):
-        shutil.copy(f, d / f.name)
-    return d
-
-
-@pytest.fixture(scope="session")
-def run_config(
-    chat_server: ChatServer, prompts_dir: Path, tmp_path_factory: pytest.TempPathFactory
-):
-    assert NO_KEY_ENV not in os.environ
-    return parse_config(
-        {
-            "name": "export_test",
-            "market": {"source": "synthetic", "seed": 7},
-            "simulation": {
-                "underlying": "BTC",
-                "start": "2024-02-01",
-                "end": "2024-03-14",
-                "timeframe": "1h",
-                "decision_interval_bars": 6,
-            },
-            "policies": [
-                {"name": "always_sell", "type": "rule", "rule": "always_sell"},
-                {
-                    "name": "iv_rich",
-                    "type": "rule",
-                    "rule": "iv_rich",
-                    "params": {"threshold": 0.05},
-                },
-                {"name": "oracle", "type": "rule", "rule": "oracle"},
-                llm_entry("llm", "fake-plain", chat_server.url, prompts_dir=str(prompts_dir)),
-                llm_entry("llm_anon", "fake-anon", chat_server.url, anonymize=True),
-                {"name": "llm_nokey", "type": "llm", "model": "fake", "api_key_env": NO_KEY_ENV},
-            ],
-            "reward": {"kind": "pnl_vs_hodl", "drawdown_penalty": 20.0},
-            "cache": {"dir": str(tmp_path_factory.mktemp("llm-cache")), "mode": "off"},
-            "baseline": "always_sell",
-        }
-    )
-
-
-@pytest.fixture(scope="session")
-def run_dir(run_config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import harness.reports.report
-
-    # the human report is half the run's time and the exporter never reads it
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(harness.reports.report, "write_report", lambda run_dir: None)
-        summary = run_experiment(run_config, out_dir=tmp_path_factory.mktemp("runs"), quiet=True)
-    assert "llm_nokey" in summary.skipped
-    assert {"always_sell", "iv_rich", "oracle", "llm", "llm_anon"} <= set(summary.policies)
-    return summary.run_dir
-
-
-@pytest.fixture(scope="session")
-def run_sim(run_config) -> CoveredCallSimulator:
-    return CoveredCallSimulator(build_market(run_config.market), run_config.simulation)
-
-
-@pytest.fixture(scope="session")
-def loaded(run_dir: Path, run_sim: CoveredCallSimulator):
-    """load_run per policy, sharing one rebuilt market."""
-    cache: dict[str, RunExamples] = {}
-
-    def get(policy: str) -> RunExamples:
-        if policy not in cache:
-            cache[policy] = load_run(run_dir, policy, simulator=run_sim)
-        return cache[policy]
-
-    return get
+from tests.training.conftest import ChatServer
 
 
 # --------------------------------------------------------------------------- helpers
@@ -248,6 +66,11 @@ def file_counts(path: Path, fmt: str, examples: list[TrainingExample]) -> tuple[
     if fmt in TABULAR_FORMATS:
         back = read_examples(path)
         actions = [e.action for e in back]
+    elif fmt == "verl":
+        answers = [r["extra_info"]["best_answer"] for r in pq.read_table(path).to_pylist()]
+        actions = ["DO_NOTHING" if a == "DO_NOTHING" else "SELL_CALL" for a in answers]
+    elif fmt == "grpo":
+        actions = [r["best_action"] for r in jsonl(path)]
     else:
         rows = jsonl(path)
         if fmt == "openai-chat":
@@ -267,8 +90,12 @@ def file_counts(path: Path, fmt: str, examples: list[TrainingExample]) -> tuple[
 def test_every_format_round_trips_and_the_card_matches(fmt: str, loaded, tmp_path: Path) -> None:
     run = loaded("iv_rich")
     summary = write_export(run, fmt=fmt, out=tmp_path)
-    data = tmp_path / ("data." + {"parquet": "parquet", "csv": "csv"}.get(fmt, "jsonl"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["README.md", data.name])
+    ext = {"parquet": "parquet", "csv": "csv", "verl": "parquet"}.get(fmt, "jsonl")
+    data = tmp_path / f"data.{ext}"
+    shipped = ["reward.py"] if fmt in ("grpo", "verl") else []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["README.md", "export.json", data.name, *shipped]
+    )
     examples = sorted(run.examples, key=lambda e: e.decision_time)
     if fmt in TABULAR_FORMATS:
         assert read_examples(data) == examples  # exact, floats and times included
@@ -276,7 +103,7 @@ def test_every_format_round_trips_and_the_card_matches(fmt: str, loaded, tmp_pat
     assert card_counts(tmp_path / "README.md") == {data.name: rows}
     assert (summary.files[0].rows, *summary.files[0].by_action.values()) == rows
     assert str(summary).count(data.name) == 1
-    if fmt in ("openai-chat", "rft"):
+    if fmt in ("openai-chat", "rft", "grpo", "verl"):
         assert rows[0] == len(with_prompt(examples))
     if fmt in ("preference", "trl-preference"):
         assert rows[0] == sum(preference_pair(e) is not None for e in with_prompt(examples))
@@ -361,7 +188,10 @@ def test_rft_rows_end_with_the_user_turn_and_carry_every_reward(loaded, tmp_path
 
 
 # --------------------------------------------------------------------------- LLM policies
-@pytest.mark.parametrize(("policy", "model"), [("llm", "fake-plain"), ("llm_anon", "fake-anon")])
+@pytest.mark.parametrize(
+    ("policy", "model"),
+    [("llm", "fake-plain"), ("llm_anon", "fake-anon"), ("llm_messy", "fake-messy")],
+)
 def test_user_messages_are_exactly_what_the_policy_sent(
     policy: str, model: str, loaded, run_dir: Path, chat_server: ChatServer, tmp_path: Path
 ) -> None:
@@ -383,6 +213,10 @@ def test_user_messages_are_exactly_what_the_policy_sent(
         names = {a["instrument_name"] for a in answers if a["instrument_name"]}
         assert names and all(re.fullmatch(r"C\d+", n) for n in names)
         assert "BTC-" not in "".join(exported)
+    # the GRPO prompts are the very same messages
+    write_export(run, fmt="grpo", out=tmp_path / "grpo", split="none")
+    grpo = jsonl(tmp_path / "grpo" / "data.jsonl")
+    assert [r["prompt"] for r in grpo] == [r["messages"][:2] for r in rows]
 
 
 def test_a_changed_prompt_is_refused(loaded, run_dir: Path, prompts_dir: Path, run_sim) -> None:
@@ -398,60 +232,116 @@ def test_a_changed_prompt_is_refused(loaded, run_dir: Path, prompts_dir: Path, r
 
 
 # --------------------------------------------------------------------------- splits
-@pytest.mark.parametrize("fmt", ["parquet", "openai-chat"])
-def test_walk_forward_leaves_a_gap_of_the_longest_trade(fmt: str, loaded, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["parquet", "openai-chat", "grpo"])
+def test_walk_forward_splits_are_in_time_order_with_a_purge_gap(
+    fmt: str, loaded, tmp_path: Path
+) -> None:
     run = loaded("iv_rich")
     summary = write_export(run, fmt=fmt, out=tmp_path, split="walk-forward")
     ext = "parquet" if fmt == "parquet" else "jsonl"
+    shipped = {"reward.py"} if fmt == "grpo" else set()
     assert {p.name for p in tmp_path.iterdir()} == {
         "README.md",
+        "export.json",
         f"train.{ext}",
         f"validation.{ext}",
+        f"test.{ext}",
+        *shipped,
     }
     by_time = {to_utc(e.decision_time): e for e in run.examples}
     if fmt == "parquet":
-        train = read_examples(tmp_path / "train.parquet")
-        val = read_examples(tmp_path / "validation.parquet")
+        parts = [read_examples(tmp_path / f"{s}.parquet") for s in ("train", "validation", "test")]
     else:
         pattern = re.compile(r"Decision time: (\S+ \S+) UTC")
 
         def examples_of(path: Path) -> list[TrainingExample]:
-            times = [pattern.search(r["messages"][1]["content"]).group(1) for r in jsonl(path)]
+            key = "prompt" if fmt == "grpo" else "messages"
+            times = [pattern.search(r[key][1]["content"]).group(1) for r in jsonl(path)]
             return [by_time[to_utc(t)] for t in times]
 
-        train, val = (
-            examples_of(tmp_path / "train.jsonl"),
-            examples_of(tmp_path / "validation.jsonl"),
-        )
-    assert train and val
-    start = min(to_utc(e.decision_time) for e in val)
-    last_train = max(to_utc(e.decision_time) for e in train)
+        parts = [examples_of(tmp_path / f"{s}.jsonl") for s in ("train", "validation", "test")]
+    assert all(parts)
     life = max(
         to_utc(c.expiry) - to_utc(e.decision_time) for e in run.examples for c in e.candidates
     )
-    assert start - last_train >= life
-    assert max(to_utc(c.expiry) for e in train for c in e.candidates) < start  # no overlap
+    for earlier, later in itertools.pairwise(parts):
+        start = min(to_utc(e.decision_time) for e in later)
+        assert start - max(to_utc(e.decision_time) for e in earlier) >= life
+        assert max(to_utc(c.expiry) for e in earlier for c in e.candidates) < start  # purged
     assert summary.gap is not None and summary.gap >= summary.longest_trade == life
+    assert summary.test_gap is not None and summary.test_gap >= life
     n_times = len(run.examples)
-    assert sum(to_utc(e.decision_time) >= start for e in run.examples) == pytest.approx(
+    test_start = min(to_utc(e.decision_time) for e in parts[2])
+    assert sum(to_utc(e.decision_time) >= test_start for e in run.examples) == pytest.approx(
         0.2 * n_times, abs=1
     )
     counts = card_counts(tmp_path / "README.md")
-    assert counts[f"train.{ext}"] == file_counts(tmp_path / f"train.{ext}", fmt, train)
-    assert counts[f"validation.{ext}"] == file_counts(tmp_path / f"validation.{ext}", fmt, val)
+    for name, examples in zip(("train", "validation", "test"), parts, strict=True):
+        assert counts[f"{name}.{ext}"] == file_counts(tmp_path / f"{name}.{ext}", fmt, examples)
 
 
 def test_validation_fraction_is_configurable(loaded, tmp_path: Path) -> None:
     run = loaded("iv_rich")
-    small = write_export(run, fmt="jsonl", out=tmp_path / "a", split="walk-forward")
+    small = write_export(
+        run, fmt="jsonl", out=tmp_path / "a", split="walk-forward", test_fraction=0.0
+    )
     big = write_export(
-        run, fmt="jsonl", out=tmp_path / "b", split="walk-forward", validation_fraction=0.4
+        run,
+        fmt="jsonl",
+        out=tmp_path / "b",
+        split="walk-forward",
+        validation_fraction=0.4,
+        test_fraction=0.0,
     )
     assert big.files[1].rows > small.files[1].rows and big.files[0].rows < small.files[0].rows
     with pytest.raises(ExportError, match="no training decisions"):
         write_export(
-            run, fmt="jsonl", out=tmp_path / "c", split="walk-forward", validation_fraction=0.9
+            run,
+            fmt="jsonl",
+            out=tmp_path / "c",
+            split="walk-forward",
+            validation_fraction=0.8,
+            test_fraction=0.0,
         )
+    for bad in (1.5, -1, 0, 1.0):
+        with pytest.raises(ExportError, match="validation_fraction must be"):
+            write_export(run, fmt="jsonl", out=tmp_path / "d", validation_fraction=bad)
+    for bad in (1.5, -0.1, 1.0):
+        with pytest.raises(ExportError, match="test_fraction must be"):
+            write_export(run, fmt="jsonl", out=tmp_path / "d", test_fraction=bad)
+    with pytest.raises(ExportError, match="must be below 1"):
+        write_export(
+            run, fmt="jsonl", out=tmp_path / "d", validation_fraction=0.6, test_fraction=0.4
+        )
+    assert not (tmp_path / "d").exists()  # refused before anything is written
+
+
+def test_cli_rejects_bad_fractions_with_a_clear_message(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for flag, value in (
+        ("--validation-fraction", "1.5"),
+        ("--validation-fraction", "-1"),
+        ("--validation-fraction", "0"),
+        ("--test-fraction", "1.5"),
+    ):
+        code = cli_main(
+            [
+                "export",
+                str(run_dir),
+                "--format",
+                "jsonl",
+                "--out",
+                str(tmp_path / "x"),
+                "--split",
+                "walk-forward",
+                flag,
+                value,
+            ]
+        )
+        assert code == 2
+        assert "fraction must be" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 # --------------------------------------------------------------------------- CLI and errors
@@ -494,7 +384,7 @@ def test_bad_arguments_and_folders_fail_clearly(run_dir: Path, loaded, tmp_path:
     again = tmp_path / "again"
     write_export(loaded("iv_rich"), fmt="csv", out=again)
     write_export(loaded("iv_rich"), fmt="jsonl", out=again)
-    assert sorted(p.name for p in again.iterdir()) == ["README.md", "data.jsonl"]
+    assert sorted(p.name for p in again.iterdir()) == ["README.md", "data.jsonl", "export.json"]
     with pytest.raises(ExportError, match="no such run folder"):
         load_run(tmp_path / "missing")
 
@@ -518,8 +408,8 @@ def test_the_exporter_checks_its_own_output(loaded, tmp_path, monkeypatch) -> No
     run = loaded("iv_rich")
     right_answer = export._chat_row
 
-    def wrong_answer(e: TrainingExample) -> dict[str, Any]:
-        row = right_answer(e)
+    def wrong_answer(e: TrainingExample, opts: Any) -> dict[str, Any]:
+        row = right_answer(e, opts)
         row["messages"][-1]["content"] = json.dumps(
             {"action": "SELL_CALL", "instrument_name": "BTC-1JAN99-1-C", "rationale": ""}
         )
