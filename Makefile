@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench mutation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,22 @@ format: $(STAMP)
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
+# Mutation testing (not CI: slow). Modules and tests are in pyproject's [tool.mutmut];
+# MUTANTS narrows the run, e.g. make mutation MUTANTS='harness.stats* harness.engine*'.
+# Prints the kill rate per module; docs/testing.md records the last figures.
+MUTANTS ?=
+mutation: $(STAMP)
+	$(BIN)/mutmut run $(MUTANTS) || true
+	@$(BIN)/mutmut results --all true | awk -F': ' ' \
+	  { n = $$1; sub(/^ +/, "", n); sub(/__mutmut_[0-9]+$$/, "", n); sub(/\.[^.]*$$/, "", n); \
+	    st = $$NF; c[n SUBSEP st]++; seen[n] = 1; tot[st]++ } \
+	  END { for (m in seen) { k = c[m SUBSEP "killed"] + c[m SUBSEP "timeout"]; \
+	          a = k + c[m SUBSEP "survived"] + c[m SUBSEP "no tests"] + c[m SUBSEP "suspicious"]; \
+	          if (a) printf "%-26s killed %4d of %4d  %5.1f%%\n", m, k, a, 100 * k / a } \
+	        K = tot["killed"] + tot["timeout"]; \
+	        A = K + tot["survived"] + tot["no tests"] + tot["suspicious"]; \
+	        if (A) printf "kill rate: %d of %d checked mutants = %.1f%% (not checked: %d)\n", \
+	          K, A, 100 * K / A, tot["not checked"] }'
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info mutants

@@ -56,12 +56,44 @@ def sketch_single_call(
     return premium - fee - payoff - dfee
 
 
+def eth_hourly_memory() -> None:
+    """Peak memory and times of ETH 2023-2024 with a decision every hour (issue #15 goal: < 1 GB)."""
+    cfg = CallSimulationConfig(
+        underlying="ETH",
+        start="2023-01-01",
+        end="2024-12-31",
+        timeframe="1h",
+        decision_interval_bars=1,
+    )
+    t0 = time.perf_counter()
+    sim = CoveredCallSimulator(SyntheticMarket(seed=7), cfg)
+    load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = sim.simulate_policy(always_sell())
+    t_policy = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"ETH 2023-2024, hourly decisions: {len(sim.decision_times())} decisions, "
+        f"{len(sim.store)} chain rows stored, {len(res.trades)} trades of always_sell"
+    )
+    print(f"load: {load:.1f} s; simulate_policy(always_sell): {t_policy:.2f} s")
+    print(f"peak memory (max RSS of the process): {peak_mb:.0f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
         "--sample-every", type=int, default=10, help="run the sketch on every Nth decision"
     )
+    ap.add_argument(
+        "--eth-hourly",
+        action="store_true",
+        help="only the memory case: ETH 2023-2024, a decision every hour (run it on its own)",
+    )
     args = ap.parse_args()
+    if args.eth_hourly:
+        eth_hourly_memory()
+        return
     cfg = CallSimulationConfig(
         underlying="BTC",
         start="2024-01-01",

@@ -332,6 +332,7 @@ def _compare_json(cmp: Any, paths: Sequence[Path]) -> dict[str, Any]:
 def _cmd_chain(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from harness.coins import listing_note
     from harness.experiments.config import MarketConfig
     from harness.experiments.markets import build_market
     from harness.timestamps import to_utc
@@ -346,11 +347,13 @@ def _cmd_chain(args: argparse.Namespace) -> int:
     spot = chain[0].underlying_price
     expiries = sorted({c.expiry for c in chain})[: args.expiries]
     lo, hi = spot * (1 - args.width / 100), spot * (1 + args.width / 100)
+    note = listing_note(args.underlying)
     if args.json:
         shown = [c for c in chain if c.expiry in set(expiries) and lo <= c.strike <= hi]
         _print_json(
             {
                 "underlying": args.underlying.upper(),
+                "note": note,
                 "as_of": as_of.isoformat(),
                 "spot": spot,
                 "options": [
@@ -371,8 +374,14 @@ def _cmd_chain(args: argparse.Namespace) -> int:
         )
         return 0
     out.print(
-        f"{args.underlying.upper()} at {as_of.isoformat()}  spot {spot:,.2f} USD  ({len(chain)} options listed)"
+        f"{args.underlying.upper()} at {as_of.isoformat()}  spot {spot:,.{6 if spot < 1 else 2}f} USD  ({len(chain)} options listed)"
     )
+    if note:
+        out.print(f"[yellow]{note}[/]")
+    # Sub-dollar coins (XRP, DOGE) need more decimals than BTC to show a price at all.
+    price_decimals = 2 if spot >= 10 else 4 if spot >= 0.5 else 6
+    price_spec = f",.{price_decimals}f"
+    strike_decimals = max(4, price_decimals)
     for exp in expiries:
         rows = [c for c in chain if c.expiry == exp and lo <= c.strike <= hi]
         calls = {c.strike: c for c in rows if c.kind == "call"}
@@ -392,7 +401,7 @@ def _cmd_chain(args: argparse.Namespace) -> int:
         ):
             t.add_column(col, justify="right")
 
-        def fmt(x: float | None, spec: str = ",.2f") -> str:
+        def fmt(x: float | None, spec: str = price_spec) -> str:
             return "-" if x is None else format(x, spec)
 
         for k in sorted(calls.keys() | puts.keys()):
@@ -403,12 +412,67 @@ def _cmd_chain(args: argparse.Namespace) -> int:
                 fmt(c and c.mark_price),
                 fmt(c.mark_iv * 100 if c else None, ".1f"),
                 fmt(c and c.delta, ".3f"),
-                f"[bold]{k:,.0f}[/]" if k == int(k) else f"[bold]{k:,.4f}[/]",
+                f"[bold]{k:,.0f}[/]"
+                if k == int(k)
+                else "[bold]" + f"{k:,.{strike_decimals}f}".rstrip("0") + "[/]",
                 fmt(p and p.delta, ".3f"),
                 fmt(p and p.bid_price),
                 fmt(p and p.ask_price),
             )
         out.print(t)
+    return 0
+
+
+# ---------------------------------------------------------------------- what-if
+def _cmd_what_if(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.experiments.config import MarketConfig
+    from harness.experiments.what_if import what_if
+
+    market = MarketConfig(source=args.source, seed=args.seed, path=args.path, world=args.world)
+    try:
+        w = what_if(
+            args.underlying,
+            args.as_of,
+            instrument=args.instrument,
+            delta=args.delta,
+            dte=args.dte,
+            size=args.size,
+            market=market,
+            timeframe=args.timeframe,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(w.to_dict(), indent=2))
+        return 0
+    out.print(
+        f"{w.underlying} at {w.as_of.isoformat()}: sell {w.size:g} x [bold]{w.instrument_name}[/] "
+        f"(strike {w.strike:,.0f}, {w.dte_days:.2f} days, delta {w.delta:.3f}, IV {w.mark_iv:.1%}), "
+        f"spot {w.spot_at_sale:,.2f}"
+    )
+    out.print(
+        f"premium {w.premium_usd:,.2f} USD; fees {w.open_fee_usd:,.2f} at sale + "
+        f"{w.delivery_fee_usd:,.2f} delivery; settlement {w.settlement_price:,.2f}; "
+        f"payoff {w.payoff_usd:,.2f}"
+    )
+    out.print(
+        f"pnl vs HODL: [bold]{w.pnl_vs_hodl_usd:,.2f} USD[/] ({w.pnl_vs_hodl_coin:+.6f} coin); "
+        f"max drawdown during the trade {w.max_drawdown_pct:.2f}%"
+    )
+    t = Table(title="path")
+    for col in ("time", "spot", "call mark", "pnl vs HODL", "covered value"):
+        t.add_column(col, justify="right")
+    for ts, row in w.path.iterrows():
+        t.add_row(
+            f"{ts:%Y-%m-%d %H:%M}",
+            f"{row['spot']:,.2f}",
+            f"{row['call_mark']:,.2f}",
+            f"{row['pnl_vs_hodl']:,.2f}",
+            f"{row['covered_value']:,.2f}",
+        )
+    out.print(t)
     return 0
 
 
@@ -771,6 +835,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ch.add_argument("--json", action="store_true", help="print the options shown as JSON")
     ch.set_defaults(func=_cmd_chain)
+
+    w = sub.add_parser(
+        "what-if",
+        help="what if I sold this call here? one call held to expiry",
+        description="Sell one call at an instant, hold it to expiry and print the outcome.",
+    )
+    w.add_argument("--underlying", default="BTC", help="coin, e.g. BTC or ETH")
+    w.add_argument("--as-of", required=True, help="sale instant, e.g. 2024-03-01T08:00Z (UTC)")
+    w.add_argument("--instrument", help="the call to sell, e.g. BTC-8MAR24-62000-C")
+    w.add_argument("--delta", type=float, default=0.25, help="else: the call nearest this delta")
+    w.add_argument("--dte", type=float, default=7.0, help="... and this many days to expiry")
+    w.add_argument("--size", type=float, default=1.0, help="coins covered")
+    w.add_argument(
+        "--source", default="synthetic", choices=["synthetic", "parquet"], help="market data"
+    )
+    w.add_argument("--path", help="store folder for --source parquet")
+    w.add_argument("--seed", type=int, default=7, help="synthetic market seed")
+    w.add_argument("--world", default="realistic", help="synthetic world")
+    w.add_argument("--timeframe", default="1h", help="bar length for marks and the path")
+    w.add_argument("--json", action="store_true", help="print JSON for scripts")
+    w.set_defaults(func=_cmd_what_if)
 
     k = sub.add_parser("cache", help="inspect or clear the LLM response cache")
     k.add_argument("--dir", default=".cache/llm", help="cache folder (default: .cache/llm)")

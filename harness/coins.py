@@ -228,3 +228,14 @@ def is_listed_style(symbol: str, instrument_prefix: str) -> bool:
     but are a different product, so a BTC run leaves them out (and counts them).
     """
     return coin(symbol).instrument_prefix == instrument_prefix.upper()
+
+
+def listing_note(symbol: str) -> str | None:
+    """A caveat to print next to a coin's chain: None for listed coins, a warning for hypothetical."""
+    c = coin(symbol)
+    if c.synthetic.hypothetical:
+        return (
+            f"HYPOTHETICAL: Deribit lists no {c.symbol} options; this chain exists only in the "
+            "synthetic market (modelled like the linear USDC altcoins)"
+        )
+    return None

@@ -31,12 +31,14 @@ from harness.engine.outcomes import (
 from harness.state import DecisionState, PositionState
 from harness.timestamps import TimestampLike, as_ns, to_utc
 from harness.types import (
+    TIMEFRAMES,
     CallCandidate,
     CallSimulationConfig,
     DecisionRecord,
     OptionSnapshot,
     SimulatedTrade,
     SimulationResult,
+    timeframe_delta,
 )
 
 log = logging.getLogger(__name__)
@@ -53,14 +55,20 @@ class InvalidChoiceError(ValueError):
 
 @dataclass(frozen=True)
 class GateCounts:
-    """How many calls in the DTE and delta band each liquidity gate removed (all decisions)."""
+    """How many calls in the DTE and delta band each gate removed (all decisions).
+
+    Each removed call counts once, under the first gate it fails in the order
+    expires_after_end, no_bid, bid_below_min, crossed, spread_too_wide, unfillable, so
+    `in_band` = the removed counts + `offered`.
+    """
 
     in_band: int
+    expires_after_end: int
     no_bid: int
     bid_below_min: int
     crossed: int
     spread_too_wide: int
-    expires_after_end: int
+    unfillable: int
     offered: int
 
 
@@ -90,6 +98,7 @@ class CoveredCallSimulator:
         self.size = config.call_size  # whole lots of contract_size coins
         self.last_no_trade_reason: str | None = None
         self._paths: dict[str, tuple[int, np.ndarray]] = {}
+        self._seeds: dict[str, dict[int, float]] = {}  # name -> {bar: chain mark at a sale}
         self._settlements: dict[int, float] = {}
         self._labels: pd.DataFrame | None = None
         self._outcome_cache: dict[str, np.ndarray] | None = None
@@ -135,26 +144,64 @@ class CoveredCallSimulator:
             max_dte=max_dte,
             progress=progress,
         )
-        self._features = spot_features(self.bar_ns, self.close, self.bar, self.dec_ns)
+        self._spot_freshness()
+        self._features = spot_features(
+            self.bar_ns, self.close, self.bar, self.dec_ns, self._chain_spot
+        )
         self._features["atm_iv"] = self._atm_iv()
         self._build_candidates()
 
+    def _spot_freshness(self) -> None:
+        """Per decision: is the last spot bar older than the decision, and the chain's spot if fresher.
+
+        After a gap in the spot bars the last close can be hours old while the chain quoted
+        at the decision carries the underlying price of that instant (its nearest expiry's).
+        """
+        n = len(self.dec_ns)
+        j = self._bar_at_or_before(self.dec_ns)
+        bar_time = np.where(j >= 0, self.bar_ns[np.maximum(j, 0)], np.iinfo(np.int64).min)
+        self.spot_stale = bar_time < self.dec_ns
+        self._chain_spot = np.full(n, np.nan)
+        self._spot_as_of = bar_time.copy()
+        st = self.store
+        for i in np.nonzero(self.spot_stale)[0]:
+            sl = st.rows_at(int(i))
+            if sl.stop <= sl.start:
+                continue
+            as_of = st.as_of_ns[sl]
+            live = st.expiry_ns[sl] > self.dec_ns[i]
+            if not live.any():
+                continue
+            # the freshest quote, and among those the nearest expiry (closest to the index)
+            k = np.lexsort((st.expiry_ns[sl], -as_of, ~live))[0]
+            if as_of[k] > bar_time[i]:
+                self._chain_spot[i] = st.columns["underlying_price"][sl.start + k]
+                self._spot_as_of[i] = as_of[k]
+
     def _atm_iv(self) -> np.ndarray:
-        """Mark IV of the call nearest the money in the expiry nearest target_dte, per decision."""
+        """Mark IV of the call nearest the money in the expiry nearest target_dte, per decision.
+
+        Two grouped minimum passes over the rows with a usable IV (rows are stored by
+        decision, then expiry and strike, so ties go to the earlier expiry, lower strike).
+        """
         st = self.store
         out = np.full(len(self.dec_ns), np.nan)
         if len(st) == 0:
             return out
-        dec = np.repeat(np.arange(len(st.times)), st.row_stop - st.row_start)
-        dte_gap = np.abs(st.dte_days() - self.config.target_dte)
-        money_gap = np.abs(st.columns["strike"] / st.columns["underlying_price"] - 1.0)
+        dte = st.dte_days()
         iv = st.columns["mark_iv"]
-        ok = np.isfinite(iv) & (st.dte_days() > 0)
-        order = np.lexsort((money_gap, dte_gap, ~ok, dec))
-        first = np.r_[True, dec[order][1:] != dec[order][:-1]]
-        best = order[first]
-        good = ok[best]
-        out[dec[best][good]] = iv[best][good]
+        rows = np.nonzero(np.isfinite(iv) & (dte > 0))[0]
+        if len(rows) == 0:
+            return out
+        dec = np.searchsorted(st.row_start, rows, side="right") - 1
+        dte_gap = np.abs(dte[rows] - self.config.target_dte)
+        money_gap = np.abs(st.columns["strike"][rows] / st.columns["underlying_price"][rows] - 1.0)
+        keep = _group_min(dec, dte_gap)
+        rows, dec, money_gap = rows[keep], dec[keep], money_gap[keep]
+        keep = _group_min(dec, money_gap)
+        rows, dec = rows[keep], dec[keep]
+        first = np.r_[True, dec[1:] != dec[:-1]]
+        out[dec[first]] = iv[rows[first]]
         return out
 
     def _build_candidates(self) -> None:
@@ -179,16 +226,22 @@ class CoveredCallSimulator:
         wide = np.isfinite(spread_pct) & (spread_pct > c.max_spread_pct)
         premium = sale_price(bid, ask, mark, c.fill, c.slippage_bps)
         fillable = np.isfinite(premium) & (premium > 0)
-        ok = in_band & ~after_end & ~no_bid & ~below_min & ~crossed & ~wide & fillable
-        self.gate_counts = GateCounts(
-            in_band=int(in_band.sum()),
-            no_bid=int((in_band & no_bid).sum()),
-            bid_below_min=int((in_band & below_min).sum()),
-            crossed=int((in_band & crossed).sum()),
-            spread_too_wide=int((in_band & wide).sum()),
-            expires_after_end=int((in_band & after_end).sum()),
-            offered=int(ok.sum()),
-        )
+        # each removed call is counted once, by the first gate it fails, in this order
+        remaining = in_band.copy()
+        removed: dict[str, int] = {}
+        for gate, fails in (
+            ("expires_after_end", after_end),
+            ("no_bid", no_bid),
+            ("bid_below_min", below_min),
+            ("crossed", crossed),
+            ("spread_too_wide", wide),
+            ("unfillable", ~fillable),
+        ):
+            hit = remaining & fails
+            removed[gate] = int(hit.sum())
+            remaining &= ~hit
+        ok = remaining
+        self.gate_counts = GateCounts(in_band=int(in_band.sum()), **removed, offered=int(ok.sum()))
         rows = np.nonzero(ok)[0]  # store order: decision, expiry, strike
         self.cand_row = rows
         self.cand_dec = dec_of_row[rows]
@@ -323,6 +376,10 @@ class CoveredCallSimulator:
             realized_vol_30d=val("realized_vol_30d"),
             atm_iv=iv,
             iv_rv_spread=None if iv is None or rv is None else iv - rv,
+            spot_as_of=None
+            if self._spot_as_of[i] == np.iinfo(np.int64).min
+            else pd.Timestamp(int(self._spot_as_of[i]), tz="UTC").to_pydatetime(),
+            spot_stale=bool(self.spot_stale[i]),
             coins_held=self.config.initial_spot_position,
             cash_usd=cash,
             position=position,
@@ -337,11 +394,13 @@ class CoveredCallSimulator:
         return np.searchsorted(self.bar_ns, t_ns, side="right") - 1
 
     def settlement_price(self, expiry: pd.Timestamp) -> float:
-        """Price (USD) a call of `expiry` settles at: the source's delivery price, else a TWAP.
+        """Price (USD) a call of `expiry` settles at: the delivery price, a TWAP, or a close at expiry.
 
         Sources that know the exchange delivery price (SettlementSource) give it; otherwise
         the average of 1-minute closes over the 30 minutes before expiry when the source has
-        them, else the close of the bar at expiry.
+        them; otherwise the close of the finest bar the source has labeled exactly at the
+        expiry instant. A coarser bar (a 1d bar closes at 00:00, 8 hours before an 08:00
+        expiry) is never used: without a bar at the expiry instant this raises ValueError.
         """
         key = int(expiry.value)
         if key in self._settlements:
@@ -350,21 +409,41 @@ class CoveredCallSimulator:
         if isinstance(self.source, SettlementSource):
             price = self.source.settlement_price(self.underlying, expiry)
         if price is None:
-            try:
-                fine = self.source.get_spot_ohlc(
-                    self.underlying, expiry - pd.Timedelta(minutes=29), expiry, "1m"
-                )
-            except (ValueError, NotImplementedError):
-                fine = None
+            fine = self._source_bars(expiry - pd.Timedelta(minutes=29), expiry, "1m")
             if fine is not None and len(fine) == 30:
                 price = float(fine["close"].mean())
         if price is None:
-            j = self._bar_at_or_before(np.array([key]))[0]
-            if j < 0 or self.bar_ns[j] < key - self.bar.value:
-                raise ValueError(f"no spot bar at expiry {expiry.isoformat()} to settle against")
-            price = float(self.close[j])
+            price = self._close_at(expiry)
         self._settlements[key] = price
         return price
+
+    def _source_bars(self, start: pd.Timestamp, end: pd.Timestamp, tf: str) -> pd.DataFrame | None:
+        try:
+            return self.source.get_spot_ohlc(self.underlying, start, end, tf)  # type: ignore[arg-type]
+        except (ValueError, NotImplementedError, KeyError):
+            return None
+
+    def _close_at(self, expiry: pd.Timestamp) -> float:
+        """Close of the finest bar labeled exactly at `expiry` (own bars first), else ValueError."""
+        key = int(expiry.value)
+        j = int(np.searchsorted(self.bar_ns, key))
+        if j < len(self.bar_ns) and self.bar_ns[j] == key:
+            return float(self.close[j])
+        tried = []
+        for tf in TIMEFRAMES:
+            step = timeframe_delta(tf)
+            if step >= self.bar or expiry != expiry.floor(step):
+                continue
+            tried.append(tf)
+            bars = self._source_bars(expiry, expiry, tf)
+            if bars is not None and len(bars) and bars.index[-1] == expiry:
+                return float(bars["close"].iloc[-1])
+        raise ValueError(
+            f"cannot settle {self.underlying} calls expiring {expiry.isoformat()}: the source has "
+            f"no delivery price, no 1-minute bars for the 30 minutes before expiry and no bar "
+            f"labeled at the expiry instant (tried {', '.join(tried) or 'none'} and the "
+            f"{self.config.timeframe} bars of the replay); add finer spot bars to the data"
+        )
 
     def _ensure_paths(self, names: np.ndarray, first_bar: np.ndarray, last_bar: np.ndarray) -> None:
         """Load mark paths (USD per coin, on the bar grid) for instruments over bar ranges."""
@@ -374,6 +453,8 @@ class CoveredCallSimulator:
             if have is not None and have[0] <= a and have[0] + len(have[1]) - 1 >= b:
                 continue
             lo, hi = need.get(n, (a, b))
+            if have is not None:  # reload over the union so a wider path never shrinks
+                lo, hi = min(lo, have[0]), max(hi, have[0] + len(have[1]) - 1)
             need[n] = (min(lo, a), max(hi, b))
         if not need:
             return
@@ -387,7 +468,7 @@ class CoveredCallSimulator:
                 times = pd.to_datetime(self.bar_ns[a : b + 1], utc=True)
                 marks = self.source.option_marks(group, times)
                 for n, row in zip(group, marks, strict=True):
-                    self._paths[n] = (a, _ffill(row))
+                    self._store_path(n, a, row)
         else:
             for n, (a, b) in need.items():
                 ohlc = self.source.get_option_ohlc(
@@ -398,7 +479,35 @@ class CoveredCallSimulator:
                 )
                 grid = pd.to_datetime(self.bar_ns[a : b + 1], utc=True)
                 closes = ohlc["close"].reindex(grid).to_numpy(dtype=float)
-                self._paths[n] = (a, _ffill(closes))
+                self._store_path(n, a, closes)
+
+    def _seed_paths(self, names: np.ndarray, open_bar: np.ndarray, marks: np.ndarray) -> None:
+        """Give each path the chain's own mark at its sale bar when the source's path has none.
+
+        A protocol-only source's option bars can start after the decision instant although
+        the chain quotes a mark at it; a leading gap cannot be carried forward, so the sale
+        bar is seeded with the mark the seller saw, then carried forward as usual. Seeds are
+        kept so a path loaded again over a wider range gets them too.
+        """
+        for n, a, m in zip(names, open_bar, marks, strict=True):
+            if not np.isfinite(m):
+                continue
+            self._seeds.setdefault(str(n), {})[int(a)] = float(m)
+            start, path = self._paths[n]
+            j = int(a) - start
+            if 0 <= j < len(path) and np.isnan(path[j]):
+                path = path.copy()
+                path[j] = float(m)
+                self._paths[n] = (start, _ffill(path))
+
+    def _store_path(self, name: str, start: int, raw: np.ndarray) -> None:
+        """Keep a freshly loaded mark path: seeds fill its gaps, then marks carry forward."""
+        raw = np.array(raw, dtype=float)
+        for bar, mark in self._seeds.get(name, {}).items():
+            j = bar - start
+            if 0 <= j < len(raw) and np.isnan(raw[j]):
+                raw[j] = mark
+        self._paths[name] = (start, _ffill(raw))
 
     def _settlement_flows(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Settlement price, payoff and delivery fee per coin (USD) of candidate rows `ks`."""
@@ -434,6 +543,7 @@ class CoveredCallSimulator:
         last_bar = np.searchsorted(self.bar_ns, expiry, side="left") - 1
         last_bar = np.maximum(last_bar, open_bar)
         self._ensure_paths(names, open_bar, last_bar)
+        self._seed_paths(names, open_bar, col["mark_price"][rows])
         dd = self._drawdowns(names, open_bar, last_bar, premium - open_fee, settle - payoff - dfee)
         return {
             "strike": strike,
@@ -625,6 +735,55 @@ class CoveredCallSimulator:
         o = self._outcomes(np.array([k]))
         return self._trade(k, o, 0, size)
 
+    def simulate_call(
+        self, decision_time: TimestampLike, instrument_name: str, size: float
+    ) -> SimulatedTrade:
+        """Sell `size` coins of the offered call `instrument_name` at t and hold it to expiry.
+
+        Raises KeyError naming the offered calls when it is not a candidate at t.
+        """
+        i = self._decision_index(decision_time)
+        names = self.store.names[self.cand_row[self.cand_start[i] : self.cand_stop[i]]]
+        hits = np.nonzero(names == instrument_name)[0]
+        if len(hits) == 0:
+            offered = ", ".join(str(n) for n in names) or "none"
+            raise KeyError(
+                f"{instrument_name} is not offered at {to_utc(decision_time).isoformat()} "
+                f"(outside the DTE/delta bands or removed by a liquidity gate); offered: {offered}"
+            )
+        k = int(self.cand_start[i] + hits[0])
+        return self._trade(k, self._outcomes(np.array([k])), 0, size)
+
+    def trade_path(self, trade: SimulatedTrade) -> pd.DataFrame:
+        """Per bar from the sale to expiry: spot, call mark and the trade's pnl vs HODL (USD).
+
+        `pnl_vs_hodl` is premium - open fee - size x mark while open; the last row (expiry) is
+        the settled figure. `covered_value` is size x spot plus that.
+        """
+        a = int(np.searchsorted(self.bar_ns, trade.open_time.value, side="left"))
+        b = int(np.searchsorted(self.bar_ns, trade.close_time.value, side="left"))
+        b = min(b, len(self.bar_ns))
+        start, path = self._paths[trade.instrument_name]
+        marks = path[a - start : b - start]
+        cash = trade.premium_usd - trade.open_fee_usd
+        spot = self.close[a:b]
+        times = pd.to_datetime(self.bar_ns[a:b], utc=True)
+        final_spot = (
+            trade.settlement_price
+            if trade.settlement_price is not None
+            else trade.close_underlying_price
+        )
+        frame = pd.DataFrame(
+            {
+                "spot": np.r_[spot, final_spot],
+                "call_mark": np.r_[marks, trade.payoff_usd / trade.size],
+                "pnl_vs_hodl": np.r_[cash - trade.size * marks, trade.pnl_vs_hodl],
+            },
+            index=pd.DatetimeIndex(times.append(pd.DatetimeIndex([trade.close_time])), name="time"),
+        )
+        frame["covered_value"] = trade.size * frame["spot"] + frame["pnl_vs_hodl"]
+        return frame
+
     def _match(self, i: int, choice: OptionSnapshot, offered: Sequence[CallCandidate]) -> int:
         for j, cand in enumerate(offered):
             if choice is cand or (
@@ -668,6 +827,7 @@ class CoveredCallSimulator:
                     DecisionRecord(
                         decision_time=pd.Timestamp(t, tz="UTC"),
                         candidate_names=offered_names,
+                        spot_stale=bool(self.spot_stale[i]),
                         chosen=None,
                         asked=False,
                         note="call open",
@@ -683,6 +843,7 @@ class CoveredCallSimulator:
                     DecisionRecord(
                         decision_time=pd.Timestamp(t, tz="UTC"),
                         candidate_names=offered_names,
+                        spot_stale=bool(self.spot_stale[i]),
                         chosen=None,
                         asked=True,
                         note="holding"
@@ -710,6 +871,7 @@ class CoveredCallSimulator:
                     candidate_names=offered_names,
                     chosen=str(choice.instrument_name),
                     asked=True,
+                    spot_stale=bool(self.spot_stale[i]),
                 )
             )
         trades = self._trades(opened, closes, size)
@@ -851,9 +1013,13 @@ class CoveredCallSimulator:
             a = int(np.searchsorted(self.bar_ns, tr.open_time.value, side="left")) - j0
             # settled (or bought back) at the first bar labeled at or after the close instant
             b = int(np.searchsorted(self.bar_ns, tr.close_time.value, side="left")) - j0
-            b = min(b, n - 1)
             cash[a:] += tr.premium_usd - tr.open_fee_usd
-            cash[b:] -= tr.payoff_usd + tr.close_fee_usd
+            if b < n:
+                cash[b:] -= tr.payoff_usd + tr.close_fee_usd
+            else:
+                # closes after the last bar of the window (a 1d bar at 00:00 before an 08:00
+                # expiry): still open at the end, so it keeps being marked, not settled early
+                b = n
             if b > a:
                 start, path = self._paths[tr.instrument_name]
                 marks = path[a + j0 - start : b + j0 - start]
@@ -872,6 +1038,13 @@ class CoveredCallSimulator:
             decisions=decisions,
             policy_name=name,
         )
+
+
+def _group_min(group: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Mask of the entries equal to the minimum of their group (`group` sorted ascending)."""
+    starts = np.r_[0, np.nonzero(np.diff(group))[0] + 1]
+    ids = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(group)]))
+    return value == np.minimum.reduceat(value, starts)[ids]
 
 
 def _ffill(values: np.ndarray) -> np.ndarray:

@@ -29,7 +29,9 @@ class DecisionState(BaseModel):
 
     Returns are simple returns as fractions (0.02 = +2%); vols are annualized fractions;
     `iv_rv_spread` = `atm_iv` - `realized_vol_7d`. A feature is None when there is not
-    enough history before `time` to compute it.
+    enough history before `time` to compute it. `spot_stale` is True when the last spot bar
+    is older than `time` (a gap in the data): `spot` is then the chain's underlying price
+    when the chain quoted at `time` is fresher, and `spot_as_of` says when `spot` was seen.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -43,6 +45,8 @@ class DecisionState(BaseModel):
     realized_vol_30d: float | None
     atm_iv: float | None  # ATM implied vol of the expiry nearest target_dte
     iv_rv_spread: float | None
+    spot_as_of: datetime | None = None  # when `spot` was observed (the bar's or chain's time)
+    spot_stale: bool = False  # the last spot bar is older than `time`
     coins_held: float
     cash_usd: float  # premiums collected minus fees and settlements so far
     position: PositionState | None = None

@@ -287,6 +287,7 @@ class DecisionRecord:
     chosen: str | None  # instrument sold, or None
     asked: bool  # whether the policy was asked (False when a call was already open)
     note: str = ""
+    spot_stale: bool = False  # the last spot bar was older than the decision (a data gap)
 
 
 @dataclass(frozen=True, kw_only=True)

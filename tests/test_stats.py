@@ -48,6 +48,31 @@ def test_paired_counts_and_agreement() -> None:
         paired_comparison("p", "b", a[:2], b, [], [], block_length=1)
 
 
+def test_batch_means_interval_covers_and_widens_with_few_batches() -> None:
+    from harness.stats import batch_means_ci
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 1.0, 600)
+    lo, hi = batch_means_ci(x, batch_length=20)
+    assert lo < x.mean() < hi and lo < 1.0 < hi
+    lo3, hi3 = batch_means_ci(x, batch_length=200)  # 3 batches: t with 2 df
+    assert hi3 - lo3 > hi - lo
+    assert batch_means_ci([2.0, 2.0, 2.0], batch_length=1) == (2.0, 2.0)
+
+
+def test_paired_comparison_defaults_to_batch_means_and_keeps_the_bootstrap() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 400), rng.normal(0, 1, 400)
+    names = [None] * 400
+    bm = paired_comparison("p", "b", a, b, names, names, block_length=10)
+    bb = paired_comparison(
+        "p", "b", a, b, names, names, block_length=10, ci_method="block_bootstrap"
+    )
+    assert bm.ci_method == "batch_means" and bb.ci_method == "block_bootstrap"
+    assert (bm.ci_low, bm.ci_high) != (bb.ci_low, bb.ci_high)
+    assert bm.ci_low < bm.mean_diff < bm.ci_high
+
+
 def test_holm_adjustment_matches_hand_computation() -> None:
     from harness.stats import holm_adjust
 

@@ -13,13 +13,15 @@ Black-76. See docs/synthetic_market.md for the model and every parameter.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from harness.coins import coin, coin_of_instrument_underlying
 from harness.data.source import (
     empty_chain_frame,
     empty_ohlc,
@@ -27,98 +29,23 @@ from harness.data.source import (
     inclusive_range,
     normalize_chain_frame,
 )
+from harness.data.worlds import ANCHOR_PULL, Anchor, CoinParams, SurfaceParams, get_world
 from harness.instruments import format_expiry_code, format_strike, parse_instrument_name
 from harness.pricing import black76_greeks, black76_price
 from harness.timestamps import TimestampLike, as_ns, to_utc
 from harness.types import OptionSnapshot, Timeframe, timeframe_delta
 
-EPOCH = pd.Timestamp("2019-01-01", tz="UTC")
-LAST_YEAR = 2030  # the market covers EPOCH .. end of LAST_YEAR
+EPOCH = pd.Timestamp("2019-01-01", tz="UTC")  # the documented span starts here
+LAST_YEAR = 2030  # ... and ends with this year: replays may use EPOCH .. end of LAST_YEAR
+# The simulated path runs one year further on each side, so lookbacks before a 2019 start
+# and listings (and settlements) past a 2030 end exist.
+PATH_START = pd.Timestamp("2018-01-01", tz="UTC")
+PATH_LAST_YEAR = LAST_YEAR + 1
 MINUTE = pd.Timedelta(minutes=1)
 _MINUTES_PER_YEAR = 365.0 * 24 * 60
 _NS_PER_MINUTE = 60 * 10**9
 EXPIRY_HOUR = 8
 TICK_COIN = 1e-4  # Deribit's option price tick for BTC and ETH options, in coin
-
-
-@dataclass(frozen=True)
-class CoinParams:
-    """Model parameters of one synthetic underlying (vols are annualized fractions)."""
-
-    code: int  # enters the random seed so coins get independent paths
-    year_start_prices: dict[int, float]  # approximate USD level on Jan 1 of each year
-    mean_vol: float  # long-run mean of the realized-vol state
-    vol_of_vol: float  # volatility of log-vol, annualized
-    vol_mean_reversion: float  # speed of log-vol mean reversion, per year
-    jumps_per_year: float
-    jump_mean: float  # mean log jump size
-    jump_std: float  # std of log jump size
-    base_volume: float  # spot volume per minute, coins
-
-
-@dataclass(frozen=True)
-class SurfaceParams:
-    """Implied-volatility surface and quoting parameters shared by all coins."""
-
-    vrp_ratio: float = 0.08  # ATM IV = vol state * (1 + vrp_ratio) + vrp_add
-    vrp_add: float = 0.03
-    term_decay_days: float = 30.0  # short-end IV relaxes to the long-run level on this scale
-    skew: float = -0.035  # smile slope per unit standardized log-moneyness
-    curvature: float = 0.035  # smile convexity per unit standardized log-moneyness squared
-    half_spread_vol: float = 0.006  # bid/ask half-spread in vol at the money
-    half_spread_vol_per_x: float = 0.008  # extra half-spread per unit |standardized moneyness|
-    min_vol: float = 0.05
-
-
-# Approximate Jan-1 spot levels (USD), public knowledge, rounded. Years past the table hold
-# the last level. They only set the era's price level; everything in between is simulated.
-_BTC_LEVELS = {
-    2019: 3_700.0,
-    2020: 7_200.0,
-    2021: 29_000.0,
-    2022: 46_300.0,
-    2023: 16_600.0,
-    2024: 42_300.0,
-    2025: 93_400.0,
-    2026: 90_000.0,
-    2027: 95_000.0,
-}
-_ETH_LEVELS = {
-    2019: 133.0,
-    2020: 129.0,
-    2021: 730.0,
-    2022: 3_680.0,
-    2023: 1_200.0,
-    2024: 2_280.0,
-    2025: 3_330.0,
-    2026: 3_000.0,
-    2027: 3_200.0,
-}
-
-DEFAULT_COINS: dict[str, CoinParams] = {
-    "BTC": CoinParams(
-        code=1,
-        year_start_prices=_BTC_LEVELS,
-        mean_vol=0.55,
-        vol_of_vol=1.1,
-        vol_mean_reversion=10.0,
-        jumps_per_year=18.0,
-        jump_mean=-0.002,
-        jump_std=0.025,
-        base_volume=8.0,
-    ),
-    "ETH": CoinParams(
-        code=2,
-        year_start_prices=_ETH_LEVELS,
-        mean_vol=0.70,
-        vol_of_vol=1.2,
-        vol_mean_reversion=10.0,
-        jumps_per_year=22.0,
-        jump_mean=-0.003,
-        jump_std=0.03,
-        base_volume=90.0,
-    ),
-}
 
 # Listing schedule: how many upcoming expiries of each series are listed at any time.
 LISTED_DAILIES = 4
@@ -132,7 +59,8 @@ def _year_start(year: int) -> pd.Timestamp:
 
 
 def _minute_of(ts: pd.Timestamp) -> int:
-    return int((ts - EPOCH) // MINUTE)
+    """Minutes since PATH_START."""
+    return int((ts - PATH_START) // MINUTE)
 
 
 def _last_friday(year: int, month: int) -> pd.Timestamp:
@@ -160,25 +88,44 @@ class _Expiry:
 class SyntheticMarket:
     """Deterministic synthetic Deribit-style BTC/ETH market (2019-2030), no network.
 
-    Implements `MarketDataSource`, the `BulkChainSource` fast path and `SettlementSource`.
+    `world` picks the model (`realistic`, `placebo`, `rich_premium`; see
+    harness/data/worlds.py); `anchor` ties price levels loosely to history (`historical`) or
+    not at all (`none`); None takes the world's default. Implements `MarketDataSource`, the
+    `BulkChainSource` fast path and `SettlementSource`.
     """
 
     seed: int = 7
-    coins: dict[str, CoinParams] = field(default_factory=lambda: dict(DEFAULT_COINS))
-    surface: SurfaceParams = field(default_factory=SurfaceParams)
+    world: str = "realistic"
+    anchor: Anchor | None = None
+    coins: dict[str, CoinParams] | None = None  # overrides the world's coins
+    surface: SurfaceParams | None = None  # overrides the world's surface
 
     def __post_init__(self) -> None:
+        w = get_world(self.world)
+        if self.anchor is None:
+            self.anchor = w.anchor
+        if self.anchor not in w.anchors_allowed:
+            raise ValueError(
+                f"synthetic world {self.world!r} allows anchor {', '.join(w.anchors_allowed)}; "
+                f"got {self.anchor!r} (its price must stay a martingale)"
+            )
+        self.coins = dict(self.coins if self.coins is not None else w.coins)
+        self.surface = self.surface if self.surface is not None else w.surface
         self._year_cache: dict[tuple[str, int], np.ndarray] = {}
         self._expiry_cache: dict[tuple[str, pd.Timestamp], _Expiry] = {}
         self._vol_cache: dict[str, np.ndarray] = {}
+        self._level_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._names_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     # ---------------------------------------------------------------- identity
     def fingerprint(self) -> str:
         """A short string that identifies this market's data (for run manifests)."""
-        return f"synthetic(seed={self.seed})"
+        if self.world == "realistic" and self.anchor == "historical":
+            return f"synthetic(seed={self.seed})"
+        return f"synthetic(seed={self.seed}, world={self.world}, anchor={self.anchor})"
 
     def _coin(self, underlying: str) -> CoinParams:
+        assert self.coins is not None
         try:
             return self.coins[underlying.upper()]
         except KeyError:
@@ -189,12 +136,12 @@ class SyntheticMarket:
 
     # ---------------------------------------------------------------- spot path
     def _log_vol_hourly(self, underlying: str) -> np.ndarray:
-        """Hourly log realized-vol state from EPOCH to the end of LAST_YEAR (an AR(1))."""
+        """Hourly log realized-vol state over the whole simulated path (an AR(1))."""
         cached = self._vol_cache.get(underlying)
         if cached is not None:
             return cached
         p = self._coin(underlying)
-        n = int((_year_start(LAST_YEAR + 1) - EPOCH) / pd.Timedelta(hours=1)) + 1
+        n = int((_year_start(PATH_LAST_YEAR + 1) - PATH_START) / pd.Timedelta(hours=1)) + 1
         rng = np.random.default_rng([self.seed, p.code, 0])
         dt = 1.0 / (365.0 * 24.0)
         a = np.exp(-p.vol_mean_reversion * dt)
@@ -204,6 +151,51 @@ class SyntheticMarket:
         dev = lfilter([1.0], [1.0, -a], shocks)
         self._vol_cache[underlying] = mu + dev
         return self._vol_cache[underlying]
+
+    def _year_levels(self, underlying: str) -> tuple[np.ndarray, np.ndarray]:
+        """Log price at each Jan 1 (PATH_START's year .. PATH_LAST_YEAR + 1) and each year's drift.
+
+        Year y's log return is its drift m_y plus Z_y, Z_y ~ N(-V_y / 2, V_y) with V_y the
+        year's model variance (diffusion from the hourly vol state plus jumps), drawn from its
+        own stream so no year needs another's minute path. With `anchor: historical`
+        m_y = (h_{y+1} - h_y) - ANCHOR_PULL * (x_y - h_y), h the log documented levels: the
+        path is pulled toward the era's level but never pinned to it. With `none`, m_y = 0.
+        """
+        cached = self._level_cache.get(underlying)
+        if cached is not None:
+            return cached
+        p = self._coin(underlying)
+        years = list(range(PATH_START.year, PATH_LAST_YEAR + 2))
+        known = sorted(p.year_start_prices)
+        h = np.log([p.year_start_prices[min(max(y, known[0]), known[-1])] for y in years])
+        logvol = self._log_vol_hourly(underlying)
+        hour0 = [int((_year_start(y) - PATH_START) / pd.Timedelta(hours=1)) for y in years]
+        var = np.array(
+            [
+                np.sum(np.exp(2.0 * logvol[a:b])) / 8760.0
+                + p.jumps_per_year * (p.jump_mean**2 + p.jump_std**2)
+                for a, b in itertools.pairwise(hour0)
+            ]
+        )
+        rng = np.random.default_rng([self.seed, p.code, 1])
+        z = -0.5 * var + np.sqrt(var) * rng.standard_normal(len(var))
+        x = np.empty(len(years))
+        drift = np.zeros(len(var))
+        x[0] = h[0]
+        for i in range(len(var)):
+            if self.anchor == "historical":
+                drift[i] = (h[i + 1] - h[i]) - ANCHOR_PULL * (x[i] - h[i])
+            x[i + 1] = x[i] + drift[i] + z[i]
+        self._level_cache[underlying] = (x, drift)
+        return x, drift
+
+    def year_start_price(self, underlying: str, year: int) -> float:
+        """Spot USD at Jan 1 00:00 UTC of `year` (cheap: no minute path is built)."""
+        x, _ = self._year_levels(underlying.upper())
+        i = year - PATH_START.year
+        if not 0 <= i < len(x):
+            raise ValueError(f"the synthetic path has no Jan 1 of {year}")
+        return float(np.exp(x[i]))
 
     def _year_path(self, underlying: str, year: int) -> np.ndarray:
         """Log prices at every minute instant of `year`, both Jan-1 instants included."""
@@ -216,7 +208,7 @@ class SyntheticMarket:
         m0, m1 = _minute_of(y0), _minute_of(y1)
         n = m1 - m0
         rng = np.random.default_rng([self.seed, p.code, year])
-        hour_of_minute = (np.arange(m0, m1) // 60).astype(np.int64)
+        hour_of_minute = np.arange(m0, m1, dtype=np.int64) // 60
         vol = np.exp(self._log_vol_hourly(underlying)[hour_of_minute])
         dt = 1.0 / _MINUTES_PER_YEAR
         steps = vol * np.sqrt(dt) * rng.standard_normal(n) - 0.5 * vol * vol * dt
@@ -224,42 +216,39 @@ class SyntheticMarket:
         steps[jumps] += rng.normal(p.jump_mean, p.jump_std, int(jumps.sum()))
         walk = np.concatenate([[0.0], np.cumsum(steps)])
         frac = np.linspace(0.0, 1.0, n + 1)
-        levels = p.year_start_prices
-        known = sorted(levels)
-
-        def level(y: int) -> float:
-            return levels[min(max(y, known[0]), known[-1])]
-
-        # Brownian bridge: pin the path to the year-start levels at both ends.
-        lo, hi = np.log(level(year)), np.log(level(year + 1))
-        path = lo + walk - frac * walk[-1] + frac * (hi - lo)
+        x, _ = self._year_levels(underlying)
+        i = year - PATH_START.year
+        # The minute walk shapes the year; its end is replaced by the year's own random
+        # return (so the next Jan-1 level is unknown in advance) plus the drift.
+        path = x[i] + walk + frac * (x[i + 1] - x[i] - walk[-1])
         if len(self._year_cache) >= 8:
             self._year_cache.pop(next(iter(self._year_cache)))
         self._year_cache[key] = path
         return path
 
     def _check_span(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
-        last = _year_start(LAST_YEAR + 1)
-        if start < EPOCH or end > last:
+        last = _year_start(PATH_LAST_YEAR + 1)
+        if start < PATH_START or end > last:
             raise ValueError(
-                f"the synthetic market covers {EPOCH.date()} to {last.date()}; "
+                f"the synthetic market covers {EPOCH.date()} to {_year_start(LAST_YEAR + 1).date()} "
+                f"for replays (its path runs {PATH_START.date()} to {last.date()}); "
                 f"asked for {start.isoformat()} .. {end.isoformat()}"
             )
 
     def minute_prices(self, underlying: str, first_minute: int, last_minute: int) -> np.ndarray:
-        """Spot USD at minute instants first..last (minutes since 2019-01-01), inclusive."""
+        """Spot USD at minute instants first..last (minutes since PATH_START), inclusive."""
         out = np.empty(last_minute - first_minute + 1)
         pos = first_minute
         while pos <= last_minute:
-            year = (EPOCH + pos * MINUTE).year
+            year = (PATH_START + pos * MINUTE).year
             y_m0 = _minute_of(_year_start(year))
             y_m1 = _minute_of(_year_start(year + 1))
-            stop = min(last_minute, y_m1 - 1) if year < LAST_YEAR + 1 else last_minute
-            if year > LAST_YEAR:
-                # the single instant at the very end of the covered span
-                path = self._year_path(underlying, LAST_YEAR)
+            if year > PATH_LAST_YEAR:
+                # the single instant at the very end of the simulated path
+                path = self._year_path(underlying, PATH_LAST_YEAR)
                 out[pos - first_minute :] = np.exp(path[-1])
                 break
+            stop = min(last_minute, y_m1 - 1)
             path = self._year_path(underlying, year)
             out[pos - first_minute : stop - first_minute + 1] = np.exp(
                 path[pos - y_m0 : stop - y_m0 + 1]
@@ -273,7 +262,7 @@ class SyntheticMarket:
         if len(idx) == 0:
             return np.empty(0)
         self._check_span(idx.min(), idx.max())
-        minutes = ((as_ns(idx) - EPOCH.value) // _NS_PER_MINUTE).astype(np.int64)
+        minutes = ((as_ns(idx) - PATH_START.value) // _NS_PER_MINUTE).astype(np.int64)
         lo, hi = int(minutes.min()), int(minutes.max())
         if hi - lo > 4_000_000:
             return np.array([self.minute_prices(underlying, int(m), int(m))[0] for m in minutes])
@@ -283,7 +272,7 @@ class SyntheticMarket:
     def vol_state_at(self, underlying: str, times: pd.DatetimeIndex | Sequence) -> np.ndarray:
         """The model's current realized-vol state (annualized fraction) at each instant."""
         idx = pd.DatetimeIndex(times)
-        hours = ((as_ns(idx) - EPOCH.value) // (3600 * 10**9)).astype(np.int64)
+        hours = ((as_ns(idx) - PATH_START.value) // (3600 * 10**9)).astype(np.int64)
         return np.exp(self._log_vol_hourly(underlying.upper())[hours])
 
     def get_spot_ohlc(
@@ -325,7 +314,7 @@ class SyntheticMarket:
     @functools.cached_property
     def _expiry_calendar(self) -> tuple[np.ndarray, np.ndarray]:
         """Every expiry of the covered span and when it was listed, as ns arrays."""
-        days = pd.date_range(EPOCH, _year_start(LAST_YEAR + 1) + pd.Timedelta(days=400), freq="D")
+        days = pd.date_range(PATH_START, _year_start(PATH_LAST_YEAR + 1), freq="D")
         expiries = [d + pd.Timedelta(hours=EXPIRY_HOUR) for d in days]
         created = [self._created(e) for e in expiries]
         return (
@@ -352,7 +341,7 @@ class SyntheticMarket:
                 if expiry.month % 3 == 0:
                     q = expiry.year * 12 + expiry.month - 1 - 3 * LISTED_QUARTERLIES
                     times.append(_last_friday(q // 12, q % 12 + 1))
-        return max(min(times), EPOCH + pd.Timedelta(hours=EXPIRY_HOUR))
+        return max(min(times), PATH_START + pd.Timedelta(hours=EXPIRY_HOUR))
 
     def _expiry_listing(self, underlying: str, expiry: pd.Timestamp) -> _Expiry:
         """Strikes of one expiry and when each was first listed (grids follow spot daily)."""
@@ -448,7 +437,8 @@ class SyntheticMarket:
         cached = self._names_cache.get(key)
         if cached is None:
             lst = self._expiry_listing(underlying, expiry)
-            prefix = f"{underlying}-{format_expiry_code(expiry)}-"
+            # Inverse coins list `BTC-...`, linear ones `SOL_USDC-...` (harness.coins).
+            prefix = f"{coin(underlying).instrument_prefix}-{format_expiry_code(expiry)}-"
             strikes = [prefix + format_strike(k) for k in lst.strikes]
             calls = np.array([k + "-C" for k in strikes], dtype=object)
             puts = np.array([k + "-P" for k in strikes], dtype=object)
@@ -478,11 +468,14 @@ class SyntheticMarket:
     ) -> np.ndarray:
         """Implied vol (fraction) from vol state, tenor (years) and ln(K/F)."""
         sp = self.surface
+        assert sp is not None
         p = self._coin(underlying)
         inst = vol_state * (1 + sp.vrp_ratio) + sp.vrp_add
         long_run = p.mean_vol * (1 + sp.vrp_ratio) + sp.vrp_add
         decay = np.exp(-tau * 365.0 / sp.term_decay_days)
         atm = long_run + (inst - long_run) * decay
+        if sp.variance_premium:
+            atm = np.sqrt(atm * atm + sp.variance_premium)
         x = np.clip(log_moneyness / (atm * np.sqrt(np.maximum(tau, 1.0 / 8760.0))), -4.0, 4.0)
         iv = atm * (1.0 + sp.skew * x + sp.curvature * x * x)
         return np.maximum(iv, sp.min_vol), x
@@ -499,6 +492,7 @@ class SyntheticMarket:
         spot, tau, iv, x = self._surface_at(underlying, as_of, strike, expiry)
         g = black76_greeks(spot, strike, tau, iv, is_call)
         sp = self.surface
+        assert sp is not None
         half = sp.half_spread_vol + sp.half_spread_vol_per_x * np.abs(x)
         live = tau > 0
         bid_iv = np.maximum(iv - half, sp.min_vol * 0.5)
@@ -506,19 +500,24 @@ class SyntheticMarket:
         bid_usd = black76_price(spot, strike, tau, bid_iv, is_call)
         ask_usd = black76_price(spot, strike, tau, ask_iv, is_call)
         mark_coin = g.price / spot
-        # Quotes sit on Deribit's tick: bids round down, asks round up; a bid under one tick
-        # means nobody is bidding.
-        bid_coin = np.floor(bid_usd / spot / TICK_COIN + 1e-9) * TICK_COIN
-        ask_coin = np.maximum(np.ceil(ask_usd / spot / TICK_COIN - 1e-9), 1.0) * TICK_COIN
-        bid_coin = np.where((bid_coin >= TICK_COIN) & live, bid_coin, np.nan)
-        ask_coin = np.where(live, ask_coin, np.nan)
+        # Quotes sit on Deribit's tick in the quote currency (coin for inverse options, USDC for
+        # linear ones): bids round down, asks round up; a bid under one tick means nobody bids.
+        c = coin(underlying)
+        per_quote = spot if c.quoted_in_coin else np.ones_like(spot)
+        tick = c.tick_size
+        bid_q = np.floor(bid_usd / per_quote / tick + 1e-9) * tick
+        ask_q = np.maximum(np.ceil(ask_usd / per_quote / tick - 1e-9), 1.0) * tick
+        bid_q = np.where((bid_q >= tick) & live, bid_q, np.nan)
+        ask_q = np.where(live, ask_q, np.nan)
+        bid_coin = bid_q * per_quote / spot
+        ask_coin = ask_q * per_quote / spot
         oi_scale = 2000.0 if underlying == "BTC" else 20000.0
         oi = np.round(oi_scale * np.exp(-0.5 * x * x) * (0.3 + np.minimum(tau * 12, 1.0)), 1)
         return {
             "underlying_price": spot,
             "mark_price": g.price,
-            "bid_price": bid_coin * spot,
-            "ask_price": ask_coin * spot,
+            "bid_price": bid_q * per_quote,
+            "ask_price": ask_q * per_quote,
             "mark_price_coin": mark_coin,
             "bid_price_coin": bid_coin,
             "ask_price_coin": ask_coin,
@@ -607,7 +606,7 @@ class SyntheticMarket:
 
     def _resolve(self, instrument_name: str) -> tuple[str, float, pd.Timestamp, bool, pd.Timestamp]:
         spec = parse_instrument_name(instrument_name)
-        u = spec.underlying.upper()
+        u, _ = coin_of_instrument_underlying(spec.underlying)  # SOL_USDC-... is SOL's
         self._coin(u)
         listed = self._listed_time(u, spec.strike, spec.expiry)
         return u, spec.strike, spec.expiry, spec.kind == "call", listed
@@ -681,7 +680,7 @@ class SyntheticMarket:
         n_bars = int((last - first) / step) + 1
         m_first = _minute_of(first - step)
         minutes = np.arange(m_first, m_first + n_bars * k + 1, dtype=np.int64)
-        t_ns = EPOCH.value + minutes * _NS_PER_MINUTE
+        t_ns = PATH_START.value + minutes * _NS_PER_MINUTE
         n = len(t_ns)
         marks = self._marks(
             u, t_ns, np.full(n, strike), np.full(n, expiry.value), np.full(n, is_call)

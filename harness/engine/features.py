@@ -22,18 +22,28 @@ def _lagged_index(
 
 
 def spot_features(
-    bar_ns: np.ndarray, close: np.ndarray, bar: pd.Timedelta, at_ns: np.ndarray
+    bar_ns: np.ndarray,
+    close: np.ndarray,
+    bar: pd.Timedelta,
+    at_ns: np.ndarray,
+    fresher_spot: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Spot, 1d/7d simple returns and 7d/30d annualized realized vol at each time (NaN if short).
 
     Realized vol is the root mean square of bar log returns, annualized with 365-day years;
-    a window counts only when every bar in it is present.
+    a window counts only when every bar in it is present. `fresher_spot` (NaN where absent)
+    replaces the last bar's close as the spot, e.g. the chain's underlying after a gap in the
+    bars, so returns run from the lagged bar to now rather than to the stale bar.
     """
     n = len(bar_ns)
     j = np.searchsorted(bar_ns, at_ns, side="right") - 1
     has = j >= 0
     jj = np.where(has, j, 0)
     spot = np.where(has, close[jj], np.nan)
+    if fresher_spot is not None:
+        fresh = np.isfinite(fresher_spot)
+        spot = np.where(fresh, fresher_spot, spot)
+        has = has | fresh
     bar_ns_int = int(bar.value)
     logc = np.log(close)
     rets = np.diff(logc, prepend=np.nan)

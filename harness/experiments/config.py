@@ -8,9 +8,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.data.worlds import WORLDS
 from harness.experiments.rewards import RewardKind
 from harness.llm.cache import CacheMode
 from harness.policies.llm import LLMPolicyConfig
+from harness.policies.oracles import ORACLES
 from harness.policies.python import split_ref
 from harness.policies.rules import RULES
 from harness.types import CallSimulationConfig
@@ -27,10 +29,23 @@ class MarketConfig(BaseModel):
 
     source: Literal["synthetic", "parquet", "tardis", "deribit"] = "synthetic"
     seed: int = Field(7, description="Synthetic market seed.")
+    world: str = Field(
+        "realistic", description="Synthetic world: realistic, placebo, rich_premium."
+    )
+    anchor: Literal["historical", "none"] | None = Field(
+        None, description="Synthetic price levels tied loosely to history or not (world default)."
+    )
     path: str | None = Field(None, description="Store folder (parquet) or files (tardis).")
     files: list[str] = Field(default_factory=list, description="Tardis options_chain CSV files.")
     base_url: str | None = Field(None, description="Deribit API base URL override.")
     cache_dir: str | None = Field(None, description="HTTP cache folder for the Deribit API.")
+
+    @field_validator("world")
+    @classmethod
+    def _known_world(cls, value: str) -> str:
+        if value not in WORLDS:
+            raise ValueError(f"unknown synthetic world {value!r}; known: {', '.join(WORLDS)}")
+        return value
 
     @model_validator(mode="after")
     def _needs_path(self) -> MarketConfig:
@@ -42,7 +57,7 @@ class MarketConfig(BaseModel):
 
 
 class RulePolicyEntry(BaseModel):
-    """A rule policy: `rule` is always_sell, never_sell, iv_rich, trend_pause or oracle."""
+    """A rule policy: always_sell, never_sell, iv_rich, trend_pause, oracle or oracle_schedule."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,7 +69,7 @@ class RulePolicyEntry(BaseModel):
     @field_validator("rule")
     @classmethod
     def _known(cls, value: str) -> str:
-        known = [*RULES, "oracle"]
+        known = [*RULES, *ORACLES]
         if value not in known:
             raise ValueError(f"unknown rule policy {value!r}; known rules: {', '.join(known)}")
         return value

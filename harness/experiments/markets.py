@@ -18,7 +18,7 @@ def build_market(config: MarketConfig, timeframe: Timeframe = "1h") -> MarketDat
     build their bars at it.
     """
     if config.source == "synthetic":
-        return SyntheticMarket(seed=config.seed)
+        return SyntheticMarket(seed=config.seed, world=config.world, anchor=config.anchor)
     if config.source == "parquet":
         from harness.data.files import FileDataSource
 

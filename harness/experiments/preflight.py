@@ -20,6 +20,7 @@ from harness.experiments.config import (
 )
 from harness.llm.prompts import load_prompt
 from harness.policies.learned import InSampleError, load_model
+from harness.policies.oracles import ORACLES
 from harness.policies.python import load_python_policy
 from harness.policies.rules import make_rule
 
@@ -31,7 +32,7 @@ def check_config(config: ExperimentConfig) -> None:
     for i, entry in enumerate(config.policies):
         where = f"policies.{i} ({entry.name})"
         try:
-            if isinstance(entry, RulePolicyEntry) and entry.rule != "oracle":
+            if isinstance(entry, RulePolicyEntry) and entry.rule not in ORACLES:
                 params = dict(entry.params)
                 if entry.rule != "never_sell":
                     params.setdefault("target_delta", sim.target_delta)

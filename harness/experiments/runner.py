@@ -51,8 +51,9 @@ from harness.llm.prompts import load_prompt
 from harness.llm.transcripts import TRANSCRIPTS_FILE, TranscriptBook, TranscriptWriter
 from harness.policies.learned import load_learned_policy
 from harness.policies.llm import LLMPolicy
+from harness.policies.oracles import ORACLES, oracle
 from harness.policies.python import load_python_policy
-from harness.policies.rules import make_rule, oracle
+from harness.policies.rules import make_rule
 from harness.simulator import CoveredCallSimulator, PolicyFn
 from harness.state import DecisionState
 from harness.stats import PairedComparison, all_pairs, paired_comparison
@@ -502,8 +503,8 @@ class ExperimentRunner:
         if isinstance(entry, PythonPolicyEntry):
             return load_python_policy(entry.ref, entry.params), ""
         if isinstance(entry, RulePolicyEntry):
-            if entry.rule == "oracle":
-                return oracle(labels), ""
+            if entry.rule in ORACLES:
+                return ORACLES[entry.rule](labels), ""
             params = dict(entry.params)
             if entry.rule != "never_sell":
                 params.setdefault("target_delta", sim_cfg.target_delta)
@@ -594,6 +595,7 @@ class ExperimentRunner:
                 "decision_time": _iso(t),
                 "policy": name,
                 "spot": state.spot,
+                "spot_stale": state.spot_stale,
                 "state": {
                     k: _clean(getattr(state, k))
                     for k in (

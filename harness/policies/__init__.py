@@ -1,6 +1,7 @@
 """Policies: rules, the LLM policy and the learned policy, all `policy(state, candidates) -> option | None`."""
 
 from harness.policies.learned import LearnedPolicy, load_learned_policy
+from harness.policies.oracles import ORACLES, best_schedule, oracle, oracle_schedule
 from harness.policies.rules import (
     RULES,
     always_sell,
@@ -9,14 +10,15 @@ from harness.policies.rules import (
     make_rule,
     nearest_delta,
     never_sell,
-    oracle,
     trend_pause,
 )
 
 __all__ = [
+    "ORACLES",
     "RULES",
     "LearnedPolicy",
     "always_sell",
+    "best_schedule",
     "from_bool",
     "iv_rich",
     "load_learned_policy",
@@ -24,5 +26,6 @@ __all__ = [
     "nearest_delta",
     "never_sell",
     "oracle",
+    "oracle_schedule",
     "trend_pause",
 ]

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import pandas as pd
-
 from harness.state import DecisionState
 from harness.types import CallCandidate, OptionSnapshot
 
@@ -84,37 +82,6 @@ def from_bool(rule: Callable[[DecisionState], bool], target_delta: float = 0.25)
     return policy
 
 
-def oracle(labels: pd.DataFrame) -> Policy:
-    """Hindsight upper bound: at each decision, the candidate with the best hold-to-expiry reward if > 0.
-
-    `labels` is `CoveredCallSimulator.counterfactual_labels()` (or a frame with
-    decision_time, instrument_name, action and the reward column `pnl_vs_hodl`).
-    """
-    sells = labels[labels["action"] == "SELL_CALL"]
-    reward_col = "reward" if "reward" in sells.columns else "pnl_vs_hodl"
-    best: dict[int, tuple[str, float]] = {}
-    for t, name, reward in zip(
-        pd.DatetimeIndex(sells["decision_time"]).as_unit("ns").asi8,
-        sells["instrument_name"],
-        sells[reward_col],
-        strict=True,
-    ):
-        if reward > 0 and (t not in best or reward > best[t][1]):
-            best[int(t)] = (str(name), float(reward))
-
-    def policy(state: DecisionState, candidates: Sequence[CallCandidate]) -> CallCandidate | None:
-        pick = best.get(pd.Timestamp(state.time).as_unit("ns").value)
-        if pick is None:
-            return None
-        for c in candidates:
-            if c.instrument_name == pick[0]:
-                return c
-        return None
-
-    policy.__name__ = "oracle"
-    return policy
-
-
 RULES: Mapping[str, Callable[..., Policy]] = {
     "always_sell": always_sell,
     "never_sell": never_sell,
@@ -128,8 +95,11 @@ def make_rule(name: str, params: Mapping[str, Any] | None = None) -> Policy:
     try:
         factory = RULES[name]
     except KeyError:
-        known = ", ".join([*RULES, "oracle"])
-        raise ValueError(f"unknown rule policy {name!r}; known rules: {known}") from None
+        known = ", ".join(RULES)
+        raise ValueError(
+            f"unknown rule policy {name!r}; known rules: {known} (the hindsight oracles are "
+            "built from labels by harness.policies.oracles)"
+        ) from None
     try:
         return factory(**dict(params or {}))
     except TypeError as exc:

@@ -110,7 +110,9 @@ def _fails_30_percent():
             first.set()
             return first_enum_or_nothing(request)
         text = request["messages"][-1]["content"]
-        if int(hashlib.sha256(text.encode()).hexdigest(), 16) % 10 < 3:
+        # salted so this market's prompts fail near 30% (unsalted: 3 of 31 after issue #15's
+        # synthetic market change, below the 10% the test needs to cross)
+        if int(hashlib.sha256(("fail:" + text).encode()).hexdigest(), 16) % 10 < 3:
             return status(500, message="upstream overloaded")
         return first_enum_or_nothing(request)
 

@@ -102,7 +102,8 @@ def test_total_retry_time_is_capped(server: ScriptedServer, api_key: str) -> Non
     started = time.perf_counter()
     with pytest.raises(LLMCallError) as err:
         client.complete(REQUEST)
-    assert err.value.attempts == 1 and time.perf_counter() - started < 1.0
+    # well under the 5 s the header asked for (loose: client start-up on a loaded machine)
+    assert err.value.attempts == 1 and time.perf_counter() - started < 4.0
 
 
 @pytest.mark.parametrize("code", [400, 403, 401, 404])

@@ -1,0 +1,102 @@
+"""Point-in-time spot features at exact bars, against plain-loop textbook computations.
+
+Every expected value is computed here with a Python loop over a hand-made bar series (or the
+source's own bars), never through `harness.engine.features`, so an error made consistently in
+the engine (a bar off by one, a wrong annualisation) cannot pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.engine.features import spot_features
+
+HOUR = pd.Timedelta(hours=1)
+T0 = pd.Timestamp("2024-01-01T00:00Z")
+N_BARS = 24 * 40  # 40 days of hourly bars: enough for the 30-day window
+
+
+def _series() -> tuple[list[pd.Timestamp], list[float]]:
+    """Hourly closes with a known, irregular log-return pattern (no two windows alike)."""
+    labels = [T0 + k * HOUR for k in range(N_BARS)]
+    closes = [100.0]
+    for k in range(1, N_BARS):
+        step = 0.01 * math.sin(k * 0.7) + 0.004 * ((k * 7) % 5 - 2)
+        closes.append(closes[-1] * math.exp(step))
+    return labels, closes
+
+
+def _ns(ts: list[pd.Timestamp]) -> np.ndarray:
+    return np.array([t.value for t in ts], dtype=np.int64)
+
+
+def _loop_rv(closes: list[float], j: int, n_returns: int) -> float:
+    """Textbook realized vol: sqrt(mean of squared hourly log returns * hours per 365-day year)."""
+    sq = [math.log(closes[i] / closes[i - 1]) ** 2 for i in range(j - n_returns + 1, j + 1)]
+    return math.sqrt(sum(sq) / n_returns * 365 * 24)
+
+
+@pytest.mark.parametrize("j", [24 * 31, 24 * 31 + 5, 24 * 35 + 13, N_BARS - 1])
+def test_every_feature_at_an_exact_bar_matches_a_plain_loop(j: int) -> None:
+    labels, closes = _series()
+    at = labels[j]
+    f = spot_features(_ns(labels), np.array(closes), HOUR, _ns([at]))
+    # spot at decision t is the close of the bar labeled t, never the next one
+    assert f["spot"][0] == closes[j]
+    assert f["return_1d"][0] == pytest.approx(closes[j] / closes[j - 24] - 1.0, rel=1e-12)
+    assert f["return_7d"][0] == pytest.approx(closes[j] / closes[j - 168] - 1.0, rel=1e-12)
+    assert f["realized_vol_7d"][0] == pytest.approx(_loop_rv(closes, j, 168), rel=1e-9)
+    assert f["realized_vol_30d"][0] == pytest.approx(_loop_rv(closes, j, 720), rel=1e-9)
+
+
+def test_spot_between_bars_is_the_last_closed_bar() -> None:
+    labels, closes = _series()
+    j = 24 * 32
+    at = labels[j] + pd.Timedelta(minutes=59)  # bar j+1 is not closed yet
+    f = spot_features(_ns(labels), np.array(closes), HOUR, _ns([at]))
+    assert f["spot"][0] == closes[j]
+    # a lag window counts only from an exact bar 1 day earlier: there is none at :59
+    assert np.isnan(f["return_1d"][0])
+
+
+def test_realized_vol_is_annualised_on_a_365_day_year() -> None:
+    # alternating +-x log returns: every squared return is x^2, so RV = x * sqrt(365 * 24)
+    x = 0.01
+    labels = [T0 + k * HOUR for k in range(24 * 31 + 1)]
+    closes = [100.0 * math.exp(x * (k % 2)) for k in range(len(labels))]
+    f = spot_features(_ns(labels), np.array(closes), HOUR, _ns([labels[-1]]))
+    assert f["realized_vol_7d"][0] == pytest.approx(x * math.sqrt(365 * 24), rel=1e-9)
+    assert f["realized_vol_30d"][0] == pytest.approx(x * math.sqrt(365 * 24), rel=1e-9)
+    # and on daily bars the same returns annualise with sqrt(365)
+    days = [T0 + k * pd.Timedelta(days=1) for k in range(40)]
+    daily = [100.0 * math.exp(x * (k % 2)) for k in range(40)]
+    g = spot_features(_ns(days), np.array(daily), pd.Timedelta(days=1), _ns([days[-1]]))
+    assert g["realized_vol_7d"][0] == pytest.approx(x * math.sqrt(365), rel=1e-9)
+
+
+def test_features_are_none_when_history_is_short_or_has_a_gap() -> None:
+    labels, closes = _series()
+    j = 24 * 3
+    f = spot_features(_ns(labels), np.array(closes), HOUR, _ns([labels[j]]))
+    assert f["spot"][0] == closes[j]
+    assert f["return_1d"][0] == pytest.approx(closes[j] / closes[j - 24] - 1.0)
+    for name in ("return_7d", "realized_vol_7d", "realized_vol_30d"):
+        assert np.isnan(f[name][0]), name
+    # a missing bar inside the 7-day window: the window is incomplete, RV is absent
+    j = 24 * 35
+    keep = [k for k in range(N_BARS) if k != j - 10]
+    f = spot_features(
+        _ns([labels[k] for k in keep]),
+        np.array([closes[k] for k in keep]),
+        HOUR,
+        _ns([labels[j]]),
+    )
+    assert np.isnan(f["realized_vol_7d"][0]) and np.isnan(f["realized_vol_30d"][0])
+    assert f["return_1d"][0] == pytest.approx(closes[j] / closes[j - 24] - 1.0)
+    # before the first bar nothing is known
+    f = spot_features(_ns(labels), np.array(closes), HOUR, _ns([labels[0] - HOUR]))
+    assert all(np.isnan(v[0]) for v in f.values())
