@@ -226,7 +226,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     out.print(table)
     for p in plans:
         out.print(
-            f"{p.policy}: prompt tokens by {p.tokenizer}; output at most max_tokens per request; "
+            f"{p.policy}: prompt tokens by {p.tokenizer}; output at most "
+            f"{p.token_budget or 'unbounded'} tokens per answer (sent as {p.token_param}); "
             f"wall time bound by {p.wall_basis}",
             highlight=False,
         )

@@ -3,7 +3,9 @@
 Builds the market and renders every prompt each LLM policy would send (first attempts, one per
 sample), then counts per policy: decisions to ask, requests, answers already in the cache,
 estimated prompt tokens (`harness.llm.tokens`: bpe-openai when installed, else characters / 4),
-the answer budget (`max_tokens` per request, an upper bound), cost at live and batch prices
+the answer budget (the policy's `token_budget` per answer, sent as its `token_param`:
+`max_completion_tokens` and 8000 by default for reasoning models; an `n` request counts
+`n` answers; an upper bound), cost at live and batch prices
 for the requests not cached, and wall time under the configured rate limits and concurrency.
 `on_invalid: retry` re-asks are not counted (they depend on the answers).
 """
@@ -36,10 +38,12 @@ class PolicyPlan:
     prompt_id: str
     decisions: int  # decision times of the run
     to_ask: int  # decisions with at least one candidate
-    requests: int  # to_ask x samples (first attempts)
+    requests: int  # first attempts: to_ask x samples, or to_ask when samples go as `n`
     cached: int  # requests the cache already answers
     prompt_tokens: int  # of the requests not cached
     max_output_tokens: int  # answer budget of the requests not cached
+    token_param: str  # request field carrying the budget (max_tokens / max_completion_tokens)
+    token_budget: int | None  # per answer; None: unbounded (UNBOUNDED_ANSWER_TOKENS assumed)
     tokenizer: str  # how prompt tokens were counted
     priced: bool  # the price table lists the model
     cost_live_usd: float  # prompt tokens at the input price + the full answer budget at output
@@ -120,7 +124,9 @@ def _plan_policy(
         if policy.config.anonymize and items:
             policy.set_anchor(items[0][0].time, items[0][0].spot)
         asked = [(state, cands) for state, cands in items if cands]
-        requests = cached = prompt_tokens = 0
+        budget = policy.config.token_budget
+        token_param = policy.config.token_param
+        requests = cached = prompt_tokens = out_tokens = 0
         for state, cands in asked:
             for request, key in policy.requests_for(state, cands):
                 requests += 1
@@ -128,9 +134,10 @@ def _plan_policy(
                     cached += 1
                     continue
                 prompt_tokens += count_message_tokens(request.messages, request.model)
+                # An `n` request bills up to n answers.
+                out_tokens += request.n * (budget or UNBOUNDED_ANSWER_TOKENS)
         prompt_id = policy.prompt_id
     live = requests - cached
-    out_tokens = live * (entry.max_tokens or UNBOUNDED_ANSWER_TOKENS)
     price = PriceTable.load(entry.prices_path).price_for(entry.model)
     usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=out_tokens)
     cost = price.cost_usd(usage) if price is not None else 0.0
@@ -146,6 +153,8 @@ def _plan_policy(
         cached=cached,
         prompt_tokens=prompt_tokens,
         max_output_tokens=out_tokens,
+        token_param=token_param,
+        token_budget=budget,
         tokenizer=tokenizer_description(entry.model),
         priced=price is not None,
         cost_live_usd=cost,

@@ -23,13 +23,23 @@ if TYPE_CHECKING:
         canonical_json,
         default_cache_dir,
     )
+    from harness.llm.choice import ChatChoice
     from harness.llm.client import (
         ChatClient,
         ChatRequest,
         ChatResponse,
+        LLMAuthError,
+        LLMBadRequest,
         LLMCallError,
         LLMError,
+        LLMKeyMissing,
+        LLMModelNotFound,
+        LLMPaymentRequired,
+        LLMRateLimited,
+        LLMServerError,
+        LLMTimeout,
         LLMUnavailable,
+        LLMUnreachable,
     )
     from harness.llm.contract import (
         AnswerCheck,
@@ -40,11 +50,23 @@ if TYPE_CHECKING:
     )
     from harness.llm.cost import ModelPrice, PriceTable, Usage
     from harness.llm.final_answer import extract_final_json, parse_choice, split_reasoning
+    from harness.llm.model_family import infer_reasoning_model
     from harness.llm.prompts import PromptTemplate, build_context, load_prompt
     from harness.llm.ratelimit import RateLimiter
     from harness.llm.retry import RetryPolicy
 
 _EXPORTS = {
+    "infer_reasoning_model": "harness.llm.model_family",
+    "LLMUnreachable": "harness.llm.client",
+    "LLMTimeout": "harness.llm.client",
+    "LLMServerError": "harness.llm.client",
+    "LLMRateLimited": "harness.llm.client",
+    "LLMPaymentRequired": "harness.llm.client",
+    "LLMModelNotFound": "harness.llm.client",
+    "LLMKeyMissing": "harness.llm.client",
+    "LLMBadRequest": "harness.llm.client",
+    "LLMAuthError": "harness.llm.client",
+    "ChatChoice": "harness.llm.choice",
     "Anchor": "harness.llm.anonymize",
     "AnonymizedView": "harness.llm.anonymize",
     "AnswerCheck": "harness.llm.contract",
@@ -102,13 +124,23 @@ __all__ = [
     "CacheMode",
     "CacheStats",
     "CachedResponse",
+    "ChatChoice",
     "ChatClient",
     "ChatRequest",
     "ChatResponse",
     "LLMAnswer",
+    "LLMAuthError",
+    "LLMBadRequest",
     "LLMCallError",
     "LLMError",
+    "LLMKeyMissing",
+    "LLMModelNotFound",
+    "LLMPaymentRequired",
+    "LLMRateLimited",
+    "LLMServerError",
+    "LLMTimeout",
     "LLMUnavailable",
+    "LLMUnreachable",
     "ModelPrice",
     "PlainView",
     "PriceTable",
@@ -123,6 +155,7 @@ __all__ = [
     "canonical_json",
     "default_cache_dir",
     "extract_final_json",
+    "infer_reasoning_model",
     "load_prompt",
     "parse_choice",
     "response_format_for",

@@ -1,32 +1,48 @@
 """Response cache on diskcache: a replay store of chat answers keyed by what changes the output.
 
 The key is the SHA-256 of the canonical JSON of the request's key payload (model, base_url,
-messages, sampling settings, response format, sample index; never the API key, timeouts or
-concurrency). The readable payload is stored next to the answer with usage, cost and latency.
-Nothing is ever evicted (`eviction_policy="none"`): entries go only through `clear`.
+messages, sampling settings, response format, sample index, retry attempt; never the API key,
+header values, timeouts or concurrency). The readable payload is stored next to what the provider
+said (content, reasoning, finish_reason, refusal, every choice), usage, cost and latency. Every
+completed response is stored, empty, refused and truncated ones included; failed requests never
+are. Nothing is ever evicted (`eviction_policy="none"`): entries go only through `clear`.
+
+Single-flight across processes: the process that misses takes a lease on the key (an entry in a
+separate `leases` store added with `Cache.add`, owner token, expiry) and renews it while its
+request runs; other processes poll for the answer without blocking their event loop. A killed
+owner's lease expires after `lease_s` and a waiter takes over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import threading
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import diskcache
 from pydantic import BaseModel, ConfigDict
 
+from harness.llm.choice import ChatChoice
 from harness.llm.cost import Usage
+
+if TYPE_CHECKING:  # the client imports the openai SDK, which `harness cache stats` never needs
+    from harness.llm.client import ChatResponse
 
 CacheMode = Literal["read_write", "read_only", "refresh", "off"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 CACHE_DIR_ENV = "HARNESS_LLM_CACHE"
+LEASE_S = 30.0  # a lease not renewed for this long is dead (its owner was killed)
+POLL_S = (0.02, 0.5)  # first and longest wait between two looks at a key leased elsewhere
 DEFAULT_CACHE_DIR = Path(".cache") / "llm"
 ENTRY_FORMAT = 1  # bump when CachedResponse changes incompatibly
 
@@ -43,13 +59,22 @@ class CachedResponse(BaseModel):
 
     key: str = ""
     key_payload: dict[str, Any] = {}
-    text: str
+    text: str = ""  # content of the first choice ('' when the server sent null)
+    content_null: bool = False  # the server sent `content: null`
+    reasoning: str | None = None
     finish_reason: str | None = None
+    refusal: str | None = None
+    choices: list[dict[str, Any]] = []  # every choice (ChatChoice.as_dict), when n > 1 too
     usage: Usage = Usage()
+    usage_reported: bool = True
     cost_usd: float = 0.0
     latency_s: float = 0.0
     attempts: int = 1
     schema_fallback: bool = False
+    response_format_used: str | None = None
+    # What was sent besides model and messages (see `sent_params`: the response_format is
+    # left out here when it is the one in the key payload).
+    request_params: dict[str, Any] = {}
     response: dict[str, Any] = {}
     created_at: str = ""
     format: int = ENTRY_FORMAT
@@ -58,6 +83,66 @@ class CachedResponse(BaseModel):
     def model(self) -> str:
         """Model named in the request."""
         return str(self.key_payload.get("model", ""))
+
+    @property
+    def content(self) -> str | None:
+        """Content of the first choice as received (None when the server sent null)."""
+        return None if self.content_null else self.text
+
+    @property
+    def sent_params(self) -> dict[str, Any]:
+        """The request parameters sent besides model and messages (no key, header values
+        never): `request_params` with the response_format restored when it was stored only
+        once, in the key payload."""
+        params = dict(self.request_params)
+        if self.response_format_used is not None and "response_format" not in params:
+            params["response_format"] = self.key_payload.get("response_format")
+        return params
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """Completion tokens spent on reasoning (`usage.reasoning_tokens`)."""
+        return self.usage.reasoning_tokens
+
+    @property
+    def n_choices(self) -> int:
+        """How many choices the server returned."""
+        return max(1, len(self.choices))
+
+    def choice(self, index: int) -> ChatChoice:
+        """Choice `index` (entries written before `choices` existed have only the first)."""
+        if self.choices:
+            raw = self.choices[index]
+            return ChatChoice(
+                content=raw.get("content"),
+                reasoning=raw.get("reasoning"),
+                finish_reason=raw.get("finish_reason"),
+                refusal=raw.get("refusal"),
+            )
+        if index != 0:
+            raise IndexError(index)
+        return ChatChoice(self.content, self.reasoning, self.finish_reason, self.refusal)
+
+    @classmethod
+    def from_response(cls, response: ChatResponse, cost_usd: float = 0.0) -> CachedResponse:
+        """The entry for a completed HTTP answer (key and payload are set by the cache)."""
+        return cls(
+            text=response.text,
+            content_null=response.content is None,
+            reasoning=response.reasoning,
+            finish_reason=response.finish_reason,
+            refusal=response.refusal,
+            choices=[c.as_dict() for c in response.choices],
+            usage=response.usage,
+            usage_reported=response.usage_reported,
+            cost_usd=cost_usd,
+            latency_s=response.latency_s,
+            attempts=response.attempts,
+            schema_fallback=response.schema_fallback,
+            response_format_used=response.response_format_used,
+            request_params=response.request_params,
+            response=response.raw,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +212,11 @@ class ResponseCache:
     """Disk store of chat answers with modes, single-flight and per-process statistics."""
 
     def __init__(
-        self, directory: str | os.PathLike[str] | None = None, mode: CacheMode = "read_write"
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        mode: CacheMode = "read_write",
+        *,
+        lease_s: float = LEASE_S,
     ) -> None:
         if mode not in CACHE_MODES:
             raise ValueError(f"cache mode {mode!r} is not one of {', '.join(CACHE_MODES)}")
@@ -139,13 +228,19 @@ class ResponseCache:
         self._flights: dict[str, _Flight] = {}
         self._aflights: dict[str, asyncio.Future[CachedResponse]] = {}
         self._hits = self._misses = self._writes = self._shared = 0
+        if lease_s <= 0:
+            raise ValueError("lease_s must be > 0")
+        self.lease_s = float(lease_s)
+        self._leases: diskcache.Cache | None = None  # opened on the first miss
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.directory)!r}, mode={self.mode!r})"
 
     def close(self) -> None:
-        """Close the underlying store."""
+        """Close the underlying stores."""
         self._store.close()
+        if self._leases is not None:
+            self._leases.close()
 
     def __enter__(self) -> ResponseCache:
         return self
@@ -167,8 +262,9 @@ class ResponseCache:
         return entry if entry.format == ENTRY_FORMAT else None
 
     def put(self, entry: CachedResponse) -> bool:
-        """Store `entry` under its key; empty answers are not stored. Return whether stored."""
-        if not entry.key or not entry.text.strip():
+        """Store `entry` under its key (empty, refused, truncated answers too). Return whether
+        stored (an entry without a key is not)."""
+        if not entry.key:
             return False
         self._store.set(entry.key, entry.model_dump_json(), tag=entry.model or None)
         with self._lock:
@@ -210,7 +306,14 @@ class ResponseCache:
     def _finish(
         self, key: str, payload: Mapping[str, Any], entry: CachedResponse, mode: CacheMode
     ) -> CachedResponse:
-        entry = entry.model_copy(update={"key": key, "key_payload": dict(payload)})
+        update: dict[str, Any] = {"key": key, "key_payload": dict(payload)}
+        params = entry.request_params
+        if "response_format" in params and params["response_format"] == payload.get(
+            "response_format"
+        ):
+            # The schema is the bulk of an entry; the key payload already holds it.
+            update["request_params"] = {k: v for k, v in params.items() if k != "response_format"}
+        entry = entry.model_copy(update=update)
         if not entry.created_at:
             entry = entry.model_copy(update={"created_at": datetime.now(UTC).isoformat()})
         if mode != "off":
@@ -225,7 +328,8 @@ class ResponseCache:
         mode: CacheMode | None = None,
         key: str | None = None,
     ) -> CacheLookup:
-        """Serve `payload` from the store, or call `compute` once even if threads race on it.
+        """Serve `payload` from the store, or call `compute` once even if threads or other
+        processes race on it.
 
         `key` may be passed when the caller already computed `cache_key(payload)`.
         """
@@ -245,12 +349,12 @@ class ResponseCache:
             if flight.error is not None:
                 raise flight.error
             assert flight.entry is not None
-            with self._lock:
-                self._shared += 1
+            self._count_shared()
             return CacheLookup(flight.entry, "shared")
         try:
-            flight.entry = self._finish(key, payload, compute(), mode)
-            return CacheLookup(flight.entry, "live")
+            lookup = self._lead(key, payload, compute, mode)
+            flight.entry = lookup.entry
+            return lookup
         except BaseException as exc:
             flight.error = exc
             raise
@@ -267,7 +371,8 @@ class ResponseCache:
         mode: CacheMode | None = None,
         key: str | None = None,
     ) -> CacheLookup:
-        """Async `get_or_compute`: identical requests in flight on this loop share one call."""
+        """Async `get_or_compute`: identical requests in flight on this loop share one call,
+        and a request leased by another process is awaited without blocking the loop."""
         mode = self._resolve_mode(mode)
         key = key or cache_key(payload)
         entry = self._lookup(key, payload, mode)
@@ -276,15 +381,14 @@ class ResponseCache:
         pending = self._aflights.get(key)
         if pending is not None and pending.get_loop() is asyncio.get_running_loop():
             shared = await asyncio.shield(pending)
-            with self._lock:
-                self._shared += 1
+            self._count_shared()
             return CacheLookup(shared, "shared")
         future: asyncio.Future[CachedResponse] = asyncio.get_running_loop().create_future()
         self._aflights[key] = future
         try:
-            entry = self._finish(key, payload, await compute(), mode)
-            future.set_result(entry)
-            return CacheLookup(entry, "live")
+            lookup = await self._alead(key, payload, compute, mode)
+            future.set_result(lookup.entry)
+            return lookup
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: nobody may be waiting
@@ -292,6 +396,122 @@ class ResponseCache:
         finally:
             if self._aflights.get(key) is future:
                 del self._aflights[key]
+
+    # -- cross-process single-flight -----------------------------------------------------------
+
+    def _count_shared(self) -> None:
+        with self._lock:
+            self._shared += 1
+
+    @property
+    def _lease_store(self) -> diskcache.Cache:
+        with self._lock:
+            if self._leases is None:
+                self._leases = diskcache.Cache(
+                    str(self.directory / "leases"), eviction_policy="none"
+                )
+            return self._leases
+
+    def _acquire(self, key: str, token: str) -> bool:
+        # `add` only writes when the key is absent or its lease expired: an atomic test-and-set.
+        return bool(self._lease_store.add(key, token, expire=self.lease_s))
+
+    def _renew(self, key: str, token: str) -> None:
+        store = self._lease_store
+        with store.transact():
+            if store.get(key) == token:
+                store.set(key, token, expire=self.lease_s)
+
+    def _release(self, key: str, token: str) -> None:
+        store = self._lease_store
+        with store.transact():
+            if store.get(key) == token:
+                store.delete(key)
+
+    def _answered_elsewhere(self, key: str, mode: CacheMode, since: datetime) -> CacheLookup | None:
+        """The answer another process stored while we waited (for `refresh`: stored after
+        `since`), counted as shared."""
+        entry = self.get(key)
+        if entry is None:
+            return None
+        if mode == "refresh":
+            try:
+                if datetime.fromisoformat(entry.created_at) < since:
+                    return None
+            except ValueError:
+                return None
+        self._count_shared()
+        return CacheLookup(entry, "shared")
+
+    def _lead(
+        self,
+        key: str,
+        payload: Mapping[str, Any],
+        compute: Callable[[], CachedResponse],
+        mode: CacheMode,
+    ) -> CacheLookup:
+        if mode == "off":
+            return CacheLookup(self._finish(key, payload, compute(), mode), "live")
+        since, token, delay = datetime.now(UTC), uuid.uuid4().hex, POLL_S[0]
+        while True:
+            if self._acquire(key, token):
+                stop = threading.Event()
+                renewer = threading.Thread(
+                    target=self._renew_until, args=(key, token, stop), daemon=True
+                )
+                renewer.start()
+                try:
+                    shared = self._answered_elsewhere(key, mode, since)
+                    if shared is not None:
+                        return shared
+                    return CacheLookup(self._finish(key, payload, compute(), mode), "live")
+                finally:
+                    stop.set()
+                    renewer.join()
+                    self._release(key, token)
+            shared = self._answered_elsewhere(key, mode, since)
+            if shared is not None:
+                return shared
+            time.sleep(delay)
+            delay = min(delay * 2, POLL_S[1])
+
+    def _renew_until(self, key: str, token: str, stop: threading.Event) -> None:
+        while not stop.wait(self.lease_s / 3):
+            self._renew(key, token)
+
+    async def _alead(
+        self,
+        key: str,
+        payload: Mapping[str, Any],
+        compute: Callable[[], Awaitable[CachedResponse]],
+        mode: CacheMode,
+    ) -> CacheLookup:
+        if mode == "off":
+            return CacheLookup(self._finish(key, payload, await compute(), mode), "live")
+        since, token, delay = datetime.now(UTC), uuid.uuid4().hex, POLL_S[0]
+        while True:
+            if self._acquire(key, token):
+                renewer = asyncio.create_task(self._arenew_forever(key, token))
+                try:
+                    shared = self._answered_elsewhere(key, mode, since)
+                    if shared is not None:
+                        return shared
+                    return CacheLookup(self._finish(key, payload, await compute(), mode), "live")
+                finally:
+                    renewer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await renewer
+                    self._release(key, token)
+            shared = self._answered_elsewhere(key, mode, since)
+            if shared is not None:
+                return shared
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, POLL_S[1])
+
+    async def _arenew_forever(self, key: str, token: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            self._renew(key, token)
 
     # -- maintenance ---------------------------------------------------------------------------
 

@@ -1,4 +1,9 @@
-"""The answer contract: one JSON object choosing SELL_CALL of a listed candidate or DO_NOTHING."""
+"""The answer contract: one JSON object choosing SELL_CALL of a listed candidate or DO_NOTHING.
+
+`{"analysis": "...", "action": ..., "instrument_name": ..., "rationale": "..."}`: the free-text
+`analysis` (first, so the model reasons before deciding) is optional when validating; only
+`action` and `instrument_name` decide.
+"""
 
 from __future__ import annotations
 
@@ -59,14 +64,20 @@ def answer_json_schema(candidate_names: Sequence[str]) -> dict[str, Any]:
         else {"type": "null"}
     )
     instrument["description"] = "The candidate to sell for SELL_CALL, null for DO_NOTHING."
+    # `analysis` comes first on purpose: strict-mode decoding writes properties in schema order,
+    # so the model reasons before it commits to an action (inside the JSON-only contract).
     return {
         "type": "object",
         "properties": {
+            "analysis": {
+                "type": "string",
+                "description": "Your reasoning, written before deciding: the checks you made.",
+            },
             "action": {"type": "string", "enum": ["SELL_CALL", "DO_NOTHING"]},
             "instrument_name": instrument,
             "rationale": {"type": "string", "description": "One or two short sentences."},
         },
-        "required": ["action", "instrument_name", "rationale"],
+        "required": ["analysis", "action", "instrument_name", "rationale"],
         "additionalProperties": False,
     }
 

@@ -17,11 +17,14 @@ PRICES_ENV = "HARNESS_MODEL_PRICES"  # optional path of a user override file
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts of one chat completion (`cached_tokens` is the part of the prompt the
-    provider served from its own prompt cache, included in `prompt_tokens`)."""
+    provider served from its own prompt cache, included in `prompt_tokens`; `reasoning_tokens`
+    the part of the completion a reasoning model spent thinking, included in
+    `completion_tokens` and billed with it)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -33,6 +36,7 @@ class Usage:
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
     @classmethod
@@ -41,11 +45,19 @@ class Usage:
         if not usage:
             return cls()
         details = usage.get("prompt_tokens_details") or {}
+        completion = usage.get("completion_tokens_details") or {}
         return cls(
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
+            reasoning_tokens=int(completion.get("reasoning_tokens") or 0),
         )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Usage:
+        """Read what `as_dict` wrote (missing fields count 0)."""
+        data = data or {}
+        return cls(**{name: int(data.get(name) or 0) for name in _USAGE_FIELDS})
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict for JSON."""
@@ -53,7 +65,11 @@ class Usage:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
         }
+
+
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
 
 
 @dataclass(frozen=True, slots=True)

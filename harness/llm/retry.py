@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,13 @@ class MalformedResponse(openai.OpenAIError):
     """An HTTP 200 whose body is not a chat completion (proxy hiccup, truncated body)."""
 
 
+class ProviderError(openai.OpenAIError):
+    """A provider error inside an HTTP 200 (`error` in the body or choice, finish_reason error).
+
+    OpenRouter reports upstream failures this way once the model has started; treated as a 5xx.
+    """
+
+
 def is_quota_exhausted(exc: BaseException) -> bool:
     """True for a 429 that means the account is out of credit, which waiting will not fix."""
     if not isinstance(exc, openai.APIStatusError) or exc.status_code != 429:
@@ -66,7 +73,7 @@ def is_quota_exhausted(exc: BaseException) -> bool:
 
 def is_retryable(exc: BaseException) -> bool:
     """True for errors another attempt may fix: timeouts, connection errors, 408/409/429, 5xx."""
-    if isinstance(exc, openai.APIConnectionError | MalformedResponse):  # includes timeouts
+    if isinstance(exc, openai.APIConnectionError | MalformedResponse | ProviderError):
         return True
     if isinstance(exc, openai.APIStatusError):
         if is_quota_exhausted(exc):
@@ -122,43 +129,76 @@ class WaitRetryAfterOrBackoff:
         return random.uniform(0.0, ceiling)
 
 
-def _log_before_sleep(retry_state: RetryCallState) -> None:
-    exc = retry_state.outcome.exception() if retry_state.outcome else None
-    log.info(
-        "LLM call attempt %d failed (%s); retrying in %.2fs",
-        retry_state.attempt_number,
-        describe_error(exc) if exc else "?",
-        retry_state.upcoming_sleep,
-    )
+def _log_before_sleep(redact: Callable[[str], str]) -> Callable[[RetryCallState], None]:
+    def log_it(retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        log.info(
+            "LLM call attempt %d failed (%s); retrying in %.2fs",
+            retry_state.attempt_number,
+            redact(describe_error(exc)) if exc else "?",
+            retry_state.upcoming_sleep,
+        )
+
+    return log_it
 
 
-def _common(policy: RetryPolicy) -> dict[str, Any]:
+def _common(policy: RetryPolicy, redact: Callable[[str], str] | None) -> dict[str, Any]:
     return {
         "stop": stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_total_s),
         "wait": WaitRetryAfterOrBackoff(policy),
         "retry": retry_if_exception(is_retryable),
-        "before_sleep": _log_before_sleep,
+        "before_sleep": _log_before_sleep(redact or (lambda text: text)),
         "reraise": True,  # callers see the last real error, not tenacity.RetryError
     }
 
 
-def sync_retrying(policy: RetryPolicy) -> Retrying:
-    """A tenacity `Retrying` implementing `policy` for blocking calls."""
-    return Retrying(**_common(policy))
+def sync_retrying(policy: RetryPolicy, redact: Callable[[str], str] | None = None) -> Retrying:
+    """A tenacity `Retrying` implementing `policy` for blocking calls (log lines `redact`ed)."""
+    return Retrying(**_common(policy, redact))
 
 
-def async_retrying(policy: RetryPolicy) -> AsyncRetrying:
-    """A tenacity `AsyncRetrying` implementing `policy` for coroutines."""
-    return AsyncRetrying(**_common(policy))
+def async_retrying(
+    policy: RetryPolicy, redact: Callable[[str], str] | None = None
+) -> AsyncRetrying:
+    """A tenacity `AsyncRetrying` implementing `policy` for coroutines (log lines `redact`ed)."""
+    return AsyncRetrying(**_common(policy, redact))
 
 
-def describe_error(exc: BaseException) -> str:
-    """Short, key-free description of a call error for records and logs."""
+def server_reason(exc: BaseException) -> str:
+    """What the server said went wrong, in its own words where it gave any (not yet masked)."""
     if isinstance(exc, openai.APITimeoutError):
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
         return f"connection error: {exc.__cause__ or exc}"
     if isinstance(exc, openai.APIStatusError):
+        body = exc.body
+        if isinstance(body, dict) and isinstance(body.get("detail"), list):
+            # FastAPI-style validation errors: where and what, not the echoed input.
+            items = [d for d in body["detail"] if isinstance(d, dict)]
+            text = "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', '')}" for d in items
+            )
+            if text:
+                return text[:500]
+        if isinstance(body, dict):
+            message = body.get("message") or body.get("detail") or body.get("error")
+            code = body.get("code")
+            if isinstance(message, str) and message:
+                suffix = f" (code {code})" if isinstance(code, str) and code else ""
+                return (message + suffix)[:500]
+        if isinstance(body, str) and body.strip():
+            return body.strip()[:500]
         message = exc.message if isinstance(exc.message, str) else str(exc)
-        return f"HTTP {exc.status_code}: {message[:300]}"
+        return message[:500]
+    if isinstance(exc, MalformedResponse | ProviderError):
+        return str(exc)[:500]
     return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """Short description of a call error for logs (not masked: callers redact it)."""
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {server_reason(exc)[:300]}"
+    if isinstance(exc, ProviderError):
+        return f"HTTP 200 with a provider error: {exc}"
+    return server_reason(exc)

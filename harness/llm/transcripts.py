@@ -65,6 +65,8 @@ class TranscriptRecord(BaseModel):
     cost_usd: float = 0.0
     latency_s: float = 0.0
     error: str | None = None
+    error_kind: str | None = None  # harness.llm.health failure kind of `error`
+    n_choices: int | None = None  # choices the request brought back (`n` sampling)
 
     @property
     def time(self) -> pd.Timestamp:

@@ -5,22 +5,30 @@ At each decision it renders the prompt from the state and the candidate table, a
 candidate or None (DO_NOTHING). `prefetch` asks many decisions concurrently first so the
 sequential replay only reads the cache. Every decision leaves an `LLMDecisionRecord`.
 
-Errors: a bad answer never raises (it is recorded as invalid and `on_invalid` applies); a call
-that still fails after its retries is recorded as an error and the decision is DO_NOTHING unless
-`on_error="abort"`. `LLMUnavailable` (missing/rejected API key, unknown model, no quota) and
-`CacheMissError` (read_only cache without the answer) do raise: the run cannot be meaningful.
+Errors: a bad answer never raises (it is recorded as invalid, with the provider's refusal or
+truncation named, and `on_invalid` applies); a call that still fails after its retries
+(`LLMCallError`: unreachable, timeout, rate-limited, server, bad request) is recorded as an error
+and the decision is DO_NOTHING unless `on_error="abort"`. `LLMUnavailable` (key missing or
+rejected, out of credit, unknown model) and `CacheMissError` (read_only cache without the answer)
+do raise: the run cannot be meaningful.
+
+Requests follow the model family (reasoning models: `max_completion_tokens`, no temperature) and
+the sampling settings (`n` for several votes, separate requests where the server ignores it).
 
 Run health (docs/llm.md): `prefetch` sends the first uncached request alone; if it fails (a 400
 only when it repeats with the same text) the policy raises `LLMUnavailable` before any other
 request leaves. During the prefetch the policy stops asking (`halted`) after
 `max_consecutive_errors` failed decisions in a row, once errors or invalid answers already
 exceed `max_error_rate` / `max_invalid_rate` of the decisions to ask, or when a spend cap would
-be passed. Every request and its answer is written to the run's transcript when one is attached.
+be passed. Every answer (each choice of an `n` request) and every failed request is written to
+the run's transcript when one is attached; a replay serves every request from those records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -29,7 +37,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from harness.llm.anonymize import Anchor, AnonymizedView, PlainView
 from harness.llm.budget import Reservation, SpendCap, SpendCapReached, reserve, settle
@@ -42,8 +57,10 @@ from harness.llm.cache import (
     cache_key,
     canonical_json,
 )
+from harness.llm.choice import ChatChoice
 from harness.llm.client import (
     DEFAULT_API_KEY_ENV,
+    MASK,
     ChatClient,
     ChatRequest,
     ChatResponse,
@@ -52,7 +69,8 @@ from harness.llm.client import (
 )
 from harness.llm.contract import AnswerCheck, response_format_for, validate_answer
 from harness.llm.cost import PriceTable, Usage
-from harness.llm.health import classify_failure, probe_skips
+from harness.llm.health import FAILURE_KINDS, FailureKind, classify_failure, probe_skips
+from harness.llm.model_family import infer_reasoning_model
 from harness.llm.prompts import PromptTemplate, build_context, load_prompt
 from harness.llm.ratelimit import RateLimiter
 from harness.llm.retry import RetryPolicy
@@ -69,10 +87,30 @@ from harness.state import DecisionState
 from harness.timestamps import TimestampLike, to_utc
 from harness.types import CallCandidate
 
+log = logging.getLogger("harness.llm")
+
 Policy = Callable[[DecisionState, Sequence[CallCandidate]], CallCandidate | None]
 BUILTIN_ON_INVALID = ("do_nothing", "retry")
 # Answer budget assumed by spend caps when `max_tokens` is not set.
 UNBOUNDED_ANSWER_TOKENS = 4096
+
+
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_HIDDEN = "<hidden: not an environment variable name>"
+REASONING_MAX_TOKENS = 8000  # default budget of reasoning models: reasoning counts against it
+# Request fields the harness sets itself; `extra_body` must not override them silently.
+_OWN_FIELDS = {
+    "model": "model",
+    "messages": "prompt",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "max_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens",
+    "response_format": "structured_output",
+    "n": "samples",
+    "reasoning_effort": "reasoning_effort",
+}
 
 
 class LLMPolicyConfig(BaseModel):
@@ -90,9 +128,23 @@ class LLMPolicyConfig(BaseModel):
     temperature: float | None = Field(0.0, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, description="Sent as seed + sample index when set.")
-    max_tokens: int | None = Field(400, ge=1, description="Answer token budget.")
-    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    max_tokens: int | None = Field(
+        400, ge=1, description=f"Answer token budget ({REASONING_MAX_TOKENS} for reasoning models)."
+    )
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = Field(
+        None, description="None: max_completion_tokens for reasoning models, else max_tokens."
+    )
+    reasoning_model: bool | None = Field(
+        None, description="None: inferred from the model name (o1/o3/o4/gpt-5 families)."
+    )
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     samples: int = Field(1, ge=1, le=64, description="Answers per decision, majority vote.")
+    sample_with_n: bool = Field(
+        True, description="Ask for all samples in one request (`n`); separate requests if not."
+    )
+    min_vote_share: float = Field(
+        0.0, ge=0, le=1, description="Share of valid votes a SELL needs, else DO_NOTHING."
+    )
     on_invalid: str = Field(
         "do_nothing", min_length=1, description="do_nothing | retry | <rule policy name>."
     )
@@ -106,8 +158,21 @@ class LLMPolicyConfig(BaseModel):
     initial_backoff_s: float = Field(1.0, ge=0)
     max_backoff_s: float = Field(30.0, ge=0)
     max_retry_after_s: float = Field(120.0, ge=0)
-    structured_output: bool = Field(
-        True, description="Ask with a strict JSON-schema response_format (auto fallback)."
+    structured_output: bool | Literal["json_schema", "json_object"] = Field(
+        True,
+        description="true/json_schema: strict schema; json_object: JSON mode; false: none "
+        "(a request steps down when the server rejects the field).",
+    )
+    extra_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Sent with every request; values masked when written.",
+        repr=False,
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="Merged into every request body (provider options)."
+    )
+    extra_query: dict[str, str] = Field(
+        default_factory=dict, description="URL query parameters, e.g. Azure api-version."
     )
     anonymize: bool = Field(False, description="Relative days, indexed prices, aliases.")
     cache_mode: CacheMode = "read_write"
@@ -131,11 +196,69 @@ class LLMPolicyConfig(BaseModel):
         None, ge=0, description="Spend cap of this policy per `harness run` invocation, USD."
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> LLMPolicyConfig:
-        if self.api_key_env is not None and not self.api_key_env.strip():
-            raise ValueError("api_key_env must be an environment variable name or null")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_pasted_key(cls, data: Any) -> Any:
+        # A key pasted where the variable name belongs must not be echoed by the error message
+        # (pydantic prints the input value), so the value is replaced before it is checked.
+        if isinstance(data, dict):
+            value = data.get("api_key_env")
+            if isinstance(value, str) and not ENV_NAME.fullmatch(value):
+                data = {**data, "api_key_env": _HIDDEN}
+        return data
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "api_key_env must be the NAME of the environment variable holding the key "
+                "(capitals, digits and underscores, like OPENAI_API_KEY), or null for a server "
+                "that needs no key; the value given is not shown in case it is the key itself"
+            )
+        return value
+
+    @field_validator("extra_body")
+    @classmethod
+    def _own_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(set(value) & set(_OWN_FIELDS))
+        if clash:
+            fields = ", ".join(f"{k!r} (use `{_OWN_FIELDS[k]}`)" for k in clash)
+            raise ValueError(f"extra_body must not set {fields}")
+        return value
+
+    @field_serializer("extra_headers")
+    def _mask_headers(self, value: dict[str, str]) -> dict[str, str]:
+        # Header values can carry keys: every dump (config.yaml, manifest, reports) masks them.
+        return {name: MASK for name in value}
+
+    @property
+    def is_reasoning_model(self) -> bool:
+        """`reasoning_model`, else inferred from the model name."""
+        if self.reasoning_model is not None:
+            return self.reasoning_model
+        return infer_reasoning_model(self.model)
+
+    @property
+    def token_param(self) -> str:
+        """The request field carrying the token budget."""
+        if self.max_tokens_param is not None:
+            return self.max_tokens_param
+        return "max_completion_tokens" if self.is_reasoning_model else "max_tokens"
+
+    @property
+    def token_budget(self) -> int | None:
+        """`max_tokens`, or the reasoning default when it was not set for a reasoning model."""
+        if self.is_reasoning_model and "max_tokens" not in self.model_fields_set:
+            return REASONING_MAX_TOKENS
+        return self.max_tokens
+
+    @property
+    def format_level(self) -> str | None:
+        """json_schema / json_object / None, from `structured_output`."""
+        if self.structured_output is True:
+            return "json_schema"
+        return self.structured_output or None
 
     @property
     def policy_name(self) -> str:
@@ -215,15 +338,31 @@ class LLMRunSummary:
 
 @dataclass(slots=True)
 class _Asked:
-    """One request's outcome inside a decision."""
+    """One answer (a choice of a request) or one failed request inside a decision."""
 
     request: ChatRequest
     lookup: CacheLookup | None = None
     error: str | None = None
-    calls: int = 0
+    calls: int = 0  # HTTP requests, counted on the request's first choice only
     check: AnswerCheck | None = None
-    failure: str | None = None  # harness.llm.health kind of `error`
-    attempt: int = 0  # on_invalid=retry attempt index
+    choice_index: int = 0
+    superseded: bool = False  # a failed `n` request whose samples were asked one by one
+    failure: FailureKind | None = None  # harness.llm.health kind of `error`
+
+    @property
+    def attempt(self) -> int:
+        """The `on_invalid: retry` attempt index of the request (0 first)."""
+        return self.request.attempt
+
+    @property
+    def sample(self) -> int:
+        """Vote index of this answer."""
+        return self.request.sample_index + self.choice_index
+
+    @property
+    def choice(self) -> ChatChoice | None:
+        """The answer, None for a failed request."""
+        return self.lookup.entry.choice(self.choice_index) if self.lookup is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +370,8 @@ class _Plan:
     time: pd.Timestamp
     messages: tuple[tuple[str, str], ...]
     names: dict[str, str]  # shown name -> real instrument name
-    requests: tuple[ChatRequest, ...]  # one per sample
+    response_format: str | None  # canonical JSON of the response_format asked for
+    requests: tuple[ChatRequest, ...]  # one per sample, or one asking for `n` samples
     payloads: tuple[dict[str, Any], ...]  # their cache-key payloads
     keys: tuple[str, ...]  # their cache keys
 
@@ -312,7 +452,12 @@ class LLMPolicy:
             ),
             rate_limiter=RateLimiter(config.requests_per_minute, config.tokens_per_minute),
             max_concurrency=config.max_concurrency,
+            extra_headers=config.extra_headers,
+            extra_query=config.extra_query,
         )
+        self._extra_body = canonical_json(config.extra_body) if config.extra_body else None
+        self._warned_n = False
+        self._warn_settings()
         self._owns_cache = cache is None and self.cache_mode != "off"
         self.cache = ResponseCache(config.cache_dir) if self._owns_cache else cache
         self._anchor: Anchor | None = None
@@ -340,6 +485,28 @@ class LLMPolicy:
     def __repr__(self) -> str:
         return f"LLMPolicy(name={self.name!r}, prompt_id={self.prompt_id!r})"
 
+    def _warn_settings(self) -> None:
+        cfg = self.config
+        greedy = cfg.temperature == 0 and not cfg.is_reasoning_model
+        if cfg.samples > 1 and greedy and cfg.seed is None:
+            log.warning(
+                "%s: samples=%d at temperature 0 without a seed: the samples are the same "
+                "greedy answer, so the vote adds cost and no information; set a temperature "
+                "> 0 (and a seed to make them reproducible)",
+                self.name,
+                cfg.samples,
+            )
+        if cfg.is_reasoning_model:
+            set_here = {"temperature", "top_p"} & cfg.model_fields_set
+            if any(getattr(cfg, f) is not None for f in set_here):
+                log.warning(
+                    "%s: %s is a reasoning model: %s not sent (these models accept only the "
+                    "default); set `reasoning_model: false` if the server takes it",
+                    self.name,
+                    cfg.model,
+                    " and ".join(sorted(set_here)),
+                )
+
     # -- public API ----------------------------------------------------------------------------
 
     def __call__(
@@ -354,18 +521,14 @@ class LLMPolicy:
         if record is None:
             if self._halt is not None or plan.time in self._not_asked:
                 return None  # a stopped policy asks nothing more; the decision has no record
-            started = time.perf_counter()
             try:
-                asked = [self._ask(r, plan.time, p, k) for r, p, k in plan.asks()]
-                retries = self._retry_requests(plan, asked)
-                asked += [self._ask(r, plan.time, attempt=1) for r in retries]
+                record = self._decide(plan, state, candidates)
             except TranscriptMissing:
                 self._not_asked.add(plan.time)
                 return None
             except SpendCapReached as exc:
                 self._stop("spend", str(exc))
                 return None
-            record = self._conclude(plan, asked, state, candidates, started)
             self._watch(record)
         return self._choice(record, state, candidates)
 
@@ -502,56 +665,91 @@ class LLMPolicy:
             amount = 0.0  # unpriced models cost 0 in every report; the caps cannot see them
         else:
             prompt = count_message_tokens(request.messages, request.model)
-            answer = request.max_tokens or UNBOUNDED_ANSWER_TOKENS
+            # An `n` request can bill n full answers.
+            answer = (request.max_tokens or UNBOUNDED_ANSWER_TOKENS) * request.n
             amount = price.cost_usd(Usage(prompt_tokens=prompt, completion_tokens=answer))
         return reserve(self._caps, amount, f"{self.name} at {request.model}")
 
-    def _replayed(self, request: ChatRequest, when: pd.Timestamp, key: str, attempt: int) -> _Asked:
+    def _replayed(self, request: ChatRequest, when: pd.Timestamp, key: str) -> list[_Asked]:
+        """The run's recorded outcome of `request`: its answers (every choice of an `n` request,
+        one record per sample) or its failure."""
         assert self._answers is not None
-        rec = self._answers.find(self.name, when, attempt, request.sample_index, key)
-        if rec.response is None:
-            return _Asked(request, error=rec.error or "error", attempt=attempt)
-        usage = rec.usage or {}
+        book = self._answers
+        first = book.find(self.name, when, request.attempt, request.sample_index, key)
+        if first.response is None:
+            failure = first.error_kind if first.error_kind in FAILURE_KINDS else None
+            return [_Asked(request, error=first.error or "error", failure=failure)]  # type: ignore[arg-type]
+        records = [first]
+        for i in range(1, request.n):
+            try:
+                more = book.find(self.name, when, request.attempt, request.sample_index + i, key)
+            except TranscriptMissing:
+                break
+            if more.cache_key != key or more.response is None:
+                break  # the server returned fewer choices; the rest were asked one by one
+            records.append(more)
+        usage = first.usage or {}
+        choices = [
+            ChatChoice(
+                content=r.response.content,
+                reasoning=r.response.reasoning,
+                finish_reason=r.response.finish_reason,
+                refusal=r.response.refusal,
+            ).as_dict()
+            for r in records
+            if r.response is not None
+        ]
+        head = first.response
         entry = CachedResponse(
             key=key,
-            text=rec.response.content or "",
-            finish_reason=rec.response.finish_reason,
-            usage=Usage(
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-                cached_tokens=int(usage.get("cached_tokens") or 0),
-            ),
-            cost_usd=rec.cost_usd,
-            latency_s=rec.latency_s,
+            text=head.content or "",
+            content_null=head.content is None,
+            reasoning=head.reasoning,
+            finish_reason=head.finish_reason,
+            refusal=head.refusal,
+            choices=choices,
+            usage=Usage.from_dict(usage),
+            cost_usd=first.cost_usd,
+            latency_s=first.latency_s,
+            request_params=first.request.params,
         )
-        return _Asked(request, lookup=CacheLookup(entry, "cache"), attempt=attempt)
+        return self._answered(request, CacheLookup(entry, "cache"))
 
     def _transcribe(
         self, asked: _Asked, when: pd.Timestamp, payload: dict[str, Any], key: str
     ) -> None:
+        """One transcript record per answer (choice) or failed request (INTERFACES section 2).
+
+        An `n` request's usage, cost and latency are on its first choice's record only, so
+        sums over the file count the request once."""
         if self._transcript is None:
             return
         entry = asked.lookup.entry if asked.lookup is not None else None
+        choice = asked.choice
         response = None
-        if entry is not None:
-            choices = entry.response.get("choices") or [{}]
-            message = (choices[0] if isinstance(choices[0], dict) else {}).get("message") or {}
-            reasoning = getattr(entry, "reasoning", None) or (
-                message.get("reasoning_content") or message.get("reasoning")
-            )
+        if choice is not None:
             response = TranscriptResponse(
-                content=entry.text,
-                reasoning=reasoning if isinstance(reasoning, str) else None,
-                finish_reason=entry.finish_reason,
-                refusal=getattr(entry, "refusal", None) or message.get("refusal"),
+                content=choice.content,
+                reasoning=choice.reasoning,
+                finish_reason=choice.finish_reason,
+                refusal=choice.refusal,
             )
-        skip = ("messages", "base_url", "model")
+        if entry is not None and entry.sent_params:
+            params = dict(entry.sent_params)  # as sent: token parameter, response_format used
+        else:
+            skip = ("messages", "base_url", "model", "extra_header_names")
+            params = {k: v for k, v in payload.items() if k not in skip}
+        if self.client.header_names:
+            params["extra_headers"] = {name: MASK for name in self.client.header_names}
+        if self.client.extra_query and "extra_query" not in params:
+            params["extra_query"] = dict(self.client.extra_query)
+        first_choice = asked.choice_index == 0
         self._transcript.write(
             TranscriptRecord(
                 policy=self.name,
                 decision_time=when.isoformat(),
                 attempt=asked.attempt,
-                sample=asked.request.sample_index,
+                sample=asked.sample,
                 cache_key=key,
                 from_cache=asked.lookup.hit if asked.lookup is not None else False,
                 execution="replay" if self._answers is not None else "live",
@@ -560,13 +758,15 @@ class LLMPolicy:
                 prompt_id=self.prompt_id,
                 request=TranscriptRequest(
                     messages=list(payload.get("messages") or asked.request.message_dicts()),
-                    params={k: v for k, v in payload.items() if k not in skip},
+                    params=params,
                 ),
                 response=response,
-                usage=entry.usage.as_dict() if entry is not None else {},
-                cost_usd=entry.cost_usd if entry is not None else 0.0,
-                latency_s=entry.latency_s if entry is not None else 0.0,
+                usage=entry.usage.as_dict() if entry is not None and first_choice else {},
+                cost_usd=entry.cost_usd if entry is not None and first_choice else 0.0,
+                latency_s=entry.latency_s if entry is not None and first_choice else 0.0,
                 error=asked.error,
+                error_kind=asked.failure,
+                n_choices=entry.n_choices if entry is not None else None,
             )
         )
 
@@ -607,59 +807,109 @@ class LLMPolicy:
         system, user = self.template.render(context)
         messages = (("system", system), ("user", user))
         cfg = self.config
+        level = cfg.format_level
         response_format = (
-            canonical_json(response_format_for(list(names))) if cfg.structured_output else None
+            canonical_json(response_format_for(list(names)))
+            if level == "json_schema"
+            else canonical_json({"type": "json_object"})
+            if level == "json_object"
+            else None
         )
-        requests = tuple(
-            ChatRequest(
-                model=cfg.model,
-                messages=messages,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                # Distinct seeds per sample: with a fixed seed k samples would be k copies.
-                seed=None if cfg.seed is None else cfg.seed + i,
-                max_tokens=cfg.max_tokens,
-                max_tokens_param=cfg.max_tokens_param,
-                response_format=response_format,
-                sample_index=i,
+        if cfg.samples > 1 and cfg.sample_with_n:
+            requests: tuple[ChatRequest, ...] = (
+                self._request(messages, response_format, sample=0, n=cfg.samples),
             )
-            for i in range(cfg.samples)
-        )
-        payloads = tuple(r.key_payload(self.client.base_url) for r in requests)
+        else:
+            requests = tuple(
+                self._request(messages, response_format, sample=i) for i in range(cfg.samples)
+            )
+        payloads = tuple(self.client.key_payload(r) for r in requests)
         keys = tuple(cache_key(p) for p in payloads)
-        return _Plan(when, messages, names, requests, payloads, keys)
+        return _Plan(when, messages, names, response_format, requests, payloads, keys)
+
+    def _request(
+        self,
+        messages: tuple[tuple[str, str], ...],
+        response_format: str | None,
+        *,
+        sample: int,
+        n: int = 1,
+        attempt: int = 0,
+    ) -> ChatRequest:
+        """The request for vote `sample` (or `n` votes from `sample` on), retry `attempt`."""
+        cfg = self.config
+        reasoning = cfg.is_reasoning_model
+        return ChatRequest(
+            model=cfg.model,
+            messages=messages,
+            # OpenAI reasoning models reject any temperature/top_p but the default.
+            temperature=None if reasoning else cfg.temperature,
+            top_p=None if reasoning else cfg.top_p,
+            # Distinct seeds per sample: with a fixed seed k samples would be k copies.
+            seed=None if cfg.seed is None else cfg.seed + sample,
+            max_tokens=cfg.token_budget,
+            max_tokens_param=cfg.token_param,
+            response_format=response_format,
+            sample_index=sample,
+            n=n,
+            reasoning_effort=cfg.reasoning_effort,
+            extra_body=self._extra_body,
+            attempt=attempt,
+        )
+
+    def _missing_samples(self, plan: _Plan, asked: list[_Asked]) -> list[ChatRequest]:
+        """Separate requests for the votes an `n` request did not bring back."""
+        samples = self.config.samples
+        if plan.requests[0].n == 1:
+            return []
+        got = {a.sample for a in asked if a.lookup is not None}
+        rejected = [a for a in asked if a.failure == "bad_request" and _names_n(a.error)]
+        if not got and not rejected:
+            return []  # the request failed like any other: recorded as an error
+        for a in rejected:
+            a.superseded = True
+        if len(got) < samples and not self._warned_n:
+            self._warned_n = True
+            log.info(
+                "%s: %s returned %d of %d choices for `n`; the other samples are asked one "
+                "by one (set `sample_with_n: false` to skip the `n` request)",
+                self.name,
+                self.client.base_url,
+                len(got),
+                samples,
+            )
+        return [
+            self._request(plan.messages, plan.response_format, sample=i)
+            for i in range(samples)
+            if i not in got
+        ]
 
     def _retry_requests(self, plan: _Plan, asked: list[_Asked]) -> list[ChatRequest]:
         if self.config.on_invalid != "retry":
             return []
         out = []
         for a in asked:
+            if a.lookup is None or a.request.attempt >= 1:
+                continue
             a.check = self._check(a, plan)
-            if a.lookup is None or a.check.valid:
+            if a.check.valid:
                 continue
             names = ", ".join(plan.names)
             feedback = (
                 f"Your answer was invalid: {a.check.reason}. Reply again with exactly one JSON "
-                f'object: {{"action": "SELL_CALL", "instrument_name": <one of: {names}>, '
-                f'"rationale": "..."}} or {{"action": "DO_NOTHING", "instrument_name": null, '
-                f'"rationale": "..."}}.'
+                f'object: {{"analysis": "...", "action": "SELL_CALL", "instrument_name": <one '
+                f'of: {names}>, "rationale": "..."}} or {{"analysis": "...", "action": '
+                f'"DO_NOTHING", "instrument_name": null, "rationale": "..."}}.'
             )
+            text = a.choice.text if a.choice is not None else ""
             messages = (
                 *plan.messages,
-                ("assistant", a.lookup.entry.text or "(empty answer)"),
+                ("assistant", text or "(empty answer)"),
                 ("user", feedback),
             )
             out.append(
-                ChatRequest(
-                    model=a.request.model,
-                    messages=messages,
-                    temperature=a.request.temperature,
-                    top_p=a.request.top_p,
-                    seed=a.request.seed,
-                    max_tokens=a.request.max_tokens,
-                    max_tokens_param=a.request.max_tokens_param,
-                    response_format=a.request.response_format,
-                    sample_index=a.request.sample_index,
+                self._request(
+                    messages, plan.response_format, sample=a.sample, attempt=a.request.attempt + 1
                 )
             )
         return out
@@ -667,15 +917,8 @@ class LLMPolicy:
     # -- asking --------------------------------------------------------------------------------
 
     def _entry(self, response: ChatResponse) -> CachedResponse:
-        return CachedResponse(
-            text=response.text,
-            finish_reason=response.finish_reason,
-            usage=response.usage,
-            cost_usd=self.prices.cost_usd(self.config.model, response.usage),
-            latency_s=response.latency_s,
-            attempts=response.attempts,
-            schema_fallback=response.schema_fallback,
-            response=response.raw,
+        return CachedResponse.from_response(
+            response, self.prices.cost_usd(self.config.model, response.usage)
         )
 
     def _miss(self, when: pd.Timestamp) -> CacheMissError:
@@ -685,32 +928,35 @@ class LLMPolicy:
             f"{self.cache.directory if self.cache else ''} is read_only"
         )
 
-    def _account(self, asked: _Asked) -> _Asked:
-        if asked.lookup is not None:
-            entry = asked.lookup.entry
-            if asked.lookup.hit:
-                self._totals.served += 1
-                self._totals.saved += entry.cost_usd
-            else:
-                asked.calls = entry.attempts
-                self._totals.usage += entry.usage
-                self._totals.cost += entry.cost_usd
-        self._totals.calls += asked.calls
+    def _answered(self, request: ChatRequest, lookup: CacheLookup) -> list[_Asked]:
+        """One `_Asked` per choice of `lookup` (at most `request.n`), accounted once."""
+        entry = lookup.entry
+        calls = 0
+        if lookup.hit:
+            self._totals.served += 1
+            self._totals.saved += entry.cost_usd
+        else:
+            calls = entry.attempts
+            self._totals.usage += entry.usage
+            self._totals.cost += entry.cost_usd
+        self._totals.calls += calls
+        count = max(1, min(entry.n_choices, request.n))
+        return [
+            _Asked(request, lookup=lookup, calls=calls if i == 0 else 0, choice_index=i)
+            for i in range(count)
+        ]
+
+    def _done(
+        self, asked: list[_Asked], when: pd.Timestamp, payload: dict[str, Any], key: str
+    ) -> list[_Asked]:
+        """Write the request's answers (one per choice) or its failure to the transcript."""
+        for a in asked:
+            self._transcribe(a, when, payload, key)
         return asked
 
-    def _done(self, asked: _Asked, when: pd.Timestamp, payload: dict[str, Any], key: str) -> _Asked:
-        self._account(asked)
-        self._transcribe(asked, when, payload, key)
-        return asked
-
-    def _failed(self, request: ChatRequest, exc: LLMCallError, attempt: int) -> _Asked:
-        return _Asked(
-            request,
-            error=str(exc),
-            calls=exc.attempts,
-            failure=classify_failure(exc),
-            attempt=attempt,
-        )
+    def _failed(self, request: ChatRequest, exc: LLMCallError) -> list[_Asked]:
+        self._totals.calls += exc.attempts
+        return [_Asked(request, error=str(exc), failure=classify_failure(exc), calls=exc.attempts)]
 
     def _ask(
         self,
@@ -718,15 +964,14 @@ class LLMPolicy:
         when: pd.Timestamp,
         payload: dict[str, Any] | None = None,
         key: str | None = None,
-        attempt: int = 0,
-    ) -> _Asked:
-        payload = payload or request.key_payload(self.client.base_url)
+    ) -> list[_Asked]:
+        payload = payload or self.client.key_payload(request)
         key = key or cache_key(payload)
         if self._answers is not None:
-            return self._done(self._replayed(request, when, key, attempt), when, payload, key)
+            return self._done(self._replayed(request, when, key), when, payload, key)
         probed = self._probed.pop(key, None)
         if probed is not None:
-            return probed  # the health probe's answer, already counted and transcribed
+            return probed  # the health probe's answers, already counted and transcribed
 
         def compute() -> CachedResponse:
             hold = self._reserve(request)
@@ -747,8 +992,8 @@ class LLMPolicy:
         except CacheMissError:
             raise self._miss(when) from None
         except LLMCallError as exc:
-            return self._done(self._failed(request, exc, attempt), when, payload, key)
-        return self._done(_Asked(request, lookup=lookup, attempt=attempt), when, payload, key)
+            return self._done(self._failed(request, exc), when, payload, key)
+        return self._done(self._answered(request, lookup), when, payload, key)
 
     async def _aask(
         self,
@@ -756,15 +1001,14 @@ class LLMPolicy:
         when: pd.Timestamp,
         payload: dict[str, Any] | None = None,
         key: str | None = None,
-        attempt: int = 0,
-    ) -> _Asked:
-        payload = payload or request.key_payload(self.client.base_url)
+    ) -> list[_Asked]:
+        payload = payload or self.client.key_payload(request)
         key = key or cache_key(payload)
         if self._answers is not None:
-            return self._done(self._replayed(request, when, key, attempt), when, payload, key)
+            return self._done(self._replayed(request, when, key), when, payload, key)
         probed = self._probed.pop(key, None)
         if probed is not None:
-            return probed  # the health probe's answer, already counted and transcribed
+            return probed  # the health probe's answers, already counted and transcribed
 
         async def compute() -> CachedResponse:
             hold = self._reserve(request)
@@ -787,19 +1031,36 @@ class LLMPolicy:
         except CacheMissError:
             raise self._miss(when) from None
         except LLMCallError as exc:
-            return self._done(self._failed(request, exc, attempt), when, payload, key)
-        return self._done(_Asked(request, lookup=lookup, attempt=attempt), when, payload, key)
+            return self._done(self._failed(request, exc), when, payload, key)
+        return self._done(self._answered(request, lookup), when, payload, key)
+
+    def _decide(
+        self, plan: _Plan, state: DecisionState, candidates: Sequence[CallCandidate]
+    ) -> LLMDecisionRecord:
+        started = time.perf_counter()
+        asked = [a for r, p, k in plan.asks() for a in self._ask(r, plan.time, p, k)]
+        for request in self._missing_samples(plan, asked):
+            asked += self._ask(request, plan.time)
+        for request in self._retry_requests(plan, asked):
+            asked += self._ask(request, plan.time)
+        return self._conclude(plan, asked, state, candidates, started)
 
     async def _adecide(
         self, plan: _Plan, state: DecisionState, candidates: Sequence[CallCandidate]
     ) -> LLMDecisionRecord:
         started = time.perf_counter()
-        asked = list(
-            await asyncio.gather(*(self._aask(r, plan.time, p, k) for r, p, k in plan.asks()))
-        )
+
+        async def ask_all(requests: Sequence[tuple[ChatRequest, Any, Any]]) -> list[_Asked]:
+            done = await asyncio.gather(*(self._aask(r, plan.time, p, k) for r, p, k in requests))
+            return [a for group in done for a in group]
+
+        asked = await ask_all(list(plan.asks()))
+        missing = self._missing_samples(plan, asked)
+        if missing:
+            asked += await ask_all([(r, None, None) for r in missing])
         retries = self._retry_requests(plan, asked)
         if retries:
-            asked += await asyncio.gather(*(self._aask(r, plan.time, attempt=1) for r in retries))
+            asked += await ask_all([(r, None, None) for r in retries])
         record = self._conclude(plan, asked, state, candidates, started)
         self._watch(record)
         return record
@@ -833,21 +1094,29 @@ class LLMPolicy:
         plan, request, payload, key = found
         try:
             first = await self._aask(request, plan.time, payload, key)
-            if first.error is not None and first.failure == "bad_request":
+            failed = first[0] if first[0].error is not None else None
+            n_rejected = request.n > 1 and _names_n(failed.error if failed else None)
+            if failed is not None and failed.failure == "bad_request" and n_rejected:
+                # The server takes one choice per request: the samples are asked one by one
+                # (`_missing_samples`), that is no reason to skip the policy.
+                self._probed[key] = first
+                return
+            if failed is not None and failed.failure == "bad_request":
                 # A 400 may be about this one prompt: ask once more, skip only if it repeats.
                 again = await self._aask(request, plan.time, payload, key)
-                if again.error == first.error:
+                if again[0].error == failed.error:
                     raise LLMUnavailable(
                         f"{self.name}: the first request was rejected twice with the same "
-                        f"error: {first.error}"
+                        f"error: {failed.error}"
                     )
                 first = again
+                failed = first[0] if first[0].error is not None else None
         except SpendCapReached as exc:
             self._stop("spend", str(exc))
             return
-        if first.error is not None and probe_skips(first.failure or "other"):
+        if failed is not None and probe_skips(failed.failure or "other"):
             raise LLMUnavailable(
-                f"{self.name}: the first request failed ({first.failure}): {first.error}"
+                f"{self.name}: the first request failed ({failed.failure}): {failed.error}"
             )
         self._probed[key] = first
 
@@ -905,8 +1174,12 @@ class LLMPolicy:
 
     def _check(self, asked: _Asked, plan: _Plan) -> AnswerCheck:
         if asked.check is None:
-            text = asked.lookup.entry.text if asked.lookup is not None else None
-            asked.check = validate_answer(text, list(plan.names))
+            choice = asked.choice
+            check = validate_answer(choice.text if choice is not None else None, list(plan.names))
+            if not check.valid and choice is not None and asked.lookup is not None:
+                reason = _why_invalid(check.reason or "invalid", choice, asked)
+                check = AnswerCheck(False, reason=reason)
+            asked.check = check
         return asked.check
 
     def _conclude(
@@ -918,13 +1191,14 @@ class LLMPolicy:
         started: float,
     ) -> LLMDecisionRecord:
         samples = self.config.samples
+        note = ""
         by_sample: dict[int, list[_Asked]] = {}
         for a in asked:
-            by_sample.setdefault(a.request.sample_index, []).append(a)
+            by_sample.setdefault(a.sample, []).append(a)
         votes: Counter[str | None] = Counter()
         rationale: dict[str | None, str] = {}
         reasons: list[str] = []
-        errors = [a.error for a in asked if a.error is not None]
+        errors = [a.error for a in asked if a.error is not None and not a.superseded]
         for group in by_sample.values():
             answered = [a for a in group if a.lookup is not None]
             for a in answered:
@@ -951,6 +1225,13 @@ class LLMPolicy:
             tied = [c for c in votes if votes[c] == top]
             # Ties go to DO_NOTHING: selling is the action that needs a majority.
             shown = None if None in tied else tied[0]
+            share = top / sum(votes.values())
+            if shown is not None and share < self.config.min_vote_share:
+                note = (
+                    f"SELL {plan.names.get(shown, shown)} had {share:.0%} of the valid votes, "
+                    f"under min_vote_share {self.config.min_vote_share:.0%}"
+                )
+                shown = None
             action = "DO_NOTHING" if shown is None else "SELL_CALL"
         # The rule fallback replaces invalid answers; a decision with only transport errors is
         # DO_NOTHING (the model was never heard).
@@ -963,14 +1244,16 @@ class LLMPolicy:
             instrument = pick.instrument_name if pick is not None else None
             action = "SELL_CALL" if pick is not None else "DO_NOTHING"
 
-        lookups = [a.lookup for a in asked if a.lookup is not None]
+        answers = [a for a in asked if a.choice is not None]
+        # An `n` request's choices share one lookup: its usage and cost count once.
+        lookups = list({id(a.lookup): a.lookup for a in answers if a.lookup}.values())
         usage = sum((lk.entry.usage for lk in lookups), Usage())
         record = LLMDecisionRecord(
             decision_time=plan.time,
             policy=self.name,
             model=self.config.model,
             prompt_id=self.prompt_id,
-            raw_answers=tuple(lk.entry.text for lk in lookups),
+            raw_answers=tuple(a.choice.text for a in answers if a.choice is not None),
             action=action,
             instrument_name=instrument,
             rationale=rationale.get(shown, "") if valid else "",
@@ -990,6 +1273,7 @@ class LLMPolicy:
             cost_usd=sum(lk.entry.cost_usd for lk in lookups if not lk.hit),
             cost_usd_saved=sum(lk.entry.cost_usd for lk in lookups if lk.hit),
             latency_s=time.perf_counter() - started,
+            note=note,
         )
         self._store(plan.key, record)
         return record
@@ -1037,6 +1321,38 @@ class LLMPolicy:
             if c.instrument_name == record.instrument_name:
                 return c
         return None
+
+
+_N_PARAM = re.compile(r"['\"`]n['\"`]|\bn\s*(must|should|is|:|=|>)", re.IGNORECASE)
+
+
+def _names_n(error: str | None) -> bool:
+    """True when a 400's text is about the `n` parameter (the server takes one choice only)."""
+    return bool(error and _N_PARAM.search(error))
+
+
+def _why_invalid(reason: str, choice: ChatChoice, asked: _Asked) -> str:
+    """The invalid reason, with what the provider said about why the answer is missing."""
+    if choice.refusal:
+        return f"the model refused: {choice.refusal[:300]}"
+    request = asked.request
+    if choice.finish_reason == "length":
+        budget = (
+            f"raise `max_tokens` in the policy config (sent as {request.max_tokens_param}="
+            f"{request.max_tokens})"
+        )
+        if reason in ("empty answer", "no answer after the reasoning"):
+            entry = asked.lookup.entry if asked.lookup is not None else None
+            spent = (
+                " by reasoning" if choice.reasoning or (entry and entry.reasoning_tokens) else ""
+            )
+            return (
+                f"no answer: the token limit was used up{spent} (finish_reason: length); {budget}"
+            )
+        return f"answer truncated at the token limit (finish_reason: length; {reason}); {budget}"
+    if choice.finish_reason == "content_filter":
+        return f"the provider's content filter stopped the answer ({reason})"
+    return reason
 
 
 class _Progress:

@@ -166,7 +166,8 @@ def test_policy_max_cost_stops_only_that_policy(tmp_path: Path, monkeypatch) -> 
 def test_plan_counts_tokens_cost_and_cache_hits(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv(KEY_ENV, SECRET)
     with ScriptedServer(default=first_enum_or_nothing) as srv:
-        raw = config(tmp_path, srv.url, samples=2, seed=0)
+        # Separate requests per sample here; `n` sampling is planned in the test below.
+        raw = config(tmp_path, srv.url, samples=2, seed=0, sample_with_n=False)
         fast = parse_config(raw)  # rate limits are not part of a request: same cache keys
         raw["policies"][-1]["requests_per_minute"] = 30
         cfg_path = tmp_path / "cfg.yaml"
@@ -198,3 +199,19 @@ def test_plan_counts_tokens_cost_and_cache_hits(tmp_path: Path, monkeypatch, cap
     assert main(["plan", str(cfg_path)]) == 0
     text = capsys.readouterr().out
     assert "llm" in text and "bpe-openai o200k_base" in text and f"{before.requests:,}" in text
+    assert "400 tokens per answer (sent as max_tokens)" in text
+
+
+def test_plan_budgets_n_answers_per_request_and_reasoning_defaults(tmp_path: Path) -> None:
+    # Nothing is sent: the URL is never contacted.
+    url = "http://127.0.0.1:9/v1"
+    (with_n,) = plan_experiment(parse_config(config(tmp_path, url, samples=3, seed=0)))
+    assert with_n.requests == with_n.to_ask  # one `n` request per decision
+    assert with_n.max_output_tokens == with_n.to_ask * 3 * 400  # n answers each
+    assert (with_n.token_param, with_n.token_budget) == ("max_tokens", 400)
+    (reasoning,) = plan_experiment(parse_config(config(tmp_path, url, model="o3-mini")))
+    assert (reasoning.token_param, reasoning.token_budget) == ("max_completion_tokens", 8000)
+    assert reasoning.max_output_tokens == reasoning.requests * 8000
+    # o3-mini: $1.10 / M input, $4.40 / M output (model_prices.yaml)
+    live = (reasoning.prompt_tokens * 1.10 + reasoning.requests * 8000 * 4.40) / 1e6
+    assert reasoning.cost_live_usd == pytest.approx(live)

@@ -43,11 +43,21 @@ def test_key_is_canonical_and_covers_what_changes_the_output() -> None:
         {**base, "max_tokens": 51},
         {**base, "response_format": {"type": "json_object"}},
         {**base, "sample_index": 1},
+        {**base, "attempt": 1},
+        {**base, "n": 3},
+        {**base, "reasoning_effort": "low"},
+        {**base, "extra_body": {"provider": {"order": ["a"]}}},
+        {**base, "extra_query": {"api-version": "2024-10-21"}},
+        {**base, "extra_header_names": ["X-Title"]},
     ]
     keys = {cache_key(v) for v in variants}
     assert len(keys) == len(variants) and cache_key(base) not in keys
-    # Nothing about credentials, timeouts or concurrency is part of the payload.
+    # Nothing about credentials, timeouts or concurrency is part of the payload, and fields at
+    # their default are left out (keys written before they existed stay valid).
     assert not {"api_key", "timeout", "max_concurrency"} & set(base)
+    assert not {"attempt", "n", "reasoning_effort", "extra_body"} & set(base)
+    request = ChatRequest(model="m", messages=(("user", "x"),), attempt=1, n=2)
+    assert {"attempt": 1, "n": 2}.items() <= request.key_payload("u").items()
 
 
 def test_roundtrip_stores_readable_payload_usage_and_latency(tmp_path: Path) -> None:
@@ -77,12 +87,21 @@ def test_store_survives_reopening_and_never_evicts(tmp_path: Path) -> None:
         assert cache.get_or_compute(_payload(), _answer).source == "cache"
 
 
-def test_empty_answers_are_not_stored(tmp_path: Path) -> None:
+def test_empty_refused_and_truncated_answers_are_stored(tmp_path: Path) -> None:
+    # What the provider said is cached, whatever it was: a replay must not pay for it again.
+    empty = CachedResponse(text="", content_null=True, finish_reason="length", reasoning="hmm")
+    refused = CachedResponse(text="", refusal="I can't help with that.", finish_reason="stop")
     with ResponseCache(tmp_path) as cache:
-        assert cache.get_or_compute(_payload(), lambda: _answer(text="  ")).source == "live"
-        assert len(cache) == 0
-        assert cache.get_or_compute(_payload(), _answer).source == "live"
-        assert len(cache) == 1
+        for i, entry in enumerate((empty, refused, _answer(text="  "))):
+            assert (
+                cache.get_or_compute(_payload(content=f"q{i}"), lambda e=entry: e).source == "live"
+            )
+        assert len(cache) == 3
+        stored = cache.get_or_compute(_payload(content="q0"), lambda: pytest.fail("cached"))
+        assert stored.hit and stored.entry.content is None
+        assert stored.entry.finish_reason == "length" and stored.entry.reasoning == "hmm"
+        again = cache.get_or_compute(_payload(content="q1"), lambda: pytest.fail("cached"))
+        assert again.entry.refusal == "I can't help with that." and again.entry.content == ""
 
 
 def test_failed_computations_are_not_stored(tmp_path: Path) -> None:
@@ -194,3 +213,20 @@ def test_stats_and_clear_by_model(tmp_path: Path) -> None:
         assert cache.clear(model="llama3") == 2
         assert cache.stats().by_model == {"gpt-4o-mini": 3}
         assert cache.clear() == 3 and len(cache) == 0
+
+
+def test_the_cache_does_not_import_the_openai_sdk() -> None:
+    # `harness cache stats/clear` stay fast: only the client needs the SDK.
+    import subprocess
+    import sys
+
+    code = "import sys, harness.llm.cache; print('openai' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "False"

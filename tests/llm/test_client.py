@@ -12,6 +12,7 @@ from harness.llm.client import (
     PLACEHOLDER_API_KEY,
     ChatClient,
     ChatRequest,
+    LLMBadRequest,
     LLMCallError,
     LLMUnavailable,
 )
@@ -161,17 +162,19 @@ def test_non_json_body_is_retried_then_reported(server: ScriptedServer, api_key:
         _client(server).complete(REQUEST)
 
 
-def test_server_without_json_schema_support(api_key: str) -> None:
+def test_server_without_json_schema_support_steps_down_per_request(api_key: str) -> None:
     with ScriptedServer(supports_json_schema=False) as server:
         client = _client(server)
         first = client.complete(REQUEST)
         assert first.schema_fallback and first.attempts == 2
-        assert client.schema_unsupported
+        assert first.response_format_used == "json_object"
+        assert first.sent_params["response_format"] == {"type": "json_object"}
+        assert first.sent_params["max_tokens"] == 100 and "messages" not in first.sent_params
+        # Per request: the next one asks for the schema again (nothing is switched off).
         second = client.complete(REQUEST)
-        assert second.schema_fallback and second.attempts == 1
-        # One rejected request, then the format is no longer sent.
-        formats = [r.get("response_format") for r in server.requests]
-        assert formats[0]["type"] == "json_schema" and formats[1:] == [None, None]
+        assert second.schema_fallback and second.attempts == 2
+        formats = [(r.get("response_format") or {}).get("type") for r in server.requests]
+        assert formats == ["json_schema", "json_object"] * 2
 
 
 def test_missing_key_is_unavailable_and_none_uses_a_placeholder(
@@ -251,3 +254,40 @@ def test_rate_limiter_spaces_requests_and_tokens() -> None:
     assert limiter.reserve(tokens=400) == pytest.approx(0.0)
     assert not RateLimiter().enabled and RateLimiter().reserve(10**9) == 0.0
     assert estimate_tokens([{"role": "user", "content": "x" * 400}], 50) == 100 + 4 + 50
+
+
+def test_http_library_is_the_one_the_installed_sdk_uses() -> None:
+    import importlib
+
+    from harness.llm import client as client_module
+
+    base = importlib.import_module("openai._base_client")
+    http = client_module._httpx
+    assert http.__name__ in ("httpx", "httpx2") and getattr(base, http.__name__) is http
+    made = client_module._http_client(asynchronous=False)
+    assert isinstance(made, http.Client)
+    made.close()
+
+
+def test_validation_errors_that_echo_the_request_are_not_a_schema_rejection(
+    server: ScriptedServer, api_key: str
+) -> None:
+    # A FastAPI-style 422 about temperature whose `input` echoes the whole request body.
+    echo = {
+        "detail": [
+            {
+                "loc": ["body", "temperature"],
+                "msg": "Input should be less than or equal to 2",
+                "input": {"response_format": {"type": "json_schema"}, "temperature": 9},
+            }
+        ]
+    }
+    server.enqueue(raw_body(json.dumps(echo), "application/json", code=422))
+    with pytest.raises(LLMBadRequest, match=r"body\.temperature: Input should be") as err:
+        _client(server).complete(REQUEST)
+    assert server.request_count == 1 and "input" not in err.value.reason
+    # One that names the field in its message does step down.
+    vllm = {"object": "error", "message": "response_format json_schema is not supported"}
+    server.enqueue(raw_body(json.dumps(vllm), "application/json", code=400), do_nothing())
+    response = _client(server).complete(REQUEST)
+    assert response.schema_fallback and response.response_format_used == "json_object"

@@ -82,7 +82,9 @@ def test_invalid_answers_carry_a_reason() -> None:
 def test_schema_is_strict_with_candidate_enum() -> None:
     schema = answer_json_schema(NAMES)
     assert schema["additionalProperties"] is False
-    assert set(schema["required"]) == {"action", "instrument_name", "rationale"}
+    assert set(schema["required"]) == {"analysis", "action", "instrument_name", "rationale"}
+    # The order on the wire is the order of decoding in strict mode: reasoning first.
+    assert list(schema["properties"]) == ["analysis", "action", "instrument_name", "rationale"]
     assert schema["properties"]["instrument_name"]["anyOf"][0]["enum"] == NAMES
     assert schema["properties"]["action"]["enum"] == ["SELL_CALL", "DO_NOTHING"]
     fmt = response_format_for(NAMES)

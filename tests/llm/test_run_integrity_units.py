@@ -10,7 +10,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.llm.budget import SpendCap, SpendCapReached, reserve, settle
-from harness.llm.client import LLMCallError, LLMUnavailable
+from harness.llm.client import (
+    LLMAuthError,
+    LLMBadRequest,
+    LLMCallError,
+    LLMKeyMissing,
+    LLMModelNotFound,
+    LLMPaymentRequired,
+    LLMRateLimited,
+    LLMServerError,
+    LLMTimeout,
+    LLMUnavailable,
+    LLMUnreachable,
+)
 from harness.llm.cost import ModelPrice, PriceTable, Usage
 from harness.llm.health import classify_failure, probe_skips
 from harness.llm.tokens import count_message_tokens, count_text_tokens, encoding_name
@@ -32,7 +44,7 @@ from harness.llm.transcripts import (
         (LLMUnavailable("http://h/v1 refused the request: HTTP 403: forbidden"), "auth"),
         (LLMCallError("HTTP 402: Insufficient credits", attempts=1, status_code=402), "payment"),
         (LLMUnavailable("refused: HTTP 429: insufficient_quota"), "payment"),
-        (LLMUnavailable("refused: HTTP 404: model does not exist"), "not_found"),
+        (LLMUnavailable("refused: HTTP 404: model does not exist"), "model_not_found"),
         (LLMCallError("HTTP 400: context length", attempts=1, status_code=400), "bad_request"),
         (
             LLMCallError("HTTP 429: slow down (gave up)", attempts=3, status_code=429),
@@ -40,10 +52,10 @@ from harness.llm.transcripts import (
         ),
         (LLMCallError("HTTP 503: busy (gave up)", attempts=3, status_code=503), "server"),
         (LLMCallError("connection error: refused (gave up)", attempts=3), "unreachable"),
-        (LLMCallError("timeout (gave up after 3 attempts)", attempts=3), "unreachable"),
+        (LLMCallError("timeout (gave up after 3 attempts)", attempts=3), "timeout"),
         (
             LLMCallError("MalformedResponse: HTTP 200 but not a chat completion", attempts=3),
-            "malformed",
+            "server",
         ),
         (ValueError("something else"), "other"),
     ],
@@ -51,6 +63,27 @@ from harness.llm.transcripts import (
 def test_failures_are_classified_in_one_place(exc: BaseException, kind: str) -> None:
     assert classify_failure(exc) == kind
     assert probe_skips(kind) == (kind != "bad_request")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cls", "kind", "skips"),
+    [
+        (LLMKeyMissing, "missing_key", True),
+        (LLMAuthError, "auth", True),
+        (LLMPaymentRequired, "payment", True),
+        (LLMModelNotFound, "model_not_found", True),
+        (LLMUnreachable, "unreachable", True),
+        (LLMTimeout, "timeout", True),
+        (LLMRateLimited, "rate_limited", True),
+        (LLMServerError, "server", True),
+        (LLMBadRequest, "bad_request", False),
+    ],
+)
+def test_the_wire_error_classes_are_their_own_kind(cls: type, kind: str, skips: bool) -> None:
+    # The message says nothing the text rules would recognise: the class's `kind` decides.
+    exc = cls("the server said no", attempts=1)
+    assert classify_failure(exc) == kind
+    assert probe_skips(kind) is skips  # type: ignore[arg-type]
 
 
 def test_a_kind_attribute_from_the_wire_layer_wins() -> None:

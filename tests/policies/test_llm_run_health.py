@@ -10,7 +10,8 @@ import pytest
 
 from harness.llm.budget import SpendCap
 from harness.llm.cache import ResponseCache
-from harness.llm.client import LLMUnavailable
+from harness.llm.client import LLMPaymentRequired, LLMUnavailable
+from harness.llm.tokens import count_message_tokens
 from harness.policies.llm import LLMPolicy
 from tests.llm.fixtures import KEY_ENV, decisions
 from tests.llm.scripted_server import ScriptedServer, do_nothing, status
@@ -54,10 +55,22 @@ def test_a_failing_first_request_raises_before_anything_else_is_sent(api_key: st
     with ScriptedServer(default=lambda r: status(402, message="Insufficient credits")) as srv:
         with (
             _policy(srv, cache_mode="off") as policy,
-            pytest.raises(LLMUnavailable, match="first request failed \\(payment\\)"),
+            # The wire raises LLMPaymentRequired (an LLMUnavailable) with the server's words.
+            pytest.raises(LLMPaymentRequired, match=r"HTTP 402 .*Insufficient credits"),
         ):
             policy.prefetch(decisions(30), progress=False)
         assert srv.request_count == 1
+
+
+def test_a_first_request_that_stays_unanswered_skips_with_its_kind(api_key: str) -> None:
+    # 500 on every attempt of the first request: an LLMServerError, skipped as `server`.
+    with ScriptedServer(default=lambda r: status(500, message="upstream overloaded")) as srv:
+        with (
+            _policy(srv, cache_mode="off", max_attempts=2, initial_backoff_s=0) as policy,
+            pytest.raises(LLMUnavailable, match="first request failed \\(server\\)"),
+        ):
+            policy.prefetch(decisions(30), progress=False)
+        assert srv.request_count == 2
 
 
 def test_a_400_that_changes_text_on_retry_is_not_a_skip(api_key: str) -> None:
@@ -93,3 +106,21 @@ def test_spend_cap_stops_sending_and_keeps_what_was_answered(api_key: str) -> No
             # a stopped policy asks nothing more, also from the sequential path
             state, candidates = decisions(41)[-1]
             assert policy(state, candidates) is None and srv.request_count == summary.asked
+
+
+def test_an_n_request_holds_n_answer_budgets(api_key: str) -> None:
+    with ScriptedServer(default=lambda r: do_nothing()) as srv:
+        items = decisions(1)
+        with _policy(srv, cache_mode="off", samples=3, temperature=0.7) as policy:
+            ((request, _),) = policy.requests_for(*items[0])
+            assert request.n == 3
+            prompt = count_message_tokens(request.messages, request.model)
+            # room for 2 answers of 400 tokens at $0.60/M plus the prompt at $0.15/M, not 3
+            cap = SpendCap((prompt * 0.15 + 2 * 400 * 0.60) / 1e6, "test cap")
+            policy.attach_run(spend_caps=[cap])
+            policy.prefetch(items, progress=False)
+            assert policy.halted_for_spend and srv.request_count == 0
+        with _policy(srv, cache_mode="off") as single:
+            single.attach_run(spend_caps=[SpendCap(cap.limit_usd, "test cap")])
+            single.prefetch(items, progress=False)
+            assert not single.halted_for_spend and srv.request_count == 1

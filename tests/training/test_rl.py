@@ -181,14 +181,17 @@ def test_the_card_states_reward_units_period_underlying_anonymization_gap_versio
 
 
 def test_balance_caps_the_majority_action(loaded, tmp_path: Path) -> None:
-    run = loaded("llm")  # its own answers: mostly sales, some DO_NOTHING
+    # Its own answers (which action is the majority depends on the prompts' text lengths that
+    # the scripted server answers by): one action over 60%, the other present.
+    run = loaded("llm")
     kw: dict[str, Any] = {"fmt": "openai-chat", "split": "none", "target": "policy"}
     counts = write_export(run, out=tmp_path / "a", **kw).files[0].by_action
-    assert counts["SELL_CALL"] / sum(counts.values()) > 0.6 and counts["DO_NOTHING"]
+    major, minor = sorted(("SELL_CALL", "DO_NOTHING"), key=lambda a: -counts.get(a, 0))
+    assert counts[major] / sum(counts.values()) > 0.6 and counts[minor]
     capped = write_export(run, out=tmp_path / "b", max_share=0.6, **kw)
     f = capped.files[0]
-    share = f.by_action["SELL_CALL"] / f.rows
-    assert 0.5 < share <= 0.6 and f.by_action["DO_NOTHING"] == counts["DO_NOTHING"]
+    share = f.by_action[major] / f.rows
+    assert 0.5 < share <= 0.6 and f.by_action[minor] == counts[minor]
     assert any("--balance 0.6" in reason for reason in capped.not_exported)
     rows = jsonl(tmp_path / "b" / "data.jsonl")
     assert len(rows) == f.rows
