@@ -541,7 +541,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from harness.training.learn import train_model
 
-    out.print(str(train_model(Path(args.export_dir), Path(args.out), folds=args.folds)))
+    out.print(
+        str(
+            train_model(
+                Path(args.export_dir), Path(args.out), folds=args.folds, min_rows=args.min_rows
+            )
+        )
+    )
     return 0
 
 
@@ -977,6 +983,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("export_dir", help="folder written by `harness export --format parquet|jsonl`")
     tr.add_argument("--out", required=True, help="model folder, e.g. models/NAME")
     tr.add_argument("--folds", type=int, default=4, help="walk-forward folds (default 4)")
+    tr.add_argument(
+        "--min-rows",
+        type=int,
+        default=50,
+        help="settled candidate rows a fold needs before it is fitted (default 50)",
+    )
     tr.set_defaults(func=_cmd_train)
 
     d = sub.add_parser("data", help="fetch or import real market data into the Parquet store")

@@ -211,8 +211,16 @@ def _rank_corr(pred: Sequence[float], real: Sequence[float]) -> float:
     return float(spearmanr(pred, real).statistic)
 
 
+MIN_FOLD_ROWS = 50  # candidate rows of settled history below which a fold is not fitted
+
+
 def walk_forward(
-    examples: Sequence[TrainingExample], folds: int, scale: str, seed: int = 0
+    examples: Sequence[TrainingExample],
+    folds: int,
+    scale: str,
+    seed: int = 0,
+    *,
+    min_rows: int = MIN_FOLD_ROWS,
 ) -> list[FoldResult]:
     """Purged walk-forward evaluation over `folds` blocks after a first, training-only block."""
     times = sorted({to_utc(e.decision_time) for e in examples})
@@ -226,7 +234,7 @@ def walk_forward(
         block = [e for e in examples if start <= to_utc(e.decision_time) <= stop]
         past = [e for e in examples if to_utc(e.decision_time) + life < start]
         x, y, _ = _design(past, scale)
-        if len(y) < 50 or not block:
+        if len(y) < min_rows or not block:
             continue  # too little settled history before this block to fit anything
         est = fit_estimator(x, y, seed)
         chosen, best, pred, real = _score_block(est, block, scale)
@@ -245,8 +253,8 @@ def walk_forward(
         )
     if not out:
         raise TrainError(
-            "no walk-forward fold had enough settled history to fit (50 candidate rows); "
-            "export a longer run or use fewer folds"
+            f"no walk-forward fold had enough settled history to fit ({min_rows} candidate "
+            "rows); export a longer run, use fewer folds or a lower --min-rows"
         )
     return out
 
@@ -274,7 +282,12 @@ def _json_float(x: float) -> float | None:
 
 
 def train_model(
-    export_dir: str | Path, out: str | Path, *, folds: int = 4, seed: int = 0
+    export_dir: str | Path,
+    out: str | Path,
+    *,
+    folds: int = 4,
+    seed: int = 0,
+    min_rows: int = MIN_FOLD_ROWS,
 ) -> TrainSummary:
     """Fit the candidate-reward model on an export, evaluate walk-forward, write the model folder."""
     examples, export_meta = read_export(export_dir)
@@ -290,6 +303,7 @@ def train_model(
         },
         folds=folds,
         seed=seed,
+        min_rows=min_rows,
     )
 
 
@@ -301,8 +315,12 @@ def fit_model(
     provenance: dict[str, Any] | None = None,
     folds: int = 4,
     seed: int = 0,
+    min_rows: int = MIN_FOLD_ROWS,
 ) -> TrainSummary:
-    """Fit on `examples` (rewards in `reward_units`), evaluate walk-forward, write the model folder."""
+    """Fit on `examples` (rewards in `reward_units`), evaluate walk-forward, write the model folder.
+
+    A walk-forward fold is fitted only when at least `min_rows` candidate rows settled before it.
+    """
     import joblib
     import sklearn
 
@@ -314,7 +332,7 @@ def fit_model(
     provenance = provenance or {}
     units = reward_units
     scale = "per_spot" if units == "USD" else "as_is"
-    results = walk_forward(examples, folds, scale, seed)
+    results = walk_forward(examples, folds, scale, seed, min_rows=min_rows)
     x, y, _ = _design(examples, scale)
     estimator = fit_estimator(x, y, seed)
     label_end = max(

@@ -202,7 +202,7 @@ def run_dir(run_config, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     # the human report is half the run's time and the exporter never reads it
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(harness.reports.report, "write_report", lambda run_dir: None)
+        mp.setattr(harness.reports.report, "write_report", lambda run_dir, **kw: None)
         summary = run_experiment(run_config, out_dir=tmp_path_factory.mktemp("runs"), quiet=True)
     assert "llm_nokey" in summary.skipped
     assert {"always_sell", "iv_rich", "oracle", "llm", "llm_anon"} <= set(summary.policies)

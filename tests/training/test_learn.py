@@ -32,7 +32,16 @@ def model_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert code == 0
     code = cli_main(
-        ["train", str(root / "export"), "--out", str(root / "models" / "m"), "--folds", "2"]
+        [
+            "train",
+            str(root / "export"),
+            "--out",
+            str(root / "models" / "m"),
+            "--folds",
+            "1",
+            "--min-rows",
+            "20",
+        ]
     )
     assert code == 0
     return root / "models" / "m"
