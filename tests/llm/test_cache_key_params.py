@@ -40,6 +40,8 @@ OTHER: dict[str, Any] = {
     "max_tokens_param": "max_completion_tokens",
     "response_format": json.dumps({"type": "json_schema", "json_schema": {"name": "x"}}),
     "sample_index": 1,
+    "extra_body": json.dumps({"provider": {"order": ["x"]}}),  # canonical JSON text
+    "reasoning_effort": "low",
 }
 
 
