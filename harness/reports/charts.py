@@ -183,7 +183,7 @@ def chart_forest(pairs: Sequence[dict[str, Any]], unit: str) -> Chart | None:
         "paired_differences",
         "Forest chart of paired differences",
         buf.getvalue(),
-        "dot: mean of (first − second) over the same decisions; bar: 95% moving-block bootstrap CI; "
+        "dot: mean of (first − second) over the same decisions; bar: 95% CI (batch means); "
         "green: survives Holm correction over all pairs, orange: CI excludes 0 but not after Holm, "
         "grey: not significant",
     )

@@ -1,7 +1,7 @@
 """Run-vs-run comparison for prompt iteration: the same policy name in two run folders.
 
 Rows of `decisions.jsonl` are lined up by `decision_time`; the reward change is run B minus
-run A on the aligned decisions, with a moving-block bootstrap CI from `harness.stats`.
+run A on the aligned decisions, with a CI from `harness.stats.paired_comparison` (batch means by default).
 Decisions present in only one run are counted and listed, never silently dropped.
 """
 
@@ -433,9 +433,7 @@ def render_comparison(cmp: RunComparison) -> tuple[str, str]:
     sections = [
         Section(
             "Reward change (B − A)",
-            [
-                "Same policy name, decisions aligned by decision time; 95% moving-block bootstrap CI."
-            ],
+            ["Same policy name, decisions aligned by decision time; 95% batch-means CI."],
             table=_summary_table(cmp, unit),
             bullets=readings,
         ),

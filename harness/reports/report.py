@@ -962,7 +962,7 @@ def _matrix_section(
         )
     intro = (
         "Per-decision view. Each cell: mean of (row policy − column policy) reward over the same "
-        "decisions, with its 95% moving-block bootstrap CI. * the CI excludes 0; ** it also "
+        "decisions, with its 95% CI (batch means over blocks of trade lives; docs/calibration.md). * the CI excludes 0; ** it also "
         f"survives a Holm correction over all {len(pairs)} pairs. Skipped and failed policies "
         "are left out."
     )
