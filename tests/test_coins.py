@@ -106,3 +106,23 @@ def test_config_rejects_sizes_below_a_lot_unknown_coins_and_nonzero_rates() -> N
         CallSimulationConfig(underlying="PEPE", start="2024-01-01", end="2024-02-01")
     with pytest.raises(ValidationError, match="only 0 is supported"):
         CallSimulationConfig(start="2024-01-01", end="2024-02-01", risk_free_rate=0.05)
+
+
+def test_linear_fees_payoff_and_pnl_by_hand() -> None:
+    import numpy as np
+
+    from harness.engine.outcomes import call_payoff, delivery_fee, trading_fee
+
+    sol = coin("SOL")
+    # One SOL lot (10 SOL) of a 155 call sold at 2.00 USDC with the index at 150, settled at 160.
+    fee = float(trading_fee(np.array(150.0), np.array(2.0), sol.fees.taker_rate, 0.125))
+    assert fee == pytest.approx(0.075)  # min(0.0005 x 150, 12.5% x 2.00) per SOL
+    payoff = float(call_payoff(np.array(160.0), np.array(155.0)))
+    assert payoff == 5.0
+    dfee = float(delivery_fee(np.array(160.0), np.array(payoff), sol.fees.delivery_rate, 0.125))
+    assert dfee == pytest.approx(0.04)  # min(0.00025 x 160, 12.5% x 5.00) per SOL
+    lot = sol.lot_size
+    pnl_vs_hodl = lot * (2.0 - payoff) - lot * fee - lot * dfee
+    assert pnl_vs_hodl == pytest.approx(-31.15)  # 10 x (2 - 5) - 0.75 - 0.40 USDC
+    # A cheap option: the 12.5% cap binds (0.0005 x 150 = 0.075 > 12.5% x 0.40 = 0.05).
+    assert float(trading_fee(np.array(150.0), np.array(0.4), 0.0005, 0.125)) == pytest.approx(0.05)
