@@ -79,11 +79,8 @@ class Coin:
     @property
     def index_name(self) -> str:
         """Deribit index of the underlying price (delivery prices): `btc_usd` or `sol_usdc`."""
-        return (
-            f"{self.symbol.lower()}_usd"
-            if self.settlement == "inverse"
-            else (f"{self.symbol.lower()}_usdc")
-        )
+        quote = "usd" if self.settlement == "inverse" else "usdc"
+        return f"{self.symbol.lower()}_{quote}"
 
     @property
     def spot_instrument(self) -> str:

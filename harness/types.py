@@ -210,12 +210,12 @@ class CallSimulationConfig(BaseModel):
         """Whole lots of `contract_size` coins that one sold call covers (rounded down)."""
         wanted = self.initial_spot_position * self.call_size_fraction
         # The small epsilon keeps 0.3 / 0.1 = 2.9999999999999996 at 3 lots.
-        return math.floor(wanted / float(self.contract_size or 1.0) + 1e-9)
+        return math.floor(wanted / float(self.contract_size) + 1e-9)  # filled by validation
 
     @property
     def call_size(self) -> float:
         """Coins covered by each sold call: whole lots of `contract_size`."""
-        return self.lots * float(self.contract_size or 1.0)
+        return self.lots * float(self.contract_size)
 
     @model_validator(mode="after")
     def _check_range(self) -> CallSimulationConfig:

@@ -45,7 +45,6 @@ MINUTE = pd.Timedelta(minutes=1)
 _MINUTES_PER_YEAR = 365.0 * 24 * 60
 _NS_PER_MINUTE = 60 * 10**9
 EXPIRY_HOUR = 8
-TICK_COIN = 1e-4  # Deribit's option price tick for BTC and ETH options, in coin
 
 # Listing schedule: how many upcoming expiries of each series are listed at any time.
 LISTED_DAILIES = 4

@@ -57,7 +57,8 @@ def _sol_market() -> Market:
 
 
 @pytest.fixture
-def sol_server() -> Iterator[DeribitServer]:
+def deribit_server() -> Iterator[DeribitServer]:
+    """The shared Deribit fixtures (`client`) served from a SOL market in this module."""
     server = DeribitServer(_sol_market()).start()
     try:
         yield server
@@ -66,15 +67,13 @@ def sol_server() -> Iterator[DeribitServer]:
 
 
 @pytest.fixture
-def sol_source(sol_server: DeribitServer) -> Iterator[DeribitDataSource]:
-    with DeribitClient(
-        sol_server.base_url,
-        history_url=sol_server.history_url,
-        timeout=2.0,
-        requests_per_second=1000.0,
-        burst=1000,
-    ) as client:
-        yield DeribitDataSource(client, use_history=False)
+def sol_server(deribit_server: DeribitServer) -> DeribitServer:
+    return deribit_server
+
+
+@pytest.fixture
+def sol_source(client: DeribitClient) -> DeribitDataSource:
+    return DeribitDataSource(client, use_history=False)
 
 
 def test_deribit_source_serves_sol_usdc_options_in_usdc(
