@@ -383,3 +383,49 @@ def test_coin_usd_conversion() -> None:
     np.testing.assert_allclose(coin_price([363.26, 0.0], 9440.73), [363.26 / 9440.73, 0.0])
     assert usd_price(coin_price(123.45, 9440.73), 9440.73) == pytest.approx(123.45, rel=1e-15)
     np.testing.assert_allclose(usd_price(0.1, np.array([100.0, 200.0])), [10.0, 20.0])
+
+
+# ---------------------------------------------------------------- defaults and odd inputs
+
+
+def test_rate_defaults_to_zero_in_every_greek() -> None:
+    # r omitted must mean r = 0: N(d1), the normal density terms and theta by hand at r = 0.
+    f, k, t, s = 100.0, 110.0, 0.5, 0.6
+    v = s * math.sqrt(t)
+    d1 = (math.log(f / k) + 0.5 * v * v) / v
+    pdf = math.exp(-0.5 * d1 * d1) / math.sqrt(2.0 * math.pi)
+    assert black76_delta(f, k, t, s, True) == pytest.approx(
+        0.5 * (1.0 + math.erf(d1 / math.sqrt(2.0))), rel=1e-12
+    )
+    assert black76_gamma(f, k, t, s, True) == pytest.approx(pdf / (f * v), rel=1e-12)
+    assert black76_vega(f, k, t, s, True) == pytest.approx(f * pdf * math.sqrt(t) / 100, rel=1e-12)
+    theta = -f * pdf * s / (2.0 * math.sqrt(t)) / 365.0
+    assert black76_theta(f, k, t, s, True) == pytest.approx(theta, rel=1e-12)
+    assert black76_price(f, k, t, s, True) == pytest.approx(_ref_black76(f, k, t, s, True, 0.0))
+
+
+def test_implied_vol_is_nan_when_the_iteration_does_not_converge() -> None:
+    # documented: no answer within max_iter steps is NaN, never a half-converged number
+    price = black76_price(100.0, 130.0, 0.25, 0.8, True)
+    assert np.isnan(implied_vol(price, 100.0, 130.0, 0.25, True, max_iter=0))
+    both = implied_vol([price, price], 100.0, 130.0, 0.25, True, max_iter=0)
+    assert np.isnan(both).all()
+    assert implied_vol(price, 100.0, 130.0, 0.25, True) == pytest.approx(0.8, abs=1e-9)
+
+
+def test_year_fraction_reads_strings_with_offsets_as_utc() -> None:
+    # "10:00+02:00" is 08:00 UTC: one day before an 08:00 UTC expiry, whatever the array shape
+    expiry = pd.Timestamp("2020-06-05 08:00", tz="UTC")
+    as_of = np.array([["2020-06-04T10:00+02:00"], ["2020-06-03T10:00+02:00"]], dtype=object)
+    out = year_fraction(as_of, expiry)
+    assert isinstance(out, np.ndarray) and out.shape == (2, 1)
+    np.testing.assert_allclose(out, [[1.0 / 365.0], [2.0 / 365.0]], rtol=1e-15)
+
+
+def test_year_fraction_of_a_missing_time_is_nan_and_a_float() -> None:
+    expiry = pd.Timestamp("2020-06-05 08:00", tz="UTC")
+    for missing in (pd.NaT, None):
+        out = year_fraction(missing, expiry)
+        assert isinstance(out, float) and math.isnan(out)
+        back = year_fraction(expiry, missing)
+        assert isinstance(back, float) and math.isnan(back)
