@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -420,6 +421,9 @@ def test_year_fraction_reads_strings_with_offsets_as_utc() -> None:
     out = year_fraction(as_of, expiry)
     assert isinstance(out, np.ndarray) and out.shape == (2, 1)
     np.testing.assert_allclose(out, [[1.0 / 365.0], [2.0 / 365.0]], rtol=1e-15)
+    # pandas spellings numpy cannot parse on its own
+    words = np.array(["2020-06-04 08:00 UTC", "2020-06-03 08:00 UTC"], dtype=object)
+    np.testing.assert_allclose(year_fraction(words, expiry), [1.0 / 365.0, 2.0 / 365.0])
 
 
 def test_year_fraction_of_a_missing_time_is_nan_and_a_float() -> None:
@@ -429,3 +433,13 @@ def test_year_fraction_of_a_missing_time_is_nan_and_a_float() -> None:
         assert isinstance(out, float) and math.isnan(out)
         back = year_fraction(expiry, missing)
         assert isinstance(back, float) and math.isnan(back)
+
+
+def test_greeks_at_zero_vol_or_expiry_are_exact_and_silent() -> None:
+    # the 0/0 of gamma at sigma = 0 or T = 0 is masked, never printed as a RuntimeWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = black76_greeks([100.0, 100.0, 90.0], 100.0, [1.0, 0.0, 0.0], [0.0, 0.5, 0.0], True)
+        assert black76_gamma(100.0, 100.0, 1.0, 0.0, True) == 0.0
+    np.testing.assert_array_equal(g.gamma, [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(g.delta, [0.5, 0.5, 0.0])
