@@ -443,3 +443,14 @@ def test_greeks_at_zero_vol_or_expiry_are_exact_and_silent() -> None:
         assert black76_gamma(100.0, 100.0, 1.0, 0.0, True) == 0.0
     np.testing.assert_array_equal(g.gamma, [0.0, 0.0, 0.0])
     np.testing.assert_array_equal(g.delta, [0.5, 0.5, 0.0])
+
+
+def test_theta_at_zero_vol_is_the_discount_decay_and_zero_at_expiry() -> None:
+    # sigma = 0 before expiry: price = exp(-rT)(F - K), so -dPrice/dT per day = r * price / 365
+    r, t = 0.05, 0.5
+    price = math.exp(-r * t) * 10.0
+    assert black76_theta(110.0, 100.0, t, 0.0, True, r) == pytest.approx(r * price / 365.0)
+    assert black76_theta(90.0, 100.0, t, 0.0, True, r) == 0.0
+    # at expiry nothing decays any more, whatever the rate
+    assert black76_theta(110.0, 100.0, 0.0, 0.5, True, r) == 0.0
+    assert black76_theta(90.0, 100.0, 0.0, 0.5, False, r) == 0.0
