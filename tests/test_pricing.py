@@ -478,3 +478,28 @@ def test_implied_vol_newton_starts_close_enough_to_converge_in_few_steps() -> No
     assert quoted.sum() > 250
     iv = implied_vol(price[quoted], f, k[quoted], t[quoted], True, max_iter=10)
     np.testing.assert_allclose(iv, sigma[quoted], atol=1e-12)
+
+
+def test_pricing_a_wide_grid_and_junk_inputs_prints_no_runtime_warning() -> None:
+    # Expired, zero-vol, deep OTM and unsolvable inputs all go through masked arithmetic
+    # (0/0, log 0): users must see NaN or 0 where documented, never a flood of warnings.
+    f = 1000.0
+    sigma, t, m, is_call = np.meshgrid(
+        np.geomspace(0.01, 5.0, 8),
+        np.array([0.0, 1.0 / 8760.0, 0.1, 2.0]),
+        np.geomspace(0.3, 3.0, 9),
+        np.array([True, False]),
+        indexing="ij",
+    )
+    k = f * m
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        price = black76_price(f, k, t, sigma, is_call)
+        black76_greeks(f, k, t, sigma, is_call)
+        black76_greeks(f, k, t, 0.0, is_call, r=0.05)
+        iv = implied_vol(price, f, k, t, is_call)
+        junk = implied_vol(
+            [0.0, 1e-300, 1e9, np.nan, 5.0], 100.0, [100.0, 1e6, 100.0, 100.0, 0.0], 1.0, True
+        )
+    assert np.isnan(junk[[0, 2, 3, 4]]).all()
+    assert np.isnan(iv[t == 0.0]).all()
