@@ -100,3 +100,50 @@ def test_features_are_none_when_history_is_short_or_has_a_gap() -> None:
     # before the first bar nothing is known
     f = spot_features(_ns(labels), np.array(closes), HOUR, _ns([labels[0] - HOUR]))
     assert all(np.isnan(v[0]) for v in f.values())
+
+
+def test_a_fresher_spot_replaces_the_stale_bar_in_spot_and_returns() -> None:
+    # bars stop at J (a feed gap); at J + 5 hours the chain's underlying (123.0) is fresher
+    labels, closes = _series()
+    gap_end = 24 * 33
+    keep = [k for k in range(N_BARS) if not gap_end - 5 < k <= gap_end]
+    at = labels[gap_end]
+    last = gap_end - 5
+    f = spot_features(
+        _ns([labels[k] for k in keep]),
+        np.array([closes[k] for k in keep]),
+        HOUR,
+        _ns([at, at]),
+        fresher_spot=np.array([123.0, np.nan]),
+    )
+    assert list(f["spot"]) == [123.0, closes[last]]
+    assert f["return_1d"][0] == pytest.approx(123.0 / closes[gap_end - 24] - 1.0, rel=1e-12)
+    assert f["return_7d"][0] == pytest.approx(123.0 / closes[gap_end - 168] - 1.0, rel=1e-12)
+    assert f["return_1d"][1] == pytest.approx(closes[last] / closes[gap_end - 24] - 1.0)
+    # realized vol comes from bars only: the complete window ending at the last bar
+    for i in (0, 1):
+        assert f["realized_vol_7d"][i] == pytest.approx(_loop_rv(closes, last, 168), rel=1e-9)
+        assert f["realized_vol_30d"][i] == pytest.approx(_loop_rv(closes, last, 720), rel=1e-9)
+
+
+def test_a_fresher_spot_before_the_first_bar_gives_a_spot_and_nothing_else() -> None:
+    labels, closes = _series()
+    f = spot_features(
+        _ns(labels), np.array(closes), HOUR, _ns([labels[0] - HOUR]), fresher_spot=np.array([99.0])
+    )
+    assert f["spot"][0] == 99.0
+    for name in ("return_1d", "return_7d", "realized_vol_7d", "realized_vol_30d"):
+        assert np.isnan(f[name][0]), name
+
+
+def test_features_at_many_times_at_once_match_one_at_a_time() -> None:
+    # vectorised over decision times, each answer equals the plain loop at that bar
+    labels, closes = _series()
+    js = [24 * 31, 24 * 3, N_BARS - 1, 24 * 8, 0]
+    f = spot_features(_ns(labels), np.array(closes), HOUR, _ns([labels[j] for j in js]))
+    for i, j in enumerate(js):
+        assert f["spot"][i] == closes[j]
+        want_1d = closes[j] / closes[j - 24] - 1.0 if j >= 24 else np.nan
+        want_7d = _loop_rv(closes, j, 168) if j >= 168 else np.nan
+        np.testing.assert_allclose(f["return_1d"][i], want_1d, rtol=1e-12)
+        np.testing.assert_allclose(f["realized_vol_7d"][i], want_7d, rtol=1e-9)
