@@ -147,3 +147,18 @@ def test_features_at_many_times_at_once_match_one_at_a_time() -> None:
         want_7d = _loop_rv(closes, j, 168) if j >= 168 else np.nan
         np.testing.assert_allclose(f["return_1d"][i], want_1d, rtol=1e-12)
         np.testing.assert_allclose(f["realized_vol_7d"][i], want_7d, rtol=1e-9)
+
+
+def test_a_lag_that_lands_on_the_very_first_bar_counts() -> None:
+    labels, closes = _series()
+    f = spot_features(_ns(labels), np.array(closes), HOUR, _ns([labels[24], labels[168]]))
+    assert f["return_1d"][0] == pytest.approx(closes[24] / closes[0] - 1.0, rel=1e-12)
+    assert f["return_7d"][1] == pytest.approx(closes[168] / closes[0] - 1.0, rel=1e-12)
+    assert np.isnan(f["return_7d"][0])
+
+
+def test_a_single_bar_gives_its_spot_and_no_returns() -> None:
+    f = spot_features(_ns([T0]), np.array([100.0]), HOUR, _ns([T0, T0 + HOUR, T0 - HOUR]))
+    np.testing.assert_array_equal(f["spot"], [100.0, 100.0, np.nan])
+    for name in ("return_1d", "return_7d", "realized_vol_7d", "realized_vol_30d"):
+        assert np.isnan(f[name]).all(), name
