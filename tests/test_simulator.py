@@ -296,3 +296,34 @@ def test_config_validation_names_field_and_range() -> None:
         _cfg(start="2024-03-01", end="2024-02-01")
     with pytest.raises(ValueError, match="timeframe"):
         _cfg(timeframe="2h")
+
+
+def test_simulate_call_and_trade_path_follow_the_markets_own_marks(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    # what-if path of one named sale, checked against the source's marks and a hand ledger
+    t = next(t for t in sim.decision_times() if sim.candidates(t))
+    offered = sim.candidates(t)
+    cand = offered[len(offered) // 2]
+    trade = sim.simulate_call(t, cand.instrument_name, 2.0)
+    assert trade.instrument_name == cand.instrument_name and trade.open_time == t
+    assert trade.premium_usd == pytest.approx(2.0 * cand.bid_price, rel=1e-12)
+    path = sim.trade_path(trade)
+    bars = path.index[:-1]
+    assert bars[0] == t and bars[-1] < trade.close_time == path.index[-1]
+    assert list(np.diff(bars.asi8)) == [3600 * 10**9] * (len(bars) - 1)
+    marks = market.option_marks([cand.instrument_name], bars)[0]
+    np.testing.assert_allclose(path["call_mark"].to_numpy()[:-1], marks, rtol=1e-9)
+    cash = trade.premium_usd - trade.open_fee_usd
+    np.testing.assert_allclose(path["pnl_vs_hodl"].to_numpy()[:-1], cash - 2.0 * marks, rtol=1e-9)
+    spots = market.get_spot_ohlc("BTC", bars[0], bars[-1], "1h")["close"].reindex(bars)
+    np.testing.assert_allclose(path["spot"].to_numpy()[:-1], spots.to_numpy(), rtol=1e-12)
+    last = path.iloc[-1]
+    assert last["spot"] == trade.settlement_price
+    assert last["call_mark"] == pytest.approx(max(trade.settlement_price - trade.strike, 0.0))
+    assert last["pnl_vs_hodl"] == trade.pnl_vs_hodl
+    np.testing.assert_allclose(
+        path["covered_value"], 2.0 * path["spot"] + path["pnl_vs_hodl"], rtol=1e-12
+    )
+    with pytest.raises(KeyError, match=f"offered: {offered[0].instrument_name}"):
+        sim.simulate_call(t, "BTC-1JAN30-1000000-C", 1.0)
