@@ -155,6 +155,9 @@ def test_a_lag_that_lands_on_the_very_first_bar_counts() -> None:
     assert f["return_1d"][0] == pytest.approx(closes[24] / closes[0] - 1.0, rel=1e-12)
     assert f["return_7d"][1] == pytest.approx(closes[168] / closes[0] - 1.0, rel=1e-12)
     assert np.isnan(f["return_7d"][0])
+    # likewise the first complete 7-day window: returns 1..168, the first bar as its base
+    assert f["realized_vol_7d"][1] == pytest.approx(_loop_rv(closes, 168, 168), rel=1e-9)
+    assert np.isnan(f["realized_vol_7d"][0])
 
 
 def test_a_single_bar_gives_its_spot_and_no_returns() -> None:
