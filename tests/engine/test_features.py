@@ -165,3 +165,14 @@ def test_a_single_bar_gives_its_spot_and_no_returns() -> None:
     np.testing.assert_array_equal(f["spot"], [100.0, 100.0, np.nan])
     for name in ("return_1d", "return_7d", "realized_vol_7d", "realized_vol_30d"):
         assert np.isnan(f[name]).all(), name
+
+
+def test_weekly_bars_make_a_one_return_7d_window() -> None:
+    # bar = 7 days: the 7-day window holds exactly one return, RV = |r| * sqrt(365 / 7)
+    week = pd.Timedelta(days=7)
+    labels = [T0 + k * week for k in range(6)]
+    closes = [100.0, 104.0, 99.0, 101.0, 97.0, 103.0]
+    f = spot_features(_ns(labels), np.array(closes), week, _ns([labels[3]]))
+    r = math.log(closes[3] / closes[2])
+    assert f["realized_vol_7d"][0] == pytest.approx(abs(r) * math.sqrt(365 / 7), rel=1e-12)
+    assert f["return_7d"][0] == pytest.approx(closes[3] / closes[2] - 1.0, rel=1e-12)
