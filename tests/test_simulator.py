@@ -327,3 +327,29 @@ def test_simulate_call_and_trade_path_follow_the_markets_own_marks(
     )
     with pytest.raises(KeyError, match=f"offered: {offered[0].instrument_name}"):
         sim.simulate_call(t, "BTC-1JAN30-1000000-C", 1.0)
+
+
+def test_candidates_frame_and_labels_show_the_chains_own_quote_fields(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    # every quote column, row by row, against the source's own chain at that decision time
+    frame = sim.candidates_frame()
+    labels = sim.counterfactual_labels()
+    sells = labels[labels["action"] == "SELL_CALL"]
+    checked = 0
+    for t in sim.decision_times()[::9]:
+        cands = sim.candidates(t)
+        chain = {o.instrument_name: o for o in market.list_option_chain("BTC", t)}
+        rows = frame[frame["decision_time"] == t]
+        lab = sells[sells["decision_time"] == t]
+        assert list(rows["instrument_name"]) == [c.instrument_name for c in cands]
+        assert list(lab["instrument_name"]) == [c.instrument_name for c in cands]
+        for c, (_, row), (_, lrow) in zip(cands, rows.iterrows(), lab.iterrows(), strict=True):
+            o = chain[c.instrument_name]
+            assert row["premium_usd"] == c.premium_usd == o.bid_price
+            assert row["dte_days"] == pytest.approx((o.expiry - t) / pd.Timedelta(days=1))
+            for field in ("mark_price", "mark_iv", "delta", "bid_price", "ask_price"):
+                assert row[field] == pytest.approx(getattr(o, field), rel=1e-12), field
+                assert lrow[field] == pytest.approx(getattr(o, field), rel=1e-12), field
+            checked += 1
+    assert checked > 10
