@@ -353,3 +353,10 @@ def test_candidates_frame_and_labels_show_the_chains_own_quote_fields(
                 assert lrow[field] == pytest.approx(getattr(o, field), rel=1e-12), field
             checked += 1
     assert checked > 10
+    # doing nothing: no cash flows, at the spot of the bar labelled t
+    nothing = labels[labels["action"] == "DO_NOTHING"].set_index("decision_time")
+    times = sim.decision_times()
+    closes = market.get_spot_ohlc("BTC", times[0], times[-1], "1h")["close"]
+    np.testing.assert_allclose(nothing.loc[times, "underlying_price"], closes.reindex(times))
+    for col in ("premium", "premium_per_coin", "fees", "payoff", "pnl_vs_hodl", "pnl_coin"):
+        assert (nothing[col] == 0.0).all(), col
