@@ -25,6 +25,8 @@ log = logging.getLogger("harness.llm")
 
 # Status codes worth another attempt: request timeout, conflict/lock, rate limit, server errors.
 _RETRY_STATUS = frozenset({408, 409, 429})
+# Error codes/types of a 429 that means the account is out of credit.
+QUOTA_CODES = frozenset({"insufficient_quota", "quota_exceeded", "billing_hard_limit_reached"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +68,7 @@ def is_quota_exhausted(exc: BaseException) -> bool:
         if isinstance(error, dict)
         else []
     )
-    return any(
-        f in ("insufficient_quota", "quota_exceeded", "billing_hard_limit_reached") for f in fields
-    )
+    return any(f in QUOTA_CODES for f in fields)
 
 
 def is_retryable(exc: BaseException) -> bool:
