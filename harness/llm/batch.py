@@ -527,18 +527,17 @@ class BatchLedger:
         self, items: Sequence[BatchItem], metadata: Mapping[str, str], endpoint: str = ENDPOINT
     ) -> LedgerEntry:
         """Write a request file for `items` (one model + base_url) and record it."""
-        with self._lock:
+        with self._lock:  # held throughout: two policies adding at once get distinct names
             name = f"requests-{len(self._entries) + 1:04d}.jsonl"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path_of(name), b"".join(batch_lines(items, endpoint)))
-        entry = LedgerEntry(
-            name=name,
-            model=items[0].model,
-            base_url=items[0].base_url,
-            metadata={**metadata, REQUEST_FILE_KEY: name},
-            custom_ids=[item.custom_id for item in items],
-        )
-        with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.path_of(name), b"".join(batch_lines(items, endpoint)))
+            entry = LedgerEntry(
+                name=name,
+                model=items[0].model,
+                base_url=items[0].base_url,
+                metadata={**metadata, REQUEST_FILE_KEY: name},
+                custom_ids=[item.custom_id for item in items],
+            )
             self._entries[name] = entry
             self._save()
         return entry
