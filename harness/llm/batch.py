@@ -619,6 +619,7 @@ def run_batches(
     poll: PollPolicy = PollPolicy(),
     progress: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    resubmit: Iterable[str] = (),
 ) -> dict[str, BatchResult]:
     """Answer `items` by batch: submit, poll, download; a result per custom_id that came back.
 
@@ -626,8 +627,11 @@ def run_batches(
     ones are read from the saved output. A request whose earlier batch failed, expired or was
     cancelled before it ran is submitted again. Items the output lacks (an expired or cancelled
     batch) are absent from the result. Raises `BatchFailed` when a batch fails (after recording
-    it) and `BatchStillRunning` after `poll.max_wait_s`.
+    it) and `BatchStillRunning` after `poll.max_wait_s`. `resubmit` names custom_ids whose
+    earlier error results are ignored, so they are submitted again (the caller's
+    `leftovers: resubmit`); a later entry holding them is polled or read instead.
     """
+    again = frozenset(resubmit)
     _check_metadata(metadata)
     say = progress or (lambda line: log.info("%s", line))
     wanted: dict[str, BatchItem] = {}
@@ -650,7 +654,8 @@ def run_batches(
             continue
         if entry.downloaded:
             for result in _saved_results(ledger, entry):
-                if result.custom_id in ids and not result.missing:
+                retry = result.custom_id in again and result.error is not None
+                if result.custom_id in ids and not result.missing and not retry:
                     results[result.custom_id] = result
                     claimed.add(result.custom_id)
         else:

@@ -273,3 +273,28 @@ def test_metadata_limits_are_checked(tmp_path: Path) -> None:
         run_batches(
             [], _provider_for, BatchLedger(tmp_path / BATCHES_FILE), metadata={"k": "v" * 600}
         )
+
+
+def test_errors_are_kept_unless_the_caller_asks_to_resubmit(tmp_path: Path, api_key: str) -> None:
+    flaky = {"left": 1}
+
+    def answer(body: dict[str, Any]) -> dict[str, Any] | ChatError:
+        if body["messages"][-1]["content"].endswith(" 1") and flaky["left"]:
+            flaky["left"] -= 1
+            return ChatError(500, "upstream hiccup", type="server_error")
+        return completion({"action": "DO_NOTHING"})
+
+    with BatchServer(answer) as server:
+        items = _items(server, _requests(2))
+        first = _run(items, BatchLedger(tmp_path / BATCHES_FILE))
+        assert first[items[1].custom_id].error is not None
+        # a plain resume returns the saved error: nothing is submitted again
+        again = _run(items, BatchLedger(tmp_path / BATCHES_FILE))
+        assert again[items[1].custom_id].status_code == 500 and server.created == 1
+        # leftovers: resubmit names it: it goes again, alone
+        third = _run(items, BatchLedger(tmp_path / BATCHES_FILE), resubmit=[items[1].custom_id])
+        assert third[items[1].custom_id].status_code == 200
+        assert third[items[0].custom_id].status_code == 200
+        assert (
+            server.submitted[items[1].custom_id] == 2 and server.submitted[items[0].custom_id] == 1
+        )
