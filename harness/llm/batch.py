@@ -662,10 +662,11 @@ def run_batches(
             active.append(entry.name)
             claimed |= ids
     fresh = [item for key, item in wanted.items() if key not in claimed]
-    for group in split_batches(fresh, limits):
+    groups = split_batches(fresh, limits)
+    for group in groups:
         active.append(ledger.add(group, metadata).name)
     if fresh:
-        say(f"batch: {len(fresh)} requests in {len(active)} request files")
+        say(f"batch: {len(fresh)} new requests in {len(groups)} request files")
 
     for name in active:
         entry = ledger.entry(name)
