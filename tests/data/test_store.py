@@ -172,3 +172,15 @@ def test_progress_reports_every_snapshot_and_ends_at_the_total(market, bulk: boo
         source, "BTC", times, calls_only=True, max_dte=3, progress=lambda *a: calls.append(a)
     )
     assert calls == ([(3, 3)] if bulk else [(1, 3), (2, 3), (3, 3)])
+
+
+def test_a_chain_frame_round_trips_through_the_store(market: SyntheticMarket) -> None:
+    # every column, the underlying included, comes back as it went in (in store order)
+    times = pd.date_range("2024-04-01", periods=2, freq="6h", tz="UTC")
+    frame = pd.concat([snapshots_to_frame(market.list_option_chain("ETH", t)) for t in times])
+    store = ChainStore(frame.sample(frac=1.0, random_state=3), times)
+    order = ["as_of", "kind", "expiry", "strike"]
+    want = frame.sort_values(order).reset_index(drop=True)
+    got = store.frame.sort_values(order).reset_index(drop=True)
+    assert set(got["underlying"]) == {"ETH"}
+    pd.testing.assert_frame_equal(got[list(CHAIN_COLUMNS)], want[list(CHAIN_COLUMNS)])
