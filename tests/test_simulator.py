@@ -360,3 +360,17 @@ def test_candidates_frame_and_labels_show_the_chains_own_quote_fields(
     np.testing.assert_allclose(nothing.loc[times, "underlying_price"], closes.reindex(times))
     for col in ("premium", "premium_per_coin", "fees", "payoff", "pnl_vs_hodl", "pnl_coin"):
         assert (nothing[col] == 0.0).all(), col
+
+
+def test_pnl_coin_books_each_cash_flow_at_the_price_of_its_own_moment(
+    sim: CoveredCallSimulator,
+) -> None:
+    # premium net of the open fee at the sale's underlying price; payoff plus the delivery fee
+    # at the settlement price (a fee is always a cost, in coin as in USD)
+    trades = sim.simulate_policy(always_sell()).trades
+    assert trades and all(t.open_fee_usd > 0 for t in trades)
+    for t in trades:
+        want = (t.premium_usd - t.open_fee_usd) / t.open_underlying_price - (
+            t.payoff_usd + t.close_fee_usd
+        ) / t.settlement_price
+        assert t.pnl_coin == pytest.approx(want, rel=1e-12), t.instrument_name
