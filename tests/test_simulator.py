@@ -363,7 +363,7 @@ def test_candidates_frame_and_labels_show_the_chains_own_quote_fields(
 
 
 def test_pnl_coin_books_each_cash_flow_at_the_price_of_its_own_moment(
-    sim: CoveredCallSimulator,
+    sim: CoveredCallSimulator, market: SyntheticMarket
 ) -> None:
     # premium net of the open fee at the sale's underlying price; payoff plus the delivery fee
     # at the settlement price (a fee is always a cost, in coin as in USD)
@@ -374,3 +374,13 @@ def test_pnl_coin_books_each_cash_flow_at_the_price_of_its_own_moment(
             t.payoff_usd + t.close_fee_usd
         ) / t.settlement_price
         assert t.pnl_coin == pytest.approx(want, rel=1e-12), t.instrument_name
+        # the rest of the trade record: value per coin at expiry, the chain's IV, the note
+        assert t.close_price == pytest.approx(max(t.settlement_price - t.strike, 0.0))
+        quote = next(
+            o
+            for o in market.list_option_chain("BTC", t.open_time)
+            if o.instrument_name == t.instrument_name
+        )
+        assert t.open_iv == pytest.approx(quote.mark_iv, rel=1e-12)
+        itm = t.settlement_price > t.strike
+        assert t.notes == ("expired in the money" if itm else "expired worthless")
