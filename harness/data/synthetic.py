@@ -22,6 +22,8 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from harness.coins import coin, coin_of_instrument_underlying
+from harness.data.chain_scan import VALUE_COLUMNS, ChainColumns, empty_columns
+from harness.data.chain_select import ChainSelection
 from harness.data.source import (
     empty_chain_frame,
     empty_ohlc,
@@ -31,7 +33,7 @@ from harness.data.source import (
 )
 from harness.data.worlds import ANCHOR_PULL, Anchor, CoinParams, SurfaceParams, get_world
 from harness.instruments import format_expiry_code, format_strike, parse_instrument_name
-from harness.pricing import black76_greeks, black76_price
+from harness.pricing import black76_delta, black76_greeks, black76_price
 from harness.timestamps import TimestampLike, as_ns, to_utc
 from harness.types import OptionSnapshot, Timeframe, timeframe_delta
 
@@ -120,6 +122,19 @@ def _expiry_calendar() -> tuple[np.ndarray, np.ndarray]:
 def _weekday(days: np.ndarray) -> np.ndarray:
     """Monday = 0 of datetime64[D] values (1970-01-01 was a Thursday)."""
     return (days.astype(np.int64) + 3) % 7
+
+
+def _ranges(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ranges first[i] .. first[i] + counts[i] - 1."""
+    total = int(counts.sum())
+    return np.arange(total) + np.repeat(first - (np.cumsum(counts) - counts), counts)
+
+
+def _blocks(counts: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Consecutive index ranges [a, b) whose counts add up to about `size` each."""
+    ends = np.searchsorted(np.cumsum(counts), np.arange(size, int(counts.sum()) + size, size))
+    bounds = np.unique(np.r_[0, np.minimum(ends + 1, len(counts)), len(counts)])
+    return list(itertools.pairwise(bounds.tolist()))
 
 
 @dataclass(frozen=True)
@@ -662,6 +677,131 @@ class SyntheticMarket:
             }
         )
         return normalize_chain_frame(frame)
+
+    def selected_chain_columns(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex | Sequence,
+        selection: ChainSelection,
+        *,
+        max_dte: float | None = None,
+    ) -> ChainColumns:
+        """Only the call rows `selection` keeps, quoted exactly as `chain_frame` quotes them.
+
+        The listing is enumerated per (time, call) without pricing; deltas are computed only
+        for rows in the selection's DTE window, and the full Black-76 quote only for kept rows.
+        Work runs in blocks of calls, so memory follows the kept rows, not the whole chain.
+        """
+        u = underlying.upper()
+        idx = pd.DatetimeIndex(times)
+        idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+        if len(idx) == 0:
+            return empty_columns(u)
+        t = np.sort(as_ns(idx))
+        t_idx = pd.DatetimeIndex(t.astype("datetime64[ns]"), tz="UTC")
+        start, end = t_idx[0], t_idx[-1]
+        self._check_span(start, end)
+        horizon = None if max_dte is None else end + pd.Timedelta(days=max_dte)
+        exps = [e for e in self._expiry_dates(start, end) if horizon is None or e <= horizon]
+        if not exps:
+            return empty_columns(u)
+        listings = self._listings(u, exps)
+        strike = np.concatenate([lst.strikes for lst in listings])
+        listed = np.concatenate([lst.strike_listed for lst in listings])
+        n_each = np.array([len(lst.strikes) for lst in listings])
+        exp_id = np.repeat(np.arange(len(exps)), n_each)
+        e_ns = np.array([e.value for e in exps], dtype=np.int64)
+        exp_ns = e_ns[exp_id]
+        inst_on = listed <= end.value
+        # an instrument is in the chain at t when listed <= t < expiry (and within max_dte)
+        lo_t = (
+            listed if max_dte is None else np.maximum(listed, exp_ns - int(max_dte * 86400 * 1e9))
+        )
+        first = np.searchsorted(t, lo_t, side="left")
+        stop = np.searchsorted(t, exp_ns, side="left")
+        counts = np.where(inst_on, np.maximum(stop - first, 0), 0)
+        spot_t = self.spot_at(u, t_idx)
+        vol_t = self.vol_state_at(u, t_idx)
+        # the expiry nearest atm_dte at each time (ties kept), from (time, expiry) pairs
+        best_gap = np.full(len(t), np.inf)
+        e_first = np.full(len(exps), len(t))
+        np.minimum.at(e_first, exp_id[counts > 0], first[counts > 0])
+        e_cnt = np.maximum(np.searchsorted(t, e_ns, side="left") - e_first, 0)
+        pair_e = np.repeat(np.arange(len(exps)), e_cnt)
+        pair_t = _ranges(e_first, e_cnt)
+        pair_dte = (e_ns[pair_e] - t[pair_t]) / (86400.0 * 1e9)
+        pair_ok = pair_dte <= max_dte if max_dte is not None else np.ones(len(pair_t), bool)
+        np.minimum.at(best_gap, pair_t[pair_ok], np.abs(pair_dte[pair_ok] - selection.atm_dte))
+
+        band_first = np.full(len(strike), np.iinfo(np.int64).max)
+        kept_keys: list[np.ndarray] = []
+        atm_keys: list[np.ndarray] = []
+        atm_money: list[np.ndarray] = []
+        n_inst = len(strike)
+        for a, b in _blocks(counts, 1_000_000):
+            cnt = counts[a:b]
+            r_inst = np.repeat(np.arange(a, b), cnt)
+            r_t = _ranges(first[a:b], cnt)
+            dte = (exp_ns[r_inst] - t[r_t]) / (86400.0 * 1e9)
+            ok = dte <= max_dte if max_dte is not None else np.ones(len(dte), bool)
+            win = np.nonzero(ok & (dte >= selection.min_dte) & (dte <= selection.max_dte))[0]
+            w_inst, w_t = r_inst[win], r_t[win]
+            tau = np.maximum((exp_ns[w_inst] - t[w_t]) / (365.0 * 86400.0 * 1e9), 0.0)
+            spot = spot_t[w_t]
+            iv, _ = self._surface_iv(u, vol_t[w_t], tau, np.log(strike[w_inst] / spot))
+            delta = black76_delta(spot, strike[w_inst], tau, iv, True)
+            in_band = (delta >= selection.min_delta) & (delta <= selection.max_delta)
+            np.minimum.at(band_first, w_inst[in_band], w_t[in_band])
+            if not selection.follow:
+                kept_keys.append(w_t[in_band] * n_inst + w_inst[in_band])
+            # calls of the nearest expiry: keep the nearest the money of this block per time
+            gap = np.abs(dte - selection.atm_dte)
+            near = np.nonzero(ok & (gap == best_gap[r_t]))[0]
+            n_inst_near, n_t_near = r_inst[near], r_t[near]
+            money = np.abs(strike[n_inst_near] / spot_t[n_t_near] - 1.0)
+            local = np.full(len(t), np.inf)
+            np.minimum.at(local, n_t_near, money)
+            keep = money == local[n_t_near]
+            atm_keys.append(n_t_near[keep] * n_inst + n_inst_near[keep])
+            atm_money.append(money[keep])
+        keys = np.concatenate(atm_keys)
+        money = np.concatenate(atm_money)
+        best_money = np.full(len(t), np.inf)
+        np.minimum.at(best_money, keys // n_inst, money)
+        kept_keys.append(keys[money == best_money[keys // n_inst]])
+        if selection.follow:
+            held = np.nonzero(band_first < len(t))[0]
+            f_cnt = np.maximum(stop[held] - band_first[held], 0)
+            f_inst = np.repeat(held, f_cnt)
+            f_t = _ranges(band_first[held], f_cnt)
+            f_dte = (exp_ns[f_inst] - t[f_t]) / (86400.0 * 1e9)
+            f_ok = f_dte <= max_dte if max_dte is not None else np.ones(len(f_t), bool)
+            kept_keys.append((f_t * n_inst + f_inst)[f_ok])
+        keys = np.unique(np.concatenate(kept_keys))  # time, then expiry, then strike
+        r_t, r_inst = keys // n_inst, keys % n_inst
+        rows_time, rows_strike, rows_exp = t[r_t], strike[r_inst], exp_ns[r_inst]
+        is_call = np.ones(len(keys), dtype=bool)
+        q = self._quote(u, rows_time, rows_strike, rows_exp, is_call)
+        inst, code = np.unique(r_inst, return_inverse=True)
+        names = np.array(
+            [
+                f"{coin(u).instrument_prefix}-{format_expiry_code(exps[exp_id[i]])}-"
+                f"{format_strike(strike[i])}-C"
+                for i in inst
+            ],
+            dtype=object,
+        )
+        values = {"strike": rows_strike, **q}
+        return ChainColumns(
+            underlying=u,
+            as_of=rows_time,
+            expiry=rows_exp,
+            quote_time=rows_time,
+            code=code.astype(np.int64),
+            names=names,
+            is_call=is_call,
+            values={c: values[c] for c in VALUE_COLUMNS},
+        )
 
     def list_option_chain(self, underlying: str, as_of: TimestampLike) -> list[OptionSnapshot]:
         """Every listed option of `underlying` as quoted at the instant `as_of`."""
