@@ -92,7 +92,10 @@ class ChainStore:
         With `select` (calls only) a `SelectiveChainSource` builds just the rows the selection
         keeps; other sources ignore it and give every row, which is always a valid superset.
         """
-        idx = utc_index(pd.DatetimeIndex([to_utc(t) for t in times]))
+        if isinstance(times, pd.DatetimeIndex):
+            idx = utc_index(times)
+        else:  # one at a time: to_utc reads numbers as Unix milliseconds
+            idx = utc_index(pd.DatetimeIndex([to_utc(t) for t in times]))
         kinds = ("call",) if calls_only else ("call", "put")
         if select is not None and not calls_only:
             raise ValueError("a chain selection keeps calls only: pass calls_only=True")
