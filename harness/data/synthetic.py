@@ -152,7 +152,8 @@ class SyntheticMarket:
     `world` picks the model (`realistic`, `placebo`, `rich_premium`; see
     harness/data/worlds.py); `anchor` ties price levels loosely to history (`historical`) or
     not at all (`none`); None takes the world's default. Implements `MarketDataSource`, the
-    `BulkChainSource` fast path and `SettlementSource`.
+    `BulkChainSource` fast path, `SelectiveChainSource` (the simulator's narrow path) and
+    `SettlementSource`.
     """
 
     seed: int = 7
