@@ -509,7 +509,12 @@ class ChainTable:
             base = int(c.as_of.min() // bar_ns) if len(c) else 0
             bar_idx = c.as_of // bar_ns - base
             stride = int(bar_idx.max()) + 2 if len(c) else 1
-            order = np.lexsort((c.as_of, c.code))
+            # rows are sorted by as_of, so a stable sort by code alone orders by (code, as_of);
+            # with fewer than 65,536 instruments numpy radix-sorts 16-bit keys (4x a lexsort)
+            if len(c.names) < 2**16:
+                order = np.argsort(c.code.astype(np.uint16), kind="stable")
+            else:
+                order = np.lexsort((c.as_of, c.code))
             self._by_code = order
             self._keys = c.code[order] * stride + bar_idx[order]
             self._stride = stride
@@ -719,7 +724,7 @@ class FileDataSource(ChainTableSource):
             raise ValueError(f"block_days must be at least 1, got {block_days}")
         self._max_staleness = None if max_staleness is None else pd.Timedelta(max_staleness)
         self.block_days = block_days
-        self._settlements: dict[str, pd.Series] = {}
+        self._settlements: dict[str, dict[int, float]] = {}  # ns -> USD
         self._spot: dict[Path, pd.DataFrame] = {}
         self._mark_periods: dict[str, _MarkPeriod] = {}
         self._window_cache: dict[str, tuple[Timeframe, pd.Timedelta, pd.Timedelta]] = {}
@@ -997,20 +1002,23 @@ class FileDataSource(ChainTableSource):
         key = underlying.upper()
         if key not in self._settlements:
             found = _existing(settlement_path(self.root, key))
-            series = pd.Series(dtype="float64")
+            prices: dict[int, float] = {}
             if found is not None:
                 table = read_table(found)
-                series = pd.Series(
-                    table["price"].astype("float64").to_numpy(),
-                    index=pd.DatetimeIndex(pd.to_datetime(table["expiry"], utc=True)),
-                )
-            self._settlements[key] = series
-        series = self._settlements[key]
-        ts = to_utc(expiry)
-        if ts in series.index:
-            value = float(series.loc[ts])
-            return value if np.isfinite(value) else None
-        return None
+                stamps = pd.DatetimeIndex(pd.to_datetime(table["expiry"], utc=True))
+                # a dict, not a Series: one hash look-up per expiry (merge_settlements
+                # writes one row per expiry; should a hand-made file repeat one, the first wins)
+                for ns, price in zip(
+                    stamps.as_unit("ns").asi8.tolist(),
+                    table["price"].astype("float64").tolist(),
+                    strict=True,
+                ):
+                    prices.setdefault(ns, price)
+            self._settlements[key] = prices
+        value = self._settlements[key].get(to_utc(expiry).as_unit("ns").value)
+        if value is None or not np.isfinite(value):
+            return None
+        return float(value)
 
     # ---- internals
 
