@@ -638,11 +638,11 @@ class CoveredCallSimulator:
         rows = self.cand_row
         sell = pd.DataFrame(
             {
-                "decision_time": pd.to_datetime(self.dec_ns[self.cand_dec], utc=True),
+                "decision_time": _utc_ns_index(self.dec_ns[self.cand_dec]),
                 "action": "SELL_CALL",
                 "instrument_name": st.names[rows],
                 "strike": o["strike"],
-                "expiry": pd.to_datetime(o["expiry"], utc=True),
+                "expiry": _utc_ns_index(o["expiry"]),
                 "dte_days": self.cand_dte,
                 "delta": st.columns["delta"][rows],
                 "mark_iv": st.columns["mark_iv"][rows],
@@ -665,7 +665,7 @@ class CoveredCallSimulator:
         spot = self._features["spot"]
         nothing = pd.DataFrame(
             {
-                "decision_time": pd.to_datetime(self.dec_ns, utc=True),
+                "decision_time": _utc_ns_index(self.dec_ns),
                 "action": "DO_NOTHING",
                 "instrument_name": None,
                 "underlying_price": spot,
