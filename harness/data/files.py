@@ -343,15 +343,33 @@ def merge_chain(
         month = chain_month_path(root, underlying, day)
         use_month = by_month or _existing(month) is not None
         targets[day] = str(month if use_month else chain_partition_path(root, underlying, day))
+    day_files = _day_partitions(underlying_dir(root, underlying) / "chain")
     written = 0
     for path_text, part in frame.groupby(days.map(targets), sort=True):
-        written += _merge_partition(Path(str(path_text)), [part])
+        path = Path(str(path_text))
+        # a month file replaces that month's day files for readers: fold them in first
+        folded = (
+            [f for d, f in day_files if path == chain_month_path(root, underlying, d)]
+            if path.parent.name.startswith("month=")
+            else []
+        )
+        written += _merge_partition(path, [part], extra=folded)
+        _remove_partitions(folded)
     return written
+
+
+def _remove_partitions(files: Sequence[Path]) -> None:
+    """Delete day partition files (and their folders when empty) folded into a month file."""
+    for f in files:
+        f.unlink()
+        with contextlib.suppress(OSError):
+            f.parent.rmdir()  # leave a folder that holds anything else
 
 
 def _merge_partition(path: Path, parts: list[pd.DataFrame], *, extra: Sequence[Path] = ()) -> int:
     """Rewrite one chain partition with its rows plus `parts` (later rows win); returns rows."""
     found = _existing(path)
+    # month file first, then day files, then new rows: on equal quote times the later one wins
     old = [normalize_store_chain(read_table(f)) for f in ([found] if found else []) + list(extra)]
     frames = [*old, *parts]
     part = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -393,10 +411,7 @@ def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSumma
         target = chain_month_path(root, underlying, month)
         found = _existing(target)
         rows += _merge_partition(found or target, [], extra=files)
-        for f in files:
-            f.unlink()
-            with contextlib.suppress(OSError):
-                f.parent.rmdir()  # leave a folder that holds anything else
+        _remove_partitions(files)
     return CompactSummary(
         underlying=underlying.upper(),
         months=tuple(f"{m:%Y-%m}" for m in sorted(by_month)),

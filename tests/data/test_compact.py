@@ -97,3 +97,21 @@ def test_compact_command(tmp_path: Path, capsys) -> None:
         "month=2024-02",
         "month=2024-03",
     ]
+
+
+def test_a_month_import_into_a_day_store_keeps_the_day_rows(tmp_path: Path) -> None:
+    root = _store(tmp_path / "data")
+    before = _read(root)
+    late = pd.Timestamp("2024-03-03 00:00", tz=UTC)
+    merge_chain(
+        root,
+        "BTC",
+        chain_rows([(CALL2, late, late - pd.Timedelta(minutes=1), 0.03)]),
+        by_month=True,
+    )
+    # March's day files were folded into the new month file; February's stay as they are
+    assert not list(root.glob("BTC/chain/date=2024-03-*"))
+    assert len(list(root.glob("BTC/chain/date=2024-02-*"))) == 3
+    pd.testing.assert_frame_equal(_read(root), before)
+    got = FileDataSource(root).option_marks([CALL2], pd.DatetimeIndex([late]))[0, 0]
+    assert got == 0.03 * 60_000.0
