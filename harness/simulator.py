@@ -697,7 +697,8 @@ class CoveredCallSimulator:
         pnl = labels["pnl_vs_hodl"].to_numpy(dtype=float)
         starts = np.r_[0, np.flatnonzero(np.diff(dec[order])) + 1]
         sizes = np.diff(np.r_[starts, len(pnl)])
-        best = np.repeat(np.fmax.reduceat(pnl, starts), sizes)  # NaN-skipping like groupby max
+        # NaN-skipping like groupby max; a period without decisions has no labels at all
+        best = np.repeat(np.fmax.reduceat(pnl, starts), sizes) if len(pnl) else pnl
         labels["best_pnl_vs_hodl"] = best
         labels["regret"] = best - pnl
         self._labels = labels
