@@ -44,6 +44,7 @@ from harness.experiments.run_health import (
     counted,
     llm_status,
 )
+from harness.experiments.sweep_market import SharedChains
 from harness.llm.budget import SpendCap
 from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
 from harness.llm.client import LLMUnavailable
@@ -280,7 +281,11 @@ class ExperimentRunner:
             def tick(i: int, n: int) -> None:
                 progress.update(load, completed=i, total=n)
 
-            sim = CoveredCallSimulator(source, cfg.simulation, progress=tick)
+            if isinstance(source, SharedChains):
+                # a sweep's market: simulators (candidates, labels) and mark paths are shared
+                sim = source.simulator(cfg.simulation, progress=tick)
+            else:
+                sim = CoveredCallSimulator(source, cfg.simulation, progress=tick)
             progress.update(load, description="labelling candidates")
             labels = with_reward(
                 sim.counterfactual_labels(), cfg.reward.kind, cfg.reward.drawdown_penalty

@@ -29,6 +29,7 @@ from harness.experiments.sweep_backends import (
     init_ray,
     market_key,
     needs_cache_writer,
+    prepare_markets,
     run_inline,
     run_local,
     run_ray,
@@ -201,11 +202,13 @@ class SweepRunner:
             t.index: (market_key(t.config), -t.config.simulation.target_dte, t.index) for t in todo
         }
         spread.sort(key=lambda k: order[k.index])
+        configs = {t.index: t.config for t in todo}
+        # every market built and its chains warmed once, here, then shipped to the workers
+        markets = prepare_markets([configs[t.index] for t in spread])
         if self.backend == "ray":
             started = init_ray(self.address, self.workers)
             try:
-                configs = {t.index: t.config for t in todo}
-                for outcome in run_ray(spread, configs):
+                for outcome in run_ray(spread, configs, markets):
                     if outcome.files:
                         write_back(dirs[outcome.index], outcome.files)
                     yield outcome
@@ -215,7 +218,7 @@ class SweepRunner:
 
                     ray.shutdown()
         elif self.workers > 1 and len(spread) > 1:
-            yield from run_local(spread, self.workers)
+            yield from run_local(spread, self.workers, markets)
         else:
             yield from run_inline(spread)
         yield from run_inline(here)

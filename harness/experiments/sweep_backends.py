@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +26,7 @@ import yaml
 from harness.data.source import MarketDataSource
 from harness.experiments.config import ExperimentConfig, parse_config
 from harness.experiments.markets import build_market
-from harness.experiments.sweep_market import share_chains
+from harness.experiments.sweep_market import SharedChains, share_chains
 
 Backend = Literal["local", "ray"]
 _MARKETS: dict[str, MarketDataSource] = {}
@@ -73,6 +73,30 @@ def market_for(config: ExperimentConfig) -> MarketDataSource:
     return source
 
 
+def prepare_markets(configs: Sequence[ExperimentConfig]) -> dict[str, MarketDataSource]:
+    """Each distinct market of `configs`, built and warmed once here (the driver), by key.
+
+    Warming builds every chain the trials will ask in one request, so workers receive the
+    chain arrays instead of each building them again.
+    """
+    groups: dict[str, list[ExperimentConfig]] = {}
+    for cfg in configs:
+        groups.setdefault(market_key(cfg), []).append(cfg)
+    out: dict[str, MarketDataSource] = {}
+    for key, cfgs in groups.items():
+        source = market_for(cfgs[0])
+        if isinstance(source, SharedChains):
+            source.warm([c.simulation for c in cfgs])
+        out[key] = source
+    return out
+
+
+def _install(markets: dict[str, MarketDataSource]) -> None:
+    """Pool initializer: keep the driver's prepared markets in this worker process."""
+    for key, source in markets.items():
+        _keep(key, source)
+
+
 def _keep(key: str, source: MarketDataSource) -> MarketDataSource:
     """Keep `source` (with shared chains) in this process, dropping the oldest past the limit."""
     if len(_MARKETS) >= _MAX_MARKETS:
@@ -114,15 +138,32 @@ def run_inline(tasks: Iterable[TrialTask]) -> Iterator[TrialOutcome]:
         yield run_trial(task)
 
 
-def run_local(tasks: list[TrialTask], workers: int) -> Iterator[TrialOutcome]:
-    """Run trials in a pool of `workers` processes; each keeps its markets between trials."""
+def run_local(
+    tasks: list[TrialTask], workers: int, markets: dict[str, MarketDataSource] | None = None
+) -> Iterator[TrialOutcome]:
+    """Run trials in a pool of `workers` processes; each keeps its markets between trials.
+
+    `markets` (from `prepare_markets`) are sent to every worker once, at its start.
+    """
     if not tasks:
         return
-    # forkserver: workers fork from a clean server that already imported the runner, so they
-    # start fast and never inherit the driver's threads (progress bars, Ray, HTTP clients)
+    # forkserver: workers fork from a clean server that already imported the runner and the
+    # report, so they start fast and never inherit the driver's threads (progress bars, Ray,
+    # HTTP clients)
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["harness.experiments.sweep_backends", "harness.experiments.runner"])
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
+    ctx.set_forkserver_preload(
+        [
+            "harness.experiments.sweep_backends",
+            "harness.experiments.runner",
+            "harness.reports.report",
+        ]
+    )
+    with ProcessPoolExecutor(
+        max_workers=max(1, workers),
+        mp_context=ctx,
+        initializer=_install,
+        initargs=(markets or {},),
+    ) as pool:
         futures = [pool.submit(run_trial, t) for t in tasks]
         for f in as_completed(futures):
             yield f.result()
@@ -181,20 +222,25 @@ def init_ray(address: str | None, workers: int | None) -> bool:
     return True
 
 
-def run_ray(tasks: list[TrialTask], configs: dict[int, ExperimentConfig]) -> Iterator[TrialOutcome]:
+def run_ray(
+    tasks: list[TrialTask],
+    configs: dict[int, ExperimentConfig],
+    markets: dict[str, MarketDataSource] | None = None,
+) -> Iterator[TrialOutcome]:
     """Run trials as Ray tasks; each distinct market is built here and put once in the store."""
     if not tasks:
         return
     import ray
 
     remote = ray.remote(num_cpus=1, max_retries=0)(_ray_trial)
+    markets = markets or {}
     refs: dict[str, Any] = {}
     pending = {}
     for task in tasks:
         cfg = configs[task.index]
         key = market_key(cfg)
         if key not in refs:
-            refs[key] = ray.put(build_market(cfg.market, cfg.simulation.timeframe))
+            refs[key] = ray.put(markets.get(key) or market_for(cfg))
         shipped = replace(task, files=resume_files(Path(task.trial_dir)))
         pending[remote.remote(shipped, key, [refs[key]])] = task
     while pending:
