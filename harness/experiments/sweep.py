@@ -161,6 +161,7 @@ class SweepRunner:
                 "status": "complete" if done else "pending",
                 "error": None if done else entry.get("error"),
                 "elapsed_s": entry.get("elapsed_s"),
+                "cpu_s": entry.get("cpu_s"),
             }
             if not done:
                 todo.append(trial)
@@ -173,7 +174,12 @@ class SweepRunner:
         for n, outcome in enumerate(self._execute(todo, dirs), start=1):
             trial = trials[outcome.index]
             rec = self.state[trial.key]
-            rec.update(status=outcome.status, error=outcome.error, elapsed_s=outcome.elapsed_s)
+            rec.update(
+                status=outcome.status,
+                error=outcome.error,
+                elapsed_s=outcome.elapsed_s,
+                cpu_s=outcome.cpu_s,
+            )
             self._save({"status": "running"})
             mark = "done" if outcome.status == "complete" else f"FAILED: {outcome.error}"
             self.console.print(

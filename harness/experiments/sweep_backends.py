@@ -54,6 +54,7 @@ class TrialOutcome:
     error: str | None
     elapsed_s: float
     files: dict[str, bytes] | None = None  # Ray: the run folder's files, written by the driver
+    cpu_s: float = 0.0  # CPU seconds of the process that ran it, during the trial
 
 
 def market_key(config: ExperimentConfig) -> str:
@@ -114,7 +115,7 @@ def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialO
     """Run one trial into its folder (resuming decisions already there); never raises."""
     from harness.experiments.runner import ExperimentRunner
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         config = parse_config(yaml.safe_load(task.config_yaml), task.trial_dir)
         runner = ExperimentRunner(
@@ -128,8 +129,12 @@ def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialO
         runner.run()
     except Exception as exc:
         detail = "".join(traceback.format_exception_only(exc)).strip()
-        return TrialOutcome(task.index, "failed", detail, time.perf_counter() - t0)
-    return TrialOutcome(task.index, "complete", None, time.perf_counter() - t0)
+        return TrialOutcome(
+            task.index, "failed", detail, time.perf_counter() - t0, cpu_s=time.process_time() - c0
+        )
+    return TrialOutcome(
+        task.index, "complete", None, time.perf_counter() - t0, cpu_s=time.process_time() - c0
+    )
 
 
 def run_inline(tasks: Iterable[TrialTask]) -> Iterator[TrialOutcome]:
