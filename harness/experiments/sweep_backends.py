@@ -29,6 +29,7 @@ from harness.experiments.markets import build_market
 from harness.experiments.sweep_market import SharedChains, share_chains
 
 Backend = Literal["local", "ray"]
+DRIVER = "driver"  # outcome status: the trial must run in the driver (the cache writer)
 _MARKETS: dict[str, MarketDataSource] = {}
 _MAX_MARKETS = 4  # markets kept per worker process (a year of 1h synthetic BTC is ~100 MB)
 
@@ -43,6 +44,9 @@ class TrialTask:
     html_report: bool
     cache_mode: str | None = None
     files: dict[str, bytes] | None = None  # Ray: the folder's files so far, for a remote resume
+    # an LLM trial whose requests the driver prefetched: replay it from the cache read-only,
+    # and hand it back to the driver (status "driver") if any answer is missing there
+    llm_replay: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,9 +115,36 @@ def needs_cache_writer(config: ExperimentConfig) -> bool:
     return any(p.type == "llm" for p in config.policies)
 
 
+def prefetch_trial(task: TrialTask) -> dict[str, dict[str, Any]]:
+    """Ask every LLM request of a trial into the response cache, here (the cache writer).
+
+    Returns each LLM policy's summary (see `ExperimentRunner.prefetch_llm`).
+    """
+    from harness.experiments.runner import ExperimentRunner
+
+    config = parse_config(yaml.safe_load(task.config_yaml), task.trial_dir)
+    runner = ExperimentRunner(
+        config,
+        resume=task.trial_dir,
+        cache_mode=task.cache_mode,  # type: ignore[arg-type]
+        quiet=True,
+        market=market_for(config),
+    )
+    return runner.prefetch_llm()
+
+
+def replayable(summaries: dict[str, dict[str, Any]]) -> bool:
+    """Whether a prefetch left every answer of the trial in the cache (nothing skipped,
+    halted or failed), so a worker can replay it with the cache opened read-only."""
+    return all(
+        "skipped" not in s and not s.get("halted") and not s.get("errors")
+        for s in summaries.values()
+    )
+
+
 def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialOutcome:
     """Run one trial into its folder (resuming decisions already there); never raises."""
-    from harness.experiments.runner import ExperimentRunner
+    from harness.experiments.runner import ExperimentRunner, LLMRequiredError
 
     t0, c0 = time.perf_counter(), time.process_time()
     try:
@@ -121,12 +152,22 @@ def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialO
         runner = ExperimentRunner(
             config,
             resume=task.trial_dir,
-            cache_mode=task.cache_mode,  # type: ignore[arg-type]
+            cache_mode="read_only" if task.llm_replay else task.cache_mode,  # type: ignore[arg-type]
+            require_llm=task.llm_replay,
             quiet=True,
             market=market or market_for(config),
             html_report=task.html_report,
         )
         runner.run()
+    except LLMRequiredError as exc:
+        if not task.llm_replay:
+            raise
+        # an answer the prefetch did not leave in the cache (or no copy of the cache on this
+        # node): the folder is not finished, the driver runs the trial with the cache writer
+        (Path(task.trial_dir) / "manifest.json").unlink(missing_ok=True)
+        return TrialOutcome(
+            task.index, DRIVER, str(exc), time.perf_counter() - t0, cpu_s=time.process_time() - c0
+        )
     except Exception as exc:
         detail = "".join(traceback.format_exception_only(exc)).strip()
         return TrialOutcome(
