@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from harness.experiments.config import dump_config, parse_config
+from harness.experiments.runner import create_run_dir, run_config_text
 from harness.experiments.sweep import run_sweep
+from harness.experiments.sweep_backends import DRIVER, TrialTask, run_trial
 from tests.experiments.sweep_fixtures import write_sweep
 from tests.llm.scripted_server import ScriptedServer, first_enum_or_nothing
 
@@ -39,7 +42,9 @@ def _prompts(tmp_path: Path) -> Path:
     return pdir
 
 
-def _sweep(tmp_path: Path, pdir: Path, workers: int) -> tuple[int, dict[int, Path], Path]:
+def _sweep(
+    tmp_path: Path, pdir: Path, workers: int, backend: str = "local"
+) -> tuple[int, dict[int, Path], Path]:
     """Run the 2 prompts x 2 penalties sweep against a fresh server and cache; (requests,
     trial folders by index, sweep folder)."""
     with ScriptedServer(default=first_enum_or_nothing) as srv:
@@ -76,7 +81,13 @@ def _sweep(tmp_path: Path, pdir: Path, workers: int) -> tuple[int, dict[int, Pat
             },
         }
         path = write_sweep(tmp_path, sweep, base)
-        summary = run_sweep(path, workers=workers, out_dir=tmp_path / "runs", quiet=True)
+        summary = run_sweep(
+            path,
+            workers=workers,
+            backend=backend,  # type: ignore[arg-type]
+            out_dir=tmp_path / "runs",
+            quiet=True,
+        )
         assert summary.n_complete == 4
         data = json.loads((summary.sweep_dir / "sweep.json").read_text())
         dirs = {t["index"]: summary.sweep_dir / "trials" / t["trial_id"] for t in data["trials"]}
@@ -133,3 +144,52 @@ def test_parallel_replays_equal_a_sequential_sweep(parallel, tmp_path: Path, mon
             for k, v in m.items():
                 if k != "cost_usd":  # the sequential first trial paid; a replay never does
                     assert par_m[policy][k] == pytest.approx(v, nan_ok=True), (i, policy, k)
+
+
+def _same_decisions(a: dict[int, Path], b: dict[int, Path]) -> None:
+    for i, d in a.items():
+        for policy in ("always_sell", "llm_a"):
+            assert [_decided(r) for r in _rows(d, policy)] == [
+                _decided(r) for r in _rows(b[i], policy)
+            ]
+
+
+def test_ray_replays_llm_trials_from_the_drivers_prefetch(
+    ray_session: None, parallel, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-sweep-test")
+    requests, dirs, sweep_dir = _sweep(tmp_path, _prompts(tmp_path), workers=2, backend="ray")
+    prefetch = json.loads((sweep_dir / "sweep.json").read_text())["llm_prefetch"]
+    assert requests == prefetch["calls_made"] == parallel[0]
+    assert prefetch["replayed_in_workers"] == 4
+    _same_decisions(dirs, parallel[1])
+
+
+def test_a_replay_without_the_answers_goes_back_to_the_driver(tmp_path: Path) -> None:
+    cfg = parse_config(
+        {
+            "name": "llm-miss",
+            "simulation": {
+                "start": "2024-05-01",
+                "end": "2024-05-12",
+                "decision_interval_bars": 24,
+            },
+            "policies": [
+                {
+                    "name": "llm_a",
+                    "type": "llm",
+                    "model": "gpt-4o-mini",
+                    "base_url": "http://127.0.0.1:9/v1",  # never contacted: read-only replay
+                    "api_key_env": KEY_ENV,
+                }
+            ],
+            "cache": {"dir": str(tmp_path / "empty-cache")},
+            "bootstrap_resamples": 100,
+        }
+    )
+    d = create_run_dir(tmp_path / "trials", "t000")
+    (d / "config.yaml").write_text(run_config_text(cfg))
+    outcome = run_trial(TrialTask(0, str(d), dump_config(cfg), False, llm_replay=True))
+    assert outcome.status == DRIVER
+    assert "llm_a" in (outcome.error or "")
+    assert not (d / "manifest.json").exists()  # not finished: a re-run runs it again
