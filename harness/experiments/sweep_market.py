@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from harness.data.chain_scan import ChainColumns, ColumnarChainSource, columns_from_frame
+from harness.data.chain_select import SelectiveChainSource
 from harness.data.source import BulkChainSource, MarketDataSource, normalize_chain_frame
 from harness.data.store import ProgressFn
 from harness.simulator import CoveredCallSimulator, SimulatorCaches
@@ -72,7 +73,11 @@ class SharedChains:
 
         The decision times and the expiry limit follow the simulator's rules; a config they
         do not cover is still right, its simulator just builds the missing chains itself.
+        Nothing is built for a `SelectiveChainSource` (the synthetic market): the simulator
+        asks it for the few rows its band reads, cheaper than selecting from a full chain.
         """
+        if isinstance(self._source, SelectiveChainSource):
+            return
         by_underlying: dict[str, tuple[list[np.ndarray], float]] = {}
         for c in configs:
             first = c.start_ts.ceil(c.bar)

@@ -108,8 +108,8 @@ def test_warmed_and_shipped_market_gives_plain_runs(tmp_path) -> None:
         assert (a.run_dir / "decisions.jsonl").read_text() == (
             b.run_dir / "decisions.jsonl"
         ).read_text()
-    # the chains were built once, in `warm`: no config needed a wider or later build
-    assert len(shipped._kept_cols) == 1
+    # the synthetic market builds each simulator's selected rows itself: nothing kept
+    assert shipped._kept_cols == {}
     same = cfgs[0].simulation
     assert shipped.simulator(same) is shipped.simulator(same)  # same band: same candidates
 
@@ -136,3 +136,35 @@ def test_a_rule_trial_never_imports_matplotlib(tmp_path) -> None:
         env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert out.stdout.strip() == "False"
+
+
+def test_warm_builds_full_chains_once_for_a_source_without_selection(
+    market: SyntheticMarket,
+) -> None:
+    class FullChains:  # the synthetic market without its selective path
+        def __init__(self, source: SyntheticMarket) -> None:
+            self.chain_frame = source.chain_frame
+            self.option_marks = source.option_marks
+            self.get_spot_ohlc = source.get_spot_ohlc
+            self.list_option_chain = source.list_option_chain
+            self.get_option_ohlc = source.get_option_ohlc
+
+    shared = share_chains(FullChains(market))  # type: ignore[arg-type]
+    assert isinstance(shared, SharedChains)
+    cfgs = [
+        parse_config(dict(BASE, simulation=dict(BASE["simulation"], target_dte=d))).simulation
+        for d in (3, 7)
+    ]
+    shared.warm(cfgs)
+    assert len(shared._kept_cols) == 1
+    kept = shared._kept_cols[("BTC", ("call",))]
+    for c in cfgs:
+        store = ChainStore.from_source(shared, "BTC", _decisions(c), calls_only=True, max_dte=15.0)
+        want = ChainStore.from_source(market, "BTC", _decisions(c), calls_only=True, max_dte=15.0)
+        pd.testing.assert_frame_equal(store.frame, want.frame)
+    assert shared._kept_cols[("BTC", ("call",))] is kept  # answered from the warmed rows
+
+
+def _decisions(c) -> pd.DatetimeIndex:
+    last = c.end_ts - pd.Timedelta(days=c.target_dte)
+    return pd.date_range(c.start_ts.ceil(c.bar), last, freq=c.bar * c.decision_interval_bars)
