@@ -44,6 +44,7 @@ from harness.experiments.run_health import (
     counted,
     llm_status,
 )
+from harness.experiments.sweep_market import SharedChains
 from harness.llm.budget import SpendCap
 from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
 from harness.llm.client import LLMUnavailable
@@ -265,6 +266,54 @@ class ExperimentRunner:
             self.run_dir = create_run_dir(out_dir, config.name)
             (self.run_dir / "config.yaml").write_text(config_text)
 
+    # ------------------------------------------------------------------ prefetch
+    def prefetch_llm(self) -> dict[str, dict[str, Any]]:
+        """Ask every LLM request of this run into the response cache; score and write nothing.
+
+        For a sweep driver, the one cache writer: afterwards the run itself can replay in
+        another process with the cache opened `read_only`. Decisions already in the folder's
+        decisions.jsonl are not asked. Returns each LLM policy's summary (`LLMRunSummary`
+        as a dict), or `{"skipped": reason}` for a policy that cannot run.
+        """
+        cfg = self.config
+        entries = [p for p in cfg.policies if isinstance(p, LLMPolicyEntry)]
+        if not entries:
+            return {}
+        done = _read_done(self.run_dir / "decisions.jsonl")
+        source = self.market or build_market(cfg.market, cfg.simulation.timeframe)
+        if isinstance(source, SharedChains):
+            sim = source.simulator(cfg.simulation)
+        else:
+            sim = CoveredCallSimulator(source, cfg.simulation)
+        labels = with_reward(
+            sim.counterfactual_labels(), cfg.reward.kind, cfg.reward.drawdown_penalty
+        )
+        items = [(sim.build_state(t), sim.candidates(t)) for t in sim.decision_times()]
+        out: dict[str, dict[str, Any]] = {}
+        with ExitStack() as stack:
+            cache = None
+            if self.cache_mode != "off":
+                cache = stack.enter_context(ResponseCache(cfg.cache.dir))
+            for entry in entries:
+                policy, why = self._build_policy(entry, labels, cache, stack)
+                if policy is None or not isinstance(policy, LLMPolicy):
+                    out[entry.name] = {"skipped": why}
+                    continue
+                policy.attach_run(transcript=None)
+                if policy.config.anonymize and items:
+                    policy.set_anchor(items[0][0].time, items[0][0].spot)  # as `run` does
+                todo = [
+                    it for it in items if (entry.name, _iso(pd.Timestamp(it[0].time))) not in done
+                ]
+                try:
+                    if todo:
+                        policy.prefetch(todo, progress=not self.quiet)
+                except (LLMUnavailable, CacheMissError) as exc:
+                    out[entry.name] = {"skipped": self.secrets.scrub_key_like(str(exc))}
+                    continue
+                out[entry.name] = policy.summary().as_dict()
+        return out
+
     # ------------------------------------------------------------------ main
     def run(self) -> RunSummary:
         """Run every policy, write every file of the run folder and return a summary."""
@@ -280,7 +329,11 @@ class ExperimentRunner:
             def tick(i: int, n: int) -> None:
                 progress.update(load, completed=i, total=n)
 
-            sim = CoveredCallSimulator(source, cfg.simulation, progress=tick)
+            if isinstance(source, SharedChains):
+                # a sweep's market: simulators (candidates, labels) and mark paths are shared
+                sim = source.simulator(cfg.simulation, progress=tick)
+            else:
+                sim = CoveredCallSimulator(source, cfg.simulation, progress=tick)
             progress.update(load, description="labelling candidates")
             labels = with_reward(
                 sim.counterfactual_labels(), cfg.reward.kind, cfg.reward.drawdown_penalty
