@@ -517,6 +517,35 @@ class ChatClient:
             body["response_format"] = response_format
         return body
 
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body a live call POSTs for `request` at its own structured-output level.
+
+        Used for batch request lines; it holds no credentials (those travel in headers).
+        """
+        return self._body(request, request.format_level())
+
+    def parse_completion(
+        self, raw: Mapping[str, Any], request: ChatRequest, *, latency_s: float = 0.0
+    ) -> ChatResponse:
+        """Parse a chat-completion body received another way (a batch output line) as live.
+
+        Errors inside the body raise the same `LLMError` classes a live answer raises.
+        """
+        counter = _Attempts(request.format_level())
+        counter.count = 1
+        sent = self.request_body(request)
+        try:
+            return _parse_data(dict(raw), latency_s, counter, request, sent)
+        except (MalformedResponse, ProviderError) as exc:
+            raise self._final_error(exc, counter, request, retried=False) from None
+
+    def sdk_client(self) -> openai.OpenAI:
+        """The blocking SDK client (key, headers, query, timeout; SDK retries off).
+
+        For other endpoints of the same server, such as the Batch API's files and batches.
+        """
+        return self._sync_client()
+
     def _step_down(self, exc: BaseException, level: str | None) -> str | None:
         """The next weaker format after a rejection that names structured output; else raise."""
         if level is None or not names_structured_output(exc):
@@ -578,7 +607,9 @@ class ChatClient:
         self.rate_limiter.settle(estimate, response.usage.total_tokens)
         return response
 
-    def _final_error(self, exc: Exception, counter: _Attempts, request: ChatRequest) -> LLMError:
+    def _final_error(
+        self, exc: Exception, counter: _Attempts, request: ChatRequest, *, retried: bool = True
+    ) -> LLMError:
         # `from None` at the raise sites: the SDK exception carries the request, whose headers
         # hold the key, and must not travel into records or tracebacks written to logs.
         if isinstance(exc, LLMError):
@@ -587,7 +618,7 @@ class ChatClient:
         status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
         reason = self.redact(server_reason(exc))
         where = f"from {self.base_url}"
-        tries = f" (gave up after {attempts} attempts)" if is_retryable(exc) else ""
+        tries = f" (gave up after {attempts} attempts)" if retried and is_retryable(exc) else ""
         cls: type[LLMError]
         if isinstance(exc, openai.APITimeoutError):
             cls, message = LLMTimeout, f"timeout after {self.timeout_s:g}s {where}{tries}"
@@ -635,9 +666,14 @@ class ChatClient:
 
 
 def _class_for_status(status: int, exc: BaseException) -> type[LLMError]:
+    return error_class_for_status(status, quota_exhausted=is_quota_exhausted(exc))
+
+
+def error_class_for_status(status: int, *, quota_exhausted: bool = False) -> type[LLMError]:
+    """The `LLMError` class of an HTTP error status, as live calls classify it."""
     if status in (401, 403):
         return LLMAuthError
-    if status == 402 or is_quota_exhausted(exc):
+    if status == 402 or quota_exhausted:
         return LLMPaymentRequired
     if status == 404:
         return LLMModelNotFound
@@ -682,15 +718,25 @@ def _parse_response(
         raise MalformedResponse(f"HTTP 200 but not a chat completion: {body[:200]!r}") from None
     if not isinstance(data, dict):
         raise MalformedResponse(f"HTTP 200 but not a chat completion: {body[:200]!r}")
+    return _parse_data(data, latency_s, counter, request, sent)
+
+
+def _parse_data(
+    data: dict[str, Any],
+    latency_s: float,
+    counter: _Attempts,
+    request: ChatRequest,
+    sent: dict[str, Any],
+) -> ChatResponse:
     raw_choices = data.get("choices")
     if data.get("error") and not raw_choices:
         raise ProviderError(_error_text(data["error"]))
     if not isinstance(raw_choices, list) or not raw_choices:
-        raise MalformedResponse(f"HTTP 200 but not a chat completion: {body[:200]!r}")
+        raise MalformedResponse(f"HTTP 200 but not a chat completion: {_excerpt(data)}")
     choices = []
     for raw in sorted(raw_choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0):
         if not isinstance(raw, dict):
-            raise MalformedResponse(f"HTTP 200 with a malformed choice: {body[:200]!r}")
+            raise MalformedResponse(f"HTTP 200 with a malformed choice: {_excerpt(data)}")
         if raw.get("error") or raw.get("finish_reason") == "error":
             raise ProviderError(_error_text(raw.get("error") or "finish_reason: error"))
         choices.append(_choice(raw))
@@ -707,6 +753,10 @@ def _parse_response(
         usage_reported=bool(usage_raw),
         raw=data,
     )
+
+
+def _excerpt(data: Mapping[str, Any]) -> str:
+    return repr(json.dumps(data)[:200])
 
 
 def _choice(raw: Mapping[str, Any]) -> ChatChoice:

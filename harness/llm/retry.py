@@ -25,6 +25,8 @@ log = logging.getLogger("harness.llm")
 
 # Status codes worth another attempt: request timeout, conflict/lock, rate limit, server errors.
 _RETRY_STATUS = frozenset({408, 409, 429})
+# Error codes/types of a 429 that means the account is out of credit.
+QUOTA_CODES = frozenset({"insufficient_quota", "quota_exceeded", "billing_hard_limit_reached"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +68,7 @@ def is_quota_exhausted(exc: BaseException) -> bool:
         if isinstance(error, dict)
         else []
     )
-    return any(
-        f in ("insufficient_quota", "quota_exceeded", "billing_hard_limit_reached") for f in fields
-    )
+    return any(f in QUOTA_CODES for f in fields)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -142,19 +142,30 @@ def _log_before_sleep(redact: Callable[[str], str]) -> Callable[[RetryCallState]
     return log_it
 
 
-def _common(policy: RetryPolicy, redact: Callable[[str], str] | None) -> dict[str, Any]:
+def _common(
+    policy: RetryPolicy,
+    redact: Callable[[str], str] | None,
+    retry_if: Callable[[BaseException], bool] = is_retryable,
+) -> dict[str, Any]:
     return {
         "stop": stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_total_s),
         "wait": WaitRetryAfterOrBackoff(policy),
-        "retry": retry_if_exception(is_retryable),
+        "retry": retry_if_exception(retry_if),
         "before_sleep": _log_before_sleep(redact or (lambda text: text)),
         "reraise": True,  # callers see the last real error, not tenacity.RetryError
     }
 
 
-def sync_retrying(policy: RetryPolicy, redact: Callable[[str], str] | None = None) -> Retrying:
-    """A tenacity `Retrying` implementing `policy` for blocking calls (log lines `redact`ed)."""
-    return Retrying(**_common(policy, redact))
+def sync_retrying(
+    policy: RetryPolicy,
+    redact: Callable[[str], str] | None = None,
+    retry_if: Callable[[BaseException], bool] = is_retryable,
+) -> Retrying:
+    """A tenacity `Retrying` implementing `policy` for blocking calls (log lines `redact`ed).
+
+    `retry_if` narrows which errors are retried (a batch create retries only a 429).
+    """
+    return Retrying(**_common(policy, redact, retry_if))
 
 
 def async_retrying(

@@ -9,6 +9,7 @@ import pytest
 
 from harness.llm.cache import ResponseCache
 from harness.policies.llm import LLMPolicy
+from tests.llm.batch_server import BatchServer
 from tests.llm.fixtures import KEY_ENV, SECRET
 from tests.llm.scripted_server import ScriptedServer
 
@@ -24,6 +25,13 @@ FAST = {
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     with ScriptedServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def batch_server() -> Iterator[BatchServer]:
+    """The local Files/Batch/chat server (OpenAI's shape), DO_NOTHING answers by default."""
+    with BatchServer() as srv:
         yield srv
 
 
