@@ -13,7 +13,7 @@ Rewards are what the experiment runner scores: per decision, the hold-to-expiry 
 the call a policy sells (0 for doing nothing), with `fill: mark` and no fees. The block length
 is the runner's: a call's life over the decision spacing. Every interval method of
 `harness.stats.paired_comparison` is reported (`bootstrap_t` is the default).
-Run: nice .venv/bin/python benchmarks/bench_calibration.py [--placebo-seeds 100]
+Run: nice .venv/bin/python benchmarks/bench_calibration.py [--placebo-seeds 300]
      [--rich-seeds 40] [--draws 1]
 """
 
@@ -156,7 +156,7 @@ def summarize(results: dict[str, list[dict]], block: int, n: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--placebo-seeds", type=int, default=100, help="placebo market seeds")
+    ap.add_argument("--placebo-seeds", type=int, default=300, help="placebo market seeds")
     ap.add_argument("--rich-seeds", type=int, default=40, help="rich_premium market seeds")
     ap.add_argument("--draws", type=int, default=1, help="random-sell policies per placebo seed")
     args = ap.parse_args()
