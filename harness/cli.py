@@ -803,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare two runs decision by decision (prompt iteration)",
         description=(
             "Line up the decisions of RUN_A and RUN_B by decision time: where the choice changed, the reward "
-            "change with a 95% block-bootstrap interval, validity and cost changes. Writes "
+            "change with a 95% studentized block-bootstrap interval, validity and cost changes. Writes "
             "run_comparison.md and run_comparison.html."
         ),
     )

@@ -25,7 +25,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness import __version__
+from harness import __version__, strict_json
 from harness.data.source import MarketDataSource
 from harness.experiments.config import (
     ExperimentConfig,
@@ -475,7 +475,7 @@ class ExperimentRunner:
         if self.answers is not None:
             manifest["replay"] = True
         (self.run_dir / "manifest.json").write_text(
-            self.secrets.scrub(json.dumps(manifest, indent=2, default=str))
+            self.secrets.scrub(strict_json.dumps(manifest, indent=2, default=str))
         )
         self._write_report()
         self.secrets.scrub_files(self.run_dir.glob("*.md"))
@@ -703,7 +703,7 @@ class ExperimentRunner:
             invalid += int(not row["valid"])
             errors += int(row["error"] is not None)
             tally.add(row)
-            out.write(self.secrets.scrub(json.dumps(row, default=str)) + "\n")
+            out.write(self.secrets.scrub(strict_json.dumps(row, default=str)) + "\n")
             out.flush()
             choices.append(choice_name)
             rewards[i] = reward
@@ -828,11 +828,11 @@ class ExperimentRunner:
         equity.to_parquet(d / "equity.parquet", index=False)
         lab = labels.drop(columns=["best_reward", "reward_regret"], errors="ignore")
         lab.to_parquet(d / "labels.parquet", index=False)
-        (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_float))
+        (d / "metrics.json").write_text(strict_json.dumps(metrics, indent=2, default=_json_float))
         agreement = _agreement(d / "decisions.jsonl", ran)
         every_pair = self._all_pairs(ran, sim)
         (d / "comparison.json").write_text(
-            json.dumps(
+            strict_json.dumps(
                 {
                     "baseline": self.config.baseline_name,
                     "reward_kind": self.config.reward.kind,

@@ -54,7 +54,7 @@ from harness.reports.document import (
     reward_unit,
 )
 from harness.reports.transcripts import read_transcripts, time_key, transcript_summary
-from harness.stats import all_pairs, holm_adjust
+from harness.stats import all_pairs, ci_method_label, holm_adjust
 
 TOP_EPISODES = 15
 MAX_LLM_ROWS = 25
@@ -485,6 +485,15 @@ def _pairs(run: RunFolder) -> list[dict[str, Any]]:
         adjusted = holm_adjust([float(p["p_value"]) for p in pairs])
         pairs = [{**p, "p_holm": h} for p, h in zip(pairs, adjusted, strict=True)]
     return pairs
+
+
+def pairs_method_label(pairs: Sequence[dict[str, Any]]) -> str:
+    """How the pairs' intervals were computed, from the `ci_method` each records.
+
+    Runs older than that field used the moving-block bootstrap.
+    """
+    methods = sorted({str(p.get("ci_method") or "block_bootstrap") for p in pairs})
+    return "; ".join(ci_method_label(m) for m in methods) if methods else ci_method_label(None)
 
 
 def _significance(p: dict[str, Any], n_family: int) -> str:
@@ -960,13 +969,15 @@ def _matrix_section(
                 fmt_int(c.get("block_length", run.comparison.get("block_length"))),
             ]
         )
+    method = pairs_method_label(pairs)
     intro = (
         "Per-decision view. Each cell: mean of (row policy − column policy) reward over the same "
-        "decisions, with its 95% CI (batch means over blocks of trade lives; docs/calibration.md). * the CI excludes 0; ** it also "
+        f"decisions, with its 95% CI ({method}; docs/calibration.md). * the CI excludes 0; "
+        "** it also "
         f"survives a Holm correction over all {len(pairs)} pairs. Skipped and failed policies "
         "are left out."
     )
-    forest = chart_forest(pairs, unit) if charts else None
+    forest = chart_forest(pairs, unit, method) if charts else None
     readings = [
         reading(
             str(c.get("policy")),
