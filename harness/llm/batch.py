@@ -527,18 +527,17 @@ class BatchLedger:
         self, items: Sequence[BatchItem], metadata: Mapping[str, str], endpoint: str = ENDPOINT
     ) -> LedgerEntry:
         """Write a request file for `items` (one model + base_url) and record it."""
-        with self._lock:
+        with self._lock:  # held throughout: two policies adding at once get distinct names
             name = f"requests-{len(self._entries) + 1:04d}.jsonl"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path_of(name), b"".join(batch_lines(items, endpoint)))
-        entry = LedgerEntry(
-            name=name,
-            model=items[0].model,
-            base_url=items[0].base_url,
-            metadata={**metadata, REQUEST_FILE_KEY: name},
-            custom_ids=[item.custom_id for item in items],
-        )
-        with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.path_of(name), b"".join(batch_lines(items, endpoint)))
+            entry = LedgerEntry(
+                name=name,
+                model=items[0].model,
+                base_url=items[0].base_url,
+                metadata={**metadata, REQUEST_FILE_KEY: name},
+                custom_ids=[item.custom_id for item in items],
+            )
             self._entries[name] = entry
             self._save()
         return entry
@@ -620,6 +619,7 @@ def run_batches(
     poll: PollPolicy = PollPolicy(),
     progress: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    resubmit: Iterable[str] = (),
 ) -> dict[str, BatchResult]:
     """Answer `items` by batch: submit, poll, download; a result per custom_id that came back.
 
@@ -627,8 +627,11 @@ def run_batches(
     ones are read from the saved output. A request whose earlier batch failed, expired or was
     cancelled before it ran is submitted again. Items the output lacks (an expired or cancelled
     batch) are absent from the result. Raises `BatchFailed` when a batch fails (after recording
-    it) and `BatchStillRunning` after `poll.max_wait_s`.
+    it) and `BatchStillRunning` after `poll.max_wait_s`. `resubmit` names custom_ids whose
+    earlier error results are ignored, so they are submitted again (the caller's
+    `leftovers: resubmit`); a later entry holding them is polled or read instead.
     """
+    again = frozenset(resubmit)
     _check_metadata(metadata)
     say = progress or (lambda line: log.info("%s", line))
     wanted: dict[str, BatchItem] = {}
@@ -651,17 +654,19 @@ def run_batches(
             continue
         if entry.downloaded:
             for result in _saved_results(ledger, entry):
-                if result.custom_id in ids and not result.missing:
+                retry = result.custom_id in again and result.error is not None
+                if result.custom_id in ids and not result.missing and not retry:
                     results[result.custom_id] = result
                     claimed.add(result.custom_id)
         else:
             active.append(entry.name)
             claimed |= ids
     fresh = [item for key, item in wanted.items() if key not in claimed]
-    for group in split_batches(fresh, limits):
+    groups = split_batches(fresh, limits)
+    for group in groups:
         active.append(ledger.add(group, metadata).name)
     if fresh:
-        say(f"batch: {len(fresh)} requests in {len(active)} request files")
+        say(f"batch: {len(fresh)} new requests in {len(groups)} request files")
 
     for name in active:
         entry = ledger.entry(name)

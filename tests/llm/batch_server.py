@@ -19,6 +19,7 @@ created), `chat_calls` (live chat completions).
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import hashlib
@@ -510,7 +511,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        # The client may have been killed while waiting (the resume tests do that on purpose).
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(data)
 
     def do_GET(self) -> None:
         self._serve("GET")

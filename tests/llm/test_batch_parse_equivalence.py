@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.llm.batch import BatchItem, BatchLedger, OpenAIBatchProvider, PollPolicy, run_batches
 from harness.llm.client import (
     ChatClient,
     ChatRequest,
@@ -72,16 +74,25 @@ def _comparable(response: ChatResponse) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", sorted(ANSWERS))
-def test_batch_parse_equals_live_parse(name: str, api_key: str) -> None:
+def test_batch_parse_equals_live_parse(name: str, api_key: str, tmp_path: Path) -> None:
     request, body = ANSWERS[name]
     with BatchServer(lambda _body: body) as server:
         client = _client(server)
         live = client.complete(request)
         sent = json.loads(server_last_chat_body(server))
-        batch = client.parse_completion(live.raw, request)
+        item = BatchItem("k", request.model, client.base_url, client.request_body(request))
+        results = run_batches(
+            [item],
+            lambda base_url, model: OpenAIBatchProvider(base_url=base_url, api_key_env=KEY_ENV),
+            BatchLedger(tmp_path / "batches.json"),
+            metadata={"harness_run": "equivalence"},
+            poll=PollPolicy(initial_s=0.001, max_s=0.001),
+        )
+        assert server.chat_calls == 1  # the live call only
+        batch = client.parse_completion(results["k"].body or {}, request)
         client.close()
     assert _comparable(batch) == _comparable(live)
-    assert sent == client.request_body(request)
+    assert sent == item.body
 
 
 def test_request_body_is_the_live_body_without_credentials(api_key: str) -> None:
