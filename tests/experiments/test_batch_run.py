@@ -225,3 +225,40 @@ def test_spend_cap_holds_batch_prices_and_stops_cleanly(tmp_path: Path, server: 
     assert max(server.submitted.values()) == 1  # nothing went twice
     assert server.chat_calls == 0
     assert _asked(resumed.run_dir) >= n
+
+
+def test_leftovers_resubmit_resends_items_that_came_back_failed(
+    tmp_path: Path, server: BatchServer
+):
+    seen: set[int] = set()
+
+    def fail_once(body: dict[str, Any]) -> dict[str, Any] | ChatError:
+        h = digest(body)
+        if h % 4 == 0 and h not in seen:
+            seen.add(h)
+            return ChatError(500, "The server had an error while processing your request")
+        return pick(body)
+
+    server.answer = fail_once
+    data = config(tmp_path, server.url, batch={"leftovers": "resubmit"})
+    done = _run(tmp_path, data, batch=True)
+    assert seen and server.created == 2
+    assert sum(v == 2 for v in server.submitted.values()) == len(seen)
+    assert server.chat_calls == 0
+    assert all(r["error"] is None for r in _llm_rows(done.run_dir))
+
+
+def test_resubmits_are_bounded_then_errors(tmp_path: Path, server: BatchServer):
+    server.answer = lambda body: (
+        ChatError(500, "server error") if digest(body) % 4 == 0 else pick(body)
+    )
+    data = config(
+        tmp_path,
+        server.url,
+        batch={"leftovers": "resubmit", "max_resubmits": 1},
+        max_error_rate=1.0,
+    )
+    done = _run(tmp_path, data, batch=True)
+    assert server.created == 2 and max(server.submitted.values()) == 2
+    failed = [r for r in _llm_rows(done.run_dir) if r["error"] is not None]
+    assert failed and server.chat_calls == 0
