@@ -307,15 +307,9 @@ class BatchPrefetch:
             )
         response = policy.client.parse_completion(result.body, p.request)
         entry = policy._batch_entry(response)
-
-        def compute() -> CachedResponse:
-            return entry
-
         if policy.cache is not None:
-            lookup = policy.cache.get_or_compute(
-                p.payload, compute, mode=policy.cache_mode, key=p.key
-            )
-            entry = lookup.entry
+            mode = "off" if policy.cache_mode == "off" else "read_write"
+            entry = policy.cache.store(p.payload, entry, mode=mode, key=p.key)
         else:
             entry = entry.model_copy(update={"key": p.key, "key_payload": dict(p.payload)})
         policy._batched[p.key] = entry
