@@ -212,10 +212,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- plan
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from harness.experiments.config import load_config
+    from harness.experiments.config import load_config, with_execution
     from harness.experiments.plan import plan_experiment
 
     config = load_config(args.config)
+    if args.batch:
+        config = with_execution(config, "batch")
     plans = plan_experiment(config, latency_s=args.latency_s)
     if not plans:
         out.print(f"{args.config}: no LLM policy; nothing would be sent")
@@ -231,6 +233,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         "max output tokens",
         "cost live $ (max)",
         "cost batch $ (max)",
+        "execution",
         "wall time",
     ):
         table.add_column(col, justify="left" if col in ("policy", "model") else "right")
@@ -245,7 +248,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             f"{p.max_output_tokens:,}",
             f"{p.cost_live_usd:,.4f}" if p.priced else "unpriced",
             "-" if p.cost_batch_usd is None else f"{p.cost_batch_usd:,.4f}",
-            f"{p.wall_s:,.0f} s",
+            p.execution,
+            f"{p.wall_s:,.0f} s" if p.execution == "live" else "<= 24 h",
         )
     out.print(table)
     for p in plans:
@@ -883,6 +887,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="assumed seconds per request for the wall-time estimate (default 1)",
+    )
+    pl.add_argument(
+        "--batch", action="store_true", help="plan as `harness run --batch` would run it"
     )
     pl.set_defaults(func=_cmd_plan)
 

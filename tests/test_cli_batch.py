@@ -144,3 +144,22 @@ def test_import_names_the_bad_line(tmp_path: Path, server: BatchServer, capsys):
     bad.write_text('{"custom_id": "a", "response": null, "error": null}\nnot json\n')
     assert main(["batch", "import", str(bad), "--config", str(path), "-q"]) == 2
     assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+def test_plan_shows_which_cost_a_batch_run_pays(
+    tmp_path: Path, server: BatchServer, capsys: pytest.CaptureFixture[str]
+):
+    from harness.experiments.plan import plan_experiment
+
+    data = config(tmp_path, server.url)
+    live = plan_experiment(parse_config(data))[0]
+    data["policies"][1]["execution"] = "batch"
+    batch = plan_experiment(parse_config(data))[0]
+    assert live.execution == "live" and live.cost_usd == live.cost_live_usd > 0
+    assert batch.execution == "batch" and batch.cost_usd == batch.cost_batch_usd
+    assert batch.cost_usd == pytest.approx(live.cost_usd / 2)
+    path = _write(tmp_path, config(tmp_path, server.url))
+    assert main(["plan", str(path), "--batch"]) == 0
+    out = capsys.readouterr().out
+    assert "batch" in out and "<= 24 h" in out
+    assert sum(server.calls.values()) == 0
