@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -79,32 +80,56 @@ def main() -> None:
             cache=cache,
             execution="batch",
         )
-        t0 = time.perf_counter()
+        clock = Clock()
         requests = policy.batch_requests(items)
-        t1 = time.perf_counter()
+        collect = clock.lap()
         lines = batch_lines(requests)
         files = split_batches(requests, BatchLimits())
-        t2 = time.perf_counter()
+        write = clock.lap()
         size = sum(len(x) for x in lines)
         output = b"".join(_answer(json.loads(x), i) for i, x in enumerate(lines))
-        t3 = time.perf_counter()
+        clock.lap()
         results = parse_output(output)
-        t4 = time.perf_counter()
+        parse = clock.lap()
         loaded = policy.load_batch_results(items, results)
-        t5 = time.perf_counter()
+        store = clock.lap()
         policy.close()
     assert len(requests) == n and loaded.stored == n, (len(requests), loaded)
 
-    def rate(seconds: float) -> str:
-        return f"{n / seconds:>9,.0f} requests/s ({seconds:6.2f} s)"
+    def rate(lap: tuple[float, float]) -> str:
+        wall, cpu = lap
+        return (
+            f"{n / wall:>8,.0f} requests/s wall ({wall:6.2f} s), {n / cpu:>8,.0f} requests/s "
+            f"of CPU ({cpu:6.2f} s)"
+        )
 
-    print(f"batch files for {n:,} decisions ({len(files)} file(s), {size / 1e6:.1f} MB of requests)")
-    print(f"  collect (render prompts, keys, bodies) {rate(t1 - t0)}")
-    print(f"  write (JSONL lines + split)            {rate(t2 - t1)}")
-    print(f"  build total                            {rate(t2 - t0)}")
-    print(f"  parse output file                      {rate(t4 - t3)}")
-    print(f"  store (parse answers, write cache)     {rate(t5 - t4)}")
-    print(f"  parse total                            {rate(t5 - t3)}")
+    def plus(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+        return (a[0] + b[0], a[1] + b[1])
+
+    print(
+        f"batch files for {n:,} decisions ({len(files)} file(s), {size / 1e6:.1f} MB of requests)"
+    )
+    print(f"  collect (render prompts, keys, bodies) {rate(collect)}")
+    print(f"  write (JSONL lines + split)            {rate(write)}")
+    print(f"  build total                            {rate(plus(collect, write))}")
+    print(f"  parse output file                      {rate(parse)}")
+    print(f"  store (parse answers, write cache)     {rate(store)}")
+    print(f"  parse total                            {rate(plus(parse, store))}")
+    print(f"  load average while measuring: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
+
+
+class Clock:
+    """Wall and process CPU time between laps (CPU time is what a loaded machine distorts
+    least)."""
+
+    def __init__(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = (wall - self._wall, cpu - self._cpu)
+        self._wall, self._cpu = wall, cpu
+        return out
 
 
 if __name__ == "__main__":
