@@ -307,10 +307,12 @@ class OpenAIBatchProvider:
     except `create`, which retries only a 429 (a timed-out create may have succeeded).
 
     Other providers differ, and plug in as another `BatchProvider` chosen by `provider_for`:
-    - OpenRouter has no file-based batch API: a provider there would send the requests inline
-      (or the run asks them live); `upload` would keep the lines locally and `create` post them.
-    - Together uses the same JSONL lines and endpoints but uploads with purpose `batch-api`
-      (a subclass overriding `upload`), and its statuses are upper-case.
+    - OpenRouter takes the requests inline: `POST /api/beta/batches` with `endpoint`, `model`
+      and a `requests` array of {custom_id, body}, no file upload (202, status `validating`). Its
+      provider would keep the lines in `upload` (returning a local id) and send them in `create`.
+    - Together uses the same JSONL lines but uploads with purpose `batch-api` (a subclass
+      overriding `upload`), and its statuses are upper-case (VALIDATING, IN_PROGRESS, ...):
+      `retrieve` would lower-case them.
     - vLLM's `run-batch` is an offline CLI reading the same JSONL and writing OpenAI-format
       output lines: no server is involved; the run side exports lines and imports the output
       with `parse_output`.
