@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from harness.experiments.config import parse_config
+from harness.experiments.replay import replay_run
 from harness.experiments.runner import run_experiment
 from harness.llm.cache import ResponseCache
 from tests.experiments.batch_fixtures import (
@@ -77,6 +78,10 @@ def test_batch_run_equals_live_run_then_is_fully_cached(tmp_path: Path, server: 
     assert math.isclose(usage["cost_usd_batch_at_live_prices"], live_cost, rel_tol=1e-9)
     report = (batch.run_dir / "report.md").read_text()
     assert "at live prices" in report  # the live vs batch split of the cost
+
+    # The run folder is its own evidence: a replay from its transcripts is identical.
+    replayed = replay_run(batch.run_dir, out_dir=tmp_path / "replays", quiet=True)
+    assert replayed.reproduced
 
     before = sum(server.calls.values())
     again = _run(tmp_path, config(tmp_path, server.url, cache="batch-cache"), batch=True)
