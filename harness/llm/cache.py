@@ -293,6 +293,11 @@ class ResponseCache:
         mode = self._resolve_mode(mode)
         return self._finish(key or cache_key(payload), payload, entry, mode)
 
+    def writing_many(self) -> contextlib.AbstractContextManager[Any]:
+        """One transaction around many `store` calls (thousands of batch answers are written
+        in one commit instead of one each; other processes wait for it)."""
+        return self._store.transact()
+
     # -- lookups with modes and single-flight --------------------------------------------------
 
     def _resolve_mode(self, mode: CacheMode | None) -> CacheMode:

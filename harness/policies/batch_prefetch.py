@@ -24,9 +24,10 @@ and the policy stops for spend (resume with more budget).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +58,7 @@ UNAVAILABLE_KINDS = frozenset({"missing_key", "auth", "payment", "model_not_foun
 
 log = logging.getLogger("harness.llm")
 
+WRITE_CHUNK = 500  # answers stored per cache transaction
 MISSING = "missing from the batch output (the batch expired or was cancelled before it)"
 
 
@@ -265,7 +267,7 @@ class BatchPrefetch:
             whole = exc
         got = failed = 0
         first_error: LLMError | None = None
-        for p in sent:
+        for p in self.writing_chunks(sent):
             result = results.get(p.key)
             cost, error = 0.0, whole
             if result is not None and whole is None:
@@ -293,6 +295,18 @@ class BatchPrefetch:
                     f"{first_error}"
                 )
         return True
+
+    def writing(self) -> contextlib.AbstractContextManager[Any]:
+        """One cache transaction around storing many answers (nothing without a cache)."""
+        cache = self.policy.cache
+        return cache.writing_many() if cache is not None else contextlib.nullcontext()
+
+    def writing_chunks(self, pending: Sequence[Pending]) -> Iterator[Pending]:
+        """`pending` one by one, inside one cache transaction per `WRITE_CHUNK` of them (so
+        other processes sharing the cache never wait long for a commit)."""
+        for start in range(0, len(pending), WRITE_CHUNK):
+            with self.writing():
+                yield from pending[start : start + WRITE_CHUNK]
 
     def store(self, p: Pending, result: BatchResult) -> float:
         """Parse one answer like a live one, cache it, hand it to the policy; its USD cost.

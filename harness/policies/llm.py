@@ -703,7 +703,7 @@ class LLMPolicy:
             todo = [p for p in prefetch.collect(plans) if p.key in by_id and p.key not in used]
             if not todo:
                 break
-            for p in todo:
+            for p in prefetch.writing_chunks(todo):
                 used.add(p.key)
                 try:
                     prefetch.store(p, by_id[p.key])
