@@ -267,3 +267,19 @@ def test_resubmits_are_bounded_then_errors(tmp_path: Path, server: BatchServer):
     assert server.created == 2 and max(server.submitted.values()) == 2
     failed = [r for r in _llm_rows(done.run_dir) if r["error"] is not None]
     assert failed and server.chat_calls == 0
+
+
+def test_batches_still_running_stop_the_run_for_resume(tmp_path: Path, server: BatchServer):
+    server.hold = True  # the provider never finishes within max_wait_s
+    data = config(tmp_path, server.url, batch={"poll": {"initial_s": 0.01, "max_wait_s": 0.2}})
+    first = _run(tmp_path, data, batch=True)
+    assert first.status == "stopped"
+    assert "--resume" in (first.resume_hint or "") and "--batch" in (first.resume_hint or "")
+    assert server.chat_calls == 0 and server.created == 1
+    assert not _llm_rows(first.run_dir)  # nothing decided, nothing asked another way
+    server.hold = False
+    done = _run(tmp_path, data, batch=True, resume=first.run_dir)
+    assert done.status == "complete"
+    assert server.created == 1 and max(server.submitted.values()) == 1
+    assert server.chat_calls == 0
+    assert _llm_rows(done.run_dir)
