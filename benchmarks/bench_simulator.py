@@ -9,6 +9,7 @@ and the speed ratio; peak memory. Run: .venv/bin/python benchmarks/bench_simulat
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -56,6 +57,26 @@ def sketch_single_call(
     return premium - fee - payoff - dfee
 
 
+class Clock:
+    """Wall and CPU seconds of a block (CPU is the steadier figure on a shared machine)."""
+
+    def __enter__(self) -> Clock:
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = time.process_time() - self.cpu0
+
+    def __str__(self) -> str:
+        return f"{self.wall:.3f} s (cpu {self.cpu:.3f} s)"
+
+
+def load_average() -> str:
+    """The 1-minute load average: other jobs on the machine inflate wall times."""
+    return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+
+
 def eth_hourly_memory() -> None:
     """Peak memory and times of ETH 2023-2024 with a decision every hour (issue #15 goal: < 1 GB)."""
     cfg = CallSimulationConfig(
@@ -65,19 +86,19 @@ def eth_hourly_memory() -> None:
         timeframe="1h",
         decision_interval_bars=1,
     )
-    t0 = time.perf_counter()
-    sim = CoveredCallSimulator(SyntheticMarket(seed=7), cfg)
-    load = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res = sim.simulate_policy(always_sell())
-    t_policy = time.perf_counter() - t0
+    print(f"start: {load_average()}")
+    with Clock() as load:
+        sim = CoveredCallSimulator(SyntheticMarket(seed=7), cfg)
+    with Clock() as t_policy:
+        res = sim.simulate_policy(always_sell())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"ETH 2023-2024, hourly decisions: {len(sim.decision_times())} decisions, "
         f"{len(sim.store)} chain rows stored, {len(res.trades)} trades of always_sell"
     )
-    print(f"load: {load:.1f} s; simulate_policy(always_sell): {t_policy:.2f} s")
+    print(f"load: {load}; simulate_policy(always_sell): {t_policy}")
     print(f"peak memory (max RSS of the process): {peak_mb:.0f} MB")
+    print(f"end: {load_average()}")
 
 
 def main() -> None:
@@ -103,18 +124,16 @@ def main() -> None:
         target_dte=7,
         target_delta=0.25,
     )
+    print(f"start: {load_average()}")
     market = SyntheticMarket(seed=7)
-    t0 = time.perf_counter()
-    sim = CoveredCallSimulator(market, cfg)
-    load = time.perf_counter() - t0
+    with Clock() as load:
+        sim = CoveredCallSimulator(market, cfg)
     n_dec = len(sim.decision_times())
-
-    t0 = time.perf_counter()
-    res = sim.simulate_policy(always_sell())
-    t_policy = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    labels = sim.counterfactual_labels()
-    t_labels = time.perf_counter() - t0
+    with Clock() as t_policy:
+        res = sim.simulate_policy(always_sell())
+    with Clock() as t_labels:
+        labels = sim.counterfactual_labels()
+    peak_sim_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_cands = int((labels["action"] == "SELL_CALL").sum())
 
     sample = sim.decision_times()[:: args.sample_every]
@@ -127,19 +146,21 @@ def main() -> None:
     print(
         f"decisions: {n_dec}; candidates labelled: {n_cands}; trades of always_sell: {len(res.trades)}"
     )
-    print(f"market load (spot bars, chain store, candidates): {load:.2f} s")
-    print(f"simulate_policy(always_sell): {t_policy:.3f} s")
-    print(f"counterfactual labels for every candidate: {t_labels:.3f} s")
+    print(f"market load (spot bars, chain store, candidates): {load}")
+    print(f"simulate_policy(always_sell): {t_policy}")
+    print(f"counterfactual labels for every candidate: {t_labels}")
+    print(f"peak memory after load, replay and labels (before the sketch): {peak_sim_mb:.0f} MB")
     print(
         f"original-design sketch, one nearest-delta trade per decision: {t_sketch_sample:.1f} s for "
         f"{len(sample)} decisions ({done} trades) -> {t_sketch:.1f} s for all {n_dec} (linear scaling)"
     )
     print(
         f"speed ratio, sketch (1 trade/decision) vs engine labels ({n_cands / n_dec:.1f} trades/decision): "
-        f"{t_sketch / t_labels:.0f}x"
+        f"{t_sketch / t_labels.wall:.0f}x"
     )
-    print(f"speed ratio, sketch vs engine simulate_policy: {t_sketch / t_policy:.0f}x")
+    print(f"speed ratio, sketch vs engine simulate_policy: {t_sketch / t_policy.wall:.0f}x")
     print(f"peak memory (max RSS of the process): {peak_mb:.0f} MB")
+    print(f"end: {load_average()}")
 
 
 if __name__ == "__main__":

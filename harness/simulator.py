@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from harness.data.chain_select import ChainSelection
 from harness.data.source import BulkChainSource, MarketDataSource, SettlementSource
 from harness.data.store import ChainStore, ProgressFn
 from harness.engine.features import spot_features
@@ -47,6 +48,9 @@ PolicyFn = Callable[[DecisionState, Sequence[CallCandidate]], OptionSnapshot | N
 
 _DAY_NS = 86400 * 10**9
 _LOOKBACK = pd.Timedelta(days=31)  # enough history for the 30-day realized vol
+# The selected chain's band is wider than the candidate test (tolerance + 1e-9) by far more
+# than float noise, so no candidate is ever left out of the store.
+_BAND_MARGIN = 1e-6
 
 
 class InvalidChoiceError(ValueError):
@@ -143,6 +147,7 @@ class CoveredCallSimulator:
             calls_only=True,
             max_dte=max_dte,
             progress=progress,
+            select=self._chain_selection(),
         )
         self._spot_freshness()
         self._features = spot_features(
@@ -150,6 +155,20 @@ class CoveredCallSimulator:
         )
         self._features["atm_iv"] = self._atm_iv()
         self._build_candidates()
+
+    def _chain_selection(self) -> ChainSelection:
+        """The chain rows this replay reads: the candidate band (widened by float margins),
+        the ATM call of the expiry nearest target_dte and, when calls can be bought back, the
+        later rows of any call that was ever in the band."""
+        c = self.config
+        return ChainSelection(
+            min_dte=c.target_dte - c.dte_tolerance - _BAND_MARGIN,
+            max_dte=c.target_dte + c.dte_tolerance + _BAND_MARGIN,
+            min_delta=c.target_delta - c.delta_tolerance - _BAND_MARGIN,
+            max_delta=c.target_delta + c.delta_tolerance + _BAND_MARGIN,
+            atm_dte=c.target_dte,
+            follow=not c.hold_to_expiry,
+        )
 
     def _spot_freshness(self) -> None:
         """Per decision: is the last spot bar older than the decision, and the chain's spot if fresher.

@@ -19,6 +19,7 @@ from harness.data.chain_scan import (
     columns_from_frame,
     columns_to_frame,
 )
+from harness.data.chain_select import ChainSelection, SelectiveChainSource
 from harness.data.source import (
     BulkChainSource,
     MarketDataSource,
@@ -84,11 +85,25 @@ class ChainStore:
         calls_only: bool = False,
         max_dte: float | None = None,
         progress: ProgressFn | None = None,
+        select: ChainSelection | None = None,
     ) -> ChainStore:
-        """Fill a store with `source`'s chains at `times` (bulk path when the source has one)."""
-        idx = utc_index(pd.DatetimeIndex([to_utc(t) for t in times]))
+        """Fill a store with `source`'s chains at `times` (bulk path when the source has one).
+
+        With `select` (calls only) a `SelectiveChainSource` builds just the rows the selection
+        keeps; other sources ignore it and give every row, which is always a valid superset.
+        """
+        if isinstance(times, pd.DatetimeIndex):
+            idx = utc_index(times)
+        else:  # one at a time: to_utc reads numbers as Unix milliseconds
+            idx = utc_index(pd.DatetimeIndex([to_utc(t) for t in times]))
         kinds = ("call",) if calls_only else ("call", "put")
-        if isinstance(source, ColumnarChainSource):
+        if select is not None and not calls_only:
+            raise ValueError("a chain selection keeps calls only: pass calls_only=True")
+        if select is not None and isinstance(source, SelectiveChainSource):
+            cols = source.selected_chain_columns(underlying, idx, select, max_dte=max_dte)
+            if progress:
+                progress(len(idx), len(idx))
+        elif isinstance(source, ColumnarChainSource):
             cols = source.chain_columns(underlying, idx, kinds=kinds, max_dte=max_dte)
             if progress:
                 progress(len(idx), len(idx))

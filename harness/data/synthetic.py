@@ -22,6 +22,8 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from harness.coins import coin, coin_of_instrument_underlying
+from harness.data.chain_scan import VALUE_COLUMNS, ChainColumns, empty_columns
+from harness.data.chain_select import ChainSelection
 from harness.data.source import (
     empty_chain_frame,
     empty_ohlc,
@@ -31,7 +33,7 @@ from harness.data.source import (
 )
 from harness.data.worlds import ANCHOR_PULL, Anchor, CoinParams, SurfaceParams, get_world
 from harness.instruments import format_expiry_code, format_strike, parse_instrument_name
-from harness.pricing import black76_greeks, black76_price
+from harness.pricing import black76_delta, black76_greeks, black76_price
 from harness.timestamps import TimestampLike, as_ns, to_utc
 from harness.types import OptionSnapshot, Timeframe, timeframe_delta
 
@@ -62,17 +64,77 @@ def _minute_of(ts: pd.Timestamp) -> int:
     return int((ts - PATH_START) // MINUTE)
 
 
-def _last_friday(year: int, month: int) -> pd.Timestamp:
-    last_day = pd.Timestamp(year=year, month=month, day=1, tz="UTC") + pd.offsets.MonthEnd(0)
-    back = (last_day.weekday() - 4) % 7
-    return (last_day - pd.Timedelta(days=back)).replace(hour=EXPIRY_HOUR)
-
-
 def _nice_increment(x: float) -> float:
     """Nearest (in log terms) of 1, 2, 2.5, 5 times a power of ten."""
     exp = np.floor(np.log10(x))
     ladder = np.array([1.0, 2.0, 2.5, 5.0, 10.0]) * 10.0**exp
     return float(ladder[np.argmin(np.abs(np.log(ladder / x)))])
+
+
+_LADDER = np.array([1.0, 2.0, 2.5, 5.0, 10.0])
+
+
+def _nice_increments(x: np.ndarray) -> np.ndarray:
+    """`_nice_increment` of every element (same arithmetic, one pass)."""
+    exp = np.floor(np.log10(x))
+    # powers of ten through the scalar operator the one-at-a-time version used
+    uniq, inv = np.unique(exp, return_inverse=True)
+    pow10 = np.array([10.0**e for e in uniq])[inv]
+    ladder = _LADDER[None, :] * pow10[:, None]
+    pick = np.argmin(np.abs(np.log(ladder / x[:, None])), axis=1)
+    return ladder[np.arange(len(x)), pick]
+
+
+def _expiry_calendar() -> tuple[np.ndarray, np.ndarray]:
+    """Every daily 08:00 expiry of the path and when it was first listed, as ns arrays.
+
+    An expiry is listed LISTED_DAILIES days ahead; a Friday LISTED_WEEKLIES weeks ahead; a
+    last Friday of a month from the last Friday LISTED_MONTHLIES months earlier, and of a
+    quarter-end month LISTED_QUARTERLIES quarters earlier: the earliest of its series.
+    """
+    day0 = np.datetime64(PATH_START.date(), "D")
+    day1 = np.datetime64(_year_start(PATH_LAST_YEAR + 1).date(), "D")
+    days = np.arange(day0, day1 + 1)
+    months = np.arange(
+        np.datetime64(f"{PATH_START.year - 2}-01", "M"),
+        np.datetime64(f"{PATH_LAST_YEAR + 2}-01", "M"),
+    )
+    last_day = (months + 1).astype("datetime64[D]") - 1
+    last_friday = last_day - (_weekday(last_day) - 4) % 7
+    month = days.astype("datetime64[M]")
+    m_idx = (month - months[0]).astype(np.int64)
+    friday = _weekday(days) == 4
+    is_last = friday & (days == last_friday[m_idx])
+    quarter_end = (month.astype(np.int64) % 12 + 1) % 3 == 0
+    created = days - LISTED_DAILIES
+    created = np.where(friday, np.minimum(created, days - 7 * LISTED_WEEKLIES), created)
+    created = np.where(is_last, np.minimum(created, last_friday[m_idx - LISTED_MONTHLIES]), created)
+    q = is_last & quarter_end
+    created = np.where(q, np.minimum(created, last_friday[m_idx - 3 * LISTED_QUARTERLIES]), created)
+    created = np.maximum(created, day0)
+    hour = np.timedelta64(EXPIRY_HOUR, "h")
+    return (
+        (days + hour).astype("datetime64[ns]").astype(np.int64),
+        (created + hour).astype("datetime64[ns]").astype(np.int64),
+    )
+
+
+def _weekday(days: np.ndarray) -> np.ndarray:
+    """Monday = 0 of datetime64[D] values (1970-01-01 was a Thursday)."""
+    return (days.astype(np.int64) + 3) % 7
+
+
+def _ranges(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ranges first[i] .. first[i] + counts[i] - 1."""
+    total = int(counts.sum())
+    return np.arange(total) + np.repeat(first - (np.cumsum(counts) - counts), counts)
+
+
+def _blocks(counts: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Consecutive index ranges [a, b) whose counts add up to about `size` each."""
+    ends = np.searchsorted(np.cumsum(counts), np.arange(size, int(counts.sum()) + size, size))
+    bounds = np.unique(np.r_[0, np.minimum(ends + 1, len(counts)), len(counts)])
+    return list(itertools.pairwise(bounds.tolist()))
 
 
 @dataclass(frozen=True)
@@ -90,7 +152,8 @@ class SyntheticMarket:
     `world` picks the model (`realistic`, `placebo`, `rich_premium`; see
     harness/data/worlds.py); `anchor` ties price levels loosely to history (`historical`) or
     not at all (`none`); None takes the world's default. Implements `MarketDataSource`, the
-    `BulkChainSource` fast path and `SettlementSource`.
+    `BulkChainSource` fast path, `SelectiveChainSource` (the simulator's narrow path) and
+    `SettlementSource`.
     """
 
     seed: int = 7
@@ -312,14 +375,8 @@ class SyntheticMarket:
     # ---------------------------------------------------------------- listings
     @functools.cached_property
     def _expiry_calendar(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every expiry of the covered span and when it was listed, as ns arrays."""
-        days = pd.date_range(PATH_START, _year_start(PATH_LAST_YEAR + 1), freq="D")
-        expiries = [d + pd.Timedelta(hours=EXPIRY_HOUR) for d in days]
-        created = [self._created(e) for e in expiries]
-        return (
-            np.array([e.value for e in expiries], dtype=np.int64),
-            np.array([c.value for c in created], dtype=np.int64),
-        )
+        """Every expiry of the covered span and when it was listed, as ns arrays (vectorized)."""
+        return _expiry_calendar()
 
     def _expiry_dates(self, lo: pd.Timestamp, hi: pd.Timestamp) -> list[pd.Timestamp]:
         """All expiries E (08:00 UTC) with lo < E and created(E) <= hi."""
@@ -327,69 +384,100 @@ class SyntheticMarket:
         keep = (exp > lo.value) & (created <= hi.value)
         return [pd.Timestamp(int(e), tz="UTC") for e in exp[keep]]
 
-    @staticmethod
-    @functools.cache
-    def _created(expiry: pd.Timestamp) -> pd.Timestamp | None:
+    def _created(self, expiry: pd.Timestamp) -> pd.Timestamp:
         """When `expiry` entered the listing (the earliest over the series it belongs to)."""
-        times = [expiry - pd.Timedelta(days=LISTED_DAILIES)]
-        if expiry.weekday() == 4:
-            times.append(expiry - pd.Timedelta(weeks=LISTED_WEEKLIES))
-            if _last_friday(expiry.year, expiry.month) == expiry:
-                months = expiry.year * 12 + expiry.month - 1 - LISTED_MONTHLIES
-                times.append(_last_friday(months // 12, months % 12 + 1))
-                if expiry.month % 3 == 0:
-                    q = expiry.year * 12 + expiry.month - 1 - 3 * LISTED_QUARTERLIES
-                    times.append(_last_friday(q // 12, q % 12 + 1))
-        return max(min(times), PATH_START + pd.Timedelta(hours=EXPIRY_HOUR))
+        exp, created = self._expiry_calendar
+        i = int(np.searchsorted(exp, expiry.value))
+        if i >= len(exp) or exp[i] != expiry.value:
+            raise ValueError(f"{expiry.isoformat()} is not an expiry of the synthetic market")
+        return pd.Timestamp(int(created[i]), tz="UTC")
 
     def _expiry_listing(self, underlying: str, expiry: pd.Timestamp) -> _Expiry:
         """Strikes of one expiry and when each was first listed (grids follow spot daily)."""
-        key = (underlying, expiry)
-        cached = self._expiry_cache.get(key)
-        if cached is not None:
-            return cached
-        created = self._created(expiry)
-        assert created is not None
-        checkpoints = pd.date_range(created, expiry - pd.Timedelta(hours=1), freq="D")
-        spots = self.spot_at(underlying, checkpoints)
-        tau = (expiry - checkpoints).total_seconds().to_numpy() / (365.0 * 86400.0)
-        tenor_days = (expiry - created).total_seconds() / 86400.0
-        frac = 0.008 if tenor_days <= 5 else 0.015 if tenor_days <= 25 else 0.03
+        return self._listings(underlying, [expiry])[0]
+
+    def _listings(self, underlying: str, expiries: Sequence[pd.Timestamp]) -> list[_Expiry]:
+        """Listings of several expiries, the uncached ones built in one vectorized pass.
+
+        Each day from an expiry's creation the grid around the current spot is listed; strikes
+        are never delisted. Increments are nice numbers that widen with tenor and with
+        distance from spot (far, mid and fine tiers).
+        """
+        todo = [e for e in dict.fromkeys(expiries) if (underlying, e) not in self._expiry_cache]
+        if todo:
+            self._build_listings(underlying, todo)
+        return [self._expiry_cache[(underlying, e)] for e in expiries]
+
+    def _build_listings(self, underlying: str, expiries: list[pd.Timestamp]) -> None:
+        day = 86400 * 10**9
+        exp_ns = np.array([e.value for e in expiries], dtype=np.int64)
+        cal_exp, cal_created = self._expiry_calendar
+        created_ns = cal_created[np.searchsorted(cal_exp, exp_ns)]
+        # one checkpoint a day from creation to the last day before expiry (all at 08:00)
+        n_cp = (exp_ns - created_ns) // day
+        e_of = np.repeat(np.arange(len(expiries)), n_cp)
+        k_of = np.arange(len(e_of)) - np.repeat(np.cumsum(n_cp) - n_cp, n_cp)
+        cp = created_ns[e_of] + k_of * day
+        days, inverse = np.unique(cp, return_inverse=True)
+        spots = self.spot_at(underlying, pd.DatetimeIndex(days.astype("datetime64[ns]"), tz="UTC"))
+        s = spots[inverse]
+        left = pd.TimedeltaIndex(exp_ns[e_of] - cp).total_seconds().to_numpy()
+        tau = left / (365.0 * 86400.0)
+        tenor_days = (exp_ns - created_ns) / 1e9 / 86400.0
+        frac = np.where(tenor_days <= 5, 0.008, np.where(tenor_days <= 25, 0.015, 0.03))[e_of]
         ref_vol = self._coin(underlying).mean_vol * 1.3
-        strikes_parts = []
-        times_parts = []
-        # Each day the grid around the current spot is listed; strikes are never delisted.
-        # Increments are nice numbers that widen with tenor and with distance from spot.
-        for cp, s, t in zip(as_ns(checkpoints), spots, tau, strict=True):
-            w = ref_vol * np.sqrt(t)
-            fine = _nice_increment(s * frac)
-            mid = _nice_increment(fine * 2.5)
-            far = _nice_increment(fine * 10.0)
-            tiers = [(far, -min(max(0.25, 2.5 * w), 1.2), min(max(0.35, 3.5 * w), 1.4))]
-            days_left = t * 365.0
-            if days_left <= 120:
-                tiers.append((mid, -max(0.12, 1.8 * w), max(0.15, 2.2 * w)))
-            if days_left <= 35:
-                tiers.append((fine, -max(0.04, 0.8 * w), max(0.05, w)))
-            parts = [
-                np.arange(np.ceil(s * np.exp(lo) / inc), np.floor(s * np.exp(hi) / inc) + 1) * inc
-                for inc, lo, hi in tiers
-            ]
-            ks = np.concatenate(parts)
-            ks = ks[ks > 0]
-            strikes_parts.append(ks)
-            times_parts.append(np.full(len(ks), cp, dtype=np.int64))
-        all_k = np.round(np.concatenate(strikes_parts), 8)
-        all_t = np.concatenate(times_parts)
-        strikes, first = np.unique(all_k, return_index=True)
-        listing = _Expiry(
-            expiry=expiry,
-            created=created,
-            strikes=strikes,
-            strike_listed=all_t[first],
-        )
-        self._expiry_cache[key] = listing
-        return listing
+        w = ref_vol * np.sqrt(tau)
+        fine = _nice_increments(s * frac)
+        mid = _nice_increments(fine * 2.5)
+        far = _nice_increments(fine * 10.0)
+        days_left = tau * 365.0
+        n = len(cp)
+        ones = np.ones(n, dtype=bool)
+        # (increment, lowest and highest log-moneyness, listed?) per tier, as per checkpoint
+        tiers = [
+            (
+                far,
+                -np.minimum(np.maximum(0.25, 2.5 * w), 1.2),
+                np.minimum(np.maximum(0.35, 3.5 * w), 1.4),
+                ones,
+            ),
+            (mid, -np.maximum(0.12, 1.8 * w), np.maximum(0.15, 2.2 * w), days_left <= 120),
+            (fine, -np.maximum(0.04, 0.8 * w), np.maximum(0.05, w), days_left <= 35),
+        ]
+        # strike grids of every (checkpoint, tier) as integer multiples of the increment
+        inc_parts, lo_parts, cnt_parts = [], [], []
+        for inc, lo, hi, on in tiers:
+            a = np.ceil(s * np.exp(lo) / inc)
+            b = np.floor(s * np.exp(hi) / inc) + 1
+            cnt = np.where(on, np.maximum(b - a, 0), 0).astype(np.int64)
+            inc_parts.append(inc)
+            lo_parts.append(a)
+            cnt_parts.append(cnt)
+        # order (checkpoint, tier) as the per-day listing did: checkpoints in time, tiers in turn
+        inc_all = np.stack(inc_parts, axis=1).ravel()
+        a_all = np.stack(lo_parts, axis=1).ravel()
+        cnt_all = np.stack(cnt_parts, axis=1).ravel()
+        row_all = np.repeat(np.arange(n), 3)
+        j_of = np.arange(int(cnt_all.sum())) - np.repeat(np.cumsum(cnt_all) - cnt_all, cnt_all)
+        ks = (np.repeat(a_all, cnt_all) + j_of) * np.repeat(inc_all, cnt_all)
+        k_row = np.repeat(row_all, cnt_all)
+        pos = ks > 0
+        ks, k_row = np.round(ks[pos], 8), k_row[pos]
+        k_exp = e_of[k_row]
+        # first listing of each (expiry, strike): checkpoints are in time order per expiry
+        order = np.lexsort((k_row, ks, k_exp))
+        ks, k_row, k_exp = ks[order], k_row[order], k_exp[order]
+        first = np.r_[True, (ks[1:] != ks[:-1]) | (k_exp[1:] != k_exp[:-1])]
+        ks, k_row, k_exp = ks[first], k_row[first], k_exp[first]
+        bounds = np.searchsorted(k_exp, np.arange(len(expiries) + 1))
+        for i, e in enumerate(expiries):
+            sl = slice(bounds[i], bounds[i + 1])
+            self._expiry_cache[(underlying, e)] = _Expiry(
+                expiry=e,
+                created=pd.Timestamp(int(created_ns[i]), tz="UTC"),
+                strikes=ks[sl],
+                strike_listed=cp[k_row[sl]],
+            )
 
     def _instrument_arrays(
         self, underlying: str, start: pd.Timestamp, end: pd.Timestamp, max_dte: float | None = None
@@ -398,9 +486,9 @@ class SyntheticMarket:
         self._check_span(start, end)
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]] = []
         horizon = None if max_dte is None else end + pd.Timedelta(days=max_dte)
-        for exp in self._expiry_dates(start, end):
-            if horizon is not None and exp > horizon:
-                continue
+        exps = [e for e in self._expiry_dates(start, end) if horizon is None or e <= horizon]
+        self._listings(underlying, exps)  # one vectorized pass for the uncached ones
+        for exp in exps:
             names_c, names_p, ks, listed = self._expiry_names(underlying, exp)
             keep = listed <= end.value
             parts.append((names_c[keep], names_p[keep], ks[keep], exp.value, listed[keep]))
@@ -590,6 +678,131 @@ class SyntheticMarket:
             }
         )
         return normalize_chain_frame(frame)
+
+    def selected_chain_columns(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex | Sequence,
+        selection: ChainSelection,
+        *,
+        max_dte: float | None = None,
+    ) -> ChainColumns:
+        """Only the call rows `selection` keeps, quoted exactly as `chain_frame` quotes them.
+
+        The listing is enumerated per (time, call) without pricing; deltas are computed only
+        for rows in the selection's DTE window, and the full Black-76 quote only for kept rows.
+        Work runs in blocks of calls, so memory follows the kept rows, not the whole chain.
+        """
+        u = underlying.upper()
+        idx = pd.DatetimeIndex(times)
+        idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+        if len(idx) == 0:
+            return empty_columns(u)
+        t = np.sort(as_ns(idx))
+        t_idx = pd.DatetimeIndex(t.astype("datetime64[ns]"), tz="UTC")
+        start, end = t_idx[0], t_idx[-1]
+        self._check_span(start, end)
+        horizon = None if max_dte is None else end + pd.Timedelta(days=max_dte)
+        exps = [e for e in self._expiry_dates(start, end) if horizon is None or e <= horizon]
+        if not exps:
+            return empty_columns(u)
+        listings = self._listings(u, exps)
+        strike = np.concatenate([lst.strikes for lst in listings])
+        listed = np.concatenate([lst.strike_listed for lst in listings])
+        n_each = np.array([len(lst.strikes) for lst in listings])
+        exp_id = np.repeat(np.arange(len(exps)), n_each)
+        e_ns = np.array([e.value for e in exps], dtype=np.int64)
+        exp_ns = e_ns[exp_id]
+        inst_on = listed <= end.value
+        # an instrument is in the chain at t when listed <= t < expiry (and within max_dte)
+        lo_t = (
+            listed if max_dte is None else np.maximum(listed, exp_ns - int(max_dte * 86400 * 1e9))
+        )
+        first = np.searchsorted(t, lo_t, side="left")
+        stop = np.searchsorted(t, exp_ns, side="left")
+        counts = np.where(inst_on, np.maximum(stop - first, 0), 0)
+        spot_t = self.spot_at(u, t_idx)
+        vol_t = self.vol_state_at(u, t_idx)
+        # the expiry nearest atm_dte at each time (ties kept), from (time, expiry) pairs
+        best_gap = np.full(len(t), np.inf)
+        e_first = np.full(len(exps), len(t))
+        np.minimum.at(e_first, exp_id[counts > 0], first[counts > 0])
+        e_cnt = np.maximum(np.searchsorted(t, e_ns, side="left") - e_first, 0)
+        pair_e = np.repeat(np.arange(len(exps)), e_cnt)
+        pair_t = _ranges(e_first, e_cnt)
+        pair_dte = (e_ns[pair_e] - t[pair_t]) / (86400.0 * 1e9)
+        pair_ok = pair_dte <= max_dte if max_dte is not None else np.ones(len(pair_t), bool)
+        np.minimum.at(best_gap, pair_t[pair_ok], np.abs(pair_dte[pair_ok] - selection.atm_dte))
+
+        band_first = np.full(len(strike), np.iinfo(np.int64).max)
+        kept_keys: list[np.ndarray] = []
+        atm_keys: list[np.ndarray] = []
+        atm_money: list[np.ndarray] = []
+        n_inst = len(strike)
+        for a, b in _blocks(counts, 1_000_000):
+            cnt = counts[a:b]
+            r_inst = np.repeat(np.arange(a, b), cnt)
+            r_t = _ranges(first[a:b], cnt)
+            dte = (exp_ns[r_inst] - t[r_t]) / (86400.0 * 1e9)
+            ok = dte <= max_dte if max_dte is not None else np.ones(len(dte), bool)
+            win = np.nonzero(ok & (dte >= selection.min_dte) & (dte <= selection.max_dte))[0]
+            w_inst, w_t = r_inst[win], r_t[win]
+            tau = np.maximum((exp_ns[w_inst] - t[w_t]) / (365.0 * 86400.0 * 1e9), 0.0)
+            spot = spot_t[w_t]
+            iv, _ = self._surface_iv(u, vol_t[w_t], tau, np.log(strike[w_inst] / spot))
+            delta = black76_delta(spot, strike[w_inst], tau, iv, True)
+            in_band = (delta >= selection.min_delta) & (delta <= selection.max_delta)
+            np.minimum.at(band_first, w_inst[in_band], w_t[in_band])
+            if not selection.follow:
+                kept_keys.append(w_t[in_band] * n_inst + w_inst[in_band])
+            # calls of the nearest expiry: keep the nearest the money of this block per time
+            gap = np.abs(dte - selection.atm_dte)
+            near = np.nonzero(ok & (gap == best_gap[r_t]))[0]
+            n_inst_near, n_t_near = r_inst[near], r_t[near]
+            money = np.abs(strike[n_inst_near] / spot_t[n_t_near] - 1.0)
+            local = np.full(len(t), np.inf)
+            np.minimum.at(local, n_t_near, money)
+            keep = money == local[n_t_near]
+            atm_keys.append(n_t_near[keep] * n_inst + n_inst_near[keep])
+            atm_money.append(money[keep])
+        keys = np.concatenate(atm_keys)
+        money = np.concatenate(atm_money)
+        best_money = np.full(len(t), np.inf)
+        np.minimum.at(best_money, keys // n_inst, money)
+        kept_keys.append(keys[money == best_money[keys // n_inst]])
+        if selection.follow:
+            held = np.nonzero(band_first < len(t))[0]
+            f_cnt = np.maximum(stop[held] - band_first[held], 0)
+            f_inst = np.repeat(held, f_cnt)
+            f_t = _ranges(band_first[held], f_cnt)
+            f_dte = (exp_ns[f_inst] - t[f_t]) / (86400.0 * 1e9)
+            f_ok = f_dte <= max_dte if max_dte is not None else np.ones(len(f_t), bool)
+            kept_keys.append((f_t * n_inst + f_inst)[f_ok])
+        keys = np.unique(np.concatenate(kept_keys))  # time, then expiry, then strike
+        r_t, r_inst = keys // n_inst, keys % n_inst
+        rows_time, rows_strike, rows_exp = t[r_t], strike[r_inst], exp_ns[r_inst]
+        is_call = np.ones(len(keys), dtype=bool)
+        q = self._quote(u, rows_time, rows_strike, rows_exp, is_call)
+        inst, code = np.unique(r_inst, return_inverse=True)
+        names = np.array(
+            [
+                f"{coin(u).instrument_prefix}-{format_expiry_code(exps[exp_id[i]])}-"
+                f"{format_strike(strike[i])}-C"
+                for i in inst
+            ],
+            dtype=object,
+        )
+        values = {"strike": rows_strike, **q}
+        return ChainColumns(
+            underlying=u,
+            as_of=rows_time,
+            expiry=rows_exp,
+            quote_time=rows_time,
+            code=code.astype(np.int64),
+            names=names,
+            is_call=is_call,
+            values={c: values[c] for c in VALUE_COLUMNS},
+        )
 
     def list_option_chain(self, underlying: str, as_of: TimestampLike) -> list[OptionSnapshot]:
         """Every listed option of `underlying` as quoted at the instant `as_of`."""
