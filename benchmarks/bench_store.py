@@ -151,16 +151,26 @@ def store_table(root: Path) -> None:
         ratio = (s["load_s"] + s["labels_s"]) / (y["load_s"] + y["labels_s"])
         ratio_cpu = (s["load_cpu_s"] + s["labels_cpu_s"]) / (y["load_cpu_s"] + y["labels_cpu_s"])
         us = s["labels_s"] / s["candidates"] * 1e6
+        us_cpu = s["labels_cpu_s"] / s["candidates"] * 1e6
         print(
             f"  {case}: {s['files_read']} partitions read once, {s['rows_scanned']:,} of {rows:,} "
             f"rows kept by the scan filter; store/synthetic (load + labels) = {ratio:.2f}x wall, "
             f"{ratio_cpu:.2f}x cpu"
         )
         goals.append((f"{case}: store load + labels within 1.5x of synthetic", ratio <= 1.5))
-        goals.append((f"{case}: labels under 10 us per candidate ({us:.1f} us)", us < 10))
+        goals.append(
+            (
+                f"{case}: labels under 10 us per candidate ({us:.1f} us; cpu {us_cpu:.1f} us)",
+                us < 10,
+            )
+        )
         if case == "4h":
             goals.append(
-                (f"4h: one year loaded in under 1 s ({s['load_s']:.2f} s)", s["load_s"] < 1.0)
+                (
+                    f"4h: one year loaded in under 1 s ({s['load_s']:.2f} s; "
+                    f"cpu {s['load_cpu_s']:.2f} s)",
+                    s["load_s"] < 1.0,
+                )
             )
     print(f"machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("goals (issue 18):")

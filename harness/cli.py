@@ -642,6 +642,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
             timeframe=args.timeframe,
             progress=not args.quiet,
         )
+    elif args.data_command == "compact":
+        from harness.data.files import compact_store
+
+        summaries = compact_store(Path(args.store), args.underlying or None)
+        out.print("\n".join(str(x) for x in summaries) or "nothing to compact")
+        return 0
     elif args.data_command == "import-synthetic":
         res = importers.import_synthetic(
             args.underlying,
@@ -1143,6 +1149,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="bar length of the spot bars written (default: 1h)",
     )
     isy.add_argument("--out", default="data", help="store folder (default: data)")
+    co = dsub.add_parser(
+        "compact",
+        help="fold a store's day chain partitions into month files (faster reads, same rows)",
+    )
+    co.add_argument("--store", default="data", help="store folder (default: data)")
+    co.add_argument(
+        "--underlying", action="append", help="coin to compact (repeatable; default: all)"
+    )
     for sp in (f, it, ic, isy):
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_data)

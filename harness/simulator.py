@@ -466,15 +466,23 @@ class CoveredCallSimulator:
 
     def _ensure_paths(self, names: np.ndarray, first_bar: np.ndarray, last_bar: np.ndarray) -> None:
         """Load mark paths (USD per coin, on the bar grid) for instruments over bar ranges."""
+        if len(names) == 0:
+            return
+        # one range per instrument: the union of its requests (candidates repeat instruments)
+        codes, uniq = pd.factorize(np.asarray(names, dtype=object))
+        lo = np.full(len(uniq), np.iinfo(np.int64).max)
+        hi = np.full(len(uniq), np.iinfo(np.int64).min)
+        np.minimum.at(lo, codes, np.asarray(first_bar, dtype=np.int64))
+        np.maximum.at(hi, codes, np.asarray(last_bar, dtype=np.int64))
         need: dict[str, tuple[int, int]] = {}
-        for n, a, b in zip(names, first_bar, last_bar, strict=True):
+        for n, a, b in zip(uniq.tolist(), lo.tolist(), hi.tolist(), strict=True):
             have = self._paths.get(n)
-            if have is not None and have[0] <= a and have[0] + len(have[1]) - 1 >= b:
-                continue
-            lo, hi = need.get(n, (a, b))
-            if have is not None:  # reload over the union so a wider path never shrinks
-                lo, hi = min(lo, have[0]), max(hi, have[0] + len(have[1]) - 1)
-            need[n] = (min(lo, a), max(hi, b))
+            if have is not None:
+                start, end = have[0], have[0] + len(have[1]) - 1
+                if start <= a and end >= b:
+                    continue
+                a, b = min(a, start), max(b, end)  # reload over the union: never shrink a path
+            need[n] = (a, b)
         if not need:
             return
         if isinstance(self.source, BulkChainSource):
@@ -482,12 +490,10 @@ class CoveredCallSimulator:
             by_last: dict[int, list[str]] = {}
             for n, (_, b) in need.items():
                 by_last.setdefault(b, []).append(n)
-            groups = {(min(need[n][0] for n in g), b): g for b, g in by_last.items()}
-            for (a, b), group in groups.items():
-                times = pd.to_datetime(self.bar_ns[a : b + 1], utc=True)
-                marks = self.source.option_marks(group, times)
-                for n, row in zip(group, marks, strict=True):
-                    self._store_path(n, a, row)
+            for b, group in by_last.items():
+                a = min(need[n][0] for n in group)
+                times = _utc_ns_index(self.bar_ns[a : b + 1])
+                self._store_paths(group, a, self.source.option_marks(group, times))
         else:
             for n, (a, b) in need.items():
                 ohlc = self.source.get_option_ohlc(
@@ -498,7 +504,7 @@ class CoveredCallSimulator:
                 )
                 grid = pd.to_datetime(self.bar_ns[a : b + 1], utc=True)
                 closes = ohlc["close"].reindex(grid).to_numpy(dtype=float)
-                self._store_path(n, a, closes)
+                self._store_paths([n], a, closes[None, :])
 
     def _seed_paths(self, names: np.ndarray, open_bar: np.ndarray, marks: np.ndarray) -> None:
         """Give each path the chain's own mark at its sale bar when the source's path has none.
@@ -508,36 +514,54 @@ class CoveredCallSimulator:
         bar is seeded with the mark the seller saw, then carried forward as usual. Seeds are
         kept so a path loaded again over a wider range gets them too.
         """
-        for n, a, m in zip(names, open_bar, marks, strict=True):
-            if not np.isfinite(m):
-                continue
-            self._seeds.setdefault(str(n), {})[int(a)] = float(m)
+        marks = np.asarray(marks, dtype=float)
+        finite = np.flatnonzero(np.isfinite(marks))
+        if len(finite) == 0:
+            return
+        codes, uniq = pd.factorize(np.asarray(names, dtype=object)[finite])
+        # candidates grouped by instrument, each group in the callers' order (later seeds win)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.r_[0, np.flatnonzero(np.diff(codes[order])) + 1, len(order)]
+        bars = np.asarray(open_bar, dtype=np.int64)[finite][order]
+        values = marks[finite][order]
+        for i, j in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            n = str(uniq[codes[order[i]]])
+            b, m = bars[i:j], values[i:j]
+            self._seeds.setdefault(n, {}).update(zip(b.tolist(), m.tolist(), strict=True))
             start, path = self._paths[n]
-            j = int(a) - start
-            if 0 <= j < len(path) and np.isnan(path[j]):
-                path = path.copy()
-                path[j] = float(m)
-                self._paths[n] = (start, _ffill(path))
+            k = b - start
+            inside = (k >= 0) & (k < len(path))
+            if not np.isnan(path[k[inside]]).any():
+                continue  # the path already has a mark at every sale bar: nothing to seed
+            for a, mark in zip(b.tolist(), m.tolist(), strict=True):
+                start, path = self._paths[n]
+                x = a - start
+                if 0 <= x < len(path) and np.isnan(path[x]):
+                    path = path.copy()
+                    path[x] = mark
+                    self._paths[n] = (start, _ffill(path))
 
-    def _store_path(self, name: str, start: int, raw: np.ndarray) -> None:
-        """Keep a freshly loaded mark path: seeds fill its gaps, then marks carry forward."""
-        raw = np.array(raw, dtype=float)
-        for bar, mark in self._seeds.get(name, {}).items():
-            j = bar - start
-            if 0 <= j < len(raw) and np.isnan(raw[j]):
-                raw[j] = mark
-        self._paths[name] = (start, _ffill(raw))
+    def _store_paths(self, names: Sequence[str], start: int, raw: np.ndarray) -> None:
+        """Keep freshly loaded mark paths (rows of `raw` from bar `start`): seeds fill their
+        gaps, then marks carry forward."""
+        raw = np.array(raw, dtype=float, ndmin=2)
+        for r, name in enumerate(names):
+            for bar, mark in self._seeds.get(name, {}).items():
+                j = bar - start
+                if 0 <= j < raw.shape[1] and np.isnan(raw[r, j]):
+                    raw[r, j] = mark
+        filled = _ffill_rows(raw)
+        for r, name in enumerate(names):
+            self._paths[name] = (start, filled[r])
 
     def _settlement_flows(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Settlement price, payoff and delivery fee per coin (USD) of candidate rows `ks`."""
         c = self.config
         rows = self.cand_row[ks]
-        settle = np.array(
-            [
-                self.settlement_price(pd.Timestamp(int(e), tz="UTC"))
-                for e in self.store.expiry_ns[rows]
-            ]
-        )
+        # one delivery price per expiry, not per candidate
+        expiries, which = np.unique(self.store.expiry_ns[rows], return_inverse=True)
+        prices = [self.settlement_price(pd.Timestamp(int(e), tz="UTC")) for e in expiries]
+        settle = np.array(prices, dtype=float)[which.reshape(-1)]
         payoff = call_payoff(settle, self.store.columns["strike"][rows])
         dfee = delivery_fee(settle, payoff, c.delivery_fee_rate, c.fee_cap_fraction)
         return settle, payoff, dfee
@@ -589,21 +613,28 @@ class CoveredCallSimulator:
     ) -> np.ndarray:
         """Max drawdown (%) of the covered position value S - C + cash from open to settlement."""
         out = np.zeros(len(names))
-        by_last: dict[int, list[int]] = {}
-        for r, b in enumerate(last_bar):
-            by_last.setdefault(int(b), []).append(r)
-        for b, rs in by_last.items():
-            idx = np.array(rs)
+        if len(names) == 0:
+            return out
+        last_bar = np.asarray(last_bar, dtype=np.int64)
+        open_bar = np.asarray(open_bar, dtype=np.int64)
+        # candidates grouped by last bar (an expiry): one matrix per group, one row per
+        # instrument copied from its path, then one row per candidate taken from those
+        order = np.argsort(last_bar, kind="stable")
+        bounds = np.r_[0, np.flatnonzero(np.diff(last_bar[order])) + 1, len(order)]
+        for i, j in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            idx = order[i:j]
+            b = int(last_bar[idx[0]])
             a0 = int(open_bar[idx].min())
             width = b - a0 + 1
-            marks = np.full((len(idx), width), np.nan)
-            for j, r in enumerate(idx):
-                start, path = self._paths[names[r]]
+            codes, uniq = pd.factorize(np.asarray(names, dtype=object)[idx])
+            paths = np.full((len(uniq), width), np.nan)
+            for u, name in enumerate(uniq.tolist()):
+                start, path = self._paths[name]
                 lo = max(a0, start)
                 hi = min(b, start + len(path) - 1)
                 if hi >= lo:
-                    marks[j, lo - a0 : hi - a0 + 1] = path[lo - start : hi - start + 1]
-            values = self.close[a0 : b + 1][None, :] - marks + cash[idx][:, None]
+                    paths[u, lo - a0 : hi - a0 + 1] = path[lo - start : hi - start + 1]
+            values = self.close[a0 : b + 1][None, :] - paths[codes] + cash[idx][:, None]
             cols = np.arange(width)[None, :]
             values = np.where(cols >= (open_bar[idx] - a0)[:, None], values, np.nan)
             values = np.concatenate([values, (final_value + cash)[idx][:, None]], axis=1)
@@ -626,11 +657,11 @@ class CoveredCallSimulator:
         rows = self.cand_row
         sell = pd.DataFrame(
             {
-                "decision_time": pd.to_datetime(self.dec_ns[self.cand_dec], utc=True),
+                "decision_time": _utc_ns_index(self.dec_ns[self.cand_dec]),
                 "action": "SELL_CALL",
                 "instrument_name": st.names[rows],
                 "strike": o["strike"],
-                "expiry": pd.to_datetime(o["expiry"], utc=True),
+                "expiry": _utc_ns_index(o["expiry"]),
                 "dte_days": self.cand_dte,
                 "delta": st.columns["delta"][rows],
                 "mark_iv": st.columns["mark_iv"][rows],
@@ -653,7 +684,7 @@ class CoveredCallSimulator:
         spot = self._features["spot"]
         nothing = pd.DataFrame(
             {
-                "decision_time": pd.to_datetime(self.dec_ns, utc=True),
+                "decision_time": _utc_ns_index(self.dec_ns),
                 "action": "DO_NOTHING",
                 "instrument_name": None,
                 "underlying_price": spot,
@@ -669,12 +700,26 @@ class CoveredCallSimulator:
             }
         )
         labels = pd.concat([sell, nothing], ignore_index=True)
-        labels["_order"] = np.r_[np.zeros(len(sell)), np.ones(len(nothing))]
-        labels = labels.sort_values(["decision_time", "_order", "expiry", "strike"], kind="stable")
-        labels = labels.drop(columns="_order").reset_index(drop=True)
-        best = labels.groupby("decision_time")["pnl_vs_hodl"].transform("max")
+        # order by (decision, sells before doing nothing, expiry, strike) with numpy keys:
+        # decision indices follow decision times, and every decision has its DO_NOTHING row
+        n_dec = len(self.dec_ns)
+        dec = np.r_[self.cand_dec, np.arange(n_dec)]
+        order = np.lexsort(
+            (
+                np.r_[o["strike"], np.zeros(n_dec)],
+                np.r_[o["expiry"], np.zeros(n_dec, dtype=np.int64)],
+                np.r_[np.zeros(len(sell), dtype=np.int8), np.ones(n_dec, dtype=np.int8)],
+                dec,
+            )
+        )
+        labels = labels.take(order).reset_index(drop=True)
+        pnl = labels["pnl_vs_hodl"].to_numpy(dtype=float)
+        starts = np.r_[0, np.flatnonzero(np.diff(dec[order])) + 1]
+        sizes = np.diff(np.r_[starts, len(pnl)])
+        # NaN-skipping like groupby max; a period without decisions has no labels at all
+        best = np.repeat(np.fmax.reduceat(pnl, starts), sizes) if len(pnl) else pnl
         labels["best_pnl_vs_hodl"] = best
-        labels["regret"] = best - labels["pnl_vs_hodl"]
+        labels["regret"] = best - pnl
         self._labels = labels
         return labels
 
@@ -1064,6 +1109,20 @@ def _group_min(group: np.ndarray, value: np.ndarray) -> np.ndarray:
     starts = np.r_[0, np.nonzero(np.diff(group))[0] + 1]
     ids = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(group)]))
     return value == np.minimum.reduceat(value, starts)[ids]
+
+
+def _ffill_rows(values: np.ndarray) -> np.ndarray:
+    """`_ffill` of each row of a 2-D array (the input when it has no gap)."""
+    if not np.isnan(values).any():
+        return values
+    idx = np.where(np.isnan(values), 0, np.arange(values.shape[1])[None, :])
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    return np.take_along_axis(values, idx, axis=1)
+
+
+def _utc_ns_index(ns: np.ndarray) -> pd.DatetimeIndex:
+    """UTC DatetimeIndex of int64 nanoseconds, without pandas' generic parsing."""
+    return pd.DatetimeIndex(np.asarray(ns, dtype=np.int64).view("M8[ns]")).tz_localize("UTC")
 
 
 def _ffill(values: np.ndarray) -> np.ndarray:

@@ -4,17 +4,22 @@ Layout (see docs/data.md), one directory per underlying under the store root:
 
     <root>/<UNDERLYING>/meta.json                          chain timeframe and provenance
     <root>/<UNDERLYING>/spot/<timeframe>.parquet           spot bars, labeled by close time
-    <root>/<UNDERLYING>/chain/date=YYYY-MM-DD/part.parquet chain bars (CHAIN_COLUMNS + quote_time)
+    <root>/<UNDERLYING>/chain/month=YYYY-MM/part.parquet   chain bars (CHAIN_COLUMNS + quote_time)
+    <root>/<UNDERLYING>/chain/date=YYYY-MM-DD/part.parquet the same, one UTC day (streamed imports)
     <root>/<UNDERLYING>/settlement.parquet                 official delivery prices by expiry
 
 Every file may be a `.csv` with the same columns instead of `.parquet`. A chain partition holds
 the last snapshot of each instrument in each bar, stamped `as_of` = bar close; `quote_time` is
-the exchange time of that snapshot. All writes go to a temporary file that is then renamed, so
-an interrupted import never leaves a file that looks complete.
+the exchange time of that snapshot. A month partition holds every bar of its UTC month; once
+it exists, day partitions of that month are ignored (they can only be leftovers of an
+interrupted `compact_chain`) and new rows of that month are merged into it. All writes go to a
+temporary file that is then renamed, so an interrupted import never leaves a file that looks
+complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -116,6 +121,13 @@ def chain_partition_path(
 ) -> Path:
     """Path of the chain partition holding bars that close on UTC date `day`."""
     return underlying_dir(root, underlying) / "chain" / f"date={day:%Y-%m-%d}" / f"part.{ext}"
+
+
+def chain_month_path(
+    root: str | os.PathLike[str], underlying: str, day: pd.Timestamp, ext: str = "parquet"
+) -> Path:
+    """Path of the chain partition holding bars that close in the UTC month of `day`."""
+    return underlying_dir(root, underlying) / "chain" / f"month={day:%Y-%m}" / f"part.{ext}"
 
 
 def settlement_path(root: str | os.PathLike[str], underlying: str, ext: str = "parquet") -> Path:
@@ -314,27 +326,135 @@ def merge_spot(
     return len(new)
 
 
-def merge_chain(root: str | os.PathLike[str], underlying: str, frame: pd.DataFrame) -> int:
-    """Merge chain bars into their date partitions; the latest quote per bar and instrument wins.
+def merge_chain(
+    root: str | os.PathLike[str], underlying: str, frame: pd.DataFrame, *, by_month: bool = False
+) -> int:
+    """Merge chain bars into their partitions; the latest quote per bar and instrument wins.
 
-    Returns the number of rows written (new and kept).
+    Rows go to their UTC month's partition when it exists or `by_month` (importers that hold
+    a month of rows at once), else to their UTC day's. Returns the number of rows written.
     """
     if frame.empty:
         return 0
     frame = normalize_store_chain(frame)
     days = frame["as_of"].dt.floor("D")
+    targets: dict[pd.Timestamp, str] = {}
+    for day in pd.DatetimeIndex(days.unique()):
+        month = chain_month_path(root, underlying, day)
+        use_month = by_month or _existing(month) is not None
+        targets[day] = str(month if use_month else chain_partition_path(root, underlying, day))
+    day_files = _day_partitions(underlying_dir(root, underlying) / "chain")
     written = 0
-    for day, part in frame.groupby(days, sort=True):
-        path = chain_partition_path(root, underlying, pd.Timestamp(day))
-        found = _existing(path)
-        if found is not None:
-            part = pd.concat([normalize_store_chain(read_table(found)), part], ignore_index=True)
-        # Stable sort: among equal quote times the later-added (new) row wins.
-        part = part.sort_values(["as_of", "instrument_name", "quote_time"], kind="stable")
-        part = part.drop_duplicates(["as_of", "instrument_name"], keep="last")
-        write_table_atomic(part.reset_index(drop=True), found or path)
-        written += len(part)
+    for path_text, part in frame.groupby(days.map(targets), sort=True):
+        path = Path(str(path_text))
+        # a month file replaces that month's day files for readers: fold them in first
+        folded = (
+            [f for d, f in day_files if path == chain_month_path(root, underlying, d)]
+            if path.parent.name.startswith("month=")
+            else []
+        )
+        written += _merge_partition(path, [part], extra=folded)
+        _remove_partitions(folded)
     return written
+
+
+def _remove_partitions(files: Sequence[Path]) -> None:
+    """Delete day partition files (and their folders when empty) folded into a month file."""
+    for f in files:
+        f.unlink()
+        with contextlib.suppress(OSError):
+            f.parent.rmdir()  # leave a folder that holds anything else
+
+
+def _merge_partition(path: Path, parts: list[pd.DataFrame], *, extra: Sequence[Path] = ()) -> int:
+    """Rewrite one chain partition with its rows plus `parts` (later rows win); returns rows."""
+    found = _existing(path)
+    # month file first, then day files, then new rows: on equal quote times the later one wins
+    old = [normalize_store_chain(read_table(f)) for f in ([found] if found else []) + list(extra)]
+    frames = [*old, *parts]
+    part = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    # Stable sort: among equal quote times the later-added (new) row wins.
+    part = part.sort_values(["as_of", "instrument_name", "quote_time"], kind="stable")
+    part = part.drop_duplicates(["as_of", "instrument_name"], keep="last")
+    write_table_atomic(part.reset_index(drop=True), found or path)
+    return len(part)
+
+
+@dataclass(frozen=True)
+class CompactSummary:
+    """What `compact_chain` did: months written, day files folded into them, rows kept."""
+
+    underlying: str
+    months: tuple[str, ...]
+    day_files: int
+    rows: int
+
+    def __str__(self) -> str:
+        return (
+            f"compact {self.underlying}: {self.day_files} day partition(s) -> "
+            f"{len(self.months)} month partition(s), {self.rows:,} rows"
+        )
+
+
+def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSummary:
+    """Fold the day partitions of `underlying` into month partitions (same rows, fewer files).
+
+    Each month is written (atomically) before its day files are removed, so an interruption
+    leaves either the day files alone or a complete month file that readers use instead.
+    """
+    folder = underlying_dir(root, underlying) / "chain"
+    by_month: dict[pd.Timestamp, list[Path]] = {}
+    for day, path in _day_partitions(folder):
+        by_month.setdefault(day.replace(day=1), []).append(path)
+    rows = 0
+    for month, files in sorted(by_month.items()):
+        target = chain_month_path(root, underlying, month)
+        found = _existing(target)
+        rows += _merge_partition(found or target, [], extra=files)
+        _remove_partitions(files)
+    return CompactSummary(
+        underlying=underlying.upper(),
+        months=tuple(f"{m:%Y-%m}" for m in sorted(by_month)),
+        day_files=sum(len(f) for f in by_month.values()),
+        rows=rows,
+    )
+
+
+def compact_store(
+    root: str | os.PathLike[str], underlyings: Sequence[str] | None = None
+) -> list[CompactSummary]:
+    """`compact_chain` for `underlyings` (default: every underlying folder of the store)."""
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError("market data store not found", source=base)
+    names = underlyings or sorted(
+        p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    return [compact_chain(base, u) for u in names]
+
+
+def _day_partitions(folder: Path) -> list[tuple[pd.Timestamp, Path]]:
+    """(UTC day, file) of every `date=` partition under `folder`, in day order."""
+    return [(p, f) for kind, p, f in _chain_partitions(folder) if kind == "date"]
+
+
+def _chain_partitions(folder: Path) -> list[tuple[str, pd.Timestamp, Path]]:
+    """(date | month, first UTC day, file) of every chain partition under `folder`, sorted."""
+    if not folder.is_dir():
+        return []
+    out = []
+    for entry in sorted(os.listdir(folder)):
+        kind, _, value = entry.partition("=")
+        if kind not in ("date", "month"):
+            continue
+        try:
+            first = pd.Timestamp(value + ("-01" if kind == "month" else ""), tz="UTC")
+        except ValueError:
+            continue
+        found = _existing(folder / entry / "part.parquet")
+        if found is not None:
+            out.append((kind, first, found))
+    return out
 
 
 def merge_settlements(root: str | os.PathLike[str], underlying: str, frame: pd.DataFrame) -> int:
@@ -509,7 +629,12 @@ class ChainTable:
             base = int(c.as_of.min() // bar_ns) if len(c) else 0
             bar_idx = c.as_of // bar_ns - base
             stride = int(bar_idx.max()) + 2 if len(c) else 1
-            order = np.lexsort((c.as_of, c.code))
+            # rows are sorted by as_of, so a stable sort by code alone orders by (code, as_of);
+            # with fewer than 65,536 instruments numpy radix-sorts 16-bit keys (4x a lexsort)
+            if len(c.names) < 2**16:
+                order = np.argsort(c.code.astype(np.uint16), kind="stable")
+            else:
+                order = np.lexsort((c.as_of, c.code))
             self._by_code = order
             self._keys = c.code[order] * stride + bar_idx[order]
             self._stride = stride
@@ -719,7 +844,7 @@ class FileDataSource(ChainTableSource):
             raise ValueError(f"block_days must be at least 1, got {block_days}")
         self._max_staleness = None if max_staleness is None else pd.Timedelta(max_staleness)
         self.block_days = block_days
-        self._settlements: dict[str, pd.Series] = {}
+        self._settlements: dict[str, dict[int, float]] = {}  # ns -> USD
         self._spot: dict[Path, pd.DataFrame] = {}
         self._mark_periods: dict[str, _MarkPeriod] = {}
         self._window_cache: dict[str, tuple[Timeframe, pd.Timedelta, pd.Timedelta]] = {}
@@ -997,20 +1122,23 @@ class FileDataSource(ChainTableSource):
         key = underlying.upper()
         if key not in self._settlements:
             found = _existing(settlement_path(self.root, key))
-            series = pd.Series(dtype="float64")
+            prices: dict[int, float] = {}
             if found is not None:
                 table = read_table(found)
-                series = pd.Series(
-                    table["price"].astype("float64").to_numpy(),
-                    index=pd.DatetimeIndex(pd.to_datetime(table["expiry"], utc=True)),
-                )
-            self._settlements[key] = series
-        series = self._settlements[key]
-        ts = to_utc(expiry)
-        if ts in series.index:
-            value = float(series.loc[ts])
-            return value if np.isfinite(value) else None
-        return None
+                stamps = pd.DatetimeIndex(pd.to_datetime(table["expiry"], utc=True))
+                # a dict, not a Series: one hash look-up per expiry (merge_settlements
+                # writes one row per expiry; should a hand-made file repeat one, the first wins)
+                for ns, price in zip(
+                    stamps.as_unit("ns").asi8.tolist(),
+                    table["price"].astype("float64").tolist(),
+                    strict=True,
+                ):
+                    prices.setdefault(ns, price)
+            self._settlements[key] = prices
+        value = self._settlements[key].get(to_utc(expiry).as_unit("ns").value)
+        if value is None or not np.isfinite(value):
+            return None
+        return float(value)
 
     # ---- internals
 
@@ -1023,25 +1151,24 @@ class FileDataSource(ChainTableSource):
         return ChainTable.from_columns(cols, tf, stale, mark_staleness=mark_stale)
 
     def _partition_files(self, underlying: str, lo: int, hi: int) -> list[Path]:
-        """Chain partition files of the UTC days holding bars in [lo, hi] (ns), in day order."""
-        folder = underlying_dir(self.root, underlying) / "chain"
-        if not folder.is_dir():
-            return []
+        """Chain partition files holding bars in [lo, hi] (ns), in time order.
+
+        A month partition stands for its whole month: day partitions of a month that has one
+        are leftovers of an interrupted compaction and are skipped.
+        """
         first = pd.Timestamp(lo, tz="UTC").floor("D")
         last = pd.Timestamp(hi, tz="UTC").floor("D")
+        parts = _chain_partitions(underlying_dir(self.root, underlying) / "chain")
+        months = {p for kind, p, _ in parts if kind == "month"}
         out = []
-        for entry in sorted(os.listdir(folder)):
-            if not entry.startswith("date="):
-                continue
-            try:
-                day = pd.Timestamp(entry[5:], tz="UTC")
-            except ValueError:
-                continue
-            if first <= day <= last:
-                found = _existing(folder / entry / "part.parquet")
-                if found is not None:
-                    out.append(found)
-        return out
+        for kind, start, path in parts:
+            if kind == "month":
+                end = start + pd.offsets.MonthBegin(1) - pd.Timedelta(days=1)
+                if start <= last and end >= first:
+                    out.append((start, path))
+            elif first <= start <= last and start.replace(day=1) not in months:
+                out.append((start, path))
+        return [p for _, p in sorted(out, key=lambda x: x[0])]
 
     def _scan(
         self,

@@ -35,6 +35,7 @@ from harness.data.files import (
     DataError,
     FileDataSource,
     check_chain_timeframe,
+    compact_chain,
     duration_text,
     merge_chain,
     merge_spot,
@@ -202,6 +203,10 @@ def import_tardis(
         store(resampler.finish())
     for u in seen:
         update_meta(root, u, sources=[f"tardis:{p.name}" for p in paths])
+        # streamed chunks land in day partitions; one pass folds them into month files
+        done = compact_chain(root, u)
+        written.difference_update(w for w in list(written) if w.startswith(f"{u}/chain/date="))
+        written.update(f"{u}/chain/month={m}" for m in done.months)
     counts.update(resampler.counts)
     rows_read = counts.pop("rows_read", 0)
     counts.pop("files", None)
@@ -358,10 +363,8 @@ def fetch_deribit(
                 on_instrument=(lambda _name: pbar.advance(task)) if pbar else None,
             )
         if len(chain):
-            merge_chain(root, u, chain)
-            written.extend(
-                f"{u}/chain/date={d:%Y-%m-%d}" for d in chain["as_of"].dt.floor("D").unique()
-            )
+            merge_chain(root, u, chain, by_month=True)
+            written.extend(_month_partitions(u, chain["as_of"]))
         deliveries = delivery_series(client.get_delivery_prices(index_name_for(u)))
         if len(deliveries):
             merge_settlements(
@@ -400,6 +403,12 @@ def fetch_deribit(
 
 
 # ---------------------------------------------------------------- the embedded synthetic market
+
+
+def _month_partitions(underlying: str, as_of: pd.Series) -> list[str]:
+    """Store names of the month partitions holding bars at `as_of`."""
+    months = pd.DatetimeIndex(as_of).strftime("%Y-%m").unique()
+    return [f"{underlying}/chain/month={m}" for m in months]
 
 
 def snapshot_timeframe(first: pd.Timestamp, every: pd.Timedelta) -> Timeframe:
@@ -466,12 +475,10 @@ def import_synthetic(
                 u, pd.DatetimeIndex(month.index), kinds=kinds, max_dte=max_dte
             )
             if len(chain):
-                merge_chain(root, u, chain.assign(quote_time=chain["as_of"]))
+                merge_chain(root, u, chain.assign(quote_time=chain["as_of"]), by_month=True)
                 rows += len(chain)
                 expiries.update(pd.DatetimeIndex(chain["expiry"].unique()))
-                written.update(
-                    f"{u}/chain/date={d:%Y-%m-%d}" for d in chain["as_of"].dt.floor("D").unique()
-                )
+                written.update(_month_partitions(u, chain["as_of"]))
             if bar is not None:
                 bar.advance(task)
     spot = market.get_spot_ohlc(u, s - pd.Timedelta(days=31), e, spot_timeframe)

@@ -65,10 +65,8 @@ def covered_drawdown_pct(values: np.ndarray) -> np.ndarray:
     if v.ndim == 1:
         v = v[None, :]
     peak = np.fmax.accumulate(v, axis=1)
+    # a NaN cell gives a NaN fall (peak - NaN), so fmax skips it like the cell itself
     with np.errstate(invalid="ignore", divide="ignore"):
         dd = (peak - v) / peak
-    dd = np.where(np.isnan(v), np.nan, dd)
-    out = np.zeros(v.shape[0])
-    has = ~np.all(np.isnan(dd), axis=1)
-    out[has] = np.nanmax(dd[has], axis=1) * 100.0
-    return out
+    worst = np.fmax.reduce(dd, axis=1) if v.shape[1] else np.full(v.shape[0], np.nan)
+    return np.where(np.isnan(worst), 0.0, worst * 100.0)

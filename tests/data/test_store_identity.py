@@ -17,7 +17,12 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.data.files import FileDataSource, chain_partition_path, read_meta
+from harness.data.files import (
+    FileDataSource,
+    chain_month_path,
+    chain_partition_path,
+    read_meta,
+)
 from harness.data.importers import import_synthetic, snapshot_timeframe
 from harness.data.synthetic import SyntheticMarket
 from harness.policies import always_sell
@@ -154,8 +159,9 @@ def test_import_synthetic_layout_and_cli(tmp_path: Path, capsys) -> None:
     )
     src = FileDataSource(root)
     assert src.snapshot_cadence("BTC") == pd.Timedelta(days=1)
-    for day in ("2024-03-01", "2024-03-02", "2024-03-03"):
-        assert chain_partition_path(root, "BTC", pd.Timestamp(day, tz=UTC)).is_file()
+    # the import holds a month of rows at once and writes the consolidated (month) layout
+    assert chain_month_path(root, "BTC", pd.Timestamp("2024-03-02", tz=UTC)).is_file()
+    assert not chain_partition_path(root, "BTC", pd.Timestamp("2024-03-02", tz=UTC)).exists()
     t = pd.Timestamp("2024-03-02 08:00", tz=UTC)
     got = src.chain_frame("BTC", pd.DatetimeIndex([t]))
     want = SyntheticMarket(seed=7).chain_frame("BTC", pd.DatetimeIndex([t]))
@@ -234,12 +240,16 @@ def test_harness_run_on_a_sparse_store_records_stale_marks(tmp_path: Path) -> No
 
 
 def test_scan_blocks_do_not_change_results(stores) -> None:
-    one_pass = CoveredCallSimulator(FileDataSource(stores["1h"]), CFG)
+    whole = FileDataSource(stores["1h"])
+    one_pass = CoveredCallSimulator(whole, CFG)
     src = FileDataSource(stores["1h"], block_days=1)
     daily = CoveredCallSimulator(src, CFG)
     assert src.scan_stats["scans"] >= 5  # one scan per day of the period
     pd.testing.assert_frame_equal(daily.candidates_frame(), one_pass.candidates_frame())
     pd.testing.assert_frame_equal(daily.counterfactual_labels(), one_pass.counterfactual_labels())
-    assert src.scan_stats["files"] == len(list(stores["1h"].glob("BTC/chain/*/part.parquet")))
+    # one pass opens every partition once; day blocks open only their period's month file
+    files = len(list(stores["1h"].glob("BTC/chain/*/part.parquet")))
+    assert whole.scan_stats["files"] == files
+    assert 0 < src.scan_stats["files"] <= src.scan_stats["scans"]
     with pytest.raises(ValueError, match="block_days"):
         FileDataSource(stores["1h"], block_days=0)

@@ -376,7 +376,10 @@ def test_import_then_store_serves_the_same_chains(tmp_path: Path) -> None:
     assert summary.underlyings == ("BTC", "ETH")
     assert summary.rows_read == 10 and summary.rows_written == 6
     assert summary.counts["linear_skipped"] == 1
-    assert "BTC/chain/date=2020-06-08" in summary.files_written
+    # streamed into day partitions, then folded into the month layout
+    assert "BTC/chain/month=2020-06" in summary.files_written
+    assert not any("date=" in f for f in summary.files_written)
+    assert not list(out.glob("BTC/chain/date=*"))
     assert "linear_skipped=1" in str(summary)
     store = FileDataSource(out)
     src = TardisDataSource(SAMPLE, timeframe="1h")
