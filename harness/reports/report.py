@@ -738,10 +738,22 @@ def _llm_usage(run: RunFolder) -> list[tuple[str, str]]:
             f"{fmt_int(u.get('calls_made'))} calls made, "
             f"{fmt_int(u.get('served_from_cache'))} served from cache; "
             f"cost {fmt_usd(u.get('cost_usd', u.get('cost_usd_incurred')), 4)}, "
-            f"saved {fmt_usd(u.get('cost_saved_usd', u.get('cost_usd_saved')), 4)}",
+            f"saved {fmt_usd(u.get('cost_saved_usd', u.get('cost_usd_saved')), 4)}"
+            + _batch_cost(u),
         )
         for p, u in usage.items()
     ]
+
+
+def _batch_cost(u: dict[str, Any]) -> str:
+    """Live vs batch split of a policy's cost, when some answers came by batch."""
+    if not u.get("batch_answers") and u.get("execution") != "batch":
+        return ""
+    return (
+        f"; live {fmt_usd(u.get('cost_usd_live'), 4)}, batch "
+        f"{fmt_usd(u.get('cost_usd_batch'), 4)} for {fmt_int(u.get('batch_answers'))} answers "
+        f"({fmt_usd(u.get('cost_usd_batch_at_live_prices'), 4)} at live prices)"
+    )
 
 
 def _status_section(run: RunFolder) -> Section | None:
