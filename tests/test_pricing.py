@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -383,3 +384,122 @@ def test_coin_usd_conversion() -> None:
     np.testing.assert_allclose(coin_price([363.26, 0.0], 9440.73), [363.26 / 9440.73, 0.0])
     assert usd_price(coin_price(123.45, 9440.73), 9440.73) == pytest.approx(123.45, rel=1e-15)
     np.testing.assert_allclose(usd_price(0.1, np.array([100.0, 200.0])), [10.0, 20.0])
+
+
+# ---------------------------------------------------------------- defaults and odd inputs
+
+
+def test_rate_defaults_to_zero_in_every_greek() -> None:
+    # r omitted must mean r = 0: N(d1), the normal density terms and theta by hand at r = 0.
+    f, k, t, s = 100.0, 110.0, 0.5, 0.6
+    v = s * math.sqrt(t)
+    d1 = (math.log(f / k) + 0.5 * v * v) / v
+    pdf = math.exp(-0.5 * d1 * d1) / math.sqrt(2.0 * math.pi)
+    assert black76_delta(f, k, t, s, True) == pytest.approx(
+        0.5 * (1.0 + math.erf(d1 / math.sqrt(2.0))), rel=1e-12
+    )
+    assert black76_gamma(f, k, t, s, True) == pytest.approx(pdf / (f * v), rel=1e-12)
+    assert black76_vega(f, k, t, s, True) == pytest.approx(f * pdf * math.sqrt(t) / 100, rel=1e-12)
+    theta = -f * pdf * s / (2.0 * math.sqrt(t)) / 365.0
+    assert black76_theta(f, k, t, s, True) == pytest.approx(theta, rel=1e-12)
+    assert black76_price(f, k, t, s, True) == pytest.approx(_ref_black76(f, k, t, s, True, 0.0))
+
+
+def test_implied_vol_is_nan_when_the_iteration_does_not_converge() -> None:
+    # documented: no answer within max_iter steps is NaN, never a half-converged number
+    price = black76_price(100.0, 130.0, 0.25, 0.8, True)
+    assert np.isnan(implied_vol(price, 100.0, 130.0, 0.25, True, max_iter=0))
+    both = implied_vol([price, price], 100.0, 130.0, 0.25, True, max_iter=0)
+    assert np.isnan(both).all()
+    assert implied_vol(price, 100.0, 130.0, 0.25, True) == pytest.approx(0.8, abs=1e-9)
+
+
+def test_year_fraction_reads_strings_with_offsets_as_utc() -> None:
+    # "10:00+02:00" is 08:00 UTC: one day before an 08:00 UTC expiry, whatever the array shape
+    expiry = pd.Timestamp("2020-06-05 08:00", tz="UTC")
+    as_of = np.array([["2020-06-04T10:00+02:00"], ["2020-06-03T10:00+02:00"]], dtype=object)
+    out = year_fraction(as_of, expiry)
+    assert isinstance(out, np.ndarray) and out.shape == (2, 1)
+    np.testing.assert_allclose(out, [[1.0 / 365.0], [2.0 / 365.0]], rtol=1e-15)
+    # pandas spellings numpy cannot parse on its own
+    words = np.array(["2020-06-04 08:00 UTC", "2020-06-03 08:00 UTC"], dtype=object)
+    np.testing.assert_allclose(year_fraction(words, expiry), [1.0 / 365.0, 2.0 / 365.0])
+
+
+def test_year_fraction_of_a_missing_time_is_nan_and_a_float() -> None:
+    expiry = pd.Timestamp("2020-06-05 08:00", tz="UTC")
+    for missing in (pd.NaT, None):
+        out = year_fraction(missing, expiry)
+        assert isinstance(out, float) and math.isnan(out)
+        back = year_fraction(expiry, missing)
+        assert isinstance(back, float) and math.isnan(back)
+
+
+def test_greeks_at_zero_vol_or_expiry_are_exact_and_silent() -> None:
+    # the 0/0 of gamma at sigma = 0 or T = 0 is masked, never printed as a RuntimeWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = black76_greeks([100.0, 100.0, 90.0], 100.0, [1.0, 0.0, 0.0], [0.0, 0.5, 0.0], True)
+        assert black76_gamma(100.0, 100.0, 1.0, 0.0, True) == 0.0
+    np.testing.assert_array_equal(g.gamma, [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(g.delta, [0.5, 0.5, 0.0])
+
+
+def test_theta_at_zero_vol_is_the_discount_decay_and_zero_at_expiry() -> None:
+    # sigma = 0 before expiry: price = exp(-rT)(F - K), so -dPrice/dT per day = r * price / 365
+    r, t = 0.05, 0.5
+    price = math.exp(-r * t) * 10.0
+    assert black76_theta(110.0, 100.0, t, 0.0, True, r) == pytest.approx(r * price / 365.0)
+    assert black76_theta(90.0, 100.0, t, 0.0, True, r) == 0.0
+    # at expiry nothing decays any more, whatever the rate
+    assert black76_theta(110.0, 100.0, 0.0, 0.5, True, r) == 0.0
+    assert black76_theta(90.0, 100.0, 0.0, 0.5, False, r) == 0.0
+
+
+def test_implied_vol_newton_starts_close_enough_to_converge_in_few_steps() -> None:
+    # The docstring's claim: Newton from the value curve's inflection point sqrt(2|ln F/K|),
+    # at the money from Brenner-Subrahmanyam sqrt(2 pi) * C / F, so a handful of steps suffice.
+    # A worse start still converges by bisection, but only after many more steps.
+    for s in (0.1, 0.5, 0.8):
+        for t in (1.0 / 365.0, 0.25):
+            price = black76_price(100.0, 100.0, t, s, True)
+            assert implied_vol(price, 100.0, 100.0, t, True, max_iter=4) == pytest.approx(
+                s, abs=1e-9
+            ), (s, t)
+    # Deribit-like quotes (vol 20-150%, one week to six months, strikes 0.7-1.5 F) with a time
+    # value of at least one 0.0001 tick: today every one converges within 9 steps.
+    f = 1000.0
+    sigma, t, m = np.meshgrid(
+        np.geomspace(0.2, 1.5, 8), np.geomspace(7.0 / 365.0, 0.5, 5), np.geomspace(0.7, 1.5, 9)
+    )
+    k = f * m
+    price = black76_price(f, k, t, sigma, True)
+    quoted = price - np.maximum(f - k, 0.0) >= 1e-4 * f
+    assert quoted.sum() > 250
+    iv = implied_vol(price[quoted], f, k[quoted], t[quoted], True, max_iter=10)
+    np.testing.assert_allclose(iv, sigma[quoted], atol=1e-12)
+
+
+def test_pricing_a_wide_grid_and_junk_inputs_prints_no_runtime_warning() -> None:
+    # Expired, zero-vol, deep OTM and unsolvable inputs all go through masked arithmetic
+    # (0/0, log 0): users must see NaN or 0 where documented, never a flood of warnings.
+    f = 1000.0
+    sigma, t, m, is_call = np.meshgrid(
+        np.geomspace(0.01, 5.0, 8),
+        np.array([0.0, 1.0 / 8760.0, 0.1, 2.0]),
+        np.geomspace(0.3, 3.0, 9),
+        np.array([True, False]),
+        indexing="ij",
+    )
+    k = f * m
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        price = black76_price(f, k, t, sigma, is_call)
+        black76_greeks(f, k, t, sigma, is_call)
+        black76_greeks(f, k, t, 0.0, is_call, r=0.05)
+        iv = implied_vol(price, f, k, t, is_call)
+        junk = implied_vol(
+            [0.0, 1e-300, 1e9, np.nan, 5.0], 100.0, [100.0, 1e6, 100.0, 100.0, 0.0], 1.0, True
+        )
+    assert np.isnan(junk[[0, 2, 3, 4]]).all()
+    assert np.isnan(iv[t == 0.0]).all()

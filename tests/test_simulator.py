@@ -296,3 +296,91 @@ def test_config_validation_names_field_and_range() -> None:
         _cfg(start="2024-03-01", end="2024-02-01")
     with pytest.raises(ValueError, match="timeframe"):
         _cfg(timeframe="2h")
+
+
+def test_simulate_call_and_trade_path_follow_the_markets_own_marks(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    # what-if path of one named sale, checked against the source's marks and a hand ledger
+    t = next(t for t in sim.decision_times() if sim.candidates(t))
+    offered = sim.candidates(t)
+    cand = offered[len(offered) // 2]
+    trade = sim.simulate_call(t, cand.instrument_name, 2.0)
+    assert trade.instrument_name == cand.instrument_name and trade.open_time == t
+    assert trade.premium_usd == pytest.approx(2.0 * cand.bid_price, rel=1e-12)
+    path = sim.trade_path(trade)
+    bars = path.index[:-1]
+    assert bars[0] == t and bars[-1] < trade.close_time == path.index[-1]
+    assert list(np.diff(bars.asi8)) == [3600 * 10**9] * (len(bars) - 1)
+    marks = market.option_marks([cand.instrument_name], bars)[0]
+    np.testing.assert_allclose(path["call_mark"].to_numpy()[:-1], marks, rtol=1e-9)
+    cash = trade.premium_usd - trade.open_fee_usd
+    np.testing.assert_allclose(path["pnl_vs_hodl"].to_numpy()[:-1], cash - 2.0 * marks, rtol=1e-9)
+    spots = market.get_spot_ohlc("BTC", bars[0], bars[-1], "1h")["close"].reindex(bars)
+    np.testing.assert_allclose(path["spot"].to_numpy()[:-1], spots.to_numpy(), rtol=1e-12)
+    last = path.iloc[-1]
+    assert last["spot"] == trade.settlement_price
+    assert last["call_mark"] == pytest.approx(max(trade.settlement_price - trade.strike, 0.0))
+    assert last["pnl_vs_hodl"] == trade.pnl_vs_hodl
+    np.testing.assert_allclose(
+        path["covered_value"], 2.0 * path["spot"] + path["pnl_vs_hodl"], rtol=1e-12
+    )
+    with pytest.raises(KeyError, match=f"offered: {offered[0].instrument_name}"):
+        sim.simulate_call(t, "BTC-1JAN30-1000000-C", 1.0)
+
+
+def test_candidates_frame_and_labels_show_the_chains_own_quote_fields(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    # every quote column, row by row, against the source's own chain at that decision time
+    frame = sim.candidates_frame()
+    labels = sim.counterfactual_labels()
+    sells = labels[labels["action"] == "SELL_CALL"]
+    checked = 0
+    for t in sim.decision_times()[::9]:
+        cands = sim.candidates(t)
+        chain = {o.instrument_name: o for o in market.list_option_chain("BTC", t)}
+        rows = frame[frame["decision_time"] == t]
+        lab = sells[sells["decision_time"] == t]
+        assert list(rows["instrument_name"]) == [c.instrument_name for c in cands]
+        assert list(lab["instrument_name"]) == [c.instrument_name for c in cands]
+        for c, (_, row), (_, lrow) in zip(cands, rows.iterrows(), lab.iterrows(), strict=True):
+            o = chain[c.instrument_name]
+            assert row["premium_usd"] == c.premium_usd == o.bid_price
+            assert row["dte_days"] == pytest.approx((o.expiry - t) / pd.Timedelta(days=1))
+            for field in ("mark_price", "mark_iv", "delta", "bid_price", "ask_price"):
+                assert row[field] == pytest.approx(getattr(o, field), rel=1e-12), field
+                assert lrow[field] == pytest.approx(getattr(o, field), rel=1e-12), field
+            checked += 1
+    assert checked > 10
+    # doing nothing: no cash flows, at the spot of the bar labelled t
+    nothing = labels[labels["action"] == "DO_NOTHING"].set_index("decision_time")
+    times = sim.decision_times()
+    closes = market.get_spot_ohlc("BTC", times[0], times[-1], "1h")["close"]
+    np.testing.assert_allclose(nothing.loc[times, "underlying_price"], closes.reindex(times))
+    for col in ("premium", "premium_per_coin", "fees", "payoff", "pnl_vs_hodl", "pnl_coin"):
+        assert (nothing[col] == 0.0).all(), col
+
+
+def test_pnl_coin_books_each_cash_flow_at_the_price_of_its_own_moment(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    # premium net of the open fee at the sale's underlying price; payoff plus the delivery fee
+    # at the settlement price (a fee is always a cost, in coin as in USD)
+    trades = sim.simulate_policy(always_sell()).trades
+    assert trades and all(t.open_fee_usd > 0 for t in trades)
+    for t in trades:
+        want = (t.premium_usd - t.open_fee_usd) / t.open_underlying_price - (
+            t.payoff_usd + t.close_fee_usd
+        ) / t.settlement_price
+        assert t.pnl_coin == pytest.approx(want, rel=1e-12), t.instrument_name
+        # the rest of the trade record: value per coin at expiry, the chain's IV, the note
+        assert t.close_price == pytest.approx(max(t.settlement_price - t.strike, 0.0))
+        quote = next(
+            o
+            for o in market.list_option_chain("BTC", t.open_time)
+            if o.instrument_name == t.instrument_name
+        )
+        assert t.open_iv == pytest.approx(quote.mark_iv, rel=1e-12)
+        itm = t.settlement_price > t.strike
+        assert t.notes == ("expired in the money" if itm else "expired worthless")

@@ -100,3 +100,87 @@ def test_store_rows_are_sorted_whatever_the_input_order(rows) -> None:
     # already-sorted columns are kept as they are, and give the same store
     again = ChainStore.from_columns(store.cols, times)
     assert list(again.names) == list(store.names)
+
+
+class BulkWithoutFilters:
+    """A bulk source whose `chain_frame` takes no `kinds`/`max_dte`: the store filters itself."""
+
+    def __init__(self, market: SyntheticMarket) -> None:
+        self.market = market
+
+    def list_option_chain(self, underlying, as_of):  # pragma: no cover - bulk path used
+        raise NotImplementedError
+
+    def chain_frame(self, underlying, times):
+        return self.market.chain_frame(underlying, times)
+
+    def option_marks(self, names, times):  # pragma: no cover - not used by the store
+        raise NotImplementedError
+
+    def get_spot_ohlc(self, *a):  # pragma: no cover
+        raise NotImplementedError
+
+    def get_option_ohlc(self, *a):  # pragma: no cover
+        raise NotImplementedError
+
+
+def _direct(market: SyntheticMarket, t: pd.Timestamp, max_dte: float) -> list[str]:
+    """The source's own calls at t with dte <= max_dte, by a loop over its chain."""
+    return sorted(
+        o.instrument_name
+        for o in market.list_option_chain("BTC", t)
+        if o.kind == "call" and (o.expiry - o.as_of) / pd.Timedelta(days=1) <= max_dte
+    )
+
+
+def test_filters_apply_when_the_bulk_source_ignores_them(market: SyntheticMarket) -> None:
+    times = pd.date_range("2024-04-01", periods=2, freq="6h", tz="UTC")
+    store = ChainStore.from_source(
+        BulkWithoutFilters(market), "BTC", times, calls_only=True, max_dte=10
+    )
+    for i, t in enumerate(times):
+        got = sorted(store.frame.iloc[store.rows_at(i)]["instrument_name"])
+        assert got == _direct(market, t, 10)
+
+
+def test_an_expiry_exactly_max_dte_away_is_kept(market: SyntheticMarket) -> None:
+    t = pd.Timestamp("2024-04-01T08:00Z")
+    dtes = sorted(
+        {(o.expiry - t) / pd.Timedelta(days=1) for o in market.list_option_chain("BTC", t)}
+    )
+    edge = next(d for d in dtes if d == int(d) and d > 0)  # an 08:00 expiry whole days away
+    for source in (market, ChainOnly(market)):
+        store = ChainStore.from_source(source, "BTC", [t], calls_only=True, max_dte=edge)
+        assert sorted(store.frame["instrument_name"]) == _direct(market, t, edge)
+        assert store.dte_days().max() == edge
+
+
+def test_lowercase_underlying_fills_the_same_store(market: SyntheticMarket) -> None:
+    times = pd.date_range("2024-04-01", periods=2, freq="6h", tz="UTC")
+    upper = ChainStore.from_source(ChainOnly(market), "BTC", times, calls_only=True, max_dte=5)
+    lower = ChainStore.from_source(ChainOnly(market), "btc", times, calls_only=True, max_dte=5)
+    pd.testing.assert_frame_equal(upper.frame, lower.frame)
+    assert set(lower.frame["underlying"]) == {"BTC"}
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+def test_progress_reports_every_snapshot_and_ends_at_the_total(market, bulk: bool) -> None:
+    times = pd.date_range("2024-04-01", periods=3, freq="6h", tz="UTC")
+    calls: list[tuple[int, int]] = []
+    source = market if bulk else ChainOnly(market)
+    ChainStore.from_source(
+        source, "BTC", times, calls_only=True, max_dte=3, progress=lambda *a: calls.append(a)
+    )
+    assert calls == ([(3, 3)] if bulk else [(1, 3), (2, 3), (3, 3)])
+
+
+def test_a_chain_frame_round_trips_through_the_store(market: SyntheticMarket) -> None:
+    # every column, the underlying included, comes back as it went in (in store order)
+    times = pd.date_range("2024-04-01", periods=2, freq="6h", tz="UTC")
+    frame = pd.concat([snapshots_to_frame(market.list_option_chain("ETH", t)) for t in times])
+    store = ChainStore(frame.sample(frac=1.0, random_state=3), times)
+    order = ["as_of", "kind", "expiry", "strike"]
+    want = frame.sort_values(order).reset_index(drop=True)
+    got = store.frame.sort_values(order).reset_index(drop=True)
+    assert set(got["underlying"]) == {"ETH"}
+    pd.testing.assert_frame_equal(got[list(CHAIN_COLUMNS)], want[list(CHAIN_COLUMNS)])

@@ -145,3 +145,40 @@ def test_readable_payload_names_each_setting() -> None:
     )
     # never a credential or transport setting
     assert not {"api_key", "timeout", "max_concurrency", "headers"} & set(p)
+
+
+def test_readable_payload_names_the_optional_settings() -> None:
+    """Settings shown only when set appear under their own names, parsed, not as JSON text."""
+    req = dataclasses.replace(
+        BASE, reasoning_effort="high", extra_body='{"provider":{"order":["a"]}}', n=2, attempt=1
+    )
+    p = req.key_payload(BASE_URL)
+    assert p["reasoning_effort"] == "high"
+    assert p["extra_body"] == {"provider": {"order": ["a"]}}
+    assert (p["n"], p["attempt"]) == (2, 1)
+
+
+def test_client_query_and_header_names_are_in_the_key_but_never_header_values() -> None:
+    def client(query: dict[str, str], headers: dict[str, str]) -> ChatClient:
+        return ChatClient(
+            base_url=BASE_URL, api_key_env=None, extra_query=query, extra_headers=headers
+        )
+
+    c = client({"b": "2", "a": "1"}, {"X-Tenant": "secret-1", "X-A": "v"})
+    p = c.key_payload(BASE)
+    assert list(p["extra_query"].items()) == [("a", "1"), ("b", "2")]
+    assert p["extra_header_names"] == ["X-A", "X-Tenant"]
+    assert "secret-1" not in json.dumps(p)
+    key = cache_key(p)
+    assert (
+        cache_key(client({"a": "1", "b": "2"}, {"X-A": "w", "X-Tenant": "s2"}).key_payload(BASE))
+        == key
+    )
+    assert (
+        cache_key(client({"a": "1", "b": "3"}, {"X-A": "v", "X-Tenant": "x"}).key_payload(BASE))
+        != key
+    )
+    assert cache_key(client({"a": "1", "b": "2"}, {"X-A": "v"}).key_payload(BASE)) != key
+    plain = client({}, {}).key_payload(BASE)
+    assert "extra_query" not in plain and "extra_header_names" not in plain
+    assert plain == BASE.key_payload(BASE_URL)
