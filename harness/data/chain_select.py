@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 from harness.data.chain_scan import ChainColumns
@@ -50,3 +51,68 @@ class SelectiveChainSource(Protocol):
     ) -> ChainColumns:
         """Kept call rows at `times` (as_of = the query time) in store order, none past max_dte."""
         ...
+
+
+def store_selection_mask(
+    cols: ChainColumns,
+    rows: np.ndarray,
+    which: np.ndarray,
+    t_ns: np.ndarray,
+    selection: ChainSelection,
+    held: np.ndarray,
+) -> np.ndarray:
+    """Which point-in-time rows (`rows` of `cols`, query `which`, query time `t_ns`) to keep.
+
+    For a store, whose rows are read rather than priced: `rows` must be sorted by query, then
+    calls first, expiry and strike (the chain store's order). Kept, per query: the candidate
+    band; every row of a call in `held` (codes already in the band at an earlier query, when
+    `selection.follow`; updated in place with this band's codes); the rows the simulator's ATM
+    IV feature can pick (usable IV, days to expiry > 0, nearest `atm_dte`, then nearest the
+    money by each row's own underlying price, NaN money gaps kept so the result is unchanged);
+    and the first row (nearest expiry, lowest strike), the simulator's fallback spot after a
+    gap in the spot bars. Whatever is dropped is a row the simulator never reads.
+    """
+    n = len(rows)
+    keep = np.zeros(n, dtype=bool)
+    if n == 0:
+        return keep
+    is_call = cols.is_call[rows]
+    dte = (cols.expiry[rows] - t_ns[which]) / (86400.0 * 1e9)
+    delta = cols.values["delta"][rows]
+    band = (
+        is_call
+        & (dte >= selection.min_dte)
+        & (dte <= selection.max_dte)
+        & (delta >= selection.min_delta)
+        & (delta <= selection.max_delta)
+    )
+    keep |= band
+    if selection.follow:
+        code = cols.code[rows]
+        keep |= held[code]  # later rows of calls already in the band (past queries)
+        held[code[band]] = True
+        # rows of this batch after a call's first band row (same block)
+        first = np.full(len(held), n, dtype=np.int64)
+        np.minimum.at(first, code[band], np.flatnonzero(band))
+        keep |= np.arange(n) >= first[code]
+    starts = np.r_[0, np.flatnonzero(np.diff(which)) + 1]
+    keep[starts] = True
+    iv = cols.values["mark_iv"][rows]
+    cand = np.flatnonzero(np.isfinite(iv) & (dte > 0))
+    if len(cand):
+        grp = which[cand]
+        gap = np.abs(dte[cand] - selection.atm_dte)
+        near = _group_min(grp, gap)
+        cand, grp = cand[near], grp[near]
+        strike = cols.values["strike"][rows[cand]]
+        money = np.abs(strike / cols.values["underlying_price"][rows[cand]] - 1.0)
+        best = _group_min(grp, money) | np.isnan(money)
+        keep[cand[best]] = True
+    return keep
+
+
+def _group_min(group: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Entries equal to the minimum of their group (`group` sorted ascending; NaN poisons it)."""
+    starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
+    ids = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(group)]))
+    return value == np.minimum.reduceat(value, starts)[ids]

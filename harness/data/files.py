@@ -48,6 +48,7 @@ from harness.data.chain_scan import (
     scan_filter,
     scan_parquet,
 )
+from harness.data.chain_select import ChainSelection, store_selection_mask
 from harness.data.source import (
     CHAIN_COLUMNS,
     OHLC_COLUMNS,
@@ -590,18 +591,35 @@ class ChainTable:
         max_dte: float | None = None,
     ) -> ChainColumns:
         """`at` as columns (as_of = query time; quote_time = the snapshot's)."""
+        rows, which, t_ns = self.at_rows(times, kinds=kinds, max_dte=max_dte)
+        if rows.size == 0:
+            return replace(empty_columns(self.cols.underlying), names=self.cols.names)
+        return replace(self.cols.take(rows), as_of=t_ns[which])
+
+    def at_rows(
+        self,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`at_columns` as row indices: (rows, query index of each, query times in ns).
+
+        Rows come in chain store order (query, calls first, expiry, strike).
+        """
         idx = utc_index(pd.DatetimeIndex(times))
         c = self.cols
-        if len(c) == 0 or len(idx) == 0:
-            return replace(empty_columns(c.underlying), names=c.names)
         t_ns = idx.as_unit("ns").asi8
+        none = np.empty(0, dtype=np.int64)
+        if len(c) == 0 or len(idx) == 0:
+            return none, none, t_ns
         ref_ns = self._bar_floor(t_ns)
         stale_ns = self.max_staleness.value
         # Look one bar further back than the freshness window so instruments that just went
         # stale are seen and counted instead of silently vanishing.
         rows, which = self._window_rows(ref_ns, stale_ns + self.bar.value)
         if rows.size == 0:
-            return replace(empty_columns(c.underlying), names=c.names)
+            return none, none, t_ns
         alive = c.expiry[rows] > t_ns[which]
         if max_dte is not None:
             alive &= c.expiry[rows] - t_ns[which] <= max_dte * 86_400e9
@@ -619,8 +637,7 @@ class ChainTable:
         rows, which = rows[fresh], which[fresh]
         # ChainStore order (time, calls first, expiry, strike), so the store need not re-sort
         order = np.lexsort((c.values["strike"][rows], c.expiry[rows], ~c.is_call[rows], which))
-        rows, which = rows[order], which[order]
-        return replace(c.take(rows), as_of=t_ns[which])
+        return rows[order], which[order], t_ns
 
     def _code_index(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Rows sorted by (instrument, bar), their search keys and the key stride."""
@@ -980,10 +997,12 @@ class FileDataSource(ChainTableSource):
         *,
         kinds: Sequence[str] = ("call", "put"),
         max_dte: float | None = None,
+        selection: ChainSelection | None = None,
     ) -> ChainColumns:
         """`chain_frame` as columns: one columnar pass over the period's partitions. With `max_dte` the pass runs on until
         the last of those options can expire (last time + max_dte) and keeps their marks for
-        `option_marks`, so a simulation reads every partition once.
+        `option_marks`, so a simulation reads every partition once. With `selection`, only
+        the rows `store_selection_mask` keeps are copied out (the marks are kept whole).
         """
         times = utc_index(pd.DatetimeIndex(times))
         u = underlying.upper()
@@ -1001,6 +1020,7 @@ class FileDataSource(ChainTableSource):
         found: list[ChainColumns] = []
         slim: list[ChainColumns] = []
         tail: ChainColumns | None = None
+        held = np.zeros(0, dtype=bool)  # codes already in the selection's band
         for block_lo, block_hi in self._blocks(lo, hi):
             cols = self._scan(
                 u,
@@ -1019,11 +1039,16 @@ class FileDataSource(ChainTableSource):
             mine = (ref >= block_lo) & (ref <= block_hi)
             if mine.any():
                 table = ChainTable.from_columns(rows, tf, stale)
-                part = table.at_columns(
+                at, which, q_ns = table.at_rows(
                     pd.to_datetime(t_ns[mine], utc=True), kinds=kinds, max_dte=max_dte
                 )
+                if selection is not None and len(at):
+                    if len(held) < len(codes.index):
+                        held = np.r_[held, np.zeros(len(codes.index) - len(held), dtype=bool)]
+                    keep = store_selection_mask(table.cols, at, which, q_ns, selection, held)
+                    at, which = at[keep], which[keep]
                 self.gate_counts.update(table.gate_counts)
-                found.append(part)
+                found.append(replace(table.cols.take(at), as_of=q_ns[which]))
             # the next block's first chains look back into this one
             tail = rows.take(np.flatnonzero(rows.as_of > block_hi - chain_back))
         names = codes.names()
@@ -1034,6 +1059,19 @@ class FileDataSource(ChainTableSource):
             kinds=frozenset(kinds), max_dte=max_dte, lo=lo, hi=hi, table=table
         )
         return concat_columns(found, names, u)
+
+    def selected_chain_columns(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex,
+        selection: ChainSelection,
+        *,
+        max_dte: float | None = None,
+    ) -> ChainColumns:
+        """Call rows at `times` a replay reads (see `store_selection_mask`), in store order."""
+        return self.chain_columns(
+            underlying, times, kinds=("call",), max_dte=max_dte, selection=selection
+        )
 
     def _blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """[lo, hi] (ns) cut at UTC midnights into runs of at most `block_days` days."""
