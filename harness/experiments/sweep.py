@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 from rich.console import Console
 
+from harness import strict_json
 from harness.experiments.config import dump_config, parse_config
 from harness.experiments.runner import create_run_dir, run_config_text
 from harness.experiments.sweep_backends import (
@@ -67,7 +68,7 @@ class SweepSummary:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(strict_json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)  # a kill never leaves a torn sweep.json
 
 

@@ -166,8 +166,10 @@ def chart_drawdown(series: dict[str, pd.DataFrame], colors: dict[str, str]) -> C
     )
 
 
-def chart_forest(pairs: Sequence[dict[str, Any]], unit: str) -> Chart | None:
-    """Forest chart: mean paired difference per decision with its 95% CI, one row per pair."""
+def chart_forest(pairs: Sequence[dict[str, Any]], unit: str, method: str) -> Chart | None:
+    """Forest chart: mean paired difference per decision with its 95% CI, one row per pair.
+
+    `method` names the interval in the caption (`pairs_method_label`)."""
     rows = [p for p in pairs if finite(p.get("mean_diff"))]
     if not rows:
         return None
@@ -194,7 +196,7 @@ def chart_forest(pairs: Sequence[dict[str, Any]], unit: str) -> Chart | None:
         "paired_differences",
         "Forest chart of paired differences",
         buf.getvalue(),
-        "dot: mean of (first − second) over the same decisions; bar: 95% CI (batch means); "
+        f"dot: mean of (first − second) over the same decisions; bar: 95% CI ({method}); "
         "green: survives Holm correction over all pairs, orange: CI excludes 0 but not after Holm, "
         "grey: not significant",
     )
