@@ -122,6 +122,7 @@ class CoveredCallSimulator:
         self._labels: pd.DataFrame | None = None
         self._outcome_cache: dict[str, np.ndarray] | None = None
         self._hints: tuple[np.ndarray, np.ndarray] | None = None
+        self._candidate_memo: dict[int, tuple[CallCandidate, ...]] = {}
         self._load(progress)
 
     # ------------------------------------------------------------------ loading
@@ -374,7 +375,13 @@ class CoveredCallSimulator:
         return self._hints
 
     def _candidates_at(self, i: int) -> list[CallCandidate]:
-        return [self._candidate(k) for k in range(self.cand_start[i], self.cand_stop[i])]
+        # Candidates are frozen: built once per decision and reused by scoring and every replay
+        # of the policies (and trials) sharing this simulator; a fresh list each call.
+        got = self._candidate_memo.get(i)
+        if got is None:
+            got = tuple(self._candidate(k) for k in range(self.cand_start[i], self.cand_stop[i]))
+            self._candidate_memo[i] = got
+        return list(got)
 
     def candidates(self, t: TimestampLike) -> list[CallCandidate]:
         """Calls offered at decision time t: in the DTE and delta bands and liquid, by expiry then strike."""

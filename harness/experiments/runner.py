@@ -171,6 +171,9 @@ def _clean(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
 
 
+_FLUSH_EVERY = 200  # rule-policy decisions.jsonl rows between flushes (also flushed per policy)
+
+
 def _read_done(path: Path) -> dict[tuple[str, str], dict]:
     """Rows already in decisions.jsonl keyed by (policy, decision_time); a torn last line is dropped."""
     done: dict[tuple[str, str], dict] = {}
@@ -337,6 +340,11 @@ class ExperimentRunner:
         cfg = self.config
         decisions_path = self.run_dir / "decisions.jsonl"
         done = _read_done(decisions_path)
+        # A fresh run keeps its decisions.jsonl objects in memory for the report and the
+        # agreement table (no re-read); a resumed run reads the file (it holds earlier rows).
+        self._rows: list[dict[str, Any]] | None = (
+            [] if not decisions_path.exists() or decisions_path.stat().st_size == 0 else None
+        )
         with self._progress() as progress:
             load = progress.add_task("loading market", total=None)
             source = self.market or build_market(cfg.market, cfg.simulation.timeframe)
@@ -798,11 +806,24 @@ class ExperimentRunner:
             invalid += int(not row["valid"])
             errors += int(row["error"] is not None)
             tally.add(row)
-            out.write(self.secrets.scrub(strict_json.dumps(row, default=str)) + "\n")
-            out.flush()
+            line = strict_json.dumps(row, default=str)
+            safe = self.secrets.scrub(line)
+            out.write(safe + "\n")
+            if isinstance(policy, LLMPolicy):
+                out.flush()  # an answer costs money: on disk at once for --resume
+            elif i % _FLUSH_EVERY == 0:
+                out.flush()  # a rule decision is cheap to redo after a kill
+            if self._rows is not None:
+                # the written object: the row itself when scrubbing left it unchanged and the
+                # report reads only plain fields of it (a non-finite float, written as null, is
+                # NaN to the report either way)
+                plain = safe == line and row["llm"] is None and row["error"] is None
+                plain = plain and type(row["valid"]) is bool
+                self._rows.append(row if plain else json.loads(safe))
             choices.append(choice_name)
             rewards[i] = reward
             progress.advance(task)
+        out.flush()
         scored = _Scored(
             choices=choices,
             rewards=rewards,
@@ -927,7 +948,7 @@ class ExperimentRunner:
         lab = labels.drop(columns=["best_reward", "reward_regret"], errors="ignore")
         lab.to_parquet(d / "labels.parquet", index=False)
         (d / "metrics.json").write_text(strict_json.dumps(metrics, indent=2, default=_json_float))
-        agreement = _agreement(d / "decisions.jsonl", ran)
+        agreement = _agreement(self._decision_objects(), ran)
         every_pair = self._all_pairs(ran, sim)
         (d / "comparison.json").write_text(
             strict_json.dumps(
@@ -944,13 +965,25 @@ class ExperimentRunner:
             )
         )
 
+    def _decision_objects(self) -> list[dict[str, Any]]:
+        """decisions.jsonl's objects: from memory on a fresh run, else read (torn lines skipped)."""
+        if self._rows is not None:
+            return self._rows
+        rows = []
+        for line in (self.run_dir / "decisions.jsonl").read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
     def _write_report(self) -> None:
         try:
             from harness.reports.report import write_report
         except ImportError:  # report module not available in a trimmed install
             return
         try:
-            write_report(self.run_dir, html=self.html_report)
+            write_report(self.run_dir, html=self.html_report, decision_rows=self._rows)
         except Exception as exc:  # the run's data is written; a broken chart must not lose it
             log.exception("report failed")
             self.console.print(f"[red]report failed[/]: {exc}")
@@ -972,11 +1005,10 @@ def _json_float(x: Any) -> Any:
     return str(x)
 
 
-def _agreement(decisions_path: Path, ran: list[str]) -> dict[str, dict[str, float]]:
-    """Share of decisions where two policies chose the same action (from decisions.jsonl)."""
+def _agreement(rows: list[dict[str, Any]], ran: list[str]) -> dict[str, dict[str, float]]:
+    """Share of decisions where two policies chose the same action (decisions.jsonl's rows)."""
     choice: dict[str, dict[str, str | None]] = {n: {} for n in ran}
-    for line in decisions_path.read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         if row["policy"] in choice:
             choice[row["policy"]][row["decision_time"]] = row["instrument_name"]
     out: dict[str, dict[str, float]] = {}

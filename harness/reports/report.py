@@ -14,7 +14,7 @@ then says so in its notes instead of failing.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,24 +238,35 @@ def _decision_row(obj: dict[str, Any]) -> dict[str, Any]:
 
 def read_decisions(path: Path, notes: list[str] | None = None) -> pd.DataFrame:
     """Parse decisions.jsonl into one row per (decision_time, policy); bad lines are noted."""
-    notes = [] if notes is None else notes
-    rows: list[dict[str, Any]] = []
-    bad = 0
     text = path.read_text() if path.exists() else ""
+    objs: list[Any] = []
     for line in text.splitlines():
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            objs.append(json.loads(line))
         except json.JSONDecodeError:
-            bad += 1  # typically a half-written last line of an interrupted run
-            continue
+            objs.append(None)  # typically a half-written last line of an interrupted run
+    return decisions_frame(objs, path.name, notes)
+
+
+def decisions_frame(
+    objs: Iterable[Any], file_name: str = "decisions.jsonl", notes: list[str] | None = None
+) -> pd.DataFrame:
+    """Decision rows (decisions.jsonl objects, in file order) as the report's decisions table.
+
+    A runner passes the rows it just wrote from memory; `read_decisions` parses them from disk.
+    """
+    notes = [] if notes is None else notes
+    rows: list[dict[str, Any]] = []
+    bad = 0
+    for obj in objs:
         if isinstance(obj, dict) and obj.get("decision_time") and obj.get("policy"):
             rows.append(_decision_row(obj))
         else:
             bad += 1
     if bad:
-        notes.append(f"{path.name}: {bad} unreadable line(s) skipped.")
+        notes.append(f"{file_name}: {bad} unreadable line(s) skipped.")
     df = pd.DataFrame(rows, columns=DECISION_COLUMNS)
     df["decision_time"] = pd.to_datetime(df["decision_time"], utc=True, format="ISO8601")
     n = len(df)
@@ -263,7 +274,7 @@ def read_decisions(path: Path, notes: list[str] | None = None) -> pd.DataFrame:
     df = df.drop_duplicates(["decision_time", "policy"], keep="last")
     if len(df) < n:
         notes.append(
-            f"{path.name}: {n - len(df)} duplicate (decision_time, policy) row(s) dropped."
+            f"{file_name}: {n - len(df)} duplicate (decision_time, policy) row(s) dropped."
         )
     return df.sort_values(["decision_time", "policy"], kind="stable").reset_index(drop=True)
 
@@ -283,15 +294,22 @@ def _read_table(
         return pd.DataFrame()
 
 
-def load_run(run_dir: Path) -> RunFolder:
-    """Read every documented file of a run folder, tolerating missing or empty ones."""
+def load_run(run_dir: Path, decision_rows: Sequence[dict[str, Any]] | None = None) -> RunFolder:
+    """Read every documented file of a run folder, tolerating missing or empty ones.
+
+    `decision_rows`: the decisions.jsonl objects already in memory (a runner that just wrote
+    them, in file order); the file is then not re-read.
+    """
     run_dir = Path(run_dir)
     notes: list[str] = []
     manifest = read_json(run_dir / "manifest.json", notes)
     decisions_path = run_dir / "decisions.jsonl"
-    if not decisions_path.exists():
-        notes.append("decisions.jsonl is missing.")
-    decisions = read_decisions(decisions_path, notes)
+    if decision_rows is not None:
+        decisions = decisions_frame(decision_rows, decisions_path.name, notes)
+    else:
+        if not decisions_path.exists():
+            notes.append("decisions.jsonl is missing.")
+        decisions = read_decisions(decisions_path, notes)
     metrics = read_json(run_dir / "metrics.json", notes)
     comparison = read_json(run_dir / "comparison.json", notes)
     trades = _read_table(run_dir / "trades.csv", pd.read_csv, notes)
@@ -1310,17 +1328,24 @@ def build_report(run: RunFolder, *, charts: bool = True) -> tuple[str, str, list
     return md, html, doc.charts
 
 
-def write_report(run_dir: Path, *, html: bool = True) -> tuple[Path, Path | None]:
+def write_report(
+    run_dir: Path,
+    *,
+    html: bool = True,
+    decision_rows: Sequence[dict[str, Any]] | None = None,
+) -> tuple[Path, Path | None]:
     """Write report.md (+ figures/*.png) and self-contained report.html into the run folder.
 
-    `html=False` (sweep trials) writes report.md only and draws no charts.
+    `html=False` (sweep trials) writes report.md only and draws no charts. `decision_rows`:
+    decisions.jsonl's objects from memory (see `load_run`); the same report as from disk.
     """
     run_dir = Path(run_dir)
+    run = load_run(run_dir, decision_rows)
     if not html:
-        md = build_report(load_run(run_dir), charts=False)[0]
+        md = build_report(run, charts=False)[0]
         (run_dir / "report.md").write_text(md, encoding="utf-8")
         return run_dir / "report.md", None
-    md, html_text, charts = build_report(load_run(run_dir))
+    md, html_text, charts = build_report(run)
     fig_dir = run_dir / FIGURES_DIR
     if charts:
         fig_dir.mkdir(exist_ok=True)

@@ -19,6 +19,7 @@ import yaml
 from harness.cli import main
 from harness.experiments.config import ConfigError, load_config, parse_config
 from harness.experiments.runner import LLMRequiredError, run_experiment
+from harness.reports.report import write_report
 from tests.llm.scripted_server import ScriptedServer, first_enum_or_nothing
 
 KEY_ENV = "HARNESS_E2E_KEY"
@@ -151,6 +152,11 @@ def test_run_writes_every_file_and_second_run_calls_nothing(
         for p in root.rglob("*"):
             if p.is_file():
                 assert SECRET.encode() not in p.read_bytes(), p
+
+    # the runner's report (decisions from memory) is byte for byte `harness report RUN_DIR`'s
+    written = {f: (d / f).read_bytes() for f in ("report.md", "report.html")}
+    write_report(d)
+    assert {f: (d / f).read_bytes() for f in written} == written
 
     before = llm_server.request_count
     s2 = run_experiment(cfg, out_dir=tmp_path / "runs2", quiet=True)
