@@ -225,8 +225,12 @@ def test_choice_outside_candidates_is_rejected(sim: CoveredCallSimulator) -> Non
             return None
         return replace(candidates[0], instrument_name="BTC-1JAN30-1000000-C")
 
-    with pytest.raises(InvalidChoiceError, match="not one of the offered candidates"):
+    with pytest.raises(InvalidChoiceError, match="not one of the offered candidates") as err:
         sim.simulate_policy(cheat)
+    # the message names the decision time in UTC (the first decision with candidates)
+    first = next(t for t in sim.decision_times() if sim.candidates(t))
+    assert str(err.value).startswith(f"at {first.tz_convert('UTC').isoformat()} the policy chose")
+    assert "+00:00" in str(err.value).split(" the policy")[0]
 
 
 def test_bool_adapter_and_single_call(sim: CoveredCallSimulator) -> None:
@@ -476,3 +480,51 @@ def test_an_expiry_without_any_bar_cannot_be_settled_and_says_what_was_tried(
         with pytest.raises(ValueError, match=f"tried {want} and the 1h bars"):
             s._close_at(at)
     assert "1h bars of the replay" in str(err.value)
+
+
+class CountsOptionBars(ProtocolOnly):
+    """Counts the option-bar requests the simulator makes."""
+
+    def __init__(self, market) -> None:
+        super().__init__(market)
+        self.requests: list[tuple[str, pd.Timestamp, pd.Timestamp]] = []
+
+    def get_option_ohlc(self, instrument_name, start, end, timeframe):
+        self.requests.append((instrument_name, pd.Timestamp(start), pd.Timestamp(end)))
+        return super().get_option_ohlc(instrument_name, start, end, timeframe)
+
+
+def test_a_cached_mark_path_is_reused_only_when_it_covers_the_asked_bars(
+    market: SyntheticMarket,
+) -> None:
+    src = CountsOptionBars(market)
+    s = CoveredCallSimulator(src, _cfg())
+    t = next(t for t in s.decision_times() if s.candidates(t))
+    name = s.candidates(t)[0].instrument_name
+    a = int(np.searchsorted(s.bar_ns, t.value))
+    one = np.array([name])
+
+    def load(lo: int, hi: int) -> None:
+        s._ensure_paths(one, np.array([lo]), np.array([hi]))
+
+    def covers(lo: int, hi: int) -> None:
+        start, path = s._paths[name]
+        assert start <= lo and start + len(path) - 1 >= hi
+        bars = pd.to_datetime(s.bar_ns[lo : hi + 1], utc=True)
+        want = market.get_option_ohlc(name, bars[0], bars[-1], "1h")["close"].reindex(bars)
+        np.testing.assert_allclose(path[lo - start : hi - start + 1], want.to_numpy(), rtol=1e-12)
+
+    src.requests.clear()
+    load(a + 2, a + 5)
+    covers(a + 2, a + 5)
+    n = len(src.requests)
+    assert n == 1
+    for lo, hi in ((a + 2, a + 5), (a + 3, a + 4), (a + 2, a + 2), (a + 5, a + 5)):
+        load(lo, hi)  # inside the cached range, at its edges included: no new request
+    assert len(src.requests) == n
+    for lo, hi in ((a + 2, a + 6), (a + 2, a + 8), (a + 1, a + 8), (a, a + 8)):
+        load(lo, hi)  # one or two bars past either end: reloaded over the union
+        n += 1
+        assert len(src.requests) == n
+        covers(lo, hi)
+        covers(a + 2, a + 5)  # never shrinks
