@@ -1,16 +1,21 @@
 """Sweep speed: 100 rule trials (target_delta 0.10..0.40 x target_dte 3..14, two policies each)
 over one year of synthetic BTC at 1h (configs/sweeps/delta_dte.yaml).
 
-Prints: wall time of the sweep on the local backend (process pool); on the Ray backend
-(including starting a loopback Ray); and the time of `--sequential` plain `harness run`
-processes of sampled trial configs, extrapolated to all trials, with the ratio.
-Run: .venv/bin/python benchmarks/bench_sweep.py [--trials 100] [--workers 2] [--sequential 3]
+Prints, each with the load average (`os.getloadavg`, other jobs share the machine) and the CPU
+time used: the sweep on the local backend (process pool); on the Ray backend (including
+starting a loopback Ray); and `--sequential` real `harness run` processes of trial configs
+spread over the grid (their mean times the trial count is the sequential figure; with
+`--sequential` equal to the trial count nothing is extrapolated), with the ratios.
+Run: .venv/bin/python benchmarks/bench_sweep.py [--trials 100] [--workers 2] [--sequential 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "configs" / "sweeps" / "delta_dte.yaml"
 
 
+def _load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def _cpu() -> float:
+    """CPU seconds (user + system) of this process, its threads and its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _sweep_file(tmp: Path, trials: int) -> Path:
     """The benchmark sweep: the full grid, or a seeded random sample of `trials` points of it."""
     spec = yaml.safe_load(SWEEP.read_text())
@@ -38,33 +54,45 @@ def _sweep_file(tmp: Path, trials: int) -> Path:
     return path
 
 
-def _timed_sweep(path: Path, out: Path, backend: str, workers: int) -> float:
-    t0 = time.perf_counter()
+def _timed_sweep(path: Path, out: Path, backend: str, workers: int) -> tuple[float, float]:
+    print(f"{backend}: starting ({_load()})", flush=True)
+    c0, t0 = _cpu(), time.perf_counter()
     s = run_sweep(path, backend=backend, workers=workers, out_dir=out, quiet=True, fresh=True)
-    elapsed = time.perf_counter() - t0
+    elapsed, driver_cpu = time.perf_counter() - t0, _cpu() - c0
     if s.n_complete != s.n_trials:
         raise SystemExit(f"{backend}: {s.n_failed} trials failed; see {s.sweep_dir}/sweep.json")
-    print(f"{backend}: {s.n_trials} trials in {elapsed:.1f}s ({s.sweep_dir})")
+    # workers are not waited-for children of this process: their CPU comes from sweep.json
+    trials = json.loads((s.sweep_dir / "sweep.json").read_text())["trials"]
+    trial_cpu = [t["cpu_s"] for t in trials]
+    cpu = driver_cpu + sum(trial_cpu)
+    first = sorted(trial_cpu, reverse=True)[:3]
+    print(
+        f"{backend}: {s.n_trials} trials in {elapsed:.1f}s wall, {cpu:.1f}s cpu (driver "
+        f"{driver_cpu:.1f}s + trials {sum(trial_cpu):.1f}s; median trial "
+        f"{statistics.median(trial_cpu):.2f}s, largest {', '.join(f'{c:.1f}' for c in first)}); "
+        f"{_load()} ({s.sweep_dir})"
+    )
     print(f"  {s.sentence}")
-    return elapsed
+    return elapsed, cpu
 
 
-def _sequential(path: Path, out: Path, n: int) -> float:
-    """Mean wall time of `harness run` processes of `n` trial configs spread over the grid."""
+def _sequential(path: Path, out: Path, n: int) -> tuple[float, float]:
+    """Mean wall and CPU time of `harness run` processes of `n` trial configs over the grid."""
     out.mkdir(parents=True, exist_ok=True)
     trials = load_sweep(path).trials
     pick = [trials[round(i * (len(trials) - 1) / max(n - 1, 1))] for i in range(n)]
-    times = []
+    times, cpus = [], []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for t in pick:
         cfg = out / f"{t.config.name}.yaml"
         cfg.write_text(dump_config(t.config))
-        t0 = time.perf_counter()
+        c0, t0 = _cpu(), time.perf_counter()
         cmd = [sys.executable, "-m", "harness.cli", "run", str(cfg), "--out", str(out), "-q"]
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - t0)
-        print(f"  harness run {t.label()}: {times[-1]:.1f}s")
-    return sum(times) / len(times)
+        cpus.append(_cpu() - c0)
+        print(f"  harness run {t.label()}: {times[-1]:.1f}s wall, {cpus[-1]:.1f}s cpu ({_load()})")
+    return sum(times) / n, sum(cpus) / n
 
 
 def main() -> None:
@@ -72,32 +100,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--sequential", type=int, default=3, help="harness run processes to time")
+    ap.add_argument("--sequential", type=int, default=10, help="harness run processes to time")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--skip-sequential", action="store_true")
     ap.add_argument("--sequential-only", action="store_true", help="time only harness run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         root = Path(tmp)
         path = _sweep_file(root, args.trials)
         n = len(load_sweep(path).trials)
-        print(f"{n} trials, {args.workers} workers, {os.cpu_count()} CPUs")
-        per_run = _sequential(path, root / "seq", args.sequential)
-        seq_total = per_run * n
-        print(f"sequential harness run: {per_run:.1f}s per run, {seq_total:.0f}s for {n}")
+        print(f"{n} trials, {args.workers} workers, {os.cpu_count()} CPUs ({_load()})")
+        per_run = per_cpu = None
+        if not args.skip_sequential:
+            per_run, per_cpu = _sequential(path, root / "seq", args.sequential)
+            print(
+                f"sequential harness run ({args.sequential} real processes): {per_run:.1f}s wall, "
+                f"{per_cpu:.1f}s cpu per run; x {n} trials = {per_run * n:.0f}s wall"
+            )
         if args.sequential_only:
             return
-        local = _timed_sweep(path, root / "local", "local", args.workers)
-        skip = args.skip_ray
-        ray_s = None if skip else _timed_sweep(path, root / "ray", "ray", args.workers)
-        print(f"local backend: {local:.1f}s total, {local / n:.2f}s per trial")
-        if ray_s is not None:
+        local, local_cpu = _timed_sweep(path, root / "local", "local", args.workers)
+        print(f"local backend: {local:.1f}s total, {local / n:.2f}s wall per trial")
+        ray_s = None
+        if not args.skip_ray:
+            ray_s, _ = _timed_sweep(path, root / "ray", "ray", args.workers)
             print(f"ray backend: {ray_s:.1f}s total (incl. Ray start), {ray_s / local:.2f}x local")
-        print(
-            f"sequential harness run: {per_run:.1f}s per run (mean of {args.sequential}), "
-            f"{seq_total:.0f}s extrapolated to {n}; sweep speed-up {seq_total / local:.1f}x"
-        )
-        if ray_s is not None:
-            print(f"sweep speed-up on Ray: {seq_total / ray_s:.1f}x")
+        if per_run is not None and per_cpu is not None:
+            seq = per_run * n
+            print(
+                f"speed-up vs {n} sequential harness run: {seq / local:.1f}x wall (local), "
+                f"{per_cpu * n / local_cpu:.1f}x cpu (local)"
+                + (f", {seq / ray_s:.1f}x wall (ray)" if ray_s else "")
+            )
 
 
 if __name__ == "__main__":

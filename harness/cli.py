@@ -72,6 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             quiet=args.quiet or args.json,
             max_cost_usd=args.max_cost,
             config_path=args.config,
+            batch=args.batch,
         )
     except RunInterrupted as exc:
         _print_resume(args, exc.run_dir)
@@ -149,6 +150,29 @@ def _print_run(summary: object, reward_kind: str, *, quiet: bool) -> None:
             f"{name}: {usage['calls_made']} model calls, {usage['served_from_cache']} served from cache, "
             f"cost ${usage['cost_usd_incurred']:.4f} (saved ${usage['cost_usd_saved']:.4f})"
         )
+        if usage.get("batch_answers") or usage.get("execution") == "batch":
+            out.print(
+                f"{name}: {usage.get('batch_answers', 0)} answers by batch for "
+                f"${usage.get('cost_usd_batch', 0.0):.4f} (live prices: "
+                f"${usage.get('cost_usd_batch_at_live_prices', 0.0):.4f}), live "
+                f"${usage.get('cost_usd_live', 0.0):.4f}",
+                highlight=False,
+            )
+    for name, facts in summary.batches.items():
+        ids = ", ".join(facts["batch_ids"]) or "none"
+        out.print(
+            f"{name}: {facts['submitted']} requests submitted by batch; batch ids: {ids}; "
+            f"ledger {summary.run_dir / facts['ledger']}",
+            markup=False,
+            highlight=False,
+        )
+        if facts.get("leftovers_asked_live"):
+            out.print(
+                f"{name}: {facts['leftovers_asked_live']} failed or missing batch items asked live",
+                markup=False,
+                highlight=False,
+            )
+        out.print(f"if stopped, resume with: {facts['resume']}", markup=False, highlight=False)
     for name, why in summary.skipped.items():
         out.print(f"[yellow]skipped {name}[/]: {why}", highlight=False)
     for name, st in summary.policy_status.items():
@@ -188,10 +212,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- plan
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from harness.experiments.config import load_config
+    from harness.experiments.config import load_config, with_execution
     from harness.experiments.plan import plan_experiment
 
     config = load_config(args.config)
+    if args.batch:
+        config = with_execution(config, "batch")
     plans = plan_experiment(config, latency_s=args.latency_s)
     if not plans:
         out.print(f"{args.config}: no LLM policy; nothing would be sent")
@@ -207,6 +233,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         "max output tokens",
         "cost live $ (max)",
         "cost batch $ (max)",
+        "execution",
         "wall time",
     ):
         table.add_column(col, justify="left" if col in ("policy", "model") else "right")
@@ -221,7 +248,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             f"{p.max_output_tokens:,}",
             f"{p.cost_live_usd:,.4f}" if p.priced else "unpriced",
             "-" if p.cost_batch_usd is None else f"{p.cost_batch_usd:,.4f}",
-            f"{p.wall_s:,.0f} s",
+            p.execution,
+            f"{p.wall_s:,.0f} s" if p.execution == "live" else "<= 24 h",
         )
     out.print(table)
     for p in plans:
@@ -241,6 +269,8 @@ def _print_resume(args: argparse.Namespace, run_dir: Path) -> None:
         parts += ["--cache-mode", args.cache_mode]
     if args.require_llm:
         parts.append("--require-llm")
+    if args.batch:
+        parts.append("--batch")
     err.print(f"interrupted; run folder: {run_dir}", markup=False, highlight=False)
     err.print(f"resume with: {' '.join(parts)}", markup=False, highlight=False)
 
@@ -271,7 +301,46 @@ def _run_json(summary: Any) -> dict[str, Any]:
         "llm_usage": summary.llm_usage,
         "elapsed_s": summary.elapsed_s,
         "resumed_decisions": summary.resumed_decisions,
+        "batches": summary.batches,
     }
+
+
+# ---------------------------------------------------------------------- batch
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from harness.experiments.batch_handoff import export_batch_requests, import_batch_results
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            err.print(line, markup=False, highlight=False)
+
+    if args.batch_command == "export":
+        done = export_batch_requests(args.source, args.out, policy=args.policy, progress=say)
+        per = ", ".join(f"{k} {v}" for k, v in done.by_policy.items())
+        out.print(
+            f"wrote {done.requests} requests ({per}; model {', '.join(done.models) or '-'}) "
+            f"to {done.out}",
+            markup=False,
+            highlight=False,
+        )
+        if done.requests:
+            out.print(
+                "run them with e.g. `vllm run-batch -i requests.jsonl -o results.jsonl --model "
+                "MODEL`, then `harness batch import results.jsonl --config CONFIG`",
+                markup=False,
+                highlight=False,
+            )
+        return 0
+    loaded = import_batch_results(args.results, args.config, policy=args.policy, progress=say)
+    out.print(
+        f"{args.results}: {loaded.lines} lines; {loaded.stored} answers stored in the cache "
+        f"{loaded.cache_dir}, {loaded.failed} failed (not cached), {loaded.already_cached} "
+        f"already cached, {loaded.unknown} not requests of this config",
+        markup=False,
+        highlight=False,
+    )
+    for line in loaded.errors[:10]:
+        out.print(f"failed: {line}", markup=False, highlight=False)
+    return 1 if loaded.failed or (loaded.unknown and not loaded.stored) else 0
 
 
 # ---------------------------------------------------------------------- compare
@@ -723,6 +792,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop cleanly before this invocation's LLM spend could pass USD (resume to go on)",
     )
     r.add_argument(
+        "--batch",
+        action="store_true",
+        help="send every LLM policy's requests through the provider's batch API (half price, "
+        "answers within 24h; docs/llm.md 'Batch mode')",
+    )
+    r.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars; print only the run folder"
     )
     r.add_argument(
@@ -731,6 +806,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the run summary (folder, metrics, comparisons, LLM usage) as JSON",
     )
     r.set_defaults(func=_cmd_run)
+
+    b = sub.add_parser(
+        "batch",
+        help="batch files for a batch runner elsewhere (vllm run-batch): export requests, import answers",
+        description=(
+            "export: write the requests a config (or run folder) would send and the cache does "
+            "not answer as OpenAI batch JSONL. import: load a batch runner's output JSONL into the "
+            "response cache, so a run of the config is then served from it. See docs/llm.md."
+        ),
+    )
+    bsub = b.add_subparsers(dest="batch_command", required=True, metavar="ACTION")
+    be = bsub.add_parser("export", help="write the uncached requests as batch JSONL")
+    be.add_argument("source", metavar="RUN_OR_CONFIG", help="experiment YAML or a run folder")
+    be.add_argument("--out", required=True, help="JSONL file to write, e.g. requests.jsonl")
+    bi = bsub.add_parser("import", help="load a batch output JSONL into the response cache")
+    bi.add_argument("results", help="the batch runner's output JSONL, e.g. results.jsonl")
+    bi.add_argument(
+        "--config", required=True, help="the experiment YAML (or run folder) that was exported"
+    )
+    for sp in (be, bi):
+        sp.add_argument("--policy", help="only this LLM policy (default: every LLM policy)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    b.set_defaults(func=_cmd_batch)
 
     sw = sub.add_parser(
         "sweep",
@@ -796,6 +894,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="assumed seconds per request for the wall-time estimate (default 1)",
     )
+    pl.add_argument(
+        "--batch", action="store_true", help="plan as `harness run --batch` would run it"
+    )
     pl.set_defaults(func=_cmd_plan)
 
     c = sub.add_parser(
@@ -803,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare two runs decision by decision (prompt iteration)",
         description=(
             "Line up the decisions of RUN_A and RUN_B by decision time: where the choice changed, the reward "
-            "change with a 95% block-bootstrap interval, validity and cost changes. Writes "
+            "change with a 95% studentized block-bootstrap interval, validity and cost changes. Writes "
             "run_comparison.md and run_comparison.html."
         ),
     )

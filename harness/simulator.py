@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -77,6 +77,19 @@ class GateCounts:
 
 
 @dataclass
+class SimulatorCaches:
+    """Market facts simulators on the same spot bars may share (a sweep's trials on one period).
+
+    Mark paths are keyed by instrument and indexed by bar, so only simulators whose spot bars
+    are identical (same source, underlying, timeframe and period) may share one.
+    """
+
+    paths: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    seeds: dict[str, dict[int, float]] = field(default_factory=dict)
+    settlements: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
 class _Position:
     row: int  # candidate row
     dec: int  # decision index it was opened at
@@ -94,6 +107,7 @@ class CoveredCallSimulator:
         config: CallSimulationConfig,
         *,
         progress: ProgressFn | None = None,
+        caches: SimulatorCaches | None = None,
     ) -> None:
         self.source = data_source
         self.config = config
@@ -101,9 +115,10 @@ class CoveredCallSimulator:
         self.bar = config.bar
         self.size = config.call_size  # whole lots of contract_size coins
         self.last_no_trade_reason: str | None = None
-        self._paths: dict[str, tuple[int, np.ndarray]] = {}
-        self._seeds: dict[str, dict[int, float]] = {}  # name -> {bar: chain mark at a sale}
-        self._settlements: dict[int, float] = {}
+        caches = caches or SimulatorCaches()
+        self._paths = caches.paths
+        self._seeds = caches.seeds  # name -> {bar: chain mark at a sale}
+        self._settlements = caches.settlements
         self._labels: pd.DataFrame | None = None
         self._outcome_cache: dict[str, np.ndarray] | None = None
         self._hints: tuple[np.ndarray, np.ndarray] | None = None

@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "stats",
         "coins",
         "selection",
+        "strict_json",
     ),
     ("data",),
     ("engine",),

@@ -60,17 +60,23 @@ def test_batch_means_interval_covers_and_widens_with_few_batches() -> None:
     assert batch_means_ci([2.0, 2.0, 2.0], batch_length=1) == (2.0, 2.0)
 
 
-def test_paired_comparison_defaults_to_batch_means_and_keeps_the_bootstrap() -> None:
+def test_paired_comparison_defaults_to_bootstrap_t_and_keeps_the_older_methods() -> None:
     rng = np.random.default_rng(1)
     a, b = rng.normal(0, 1, 400), rng.normal(0, 1, 400)
     names = [None] * 400
-    bm = paired_comparison("p", "b", a, b, names, names, block_length=10)
+    bt = paired_comparison("p", "b", a, b, names, names, block_length=10)
+    bm = paired_comparison("p", "b", a, b, names, names, block_length=10, ci_method="batch_means")
     bb = paired_comparison(
         "p", "b", a, b, names, names, block_length=10, ci_method="block_bootstrap"
     )
-    assert bm.ci_method == "batch_means" and bb.ci_method == "block_bootstrap"
-    assert (bm.ci_low, bm.ci_high) != (bb.ci_low, bb.ci_high)
-    assert bm.ci_low < bm.mean_diff < bm.ci_high
+    assert (bt.ci_method, bm.ci_method, bb.ci_method) == (
+        "bootstrap_t",
+        "batch_means",
+        "block_bootstrap",
+    )
+    assert len({(c.ci_low, c.ci_high) for c in (bt, bm, bb)}) == 3
+    for c in (bt, bm, bb):
+        assert c.ci_low < c.mean_diff < c.ci_high
 
 
 def test_holm_adjustment_matches_hand_computation() -> None:

@@ -30,7 +30,7 @@ def test_interval_width_matches_the_normal_theory_width() -> None:
 
 
 def test_paired_bootstrap_covers_the_true_mean_95_percent_of_the_time() -> None:
-    """Coverage over 400 independent i.i.d. experiments (n = 150 paired decisions each).
+    """Percentile block bootstrap: coverage over 400 i.i.d. experiments (n = 150 pairs each).
 
     The seeds are fixed, so the test is deterministic (0.9525 today). The binomial standard
     error of a coverage estimate over 400 draws is sqrt(.95 * .05 / 400) = 1.1 points, so
@@ -53,6 +53,7 @@ def test_paired_bootstrap_covers_the_true_mean_95_percent_of_the_time() -> None:
             ["Y"] * n,
             block_length=1,
             seed=k,
+            ci_method="block_bootstrap",
         )
         covered += res.ci_low <= true_diff <= res.ci_high
     coverage = covered / draws
@@ -175,7 +176,7 @@ def test_ties_include_the_tolerance_edge() -> None:
     assert (res.wins, res.losses, res.ties) == (0, 0, 3)
 
 
-def test_default_interval_is_batch_means_by_the_textbook() -> None:
+def test_batch_means_interval_by_the_textbook() -> None:
     # 60 differences, trade life 3 decisions -> batches of 4 x 3 = 12: five batch means, and a
     # Student-t interval with 4 degrees of freedom around their mean.
     from scipy import stats as scipy_stats
@@ -183,7 +184,7 @@ def test_default_interval_is_batch_means_by_the_textbook() -> None:
     rng = np.random.default_rng(5)
     a, b = rng.normal(0.5, 1.0, 60), rng.normal(0.0, 1.0, 60)
     names = ["X"] * 60
-    res = paired_comparison("p", "b", a, b, names, names, block_length=3)
+    res = paired_comparison("p", "b", a, b, names, names, block_length=3, ci_method="batch_means")
     d = a - b
     batch = [statistics.fmean(d[i * 12 : (i + 1) * 12]) for i in range(5)]
     centre = statistics.fmean(batch)

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from harness import strict_json
 from harness.coins import coin_of_instrument_underlying
 from harness.data.chain_scan import (
     ChainColumns,
@@ -196,7 +197,7 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path)
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(strict_json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
         _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

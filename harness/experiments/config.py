@@ -228,6 +228,15 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return parse_config(data, str(p))
 
 
+def with_execution(config: ExperimentConfig, execution: str) -> ExperimentConfig:
+    """`config` with `execution` (live | batch) set on every LLM policy (`harness run --batch`)."""
+    policies = [
+        p.model_copy(update={"execution": execution}) if isinstance(p, LLMPolicyEntry) else p
+        for p in config.policies
+    ]
+    return config.model_copy(update={"policies": policies})
+
+
 def dump_config(config: ExperimentConfig) -> str:
     """The resolved config (defaults filled in) as YAML."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

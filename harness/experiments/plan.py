@@ -6,7 +6,8 @@ estimated prompt tokens (`harness.llm.tokens`: bpe-openai when installed, else c
 the answer budget (the policy's `token_budget` per answer, sent as its `token_param`:
 `max_completion_tokens` and 8000 by default for reasoning models; an `n` request counts
 `n` answers; an upper bound), cost at live and batch prices
-for the requests not cached, and wall time under the configured rate limits and concurrency.
+for the requests not cached (a policy with `execution: batch` pays the batch column), and wall
+time under the configured rate limits and concurrency (batch mode: up to the 24 h window).
 `on_invalid: retry` re-asks are not counted (they depend on the answers).
 """
 
@@ -50,6 +51,14 @@ class PolicyPlan:
     cost_batch_usd: float | None  # the same through the batch API; None: no batch price
     wall_s: float  # estimated wall time of the requests not cached
     wall_basis: str  # what bounds the wall time
+    execution: str = "live"  # the policy's `execution`: which of the two costs a run pays
+
+    @property
+    def cost_usd(self) -> float:
+        """The cost a run would pay: live, or batch in batch mode (list price without one)."""
+        if self.execution == "batch" and self.cost_batch_usd is not None:
+            return self.cost_batch_usd
+        return self.cost_live_usd
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict."""
@@ -161,4 +170,5 @@ def _plan_policy(
         cost_batch_usd=batch,
         wall_s=math.ceil(wall * 10) / 10,
         wall_basis=basis,
+        execution=entry.execution,
     )

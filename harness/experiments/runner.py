@@ -25,7 +25,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness import __version__
+from harness import __version__, strict_json
 from harness.data.source import MarketDataSource
 from harness.experiments.config import (
     ExperimentConfig,
@@ -33,6 +33,7 @@ from harness.experiments.config import (
     ModelPolicyEntry,
     PythonPolicyEntry,
     RulePolicyEntry,
+    with_execution,
 )
 from harness.experiments.markets import build_market, mark_cadence, market_fingerprint
 from harness.experiments.masking import RunSecrets
@@ -44,11 +45,14 @@ from harness.experiments.run_health import (
     counted,
     llm_status,
 )
+from harness.experiments.sweep_market import SharedChains
+from harness.llm.batch import BATCHES_FILE, BatchLedger
 from harness.llm.budget import SpendCap
 from harness.llm.cache import CacheMissError, CacheMode, ResponseCache
 from harness.llm.client import LLMUnavailable
 from harness.llm.prompts import load_prompt
 from harness.llm.transcripts import TRANSCRIPTS_FILE, TranscriptBook, TranscriptWriter
+from harness.policies.batch_prefetch import BatchContext
 from harness.policies.learned import load_learned_policy
 from harness.policies.llm import LLMPolicy
 from harness.policies.oracles import ORACLES, oracle
@@ -103,6 +107,7 @@ class RunSummary:
     policy_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     status: str = "complete"  # complete | stopped (a spend cap stopped it: resume to go on)
     resume_hint: str | None = None
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # per batch-mode policy
 
 
 def _llm_not_ok(summary: RunSummary, llm_names: Sequence[str]) -> list[str]:
@@ -223,8 +228,12 @@ class ExperimentRunner:
         config_path: str | Path | None = None,
         market: MarketDataSource | None = None,
         html_report: bool = True,
+        batch: bool = False,
     ) -> None:
+        if batch:
+            config = with_execution(config, "batch")
         self.config = config
+        self.batch_flag = batch
         # A replay serves every LLM request from the run's transcripts: no cache, no network.
         self.answers = answers
         # a sweep passes a market shared by its trials (loaded once) and skips HTML charts
@@ -249,9 +258,16 @@ class ExperimentRunner:
                     f"{self.run_dir}: not a run folder (no config.yaml) to resume"
                 )
             if (self.run_dir / "config.yaml").read_text() != config_text:
+                hint = ""
+                if (
+                    not batch
+                    and run_config_text(with_execution(config, "batch"))
+                    == (self.run_dir / "config.yaml").read_text()
+                ):
+                    hint = " (the run was started with --batch: resume with --batch too)"
                 raise ValueError(
                     f"{self.run_dir}: its config.yaml differs from the config given; "
-                    "resume only with the same config"
+                    f"resume only with the same config{hint}"
                 )
             check_resume_identity(
                 self.run_dir,
@@ -264,6 +280,54 @@ class ExperimentRunner:
         else:
             self.run_dir = create_run_dir(out_dir, config.name)
             (self.run_dir / "config.yaml").write_text(config_text)
+
+    # ------------------------------------------------------------------ prefetch
+    def prefetch_llm(self) -> dict[str, dict[str, Any]]:
+        """Ask every LLM request of this run into the response cache; score and write nothing.
+
+        For a sweep driver, the one cache writer: afterwards the run itself can replay in
+        another process with the cache opened `read_only`. Decisions already in the folder's
+        decisions.jsonl are not asked. Returns each LLM policy's summary (`LLMRunSummary`
+        as a dict), or `{"skipped": reason}` for a policy that cannot run.
+        """
+        cfg = self.config
+        entries = [p for p in cfg.policies if isinstance(p, LLMPolicyEntry)]
+        if not entries:
+            return {}
+        done = _read_done(self.run_dir / "decisions.jsonl")
+        source = self.market or build_market(cfg.market, cfg.simulation.timeframe)
+        if isinstance(source, SharedChains):
+            sim = source.simulator(cfg.simulation)
+        else:
+            sim = CoveredCallSimulator(source, cfg.simulation)
+        labels = with_reward(
+            sim.counterfactual_labels(), cfg.reward.kind, cfg.reward.drawdown_penalty
+        )
+        items = [(sim.build_state(t), sim.candidates(t)) for t in sim.decision_times()]
+        out: dict[str, dict[str, Any]] = {}
+        with ExitStack() as stack:
+            cache = None
+            if self.cache_mode != "off":
+                cache = stack.enter_context(ResponseCache(cfg.cache.dir))
+            for entry in entries:
+                policy, why = self._build_policy(entry, labels, cache, stack)
+                if policy is None or not isinstance(policy, LLMPolicy):
+                    out[entry.name] = {"skipped": why}
+                    continue
+                policy.attach_run(transcript=None)
+                if policy.config.anonymize and items:
+                    policy.set_anchor(items[0][0].time, items[0][0].spot)  # as `run` does
+                todo = [
+                    it for it in items if (entry.name, _iso(pd.Timestamp(it[0].time))) not in done
+                ]
+                try:
+                    if todo:
+                        policy.prefetch(todo, progress=not self.quiet)
+                except (LLMUnavailable, CacheMissError) as exc:
+                    out[entry.name] = {"skipped": self.secrets.scrub_key_like(str(exc))}
+                    continue
+                out[entry.name] = policy.summary().as_dict()
+        return out
 
     # ------------------------------------------------------------------ main
     def run(self) -> RunSummary:
@@ -280,7 +344,11 @@ class ExperimentRunner:
             def tick(i: int, n: int) -> None:
                 progress.update(load, completed=i, total=n)
 
-            sim = CoveredCallSimulator(source, cfg.simulation, progress=tick)
+            if isinstance(source, SharedChains):
+                # a sweep's market: simulators (candidates, labels) and mark paths are shared
+                sim = source.simulator(cfg.simulation, progress=tick)
+            else:
+                sim = CoveredCallSimulator(source, cfg.simulation, progress=tick)
             progress.update(load, description="labelling candidates")
             labels = with_reward(
                 sim.counterfactual_labels(), cfg.reward.kind, cfg.reward.drawdown_penalty
@@ -302,6 +370,7 @@ class ExperimentRunner:
             model_ids: dict[str, str] = {}
             seeds: dict[str, Any] = {"market": cfg.market.seed, "bootstrap": cfg.seed}
             resumed = 0
+            batches: dict[str, dict[str, Any]] = {}
             spend_stops: list[str] = []
             run_caps = (
                 (SpendCap(self.max_cost_usd, "run --max-cost"),)
@@ -322,6 +391,7 @@ class ExperimentRunner:
                             self.run_dir / TRANSCRIPTS_FILE, redact=self.secrets.scrub_key_like
                         )
                     )
+                batch_context = self._batch_context()
                 for entry in cfg.policies:
                     policy, why = self._build_policy(entry, labels, cache, stack)
                     if policy is None:
@@ -329,7 +399,10 @@ class ExperimentRunner:
                         continue
                     if isinstance(policy, LLMPolicy):
                         policy.attach_run(
-                            transcript=transcript, spend_caps=run_caps, answers=self.answers
+                            transcript=transcript,
+                            spend_caps=run_caps,
+                            answers=self.answers,
+                            batch=batch_context,
                         )
                         prompt_ids[entry.name] = policy.prompt_id
                         model_ids[entry.name] = policy.config.model
@@ -356,22 +429,27 @@ class ExperimentRunner:
                         resumed += n_resumed
                         if not s.partial:
                             task = progress.add_task(f"replaying {entry.name}", total=None)
+                            before = policy.summary() if self._live_replay(policy) else None
                             results[entry.name] = sim.simulate_policy(guarded, name=entry.name)
                             progress.update(task, completed=1, total=1)
+                            if before is not None:
+                                self._note_live_replay(entry.name, policy, before)
                     except (LLMUnavailable, CacheMissError) as exc:
                         self._skip(entry.name, str(exc), skipped, status)
                         continue
                     scored[entry.name] = s
                     if isinstance(policy, LLMPolicy):
                         llm_usage[entry.name] = policy.summary().as_dict()
+                        if policy.config.execution == "batch" and self.answers is None:
+                            batches[entry.name] = self._batch_facts(llm_usage[entry.name])
                         status[entry.name] = llm_status(
                             s.tally,
                             max_error_rate=policy.config.max_error_rate,
                             max_invalid_rate=policy.config.max_invalid_rate,
                             halted=self.secrets.scrub_key_like(policy.halted or "") or None,
-                            stopped_for_spend=policy.halted_for_spend,
+                            stopped_for_spend=policy.halted_for_spend or policy.halted_waiting,
                         )
-                        if policy.halted_for_spend:
+                        if policy.halted_for_spend or policy.halted_waiting:
                             spend_stops.append(entry.name)
                         if status[entry.name]["status"] != "ok":
                             self.console.print(
@@ -421,8 +499,10 @@ class ExperimentRunner:
             manifest["resume"] = resume_hint
         if self.answers is not None:
             manifest["replay"] = True
+        if batches:
+            manifest["batches"] = batches
         (self.run_dir / "manifest.json").write_text(
-            self.secrets.scrub(json.dumps(manifest, indent=2, default=str))
+            self.secrets.scrub(strict_json.dumps(manifest, indent=2, default=str))
         )
         self._write_report()
         self.secrets.scrub_files(self.run_dir.glob("*.md"))
@@ -440,6 +520,7 @@ class ExperimentRunner:
             policy_status=status,
             status=run_status,
             resume_hint=resume_hint,
+            batches=batches,
         )
         if self.require_llm:
             bad = _llm_not_ok(
@@ -463,11 +544,78 @@ class ExperimentRunner:
         status[name] = {"status": "skipped", "reason": reason}
         self.console.print(f"[yellow]skipped[/] {name}: {reason}", markup=True, highlight=False)
 
-    def _resume_hint(self, stopped: Sequence[str]) -> str:
+    def _batch_context(self) -> BatchContext | None:
+        """The ledger (batches.json) and progress lines of the run's batch-mode policies."""
+        batching = [
+            p
+            for p in self.config.policies
+            if isinstance(p, LLMPolicyEntry) and p.execution == "batch"
+        ]
+        if not batching or self.answers is not None or self.cache_mode == "read_only":
+            return None
+        ledger = BatchLedger(self.run_dir / BATCHES_FILE)
+        said: list[bool] = []
+
+        def progress(line: str) -> None:
+            self.console.print(line, markup=False, highlight=False)
+            if not said:
+                said.append(True)
+                self.console.print(
+                    f"batch jobs are recorded in {self.run_dir / BATCHES_FILE}; if this process "
+                    f"stops, resume with: {self._resume_command()}",
+                    markup=False,
+                    highlight=False,
+                )
+
+        return BatchContext(
+            ledger=ledger,
+            metadata={"harness_run": self.run_dir.name[:64]},
+            progress=progress,
+        )
+
+    def _resume_command(self) -> str:
         config = self.config_path or "CONFIG"
+        flag = " --batch" if self.batch_flag else ""
+        return f"harness run {config} --resume {self.run_dir}{flag}"
+
+    def _batch_facts(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """What the batch mode of one policy did, for the manifest and `harness run`."""
+        return {
+            "submitted": usage.get("batch_submitted", 0),
+            "answered": usage.get("batch_answers", 0),
+            "leftovers_asked_live": usage.get("batch_leftovers_live", 0),
+            "batch_ids": usage.get("batch_ids", []),
+            "ledger": BATCHES_FILE,
+            "resume": self._resume_command(),
+        }
+
+    def _live_replay(self, policy: PolicyFn) -> bool:
+        """True when the portfolio replay may ask a batch-mode policy live (calls left open)."""
         return (
-            f"spend cap reached ({', '.join(stopped)}); everything done is kept. Resume with: "
-            f"harness run {config} --resume {self.run_dir} --max-cost USD"
+            isinstance(policy, LLMPolicy)
+            and policy.config.execution == "batch"
+            and self.answers is None
+            and not self.config.simulation.hold_to_expiry
+        )
+
+    def _note_live_replay(self, name: str, policy: PolicyFn, before: Any) -> None:
+        assert isinstance(policy, LLMPolicy)
+        after = policy.summary()
+        live = after.calls_made - before.calls_made
+        self.console.print(
+            f"{name}: hold_to_expiry is false, so decisions with a call open depend on the "
+            f"position and were asked live during the portfolio replay ({live} live requests, "
+            f"{after.served_from_cache - before.served_from_cache} from the cache); only the "
+            "flat decisions went by batch",
+            markup=False,
+            highlight=False,
+        )
+
+    def _resume_hint(self, stopped: Sequence[str]) -> str:
+        return (
+            f"spend cap reached or batches still running ({', '.join(stopped)}); everything "
+            f"done is kept. Resume with: {self._resume_command()} (add --max-cost USD if a "
+            "spend cap stopped it)"
         )
 
     def _progress(self) -> Progress:
@@ -650,7 +798,7 @@ class ExperimentRunner:
             invalid += int(not row["valid"])
             errors += int(row["error"] is not None)
             tally.add(row)
-            out.write(self.secrets.scrub(json.dumps(row, default=str)) + "\n")
+            out.write(self.secrets.scrub(strict_json.dumps(row, default=str)) + "\n")
             out.flush()
             choices.append(choice_name)
             rewards[i] = reward
@@ -692,6 +840,9 @@ class ExperimentRunner:
                     "invalid_rate": s.tally.invalid_rate,
                     "error_rate": s.tally.error_rate,
                     "cost_usd": float(llm_usage.get(name, {}).get("cost_usd_incurred", 0.0)),
+                    # of which at live and at batch prices (docs/llm.md "Batch mode")
+                    "cost_usd_live": float(llm_usage.get(name, {}).get("cost_usd_live", 0.0)),
+                    "cost_usd_batch": float(llm_usage.get(name, {}).get("cost_usd_batch", 0.0)),
                 }
             )
             out[name] = m
@@ -775,11 +926,11 @@ class ExperimentRunner:
         equity.to_parquet(d / "equity.parquet", index=False)
         lab = labels.drop(columns=["best_reward", "reward_regret"], errors="ignore")
         lab.to_parquet(d / "labels.parquet", index=False)
-        (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_float))
+        (d / "metrics.json").write_text(strict_json.dumps(metrics, indent=2, default=_json_float))
         agreement = _agreement(d / "decisions.jsonl", ran)
         every_pair = self._all_pairs(ran, sim)
         (d / "comparison.json").write_text(
-            json.dumps(
+            strict_json.dumps(
                 {
                     "baseline": self.config.baseline_name,
                     "reward_kind": self.config.reward.kind,
@@ -854,12 +1005,14 @@ def run_experiment(
     max_cost_usd: float | None = None,
     answers: TranscriptBook | None = None,
     config_path: str | Path | None = None,
+    batch: bool = False,
 ) -> RunSummary:
     """Run `config` and write its run folder under `out_dir` (or continue `resume`).
 
     `max_cost_usd` caps what this invocation may spend on LLM calls (USD); `answers` serves
     every LLM request from a run's transcripts (replay); `config_path` is only quoted in the
-    resume hint. The config is checked first (rule and python policy parameters, prompts,
+    resume hint; `batch` sets `execution: batch` on every LLM policy (docs/llm.md "Batch
+    mode"). The config is checked first (rule and python policy parameters, prompts,
     period length), so a bad one fails before a run folder exists. Ctrl-C raises
     `RunInterrupted` with the run folder to resume.
     """
@@ -874,6 +1027,7 @@ def run_experiment(
         max_cost_usd=max_cost_usd,
         answers=answers,
         config_path=config_path,
+        batch=batch,
     )
     try:
         return runner.run()

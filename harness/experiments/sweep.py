@@ -12,23 +12,29 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from rich.console import Console
 
-from harness.experiments.config import dump_config
+from harness import strict_json
+from harness.experiments.config import dump_config, parse_config
 from harness.experiments.runner import create_run_dir, run_config_text
 from harness.experiments.sweep_backends import (
+    DRIVER,
     Backend,
     TrialOutcome,
     TrialTask,
     init_ray,
     market_key,
     needs_cache_writer,
+    prefetch_trial,
+    prepare_markets,
+    replayable,
     run_inline,
     run_local,
     run_ray,
@@ -62,7 +68,7 @@ class SweepSummary:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(strict_json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)  # a kill never leaves a torn sweep.json
 
 
@@ -117,6 +123,7 @@ class SweepRunner:
             shutil.copyfile(self.sweep.path, self.dir / "sweep.yaml")
         (self.dir / "trials").mkdir(exist_ok=True)
         self.state = self._load_state()
+        self.llm_prefetch: dict[str, Any] | None = None
 
     def _load_state(self) -> dict[str, dict[str, Any]]:
         p = self.dir / SWEEP_JSON
@@ -160,6 +167,7 @@ class SweepRunner:
                 "status": "complete" if done else "pending",
                 "error": None if done else entry.get("error"),
                 "elapsed_s": entry.get("elapsed_s"),
+                "cpu_s": entry.get("cpu_s"),
             }
             if not done:
                 todo.append(trial)
@@ -172,7 +180,12 @@ class SweepRunner:
         for n, outcome in enumerate(self._execute(todo, dirs), start=1):
             trial = trials[outcome.index]
             rec = self.state[trial.key]
-            rec.update(status=outcome.status, error=outcome.error, elapsed_s=outcome.elapsed_s)
+            rec.update(
+                status=outcome.status,
+                error=outcome.error,
+                elapsed_s=outcome.elapsed_s,
+                cpu_s=outcome.cpu_s,
+            )
             self._save({"status": "running"})
             mark = "done" if outcome.status == "complete" else f"FAILED: {outcome.error}"
             self.console.print(
@@ -191,21 +204,37 @@ class SweepRunner:
         def task(t: Trial) -> TrialTask:
             return TrialTask(t.index, str(dirs[t.index]), dump_config(t.config), self.trial_reports)
 
-        # LLM trials run here, in the one process that writes the response cache, one after
-        # another: a prompt asked by one trial is a cache hit for every later trial
-        here = [task(t) for t in todo if needs_cache_writer(t.config)]
+        llm = [task(t) for t in todo if needs_cache_writer(t.config)]
         spread = [task(t) for t in todo if not needs_cache_writer(t.config)]
+        parallel = self.backend == "ray" or self.workers > 1
+        # LLM trials: the driver (the one response-cache writer) asks every request first,
+        # then the replays are spread like rule trials, reading the cache read-only; trials
+        # the prefetch could not fully answer run here, one after another, as a plain run would
+        replays, here = self._prefetch(llm) if parallel and llm else ([], llm)
+        spread += replays
         # trials sharing a market next to each other, so a worker reuses the market it holds;
         # longest DTE first, so its kept chains are built once at the widest expiry limit
         order = {
             t.index: (market_key(t.config), -t.config.simulation.target_dte, t.index) for t in todo
         }
         spread.sort(key=lambda k: order[k.index])
+        configs = {t.index: t.config for t in todo}
+        # every market built and its chains warmed once, here, then shipped to the workers
+        markets = prepare_markets([configs[t.index] for t in spread])
+        back: list[TrialTask] = []  # replays a worker could not serve from the cache
+        by_index = {t.index: t for t in spread}
+
+        def taken(outcomes: Iterable[TrialOutcome]) -> Iterator[TrialOutcome]:
+            for outcome in outcomes:
+                if outcome.status == DRIVER:
+                    back.append(replace(by_index[outcome.index], llm_replay=False, cache_mode=None))
+                    continue
+                yield outcome
+
         if self.backend == "ray":
             started = init_ray(self.address, self.workers)
             try:
-                configs = {t.index: t.config for t in todo}
-                for outcome in run_ray(spread, configs):
+                for outcome in taken(run_ray(spread, configs, markets)):
                     if outcome.files:
                         write_back(dirs[outcome.index], outcome.files)
                     yield outcome
@@ -215,10 +244,57 @@ class SweepRunner:
 
                     ray.shutdown()
         elif self.workers > 1 and len(spread) > 1:
-            yield from run_local(spread, self.workers)
+            yield from taken(run_local(spread, self.workers, markets))
         else:
-            yield from run_inline(spread)
-        yield from run_inline(here)
+            yield from taken(run_inline(spread))
+        if back:
+            self.console.print(
+                f"{len(back)} LLM trial(s) lacked cached answers in a worker; running them here"
+            )
+        yield from run_inline([*back, *here])
+
+    def _prefetch(self, tasks: list[TrialTask]) -> tuple[list[TrialTask], list[TrialTask]]:
+        """Ask every LLM request of `tasks` into the cache here; (replayable, to run here).
+
+        Trials run one after another, each asking its decisions concurrently (the policy's
+        `max_concurrency`); a request an earlier trial asked is a cache hit (single-flight),
+        so the sweep pays once per distinct prompt, model and decision. Seam for batch
+        execution: collect every trial's requests (`LLMPolicy.requests_for`), submit them as
+        one provider batch, store the answers in the cache, then return the same split.
+        """
+        t0 = time.perf_counter()
+        replays: list[TrialTask] = []
+        here: list[TrialTask] = []
+        totals = {"trials": len(tasks), "calls_made": 0, "served_from_cache": 0, "cost_usd": 0.0}
+        for n, t in enumerate(tasks, start=1):
+            cache_off = parse_config(yaml.safe_load(t.config_yaml), t.trial_dir).cache.mode
+            if cache_off == "off":
+                here.append(t)  # no cache to share: the trial asks the model itself, here
+                continue
+            try:
+                summaries = prefetch_trial(t)
+            except Exception as exc:  # the trial itself will fail (and say why) when run here
+                self.console.print(f"prefetch of trial {t.index} failed: {exc}", markup=False)
+                here.append(t)
+                continue
+            for s in summaries.values():
+                totals["calls_made"] += int(s.get("calls_made", 0))
+                totals["served_from_cache"] += int(s.get("served_from_cache", 0))
+                totals["cost_usd"] += float(s.get("cost_usd_incurred", 0.0))
+            if replayable(summaries):
+                replays.append(replace(t, llm_replay=True))
+            else:
+                here.append(t)
+            self.console.print(
+                f"prefetched LLM requests of trial {t.index} ({n}/{len(tasks)})", markup=False
+            )
+        totals.update(
+            replayed_in_workers=len(replays),
+            run_in_driver=len(here),
+            elapsed_s=time.perf_counter() - t0,
+        )
+        self.llm_prefetch = totals
+        return replays, here
 
     def _outputs(self, dirs: dict[int, Path], elapsed: float) -> str:
         trials = self.sweep.trials
@@ -248,6 +324,7 @@ class SweepRunner:
                 "elapsed_s": elapsed,
                 "headline": sentence,
                 "selection": stats,
+                "llm_prefetch": self.llm_prefetch,
             }
         )
         info = dict(describe(self.sweep))

@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,9 +26,10 @@ import yaml
 from harness.data.source import MarketDataSource
 from harness.experiments.config import ExperimentConfig, parse_config
 from harness.experiments.markets import build_market
-from harness.experiments.sweep_market import share_chains
+from harness.experiments.sweep_market import SharedChains, share_chains
 
 Backend = Literal["local", "ray"]
+DRIVER = "driver"  # outcome status: the trial must run in the driver (the cache writer)
 _MARKETS: dict[str, MarketDataSource] = {}
 _MAX_MARKETS = 4  # markets kept per worker process (a year of 1h synthetic BTC is ~100 MB)
 
@@ -43,6 +44,9 @@ class TrialTask:
     html_report: bool
     cache_mode: str | None = None
     files: dict[str, bytes] | None = None  # Ray: the folder's files so far, for a remote resume
+    # an LLM trial whose requests the driver prefetched: replay it from the cache read-only,
+    # and hand it back to the driver (status "driver") if any answer is missing there
+    llm_replay: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class TrialOutcome:
     error: str | None
     elapsed_s: float
     files: dict[str, bytes] | None = None  # Ray: the run folder's files, written by the driver
+    cpu_s: float = 0.0  # CPU seconds of the process that ran it, during the trial
 
 
 def market_key(config: ExperimentConfig) -> str:
@@ -73,6 +78,30 @@ def market_for(config: ExperimentConfig) -> MarketDataSource:
     return source
 
 
+def prepare_markets(configs: Sequence[ExperimentConfig]) -> dict[str, MarketDataSource]:
+    """Each distinct market of `configs`, built and warmed once here (the driver), by key.
+
+    Warming builds every chain the trials will ask in one request, so workers receive the
+    chain arrays instead of each building them again.
+    """
+    groups: dict[str, list[ExperimentConfig]] = {}
+    for cfg in configs:
+        groups.setdefault(market_key(cfg), []).append(cfg)
+    out: dict[str, MarketDataSource] = {}
+    for key, cfgs in groups.items():
+        source = market_for(cfgs[0])
+        if isinstance(source, SharedChains):
+            source.warm([c.simulation for c in cfgs])
+        out[key] = source
+    return out
+
+
+def _install(markets: dict[str, MarketDataSource]) -> None:
+    """Pool initializer: keep the driver's prepared markets in this worker process."""
+    for key, source in markets.items():
+        _keep(key, source)
+
+
 def _keep(key: str, source: MarketDataSource) -> MarketDataSource:
     """Keep `source` (with shared chains) in this process, dropping the oldest past the limit."""
     if len(_MARKETS) >= _MAX_MARKETS:
@@ -86,26 +115,67 @@ def needs_cache_writer(config: ExperimentConfig) -> bool:
     return any(p.type == "llm" for p in config.policies)
 
 
-def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialOutcome:
-    """Run one trial into its folder (resuming decisions already there); never raises."""
+def prefetch_trial(task: TrialTask) -> dict[str, dict[str, Any]]:
+    """Ask every LLM request of a trial into the response cache, here (the cache writer).
+
+    Returns each LLM policy's summary (see `ExperimentRunner.prefetch_llm`).
+    """
     from harness.experiments.runner import ExperimentRunner
 
-    t0 = time.perf_counter()
+    config = parse_config(yaml.safe_load(task.config_yaml), task.trial_dir)
+    runner = ExperimentRunner(
+        config,
+        resume=task.trial_dir,
+        cache_mode=task.cache_mode,  # type: ignore[arg-type]
+        quiet=True,
+        market=market_for(config),
+    )
+    return runner.prefetch_llm()
+
+
+def replayable(summaries: dict[str, dict[str, Any]]) -> bool:
+    """Whether a prefetch left every answer of the trial in the cache (nothing skipped,
+    halted or failed), so a worker can replay it with the cache opened read-only."""
+    return all(
+        "skipped" not in s and not s.get("halted") and not s.get("errors")
+        for s in summaries.values()
+    )
+
+
+def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialOutcome:
+    """Run one trial into its folder (resuming decisions already there); never raises."""
+    from harness.experiments.runner import ExperimentRunner, LLMRequiredError
+
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         config = parse_config(yaml.safe_load(task.config_yaml), task.trial_dir)
         runner = ExperimentRunner(
             config,
             resume=task.trial_dir,
-            cache_mode=task.cache_mode,  # type: ignore[arg-type]
+            cache_mode="read_only" if task.llm_replay else task.cache_mode,  # type: ignore[arg-type]
+            require_llm=task.llm_replay,
             quiet=True,
             market=market or market_for(config),
             html_report=task.html_report,
         )
         runner.run()
+    except LLMRequiredError as exc:
+        if not task.llm_replay:
+            raise
+        # an answer the prefetch did not leave in the cache (or no copy of the cache on this
+        # node): the folder is not finished, the driver runs the trial with the cache writer
+        (Path(task.trial_dir) / "manifest.json").unlink(missing_ok=True)
+        return TrialOutcome(
+            task.index, DRIVER, str(exc), time.perf_counter() - t0, cpu_s=time.process_time() - c0
+        )
     except Exception as exc:
         detail = "".join(traceback.format_exception_only(exc)).strip()
-        return TrialOutcome(task.index, "failed", detail, time.perf_counter() - t0)
-    return TrialOutcome(task.index, "complete", None, time.perf_counter() - t0)
+        return TrialOutcome(
+            task.index, "failed", detail, time.perf_counter() - t0, cpu_s=time.process_time() - c0
+        )
+    return TrialOutcome(
+        task.index, "complete", None, time.perf_counter() - t0, cpu_s=time.process_time() - c0
+    )
 
 
 def run_inline(tasks: Iterable[TrialTask]) -> Iterator[TrialOutcome]:
@@ -114,15 +184,32 @@ def run_inline(tasks: Iterable[TrialTask]) -> Iterator[TrialOutcome]:
         yield run_trial(task)
 
 
-def run_local(tasks: list[TrialTask], workers: int) -> Iterator[TrialOutcome]:
-    """Run trials in a pool of `workers` processes; each keeps its markets between trials."""
+def run_local(
+    tasks: list[TrialTask], workers: int, markets: dict[str, MarketDataSource] | None = None
+) -> Iterator[TrialOutcome]:
+    """Run trials in a pool of `workers` processes; each keeps its markets between trials.
+
+    `markets` (from `prepare_markets`) are sent to every worker once, at its start.
+    """
     if not tasks:
         return
-    # forkserver: workers fork from a clean server that already imported the runner, so they
-    # start fast and never inherit the driver's threads (progress bars, Ray, HTTP clients)
+    # forkserver: workers fork from a clean server that already imported the runner and the
+    # report, so they start fast and never inherit the driver's threads (progress bars, Ray,
+    # HTTP clients)
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["harness.experiments.sweep_backends", "harness.experiments.runner"])
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
+    ctx.set_forkserver_preload(
+        [
+            "harness.experiments.sweep_backends",
+            "harness.experiments.runner",
+            "harness.reports.report",
+        ]
+    )
+    with ProcessPoolExecutor(
+        max_workers=max(1, workers),
+        mp_context=ctx,
+        initializer=_install,
+        initargs=(markets or {},),
+    ) as pool:
         futures = [pool.submit(run_trial, t) for t in tasks]
         for f in as_completed(futures):
             yield f.result()
@@ -181,20 +268,25 @@ def init_ray(address: str | None, workers: int | None) -> bool:
     return True
 
 
-def run_ray(tasks: list[TrialTask], configs: dict[int, ExperimentConfig]) -> Iterator[TrialOutcome]:
+def run_ray(
+    tasks: list[TrialTask],
+    configs: dict[int, ExperimentConfig],
+    markets: dict[str, MarketDataSource] | None = None,
+) -> Iterator[TrialOutcome]:
     """Run trials as Ray tasks; each distinct market is built here and put once in the store."""
     if not tasks:
         return
     import ray
 
     remote = ray.remote(num_cpus=1, max_retries=0)(_ray_trial)
+    markets = markets or {}
     refs: dict[str, Any] = {}
     pending = {}
     for task in tasks:
         cfg = configs[task.index]
         key = market_key(cfg)
         if key not in refs:
-            refs[key] = ray.put(build_market(cfg.market, cfg.simulation.timeframe))
+            refs[key] = ray.put(markets.get(key) or market_for(cfg))
         shipped = replace(task, files=resume_files(Path(task.trial_dir)))
         pending[remote.remote(shipped, key, [refs[key]])] = task
     while pending:

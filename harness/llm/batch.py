@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 import openai
 
+from harness import strict_json
 from harness.llm.client import (
     DEFAULT_API_KEY_ENV,
     ChatClient,
@@ -555,7 +556,7 @@ class BatchLedger:
     def _save(self) -> None:
         data = {"version": self.VERSION, "entries": [asdict(e) for e in self._entries.values()]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path, json.dumps(data, indent=1).encode())
+        _write_atomic(self.path, strict_json.dumps(data, indent=1).encode())
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

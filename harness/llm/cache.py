@@ -277,6 +277,27 @@ class ResponseCache:
     def __len__(self) -> int:
         return len(self._store)
 
+    def store(
+        self,
+        payload: Mapping[str, Any],
+        entry: CachedResponse,
+        *,
+        mode: CacheMode | None = None,
+        key: str | None = None,
+    ) -> CachedResponse:
+        """Store an answer obtained another way (a batch job) exactly as `get_or_compute` stores
+        a live one (key, readable payload, time written); `off` returns it without storing.
+
+        No lease is taken: nothing is computed here, and an identical answer written by another
+        process meanwhile is simply replaced."""
+        mode = self._resolve_mode(mode)
+        return self._finish(key or cache_key(payload), payload, entry, mode)
+
+    def writing_many(self) -> contextlib.AbstractContextManager[Any]:
+        """One transaction around many `store` calls (thousands of batch answers are written
+        in one commit instead of one each; other processes wait for it)."""
+        return self._store.transact()
+
     # -- lookups with modes and single-flight --------------------------------------------------
 
     def _resolve_mode(self, mode: CacheMode | None) -> CacheMode:

@@ -9,7 +9,6 @@ network. Readers tolerate missing optional keys (older or partial lines).
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
+
+from harness import strict_json
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"
 MASK = "***"
@@ -107,7 +108,7 @@ class TranscriptWriter:
         """Append one record."""
         data = record.model_dump(mode="json")
         data["request"]["params"] = mask_params(data["request"].get("params") or {})
-        line = self._redact(json.dumps(data, ensure_ascii=False, default=str))
+        line = self._redact(strict_json.dumps(data, ensure_ascii=False, default=str))
         with self._lock:
             self._file.write(line + "\n")
             self._file.flush()

@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from harness.llm.anonymize import Anchor, AnonymizedView, PlainView
+from harness.llm.batch import BatchItem, BatchProvider, BatchResult, OpenAIBatchProvider
 from harness.llm.budget import Reservation, SpendCap, SpendCapReached, reserve, settle
 from harness.llm.cache import (
     CachedResponse,
@@ -65,6 +66,7 @@ from harness.llm.client import (
     ChatRequest,
     ChatResponse,
     LLMCallError,
+    LLMError,
     LLMUnavailable,
 )
 from harness.llm.contract import AnswerCheck, response_format_for, validate_answer
@@ -82,6 +84,12 @@ from harness.llm.transcripts import (
     TranscriptRequest,
     TranscriptResponse,
     TranscriptWriter,
+)
+from harness.policies.batch_prefetch import (
+    BatchContext,
+    BatchOutcome,
+    BatchPrefetch,
+    Unsubmitted,
 )
 from harness.state import DecisionState
 from harness.timestamps import TimestampLike, to_utc
@@ -111,6 +119,59 @@ _OWN_FIELDS = {
     "n": "samples",
     "reasoning_effort": "reasoning_effort",
 }
+
+
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*$", re.IGNORECASE)
+
+
+class BatchPoll(BaseModel):
+    """How often a batch job is polled: `initial_s`, growing by `factor` up to `max_s`, and how
+    long to wait in all (`max_wait_s`; a batch still running then is left for `--resume`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initial_s: float = Field(5.0, gt=0, description="First wait between two polls, seconds.")
+    max_s: float = Field(300.0, gt=0, description="Longest wait between two polls, seconds.")
+    factor: float = Field(1.5, ge=1, description="Backoff factor between polls.")
+    max_wait_s: float = Field(
+        26 * 3600.0, gt=0, description="Give up waiting after this long (24h window + margin)."
+    )
+
+
+class BatchSettings(BaseModel):
+    """The `batch:` block of an LLM policy: limits, polling and what to do with leftovers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    leftovers: Literal["live", "resubmit", "error"] = Field(
+        "live",
+        description="Failed items and items missing from the output: asked live, resubmitted "
+        "in another batch (at most `max_resubmits` times), or recorded as errors.",
+    )
+    max_requests: int = Field(
+        50_000, ge=1, description="Requests per input file (OpenAI: at most 50,000)."
+    )
+    max_bytes: int = Field(
+        200 * 1024**2, ge=1, description="Bytes per input file; '200MB' style text accepted."
+    )
+    max_resubmits: int = Field(2, ge=0, le=20, description="Resubmit rounds of a leftover.")
+    poll: BatchPoll = Field(default_factory=BatchPoll)
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            found = _SIZE.match(value)
+            if found is None:
+                raise ValueError(
+                    f"max_bytes {value!r} is not a size: give bytes (an integer) or text like "
+                    "'200MB', '512KB', '1GB'"
+                )
+            unit = found.group(2).upper()
+            unit = unit if unit.endswith("B") or not unit else unit + "B"
+            return int(float(found.group(1)) * _BYTE_UNITS[unit])
+        return value
 
 
 class LLMPolicyConfig(BaseModel):
@@ -195,6 +256,13 @@ class LLMPolicyConfig(BaseModel):
     max_cost_usd: float | None = Field(
         None, ge=0, description="Spend cap of this policy per `harness run` invocation, USD."
     )
+    # Batch execution (docs/llm.md "Batch mode").
+    execution: Literal["live", "batch"] = Field(
+        "live",
+        description="live: one HTTP request per answer; batch: the prefetch goes through the "
+        "provider's batch API (half price, answers within 24h).",
+    )
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -307,6 +375,16 @@ class LLMDecisionRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BatchLoad:
+    """What `LLMPolicy.load_batch_results` did with a batch output file."""
+
+    stored: int  # answers put into the cache
+    failed: int  # items that came back as errors (not cached)
+    matched: frozenset[str] = frozenset()  # custom_ids that were requests of these decisions
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LLMRunSummary:
     """Totals of an LLM policy so far (tokens and cost incurred count live HTTP answers only)."""
 
@@ -330,10 +408,20 @@ class LLMRunSummary:
     error_rate: float = 0.0  # errors / asked
     invalid_rate: float = 0.0  # invalid / asked
     halted: str | None = None  # why the policy stopped asking before the end, if it did
+    execution: str = "live"  # live | batch (config `execution`)
+    batch_answers: int = 0  # requests answered by batch in this run (counted in calls_made)
+    batch_submitted: int = 0  # requests handed to batch jobs in this run
+    batch_ids: tuple[str, ...] = ()  # batch jobs of this policy in the run folder's ledger
+    batch_leftovers_live: int = 0  # failed / missing batch items asked live instead
+    cost_usd_live: float = 0.0  # part of cost_usd_incurred paid at live prices
+    cost_usd_batch: float = 0.0  # part of cost_usd_incurred paid at batch prices
+    cost_usd_batch_at_live_prices: float = 0.0  # what the batch answers would have cost live
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict."""
-        return asdict(self)
+        out = asdict(self)
+        out["batch_ids"] = list(self.batch_ids)
+        return out
 
 
 @dataclass(slots=True)
@@ -348,6 +436,7 @@ class _Asked:
     choice_index: int = 0
     superseded: bool = False  # a failed `n` request whose samples were asked one by one
     failure: FailureKind | None = None  # harness.llm.health kind of `error`
+    execution: str = "live"  # "batch": the answer (or failure) came from a batch job
 
     @property
     def attempt(self) -> int:
@@ -392,6 +481,9 @@ class _Totals:
     usage: Usage = field(default_factory=Usage)
     cost: float = 0.0
     saved: float = 0.0
+    batch_answers: int = 0  # requests answered by a batch job in this run
+    batch_cost: float = 0.0  # what they cost (batch prices)
+    batch_cost_list: float = 0.0  # what they would have cost live
 
 
 class LLMPolicy:
@@ -481,6 +573,14 @@ class LLMPolicy:
         self._n_errors = 0
         self._n_invalid = 0
         self._to_ask = 0
+        # Batch mode (harness.policies.batch_prefetch): answers and final failures by key.
+        self._batch_context: BatchContext | None = None
+        self._batched: dict[str, CachedResponse] = {}
+        self._batch_served: set[str] = set()
+        self._batch_errors: dict[str, LLMError] = {}
+        self._batch_unsent: set[str] = set()
+        self._batch_stop: tuple[str, str] | None = None  # ("spend" | "batch", reason)
+        self._batch_outcome = BatchOutcome()
 
     def __repr__(self) -> str:
         return f"LLMPolicy(name={self.name!r}, prompt_id={self.prompt_id!r})"
@@ -523,7 +623,7 @@ class LLMPolicy:
                 return None  # a stopped policy asks nothing more; the decision has no record
             try:
                 record = self._decide(plan, state, candidates)
-            except TranscriptMissing:
+            except (TranscriptMissing, Unsubmitted):
                 self._not_asked.add(plan.time)
                 return None
             except SpendCapReached as exc:
@@ -542,9 +642,97 @@ class LLMPolicy:
             first = min(items, key=lambda item: to_utc(item[0].time))[0]
             self.set_anchor(first.time, first.spot)
         todo = [(state, candidates) for state, candidates in items if candidates]
+        if todo and self._batching:
+            self._batch_rounds(todo)
         if todo:
             _run_coroutine(lambda: self._aprefetch(todo, progress))
+        if self._batch_stop is not None:
+            self._stop(*self._batch_stop)
         return self.summary()
+
+    @property
+    def _batching(self) -> bool:
+        """Batch mode applies: `execution: batch`, not a replay, and a cache that may be asked."""
+        return (
+            self.config.execution == "batch"
+            and self._answers is None
+            and self.cache_mode != "read_only"
+        )
+
+    def _open_plans(
+        self, items: Sequence[tuple[DecisionState, Sequence[CallCandidate]]]
+    ) -> list[_Plan]:
+        """The plans of the decisions with candidates not decided yet, each once."""
+        if self.config.anonymize and self._anchor is None and items:
+            first = min(items, key=lambda item: to_utc(item[0].time))[0]
+            self.set_anchor(first.time, first.spot)
+        plans: dict[str, _Plan] = {}
+        for state, candidates in items:
+            if not candidates:
+                continue
+            plan = self._plan(state, candidates)
+            if plan.key not in self._memo:
+                plans.setdefault(plan.key, plan)
+        return list(plans.values())
+
+    def batch_requests(
+        self, items: Sequence[tuple[DecisionState, Sequence[CallCandidate]]]
+    ) -> list[BatchItem]:
+        """The batch lines of what deciding `items` still needs given the cache: first
+        attempts, then (once their answers are in the cache) missing samples and retries.
+        Sends nothing (`harness batch export`)."""
+        prefetch = BatchPrefetch(self)
+        return [prefetch.item(p) for p in prefetch.collect(self._open_plans(items))]
+
+    def load_batch_results(
+        self,
+        items: Sequence[tuple[DecisionState, Sequence[CallCandidate]]],
+        results: Sequence[BatchResult],
+    ) -> BatchLoad:
+        """Put the answers of a batch output (`harness batch import`) into the cache as live
+        answers would be; results whose custom_id is no request of `items` are counted unknown.
+        Failed items are counted, never cached."""
+        by_id = {r.custom_id: r for r in results}
+        prefetch = BatchPrefetch(self)
+        plans = self._open_plans(items)
+        stored = failed = 0
+        errors: list[str] = []
+        used: set[str] = set()
+        while True:
+            # Each pass can unlock the next round (retries need the first answers).
+            todo = [p for p in prefetch.collect(plans) if p.key in by_id and p.key not in used]
+            if not todo:
+                break
+            for p in prefetch.writing_chunks(todo):
+                used.add(p.key)
+                try:
+                    prefetch.store(p, by_id[p.key])
+                    stored += 1
+                except LLMError as exc:
+                    failed += 1
+                    self._batch_errors[p.key] = exc  # settles the request for this pass only
+                    errors.append(f"{p.key[:16]}: {exc}")
+        self._batch_errors.clear()
+        self._batched.clear()
+        return BatchLoad(
+            stored=stored, failed=failed, matched=frozenset(used), errors=tuple(errors)
+        )
+
+    def _batch_rounds(self, items: Sequence[tuple[DecisionState, Sequence[CallCandidate]]]) -> None:
+        """Send what the prefetch needs by batch first (harness.policies.batch_prefetch)."""
+        if self._batch_context is None:
+            raise ValueError(
+                f"{self.name}: execution 'batch' needs a ledger for its batch jobs: run it with "
+                "`harness run` (batches.json in the run folder) or attach_run(batch=...)"
+            )
+        outcome = BatchPrefetch(self, self._batch_context).run(self._open_plans(items))
+        total = self._batch_outcome
+        total.submitted += outcome.submitted
+        total.answered += outcome.answered
+        total.failed += outcome.failed
+        total.rounds += outcome.rounds
+        total.leftovers_live += outcome.leftovers_live
+        total.not_submitted += outcome.not_submitted
 
     def requests_for(
         self, state: DecisionState, candidates: Sequence[CallCandidate]
@@ -589,7 +777,21 @@ class LLMPolicy:
             error_rate=errors / asked if asked else 0.0,
             invalid_rate=invalid / asked if asked else 0.0,
             halted=self.halted,
+            execution=self.config.execution,
+            batch_answers=t.batch_answers,
+            batch_submitted=self._batch_outcome.submitted,
+            batch_ids=self._batch_ids(),
+            batch_leftovers_live=self._batch_outcome.leftovers_live,
+            cost_usd_live=t.cost - t.batch_cost,
+            cost_usd_batch=t.batch_cost,
+            cost_usd_batch_at_live_prices=t.batch_cost_list,
         )
+
+    def _batch_ids(self) -> tuple[str, ...]:
+        ctx = self._batch_context
+        if ctx is None:
+            return ()
+        return tuple(ctx.ledger.batch_ids(policy=self.name))
 
     # -- run integrity -------------------------------------------------------------------------
 
@@ -599,13 +801,15 @@ class LLMPolicy:
         transcript: TranscriptWriter | None = None,
         spend_caps: Sequence[SpendCap] = (),
         answers: TranscriptBook | None = None,
+        batch: BatchContext | None = None,
     ) -> None:
         """Write every request to `transcript`, obey run-level `spend_caps` (with the policy's
-        own `max_cost_usd`), and with `answers` serve every request from a run's transcripts
-        (replay: no cache, no network)."""
+        own `max_cost_usd`), with `answers` serve every request from a run's transcripts
+        (replay: no cache, no network), and in batch mode keep batch jobs in `batch`'s ledger."""
         self._transcript = transcript
         self._caps = self._own_caps + tuple(spend_caps)
         self._answers = answers
+        self._batch_context = batch
 
     @property
     def halted(self) -> str | None:
@@ -616,6 +820,12 @@ class LLMPolicy:
     def halted_for_spend(self) -> bool:
         """True when a spend cap stopped the policy (the run can be resumed with more budget)."""
         return self._halt is not None and self._halt[0] == "spend"
+
+    @property
+    def halted_waiting(self) -> bool:
+        """True when batches were still running at the end of `batch.poll.max_wait_s` (the run
+        can be resumed: it polls the same batches)."""
+        return self._halt is not None and self._halt[0] == "batch"
 
     @property
     def incomplete(self) -> bool:
@@ -656,8 +866,9 @@ class LLMPolicy:
                 f"{cfg.max_invalid_rate:g} of the {self._to_ask} decisions to ask",
             )
 
-    def _reserve(self, request: ChatRequest) -> Reservation | None:
-        """Hold the worst-case cost of `request` on every spend cap (None when uncapped)."""
+    def _reserve(self, request: ChatRequest, *, batch: bool = False) -> Reservation | None:
+        """Hold the worst-case cost of `request` (at batch prices with `batch`) on every spend
+        cap (None when uncapped)."""
         if not self._caps:
             return None
         price = self.prices.price_for(request.model)
@@ -667,8 +878,12 @@ class LLMPolicy:
             prompt = count_message_tokens(request.messages, request.model)
             # An `n` request can bill n full answers.
             answer = (request.max_tokens or UNBOUNDED_ANSWER_TOKENS) * request.n
-            amount = price.cost_usd(Usage(prompt_tokens=prompt, completion_tokens=answer))
-        return reserve(self._caps, amount, f"{self.name} at {request.model}")
+            usage = Usage(prompt_tokens=prompt, completion_tokens=answer)
+            amount = price.cost_usd(usage)
+            if batch and price.batch_discount is not None:
+                amount = price.batch_cost_usd(usage) or 0.0
+        where = "by batch" if batch else "at"
+        return reserve(self._caps, amount, f"{self.name} {where} {request.model}")
 
     def _replayed(self, request: ChatRequest, when: pd.Timestamp, key: str) -> list[_Asked]:
         """The run's recorded outcome of `request`: its answers (every choice of an `n` request,
@@ -752,7 +967,7 @@ class LLMPolicy:
                 sample=asked.sample,
                 cache_key=key,
                 from_cache=asked.lookup.hit if asked.lookup is not None else False,
-                execution="replay" if self._answers is not None else "live",
+                execution="replay" if self._answers is not None else asked.execution,
                 model=asked.request.model,
                 base_url=self.client.base_url,
                 prompt_id=self.prompt_id,
@@ -921,6 +1136,67 @@ class LLMPolicy:
             response, self.prices.cost_usd(self.config.model, response.usage)
         )
 
+    def _batch_entry(self, response: ChatResponse) -> CachedResponse:
+        """The cache entry of an answer that came by batch: priced at the batch discount (list
+        price when the price table gives the model none), one request made."""
+        price = self.prices.price_for(self.config.model)
+        cost = 0.0
+        if price is not None:
+            batch_cost = price.batch_cost_usd(response.usage)
+            cost = price.cost_usd(response.usage) if batch_cost is None else batch_cost
+        entry = CachedResponse.from_response(response, cost)
+        return entry.model_copy(update={"attempts": 1, "latency_s": 0.0})
+
+    def batch_provider(self) -> BatchProvider:
+        """The batch API of this policy's endpoint, with its key, headers and timeouts."""
+        cfg = self.config
+        return OpenAIBatchProvider(
+            base_url=self.client.base_url,
+            api_key_env=cfg.api_key_env,
+            timeout_s=cfg.timeout_s,
+            extra_headers=cfg.extra_headers,
+            extra_query=cfg.extra_query,
+            retry=self.client.retry,
+        )
+
+    def _known_asked(
+        self, request: ChatRequest, entry: CachedResponse | None, error: LLMError | None
+    ) -> list[_Asked]:
+        """The `_Asked` of an answer (or final failure) already known, not counted or written."""
+        if error is not None:
+            return [_Asked(request, error=str(error), failure=classify_failure(error))]
+        assert entry is not None
+        lookup = CacheLookup(entry, "cache")
+        count = max(1, min(entry.n_choices, request.n))
+        return [_Asked(request, lookup=lookup, choice_index=i) for i in range(count)]
+
+    def _from_batch(self, request: ChatRequest, key: str) -> list[_Asked] | None:
+        """The batch's outcome of `request` the first time it is asked in this run (an answer
+        counted like a live one, or its final failure); None when the batch had none for it."""
+        if key in self._batch_unsent:
+            raise Unsubmitted(key)
+        entry = self._batched.get(key)
+        if entry is not None and key not in self._batch_served:
+            self._batch_served.add(key)
+            asked = self._answered(request, CacheLookup(entry, "live"))
+            t = self._totals
+            t.batch_answers += 1
+            t.batch_cost += entry.cost_usd
+            t.batch_cost_list += self.prices.cost_usd(self.config.model, entry.usage)
+            for a in asked:
+                a.execution = "batch"
+            return asked
+        if entry is not None:
+            return self._answered(request, CacheLookup(entry, "shared"))
+        error = self._batch_errors.get(key)
+        if error is not None:
+            return [
+                _Asked(
+                    request, error=str(error), failure=classify_failure(error), execution="batch"
+                )
+            ]
+        return None
+
     def _miss(self, when: pd.Timestamp) -> CacheMissError:
         return CacheMissError(
             f"no cached answer for the decision at {when.isoformat()} (policy {self.name}, "
@@ -972,6 +1248,9 @@ class LLMPolicy:
         probed = self._probed.pop(key, None)
         if probed is not None:
             return probed  # the health probe's answers, already counted and transcribed
+        batched = self._from_batch(request, key)
+        if batched is not None:
+            return self._done(batched, when, payload, key)
 
         def compute() -> CachedResponse:
             hold = self._reserve(request)
@@ -1009,6 +1288,9 @@ class LLMPolicy:
         probed = self._probed.pop(key, None)
         if probed is not None:
             return probed  # the health probe's answers, already counted and transcribed
+        batched = self._from_batch(request, key)
+        if batched is not None:
+            return self._done(batched, when, payload, key)
 
         async def compute() -> CachedResponse:
             hold = self._reserve(request)
@@ -1083,7 +1365,10 @@ class LLMPolicy:
             if plan.key in self._memo:
                 continue
             request, payload, key = next(iter(plan.asks()))
-            cached = (
+            # A batch's answers and final failures are settled already: only live requests
+            # are probed.
+            settled = key in self._batched or key in self._batch_errors or key in self._batch_unsent
+            cached = settled or (
                 self.cache is not None and self.cache_mode == "read_write" and key in self.cache
             )
             if not cached:
@@ -1145,7 +1430,7 @@ class LLMPolicy:
                             await self._adecide(plan, state, candidates)
                         except SpendCapReached as exc:
                             self._stop("spend", str(exc))
-                        except TranscriptMissing:
+                        except (TranscriptMissing, Unsubmitted):
                             self._not_asked.add(plan.time)
             if bar is not None:
                 bar.advance()

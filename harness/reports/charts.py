@@ -9,20 +9,27 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib.dates as mdates
-import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from harness.reports.colors import HODL, policy_color
 from harness.reports.document import Chart, finite
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 MAX_PLOT_POINTS = 2000
 # Dash patterns cycle so lines that coincide (two policies with the same trades) stay visible.
 DASHES = ["-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 3))]
+
+
+def _figure(**kwargs: Any) -> Figure:
+    # matplotlib is imported on the first chart: report.md alone (sweep trials) never loads it
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def _png(fig: Figure) -> bytes:
@@ -54,10 +61,14 @@ def naive_utc(ts: pd.Series | pd.Index) -> pd.DatetimeIndex:
 
 
 def _thousands(ax: Any) -> None:
+    import matplotlib.ticker as mticker
+
     ax.yaxis.set_major_formatter(mticker.StrMethodFormatter("{x:,.0f}"))
 
 
 def _time_axis(ax: Any) -> None:
+    import matplotlib.dates as mdates
+
     locator = mdates.AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
@@ -94,7 +105,7 @@ def identical_groups(series: dict[str, pd.DataFrame]) -> list[list[str]]:
 
 def chart_equity(series: dict[str, pd.DataFrame], colors: dict[str, str]) -> Chart:
     """Equity per policy with HODL (top) and equity minus HODL (bottom), USD."""
-    fig = Figure(figsize=(10, 6.5))
+    fig = _figure(figsize=(10, 6.5))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     first = next(iter(series.values()))
     if "hodl" in first:
@@ -132,7 +143,7 @@ def daily_drawdown(values: pd.Series) -> pd.Series:
 
 def chart_drawdown(series: dict[str, pd.DataFrame], colors: dict[str, str]) -> Chart:
     """Daily drawdown of each policy's equity and of HODL from their running peaks, percent."""
-    fig = Figure(figsize=(10, 4))
+    fig = _figure(figsize=(10, 4))
     ax = fig.subplots()
     first = next(iter(series.values()))
     if "hodl" in first:
@@ -155,12 +166,14 @@ def chart_drawdown(series: dict[str, pd.DataFrame], colors: dict[str, str]) -> C
     )
 
 
-def chart_forest(pairs: Sequence[dict[str, Any]], unit: str) -> Chart | None:
-    """Forest chart: mean paired difference per decision with its 95% CI, one row per pair."""
+def chart_forest(pairs: Sequence[dict[str, Any]], unit: str, method: str) -> Chart | None:
+    """Forest chart: mean paired difference per decision with its 95% CI, one row per pair.
+
+    `method` names the interval in the caption (`pairs_method_label`)."""
     rows = [p for p in pairs if finite(p.get("mean_diff"))]
     if not rows:
         return None
-    fig = Figure(figsize=(9, max(2.2, 0.45 * len(rows) + 1.2)))
+    fig = _figure(figsize=(9, max(2.2, 0.45 * len(rows) + 1.2)))
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
     for yi, p in zip(y, rows, strict=True):
@@ -183,7 +196,7 @@ def chart_forest(pairs: Sequence[dict[str, Any]], unit: str) -> Chart | None:
         "paired_differences",
         "Forest chart of paired differences",
         buf.getvalue(),
-        "dot: mean of (first − second) over the same decisions; bar: 95% CI (batch means); "
+        f"dot: mean of (first − second) over the same decisions; bar: 95% CI ({method}); "
         "green: survives Holm correction over all pairs, orange: CI excludes 0 but not after Holm, "
         "grey: not significant",
     )
@@ -197,7 +210,7 @@ def chart_rewards(
     data = {p: v.to_numpy(dtype=float) for p, v in data.items() if len(v)}
     if not data:
         return None
-    fig = Figure(figsize=(max(6.0, 1.6 * len(data) + 2), 4.5))
+    fig = _figure(figsize=(max(6.0, 1.6 * len(data) + 2), 4.5))
     ax = fig.subplots()
     box = ax.boxplot(
         list(data.values()),
@@ -226,7 +239,7 @@ def chart_regret(
     decisions: pd.DataFrame, policies: Sequence[str], colors: dict[str, str], unit: str
 ) -> Chart | None:
     """Cumulative regret vs the best choice over decision time, per policy."""
-    fig = Figure(figsize=(10, 4))
+    fig = _figure(figsize=(10, 4))
     ax = fig.subplots()
     drawn = 0
     for i, p in enumerate(policies):

@@ -1,7 +1,7 @@
 """Run-vs-run comparison for prompt iteration: the same policy name in two run folders.
 
 Rows of `decisions.jsonl` are lined up by `decision_time`; the reward change is run B minus
-run A on the aligned decisions, with a CI from `harness.stats.paired_comparison` (batch means by default).
+run A on the aligned decisions, with a CI from `harness.stats.paired_comparison` (its default interval, named in the report).
 Decisions present in only one run are counted and listed, never silently dropped.
 """
 
@@ -28,7 +28,7 @@ from harness.reports.document import (
 )
 from harness.reports.report import read_decisions, read_json
 from harness.reports.transcripts import final_answer, prompt_diff, read_transcripts, time_key
-from harness.stats import paired_comparison
+from harness.stats import DEFAULT_CI_METHOD, ci_method_label, paired_comparison
 
 MAX_CHANGED_ROWS = 50
 MAX_UNMATCHED_LISTED = 10
@@ -62,7 +62,7 @@ class PolicyRunComparison:
     mean_reward_a: float
     mean_reward_b: float
     mean_change: float  # mean of (B - A) per aligned decision
-    ci_low: float  # 95% block-bootstrap interval of mean_change
+    ci_low: float  # 95% interval of mean_change (harness.stats default ci_method)
     ci_high: float
     block_length: int
     wins: int  # aligned decisions where B earned more than A
@@ -433,7 +433,10 @@ def render_comparison(cmp: RunComparison) -> tuple[str, str]:
     sections = [
         Section(
             "Reward change (B − A)",
-            ["Same policy name, decisions aligned by decision time; 95% batch-means CI."],
+            [
+                "Same policy name, decisions aligned by decision time; "
+                f"95% CI: {ci_method_label(DEFAULT_CI_METHOD)}."
+            ],
             table=_summary_table(cmp, unit),
             bullets=readings,
         ),

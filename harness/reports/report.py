@@ -54,7 +54,7 @@ from harness.reports.document import (
     reward_unit,
 )
 from harness.reports.transcripts import read_transcripts, time_key, transcript_summary
-from harness.stats import all_pairs, holm_adjust
+from harness.stats import all_pairs, ci_method_label, holm_adjust
 
 TOP_EPISODES = 15
 MAX_LLM_ROWS = 25
@@ -487,6 +487,15 @@ def _pairs(run: RunFolder) -> list[dict[str, Any]]:
     return pairs
 
 
+def pairs_method_label(pairs: Sequence[dict[str, Any]]) -> str:
+    """How the pairs' intervals were computed, from the `ci_method` each records.
+
+    Runs older than that field used the moving-block bootstrap.
+    """
+    methods = sorted({str(p.get("ci_method") or "block_bootstrap") for p in pairs})
+    return "; ".join(ci_method_label(m) for m in methods) if methods else ci_method_label(None)
+
+
 def _significance(p: dict[str, Any], n_family: int) -> str:
     lo, hi = p.get("ci_low"), p.get("ci_high")
     if not (finite(lo) and finite(hi)) or not (float(lo) > 0 or float(hi) < 0):
@@ -729,10 +738,22 @@ def _llm_usage(run: RunFolder) -> list[tuple[str, str]]:
             f"{fmt_int(u.get('calls_made'))} calls made, "
             f"{fmt_int(u.get('served_from_cache'))} served from cache; "
             f"cost {fmt_usd(u.get('cost_usd', u.get('cost_usd_incurred')), 4)}, "
-            f"saved {fmt_usd(u.get('cost_saved_usd', u.get('cost_usd_saved')), 4)}",
+            f"saved {fmt_usd(u.get('cost_saved_usd', u.get('cost_usd_saved')), 4)}"
+            + _batch_cost(u),
         )
         for p, u in usage.items()
     ]
+
+
+def _batch_cost(u: dict[str, Any]) -> str:
+    """Live vs batch split of a policy's cost, when some answers came by batch."""
+    if not u.get("batch_answers") and u.get("execution") != "batch":
+        return ""
+    return (
+        f"; live {fmt_usd(u.get('cost_usd_live'), 4)}, batch "
+        f"{fmt_usd(u.get('cost_usd_batch'), 4)} for {fmt_int(u.get('batch_answers'))} answers "
+        f"({fmt_usd(u.get('cost_usd_batch_at_live_prices'), 4)} at live prices)"
+    )
 
 
 def _status_section(run: RunFolder) -> Section | None:
@@ -960,13 +981,15 @@ def _matrix_section(
                 fmt_int(c.get("block_length", run.comparison.get("block_length"))),
             ]
         )
+    method = pairs_method_label(pairs)
     intro = (
         "Per-decision view. Each cell: mean of (row policy − column policy) reward over the same "
-        "decisions, with its 95% CI (batch means over blocks of trade lives; docs/calibration.md). * the CI excludes 0; ** it also "
+        f"decisions, with its 95% CI ({method}; docs/calibration.md). * the CI excludes 0; "
+        "** it also "
         f"survives a Holm correction over all {len(pairs)} pairs. Skipped and failed policies "
         "are left out."
     )
-    forest = chart_forest(pairs, unit) if charts else None
+    forest = chart_forest(pairs, unit, method) if charts else None
     readings = [
         reading(
             str(c.get("policy")),

@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness import __version__
+from harness import __version__, strict_json
 from harness.experiments.config import ConfigError, ExperimentConfig, LLMPolicyEntry, load_config
 from harness.experiments.markets import build_market
 from harness.experiments.rewards import REWARD_UNITS
@@ -1040,7 +1040,7 @@ def write_export(
         "longest_trade_days": None if wf is None else wf.longest_trade / pd.Timedelta(days=1),
         "harness_version": __version__,
     }
-    (out / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    (out / METADATA).write_text(strict_json.dumps(metadata, indent=2) + "\n")
     summary.card.write_text(
         dataset_card(
             run,

@@ -32,7 +32,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from harness import __version__
+from harness import __version__, strict_json
 from harness.policies.learned import (
     FEATURES,
     FORMAT_VERSION,
@@ -379,7 +379,7 @@ def fit_model(
         },
     }
     joblib.dump(estimator, out / MODEL_FILE)
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (out / META_FILE).write_text(strict_json.dumps(meta, indent=2) + "\n")
     (out / CARD).write_text(_card(meta, out.name))
     return TrainSummary(
         out=out,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from harness.data.store import ChainStore
 from harness.data.synthetic import SyntheticMarket
 from harness.experiments.config import parse_config
 from harness.experiments.runner import ExperimentRunner, run_experiment
@@ -52,3 +58,113 @@ def test_a_trial_on_a_shared_market_equals_a_plain_run(tmp_path) -> None:
     la = pd.read_parquet(a.run_dir / "labels.parquet")
     lb = pd.read_parquet(b.run_dir / "labels.parquet")
     pd.testing.assert_frame_equal(la, lb)
+
+
+def test_chain_columns_match_the_source(market: SyntheticMarket) -> None:
+    shared = share_chains(market)
+    t = pd.date_range("2024-02-01", "2024-02-20", freq="12h", tz="UTC")
+    for times, max_dte in [(t[:20], 9.0), (t[5:30], 9.0), (t[:10], 5.0), (t[3:15], 20.0)]:
+        got = ChainStore.from_source(shared, "BTC", times, calls_only=True, max_dte=max_dte)
+        want = ChainStore.from_source(market, "BTC", times, calls_only=True, max_dte=max_dte)
+        pd.testing.assert_frame_equal(got.frame, want.frame)
+        assert (got.row_start == want.row_start).all() and (got.row_stop == want.row_stop).all()
+
+
+def test_option_marks_are_computed_once_and_match(market: SyntheticMarket) -> None:
+    shared = share_chains(market)
+    chain = market.chain_frame("BTC", pd.DatetimeIndex(["2024-02-05"], tz="UTC"), kinds=("call",))
+    names = list(chain["instrument_name"].iloc[:6])
+    hours = pd.date_range("2024-02-05", "2024-02-09", freq="1h", tz="UTC")
+    for ns, times in [(names[:4], hours[:50]), (names[2:], hours[30:]), (names, hours)]:
+        np.testing.assert_array_equal(
+            shared.option_marks(ns, times), market.option_marks(ns, times)
+        )
+
+
+def test_warmed_and_shipped_market_gives_plain_runs(tmp_path) -> None:
+    bands = [(0.15, 3), (0.3, 7), (0.2, 5)]
+    cfgs = [
+        parse_config(
+            dict(
+                BASE,
+                bootstrap_resamples=100,
+                simulation=dict(BASE["simulation"], target_delta=d, target_dte=dte),
+            )
+        )
+        for d, dte in bands
+    ]
+    shared = share_chains(SyntheticMarket(seed=BASE["market"]["seed"]))
+    shared.warm([c.simulation for c in cfgs])
+    shipped = pickle.loads(pickle.dumps(shared))  # what a pool or Ray worker receives
+    for i, cfg in enumerate(cfgs):
+        a = ExperimentRunner(cfg, out_dir=tmp_path / "a", quiet=True, market=shipped).run()
+        b = run_experiment(cfg, out_dir=tmp_path / f"b{i}", quiet=True)
+        for name, m in a.metrics.items():
+            assert m == pytest.approx(b.metrics[name], nan_ok=True)
+        for f in ("labels.parquet", "equity.parquet"):
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(a.run_dir / f), pd.read_parquet(b.run_dir / f)
+            )
+        assert (a.run_dir / "decisions.jsonl").read_text() == (
+            b.run_dir / "decisions.jsonl"
+        ).read_text()
+    # the synthetic market builds each simulator's selected rows itself: nothing kept
+    assert shipped._kept_cols == {}
+    same = cfgs[0].simulation
+    assert shipped.simulator(same) is shipped.simulator(same)  # same band: same candidates
+
+
+def test_a_rule_trial_never_imports_matplotlib(tmp_path) -> None:
+    script = (
+        "import sys\n"
+        "from harness.experiments.config import parse_config\n"
+        "from harness.experiments.runner import ExperimentRunner\n"
+        "from tests.experiments.sweep_fixtures import BASE\n"
+        "cfg = parse_config(dict(BASE, bootstrap_resamples=100))\n"
+        f"r = ExperimentRunner(cfg, out_dir={str(tmp_path)!r}, quiet=True, html_report=False)\n"
+        "s = r.run()\n"
+        "assert (s.run_dir / 'report.md').is_file()\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_warm_builds_full_chains_once_for_a_source_without_selection(
+    market: SyntheticMarket,
+) -> None:
+    class FullChains:  # the synthetic market without its selective path
+        def __init__(self, source: SyntheticMarket) -> None:
+            self.chain_frame = source.chain_frame
+            self.option_marks = source.option_marks
+            self.get_spot_ohlc = source.get_spot_ohlc
+            self.list_option_chain = source.list_option_chain
+            self.get_option_ohlc = source.get_option_ohlc
+
+    shared = share_chains(FullChains(market))  # type: ignore[arg-type]
+    assert isinstance(shared, SharedChains)
+    cfgs = [
+        parse_config(dict(BASE, simulation=dict(BASE["simulation"], target_dte=d))).simulation
+        for d in (3, 7)
+    ]
+    shared.warm(cfgs)
+    assert len(shared._kept_cols) == 1
+    kept = shared._kept_cols[("BTC", ("call",))]
+    for c in cfgs:
+        store = ChainStore.from_source(shared, "BTC", _decisions(c), calls_only=True, max_dte=15.0)
+        want = ChainStore.from_source(market, "BTC", _decisions(c), calls_only=True, max_dte=15.0)
+        pd.testing.assert_frame_equal(store.frame, want.frame)
+    assert shared._kept_cols[("BTC", ("call",))] is kept  # answered from the warmed rows
+
+
+def _decisions(c) -> pd.DatetimeIndex:
+    last = c.end_ts - pd.Timedelta(days=c.target_dte)
+    return pd.date_range(c.start_ts.ceil(c.bar), last, freq=c.bar * c.decision_interval_bars)

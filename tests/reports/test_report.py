@@ -346,3 +346,22 @@ def test_hindsight_bounds_are_labelled_and_kept_out_of_the_verdict(tmp_path: Pat
     rows = {r["Policy"] for r in md_table(md, "Portfolio view")}
     assert "oracle_schedule: portfolio bound (hindsight schedule)" in rows
     assert "oracle_schedule" not in md_table(md, "Disagreements")[0]
+
+
+def test_report_names_the_interval_method_the_pairs_record(
+    reported: tuple[FakeRun, str, str],
+) -> None:
+    from harness.reports.report import pairs_method_label
+    from harness.stats import DEFAULT_CI_METHOD, ci_method_label
+
+    _, md, html = reported
+    # the fixture's pairs come from paired_comparison's default: bootstrap-t
+    label = ci_method_label(DEFAULT_CI_METHOD)
+    assert "bootstrap-t" in label
+    section = md.split("## Paired differences per decision", 1)[1].split("\n## ", 1)[0]
+    assert f"95% CI ({label}; docs/calibration.md)" in section
+    assert f"bar: 95% CI ({label})" in html
+    assert "batch means" not in section.lower()
+    assert pairs_method_label([{"ci_method": "batch_means"}]) == ci_method_label("batch_means")
+    # runs older than the field used the moving-block bootstrap
+    assert pairs_method_label([{}]) == ci_method_label("block_bootstrap")

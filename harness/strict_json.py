@@ -1,0 +1,52 @@
+"""Strict JSON (RFC 8259) for files the harness writes: NaN and +-inf become `null`.
+
+Python's `json` writes a bare `NaN`/`Infinity` by default, which strict parsers (browsers'
+`JSON.parse`, jq, most other languages) reject. Every run-folder file goes through `dumps`;
+readers treat `null` in a numeric field as undefined, as they treated NaN (docs/run_folder.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+
+def finite_or_null(obj: Any) -> Any:
+    """`obj` with every non-finite float (Python or numpy) replaced by None, recursively.
+
+    numpy scalars become Python scalars; mappings, lists and tuples are rebuilt; anything else
+    is returned as is (for `json.dumps`'s `default`).
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return finite_or_null(obj.item())
+    if isinstance(obj, Mapping):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, *, default: Callable[[Any], Any] | None = None, **kwargs: Any) -> str:
+    """`json.dumps` that never writes NaN/Infinity: non-finite floats are written as null.
+
+    `default` (for objects json cannot encode) may itself return a non-finite float; that
+    is nulled too.
+    """
+
+    def _default(x: Any) -> Any:
+        if default is None:
+            raise TypeError(f"Object of type {type(x).__name__} is not JSON serializable")
+        return finite_or_null(default(x))
+
+    return json.dumps(finite_or_null(obj), allow_nan=False, default=_default, **kwargs)
+
+
+def reject_constant(name: str) -> Any:
+    """`parse_constant` hook that refuses NaN/Infinity (for checks of strictness)."""
+    raise ValueError(f"non-strict JSON constant {name}")
