@@ -457,7 +457,7 @@ def test_equity_vs_hodl_is_the_named_difference_of_the_two_curves(
     sim: CoveredCallSimulator,
 ) -> None:
     res = sim.simulate_policy(always_sell())
-    assert res.equity_vs_hodl.name == "equity_vs_hodl"
+    assert res.equity_vs_hodl.name == "equity_vs_hodl" and res.hodl_curve.name == "hodl"
     diff = [e - h for e, h in zip(res.equity_curve, res.hodl_curve, strict=True)]
     np.testing.assert_allclose(res.equity_vs_hodl.to_numpy(), diff, rtol=0, atol=1e-9)
 
