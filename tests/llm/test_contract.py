@@ -102,6 +102,10 @@ def test_validation_never_raises(text: str) -> None:
 
 @given(st.sampled_from(NAMES), st.text(max_size=50), st.text(max_size=50))
 def test_valid_answer_survives_surrounding_noise(name: str, before: str, after: str) -> None:
-    before = before.replace("{", "(").replace("`", "'")
+    # noise holds no JSON object, fence or reasoning tag: any of those after the answer is a
+    # later answer by the contract (the last JSON object after the reasoning counts)
+    before, after = (
+        x.replace("{", "(").replace("`", "'").replace("<", "[") for x in (before, after)
+    )
     check = validate_answer(before + _json("SELL_CALL", name) + after, NAMES)
     assert check.valid and check.answer.instrument_name == name
