@@ -46,7 +46,6 @@ from harness.data.chain_scan import (
     concat_columns,
     empty_columns,
     scan_filter,
-    scan_parquet,
 )
 from harness.data.chain_select import ChainSelection, store_selection_mask
 from harness.data.source import (
@@ -1228,7 +1227,7 @@ class FileDataSource(ChainTableSource):
         parts: list[ChainColumns] = []
         if parquet:
             try:
-                table = scan_parquet(parquet, expr, STORE_SCAN_COLUMNS)
+                table = read_parquet_files(parquet, expr, STORE_SCAN_COLUMNS)
                 parts.append(columns_from_arrow(table, u))
             except (pa.ArrowException, OSError, TypeError, KeyError):
                 # name the broken file (or read mismatched schemas one by one)
@@ -1254,6 +1253,31 @@ class FileDataSource(ChainTableSource):
         except pa.ArrowException as exc:
             raise DataError(f"cannot read store file: {exc}", source=path) from exc
         return columns_from_arrow(table, underlying)
+
+
+def read_parquet_files(
+    paths: Sequence[Path], expr: ds.Expression, columns: Sequence[str]
+) -> pa.Table:
+    """Rows of the Parquet files `paths` matching `expr`, `columns` projected, in file order.
+
+    One `ParquetFile` read per file (pre-buffered, whole row groups) and an Arrow filter, not a
+    `pyarrow.dataset` scan: the scan's start-up (thread pool, fragment discovery, per-batch
+    filter) cost more than the reads themselves on a year of month files (docs/performance.md).
+    The first file's schema decides which of `columns` are read; a later file lacking one, or
+    with other types, raises (the caller then reads file by file and names the bad file).
+    """
+    if not paths:
+        return pa.table({})
+    parts = []
+    present: list[str] | None = None
+    for path in paths:
+        # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
+        reader = pq.ParquetFile(path, pre_buffer=True, read_dictionary=["instrument_name", "kind"])
+        if present is None:
+            names = set(reader.schema_arrow.names)
+            present = [c for c in columns if c in names]
+        parts.append(reader.read(columns=present, use_threads=False).filter(expr))
+    return pa.concat_tables(parts)
 
 
 def _utc_times(times: pd.DatetimeIndex | Sequence[TimestampLike]) -> pd.DatetimeIndex:
