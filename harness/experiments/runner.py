@@ -172,6 +172,7 @@ def _clean(x: float | None) -> float | None:
 
 
 _FLUSH_EVERY = 200  # rule-policy decisions.jsonl rows between flushes (also flushed per policy)
+_FLUSH_AFTER_S = 1.0  # ... or seconds since the last flush, whichever comes first
 
 
 def _read_done(path: Path) -> dict[tuple[str, str], dict]:
@@ -728,6 +729,7 @@ class ExperimentRunner:
         invalid = errors = resumed = 0
         tally = PolicyTally()
         partial = isinstance(policy, LLMPolicy) and policy.incomplete
+        flushed = time.monotonic()
         for i, ((state, cands), t) in enumerate(zip(items, times, strict=True)):
             key = (name, _iso(t))
             prior = done.get(key)
@@ -814,8 +816,11 @@ class ExperimentRunner:
             out.write(safe + "\n")
             if isinstance(policy, LLMPolicy):
                 out.flush()  # an answer costs money: on disk at once for --resume
-            elif i % _FLUSH_EVERY == 0:
-                out.flush()  # a rule decision is cheap to redo after a kill
+            elif i % _FLUSH_EVERY == 0 or time.monotonic() - flushed > _FLUSH_AFTER_S:
+                # a rule decision is cheap to redo after a kill; a slow python or model
+                # policy's progress still reaches the disk every second
+                out.flush()
+                flushed = time.monotonic()
             if self._rows is not None:
                 # the written object: the row itself when scrubbing left it unchanged and the
                 # report reads only plain fields of it (a non-finite float, written as null, is
