@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from harness import strict_json
 from harness.coins import coin_of_instrument_underlying
 from harness.data.chain_scan import (
+    VALUE_COLUMNS,
     ChainColumns,
     columns_from_arrow,
     columns_from_frame,
@@ -46,7 +47,6 @@ from harness.data.chain_scan import (
     concat_columns,
     empty_columns,
     scan_filter,
-    scan_parquet,
 )
 from harness.data.chain_select import ChainSelection, store_selection_mask
 from harness.data.source import (
@@ -65,6 +65,17 @@ from harness.types import TIMEFRAMES, OptionSnapshot, Timeframe, timeframe_delta
 STORE_CHAIN_COLUMNS: tuple[str, ...] = (*CHAIN_COLUMNS, "quote_time")
 # What a chain scan decodes: the underlying is the store folder's, so its column is skipped.
 STORE_SCAN_COLUMNS: tuple[str, ...] = tuple(c for c in STORE_CHAIN_COLUMNS if c != "underlying")
+# The value columns a chain selection, point-in-time rows and marks read for every scanned row;
+# the others are converted only for the rows a selection keeps (`take_deferred`).
+SELECTION_VALUES: tuple[str, ...] = (
+    "strike",
+    "underlying_price",
+    "mark_price",
+    "mark_iv",
+    "delta",
+)
+DEFERRED_VALUES: tuple[str, ...] = tuple(c for c in VALUE_COLUMNS if c not in SELECTION_VALUES)
+ROW_ID = "_row"
 SETTLEMENT_COLUMNS: tuple[str, ...] = ("expiry", "price", "source")
 _DATETIME_CHAIN = ("as_of", "expiry", "quote_time")
 _STRING_CHAIN = ("instrument_name", "underlying", "kind")
@@ -1021,6 +1032,7 @@ class FileDataSource(ChainTableSource):
         slim: list[ChainColumns] = []
         tail: ChainColumns | None = None
         held = np.zeros(0, dtype=bool)  # codes already in the selection's band
+        deferred = None if selection is None else []
         for block_lo, block_hi in self._blocks(lo, hi):
             cols = self._scan(
                 u,
@@ -1029,6 +1041,7 @@ class FileDataSource(ChainTableSource):
                 kinds=kinds,
                 max_dte=max_dte,
                 codes=codes,
+                deferred=deferred,
             )
             slim.append(
                 replace(cols, values={"mark_price": cols.values["mark_price"]}, names=cols.names)
@@ -1058,7 +1071,8 @@ class FileDataSource(ChainTableSource):
         self._mark_periods[u] = _MarkPeriod(
             kinds=frozenset(kinds), max_dte=max_dte, lo=lo, hi=hi, table=table
         )
-        return concat_columns(found, names, u)
+        out = concat_columns(found, names, u)
+        return out if deferred is None else take_deferred(out, deferred)
 
     def selected_chain_columns(
         self,
@@ -1219,8 +1233,14 @@ class FileDataSource(ChainTableSource):
         max_dte: float | None = None,
         names: Sequence[str] | None = None,
         codes: _Codes | None = None,
+        deferred: list[pa.Table] | None = None,
     ) -> ChainColumns:
-        """Chain rows of `underlying` with as_of in [lo, hi] in one columnar pass."""
+        """Chain rows of `underlying` with as_of in [lo, hi] in one columnar pass.
+
+        With `deferred`, only the `SELECTION_VALUES` become numpy; the other value columns
+        stay Arrow, appended to `deferred`, and each row carries its position in them as the
+        value `ROW_ID` (see `take_deferred`).
+        """
         u = underlying.upper()
         files = self._partition_files(u, lo.value, hi.value)
         expr = scan_filter(lo, hi, kinds=kinds, max_dte=max_dte, names=names)
@@ -1228,8 +1248,11 @@ class FileDataSource(ChainTableSource):
         parts: list[ChainColumns] = []
         if parquet:
             try:
-                table = scan_parquet(parquet, expr, STORE_SCAN_COLUMNS)
-                parts.append(columns_from_arrow(table, u))
+                table = read_parquet_files(parquet, expr, STORE_SCAN_COLUMNS)
+                if deferred is None:
+                    parts.append(columns_from_arrow(table, u))
+                else:
+                    parts.append(_selection_columns(table, u, deferred))
             except (pa.ArrowException, OSError, TypeError, KeyError):
                 # name the broken file (or read mismatched schemas one by one)
                 parts.extend(self._read_one(f, u, expr) for f in parquet)
@@ -1239,6 +1262,8 @@ class FileDataSource(ChainTableSource):
         if codes is None:
             codes = _Codes()
         parts = [codes.remap(p) for p in parts]
+        if deferred is not None:
+            parts = [_defer_values(p, deferred) for p in parts]
         cols = concat_columns(parts, codes.names(), u)
         self.scan_stats["rows"] += len(cols)
         if len(cols) > 1 and (np.diff(cols.as_of) < 0).any():
@@ -1254,6 +1279,81 @@ class FileDataSource(ChainTableSource):
         except pa.ArrowException as exc:
             raise DataError(f"cannot read store file: {exc}", source=path) from exc
         return columns_from_arrow(table, underlying)
+
+
+def _selection_columns(table: pa.Table, underlying: str, deferred: list[pa.Table]) -> ChainColumns:
+    """`table` as chain columns holding only `SELECTION_VALUES` (+ `ROW_ID`); the rest deferred.
+
+    Converting 16 float columns of ~500k rows to numpy was a third of a year's load, while a
+    selective replay keeps ~2% of the rows: the other columns are converted for those only.
+    """
+    rest = table.select(list(DEFERRED_VALUES))  # KeyError when a file lacks one: read per file
+    # one chunk, so the placeholders below convert without a copy
+    lean = table.drop_columns(list(DEFERRED_VALUES)).combine_chunks()
+    for name in DEFERRED_VALUES:
+        # placeholders sharing one column's buffers, so the shared converter runs unchanged
+        lean = lean.append_column(name, lean.column("strike"))
+    cols = columns_from_arrow(lean, underlying)
+    return _with_row_ids(cols, rest, deferred)
+
+
+def _defer_values(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
+    """Move the `DEFERRED_VALUES` of already-converted `cols` into `deferred` (no-op if done)."""
+    if ROW_ID in cols.values:
+        return cols
+    rest = pa.table({c: cols.values[c] for c in DEFERRED_VALUES})
+    return _with_row_ids(cols, rest, deferred)
+
+
+def _with_row_ids(cols: ChainColumns, rest: pa.Table, deferred: list[pa.Table]) -> ChainColumns:
+    start = sum(t.num_rows for t in deferred)
+    deferred.append(rest)
+    values = {c: cols.values[c] for c in SELECTION_VALUES}
+    # row positions below 2**53 are exact in float64, the type every value column has
+    values[ROW_ID] = np.arange(start, start + len(cols), dtype=np.float64)
+    return replace(cols, values=values)
+
+
+def take_deferred(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
+    """`cols` with the deferred value columns filled in for its rows (by `ROW_ID`)."""
+    if ROW_ID not in cols.values:
+        return cols  # no rows: the empty columns already hold every value column
+    values = {c: v for c, v in cols.values.items() if c != ROW_ID}
+    ids = pa.array(cols.values[ROW_ID].astype(np.int64))
+    rest = pa.concat_tables(deferred).take(ids)
+    for name in DEFERRED_VALUES:
+        column = rest.column(name)
+        if not pa.types.is_float64(column.type):
+            column = column.cast(pa.float64())
+        if column.null_count:
+            column = column.fill_null(np.nan)
+        values[name] = column.to_numpy()
+    return replace(cols, values={c: values[c] for c in VALUE_COLUMNS})
+
+
+def read_parquet_files(
+    paths: Sequence[Path], expr: ds.Expression, columns: Sequence[str]
+) -> pa.Table:
+    """Rows of the Parquet files `paths` matching `expr`, `columns` projected, in file order.
+
+    One `ParquetFile` read per file (pre-buffered, whole row groups) and an Arrow filter, not a
+    `pyarrow.dataset` scan: the scan's start-up (thread pool, fragment discovery, per-batch
+    filter) cost more than the reads themselves on a year of month files (docs/performance.md).
+    The first file's schema decides which of `columns` are read; a later file lacking one, or
+    with other types, raises (the caller then reads file by file and names the bad file).
+    """
+    if not paths:
+        return pa.table({})
+    parts = []
+    present: list[str] | None = None
+    for path in paths:
+        # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
+        reader = pq.ParquetFile(path, pre_buffer=True, read_dictionary=["instrument_name", "kind"])
+        if present is None:
+            names = set(reader.schema_arrow.names)
+            present = [c for c in columns if c in names]
+        parts.append(reader.read(columns=present, use_threads=False).filter(expr))
+    return pa.concat_tables(parts)
 
 
 def _utc_times(times: pd.DatetimeIndex | Sequence[TimestampLike]) -> pd.DatetimeIndex:
