@@ -1,16 +1,15 @@
-"""Columnar chain rows (`ChainColumns`) and the one-pass pyarrow scan that fills them from the store.
+"""Columnar chain rows (`ChainColumns`) and their conversion from the Arrow tables the store reads.
 
-A period of chain partitions is read as one pyarrow dataset: only the partitions (files) of the
-period are opened, the filter (period, kinds, days to expiry) runs inside the scan so dropped
-rows are never materialized, only the needed columns are decoded, and each column is converted
-to numpy once for the whole table (timestamps to int64 ns, instrument names to integer codes).
+The store (`harness/data/files.py`) reads a period's partition files with only the needed
+columns and filters them (period, kinds, days to expiry) with the expression built here; each
+column is then converted to numpy once for the whole table (timestamps to int64 ns, instrument
+names to integer codes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -229,20 +228,3 @@ def columns_from_arrow(table: pa.Table, underlying: str) -> ChainColumns:
         is_call=pc.equal(kind, "call").to_numpy(zero_copy_only=False),
         values={c: _float64(table.column(c)) for c in VALUE_COLUMNS},
     )
-
-
-def scan_parquet(
-    paths: Sequence[Path],
-    expr: ds.Expression,
-    columns: Sequence[str],
-) -> pa.Table:
-    """One dataset scan over the Parquet files `paths` with filter `expr`, projecting `columns`."""
-    if not paths:
-        return pa.table({})
-    # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
-    fmt = ds.ParquetFileFormat(
-        read_options=ds.ParquetReadOptions(dictionary_columns=["instrument_name", "kind"])
-    )
-    dataset = ds.dataset([str(p) for p in paths], format=fmt)
-    present = [c for c in columns if c in dataset.schema.names]
-    return dataset.to_table(columns=present, filter=expr, use_threads=True)
