@@ -367,7 +367,9 @@ def _to_utc_ns(x: DatetimeLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.b
             x = x.tz_convert("UTC").tz_localize(None)
         arr = x.as_unit("ns").to_numpy()
         return arr.view(np.int64), np.isnat(arr), False
-    if isinstance(x, np.ndarray) and x.ndim > 0:
+    if isinstance(x, np.ndarray) and x.ndim == 0:
+        x = x[()]  # a zero-dimensional array is a scalar: pd.Timestamp refuses the array itself
+    if isinstance(x, np.ndarray):
         if x.dtype.kind != "M":
             flat = pd.DatetimeIndex(pd.to_datetime(x.ravel(), utc=True)).tz_localize(None)
             arr = flat.as_unit("ns").to_numpy().reshape(x.shape)

@@ -179,7 +179,10 @@ def bootstrap_t_test(
     tail (skew-aware, second-order accurate). p is twice the smaller share of t* beyond
     mean / sd(mean*), so the interval excludes 0 when p < 1 - confidence (up to ties). NaNs
     without data; fewer than 3 values or constant batch means give a zero-width interval and
-    p 1 (0 when the mean is not 0). Deterministic for a seed.
+    p 1 (0 when the mean is not 0). When more than a tail's share of resamples have no spread
+    at all (sparse differences: most batches exactly 0), t* is unbounded in that tail and the
+    studentized interval does not exist: the result is NaN, and `paired_comparison` then uses
+    the batch-means interval (and says so). Deterministic for a seed.
     """
     x = np.asarray(values, dtype=float)
     if len(x) == 0:
@@ -202,6 +205,8 @@ def bootstrap_t_test(
     t_star = np.clip(t_star, -_T_CAP, _T_CAP)
     alpha = (1.0 - confidence) / 2.0
     q_lo, q_hi = np.percentile(t_star, [100 * alpha, 100 * (1.0 - alpha)])
+    if max(abs(q_lo), abs(q_hi)) >= _T_CAP:
+        return (float("nan"), float("nan"), float("nan"))
     t0 = center / sd
     p = float(min(1.0, 2.0 * min(np.mean(t_star >= t0), np.mean(t_star <= t0))))
     return (float(center - q_hi * sd), float(center - q_lo * sd), p)
@@ -269,7 +274,8 @@ def paired_comparison(
 
     `block_length` is the autocorrelation length in decisions (a trade's life over the
     decision spacing). `bootstrap_t` (default) is the studentized bootstrap over batches of one
-    block length (`bootstrap_t_test`); `batch_means` a Student-t interval over batches of
+    block length (`bootstrap_t_test`), replaced by `batch_means` (recorded in `ci_method`) when
+    the differences are too sparse for a studentized interval to exist; `batch_means` a Student-t interval over batches of
     BATCH_FACTOR block lengths; `block_bootstrap` the percentile moving-block bootstrap with
     blocks of `block_length`. The last two undercover on skewed rewards (docs/calibration.md).
     """
@@ -283,9 +289,11 @@ def paired_comparison(
     diff = (a - b)[ok]
     if ci_method == "bootstrap_t":
         lo, hi, p_value = bootstrap_t_test(diff, batch_length=block_length, seed=seed)
-    elif ci_method == "batch_means":
+        if len(diff) and np.isnan(lo):
+            ci_method = "batch_means"  # no studentized interval exists (see bootstrap_t_test)
+    if ci_method == "batch_means":
         lo, hi, p_value = batch_means_test(diff, batch_length=BATCH_FACTOR * block_length)
-    else:
+    elif ci_method == "block_bootstrap":
         means = block_bootstrap_means(diff, block_length=block_length, seed=seed)
         if len(means):
             lo, hi = (float(q) for q in np.quantile(means, [0.025, 0.975]))

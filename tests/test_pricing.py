@@ -503,3 +503,14 @@ def test_pricing_a_wide_grid_and_junk_inputs_prints_no_runtime_warning() -> None
         )
     assert np.isnan(junk[[0, 2, 3, 4]]).all()
     assert np.isnan(iv[t == 0.0]).all()
+
+
+def test_year_fraction_reads_a_zero_dimensional_datetime_array_as_a_scalar() -> None:
+    # np.array(np.datetime64(...)) used to raise TypeError in pd.Timestamp
+    a = np.array(np.datetime64("2025-01-01T00:00"))
+    e = np.array(np.datetime64("2025-01-02T12:00"))
+    got = year_fraction(a, e)
+    assert isinstance(got, float)
+    assert got == pytest.approx(1.5 / 365.0, rel=1e-15)
+    assert year_fraction("2025-01-01", e) == pytest.approx(1.5 / 365.0, rel=1e-15)
+    assert math.isnan(year_fraction(a, np.array(np.datetime64("NaT"))))

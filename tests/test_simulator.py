@@ -225,8 +225,12 @@ def test_choice_outside_candidates_is_rejected(sim: CoveredCallSimulator) -> Non
             return None
         return replace(candidates[0], instrument_name="BTC-1JAN30-1000000-C")
 
-    with pytest.raises(InvalidChoiceError, match="not one of the offered candidates"):
+    with pytest.raises(InvalidChoiceError, match="not one of the offered candidates") as err:
         sim.simulate_policy(cheat)
+    # the message names the decision time in UTC (the first decision with candidates)
+    first = next(t for t in sim.decision_times() if sim.candidates(t))
+    assert str(err.value).startswith(f"at {first.tz_convert('UTC').isoformat()} the policy chose")
+    assert "+00:00" in str(err.value).split(" the policy")[0]
 
 
 def test_bool_adapter_and_single_call(sim: CoveredCallSimulator) -> None:
@@ -384,3 +388,143 @@ def test_pnl_coin_books_each_cash_flow_at_the_price_of_its_own_moment(
         assert t.open_iv == pytest.approx(quote.mark_iv, rel=1e-12)
         itm = t.settlement_price > t.strike
         assert t.notes == ("expired in the money" if itm else "expired worthless")
+
+
+class DropsHeldCall(ProtocolOnly):
+    """Chains without `dropped` after `after`, and no spot bars in the `gap` window."""
+
+    def __init__(self, market, dropped=None, after=None, gap=()) -> None:
+        super().__init__(market)
+        self.dropped, self.drop_after, self.gap = dropped, after, gap
+
+    def list_option_chain(self, underlying, as_of):
+        chain = self.market.list_option_chain(underlying, as_of)
+        if self.dropped and pd.Timestamp(as_of) > self.drop_after:
+            chain = [c for c in chain if c.instrument_name != self.dropped]
+        return chain
+
+    def get_spot_ohlc(self, underlying, start, end, timeframe):
+        bars = self.market.get_spot_ohlc(underlying, start, end, timeframe)
+        if self.gap:
+            lo, hi = self.gap
+            bars = bars[(bars.index < lo) | (bars.index > hi)]
+        return bars
+
+
+def test_a_held_call_missing_from_the_chain_is_marked_and_bought_back_at_its_bar(
+    market: SyntheticMarket,
+) -> None:
+    # the second decision's chain lacks the call sold at the first: position mark and buy-back
+    # come from the call's own bar close at that decision (plus slippage), by a hand ledger
+    cfg = _cfg(end="2024-03-10", hold_to_expiry=False, decision_interval_bars=24, slippage_bps=25)
+    plain = CoveredCallSimulator(market, cfg)
+    t0 = next(t for t in plain.decision_times() if plain.candidates(t))
+    sold = plain.candidates(t0)[-1].instrument_name
+    t1 = t0 + pd.Timedelta(hours=24)
+    src = DropsHeldCall(market, dropped=sold, after=t0)
+    s = CoveredCallSimulator(src, cfg)
+    seen: list[float] = []
+
+    def sell_then_roll(state, candidates):
+        if state.position is None:
+            return next(c for c in candidates if c.instrument_name == sold)
+        seen.append(state.position.mark_price)
+        return candidates[0] if candidates else None
+
+    res = s.simulate_policy(sell_then_roll)
+    bar_close = float(market.get_option_ohlc(sold, t1, t1, "1h")["close"].loc[t1])
+    assert seen[0] == pytest.approx(bar_close, rel=1e-12)
+    first = res.trades[0]
+    assert first.instrument_name == sold and first.close_time == t1
+    assert first.close_price == pytest.approx(bar_close * (1 + 25 / 1e4), rel=1e-12)
+    spot = float(market.get_spot_ohlc("BTC", t1, t1, "1h")["close"].loc[t1])
+    assert first.close_underlying_price == pytest.approx(spot, rel=1e-12)
+    assert first.payoff_usd == pytest.approx(first.size * first.close_price, rel=1e-12)
+
+
+def test_spot_stale_flags_exactly_the_decisions_inside_a_bar_gap(market: SyntheticMarket) -> None:
+    cfg = _cfg()
+    times = CoveredCallSimulator(market, cfg).decision_times()
+    lo, hi = times[3] - pd.Timedelta(minutes=30), times[4] + pd.Timedelta(minutes=30)
+    s = CoveredCallSimulator(DropsHeldCall(market, gap=(lo, hi)), cfg)
+    # asked and holding (never_sell), selling, and not asked while a call is open (always_sell)
+    for policy in (never_sell(), always_sell()):
+        res = s.simulate_policy(policy)
+        assert [d.decision_time for d in res.decisions if d.spot_stale] == [times[3], times[4]]
+
+
+def test_equity_vs_hodl_is_the_named_difference_of_the_two_curves(
+    sim: CoveredCallSimulator,
+) -> None:
+    res = sim.simulate_policy(always_sell())
+    assert res.equity_vs_hodl.name == "equity_vs_hodl" and res.hodl_curve.name == "hodl"
+    diff = [e - h for e, h in zip(res.equity_curve, res.hodl_curve, strict=True)]
+    np.testing.assert_allclose(res.equity_vs_hodl.to_numpy(), diff, rtol=0, atol=1e-9)
+
+
+def test_an_expiry_without_any_bar_cannot_be_settled_and_says_what_was_tried(
+    market: SyntheticMarket,
+) -> None:
+    s = CoveredCallSimulator(ProtocolOnly(market), _cfg())
+    # 08:30 is on the 1m/5m/15m/30m grids but not on the 1h bars of the replay
+    at = pd.Timestamp("2024-02-05 08:30", tz="UTC")
+    s.source = DropsHeldCall(market, gap=(at, at))
+    with pytest.raises(ValueError, match=r"expiring 2024-02-05T08:30:00\+00:00") as err:
+        s._close_at(at)
+    tried = str(err.value).split("(tried ")[1].split(" and the")[0]
+    assert tried == "1m, 5m, 15m"  # the finer timeframes whose grid holds 08:30
+    off_grid = {"08:20": "1m, 5m", "08:20:30": "none"}
+    for hhmm, want in off_grid.items():
+        at = pd.Timestamp(f"2024-02-05 {hhmm}", tz="UTC")
+        s.source = DropsHeldCall(market, gap=(at, at))
+        with pytest.raises(ValueError, match=f"tried {want} and the 1h bars"):
+            s._close_at(at)
+    assert "1h bars of the replay" in str(err.value)
+
+
+class CountsOptionBars(ProtocolOnly):
+    """Counts the option-bar requests the simulator makes."""
+
+    def __init__(self, market) -> None:
+        super().__init__(market)
+        self.requests: list[tuple[str, pd.Timestamp, pd.Timestamp]] = []
+
+    def get_option_ohlc(self, instrument_name, start, end, timeframe):
+        self.requests.append((instrument_name, pd.Timestamp(start), pd.Timestamp(end)))
+        return super().get_option_ohlc(instrument_name, start, end, timeframe)
+
+
+def test_a_cached_mark_path_is_reused_only_when_it_covers_the_asked_bars(
+    market: SyntheticMarket,
+) -> None:
+    src = CountsOptionBars(market)
+    s = CoveredCallSimulator(src, _cfg())
+    t = next(t for t in s.decision_times() if s.candidates(t))
+    name = s.candidates(t)[0].instrument_name
+    a = int(np.searchsorted(s.bar_ns, t.value))
+    one = np.array([name])
+
+    def load(lo: int, hi: int) -> None:
+        s._ensure_paths(one, np.array([lo]), np.array([hi]))
+
+    def covers(lo: int, hi: int) -> None:
+        start, path = s._paths[name]
+        assert start <= lo and start + len(path) - 1 >= hi
+        bars = pd.to_datetime(s.bar_ns[lo : hi + 1], utc=True)
+        want = market.get_option_ohlc(name, bars[0], bars[-1], "1h")["close"].reindex(bars)
+        np.testing.assert_allclose(path[lo - start : hi - start + 1], want.to_numpy(), rtol=1e-12)
+
+    src.requests.clear()
+    load(a + 2, a + 5)
+    covers(a + 2, a + 5)
+    n = len(src.requests)
+    assert n == 1
+    for lo, hi in ((a + 2, a + 5), (a + 3, a + 4), (a + 2, a + 2), (a + 5, a + 5)):
+        load(lo, hi)  # inside the cached range, at its edges included: no new request
+    assert len(src.requests) == n
+    for lo, hi in ((a + 2, a + 6), (a + 2, a + 8), (a + 1, a + 8), (a, a + 8)):
+        load(lo, hi)  # one or two bars past either end: reloaded over the union
+        n += 1
+        assert len(src.requests) == n
+        covers(lo, hi)
+        covers(a + 2, a + 5)  # never shrinks

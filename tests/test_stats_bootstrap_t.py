@@ -12,10 +12,12 @@ from arch.bootstrap import CircularBlockBootstrap
 from scipy.stats import norm
 
 from harness.stats import (
+    BATCH_FACTOR,
     DEFAULT_CI_METHOD,
     T_BATCHES_PER_BLOCK,
     all_pairs,
     batch_means,
+    batch_means_test,
     bootstrap_t_test,
     ci_method_label,
     paired_comparison,
@@ -122,11 +124,32 @@ def test_bootstrap_t_edge_cases() -> None:
     assert bootstrap_t_test([1.0, -1.0] * 6, batch_length=2) == (0.0, 0.0, 1.0)
     # a series shorter than a batch is still cut into 3 batches
     assert len(batch_means(np.arange(5.0), batch_length=50)) == 3
-    # mostly identical batch means: resamples of only zeros have unbounded t*, no NaN
+    # mostly identical batch means: a third of the resamples are all zeros (t* unbounded),
+    # so no studentized interval exists: NaN, never a 1e300-wide "interval"
     x = np.zeros(40)
     x[3] = 5.0
     lo, hi, p = bootstrap_t_test(x, batch_length=1, n_resamples=500)
-    assert not math.isnan(lo) and not math.isnan(hi) and 0 <= p <= 1
+    assert math.isnan(lo) and math.isnan(hi) and math.isnan(p)
+    # a few unbounded t* (under the 2.5% tail share) still give a finite interval
+    y = np.random.default_rng(0).normal(0.0, 1.0, 200)
+    y[:20] = 0.0
+    lo, hi, p = bootstrap_t_test(y, batch_length=2, n_resamples=500)
+    assert -1 < lo < y.mean() < hi < 1 and 0 <= p <= 1
+
+
+def test_sparse_differences_fall_back_to_batch_means_and_say_so() -> None:
+    # the quickstart's trend_pause vs always_sell: 1,045 paired decisions, 6 losses, all
+    # other differences exactly 0 (most batches are 0, so many resamples have no spread)
+    diff = np.zeros(1045)
+    diff[[100, 101, 400, 401, 402, 900]] = [-250.0, -240.0, -300.0, -310.0, -280.0, -60.0]
+    names = ["X"] * len(diff)
+    res = paired_comparison(
+        "trend_pause", "always_sell", diff, np.zeros_like(diff), names, names, block_length=42
+    )
+    assert res.ci_method == "batch_means"
+    lo, hi, p = batch_means_test(diff, batch_length=BATCH_FACTOR * 42)
+    assert (res.ci_low, res.ci_high, res.p_value) == (lo, hi, p)
+    assert -10 < res.ci_low < res.mean_diff < res.ci_high < 10  # a usable, finite interval
 
 
 def test_default_method_is_bootstrap_t_and_recorded() -> None:

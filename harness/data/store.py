@@ -39,8 +39,8 @@ class ChainStore:
 
     def __init__(self, frame: pd.DataFrame, times: pd.DatetimeIndex) -> None:
         frame = normalize_chain_frame(frame)
-        underlying = str(frame["underlying"].iloc[0]) if len(frame) else ""
-        self._setup(columns_from_frame(frame, underlying), times)
+        # one underlying per store (from_source fills one): mixed rows are refused, not relabelled
+        self._setup(columns_from_frame(frame), times)
 
     @classmethod
     def from_columns(cls, cols: ChainColumns, times: pd.DatetimeIndex) -> ChainStore:

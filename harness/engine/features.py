@@ -36,6 +36,14 @@ def spot_features(
     bars, so returns run from the lagged bar to now rather than to the stale bar.
     """
     n = len(bar_ns)
+    if n == 0:
+        # no bars: only a fresher spot can be known; returns and vols need bars
+        spot = np.full(len(at_ns), np.nan)
+        if fresher_spot is not None:
+            spot = np.where(np.isfinite(fresher_spot), fresher_spot, np.nan)
+        empty = np.full(len(at_ns), np.nan)
+        names = ("return_1d", "return_7d", "realized_vol_7d", "realized_vol_30d")
+        return {"spot": spot} | {name: empty.copy() for name in names}
     j = np.searchsorted(bar_ns, at_ns, side="right") - 1
     has = j >= 0
     jj = np.where(has, j, 0)
@@ -48,7 +56,7 @@ def spot_features(
     logc = np.log(close)
     rets = np.diff(logc, prepend=np.nan)
     # a return only counts when the previous bar is exactly one bar earlier
-    gap_ok = np.diff(bar_ns, prepend=bar_ns[0] - bar_ns_int if n else 0) == bar_ns_int
+    gap_ok = np.diff(bar_ns, prepend=bar_ns[0] - bar_ns_int) == bar_ns_int
     rets = np.where(gap_ok, rets, np.nan)
     sq = np.where(np.isnan(rets), 0.0, rets * rets)
     cnt = np.where(np.isnan(rets), 0, 1)

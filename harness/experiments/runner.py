@@ -308,6 +308,9 @@ class ExperimentRunner:
         )
         items = [(sim.build_state(t), sim.candidates(t)) for t in sim.decision_times()]
         out: dict[str, dict[str, Any]] = {}
+        # batch-mode policies send the trial's uncached requests as batch jobs, recorded in the
+        # trial folder's batches.json (a re-run of the sweep polls them instead of resubmitting)
+        batch = self._batch_context()
         with ExitStack() as stack:
             cache = None
             if self.cache_mode != "off":
@@ -317,7 +320,7 @@ class ExperimentRunner:
                 if policy is None or not isinstance(policy, LLMPolicy):
                     out[entry.name] = {"skipped": why}
                     continue
-                policy.attach_run(transcript=None)
+                policy.attach_run(transcript=None, batch=batch)
                 if policy.config.anonymize and items:
                     policy.set_anchor(items[0][0].time, items[0][0].spot)  # as `run` does
                 todo = [

@@ -258,14 +258,21 @@ class SweepRunner:
 
         Trials run one after another, each asking its decisions concurrently (the policy's
         `max_concurrency`); a request an earlier trial asked is a cache hit (single-flight),
-        so the sweep pays once per distinct prompt, model and decision. Seam for batch
-        execution: collect every trial's requests (`LLMPolicy.requests_for`), submit them as
-        one provider batch, store the answers in the cache, then return the same split.
+        so the sweep pays once per distinct prompt, model and decision. A policy with
+        `execution: batch` sends each trial's uncached requests as batch jobs (ledger in the
+        trial folder), trial after trial, so a request an earlier trial's batch answered is not
+        submitted again. Not built: one provider batch over every trial's requests at once.
         """
         t0 = time.perf_counter()
         replays: list[TrialTask] = []
         here: list[TrialTask] = []
-        totals = {"trials": len(tasks), "calls_made": 0, "served_from_cache": 0, "cost_usd": 0.0}
+        totals = {
+            "trials": len(tasks),
+            "calls_made": 0,
+            "served_from_cache": 0,
+            "batch_submitted": 0,
+            "cost_usd": 0.0,
+        }
         for n, t in enumerate(tasks, start=1):
             cache_off = parse_config(yaml.safe_load(t.config_yaml), t.trial_dir).cache.mode
             if cache_off == "off":
@@ -280,6 +287,7 @@ class SweepRunner:
             for s in summaries.values():
                 totals["calls_made"] += int(s.get("calls_made", 0))
                 totals["served_from_cache"] += int(s.get("served_from_cache", 0))
+                totals["batch_submitted"] += int(s.get("batch_submitted", 0))
                 totals["cost_usd"] += float(s.get("cost_usd_incurred", 0.0))
             if replayable(summaries):
                 replays.append(replace(t, llm_replay=True))

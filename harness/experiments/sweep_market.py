@@ -197,15 +197,9 @@ class SharedChains:
         key = (underlying.upper(), tuple(kinds))
         want = np.unique(as_ns(pd.DatetimeIndex(times)))
         kept = self._kept_cols.get(key)
-        wider = kept is not None and (
-            kept[1] is None or (max_dte is not None and max_dte <= kept[1])
-        )
-        if kept is None or not wider:
-            have = kept[0] if kept is not None else np.empty(0, np.int64)
-            limit = None if max_dte is None or (kept is not None and kept[1] is None) else max_dte
-            if kept is not None and kept[1] is not None and limit is not None:
-                limit = max(limit, kept[1])
-            t_ns = np.union1d(have, want)
+        rebuild = _rebuild_plan(kept, want, max_dte)
+        if rebuild is not None:
+            t_ns, limit = rebuild
             cols = _by_instant(self._build_columns(underlying, t_ns, key[1], limit))
             self._kept_cols[key] = (t_ns, limit, cols)
         else:
@@ -242,16 +236,9 @@ class SharedChains:
         key = (underlying.upper(), tuple(kinds))
         want = np.unique(as_ns(pd.DatetimeIndex(times)))
         kept = self._kept.get(key)
-        wider = kept is not None and (
-            kept[1] is None or (max_dte is not None and max_dte <= kept[1])
-        )
-        if kept is None or not wider:
-            # first request, or longer expiries than kept: build the union at the wider limit
-            have = kept[0] if kept is not None else np.empty(0, np.int64)
-            limit = None if max_dte is None or (kept is not None and kept[1] is None) else max_dte
-            if kept is not None and kept[1] is not None and limit is not None:
-                limit = max(limit, kept[1])
-            t_ns = np.union1d(have, want)
+        rebuild = _rebuild_plan(kept, want, max_dte)
+        if rebuild is not None:
+            t_ns, limit = rebuild
             frame = self._build(underlying, t_ns, key[1], limit)
             self._kept[key] = (t_ns, limit, frame)
         else:
@@ -268,6 +255,24 @@ class SharedChains:
         if max_dte is not None:
             rows &= (as_ns(frame["expiry"]) - as_of) <= max_dte * _DAY_NS
         return frame.loc[rows].reset_index(drop=True)
+
+
+def _rebuild_plan(
+    kept: tuple[np.ndarray, float | None, Any] | None, want: np.ndarray, max_dte: float | None
+) -> tuple[np.ndarray, float | None] | None:
+    """(instants, DTE limit in days) to build anew, or None when `kept` already reaches as far.
+
+    A first request, or one for longer expiries than kept, rebuilds the union of the kept and
+    wanted instants at the wider limit (None: every expiry); otherwise only missing instants
+    are added at the kept limit.
+    """
+    if kept is not None and (kept[1] is None or (max_dte is not None and max_dte <= kept[1])):
+        return None
+    have = kept[0] if kept is not None else np.empty(0, np.int64)
+    limit = None if max_dte is None or (kept is not None and kept[1] is None) else max_dte
+    if kept is not None and kept[1] is not None and limit is not None:
+        limit = max(limit, kept[1])
+    return np.union1d(have, want), limit
 
 
 def _by_instant(cols: ChainColumns) -> ChainColumns:

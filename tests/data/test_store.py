@@ -184,3 +184,13 @@ def test_a_chain_frame_round_trips_through_the_store(market: SyntheticMarket) ->
     got = store.frame.sort_values(order).reset_index(drop=True)
     assert set(got["underlying"]) == {"ETH"}
     pd.testing.assert_frame_equal(got[list(CHAIN_COLUMNS)], want[list(CHAIN_COLUMNS)])
+
+
+def test_a_frame_with_two_underlyings_is_refused_by_name(market: SyntheticMarket) -> None:
+    # a store holds one underlying: mixing BTC and ETH rows used to label them all BTC
+    times = pd.date_range("2024-04-01", periods=1, freq="6h", tz="UTC")
+    btc = snapshots_to_frame(market.list_option_chain("BTC", times[0]))
+    eth = snapshots_to_frame(market.list_option_chain("ETH", times[0]))
+    with pytest.raises(ValueError, match=r"one underlying.*BTC, ETH"):
+        ChainStore(pd.concat([btc, eth]), times)
+    assert set(ChainStore(eth, times).frame["underlying"]) == {"ETH"}

@@ -176,3 +176,16 @@ def test_weekly_bars_make_a_one_return_7d_window() -> None:
     r = math.log(closes[3] / closes[2])
     assert f["realized_vol_7d"][0] == pytest.approx(abs(r) * math.sqrt(365 / 7), rel=1e-12)
     assert f["return_7d"][0] == pytest.approx(closes[3] / closes[2] - 1.0, rel=1e-12)
+
+
+def test_no_bars_gives_only_the_fresher_spot() -> None:
+    # an empty bar series used to raise IndexError on close[0]; now NaN features, spot if fresh
+    empty_ns = np.array([], dtype=np.int64)
+    at = _ns([T0, T0 + HOUR])
+    f = spot_features(empty_ns, np.array([]), HOUR, at, fresher_spot=np.array([101.0, np.nan]))
+    np.testing.assert_array_equal(f["spot"], [101.0, np.nan])
+    g = spot_features(empty_ns, np.array([]), HOUR, at)
+    assert np.isnan(g["spot"]).all()
+    for name in ("return_1d", "return_7d", "realized_vol_7d", "realized_vol_30d"):
+        assert f[name].shape == (2,) and np.isnan(f[name]).all(), name
+        assert np.isnan(g[name]).all(), name
