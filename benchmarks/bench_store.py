@@ -125,9 +125,8 @@ def store_table(root: Path) -> None:
     print("one year of BTC calls, every expiry; 1h bars, 7 DTE, 0.25 delta")
     for case, (store, took, rows) in stores.items():
         size = sum(p.stat().st_size for p in store.rglob("*.parquet")) / 2**20
-        print(
-            f"  {case}: {rows:,} chain rows in the store ({size:.0f} MiB), written in {took:.1f} s"
-        )
+        written = "reused (--keep)" if took != took else f"written in {took:.1f} s"
+        print(f"  {case}: {rows:,} chain rows in the store ({size:.0f} MiB), {written}")
     print(
         f"{'case':>6} {'path':>9} {'load s':>7} {'(cpu)':>6} {'labels s':>8} {'(cpu)':>6} "
         f"{'rows/s':>10} {'us/cand':>8} {'(cpu)':>6} {'cands':>6} {'peak':>7}"
