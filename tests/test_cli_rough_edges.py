@@ -155,14 +155,20 @@ def test_ctrl_c_prints_the_folder_and_resume_command(tmp_path: Path) -> None:
     path = tmp_path / "slow.yaml"
     path.write_text(yaml.safe_dump(cfg))
     runs = tmp_path / "runs"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(runs), "-q"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # A suite started in the background of a script inherits SIGINT ignored, and so would the
+    # child; a handled signal is reset to its default across exec, so the child gets Ctrl-C.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(runs), "-q"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 120
     while time.time() < deadline:
         folders = list(runs.glob("*-slow")) if runs.exists() else []
