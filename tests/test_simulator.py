@@ -442,6 +442,43 @@ def test_a_held_call_missing_from_the_chain_is_marked_and_bought_back_at_its_bar
     assert first.payoff_usd == pytest.approx(first.size * first.close_price, rel=1e-12)
 
 
+class NoAskForHeldCall(ProtocolOnly):
+    """Chains in which `name` has no ask after `after` (bid and mark still quoted)."""
+
+    def __init__(self, market, name, after) -> None:
+        super().__init__(market)
+        self.name, self.after = name, after
+
+    def list_option_chain(self, underlying, as_of):
+        chain = self.market.list_option_chain(underlying, as_of)
+        if pd.Timestamp(as_of) <= self.after:
+            return chain
+        return [replace(c, ask_price=None) if c.instrument_name == self.name else c for c in chain]
+
+
+def test_a_held_call_without_an_ask_is_bought_back_at_its_mark_plus_slippage(
+    market: SyntheticMarket,
+) -> None:
+    # fill="bid" buys back at the ask; with no ask quoted, the chain's own mark plus slippage
+    cfg = _cfg(end="2024-03-10", hold_to_expiry=False, decision_interval_bars=24, slippage_bps=25)
+    plain = CoveredCallSimulator(market, cfg)
+    t0 = next(t for t in plain.decision_times() if plain.candidates(t))
+    sold = plain.candidates(t0)[-1].instrument_name
+    t1 = t0 + pd.Timedelta(hours=24)
+    s = CoveredCallSimulator(NoAskForHeldCall(market, sold, t0), cfg)
+
+    def sell_then_roll(state, candidates):
+        if state.position is None:
+            return next(c for c in candidates if c.instrument_name == sold)
+        return candidates[0] if candidates else None
+
+    first = s.simulate_policy(sell_then_roll).trades[0]
+    quote = next(c for c in market.list_option_chain("BTC", t1) if c.instrument_name == sold)
+    assert first.instrument_name == sold and first.close_time == t1
+    assert first.close_price == pytest.approx(quote.mark_price * (1 + 25 / 1e4), rel=1e-12)
+    assert first.close_underlying_price == pytest.approx(quote.underlying_price, rel=1e-12)
+
+
 def test_spot_stale_flags_exactly_the_decisions_inside_a_bar_gap(market: SyntheticMarket) -> None:
     cfg = _cfg()
     times = CoveredCallSimulator(market, cfg).decision_times()
