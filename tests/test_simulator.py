@@ -565,3 +565,44 @@ def test_a_cached_mark_path_is_reused_only_when_it_covers_the_asked_bars(
         assert len(src.requests) == n
         covers(lo, hi)
         covers(a + 2, a + 5)  # never shrinks
+
+
+QUOTE_FIELDS = (
+    "strike", "underlying_price", "mark_price", "bid_price", "ask_price", "mark_price_coin",
+    "bid_price_coin", "ask_price_coin", "mark_iv", "bid_iv", "ask_iv", "delta", "open_interest",
+)  # fmt: skip
+
+
+def test_each_candidate_carries_its_chain_snapshots_own_quotes(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    checked = 0
+    for t in sim.decision_times()[::15]:
+        chain = {o.instrument_name: o for o in market.list_option_chain("BTC", t)}
+        for c in sim.candidates(t):
+            o = chain[c.instrument_name]
+            for field in QUOTE_FIELDS:
+                want, got = getattr(o, field), getattr(c, field)
+                assert (got is None) == (want is None), (t, c.instrument_name, field)
+                if want is not None:
+                    assert got == pytest.approx(want, rel=1e-12), (t, c.instrument_name, field)
+            assert c.ask_price is not None and c.ask_price > c.bid_price
+            checked += 1
+    assert checked >= 20
+
+
+def test_candidates_frame_has_one_column_per_candidate_field_and_a_plain_row_index(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    from dataclasses import fields
+
+    frame = sim.candidates_frame()
+    hints = {"hist_count", "hist_reward"}  # per-decision history, not a quote of the call
+    assert set(frame.columns) == {"decision_time"} | {f.name for f in fields(CallCandidate)} - hints
+    assert list(frame.index) == list(range(len(frame))) and len(frame) > 0
+    t = sim.decision_times()[40]
+    rows = frame[frame["decision_time"] == t]
+    chain = {o.instrument_name: o for o in market.list_option_chain("BTC", t)}
+    assert len(rows) > 0
+    for _, row in rows.iterrows():
+        assert row["ask_price"] == pytest.approx(chain[row["instrument_name"]].ask_price, rel=1e-12)
