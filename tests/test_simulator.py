@@ -606,3 +606,47 @@ def test_candidates_frame_has_one_column_per_candidate_field_and_a_plain_row_ind
     assert len(rows) > 0
     for _, row in rows.iterrows():
         assert row["ask_price"] == pytest.approx(chain[row["instrument_name"]].ask_price, rel=1e-12)
+
+
+class NoHistoryBefore(ProtocolOnly):
+    """Spot bars only from `first` on: no warm-up history for the look-back features."""
+
+    def __init__(self, market: SyntheticMarket, first: pd.Timestamp) -> None:
+        super().__init__(market)
+        self.first = first
+
+    def get_spot_ohlc(self, underlying, start, end, timeframe):
+        bars = self.market.get_spot_ohlc(underlying, start, end, timeframe)
+        return bars[bars.index >= self.first]
+
+
+def test_features_without_enough_history_reach_the_state_as_none(market) -> None:
+    cfg = _cfg(end="2024-02-20")
+    s = CoveredCallSimulator(NoHistoryBefore(market, cfg.start_ts), cfg)
+    first = s.build_state(cfg.start_ts)
+    assert (first.return_1d, first.return_7d, first.realized_vol_7d) == (None, None, None)
+    assert first.realized_vol_30d is None and first.iv_rv_spread is None
+    assert first.atm_iv is not None
+    # one day in: the 1-day return exists (a plain ratio of the two hourly closes), 7-day not
+    day = cfg.start_ts + pd.Timedelta(days=1)
+    state = s.build_state(day)
+    close = market.get_spot_ohlc("BTC", cfg.start_ts, day, "1h")["close"]
+    assert state.return_1d == pytest.approx(close.loc[day] / close.loc[cfg.start_ts] - 1, rel=1e-9)
+    assert state.return_7d is None and state.realized_vol_7d is None
+
+
+def test_decision_records_note_no_candidates_exactly_when_none_were_offered(
+    sim: CoveredCallSimulator,
+) -> None:
+    res = sim.simulate_policy(never_sell())
+    empty = 0
+    for d in res.decisions:
+        assert d.decision_time.tz is not None and d.decision_time.utcoffset() == pd.Timedelta(0)
+        offered = sim.candidates(d.decision_time)
+        assert d.note == ("" if offered else "no candidates"), d.decision_time
+        empty += not offered
+    assert 0 < empty < len(res.decisions)
+    # a seller also holds (not asked) between sale and expiry: those records are UTC too
+    held = sim.simulate_policy(always_sell()).decisions
+    assert any(not d.asked for d in held)
+    assert all(d.decision_time.utcoffset() == pd.Timedelta(0) for d in held)
