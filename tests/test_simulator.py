@@ -650,3 +650,38 @@ def test_decision_records_note_no_candidates_exactly_when_none_were_offered(
     held = sim.simulate_policy(always_sell()).decisions
     assert any(not d.asked for d in held)
     assert all(d.decision_time.utcoffset() == pd.Timedelta(0) for d in held)
+
+
+def test_history_hint_is_the_mean_realised_bps_of_settled_same_bucket_calls(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    from harness.engine.hints import DELTA_EDGES, DTE_EDGES
+
+    def bucket_of(c: CallCandidate) -> tuple[int, int]:
+        return (sum(c.delta >= e for e in DELTA_EDGES), sum(c.dte_days >= e for e in DTE_EDGES))
+
+    def realised_bps(c: CallCandidate) -> float:
+        # hold to expiry, per coin, by Deribit's fee rules, in bps of the spot at the sale
+        s_t = market.settlement_price("BTC", c.expiry)
+        payoff = max(s_t - c.strike, 0.0)
+        fee = min(0.0003 * c.underlying_price, 0.125 * c.premium_usd)
+        dfee = min(0.00015 * s_t, 0.125 * payoff) if payoff > 0 else 0.0
+        return (c.premium_usd - fee - payoff - dfee) / c.underlying_price * 1e4
+
+    times = sim.decision_times()
+    offered = [(t, c) for t in times for c in sim.candidates(t)]
+    checked = 0
+    for t in times[len(times) // 2 :: 37]:
+        for c in sim.candidates(t):
+            past = [
+                realised_bps(p)
+                for _, p in offered
+                if bucket_of(p) == bucket_of(c) and p.expiry < pd.Timestamp(t)
+            ]
+            assert c.hist_count == len(past), (t, c.instrument_name)
+            if past:
+                assert c.hist_reward == pytest.approx(sum(past) / len(past), rel=1e-9, abs=1e-9)
+                checked += 1
+            else:
+                assert c.hist_reward is None
+    assert checked >= 5
