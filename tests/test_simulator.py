@@ -685,3 +685,47 @@ def test_history_hint_is_the_mean_realised_bps_of_settled_same_bucket_calls(
             else:
                 assert c.hist_reward is None
     assert checked >= 5
+
+
+class LateOptionBars(ProtocolOnly):
+    """Option bars of `name` start only at `first`: a leading gap after the sale."""
+
+    def __init__(self, market: SyntheticMarket, name: str, first: pd.Timestamp) -> None:
+        super().__init__(market)
+        self.name, self.first = name, first
+
+    def get_option_ohlc(self, instrument_name, start, end, timeframe):
+        bars = super().get_option_ohlc(instrument_name, start, end, timeframe)
+        if instrument_name == self.name:
+            bars = bars[bars.index >= self.first]
+        return bars
+
+
+def test_a_leading_gap_in_option_bars_is_marked_at_the_sale_quote_carried_forward(
+    market: SyntheticMarket,
+) -> None:
+    cfg = _cfg(end="2024-02-20")
+    plain = CoveredCallSimulator(market, cfg)
+    t0 = next(t for t in plain.decision_times() if plain.candidates(t))
+    sold = plain.candidates(t0)[0].instrument_name
+    first_bar = t0 + pd.Timedelta(hours=3)
+    s = CoveredCallSimulator(LateOptionBars(market, sold, first_bar), cfg)
+
+    def sell_once(state, candidates):
+        if state.time == t0:
+            return next(c for c in candidates if c.instrument_name == sold)
+        return None
+
+    res = s.simulate_policy(sell_once)
+    trade = res.trades[0]
+    quote = next(c for c in market.list_option_chain("BTC", t0) if c.instrument_name == sold)
+    cash = trade.premium_usd - trade.open_fee_usd
+    # before the first bar: the mark the seller saw at the sale, carried forward
+    for h in range(3):
+        t = t0 + pd.Timedelta(hours=h)
+        want = cash - trade.size * quote.mark_price
+        assert res.equity_vs_hodl.loc[t] == pytest.approx(want, rel=1e-9), t
+    # from the first bar on: the call's own bar close
+    close = float(market.get_option_ohlc(sold, first_bar, first_bar, "1h")["close"].loc[first_bar])
+    want = cash - trade.size * close
+    assert res.equity_vs_hodl.loc[first_bar] == pytest.approx(want, rel=1e-9)
