@@ -620,9 +620,19 @@ class NoHistoryBefore(ProtocolOnly):
         return bars[bars.index >= self.first]
 
 
-def test_features_without_enough_history_reach_the_state_as_none(market) -> None:
+class RefusesHistoryBefore(NoHistoryBefore):
+    """Raises ValueError for a range starting before `first`, as a source of limited span does."""
+
+    def get_spot_ohlc(self, underlying, start, end, timeframe):
+        if pd.Timestamp(start) < self.first:
+            raise ValueError(f"no spot data before {self.first}")
+        return super().get_spot_ohlc(underlying, start, end, timeframe)
+
+
+@pytest.mark.parametrize("source_type", [NoHistoryBefore, RefusesHistoryBefore])
+def test_features_without_enough_history_reach_the_state_as_none(market, source_type) -> None:
     cfg = _cfg(end="2024-02-20")
-    s = CoveredCallSimulator(NoHistoryBefore(market, cfg.start_ts), cfg)
+    s = CoveredCallSimulator(source_type(market, cfg.start_ts), cfg)
     first = s.build_state(cfg.start_ts)
     assert (first.return_1d, first.return_7d, first.realized_vol_7d) == (None, None, None)
     assert first.realized_vol_30d is None and first.iv_rv_spread is None
