@@ -442,6 +442,43 @@ def test_a_held_call_missing_from_the_chain_is_marked_and_bought_back_at_its_bar
     assert first.payoff_usd == pytest.approx(first.size * first.close_price, rel=1e-12)
 
 
+class NoAskForHeldCall(ProtocolOnly):
+    """Chains in which `name` has no ask after `after` (bid and mark still quoted)."""
+
+    def __init__(self, market, name, after) -> None:
+        super().__init__(market)
+        self.name, self.after = name, after
+
+    def list_option_chain(self, underlying, as_of):
+        chain = self.market.list_option_chain(underlying, as_of)
+        if pd.Timestamp(as_of) <= self.after:
+            return chain
+        return [replace(c, ask_price=None) if c.instrument_name == self.name else c for c in chain]
+
+
+def test_a_held_call_without_an_ask_is_bought_back_at_its_mark_plus_slippage(
+    market: SyntheticMarket,
+) -> None:
+    # fill="bid" buys back at the ask; with no ask quoted, the chain's own mark plus slippage
+    cfg = _cfg(end="2024-03-10", hold_to_expiry=False, decision_interval_bars=24, slippage_bps=25)
+    plain = CoveredCallSimulator(market, cfg)
+    t0 = next(t for t in plain.decision_times() if plain.candidates(t))
+    sold = plain.candidates(t0)[-1].instrument_name
+    t1 = t0 + pd.Timedelta(hours=24)
+    s = CoveredCallSimulator(NoAskForHeldCall(market, sold, t0), cfg)
+
+    def sell_then_roll(state, candidates):
+        if state.position is None:
+            return next(c for c in candidates if c.instrument_name == sold)
+        return candidates[0] if candidates else None
+
+    first = s.simulate_policy(sell_then_roll).trades[0]
+    quote = next(c for c in market.list_option_chain("BTC", t1) if c.instrument_name == sold)
+    assert first.instrument_name == sold and first.close_time == t1
+    assert first.close_price == pytest.approx(quote.mark_price * (1 + 25 / 1e4), rel=1e-12)
+    assert first.close_underlying_price == pytest.approx(quote.underlying_price, rel=1e-12)
+
+
 def test_spot_stale_flags_exactly_the_decisions_inside_a_bar_gap(market: SyntheticMarket) -> None:
     cfg = _cfg()
     times = CoveredCallSimulator(market, cfg).decision_times()
@@ -528,3 +565,177 @@ def test_a_cached_mark_path_is_reused_only_when_it_covers_the_asked_bars(
         assert len(src.requests) == n
         covers(lo, hi)
         covers(a + 2, a + 5)  # never shrinks
+
+
+QUOTE_FIELDS = (
+    "strike", "underlying_price", "mark_price", "bid_price", "ask_price", "mark_price_coin",
+    "bid_price_coin", "ask_price_coin", "mark_iv", "bid_iv", "ask_iv", "delta", "open_interest",
+)  # fmt: skip
+
+
+def test_each_candidate_carries_its_chain_snapshots_own_quotes(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    checked = 0
+    for t in sim.decision_times()[::15]:
+        chain = {o.instrument_name: o for o in market.list_option_chain("BTC", t)}
+        for c in sim.candidates(t):
+            o = chain[c.instrument_name]
+            for field in QUOTE_FIELDS:
+                want, got = getattr(o, field), getattr(c, field)
+                assert (got is None) == (want is None), (t, c.instrument_name, field)
+                if want is not None:
+                    assert got == pytest.approx(want, rel=1e-12), (t, c.instrument_name, field)
+            assert c.ask_price is not None and c.ask_price > c.bid_price
+            checked += 1
+    assert checked >= 20
+
+
+def test_candidates_frame_has_one_column_per_candidate_field_and_a_plain_row_index(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    from dataclasses import fields
+
+    frame = sim.candidates_frame()
+    hints = {"hist_count", "hist_reward"}  # per-decision history, not a quote of the call
+    assert set(frame.columns) == {"decision_time"} | {f.name for f in fields(CallCandidate)} - hints
+    assert list(frame.index) == list(range(len(frame))) and len(frame) > 0
+    t = sim.decision_times()[40]
+    rows = frame[frame["decision_time"] == t]
+    chain = {o.instrument_name: o for o in market.list_option_chain("BTC", t)}
+    assert len(rows) > 0
+    for _, row in rows.iterrows():
+        assert row["ask_price"] == pytest.approx(chain[row["instrument_name"]].ask_price, rel=1e-12)
+
+
+class NoHistoryBefore(ProtocolOnly):
+    """Spot bars only from `first` on: no warm-up history for the look-back features."""
+
+    def __init__(self, market: SyntheticMarket, first: pd.Timestamp) -> None:
+        super().__init__(market)
+        self.first = first
+
+    def get_spot_ohlc(self, underlying, start, end, timeframe):
+        bars = self.market.get_spot_ohlc(underlying, start, end, timeframe)
+        return bars[bars.index >= self.first]
+
+
+class RefusesHistoryBefore(NoHistoryBefore):
+    """Raises ValueError for a range starting before `first`, as a source of limited span does."""
+
+    def get_spot_ohlc(self, underlying, start, end, timeframe):
+        if pd.Timestamp(start) < self.first:
+            raise ValueError(f"no spot data before {self.first}")
+        return super().get_spot_ohlc(underlying, start, end, timeframe)
+
+
+@pytest.mark.parametrize("source_type", [NoHistoryBefore, RefusesHistoryBefore])
+def test_features_without_enough_history_reach_the_state_as_none(market, source_type) -> None:
+    cfg = _cfg(end="2024-02-20")
+    s = CoveredCallSimulator(source_type(market, cfg.start_ts), cfg)
+    first = s.build_state(cfg.start_ts)
+    assert (first.return_1d, first.return_7d, first.realized_vol_7d) == (None, None, None)
+    assert first.realized_vol_30d is None and first.iv_rv_spread is None
+    assert first.atm_iv is not None
+    # one day in: the 1-day return exists (a plain ratio of the two hourly closes), 7-day not
+    day = cfg.start_ts + pd.Timedelta(days=1)
+    state = s.build_state(day)
+    close = market.get_spot_ohlc("BTC", cfg.start_ts, day, "1h")["close"]
+    assert state.return_1d == pytest.approx(close.loc[day] / close.loc[cfg.start_ts] - 1, rel=1e-9)
+    assert state.return_7d is None and state.realized_vol_7d is None
+
+
+def test_decision_records_note_no_candidates_exactly_when_none_were_offered(
+    sim: CoveredCallSimulator,
+) -> None:
+    res = sim.simulate_policy(never_sell())
+    empty = 0
+    for d in res.decisions:
+        assert d.decision_time.tz is not None and d.decision_time.utcoffset() == pd.Timedelta(0)
+        offered = sim.candidates(d.decision_time)
+        assert d.note == ("" if offered else "no candidates"), d.decision_time
+        empty += not offered
+    assert 0 < empty < len(res.decisions)
+    # a seller also holds (not asked) between sale and expiry: those records are UTC too
+    held = sim.simulate_policy(always_sell()).decisions
+    assert any(not d.asked for d in held)
+    assert all(d.decision_time.utcoffset() == pd.Timedelta(0) for d in held)
+
+
+def test_history_hint_is_the_mean_realised_bps_of_settled_same_bucket_calls(
+    sim: CoveredCallSimulator, market: SyntheticMarket
+) -> None:
+    from harness.engine.hints import DELTA_EDGES, DTE_EDGES
+
+    def bucket_of(c: CallCandidate) -> tuple[int, int]:
+        return (sum(c.delta >= e for e in DELTA_EDGES), sum(c.dte_days >= e for e in DTE_EDGES))
+
+    def realised_bps(c: CallCandidate) -> float:
+        # hold to expiry, per coin, by Deribit's fee rules, in bps of the spot at the sale
+        s_t = market.settlement_price("BTC", c.expiry)
+        payoff = max(s_t - c.strike, 0.0)
+        fee = min(0.0003 * c.underlying_price, 0.125 * c.premium_usd)
+        dfee = min(0.00015 * s_t, 0.125 * payoff) if payoff > 0 else 0.0
+        return (c.premium_usd - fee - payoff - dfee) / c.underlying_price * 1e4
+
+    times = sim.decision_times()
+    offered = [(t, c) for t in times for c in sim.candidates(t)]
+    checked = 0
+    for t in times[len(times) // 2 :: 37]:
+        for c in sim.candidates(t):
+            past = [
+                realised_bps(p)
+                for _, p in offered
+                if bucket_of(p) == bucket_of(c) and p.expiry < pd.Timestamp(t)
+            ]
+            assert c.hist_count == len(past), (t, c.instrument_name)
+            if past:
+                assert c.hist_reward == pytest.approx(sum(past) / len(past), rel=1e-9, abs=1e-9)
+                checked += 1
+            else:
+                assert c.hist_reward is None
+    assert checked >= 5
+
+
+class LateOptionBars(ProtocolOnly):
+    """Option bars of `name` start only at `first`: a leading gap after the sale."""
+
+    def __init__(self, market: SyntheticMarket, name: str, first: pd.Timestamp) -> None:
+        super().__init__(market)
+        self.name, self.first = name, first
+
+    def get_option_ohlc(self, instrument_name, start, end, timeframe):
+        bars = super().get_option_ohlc(instrument_name, start, end, timeframe)
+        if instrument_name == self.name:
+            bars = bars[bars.index >= self.first]
+        return bars
+
+
+def test_a_leading_gap_in_option_bars_is_marked_at_the_sale_quote_carried_forward(
+    market: SyntheticMarket,
+) -> None:
+    cfg = _cfg(end="2024-02-20")
+    plain = CoveredCallSimulator(market, cfg)
+    t0 = next(t for t in plain.decision_times() if plain.candidates(t))
+    sold = plain.candidates(t0)[0].instrument_name
+    first_bar = t0 + pd.Timedelta(hours=3)
+    s = CoveredCallSimulator(LateOptionBars(market, sold, first_bar), cfg)
+
+    def sell_once(state, candidates):
+        if state.time == t0:
+            return next(c for c in candidates if c.instrument_name == sold)
+        return None
+
+    res = s.simulate_policy(sell_once)
+    trade = res.trades[0]
+    quote = next(c for c in market.list_option_chain("BTC", t0) if c.instrument_name == sold)
+    cash = trade.premium_usd - trade.open_fee_usd
+    # before the first bar: the mark the seller saw at the sale, carried forward
+    for h in range(3):
+        t = t0 + pd.Timedelta(hours=h)
+        want = cash - trade.size * quote.mark_price
+        assert res.equity_vs_hodl.loc[t] == pytest.approx(want, rel=1e-9), t
+    # from the first bar on: the call's own bar close
+    close = float(market.get_option_ohlc(sold, first_bar, first_bar, "1h")["close"].loc[first_bar])
+    want = cash - trade.size * close
+    assert res.equity_vs_hodl.loc[first_bar] == pytest.approx(want, rel=1e-9)

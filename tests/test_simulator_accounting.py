@@ -284,3 +284,46 @@ def test_calls_expiring_after_end_are_never_offered(market) -> None:
     assert sim.gate_counts.expires_after_end == late_in_band
     last = sim.decision_times()[-1]
     assert sorted(c.instrument_name for c in sim.candidates(last)) == _gate_loop(source, cfg, last)
+
+
+class PinnedSettlement(Plain):
+    """A source that knows delivery prices: one expiry settles at a price set by the test."""
+
+    def __init__(self, market: SyntheticMarket, expiry: pd.Timestamp, price: float) -> None:
+        super().__init__(market)
+        self.expiry, self.price = expiry, price
+
+    def settlement_price(self, underlying, expiry):
+        if expiry == self.expiry:
+            return self.price
+        return self.market.settlement_price(underlying, expiry)
+
+
+def test_a_call_settling_cents_above_its_strike_is_in_the_money(market) -> None:
+    cfg = _cfg(end="2024-02-14")
+    first = CoveredCallSimulator(Plain(market), cfg).simulate_policy(always_sell()).trades[0]
+    # 0.5 USD over the strike: in the money by Deribit's rule (S_T > K), however small
+    source = PinnedSettlement(market, first.expiry, first.strike + 0.5)
+    trade = CoveredCallSimulator(source, cfg).simulate_policy(always_sell()).trades[0]
+    assert (trade.instrument_name, trade.settlement_price) == (
+        first.instrument_name,
+        first.strike + 0.5,
+    )
+    assert trade.payoff_usd == pytest.approx(trade.size * 0.5, rel=1e-12)
+    assert trade.in_the_money is True
+    assert trade.notes == "expired in the money"
+
+
+def test_min_bid_usd_removes_exactly_the_calls_bidding_at_or_below_it(market) -> None:
+    base = _cfg(end="2024-02-14")
+    source = Plain(market)
+    t = CoveredCallSimulator(source, base).decision_times()[4]
+    bids = {o.instrument_name: o.bid_price for o in source.list_option_chain("BTC", t)}
+    passing = _gate_loop(source, base, t)
+    assert len(passing) >= 3
+    # a floor equal to the middle bid: that call and every cheaper one must go
+    floor = sorted(bids[n] for n in passing)[len(passing) // 2]
+    sim = CoveredCallSimulator(source, _cfg(end="2024-02-14", min_bid_usd=floor))
+    got = sorted(c.instrument_name for c in sim.candidates(t))
+    assert got == [n for n in passing if bids[n] > floor]
+    assert 0 < len(got) < len(passing)
