@@ -14,40 +14,35 @@ Run: nice .venv/bin/python benchmarks/bench_placebo_edge.py [--seeds 300]
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from harness.data.synthetic import SyntheticMarket
-from harness.data.worlds import WORLDS
-from harness.pricing import black76_price
-from harness.simulator import CoveredCallSimulator
-from harness.types import CallSimulationConfig
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for tests.data.placebo_fixtures (the trades the test measures)
 
-SIGMA = WORLDS["placebo"].coins["BTC"].mean_vol
-YEAR_S = 365.0 * 86400.0
-TWAP_MINUTES = 17_545 / 900  # variance-time removed by the mean of 30 one-minute prices
+from harness.data.synthetic import SyntheticMarket  # noqa: E402
+from harness.pricing import black76_price  # noqa: E402
+from harness.stats import cluster_robust_mean  # noqa: E402
+from tests.data.placebo_fixtures import (  # noqa: E402
+    SIGMA,
+    adjusted_edge_bps,
+    edge_bps,
+    placebo_config,
+    placebo_sells,
+    seed_expiry_clusters,
+    twap_edge_bps,
+    years_to_expiry,
+)
 
 
 def seed_trades(seed: int) -> pd.DataFrame:
-    """Every sell candidate of one placebo seed with the spot at the exact expiry instant."""
-    cfg = CallSimulationConfig(
-        underlying="BTC",
-        start="2024-01-01",
-        end="2024-12-31",
-        timeframe="1h",
-        decision_interval_bars=4,
-        fill="mark",
-        fee_rate=0.0,
-        delivery_fee_rate=0.0,
-    )
-    market = SyntheticMarket(seed=seed, world="placebo")
-    labels = CoveredCallSimulator(market, cfg).counterfactual_labels()
-    d = labels[labels["action"] == "SELL_CALL"].copy()
-    d["spot_at_expiry"] = market.spot_at("BTC", pd.DatetimeIndex(d["expiry"]))
-    d["seed"] = seed
-    d["gap"] = (d["delta"] - cfg.target_delta).abs()
+    """Every sell candidate of one placebo seed, with always_sell's pick (nearest delta) marked."""
+    d = placebo_sells(seed)
+    d["gap"] = (d["delta"] - placebo_config().target_delta).abs()
     pick = d.sort_values(["decision_time", "gap", "strike", "expiry"]).groupby("decision_time")
     d["picked"] = d.index.isin(pick.head(1).index)
     return d
@@ -55,10 +50,7 @@ def seed_trades(seed: int) -> pd.DataFrame:
 
 def cluster_ci(x: np.ndarray, clusters: np.ndarray) -> str:
     """Mean [cluster-robust (CR1) 95% interval]."""
-    m = float(x.mean())
-    sums = pd.Series(x - m).groupby(clusters).sum().to_numpy()
-    g = len(sums)
-    se = float(np.sqrt((sums**2).sum() * g / (g - 1)) / len(x))
+    m, se = cluster_robust_mean(x, clusters)
     return f"{m:+.3f} [{m - 1.96 * se:+.3f}, {m + 1.96 * se:+.3f}]"
 
 
@@ -67,32 +59,26 @@ def report(d: pd.DataFrame, name: str) -> None:
     s0 = d["underlying_price"].to_numpy()
     st = d["spot_at_expiry"].to_numpy()
     k = d["strike"].to_numpy()
-    tau = (
-        pd.DatetimeIndex(d["expiry"]) - pd.DatetimeIndex(d["decision_time"])
-    ).total_seconds().to_numpy() / YEAR_S
-    vol = np.full(len(d), SIGMA)
+    tau = years_to_expiry(d)
     calls = np.ones(len(d), dtype=bool)
-    cl = (d["seed"].astype(str) + d["expiry"].astype(str)).to_numpy()
+    cl = seed_expiry_clusters(d)
     premium, payoff = d["premium"].to_numpy(), d["payoff"].to_numpy()
     exact = np.maximum(st - k, 0.0)
 
     def bps(x: np.ndarray) -> np.ndarray:
         return x / s0 * 1e4
 
-    b76 = black76_price(s0, k, tau, vol, calls)
-    twap = b76 - black76_price(s0, k, tau - TWAP_MINUTES / (365 * 1440), vol, calls)
+    b76 = black76_price(s0, k, tau, np.full(len(d), SIGMA), calls)
     r = st / s0
     v = SIGMA**2 * tau
-    edge = bps(premium - payoff)
-    controls = np.column_stack([r - 1.0, np.log(r) ** 2 - v - v * v / 4])
-    beta = np.linalg.lstsq(controls - controls.mean(0), edge - edge.mean(), rcond=None)[0]
+    edge = edge_bps(d)
     print(f"== {name}: {len(d):,} trades, {d['seed'].nunique()} seeds, {len(set(cl)):,} clusters")
     print(f"pnl_vs_hodl USD per trade:           {cluster_ci(d['pnl_vs_hodl'].to_numpy(), cl)}")
     print(f"premium: {premium.mean():.2f} USD = {bps(premium).mean():.2f} bps of spot")
     print(f"edge (premium - payoff), bps:        {cluster_ci(edge, cl)}")
     print(f"premium - Black-76(true vol), USD:   max |diff| {np.abs(premium - b76).max():.2e}")
     print(f"TWAP: payoff(TWAP) - payoff(exact):  {cluster_ci(bps(payoff - exact), cl)} bps")
-    print(f"TWAP analytic seller edge:           {bps(twap).mean():+.3f} bps")
+    print(f"TWAP analytic seller edge:           {twap_edge_bps(d).mean():+.3f} bps")
     print(f"edge on the exact expiry price, bps: {cluster_ci(bps(premium - exact), cl)}")
     held = premium / s0 * (st - s0)
     print(f"premium held in coin - at sale, bps: {cluster_ci(bps(held), cl)}")
@@ -102,7 +88,7 @@ def report(d: pd.DataFrame, name: str) -> None:
     )
     hedged = edge + d["delta"].to_numpy() * bps(st - s0)
     print(f"edge + delta (S_T - S_0), bps:       {cluster_ci(hedged, cl)}")
-    print(f"edge adjusted (exact-mean controls): {cluster_ci(edge - controls @ beta, cl)} bps")
+    print(f"edge adjusted (exact-mean controls): {cluster_ci(adjusted_edge_bps(d), cl)} bps")
 
 
 def main() -> None:

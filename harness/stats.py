@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from scipy import stats as sps
 
 CIMethod = Literal["bootstrap_t", "batch_means", "block_bootstrap"]
@@ -347,3 +348,19 @@ def all_pairs(
     ]
     adjusted = holm_adjust([p.p_value for p in pairs])
     return [replace(p, p_holm=h) for p, h in zip(pairs, adjusted, strict=True)]
+
+
+def cluster_robust_mean(
+    values: Sequence[float] | np.ndarray, clusters: Sequence[object] | np.ndarray
+) -> tuple[float, float]:
+    """Mean of `values` and its cluster-robust standard error (CR1), units as given.
+
+    statsmodels' OLS on a constant with clustered covariance: the sandwich over cluster sums of
+    deviations, scaled by G / (G - 1) for G clusters (the (n - 1) / (n - k) factor is 1 here).
+    """
+    import statsmodels.api as sm  # imported on use: only calibration checks need it
+
+    x = np.asarray(values, dtype=float)
+    groups = pd.factorize(np.asarray(clusters))[0]
+    fit = sm.OLS(x, np.ones((len(x), 1))).fit(cov_type="cluster", cov_kwds={"groups": groups})
+    return float(fit.params[0]), float(fit.bse[0])

@@ -15,76 +15,34 @@ import pandas as pd
 import pytest
 
 from harness.data.synthetic import SyntheticMarket
-from harness.data.worlds import WORLDS
 from harness.pricing import black76_price
-from harness.simulator import CoveredCallSimulator
-from harness.types import CallSimulationConfig
-
-SIGMA = WORLDS["placebo"].coins["BTC"].mean_vol
-YEAR_S = 365.0 * 86400.0
-# variance-time the delivery price (mean of 30 one-minute prices ending at expiry) removes
-# from the payoff: sum_{i,j<30} max(i, j) / 30^2 = 17,545 / 900 = 19.49 minutes
-TWAP_MINUTES = 17_545 / 900
-
-
-def _trades(seeds: range) -> pd.DataFrame:
-    """Every sell candidate of 2024 on the placebo world (4-hour decisions, fill at mark)."""
-    cfg = CallSimulationConfig(
-        underlying="BTC",
-        start="2024-01-01",
-        end="2024-12-31",
-        timeframe="1h",
-        decision_interval_bars=4,
-        fill="mark",
-        fee_rate=0.0,
-        delivery_fee_rate=0.0,
-    )
-    out = []
-    for seed in seeds:
-        market = SyntheticMarket(seed=seed, world="placebo")
-        labels = CoveredCallSimulator(market, cfg).counterfactual_labels()
-        sells = labels[labels["action"] == "SELL_CALL"].copy()
-        sells["spot_at_expiry"] = market.spot_at("BTC", pd.DatetimeIndex(sells["expiry"]))
-        sells["seed"] = seed
-        out.append(sells)
-    return pd.concat(out, ignore_index=True)
-
-
-def _cluster_mean(x: np.ndarray, clusters: np.ndarray) -> tuple[float, float]:
-    """Mean and its cluster-robust standard error (CR1)."""
-    m = float(x.mean())
-    sums = pd.Series(x - m).groupby(clusters).sum().to_numpy()
-    g = len(sums)
-    return m, float(np.sqrt((sums**2).sum() * g / (g - 1)) / len(x))
+from harness.stats import cluster_robust_mean
+from tests.data.placebo_fixtures import (
+    SIGMA,
+    adjusted_edge_bps,
+    placebo_sells,
+    seed_expiry_clusters,
+    twap_edge_bps,
+    years_to_expiry,
+)
 
 
 def test_placebo_per_trade_edge_is_zero_within_a_cluster_robust_bound() -> None:
-    d = _trades(range(8))
+    d = pd.concat([placebo_sells(seed) for seed in range(8)], ignore_index=True)
     s0 = d["underlying_price"].to_numpy()
-    strike = d["strike"].to_numpy()
-    tau = (
-        pd.DatetimeIndex(d["expiry"]) - pd.DatetimeIndex(d["decision_time"])
-    ).total_seconds().to_numpy() / YEAR_S
     calls = np.ones(len(d), dtype=bool)
     # the premium is exactly Black-76 at the path's true vol on the path's own clock
     np.testing.assert_allclose(d["mark_iv"], SIGMA, rtol=1e-12)
     np.testing.assert_allclose(
-        d["premium"], black76_price(s0, strike, tau, np.full(len(d), SIGMA), calls), rtol=1e-12
+        d["premium"],
+        black76_price(
+            s0, d["strike"].to_numpy(), years_to_expiry(d), np.full(len(d), SIGMA), calls
+        ),
+        rtol=1e-12,
     )
-    edge = (d["premium"] - d["payoff"]).to_numpy() / s0 * 1e4
-    ratio = d["spot_at_expiry"].to_numpy() / s0
-    v = SIGMA**2 * tau
-    controls = np.column_stack([ratio - 1.0, np.log(ratio) ** 2 - v - v * v / 4])
-    beta = np.linalg.lstsq(controls - controls.mean(0), edge - edge.mean(), rcond=None)[0]
-    clusters = (d["seed"].astype(str) + d["expiry"].astype(str)).to_numpy()
-    mean, se = _cluster_mean(edge - controls @ beta, clusters)
+    mean, se = cluster_robust_mean(adjusted_edge_bps(d), seed_expiry_clusters(d))
     # the one real seller edge: the 30-minute average's lower variance (about +0.24 bps)
-    twap_short = SIGMA * SIGMA * TWAP_MINUTES / (365 * 1440)
-    tau_twap = tau - twap_short / SIGMA**2
-    twap = black76_price(s0, strike, tau, np.full(len(d), SIGMA), calls) - black76_price(
-        s0, strike, tau_twap, np.full(len(d), SIGMA), calls
-    )
-    twap_bps = float(np.mean(twap / s0 * 1e4))
+    twap_bps = float(np.mean(twap_edge_bps(d)))
     assert 0.1 < twap_bps < 0.5
     # 8 seeds x 51 weekly expiries: se 4.5 bps (premium about 108 bps), so the bound (3.5 se,
     # 15.7 bps) fails on premiums 15% too rich (measured: adjusted mean +19.0 bps) at a 2.5e-4
