@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.experiments.run_health_fixtures import fast_llm
 from tests.llm.batch_server import completion
 
 KEY_ENV = "HARNESS_BATCH_KEY"
@@ -52,22 +53,7 @@ def config(
 ) -> dict[str, Any]:
     """always_sell + one LLM policy `llm` at `url` (gpt-4o-mini: priced, batch_discount 0.5)."""
     batch = {"poll": FAST_POLL, **llm.pop("batch", {})}
-    settings: dict[str, Any] = {
-        "name": "llm",
-        "type": "llm",
-        "model": "gpt-4o-mini",
-        "base_url": url,
-        "api_key_env": KEY_ENV,
-        "seed": 1,
-        "max_concurrency": 4,
-        "max_attempts": 2,
-        "initial_backoff_s": 0.001,
-        "max_backoff_s": 0.01,
-        "max_retry_after_s": 0.01,
-        "timeout_s": 5.0,
-        "batch": batch,
-        **llm,
-    }
+    settings = fast_llm(url, KEY_ENV, batch=batch, **llm)
     return {
         "name": name,
         "market": {"source": "synthetic", "seed": 3},

@@ -10,14 +10,14 @@ KEY_ENV = "HARNESS_HEALTH_KEY"
 SECRET = "sk-health-NEVER-WRITE-ME-5a4b3c2d1e0f"
 
 
-def config(tmp: Path, url: str, *, name: str = "health", **llm: Any) -> dict:
-    """always_sell + oracle + one LLM policy `llm` at `url` with fast retries."""
-    settings: dict[str, Any] = {
+def fast_llm(url: str, key_env: str = KEY_ENV, **llm: Any) -> dict[str, Any]:
+    """An LLM policy entry `llm` (gpt-4o-mini) at `url` with fast retries; `llm` overrides."""
+    return {
         "name": "llm",
         "type": "llm",
         "model": "gpt-4o-mini",
         "base_url": url,
-        "api_key_env": KEY_ENV,
+        "api_key_env": key_env,
         "seed": 1,
         "max_concurrency": 4,
         "max_attempts": 2,
@@ -25,8 +25,13 @@ def config(tmp: Path, url: str, *, name: str = "health", **llm: Any) -> dict:
         "max_backoff_s": 0.01,
         "max_retry_after_s": 0.01,
         "timeout_s": 5.0,
+        **llm,
     }
-    settings.update(llm)
+
+
+def config(tmp: Path, url: str, *, name: str = "health", **llm: Any) -> dict:
+    """always_sell + oracle + one LLM policy `llm` at `url` with fast retries."""
+    settings = fast_llm(url, **llm)
     return {
         "name": name,
         "market": {"source": "synthetic", "seed": 3},
