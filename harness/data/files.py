@@ -77,6 +77,13 @@ SELECTION_VALUES: tuple[str, ...] = (
 DEFERRED_VALUES: tuple[str, ...] = tuple(c for c in VALUE_COLUMNS if c not in SELECTION_VALUES)
 ROW_ID = "_row"
 SETTLEMENT_COLUMNS: tuple[str, ...] = ("expiry", "price", "source")
+# The tiered layout (docs/data.md): each Parquet chain partition holds one row group per
+# (days-to-expiry tier, kind), rows sorted by time inside each, and a `days_to_expiry` column
+# whose row-group statistics let a scan skip every group outside its DTE window undecoded.
+DTE_COLUMN = "days_to_expiry"
+DTE_TIERS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
+CHAIN_ROW_GROUP_ROWS = 1 << 20  # a tier larger than this is split (bounds decode memory)
+_DTE_SLACK = 1e-6  # days: float rounding of the stored column never prunes a kept row
 _DATETIME_CHAIN = ("as_of", "expiry", "quote_time")
 _STRING_CHAIN = ("instrument_name", "underlying", "kind")
 
@@ -202,6 +209,37 @@ def write_table_atomic(frame: pd.DataFrame, path: Path) -> None:
         _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_chain_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write a store chain partition atomically; Parquet in the tiered layout (`DTE_TIERS`).
+
+    Rows must come sorted by as_of; each (tier, kind) group keeps that order and becomes its
+    own row group(s), with `DTE_COLUMN` (days, float64) added so readers can prune groups.
+    """
+    if path.suffix == ".csv":
+        write_table_atomic(frame, path)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dte = (frame["expiry"] - frame["as_of"]).dt.total_seconds().to_numpy() / 86_400.0
+    group = np.searchsorted(DTE_TIERS, dte, side="left") * 2 + (frame["kind"] != "call").to_numpy()
+    order = np.argsort(group, kind="stable")
+    table = _arrow_table(frame.assign(**{DTE_COLUMN: dte}).iloc[order].reset_index(drop=True))
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    tmp = _temp_sibling(path)
+    try:
+        with pq.ParquetWriter(tmp, table.schema, **_parquet_options(table.schema)) as writer:
+            for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(order)], strict=True):
+                if b > a or len(order) == 0:
+                    writer.write_table(table.slice(a, b - a), row_group_size=CHAIN_ROW_GROUP_ROWS)
+        _commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def is_tiered(path: Path) -> bool:
+    """Whether a chain partition file is in the tiered layout (CSV never is)."""
+    return path.suffix == ".parquet" and DTE_COLUMN in pq.read_schema(path).names
 
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
@@ -389,7 +427,7 @@ def _merge_partition(path: Path, parts: list[pd.DataFrame], *, extra: Sequence[P
     # Stable sort: among equal quote times the later-added (new) row wins.
     part = part.sort_values(["as_of", "instrument_name", "quote_time"], kind="stable")
     part = part.drop_duplicates(["as_of", "instrument_name"], keep="last")
-    write_table_atomic(part.reset_index(drop=True), found or path)
+    write_chain_atomic(part.reset_index(drop=True), found or path)
     return len(part)
 
 
@@ -401,12 +439,16 @@ class CompactSummary:
     months: tuple[str, ...]
     day_files: int
     rows: int
+    relaid: tuple[str, ...] = ()  # month files rewritten from the untiered layout
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"compact {self.underlying}: {self.day_files} day partition(s) -> "
             f"{len(self.months)} month partition(s), {self.rows:,} rows"
         )
+        if self.relaid:
+            text += f"; {len(self.relaid)} month file(s) rewritten in the tiered layout"
+        return text
 
 
 def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSummary:
@@ -414,6 +456,8 @@ def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSumma
 
     Each month is written (atomically) before its day files are removed, so an interruption
     leaves either the day files alone or a complete month file that readers use instead.
+    Parquet month files of the older untiered layout are rewritten in the tiered one (same
+    rows; scans can then skip row groups outside their days-to-expiry window).
     """
     folder = underlying_dir(root, underlying) / "chain"
     by_month: dict[pd.Timestamp, list[Path]] = {}
@@ -425,11 +469,17 @@ def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSumma
         found = _existing(target)
         rows += _merge_partition(found or target, [], extra=files)
         _remove_partitions(files)
+    relaid = []
+    for kind, month, path in _chain_partitions(folder):
+        if kind == "month" and path.suffix == ".parquet" and not is_tiered(path):
+            _merge_partition(path, [])
+            relaid.append(f"{month:%Y-%m}")
     return CompactSummary(
         underlying=underlying.upper(),
         months=tuple(f"{m:%Y-%m}" for m in sorted(by_month)),
         day_files=sum(len(f) for f in by_month.values()),
         rows=rows,
+        relaid=tuple(relaid),
     )
 
 
@@ -1245,10 +1295,15 @@ class FileDataSource(ChainTableSource):
         files = self._partition_files(u, lo.value, hi.value)
         expr = scan_filter(lo, hi, kinds=kinds, max_dte=max_dte, names=names)
         parquet = [f for f in files if f.suffix == ".parquet"]
+        window = ScanWindow(
+            lo=lo.value, hi=hi.value, kinds=frozenset(kinds), max_dte=max_dte, exact=names is None
+        )
         parts: list[ChainColumns] = []
         if parquet:
             try:
-                table = read_parquet_files(parquet, expr, STORE_SCAN_COLUMNS)
+                table = read_parquet_files(
+                    parquet, expr, STORE_SCAN_COLUMNS, window, stats=self.scan_stats
+                )
                 if deferred is None:
                     parts.append(columns_from_arrow(table, u))
                 else:
@@ -1331,19 +1386,103 @@ def take_deferred(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
     return replace(cols, values={c: values[c] for c in VALUE_COLUMNS})
 
 
+@dataclass(frozen=True)
+class ScanWindow:
+    """What a scan keeps, for row-group pruning: as_of in [lo, hi] (ns), `kinds`, days to
+    expiry <= `max_dte`; `exact` when the scan filter has no other condition."""
+
+    lo: int
+    hi: int
+    kinds: frozenset[str] = frozenset(("call", "put"))
+    max_dte: float | None = None
+    exact: bool = True
+
+
+_UNIT_NS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+
+
+def plan_row_groups(reader: pq.ParquetFile, window: ScanWindow) -> tuple[list[int], list[int]]:
+    """Row groups of a chain file to read whole and to read then filter; the rest is skipped.
+
+    Decided from row-group statistics (as_of, kind and, in the tiered layout, `DTE_COLUMN`);
+    a group without usable statistics is read and filtered, so pruning never drops a row.
+    """
+    meta = reader.metadata
+    whole: list[int] = []
+    partial: list[int] = []
+    if meta.num_row_groups == 0:
+        return whole, partial
+    first = meta.row_group(0)
+    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
+    as_of_type = reader.schema_arrow.field("as_of").type if "as_of" in where else None
+    unit = _UNIT_NS.get(getattr(as_of_type, "unit", ""), 0)
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        if rg.num_rows == 0:
+            continue
+        inside = window.exact
+        stats = _min_max(rg, where.get("as_of"))
+        if stats is not None and unit:
+            # raw timestamp statistics are integers in the column's unit
+            lo_t, hi_t = stats[0] * unit, stats[1] * unit
+            if hi_t < window.lo or lo_t > window.hi:
+                continue
+            inside &= window.lo <= lo_t and hi_t <= window.hi
+        else:
+            inside = False
+        if window.max_dte is not None:
+            stats = _min_max(rg, where.get(DTE_COLUMN))
+            if stats is not None and stats[0] > window.max_dte + _DTE_SLACK:
+                continue
+            inside &= stats is not None and stats[1] < window.max_dte - _DTE_SLACK
+        if window.kinds != {"call", "put"}:
+            stats = _min_max(rg, where.get("kind"))
+            if stats is not None and stats[0] == stats[1] and stats[0] not in window.kinds:
+                continue
+            inside &= stats is not None and stats[0] == stats[1] and stats[0] in window.kinds
+        (whole if inside else partial).append(i)
+    return whole, partial
+
+
+def _min_max(rg: pq.RowGroupMetaData, j: int | None) -> tuple[Any, Any] | None:
+    """(min, max) of column `j` of a row group (raw integers for timestamps); None if unknown."""
+    if j is None:
+        return None
+    stats = rg.column(j).statistics
+    if stats is None or not stats.has_min_max or stats.null_count:
+        return None
+    if stats.physical_type in ("INT64", "INT32"):
+        return stats.min_raw, stats.max_raw
+    lo, hi = stats.min, stats.max
+    if isinstance(lo, bytes):
+        lo, hi = lo.decode(), hi.decode()
+    if isinstance(lo, float) and (lo != lo or hi != hi):
+        return None  # NaN bounds prove nothing
+    return lo, hi
+
+
 def read_parquet_files(
-    paths: Sequence[Path], expr: ds.Expression, columns: Sequence[str]
+    paths: Sequence[Path],
+    expr: ds.Expression,
+    columns: Sequence[str],
+    window: ScanWindow | None = None,
+    stats: Counter[str] | None = None,
 ) -> pa.Table:
     """Rows of the Parquet files `paths` matching `expr`, `columns` projected, in file order.
 
     One `ParquetFile` read per file (pre-buffered, whole row groups) and an Arrow filter, not a
     `pyarrow.dataset` scan: the scan's start-up (thread pool, fragment discovery, per-batch
     filter) cost more than the reads themselves on a year of month files (docs/performance.md).
-    The first file's schema decides which of `columns` are read; a later file lacking one, or
-    with other types, raises (the caller then reads file by file and names the bad file).
+    With `window` (the same conditions as `expr`), row groups outside it are never decoded and
+    groups wholly inside it skip the filter (`plan_row_groups`); rows then come in file order
+    per group, so callers sort by time. `stats` counts row groups read and skipped and rows
+    decoded. The first file's schema decides which of `columns` are read; a later file
+    lacking one, or with other types, raises (the caller then reads file by file and names
+    the bad file).
     """
     if not paths:
         return pa.table({})
+    stats = Counter() if stats is None else stats
     parts = []
     present: list[str] | None = None
     for path in paths:
@@ -1352,7 +1491,25 @@ def read_parquet_files(
         if present is None:
             names = set(reader.schema_arrow.names)
             present = [c for c in columns if c in names]
-        parts.append(reader.read(columns=present, use_threads=False).filter(expr))
+        groups = reader.metadata.num_row_groups
+        if window is None:
+            whole, partial = [], list(range(groups))
+        else:
+            whole, partial = plan_row_groups(reader, window)
+        stats["row_groups"] += groups
+        stats["row_groups_read"] += len(whole) + len(partial)
+        for ids, filtered in ((whole, False), (partial, True)):
+            if not ids:
+                continue
+            if len(ids) == groups:
+                table = reader.read(columns=present, use_threads=False)
+            else:
+                table = reader.read_row_groups(ids, columns=present, use_threads=False)
+            stats["rows_decoded"] += table.num_rows
+            parts.append(table.filter(expr) if filtered else table)
+    if not parts:
+        schema = pq.read_schema(paths[0])
+        return schema.empty_table().select(present or [])
     return pa.concat_tables(parts)
 
 
