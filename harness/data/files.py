@@ -25,7 +25,7 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -1065,6 +1066,21 @@ class FileDataSource(ChainTableSource):
         `option_marks`, so a simulation reads every partition once. With `selection`, only
         the rows `store_selection_mask` keeps are copied out (the marks are kept whole).
         """
+        with _scan_pool():
+            return self._chain_columns(
+                underlying, times, kinds=kinds, max_dte=max_dte, selection=selection
+            )
+
+    def _chain_columns(
+        self,
+        underlying: str,
+        times: pd.DatetimeIndex,
+        *,
+        kinds: Sequence[str] = ("call", "put"),
+        max_dte: float | None = None,
+        selection: ChainSelection | None = None,
+    ) -> ChainColumns:
+        """`chain_columns` inside the scan memory pool."""
         times = utc_index(pd.DatetimeIndex(times))
         u = underlying.upper()
         if len(times) == 0:
@@ -1291,6 +1307,21 @@ class FileDataSource(ChainTableSource):
         stay Arrow, appended to `deferred`, and each row carries its position in them as the
         value `ROW_ID` (see `take_deferred`).
         """
+        with _scan_pool():
+            return self._scan_rows(underlying, lo, hi, kinds, max_dte, names, codes, deferred)
+
+    def _scan_rows(
+        self,
+        underlying: str,
+        lo: pd.Timestamp,
+        hi: pd.Timestamp,
+        kinds: Sequence[str],
+        max_dte: float | None,
+        names: Sequence[str] | None,
+        codes: _Codes | None,
+        deferred: list[pa.Table] | None,
+    ) -> ChainColumns:
+        """`_scan` inside the scan memory pool."""
         u = underlying.upper()
         files = self._partition_files(u, lo.value, hi.value)
         expr = scan_filter(lo, hi, kinds=kinds, max_dte=max_dte, names=names)
@@ -1343,12 +1374,7 @@ def _selection_columns(table: pa.Table, underlying: str, deferred: list[pa.Table
     selective replay keeps ~2% of the rows: the other columns are converted for those only.
     """
     rest = table.select(list(DEFERRED_VALUES))  # KeyError when a file lacks one: read per file
-    # one chunk, so the placeholders below convert without a copy
-    lean = table.drop_columns(list(DEFERRED_VALUES)).combine_chunks()
-    for name in DEFERRED_VALUES:
-        # placeholders sharing one column's buffers, so the shared converter runs unchanged
-        lean = lean.append_column(name, lean.column("strike"))
-    cols = columns_from_arrow(lean, underlying)
+    cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES)
     return _with_row_ids(cols, rest, deferred)
 
 
@@ -1506,11 +1532,53 @@ def read_parquet_files(
             else:
                 table = reader.read_row_groups(ids, columns=present, use_threads=False)
             stats["rows_decoded"] += table.num_rows
-            parts.append(table.filter(expr) if filtered else table)
+            parts.append(_filter_rows(table, expr, window) if filtered else table)
     if not parts:
         schema = pq.read_schema(paths[0])
         return schema.empty_table().select(present or [])
     return pa.concat_tables(parts)
+
+
+@contextlib.contextmanager
+def _scan_pool() -> Iterator[None]:
+    """Arrow allocations inside go to the system allocator (restored after).
+
+    pyarrow's default mimalloc pool spends ~0.5 s of system time committing its first
+    arenas in a fresh process: half the CPU of loading a year of 4-hour chains (measured in
+    docs/performance.md); glibc malloc reads the same tables without it. Buffers remember
+    their pool, so anything allocated here is freed correctly whatever the default is later.
+    """
+    previous = pa.default_memory_pool()
+    if previous.backend_name != "mimalloc":
+        yield
+        return
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def _filter_rows(table: pa.Table, expr: ds.Expression, window: ScanWindow | None) -> pa.Table:
+    """Rows of `table` matching `expr`; for an exact window, a numpy mask of the same test.
+
+    The mask skips Acero's per-call plan (a tenth of a year's load); `expr` stays the rule
+    for anything the mask cannot answer (name lists, other time units, nulls).
+    """
+    if window is None or not window.exact:
+        return table.filter(expr)
+    ts = pa.timestamp("ns", tz="UTC")
+    cols = [table.column(c) for c in ("as_of", "expiry")]
+    if any(c.type != ts or c.null_count for c in cols):
+        return table.filter(expr)
+    as_of, expiry = (c.cast(pa.int64()).to_numpy() for c in cols)
+    keep = (as_of >= window.lo) & (as_of <= window.hi)
+    if window.max_dte is not None:
+        keep &= (expiry - as_of) <= int(window.max_dte * 86_400e9)
+    if window.kinds != {"call", "put"}:
+        kind = pc.is_in(table.column("kind"), value_set=pa.array(sorted(window.kinds)))
+        keep &= kind.to_numpy(zero_copy_only=False).astype(bool)
+    return table.filter(pa.array(keep))
 
 
 def _utc_times(times: pd.DatetimeIndex | Sequence[TimestampLike]) -> pd.DatetimeIndex:
