@@ -215,8 +215,8 @@ def write_table_atomic(frame: pd.DataFrame, path: Path) -> None:
 def write_chain_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write a store chain partition atomically; Parquet in the tiered layout (`DTE_TIERS`).
 
-    Rows must come sorted by as_of; each (tier, kind) group keeps that order and becomes its
-    own row group(s), with `DTE_COLUMN` (days, float64) added so readers can prune groups.
+    Each (tier, kind) group becomes its own row group(s), rows sorted by (as_of, expiry,
+    strike) inside, with `DTE_COLUMN` (days, float64) added so readers can prune groups.
     """
     if path.suffix == ".csv":
         write_table_atomic(frame, path)
@@ -224,7 +224,16 @@ def write_chain_atomic(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     dte = (frame["expiry"] - frame["as_of"]).dt.total_seconds().to_numpy() / 86_400.0
     group = np.searchsorted(DTE_TIERS, dte, side="left") * 2 + (frame["kind"] != "call").to_numpy()
-    order = np.argsort(group, kind="stable")
+    # (group, time, expiry, strike): a scan's rows of one snapshot then come in chain store
+    # order (tiers follow expiry at a fixed time), so point-in-time queries need no sort
+    order = np.lexsort(
+        (
+            frame["strike"].to_numpy(),
+            frame["expiry"].to_numpy(),
+            frame["as_of"].to_numpy(),
+            group,
+        )
+    )
     table = _arrow_table(frame.assign(**{DTE_COLUMN: dte}).iloc[order].reset_index(drop=True))
     bounds = np.flatnonzero(np.diff(group[order])) + 1
     tmp = _temp_sibling(path)
@@ -596,6 +605,8 @@ class ChainTable:
         self.cols = cols
         self._name_codes: dict[str, int] | None = None
         self._by_code: np.ndarray | None = None
+        self._order_by_code: np.ndarray | None = None
+        self._next: np.ndarray | None = None
         self._expiry_of_code: np.ndarray | None = None
         self._frame: pd.DataFrame | None = None
         self.gate_counts: Counter[str] = Counter()
@@ -689,17 +700,44 @@ class ChainTable:
             want_call = "call" in kinds
             alive &= c.is_call[rows] == want_call
         rows, which = rows[alive], which[alive]
-        # Rows come sorted by bar within each query, so the last per (query, instrument) is
-        # that instrument's latest bar <= t.
-        key = which * (len(c.names) + 1) + c.code[rows]
-        latest = ~pd.Series(key).duplicated(keep="last").to_numpy()
+        # An instrument's latest bar <= t in the window is its row whose next row (same
+        # instrument, next in time) lies after the window; alive is per instrument and query.
+        latest = self._next_as_of()[rows] > ref_ns[which]
         rows, which = rows[latest], which[latest]
         fresh = (ref_ns[which] - c.quote_time[rows]) < stale_ns
         self.gate_counts["stale"] += int((~fresh).sum())
         rows, which = rows[fresh], which[fresh]
-        # ChainStore order (time, calls first, expiry, strike), so the store need not re-sort
-        order = np.lexsort((c.values["strike"][rows], c.expiry[rows], ~c.is_call[rows], which))
-        return rows[order], which[order], t_ns
+        # ChainStore order (time, calls first, expiry, strike), so the store need not re-sort;
+        # rows read from the tiered layout usually are in it already
+        keys = (which, ~c.is_call[rows], c.expiry[rows], c.values["strike"][rows])
+        if np.isnan(keys[-1]).any() or not _sorted_by(keys):  # lexsort puts NaN last
+            order = np.lexsort(keys[::-1])
+            rows, which = rows[order], which[order]
+        return rows, which, t_ns
+
+    def _next_as_of(self) -> np.ndarray:
+        """Per row, the as_of (ns) of the same instrument's next row; int64 max for the last."""
+        if self._next is None:
+            c = self.cols
+            order = self._code_order()
+            stamps, codes = c.as_of[order], c.code[order]
+            last = np.iinfo(np.int64).max
+            nxt = np.full(len(c), last)
+            nxt[order[:-1]] = np.where(codes[1:] == codes[:-1], stamps[1:], last)
+            self._next = nxt
+        return self._next
+
+    def _code_order(self) -> np.ndarray:
+        """Row indices sorted by (instrument code, as_of), ties in row order."""
+        if self._order_by_code is None:
+            c = self.cols
+            # rows are sorted by as_of, so a stable sort by code alone orders by (code, as_of);
+            # with fewer than 65,536 instruments numpy radix-sorts 16-bit keys (4x a lexsort)
+            if len(c.names) < 2**16:
+                self._order_by_code = np.argsort(c.code.astype(np.uint16), kind="stable")
+            else:
+                self._order_by_code = np.lexsort((c.as_of, c.code))
+        return self._order_by_code
 
     def _code_index(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Rows sorted by (instrument, bar), their search keys and the key stride."""
@@ -709,12 +747,7 @@ class ChainTable:
             base = int(c.as_of.min() // bar_ns) if len(c) else 0
             bar_idx = c.as_of // bar_ns - base
             stride = int(bar_idx.max()) + 2 if len(c) else 1
-            # rows are sorted by as_of, so a stable sort by code alone orders by (code, as_of);
-            # with fewer than 65,536 instruments numpy radix-sorts 16-bit keys (4x a lexsort)
-            if len(c.names) < 2**16:
-                order = np.argsort(c.code.astype(np.uint16), kind="stable")
-            else:
-                order = np.lexsort((c.as_of, c.code))
+            order = self._code_order()
             self._by_code = order
             self._keys = c.code[order] * stride + bar_idx[order]
             self._stride = stride
@@ -1524,15 +1557,16 @@ def read_parquet_files(
             whole, partial = plan_row_groups(reader, window)
         stats["row_groups"] += groups
         stats["row_groups_read"] += len(whole) + len(partial)
-        for ids, filtered in ((whole, False), (partial, True)):
-            if not ids:
-                continue
-            if len(ids) == groups:
-                table = reader.read(columns=present, use_threads=False)
-            else:
-                table = reader.read_row_groups(ids, columns=present, use_threads=False)
-            stats["rows_decoded"] += table.num_rows
-            parts.append(_filter_rows(table, expr, window) if filtered else table)
+        ids = sorted(whole + partial)  # file order: (tier, kind) groups, time-sorted inside
+        if not ids:
+            continue
+        if len(ids) == groups:
+            table = reader.read(columns=present, use_threads=False)
+        else:
+            table = reader.read_row_groups(ids, columns=present, use_threads=False)
+        stats["rows_decoded"] += table.num_rows
+        # rows of whole groups pass the test anyway: one mask over the read keeps file order
+        parts.append(_filter_rows(table, expr, window) if partial else table)
     if not parts:
         schema = pq.read_schema(paths[0])
         return schema.empty_table().select(present or [])
@@ -1579,6 +1613,19 @@ def _filter_rows(table: pa.Table, expr: ds.Expression, window: ScanWindow | None
         kind = pc.is_in(table.column("kind"), value_set=pa.array(sorted(window.kinds)))
         keep &= kind.to_numpy(zero_copy_only=False).astype(bool)
     return table.filter(pa.array(keep))
+
+
+def _sorted_by(keys: Sequence[np.ndarray]) -> bool:
+    """Whether rows are sorted by `keys` (most significant first), ties allowed."""
+    if len(keys[0]) < 2:
+        return True
+    undecided = np.ones(len(keys[0]) - 1, dtype=bool)
+    for key in keys:
+        a, b = key[:-1], key[1:]
+        if (undecided & (b < a)).any():
+            return False
+        undecided &= b == a
+    return True
 
 
 def _utc_times(times: pd.DatetimeIndex | Sequence[TimestampLike]) -> pd.DatetimeIndex:
