@@ -512,9 +512,12 @@ class CoveredCallSimulator:
             by_last: dict[int, list[str]] = {}
             for n, (_, b) in need.items():
                 by_last.setdefault(b, []).append(n)
+            # one UTC index of every bar, sliced per expiry (building an index per call cost
+            # more than the store's look-up of the marks)
+            grid = _utc_ns_index(self.bar_ns)
             for b, group in by_last.items():
                 a = min(need[n][0] for n in group)
-                times = _utc_ns_index(self.bar_ns[a : b + 1])
+                times = grid[a : b + 1]
                 self._store_paths(group, a, self.source.option_marks(group, times))
         else:
             for n, (a, b) in need.items():

@@ -961,6 +961,7 @@ class FileDataSource(ChainTableSource):
         self._spot: dict[Path, pd.DataFrame] = {}
         self._mark_periods: dict[str, _MarkPeriod] = {}
         self._window_cache: dict[str, tuple[Timeframe, pd.Timedelta, pd.Timedelta]] = {}
+        self._with_chains: set[str] = set()
         self.gate_counts: Counter[str] = Counter()
         self.scan_stats: Counter[str] = Counter()  # files, scans, rows read (for benchmarks)
 
@@ -1295,7 +1296,12 @@ class FileDataSource(ChainTableSource):
     # ---- internals
 
     def _has_chains(self, underlying: str) -> bool:
-        return meta_path(self.root, underlying).exists()
+        u = underlying.upper()
+        if u not in self._with_chains:  # only a found store is remembered (imports add them)
+            if not meta_path(self.root, u).exists():
+                return False
+            self._with_chains.add(u)
+        return True
 
     def _chain_table(self, underlying: str, start: pd.Timestamp, end: pd.Timestamp) -> ChainTable:
         tf, stale, mark_stale = self._windows(underlying)
@@ -1565,8 +1571,13 @@ def read_parquet_files(
         else:
             table = reader.read_row_groups(ids, columns=present, use_threads=False)
         stats["rows_decoded"] += table.num_rows
-        # rows of whole groups pass the test anyway: one mask over the read keeps file order
-        parts.append(_filter_rows(table, expr, window) if partial else table)
+        # in file order: whole groups as zero-copy slices, only partial ones filtered
+        meta, at, cut = reader.metadata, 0, set(partial)
+        for i in ids:
+            n = meta.row_group(i).num_rows
+            piece = table.slice(at, n)
+            parts.append(_filter_rows(piece, expr, window) if i in cut else piece)
+            at += n
     if not parts:
         schema = pq.read_schema(paths[0])
         return schema.empty_table().select(present or [])
