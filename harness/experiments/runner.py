@@ -307,7 +307,7 @@ class ExperimentRunner:
         labels = with_reward(
             sim.counterfactual_labels(), cfg.reward.kind, cfg.reward.drawdown_penalty
         )
-        items = [(sim.build_state(t), sim.candidates(t)) for t in sim.decision_times()]
+        items = sim.flat_items()
         out: dict[str, dict[str, Any]] = {}
         # batch-mode policies send the trial's uncached requests as batch jobs, recorded in the
         # trial folder's batches.json (a re-run of the sweep polls them instead of resubmitting)
@@ -369,7 +369,9 @@ class ExperimentRunner:
             times = sim.decision_times()
             if len(times) == 0:
                 raise NoDecisionsError(_no_decisions_reason(cfg))
-            items = [(sim.build_state(t), sim.candidates(t)) for t in times]
+            items = sim.flat_items()
+            # each decision's ISO time once per run: every policy's rows and resume keys use it
+            times_iso = [_iso(t) for t in times]
             self._labels = labels
             self._index_labels(labels, times)
 
@@ -436,7 +438,15 @@ class ExperimentRunner:
                     guarded = _Guarded(policy, entry.name)
                     try:
                         s, n_resumed = self._score(
-                            entry.name, guarded, policy, items, times, done, out, progress
+                            entry.name,
+                            guarded,
+                            policy,
+                            items,
+                            times,
+                            times_iso,
+                            done,
+                            out,
+                            progress,
                         )
                         resumed += n_resumed
                         if not s.partial:
@@ -698,9 +708,9 @@ class ExperimentRunner:
         t_ns = pd.DatetimeIndex(labels["decision_time"]).as_unit("ns").asi8
         names = labels["instrument_name"].to_numpy(dtype=object)
         rewards = labels["reward"].to_numpy(dtype=float)
-        self._reward_of = {
-            (int(t), n): float(r) for t, n, r in zip(t_ns, names, rewards, strict=True)
-        }
+        self._reward_of = dict(
+            zip(zip(t_ns.tolist(), names.tolist(), strict=True), rewards.tolist(), strict=True)
+        )
         best_idx = labels.groupby("decision_time")["reward"].idxmax()
         best = labels.loc[best_idx.to_numpy()]
         by_t = dict(
@@ -719,6 +729,7 @@ class ExperimentRunner:
         policy: PolicyFn,
         items: list[tuple[DecisionState, list[CallCandidate]]],
         times: pd.DatetimeIndex,
+        times_iso: list[str],
         done: dict[tuple[str, str], dict],
         out: Any,
         progress: Progress,
@@ -730,8 +741,8 @@ class ExperimentRunner:
         tally = PolicyTally()
         partial = isinstance(policy, LLMPolicy) and policy.incomplete
         flushed = time.monotonic()
-        for i, ((state, cands), t) in enumerate(zip(items, times, strict=True)):
-            key = (name, _iso(t))
+        for i, ((state, cands), t, t_iso) in enumerate(zip(items, times, times_iso, strict=True)):
+            key = (name, t_iso)
             prior = done.get(key)
             if prior is not None:
                 choice_name = prior["instrument_name"]
@@ -753,7 +764,7 @@ class ExperimentRunner:
             reward = self._reward_of[(t.value, choice_name)] if choice_name else 0.0
             best_name, best_reward = self._best[i]
             row: dict[str, Any] = {
-                "decision_time": _iso(t),
+                "decision_time": t_iso,
                 "policy": name,
                 "spot": state.spot,
                 "spot_stale": state.spot_stale,
@@ -782,7 +793,7 @@ class ExperimentRunner:
                 "regret": best_reward - reward,
                 "llm": None,
             }
-            bad = guarded.invalid.get(pd.Timestamp(t))
+            bad = guarded.invalid.get(t) if guarded.invalid else None
             if bad:
                 row["valid"], row["invalid_reason"] = False, bad
             if isinstance(policy, LLMPolicy):
