@@ -126,6 +126,7 @@ class CoveredCallSimulator:
         self._offered: list[CallCandidate] | None = None  # every candidate, built once
         self._flat_states: list[DecisionState] | None = None
         self._state_parts: list[tuple[Any, ...]] | None = None
+        self._records: tuple[list[pd.Timestamp], list[tuple[str, ...]], list[bool]] | None = None
         self._load(progress)
 
     # ------------------------------------------------------------------ loading
@@ -968,22 +969,20 @@ class CoveredCallSimulator:
         pos: _Position | None = None
         pos_expiry = 0
         cash = 0.0
+        stamps, names_at, stale_at = self._record_parts()
         for i in range(len(self.dec_ns)):
             t = int(self.dec_ns[i])
             if pos is not None and t >= pos_expiry:
                 _, payoff, dfee = self._settlement_flows(np.array([pos.row]))
                 cash -= size * float(payoff[0] + dfee[0])
                 pos = None
-            offered_names = tuple(
-                str(n)
-                for n in self.store.names[self.cand_row[self.cand_start[i] : self.cand_stop[i]]]
-            )
+            offered_names = names_at[i]
             if pos is not None and c.hold_to_expiry:
                 decisions.append(
                     DecisionRecord(
-                        decision_time=pd.Timestamp(t, tz="UTC"),
+                        decision_time=stamps[i],
                         candidate_names=offered_names,
-                        spot_stale=bool(self.spot_stale[i]),
+                        spot_stale=stale_at[i],
                         chosen=None,
                         asked=False,
                         note="call open",
@@ -997,9 +996,9 @@ class CoveredCallSimulator:
             if choice is None:
                 decisions.append(
                     DecisionRecord(
-                        decision_time=pd.Timestamp(t, tz="UTC"),
+                        decision_time=stamps[i],
                         candidate_names=offered_names,
-                        spot_stale=bool(self.spot_stale[i]),
+                        spot_stale=stale_at[i],
                         chosen=None,
                         asked=True,
                         note="holding"
@@ -1023,15 +1022,30 @@ class CoveredCallSimulator:
             opened.append((k, i))
             decisions.append(
                 DecisionRecord(
-                    decision_time=pd.Timestamp(t, tz="UTC"),
+                    decision_time=stamps[i],
                     candidate_names=offered_names,
                     chosen=str(choice.instrument_name),
                     asked=True,
-                    spot_stale=bool(self.spot_stale[i]),
+                    spot_stale=stale_at[i],
                 )
             )
         trades = self._trades(opened, closes, size)
         return self._result(trades, decisions, name or getattr(policy, "__name__", "policy"))
+
+    def _record_parts(self) -> tuple[list[pd.Timestamp], list[tuple[str, ...]], list[bool]]:
+        """Per decision: its Timestamp, the offered instrument names and spot_stale (kept:
+        every replay on this simulator records them)."""
+        if self._records is None:
+            names = [str(n) for n in self.store.names[self.cand_row].tolist()]
+            self._records = (
+                [pd.Timestamp(t, tz="UTC") for t in self.dec_ns.tolist()],
+                [
+                    tuple(names[a:b])
+                    for a, b in zip(self.cand_start.tolist(), self.cand_stop.tolist(), strict=True)
+                ],
+                [bool(x) for x in self.spot_stale.tolist()],
+            )
+        return self._records
 
     def _position_state(self, pos: _Position, i: int) -> PositionState:
         st = self.store
