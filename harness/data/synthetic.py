@@ -178,6 +178,8 @@ class SyntheticMarket:
         self._vol_cache: dict[str, np.ndarray] = {}
         self._level_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._names_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        # instrument name -> its parsed facts (a sweep's mark requests repeat the same names)
+        self._resolved: dict[str, tuple[str, float, pd.Timestamp, bool, pd.Timestamp]] = {}
 
     # ---------------------------------------------------------------- identity
     def fingerprint(self) -> str:
@@ -825,11 +827,21 @@ class SyntheticMarket:
         return pd.Timestamp(int(lst.strike_listed[i]), tz="UTC")
 
     def _resolve(self, instrument_name: str) -> tuple[str, float, pd.Timestamp, bool, pd.Timestamp]:
+        got = self._resolved.get(instrument_name)
+        if got is not None:
+            return got
         spec = parse_instrument_name(instrument_name)
         u, _ = coin_of_instrument_underlying(spec.underlying)  # SOL_USDC-... is SOL's
         self._coin(u)
         listed = self._listed_time(u, spec.strike, spec.expiry)
-        return u, spec.strike, spec.expiry, spec.kind == "call", listed
+        got = self._resolved[instrument_name] = (
+            u,
+            spec.strike,
+            spec.expiry,
+            spec.kind == "call",
+            listed,
+        )
+        return got
 
     def option_marks(
         self, instrument_names: Sequence[str], times: pd.DatetimeIndex | Sequence
@@ -838,12 +850,10 @@ class SyntheticMarket:
 
         At the expiry instant an option is worth its intrinsic value at spot.
         """
-        idx = pd.DatetimeIndex(times)
-        idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
-        out = np.full((len(instrument_names), len(idx)), np.nan)
-        if len(idx) == 0 or len(instrument_names) == 0:
+        t = as_ns(times)  # naive instants are UTC
+        out = np.full((len(instrument_names), len(t)), np.nan)
+        if len(t) == 0 or len(instrument_names) == 0:
             return out
-        t = as_ns(idx)
         resolved = [self._resolve(n) for n in instrument_names]
         by_underlying: dict[str, list[int]] = {}
         for i, r in enumerate(resolved):

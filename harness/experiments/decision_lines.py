@@ -9,6 +9,7 @@ tests/experiments/test_decision_lines.py checks it).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -52,18 +53,15 @@ class DecisionLines:
             names = [c.instrument_name for c in cands]
             self.states.append(fields)
             self.names.append(names)
-            self._before_policy.append('{"decision_time": ' + _text(t_iso) + ', "policy": ')
-            self._after_policy.append(
-                ', "spot": '
-                + _text(state.spot)
-                + ', "spot_stale": '
-                + _text(state.spot_stale)
-                + ', "state": '
-                + _text(fields)
-                + ', "candidates": '
-                + _text(names)
-                + ", "
-            )
+            self._before_policy.append('{"decision_time": ' + json.dumps(t_iso) + ', "policy": ')
+            shared = {
+                "spot": state.spot,
+                "spot_stale": state.spot_stale,
+                "state": fields,
+                "candidates": names,
+            }
+            # a dict's text without its braces is its items' text: the row's middle part
+            self._after_policy.append(", " + _text(shared)[1:-1] + ", ")
 
     def row(self, i: int, policy: str, own: dict[str, Any]) -> dict[str, Any]:
         """The row object of decision `i` for `policy`; `own` are its fields after "candidates"."""
