@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench mutation clean
+.PHONY: run test lint format bench mutation known-bugs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ mutation: $(STAMP)
 	        A = K + tot["survived"] + tot["no tests"] + tot["suspicious"]; \
 	        if (A) printf "kill rate: %d of %d checked mutants = %.1f%% (not checked: %d)\n", \
 	          K, A, 100 * K / A, tot["not checked"] }'
+
+# Re-inject each bug issue #19 listed into a scratch copy; its named test must fail (about 5 min).
+known-bugs: $(STAMP)
+	nice -n 10 $(BIN)/python tests/known_bugs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info mutants
