@@ -14,6 +14,7 @@ then says so in its notes instead of failing.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,9 @@ DECISION_COLUMNS = [
 ]
 
 LinkFor = Callable[[str, pd.Timestamp], str]
+NAN = float("nan")
+# the llm columns of a decision without an LLM answer (DECISION_COLUMNS from "is_llm" on)
+_NO_LLM: tuple[Any, ...] = (False, 0.0, 0.0, 0.0, False, None, None)
 
 
 # --------------------------------------------------------------------------- loading
@@ -195,6 +199,8 @@ def read_json(path: Path, notes: list[str]) -> dict[str, Any]:
 
 
 def _num(x: Any, default: float = float("nan")) -> float:
+    if type(x) is float:  # the common case, without `finite`'s conversion attempt
+        return x if math.isfinite(x) else default
     return float(x) if finite(x) else default
 
 
@@ -205,35 +211,41 @@ def choice_label(action: Any, instrument_name: Any) -> str:
     return "DO_NOTHING" if action in (None, "DO_NOTHING") else str(action)
 
 
-def _decision_row(obj: dict[str, Any]) -> dict[str, Any]:
-    llm = obj.get("llm") if isinstance(obj.get("llm"), dict) else {}
+def _decision_row(obj: dict[str, Any]) -> tuple[Any, ...]:
+    """One decisions.jsonl object as a tuple of DECISION_COLUMNS values."""
+    llm = obj.get("llm")
     choice = choice_label(obj.get("action"), obj.get("instrument_name"))
     valid = obj.get("valid") is not False
     error = obj.get("error")
     label = choice + ("" if valid else " (invalid)") + (" (error)" if error else "")
     cands = obj.get("candidates")
-    return {
-        "n_candidates": float(len(cands)) if isinstance(cands, list) else float("nan"),
-        "rationale": llm.get("rationale"),
-        "decision_time": obj.get("decision_time"),
-        "policy": obj.get("policy"),
-        "action": obj.get("action"),
-        "instrument_name": obj.get("instrument_name"),
-        "choice": choice,
-        "label": label,
-        "valid": valid,
-        "error": str(error) if error else None,
-        "reward": _num(obj.get("reward")),
-        "best_reward": _num(obj.get("best_reward")),
-        "regret": _num(obj.get("regret")),
-        "is_llm": bool(llm),
-        "llm_cost_usd": _num(llm.get("cost_usd"), 0.0),
-        "llm_cost_saved_usd": _num(llm.get("cost_saved_usd"), 0.0),
-        "llm_calls_made": _num(llm.get("calls_made"), 0.0),
-        "llm_cache_hit": bool(llm.get("cache_hit", False)),
-        "prompt_id": llm.get("prompt_id"),
-        "model": llm.get("model"),
-    }
+    head = (
+        float(len(cands)) if isinstance(cands, list) else NAN,
+        llm.get("rationale") if isinstance(llm, dict) else None,
+        obj.get("decision_time"),
+        obj.get("policy"),
+        obj.get("action"),
+        obj.get("instrument_name"),
+        choice,
+        label,
+        valid,
+        str(error) if error else None,
+        _num(obj.get("reward")),
+        _num(obj.get("best_reward")),
+        _num(obj.get("regret")),
+    )
+    if not isinstance(llm, dict) or not llm:
+        return head + _NO_LLM  # a rule decision: most rows of most runs
+    return (
+        *head,
+        True,
+        _num(llm.get("cost_usd"), 0.0),
+        _num(llm.get("cost_saved_usd"), 0.0),
+        _num(llm.get("calls_made"), 0.0),
+        bool(llm.get("cache_hit", False)),
+        llm.get("prompt_id"),
+        llm.get("model"),
+    )
 
 
 def read_decisions(path: Path, notes: list[str] | None = None) -> pd.DataFrame:
@@ -258,7 +270,7 @@ def decisions_frame(
     A runner passes the rows it just wrote from memory; `read_decisions` parses them from disk.
     """
     notes = [] if notes is None else notes
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     bad = 0
     for obj in objs:
         if isinstance(obj, dict) and obj.get("decision_time") and obj.get("policy"):

@@ -1,0 +1,88 @@
+"""The report's decisions table: one typed row per decisions.jsonl object, rule and LLM alike."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from harness.reports.report import DECISION_COLUMNS, decisions_frame
+
+RULE = {
+    "decision_time": "2024-01-01T04:00:00+00:00",
+    "policy": "always_sell",
+    "candidates": [{"instrument_name": "BTC-5JAN24-45000-C"}],
+    "action": "SELL_CALL",
+    "instrument_name": "BTC-5JAN24-45000-C",
+    "valid": True,
+    "error": None,
+    "reward": 12.5,
+    "best_reward": 20.0,
+    "regret": 7.5,
+    "llm": None,
+}
+LLM = {
+    **RULE,
+    "policy": "gpt",
+    "action": "DO_NOTHING",
+    "instrument_name": None,
+    "valid": False,
+    "error": "timeout",
+    "reward": float("inf"),  # not finite: shown as missing
+    "best_reward": 3,  # an int in the file
+    "regret": None,
+    "llm": {
+        "rationale": "IV is cheap",
+        "cost_usd": 0.002,
+        "cost_saved_usd": None,
+        "calls_made": 1,
+        "cache_hit": True,
+        "prompt_id": "covered_call_v1",
+        "model": "gpt-4o-mini",
+    },
+}
+
+
+def _row(df: pd.DataFrame, policy: str) -> dict[str, Any]:
+    return df[df["policy"] == policy].iloc[0].to_dict()
+
+
+def test_rule_and_llm_rows_have_every_column_typed() -> None:
+    notes: list[str] = []
+    df = decisions_frame([RULE, LLM, None, {"policy": "x"}], notes=notes)
+    assert list(df.columns) == DECISION_COLUMNS
+    assert notes == ["decisions.jsonl: 2 unreadable line(s) skipped."]
+    rule = _row(df, "always_sell")
+    assert rule["n_candidates"] == 1.0 and rule["choice"] == "BTC-5JAN24-45000-C"
+    assert rule["label"] == "BTC-5JAN24-45000-C" and rule["valid"] and pd.isna(rule["error"])
+    assert (rule["reward"], rule["best_reward"], rule["regret"]) == (12.5, 20.0, 7.5)
+    assert not rule["is_llm"] and not rule["llm_cache_hit"]
+    assert (rule["llm_cost_usd"], rule["llm_cost_saved_usd"], rule["llm_calls_made"]) == (0, 0, 0)
+    assert pd.isna(rule["rationale"]) and pd.isna(rule["prompt_id"]) and pd.isna(rule["model"])
+    llm = _row(df, "gpt")
+    assert llm["choice"] == "DO_NOTHING" and llm["label"] == "DO_NOTHING (invalid) (error)"
+    assert llm["error"] == "timeout" and not llm["valid"]
+    assert math.isnan(llm["reward"]) and llm["best_reward"] == 3.0 and math.isnan(llm["regret"])
+    assert llm["is_llm"] and llm["llm_cache_hit"] and llm["rationale"] == "IV is cheap"
+    assert (llm["llm_cost_usd"], llm["llm_cost_saved_usd"], llm["llm_calls_made"]) == (
+        0.002,
+        0.0,
+        1.0,
+    )
+    assert (llm["prompt_id"], llm["model"]) == ("covered_call_v1", "gpt-4o-mini")
+    assert str(df["decision_time"].dtype).endswith(", UTC]")
+    assert df["valid"].dtype == bool and df["reward"].dtype == float
+
+
+def test_an_empty_llm_object_is_a_rule_row_and_duplicates_keep_the_last() -> None:
+    later = {**RULE, "reward": 1.0, "llm": {}}
+    notes: list[str] = []
+    df = decisions_frame([RULE, later], notes=notes)
+    assert len(df) == 1 and df["reward"].iloc[0] == 1.0 and not df["is_llm"].iloc[0]
+    assert notes == ["decisions.jsonl: 1 duplicate (decision_time, policy) row(s) dropped."]
+
+
+def test_no_rows_gives_the_columns() -> None:
+    df = decisions_frame([])
+    assert list(df.columns) == DECISION_COLUMNS and df.empty
