@@ -51,6 +51,7 @@ from harness.experiments.sweep_outputs import (
 from harness.experiments.sweep_spec import Sweep, Trial, describe, load_sweep
 
 SWEEP_JSON = "sweep.json"
+SAVE_EVERY_S = 1.0  # sweep.json while trials finish: rewritten at most this often
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class SweepRunner:
             f"sweep {self.dir.name}: {len(trials)} trials, {already} already finished, "
             f"{len(todo)} to run ({self.backend}, {self.workers} worker(s))"
         )
+        saved = float("-inf")  # when sweep.json was last written (time.monotonic)
         for n, outcome in enumerate(self._execute(todo, dirs), start=1):
             trial = trials[outcome.index]
             rec = self.state[trial.key]
@@ -186,7 +188,12 @@ class SweepRunner:
                 elapsed_s=outcome.elapsed_s,
                 cpu_s=outcome.cpu_s,
             )
-            self._save({"status": "running"})
+            # at most once a second (a 100-trial sweep rewrote it 100 times), and at once on a
+            # failure; a kill in between loses only the newest timings: finished trials are
+            # found by their manifest on resume
+            if outcome.status != "complete" or time.monotonic() - saved >= SAVE_EVERY_S:
+                self._save({"status": "running"})
+                saved = time.monotonic()
             mark = "done" if outcome.status == "complete" else f"FAILED: {outcome.error}"
             self.console.print(
                 f"[{n}/{len(todo)}] trial {trial.index} ({trial.label()}): {mark} "
