@@ -1,0 +1,56 @@
+"""The leaderboard's per-decision rewards, read from a trial's decisions.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from harness.experiments.sweep_outputs import _read_rewards
+
+ROWS = [
+    {
+        "decision_time": "2024-01-01T00:00:00+00:00",
+        "policy": "always_sell",
+        "spot": 42000.5,
+        "state": {"atm_iv": 0.5, "return_1d": None},
+        "candidates": ["BTC-5JAN24-45000-C"],
+        "reward": 12.25,
+        "llm": None,
+    },
+    {
+        "decision_time": "2024-01-01T00:00:00+00:00",
+        "policy": "gpt",
+        "candidates": [],
+        "reward": None,  # a non-finite reward is written as null
+        "llm": {"model": "gpt-4o-mini", "raw": '{"a": 1}\n---\n', "cost_usd": 0.001},
+    },
+    {"decision_time": "2024-01-01T04:00:00+00:00", "policy": "always_sell", "reward": 0},
+    {"decision_time": "2024-01-01T04:00:00+00:00", "policy": "gpt", "reward": -0.1},
+]
+
+
+def test_rewards_are_each_lines_policy_time_and_reward(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    got = _read_rewards(path)
+    assert list(got.columns) == ["policy", "decision_time", "reward"]
+    assert got["policy"].tolist() == ["always_sell", "gpt", "always_sell", "gpt"]
+    assert got["decision_time"].tolist() == [r["decision_time"] for r in ROWS]
+    assert got["reward"].iloc[[0, 2, 3]].tolist() == [12.25, 0.0, -0.1]
+    assert pd.isna(got["reward"].iloc[1]) and got["reward"].dtype == float
+    # the same frame as parsing every line in Python
+    parsed = [json.loads(x) for x in path.read_text().splitlines()]
+    expected = pd.DataFrame(
+        [(r["policy"], r["decision_time"], r["reward"]) for r in parsed],
+        columns=["policy", "decision_time", "reward"],
+    )
+    pd.testing.assert_frame_equal(got, expected)
+
+
+def test_an_empty_file_has_no_rewards(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    path.write_text("")
+    got = _read_rewards(path)
+    assert got.empty and list(got.columns) == ["policy", "decision_time", "reward"]
