@@ -104,6 +104,8 @@ DECISION_COLUMNS = [
     "model",
 ]
 
+# libyaml's parser when built (the same data as yaml.safe_load, several times faster)
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 LinkFor = Callable[[str, pd.Timestamp], str]
 NAN = float("nan")
 # the llm columns of a decision without an LLM answer (DECISION_COLUMNS from "is_llm" on)
@@ -329,7 +331,7 @@ def load_run(run_dir: Path, decision_rows: Sequence[dict[str, Any]] | None = Non
     config: dict[str, Any] = {}
     if (run_dir / "config.yaml").is_file():
         try:
-            loaded = yaml.safe_load((run_dir / "config.yaml").read_text())
+            loaded = yaml.load((run_dir / "config.yaml").read_text(), Loader=YAML_LOADER)
             config = loaded if isinstance(loaded, dict) else {}
         except yaml.YAMLError:
             notes.append("config.yaml is not valid YAML; ignored.")
