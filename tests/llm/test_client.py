@@ -291,3 +291,50 @@ def test_validation_errors_that_echo_the_request_are_not_a_schema_rejection(
     server.enqueue(raw_body(json.dumps(vllm), "application/json", code=400), do_nothing())
     response = _client(server).complete(REQUEST)
     assert response.schema_fallback and response.response_format_used == "json_object"
+
+
+# Mutation pass 5 (docs/testing.md): error texts the user reads, survivors of the sample.
+
+
+@pytest.mark.parametrize(
+    ("reason", "hint"),
+    [
+        ("Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens' instead.", True),
+        ("Unsupported value: 'temperature' does not support 0.2 with this model.", True),
+        ("temperature is unsupported here", True),
+        ("messages[1].content must be a string", False),
+    ],
+)
+def test_a_rejected_reasoning_model_parameter_says_how_to_fix_the_config(
+    server: ScriptedServer, api_key: str, reason: str, hint: bool
+) -> None:
+    server.enqueue(status(400, message=reason))
+    with pytest.raises(LLMBadRequest) as err:
+        _client(server).complete(ChatRequest(model="o-model", messages=(("user", "x"),)))
+    text = str(err.value)
+    assert reason in text
+    fix = (
+        " (a reasoning model: set `reasoning_model: true` in the policy config so the "
+        "harness sends max_completion_tokens and no temperature)"
+    )
+    assert text.endswith(fix) if hint else (fix not in text and text.rstrip().endswith(reason))
+
+
+def test_a_provider_error_in_an_http_200_body_names_its_code(
+    server: ScriptedServer, api_key: str
+) -> None:
+    body = json.dumps({"error": {"message": "upstream overloaded", "code": 529}})
+    for _ in range(3):
+        server.enqueue(raw_body(body, content_type="application/json"))
+    with pytest.raises(LLMCallError) as err:
+        _client(server).complete(ChatRequest(model="m", messages=(("user", "x"),)))
+    assert "upstream overloaded (code 529)" in str(err.value)
+
+
+def test_the_step_down_warning_quotes_the_servers_rejection(
+    api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ScriptedServer(supports_json_schema=False) as server, caplog.at_level("WARNING"):
+        assert _client(server).complete(REQUEST).schema_fallback
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "response_format type 'json_schema' is not supported" in warning
