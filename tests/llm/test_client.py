@@ -338,3 +338,44 @@ def test_the_step_down_warning_quotes_the_servers_rejection(
         assert _client(server).complete(REQUEST).schema_fallback
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert "response_format type 'json_schema' is not supported" in warning
+
+
+def test_redaction_masks_key_like_strings_that_are_not_our_key(
+    server: ScriptedServer, api_key: str
+) -> None:
+    client = _client(server)
+    text = "keys sk-proj_abcdef123456 and rk-1234567890ab, not sk-short"
+    assert client.redact(text) == "keys sk-*** and rk-***, not sk-short"
+
+
+def test_a_body_received_another_way_parses_content_parts_with_zero_latency(
+    server: ScriptedServer, api_key: str
+) -> None:
+    parts = [{"type": "text", "text": '{"action": '}, {"type": "text", "text": '"DO_NOTHING"}'}]
+    raw = {
+        "id": "batch-line-1",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": parts},
+            }
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
+    response = _client(server).parse_completion(raw, ChatRequest(model="m", messages=()))
+    assert response.text == '{"action": "DO_NOTHING"}'
+    assert response.latency_s == 0.0 and response.attempts == 1
+
+
+def test_a_token_limit_charges_each_blocking_request(server: ScriptedServer, api_key: str) -> None:
+    now = [0.0]
+    limiter = RateLimiter(tokens_per_minute=6000, clock=lambda: now[0])  # 1,000-token bucket
+    server.enqueue(do_nothing())
+    response = _client(server, rate_limiter=limiter).complete(REQUEST)
+    # The request reserved its estimate and settled on its reported usage: the bucket now owes
+    # exactly the tokens used, so the next 1,000 tokens wait that many tokens at 100 per second.
+    used = response.usage.total_tokens
+    assert used > 0
+    assert limiter.reserve(tokens=1000) == pytest.approx(used / 100.0)
