@@ -599,6 +599,7 @@ def test_candidates_frame_has_one_column_per_candidate_field_and_a_plain_row_ind
     frame = sim.candidates_frame()
     hints = {"hist_count", "hist_reward"}  # per-decision history, not a quote of the call
     assert set(frame.columns) == {"decision_time"} | {f.name for f in fields(CallCandidate)} - hints
+    assert frame.columns[0] == "decision_time"  # the key first, as candidates files show it
     assert list(frame.index) == list(range(len(frame))) and len(frame) > 0
     t = sim.decision_times()[40]
     rows = frame[frame["decision_time"] == t]
