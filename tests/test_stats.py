@@ -189,3 +189,14 @@ def test_ci_method_label_names_unknown_methods_as_given() -> None:
 
     assert ci_method_label("my_own_interval") == "my_own_interval"
     assert ci_method_label(None) == CI_METHOD_LABELS[DEFAULT_CI_METHOD]
+
+
+def test_block_bootstrap_comparison_without_any_finite_pair_is_nan() -> None:
+    nan = float("nan")
+    c = paired_comparison(
+        "p", "b", np.array([nan, 1.0]), np.array([0.0, nan]), ["A", "B"], ["A", "B"],
+        block_length=1, ci_method="block_bootstrap",
+    )  # fmt: skip
+    assert c.n == 0 and c.wins == c.losses == c.ties == 0
+    assert all(isinstance(v, float) and np.isnan(v) for v in (c.ci_low, c.ci_high, c.p_value))
+    assert np.isnan(c.mean_diff) and np.isnan(c.agreement_rate)
