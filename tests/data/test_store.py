@@ -194,3 +194,25 @@ def test_a_frame_with_two_underlyings_is_refused_by_name(market: SyntheticMarket
     with pytest.raises(ValueError, match=r"one underlying.*BTC, ETH"):
         ChainStore(pd.concat([btc, eth]), times)
     assert set(ChainStore(eth, times).frame["underlying"]) == {"ETH"}
+
+
+class StaleChain(ChainOnly):
+    """Answers each request with the chain of 30 minutes earlier (a source that lags)."""
+
+    def list_option_chain(self, underlying, as_of):
+        return self.market.list_option_chain(
+            underlying, pd.Timestamp(as_of) - pd.Timedelta("30min")
+        )
+
+
+def test_snapshots_are_keyed_by_the_instant_asked_even_when_the_source_lags(
+    market: SyntheticMarket,
+) -> None:
+    times = pd.date_range("2024-04-01", periods=3, freq="6h", tz="UTC")
+    lagging = StaleChain(market)
+    store = ChainStore.from_source(lagging, "BTC", times, calls_only=True, max_dte=10)
+    assert sorted(set(store.frame["as_of"])) == list(times)
+    for t in times:
+        expected = {o.instrument_name for o in lagging.list_option_chain("BTC", t)}
+        got = set(store.frame_at(t)["instrument_name"])
+        assert got and got <= expected
