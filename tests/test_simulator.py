@@ -740,3 +740,22 @@ def test_a_leading_gap_in_option_bars_is_marked_at_the_sale_quote_carried_forwar
     close = float(market.get_option_ohlc(sold, first_bar, first_bar, "1h")["close"].loc[first_bar])
     want = cash - trade.size * close
     assert res.equity_vs_hodl.loc[first_bar] == pytest.approx(want, rel=1e-9)
+
+
+def test_candidate_economics_follow_their_documented_definitions(
+    sim: CoveredCallSimulator,
+) -> None:
+    """breakeven = strike + premium, premium % of spot, its 365-day yield, the strike's distance
+    (mutation pass 5: a breakeven of strike - premium went unnoticed)."""
+    checked = 0
+    for t in sim.decision_times()[::15]:
+        for c in sim.candidates(t):
+            spot = c.underlying_price
+            assert c.breakeven == pytest.approx(c.strike + c.premium_usd, rel=1e-12)
+            assert c.premium_pct == pytest.approx(c.premium_usd / spot * 100, rel=1e-12)
+            assert c.annualized_yield_pct == pytest.approx(
+                c.premium_usd / spot * 100 * 365 / c.dte_days, rel=1e-12
+            )
+            assert c.strike_distance_pct == pytest.approx((c.strike / spot - 1) * 100, rel=1e-12)
+            checked += 1
+    assert checked >= 20
