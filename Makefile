@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench mutation clean
+.PHONY: run test lint format bench mutation known-bugs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,10 @@ mutation: $(STAMP)
 	        A = K + tot["survived"] + tot["no tests"] + tot["suspicious"]; \
 	        if (A) printf "kill rate: %d of %d checked = %.1f%% (Wilson 95%%: %.1f-%.1f%%)\n", \
 	          K, A, 100 * K / A, lo(K, A), hi(K, A); printf "not checked: %d\n", tot["not checked"] }'
+
+# Re-inject each bug issue #19 listed into a scratch copy; its named test must fail (about 5 min).
+known-bugs: $(STAMP)
+	nice -n 10 $(BIN)/python tests/known_bugs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info mutants
