@@ -759,3 +759,10 @@ def test_candidate_economics_follow_their_documented_definitions(
             assert c.strike_distance_pct == pytest.approx((c.strike / spot - 1) * 100, rel=1e-12)
             checked += 1
     assert checked >= 20
+
+
+def test_a_span_shorter_than_the_target_tenor_has_no_decisions(market: SyntheticMarket) -> None:
+    """No call of `target_dte` days fits between start and end: an empty, still named index."""
+    cfg = _cfg(start="2024-02-01", end="2024-02-05", target_dte=7)
+    times = CoveredCallSimulator(market, cfg).decision_times()
+    assert len(times) == 0 and times.name == "decision_time" and str(times.tz) == "UTC"
