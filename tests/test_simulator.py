@@ -766,3 +766,12 @@ def test_a_span_shorter_than_the_target_tenor_has_no_decisions(market: Synthetic
     cfg = _cfg(start="2024-02-01", end="2024-02-05", target_dte=7)
     times = CoveredCallSimulator(market, cfg).decision_times()
     assert len(times) == 0 and times.name == "decision_time" and str(times.tz) == "UTC"
+
+
+def test_decision_times_are_a_named_utc_grid_of_the_decision_interval(
+    sim: CoveredCallSimulator,
+) -> None:
+    times = sim.decision_times()
+    assert times.name == "decision_time" and str(times.tz) == "UTC" and len(times) > 2
+    step = sim.bar * sim.config.decision_interval_bars
+    assert (np.diff(times.asi8) == step.value).all()
