@@ -143,11 +143,11 @@ def test_owner_error_releases_the_lease_and_renewal_keeps_it(tmp_path: Path) -> 
 
 
 def test_async_owner_renews_its_lease_while_it_computes(tmp_path: Path) -> None:
-    with ResponseCache(tmp_path, lease_s=0.3) as cache:
+    with ResponseCache(tmp_path, lease_s=1.0) as cache:
         key = cache_key(_payload("slow async"))
 
         async def slow() -> CachedResponse:
-            await asyncio.sleep(0.7)  # over two leases: only renewal keeps intruders out
+            await asyncio.sleep(2.2)  # over two leases: only renewal keeps intruders out
             assert not cache._acquire(key, "intruder")
             return CachedResponse(text="slow")
 
@@ -156,13 +156,18 @@ def test_async_owner_renews_its_lease_while_it_computes(tmp_path: Path) -> None:
 
 
 def test_a_renewed_lease_still_expires_one_lease_later(tmp_path: Path) -> None:
-    with ResponseCache(tmp_path, lease_s=0.2) as cache:
+    """A renewal moves the expiry one lease ahead, never removes it (an owner that dies after
+    renewing must not hold the request forever)."""
+    with ResponseCache(tmp_path, lease_s=30.0) as cache:
         key = cache_key(_payload("renewed"))
         assert cache._acquire(key, "owner")
+        before = time.time()
         cache._renew(key, "owner")
+        after = time.time()
+        token, expires = cache._lease_store.get(key, expire_time=True)
+        assert token == "owner" and expires is not None
+        assert before + 30.0 <= expires <= after + 30.0
         assert not cache._acquire(key, "next")
-        time.sleep(0.45)  # the owner died after renewing: its lease lapses
-        assert cache._acquire(key, "next")
 
 
 def test_refresh_waits_for_an_answer_stored_after_it_started(tmp_path: Path) -> None:
