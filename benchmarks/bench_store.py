@@ -85,6 +85,9 @@ def measure(path_kind: str, case: str, store: Path) -> dict[str, float]:
         "chain_rows": len(sim.store),
         "rows_scanned": int(scan.get("rows", 0)),
         "files_read": int(scan.get("files", 0)),
+        "row_groups": int(scan.get("row_groups", 0)),
+        "row_groups_read": int(scan.get("row_groups_read", 0)),
+        "rows_decoded": int(scan.get("rows_decoded", 0)),
         "label_rows": len(labels),
         "pnl_sum": float(labels["pnl_vs_hodl"].sum()),
         "peak_mib": peak_rss_mib(),
@@ -152,9 +155,10 @@ def store_table(root: Path) -> None:
         us = s["labels_s"] / s["candidates"] * 1e6
         us_cpu = s["labels_cpu_s"] / s["candidates"] * 1e6
         print(
-            f"  {case}: {s['files_read']} partitions read once, {s['rows_scanned']:,} of {rows:,} "
-            f"rows kept by the scan filter; store/synthetic (load + labels) = {ratio:.2f}x wall, "
-            f"{ratio_cpu:.2f}x cpu"
+            f"  {case}: {s['files_read']} partitions read once, {s['row_groups_read']} of "
+            f"{s['row_groups']} row groups decoded ({s['rows_decoded']:,} of {rows:,} rows), "
+            f"{s['rows_scanned']:,} rows kept by the scan filter; store/synthetic "
+            f"(load + labels) = {ratio:.2f}x wall, {ratio_cpu:.2f}x cpu"
         )
         goals.append((f"{case}: store load + labels within 1.5x of synthetic", ratio <= 1.5))
         goals.append(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -122,7 +123,10 @@ class CoveredCallSimulator:
         self._labels: pd.DataFrame | None = None
         self._outcome_cache: dict[str, np.ndarray] | None = None
         self._hints: tuple[np.ndarray, np.ndarray] | None = None
-        self._candidate_memo: dict[int, tuple[CallCandidate, ...]] = {}
+        self._offered: list[CallCandidate] | None = None  # every candidate, built once
+        self._flat_states: list[DecisionState] | None = None
+        self._state_parts: list[tuple[Any, ...]] | None = None
+        self._records: tuple[list[pd.Timestamp], list[tuple[str, ...]], list[bool]] | None = None
         self._load(progress)
 
     # ------------------------------------------------------------------ loading
@@ -305,48 +309,6 @@ class CoveredCallSimulator:
             )
         return i
 
-    def _candidate(self, k: int) -> CallCandidate:
-        st = self.store
-        r = int(self.cand_row[k])
-        col = st.columns
-
-        def opt(x: float) -> float | None:
-            return None if x != x else float(x)
-
-        f = self.cand_fields
-        hist_reward, hist_count = self._history_hints()
-        return CallCandidate(
-            instrument_name=str(st.names[r]),
-            underlying=self.underlying,
-            kind="call",
-            strike=float(col["strike"][r]),
-            expiry=pd.Timestamp(int(st.expiry_ns[r]), tz="UTC"),
-            as_of=pd.Timestamp(int(st.as_of_ns[r]), tz="UTC"),
-            underlying_price=float(col["underlying_price"][r]),
-            mark_price=float(col["mark_price"][r]),
-            bid_price=opt(col["bid_price"][r]),
-            ask_price=opt(col["ask_price"][r]),
-            mark_iv=float(col["mark_iv"][r]),
-            delta=float(col["delta"][r]),
-            gamma=float(col["gamma"][r]),
-            vega=float(col["vega"][r]),
-            theta=float(col["theta"][r]),
-            open_interest=float(col["open_interest"][r]),
-            mark_price_coin=opt(col["mark_price_coin"][r]),
-            bid_price_coin=opt(col["bid_price_coin"][r]),
-            ask_price_coin=opt(col["ask_price_coin"][r]),
-            bid_iv=opt(col["bid_iv"][r]),
-            ask_iv=opt(col["ask_iv"][r]),
-            dte_days=float(self.cand_dte[k]),
-            premium_usd=float(self.cand_premium[k]),
-            premium_pct=float(f["premium_pct"][k]),
-            annualized_yield_pct=float(f["annualized_yield_pct"][k]),
-            strike_distance_pct=float(f["strike_distance_pct"][k]),
-            breakeven=float(f["breakeven"][k]),
-            hist_reward=opt(hist_reward[k]),
-            hist_count=int(hist_count[k]),
-        )
-
     def _history_hints(self) -> tuple[np.ndarray, np.ndarray]:
         """Point-in-time history hints of every candidate (harness.engine.hints), computed once."""
         if self._hints is None:
@@ -374,14 +336,74 @@ class CoveredCallSimulator:
             )
         return self._hints
 
+    def _all_candidates(self) -> list[CallCandidate]:
+        """Every candidate of every decision (the objects of `_candidate`), built in one pass.
+
+        Columns become Python lists once and expiry/as_of Timestamps are made once per
+        distinct instant, instead of indexing numpy scalars field by field per candidate.
+        """
+        if self._offered is not None:
+            return self._offered
+        st = self.store
+        rows = self.cand_row
+        col = st.columns
+
+        def floats(x: np.ndarray) -> list[float]:
+            return np.asarray(x, dtype=float).tolist()
+
+        def opts(x: np.ndarray) -> list[float | None]:
+            return [None if v != v else v for v in floats(x)]
+
+        def stamps(ns: np.ndarray) -> list[pd.Timestamp]:
+            uniq, inverse = np.unique(ns, return_inverse=True)
+            made = [pd.Timestamp(int(v), tz="UTC") for v in uniq.tolist()]
+            return [made[j] for j in inverse.tolist()]
+
+        hist_reward, hist_count = self._history_hints()
+        f = self.cand_fields
+        fields = {
+            "instrument_name": [str(n) for n in st.names[rows].tolist()],
+            "strike": floats(col["strike"][rows]),
+            "expiry": stamps(st.expiry_ns[rows]),
+            "as_of": stamps(st.as_of_ns[rows]),
+            "underlying_price": floats(col["underlying_price"][rows]),
+            "mark_price": floats(col["mark_price"][rows]),
+            "bid_price": opts(col["bid_price"][rows]),
+            "ask_price": opts(col["ask_price"][rows]),
+            "mark_iv": floats(col["mark_iv"][rows]),
+            "delta": floats(col["delta"][rows]),
+            "gamma": floats(col["gamma"][rows]),
+            "vega": floats(col["vega"][rows]),
+            "theta": floats(col["theta"][rows]),
+            "open_interest": floats(col["open_interest"][rows]),
+            "mark_price_coin": opts(col["mark_price_coin"][rows]),
+            "bid_price_coin": opts(col["bid_price_coin"][rows]),
+            "ask_price_coin": opts(col["ask_price_coin"][rows]),
+            "bid_iv": opts(col["bid_iv"][rows]),
+            "ask_iv": opts(col["ask_iv"][rows]),
+            "dte_days": floats(self.cand_dte),
+            "premium_usd": floats(self.cand_premium),
+            "premium_pct": floats(f["premium_pct"]),
+            "annualized_yield_pct": floats(f["annualized_yield_pct"]),
+            "strike_distance_pct": floats(f["strike_distance_pct"]),
+            "breakeven": floats(f["breakeven"]),
+            "hist_reward": opts(hist_reward),
+            "hist_count": np.asarray(hist_count).astype(np.int64).tolist(),
+        }
+        keys = list(fields)
+        underlying = self.underlying
+        self._offered = [
+            CallCandidate(
+                underlying=underlying, kind="call", **dict(zip(keys, values, strict=True))
+            )
+            for values in zip(*fields.values(), strict=True)
+        ]
+        return self._offered
+
     def _candidates_at(self, i: int) -> list[CallCandidate]:
-        # Candidates are frozen: built once per decision and reused by scoring and every replay
-        # of the policies (and trials) sharing this simulator; a fresh list each call.
-        got = self._candidate_memo.get(i)
-        if got is None:
-            got = tuple(self._candidate(k) for k in range(self.cand_start[i], self.cand_stop[i]))
-            self._candidate_memo[i] = got
-        return list(got)
+        # Candidates are frozen: built once and reused by scoring and every replay of the
+        # policies (and trials) sharing this simulator; a fresh list each call.
+        return self._all_candidates()[self.cand_start[i] : self.cand_stop[i]]
 
     def candidates(self, t: TimestampLike) -> list[CallCandidate]:
         """Calls offered at decision time t: in the DTE and delta bands and liquid, by expiry then strike."""
@@ -399,28 +421,64 @@ class CoveredCallSimulator:
             frame[k] = v
         return frame
 
-    def _state(self, i: int, position: PositionState | None, cash: float) -> DecisionState:
+    def _parts(self) -> list[tuple[Any, ...]]:
+        """Per decision: time, spot, the five features, iv_rv_spread, spot_as_of, spot_stale.
+
+        Python values computed once for all decisions (columns to lists, one datetime per
+        instant), so each `_state` is only the model's construction.
+        """
+        if self._state_parts is not None:
+            return self._state_parts
         f = self._features
+        n = len(self.dec_ns)
 
-        def val(name: str) -> float | None:
-            x = f[name][i]
-            return None if not np.isfinite(x) else float(x)
+        def vals(name: str) -> list[float | None]:
+            x = np.asarray(f[name], dtype=float)[:n]
+            return [
+                v if ok else None for v, ok in zip(x.tolist(), np.isfinite(x).tolist(), strict=True)
+            ]
 
-        iv, rv = val("atm_iv"), val("realized_vol_7d")
+        def times(ns: np.ndarray) -> list[Any]:
+            return [pd.Timestamp(v, tz="UTC").to_pydatetime() for v in ns.tolist()]
+
+        iv, rv = vals("atm_iv"), vals("realized_vol_7d")
+        missing = np.iinfo(np.int64).min
+        as_of = np.asarray(self._spot_as_of, dtype=np.int64)
+        as_of_t = times(np.where(as_of == missing, 0, as_of))
+        self._state_parts = list(
+            zip(
+                times(np.asarray(self.dec_ns, dtype=np.int64)),
+                np.asarray(f["spot"], dtype=float)[:n].tolist(),
+                vals("return_1d"),
+                vals("return_7d"),
+                rv,
+                vals("realized_vol_30d"),
+                iv,
+                [None if a is None or b is None else a - b for a, b in zip(iv, rv, strict=True)],
+                [
+                    None if m else t
+                    for t, m in zip(as_of_t, (as_of == missing).tolist(), strict=True)
+                ],
+                [bool(x) for x in np.asarray(self.spot_stale)[:n].tolist()],
+                strict=True,
+            )
+        )
+        return self._state_parts
+
+    def _state(self, i: int, position: PositionState | None, cash: float) -> DecisionState:
+        time, spot, r1, r7, rv7, rv30, iv, spread, as_of, stale = self._parts()[i]
         return DecisionState(
-            time=pd.Timestamp(int(self.dec_ns[i]), tz="UTC").to_pydatetime(),
+            time=time,
             underlying=self.underlying,
-            spot=float(f["spot"][i]),
-            return_1d=val("return_1d"),
-            return_7d=val("return_7d"),
-            realized_vol_7d=rv,
-            realized_vol_30d=val("realized_vol_30d"),
+            spot=spot,
+            return_1d=r1,
+            return_7d=r7,
+            realized_vol_7d=rv7,
+            realized_vol_30d=rv30,
             atm_iv=iv,
-            iv_rv_spread=None if iv is None or rv is None else iv - rv,
-            spot_as_of=None
-            if self._spot_as_of[i] == np.iinfo(np.int64).min
-            else pd.Timestamp(int(self._spot_as_of[i]), tz="UTC").to_pydatetime(),
-            spot_stale=bool(self.spot_stale[i]),
+            iv_rv_spread=spread,
+            spot_as_of=as_of,
+            spot_stale=stale,
             coins_held=self.config.initial_spot_position,
             cash_usd=cash,
             position=position,
@@ -429,6 +487,16 @@ class CoveredCallSimulator:
     def build_state(self, t: TimestampLike) -> DecisionState:
         """The flat (no open call) point-in-time state at decision time t."""
         return self._state(self._decision_index(t), None, 0.0)
+
+    def flat_items(self) -> list[tuple[DecisionState, list[CallCandidate]]]:
+        """(flat state, offered candidates) at every decision time, in order; states kept.
+
+        The same as `build_state(t)` and `candidates(t)` for each of `decision_times()`;
+        states are frozen, so trials sharing this simulator share them.
+        """
+        if self._flat_states is None:
+            self._flat_states = [self._state(i, None, 0.0) for i in range(len(self.dec_ns))]
+        return [(s, self._candidates_at(i)) for i, s in enumerate(self._flat_states)]
 
     # ------------------------------------------------------------------ outcomes
     def _bar_at_or_before(self, t_ns: np.ndarray) -> np.ndarray:
@@ -512,9 +580,12 @@ class CoveredCallSimulator:
             by_last: dict[int, list[str]] = {}
             for n, (_, b) in need.items():
                 by_last.setdefault(b, []).append(n)
+            # one UTC index of every bar, sliced per expiry (building an index per call cost
+            # more than the store's look-up of the marks)
+            grid = _utc_ns_index(self.bar_ns)
             for b, group in by_last.items():
                 a = min(need[n][0] for n in group)
-                times = _utc_ns_index(self.bar_ns[a : b + 1])
+                times = grid[a : b + 1]
                 self._store_paths(group, a, self.source.option_marks(group, times))
         else:
             for n, (a, b) in need.items():
@@ -643,14 +714,17 @@ class CoveredCallSimulator:
         # instrument copied from its path, then one row per candidate taken from those
         order = np.argsort(last_bar, kind="stable")
         bounds = np.r_[0, np.flatnonzero(np.diff(last_bar[order])) + 1, len(order)]
+        # instruments numbered once for all groups; each group's are found by integer codes
+        all_codes, all_names = pd.factorize(np.asarray(names, dtype=object))
+        all_names = all_names.tolist()
         for i, j in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             idx = order[i:j]
             b = int(last_bar[idx[0]])
             a0 = int(open_bar[idx].min())
             width = b - a0 + 1
-            codes, uniq = pd.factorize(np.asarray(names, dtype=object)[idx])
-            paths = np.full((len(uniq), width), np.nan)
-            for u, name in enumerate(uniq.tolist()):
+            present, codes = np.unique(all_codes[idx], return_inverse=True)
+            paths = np.full((len(present), width), np.nan)
+            for u, name in enumerate(all_names[c] for c in present.tolist()):
                 start, path = self._paths[name]
                 lo = max(a0, start)
                 hi = min(b, start + len(path) - 1)
@@ -898,22 +972,20 @@ class CoveredCallSimulator:
         pos: _Position | None = None
         pos_expiry = 0
         cash = 0.0
+        stamps, names_at, stale_at = self._record_parts()
         for i in range(len(self.dec_ns)):
             t = int(self.dec_ns[i])
             if pos is not None and t >= pos_expiry:
                 _, payoff, dfee = self._settlement_flows(np.array([pos.row]))
                 cash -= size * float(payoff[0] + dfee[0])
                 pos = None
-            offered_names = tuple(
-                str(n)
-                for n in self.store.names[self.cand_row[self.cand_start[i] : self.cand_stop[i]]]
-            )
+            offered_names = names_at[i]
             if pos is not None and c.hold_to_expiry:
                 decisions.append(
                     DecisionRecord(
-                        decision_time=pd.Timestamp(t, tz="UTC"),
+                        decision_time=stamps[i],
                         candidate_names=offered_names,
-                        spot_stale=bool(self.spot_stale[i]),
+                        spot_stale=stale_at[i],
                         chosen=None,
                         asked=False,
                         note="call open",
@@ -927,9 +999,9 @@ class CoveredCallSimulator:
             if choice is None:
                 decisions.append(
                     DecisionRecord(
-                        decision_time=pd.Timestamp(t, tz="UTC"),
+                        decision_time=stamps[i],
                         candidate_names=offered_names,
-                        spot_stale=bool(self.spot_stale[i]),
+                        spot_stale=stale_at[i],
                         chosen=None,
                         asked=True,
                         note="holding"
@@ -953,15 +1025,30 @@ class CoveredCallSimulator:
             opened.append((k, i))
             decisions.append(
                 DecisionRecord(
-                    decision_time=pd.Timestamp(t, tz="UTC"),
+                    decision_time=stamps[i],
                     candidate_names=offered_names,
                     chosen=str(choice.instrument_name),
                     asked=True,
-                    spot_stale=bool(self.spot_stale[i]),
+                    spot_stale=stale_at[i],
                 )
             )
         trades = self._trades(opened, closes, size)
         return self._result(trades, decisions, name or getattr(policy, "__name__", "policy"))
+
+    def _record_parts(self) -> tuple[list[pd.Timestamp], list[tuple[str, ...]], list[bool]]:
+        """Per decision: its Timestamp, the offered instrument names and spot_stale (kept:
+        every replay on this simulator records them)."""
+        if self._records is None:
+            names = [str(n) for n in self.store.names[self.cand_row].tolist()]
+            self._records = (
+                [pd.Timestamp(t, tz="UTC") for t in self.dec_ns.tolist()],
+                [
+                    tuple(names[a:b])
+                    for a, b in zip(self.cand_start.tolist(), self.cand_stop.tolist(), strict=True)
+                ],
+                [bool(x) for x in self.spot_stale.tolist()],
+            )
+        return self._records
 
     def _position_state(self, pos: _Position, i: int) -> PositionState:
         st = self.store

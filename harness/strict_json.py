@@ -39,12 +39,28 @@ def dumps(obj: Any, *, default: Callable[[Any], Any] | None = None, **kwargs: An
     is nulled too.
     """
 
+    try:
+        # The common case (plain dicts, lists, str, int, finite floats) costs one C-encoder
+        # pass; anything it would have to change (a NaN, a numpy scalar, an object for
+        # `default`) raises and takes the rebuilding path below, so the text is the same.
+        return json.dumps(obj, allow_nan=False, default=_not_plain, **kwargs)
+    except (ValueError, _NotPlainError):
+        pass
+
     def _default(x: Any) -> Any:
         if default is None:
             raise TypeError(f"Object of type {type(x).__name__} is not JSON serializable")
         return finite_or_null(default(x))
 
     return json.dumps(finite_or_null(obj), allow_nan=False, default=_default, **kwargs)
+
+
+class _NotPlainError(Exception):
+    """An object the plain encoder cannot write as it is (see `dumps`)."""
+
+
+def _not_plain(x: Any) -> Any:
+    raise _NotPlainError(type(x).__name__)
 
 
 def reject_constant(name: str) -> Any:

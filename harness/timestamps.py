@@ -43,4 +43,7 @@ def as_ns(values: pd.DatetimeIndex | pd.Series | np.ndarray | list) -> np.ndarra
 
     pandas 3 keeps a per-index resolution (s, ms, us, ns), so `.asi8` alone is not ns.
     """
+    if isinstance(values, pd.DatetimeIndex) and values.tz is not None:
+        # already aware: its instants are epoch-based whatever the zone (no re-parsing)
+        return values.as_unit("ns").asi8
     return utc_index(values).as_unit("ns").asi8

@@ -202,8 +202,13 @@ def _float64(column: pa.ChunkedArray) -> np.ndarray:
     return column.to_numpy()
 
 
-def columns_from_arrow(table: pa.Table, underlying: str) -> ChainColumns:
-    """Convert a scanned chain table: one conversion per column for the whole table."""
+def columns_from_arrow(
+    table: pa.Table, underlying: str, values: Sequence[str] = VALUE_COLUMNS
+) -> ChainColumns:
+    """Convert a scanned chain table: one conversion per column for the whole table.
+
+    Only the value columns `values` are converted (default: all of them).
+    """
     if table.num_rows == 0:
         return empty_columns(underlying)
     names = table.column("instrument_name")
@@ -226,5 +231,5 @@ def columns_from_arrow(table: pa.Table, underlying: str) -> ChainColumns:
         code=encoded.indices.to_numpy().astype(np.int64),
         names=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
         is_call=pc.equal(kind, "call").to_numpy(zero_copy_only=False),
-        values={c: _float64(table.column(c)) for c in VALUE_COLUMNS},
+        values={c: _float64(table.column(c)) for c in values},
     )

@@ -178,6 +178,8 @@ class SyntheticMarket:
         self._vol_cache: dict[str, np.ndarray] = {}
         self._level_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._names_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        # instrument name -> its parsed facts (a sweep's mark requests repeat the same names)
+        self._resolved: dict[str, tuple[str, float, pd.Timestamp, bool, pd.Timestamp]] = {}
 
     # ---------------------------------------------------------------- identity
     def fingerprint(self) -> str:
@@ -320,11 +322,16 @@ class SyntheticMarket:
 
     def spot_at(self, underlying: str, times: pd.DatetimeIndex | Sequence) -> np.ndarray:
         """Spot USD at each instant (the last 1-minute price at or before it)."""
-        idx = pd.DatetimeIndex(times)
-        if len(idx) == 0:
+        return self._spot_at_ns(underlying, as_ns(pd.DatetimeIndex(times)))
+
+    def _spot_at_ns(self, underlying: str, t_ns: np.ndarray) -> np.ndarray:
+        """`spot_at` of instants given as int64 ns since the epoch (no index is built)."""
+        if len(t_ns) == 0:
             return np.empty(0)
-        self._check_span(idx.min(), idx.max())
-        minutes = ((as_ns(idx) - PATH_START.value) // _NS_PER_MINUTE).astype(np.int64)
+        self._check_span(
+            pd.Timestamp(int(t_ns.min()), tz="UTC"), pd.Timestamp(int(t_ns.max()), tz="UTC")
+        )
+        minutes = ((t_ns - PATH_START.value) // _NS_PER_MINUTE).astype(np.int64)
         lo, hi = int(minutes.min()), int(minutes.max())
         if hi - lo > 4_000_000:
             return np.array([self.minute_prices(underlying, int(m), int(m))[0] for m in minutes])
@@ -333,8 +340,11 @@ class SyntheticMarket:
 
     def vol_state_at(self, underlying: str, times: pd.DatetimeIndex | Sequence) -> np.ndarray:
         """The model's current realized-vol state (annualized fraction) at each instant."""
-        idx = pd.DatetimeIndex(times)
-        hours = ((as_ns(idx) - PATH_START.value) // (3600 * 10**9)).astype(np.int64)
+        return self._vol_state_at_ns(underlying, as_ns(pd.DatetimeIndex(times)))
+
+    def _vol_state_at_ns(self, underlying: str, t_ns: np.ndarray) -> np.ndarray:
+        """`vol_state_at` of instants given as int64 ns since the epoch."""
+        hours = ((t_ns - PATH_START.value) // (3600 * 10**9)).astype(np.int64)
         return np.exp(self._log_vol_hourly(underlying.upper())[hours])
 
     def get_spot_ohlc(
@@ -817,11 +827,21 @@ class SyntheticMarket:
         return pd.Timestamp(int(lst.strike_listed[i]), tz="UTC")
 
     def _resolve(self, instrument_name: str) -> tuple[str, float, pd.Timestamp, bool, pd.Timestamp]:
+        got = self._resolved.get(instrument_name)
+        if got is not None:
+            return got
         spec = parse_instrument_name(instrument_name)
         u, _ = coin_of_instrument_underlying(spec.underlying)  # SOL_USDC-... is SOL's
         self._coin(u)
         listed = self._listed_time(u, spec.strike, spec.expiry)
-        return u, spec.strike, spec.expiry, spec.kind == "call", listed
+        got = self._resolved[instrument_name] = (
+            u,
+            spec.strike,
+            spec.expiry,
+            spec.kind == "call",
+            listed,
+        )
+        return got
 
     def option_marks(
         self, instrument_names: Sequence[str], times: pd.DatetimeIndex | Sequence
@@ -830,12 +850,10 @@ class SyntheticMarket:
 
         At the expiry instant an option is worth its intrinsic value at spot.
         """
-        idx = pd.DatetimeIndex(times)
-        idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
-        out = np.full((len(instrument_names), len(idx)), np.nan)
-        if len(idx) == 0 or len(instrument_names) == 0:
+        t = as_ns(times)  # naive instants are UTC
+        out = np.full((len(instrument_names), len(t)), np.nan)
+        if len(t) == 0 or len(instrument_names) == 0:
             return out
-        t = as_ns(idx)
         resolved = [self._resolve(n) for n in instrument_names]
         by_underlying: dict[str, list[int]] = {}
         for i, r in enumerate(resolved):
@@ -859,9 +877,9 @@ class SyntheticMarket:
         self, u: str, t: np.ndarray, strike: np.ndarray, expiry: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Spot, tenor (years), implied vol and standardized moneyness at ns instants `t`."""
-        times = pd.DatetimeIndex(t.astype("datetime64[ns]"), tz="UTC")
-        spot = self.spot_at(u, times)
-        vol = self.vol_state_at(u, times)
+        t = np.asarray(t, dtype=np.int64)
+        spot = self._spot_at_ns(u, t)
+        vol = self._vol_state_at_ns(u, t)
         tau = np.maximum((expiry - t) / (365.0 * 86400.0 * 1e9), 0.0)
         iv, x = self._surface_iv(u, vol, tau, np.log(strike / spot))
         return spot, tau, iv, x

@@ -81,7 +81,7 @@ def _entries(config: ExperimentConfig, policy: str | None) -> list[LLMPolicyEntr
 def _decisions(config: ExperimentConfig) -> Decisions:
     source = build_market(config.market, config.simulation.timeframe)
     sim = CoveredCallSimulator(source, config.simulation)
-    return [(sim.build_state(t), sim.candidates(t)) for t in sim.decision_times()]
+    return sim.flat_items()
 
 
 def _policy(

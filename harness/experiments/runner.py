@@ -35,6 +35,7 @@ from harness.experiments.config import (
     RulePolicyEntry,
     with_execution,
 )
+from harness.experiments.decision_lines import DecisionLines
 from harness.experiments.markets import build_market, mark_cadence, market_fingerprint
 from harness.experiments.masking import RunSecrets
 from harness.experiments.preflight import check_config
@@ -167,10 +168,6 @@ def _iso(ts: pd.Timestamp) -> str:
     return ts.isoformat()
 
 
-def _clean(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
-
-
 _FLUSH_EVERY = 200  # rule-policy decisions.jsonl rows between flushes (also flushed per policy)
 _FLUSH_AFTER_S = 1.0  # ... or seconds since the last flush, whichever comes first
 
@@ -247,6 +244,7 @@ class ExperimentRunner:
             "off" if answers is not None else (cache_mode or config.cache.mode)
         )
         self.require_llm = require_llm
+        self._lines: DecisionLines | None = None
         self.quiet = quiet
         self.console = Console(stderr=True, quiet=quiet)
         self.max_cost_usd = max_cost_usd
@@ -307,7 +305,7 @@ class ExperimentRunner:
         labels = with_reward(
             sim.counterfactual_labels(), cfg.reward.kind, cfg.reward.drawdown_penalty
         )
-        items = [(sim.build_state(t), sim.candidates(t)) for t in sim.decision_times()]
+        items = sim.flat_items()
         out: dict[str, dict[str, Any]] = {}
         # batch-mode policies send the trial's uncached requests as batch jobs, recorded in the
         # trial folder's batches.json (a re-run of the sweep polls them instead of resubmitting)
@@ -369,7 +367,9 @@ class ExperimentRunner:
             times = sim.decision_times()
             if len(times) == 0:
                 raise NoDecisionsError(_no_decisions_reason(cfg))
-            items = [(sim.build_state(t), sim.candidates(t)) for t in times]
+            items = sim.flat_items()
+            # each decision's ISO time once per run: every policy's rows and resume keys use it
+            times_iso = [_iso(t) for t in times]
             self._labels = labels
             self._index_labels(labels, times)
 
@@ -436,7 +436,15 @@ class ExperimentRunner:
                     guarded = _Guarded(policy, entry.name)
                     try:
                         s, n_resumed = self._score(
-                            entry.name, guarded, policy, items, times, done, out, progress
+                            entry.name,
+                            guarded,
+                            policy,
+                            items,
+                            times,
+                            times_iso,
+                            done,
+                            out,
+                            progress,
                         )
                         resumed += n_resumed
                         if not s.partial:
@@ -698,9 +706,9 @@ class ExperimentRunner:
         t_ns = pd.DatetimeIndex(labels["decision_time"]).as_unit("ns").asi8
         names = labels["instrument_name"].to_numpy(dtype=object)
         rewards = labels["reward"].to_numpy(dtype=float)
-        self._reward_of = {
-            (int(t), n): float(r) for t, n, r in zip(t_ns, names, rewards, strict=True)
-        }
+        self._reward_of = dict(
+            zip(zip(t_ns.tolist(), names.tolist(), strict=True), rewards.tolist(), strict=True)
+        )
         best_idx = labels.groupby("decision_time")["reward"].idxmax()
         best = labels.loc[best_idx.to_numpy()]
         by_t = dict(
@@ -712,6 +720,14 @@ class ExperimentRunner:
         )
         self._best = [by_t[int(t)] for t in times.as_unit("ns").asi8]
 
+    def _decision_lines(
+        self, items: list[tuple[DecisionState, list[CallCandidate]]], times_iso: list[str]
+    ) -> DecisionLines:
+        """The run's decisions.jsonl line builder (made once: every policy's rows share it)."""
+        if self._lines is None or self._lines.items is not items:
+            self._lines = DecisionLines(items, times_iso)
+        return self._lines
+
     def _score(
         self,
         name: str,
@@ -719,19 +735,31 @@ class ExperimentRunner:
         policy: PolicyFn,
         items: list[tuple[DecisionState, list[CallCandidate]]],
         times: pd.DatetimeIndex,
+        times_iso: list[str],
         done: dict[tuple[str, str], dict],
         out: Any,
         progress: Progress,
     ) -> tuple[_Scored, int]:
         task = progress.add_task(f"scoring {name}", total=len(items))
+
+        def advance() -> None:
+            if not self.quiet:  # a quiet run draws no bar: skip rich's locking per row
+                progress.advance(task)
+
         choices: list[str | None] = []
         rewards = np.zeros(len(items))
         invalid = errors = resumed = 0
         tally = PolicyTally()
         partial = isinstance(policy, LLMPolicy) and policy.incomplete
         flushed = time.monotonic()
-        for i, ((state, cands), t) in enumerate(zip(items, times, strict=True)):
-            key = (name, _iso(t))
+        # the parts of a row that depend only on the decision are encoded once per run
+        lines = self._decision_lines(items, times_iso)
+        policy_text = strict_json.dumps(name)
+        times_ns = times.as_unit("ns").asi8.tolist()
+        for i, ((state, cands), t_iso, t_ns) in enumerate(
+            zip(items, times_iso, times_ns, strict=True)
+        ):
+            key = (name, t_iso)
             prior = done.get(key)
             if prior is not None:
                 choice_name = prior["instrument_name"]
@@ -741,34 +769,18 @@ class ExperimentRunner:
                 tally.add(prior)
                 choices.append(choice_name)
                 resumed += 1
-                progress.advance(task)
+                advance()
                 continue
             choice = guarded(state, cands)
-            if partial and cands and policy.record_for(t) is None:
+            if partial and cands and policy.record_for(times[i]) is None:
                 # A stopped policy did not ask this decision: no row (a resume asks it).
                 choices.append(None)
-                progress.advance(task)
+                advance()
                 continue
             choice_name = choice.instrument_name if choice is not None else None
-            reward = self._reward_of[(t.value, choice_name)] if choice_name else 0.0
+            reward = self._reward_of[(t_ns, choice_name)] if choice_name else 0.0
             best_name, best_reward = self._best[i]
-            row: dict[str, Any] = {
-                "decision_time": _iso(t),
-                "policy": name,
-                "spot": state.spot,
-                "spot_stale": state.spot_stale,
-                "state": {
-                    k: _clean(getattr(state, k))
-                    for k in (
-                        "return_1d",
-                        "return_7d",
-                        "realized_vol_7d",
-                        "realized_vol_30d",
-                        "atm_iv",
-                        "iv_rv_spread",
-                    )
-                },
-                "candidates": [c.instrument_name for c in cands],
+            own: dict[str, Any] = {
                 "action": "SELL_CALL" if choice_name else "DO_NOTHING",
                 "instrument_name": choice_name,
                 "valid": True,
@@ -782,11 +794,12 @@ class ExperimentRunner:
                 "regret": best_reward - reward,
                 "llm": None,
             }
-            bad = guarded.invalid.get(pd.Timestamp(t))
+            row = lines.row(i, name, own)  # the same object; own's fields are set on it below
+            bad = guarded.invalid.get(times[i]) if guarded.invalid else None
             if bad:
                 row["valid"], row["invalid_reason"] = False, bad
             if isinstance(policy, LLMPolicy):
-                rec = policy.record_for(t)
+                rec = policy.record_for(times[i])
                 if rec is not None:
                     row["valid"] = rec.valid and not bad
                     row["invalid_reason"] = rec.invalid_reason or bad
@@ -811,7 +824,7 @@ class ExperimentRunner:
             invalid += int(not row["valid"])
             errors += int(row["error"] is not None)
             tally.add(row)
-            line = strict_json.dumps(row, default=str)
+            line = lines.line(i, policy_text, {k: row[k] for k in own})
             safe = self.secrets.scrub(line)
             out.write(safe + "\n")
             if isinstance(policy, LLMPolicy):
@@ -830,7 +843,7 @@ class ExperimentRunner:
                 self._rows.append(row if plain else json.loads(safe))
             choices.append(choice_name)
             rewards[i] = reward
-            progress.advance(task)
+            advance()
         out.flush()
         scored = _Scored(
             choices=choices,

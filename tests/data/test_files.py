@@ -108,7 +108,8 @@ def test_layout_on_disk(store: Path) -> None:
     assert chain_partition_path(store, "BTC", T0).is_file()
     assert (store / "BTC" / "settlement.parquet").is_file()
     table = pq.read_table(chain_partition_path(store, "BTC", T0))
-    assert table.column_names == [*CHAIN_COLUMNS, "quote_time"]
+    # the tiered layout adds days to expiry (row-group statistics prune scans by it)
+    assert table.column_names == [*CHAIN_COLUMNS, "quote_time", "days_to_expiry"]
 
 
 def test_source_protocols_and_config(store: Path) -> None:

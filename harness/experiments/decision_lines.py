@@ -1,0 +1,82 @@
+"""decisions.jsonl lines, encoded with the decision's shared part written once per run.
+
+Every policy's row at one decision repeats the decision's time, spot, state features and
+offered candidate names; `DecisionLines` encodes that part once per decision and each row
+only encodes its policy's own fields. The text is exactly `strict_json.dumps(row,
+default=str)` of the whole row (same key order, separators and nulls for non-finite floats;
+tests/experiments/test_decision_lines.py checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from harness import strict_json
+from harness.state import DecisionState
+from harness.types import CallCandidate
+
+STATE_FIELDS = (
+    "return_1d",
+    "return_7d",
+    "realized_vol_7d",
+    "realized_vol_30d",
+    "atm_iv",
+    "iv_rv_spread",
+)  # the features a row records under "state"
+
+
+def _clean(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def _text(x: Any) -> str:
+    return strict_json.dumps(x, default=str)
+
+
+class DecisionLines:
+    """Per decision of a run: the row's shared objects and their JSON text, made once."""
+
+    def __init__(
+        self, items: Sequence[tuple[DecisionState, Sequence[CallCandidate]]], times_iso: list[str]
+    ) -> None:
+        self.items = items
+        self.times_iso = times_iso
+        self.states: list[dict[str, float | None]] = []
+        self.names: list[list[str]] = []
+        self._before_policy: list[str] = []
+        self._after_policy: list[str] = []
+        for (state, cands), t_iso in zip(items, times_iso, strict=True):
+            fields = {k: _clean(getattr(state, k)) for k in STATE_FIELDS}
+            names = [c.instrument_name for c in cands]
+            self.states.append(fields)
+            self.names.append(names)
+            self._before_policy.append('{"decision_time": ' + json.dumps(t_iso) + ', "policy": ')
+            shared = {
+                "spot": state.spot,
+                "spot_stale": state.spot_stale,
+                "state": fields,
+                "candidates": names,
+            }
+            # a dict's text without its braces is its items' text: the row's middle part
+            self._after_policy.append(", " + _text(shared)[1:-1] + ", ")
+
+    def row(self, i: int, policy: str, own: dict[str, Any]) -> dict[str, Any]:
+        """The row object of decision `i` for `policy`; `own` are its fields after "candidates"."""
+        state, _ = self.items[i]
+        return {
+            "decision_time": self.times_iso[i],
+            "policy": policy,
+            "spot": state.spot,
+            "spot_stale": state.spot_stale,
+            "state": self.states[i],
+            "candidates": self.names[i],
+            **own,
+        }
+
+    def line(self, i: int, policy_text: str, own: dict[str, Any]) -> str:
+        """`strict_json.dumps` of the row of decision `i`: `policy_text` is the policy name's
+        JSON text, `own` the row's fields after "candidates" (a non-empty dict)."""
+        return self._before_policy[i] + policy_text + self._after_policy[i] + _text(own)[1:]

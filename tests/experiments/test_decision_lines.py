@@ -1,0 +1,119 @@
+"""DecisionLines: a row's line is exactly strict_json.dumps of the whole row."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness import strict_json
+from harness.experiments.decision_lines import DecisionLines
+from harness.state import DecisionState
+from harness.types import CallCandidate
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+_num = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
+_name = st.text(min_size=1, max_size=12)  # any unicode, quotes and backslashes included
+
+
+def _candidate(name: str) -> CallCandidate:
+    t = pd.Timestamp(T0)
+    return CallCandidate(
+        instrument_name=name,
+        underlying="BTC",
+        kind="call",
+        strike=50_000.0,
+        expiry=t + pd.Timedelta(days=7),
+        as_of=t,
+        underlying_price=45_000.0,
+        mark_price=100.0,
+        bid_price=95.0,
+        ask_price=105.0,
+        mark_iv=0.5,
+        delta=0.25,
+        gamma=0.0,
+        vega=0.0,
+        theta=0.0,
+        dte_days=7.0,
+        premium_usd=95.0,
+        premium_pct=0.2,
+        annualized_yield_pct=10.0,
+        strike_distance_pct=11.0,
+        breakeven=50_095.0,
+    )
+
+
+@st.composite
+def _decisions(draw: st.DrawFn) -> tuple[list[tuple[DecisionState, list[CallCandidate]]], list]:
+    n = draw(st.integers(1, 4))
+    items = []
+    for i in range(n):
+        state = DecisionState(
+            time=T0 + timedelta(hours=4 * i),
+            underlying="BTC",
+            spot=draw(st.floats(allow_nan=True, allow_infinity=True)),
+            return_1d=draw(_num),
+            return_7d=draw(_num),
+            realized_vol_7d=draw(_num),
+            realized_vol_30d=draw(_num),
+            atm_iv=draw(_num),
+            iv_rv_spread=draw(_num),
+            spot_stale=draw(st.booleans()),
+            coins_held=1.0,
+            cash_usd=0.0,
+        )
+        cands = [_candidate(x) for x in draw(st.lists(_name, max_size=3))]
+        items.append((state, cands))
+    return items, [pd.Timestamp(T0 + timedelta(hours=4 * i)).isoformat() for i in range(n)]
+
+
+_own = st.fixed_dictionaries(
+    {
+        "action": st.sampled_from(["SELL_CALL", "DO_NOTHING"]),
+        "instrument_name": st.one_of(st.none(), _name),
+        "valid": st.booleans(),
+        "invalid_reason": st.one_of(st.none(), st.text(max_size=20)),
+        "error": st.one_of(st.none(), st.text(max_size=20)),
+        "reward": st.floats(allow_nan=True, allow_infinity=True),
+        "best_reward": st.floats(allow_nan=True, allow_infinity=True),
+        "best_instrument": st.one_of(st.none(), _name),
+        "regret": st.floats(allow_nan=True, allow_infinity=True),
+        "llm": st.one_of(
+            st.none(),
+            st.fixed_dictionaries(
+                {
+                    "model": _name,
+                    "cost_usd": _num,
+                    "raw": st.text(max_size=30),
+                    "latency_s": _num,
+                    "when": st.just(pd.Timestamp(T0)),  # only `default=str` can write it
+                }
+            ),
+        ),
+    }
+)
+
+
+@given(_decisions(), _name, _own)
+def test_every_line_is_strict_json_dumps_of_its_row(
+    decisions: tuple[list, list], policy: str, own: dict[str, Any]
+) -> None:
+    items, times_iso = decisions
+    lines = DecisionLines(items, times_iso)
+    for i in range(len(items)):
+        row = lines.row(i, policy, own)
+        assert list(row)[:6] == [
+            "decision_time",
+            "policy",
+            "spot",
+            "spot_stale",
+            "state",
+            "candidates",
+        ]
+        text = lines.line(i, strict_json.dumps(policy), own)
+        assert text == strict_json.dumps(row, default=str)
+        json.loads(text, parse_constant=strict_json.reject_constant)  # strict
