@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,13 @@ def write_sweep(
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep or GRID, sort_keys=False))
     return path
+
+
+def trial_errors(sweep_dir: Path) -> list[str]:
+    """Each unfinished trial's status and error from sweep.json (for assertion messages)."""
+    data = json.loads((sweep_dir / "sweep.json").read_text())
+    return [
+        f"trial {t['index']}: {t['status']}: {t.get('error')}"
+        for t in data.get("trials", [])
+        if t.get("status") != "complete"
+    ]

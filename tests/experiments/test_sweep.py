@@ -15,7 +15,7 @@ import pytest
 
 from harness.cli import main
 from harness.experiments.sweep import SweepRunner, run_sweep
-from tests.experiments.sweep_fixtures import GRID, write_sweep
+from tests.experiments.sweep_fixtures import GRID, trial_errors, write_sweep
 
 ROOT = Path(__file__).parents[2]
 
@@ -35,7 +35,9 @@ def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("local")
     path = write_sweep(folder)
     summary = run_sweep(path, workers=2, out_dir=folder / "runs", quiet=True)
-    assert (summary.n_trials, summary.n_complete, summary.n_failed) == (4, 4, 0)
+    assert (summary.n_trials, summary.n_complete, summary.n_failed) == (4, 4, 0), trial_errors(
+        summary.sweep_dir
+    )
     return summary.sweep_dir
 
 

@@ -15,7 +15,7 @@ import pytest
 from harness.experiments.sweep import run_sweep
 from tests.experiments.batch_fixtures import KEY_ENV, SECRET, choices, config, pick
 from tests.experiments.run_health_fixtures import assert_secret_nowhere
-from tests.experiments.sweep_fixtures import write_sweep
+from tests.experiments.sweep_fixtures import trial_errors, write_sweep
 from tests.llm.batch_server import BatchServer
 
 AXES = {
@@ -33,7 +33,7 @@ def _sweep(tmp: Path, url: str, execution: str) -> dict[int, Path]:
         folder, {"name": f"{execution}-grid", "base": "base.yaml", "axes": AXES}, base
     )
     summary = run_sweep(path, workers=2, out_dir=folder / "runs", quiet=True)
-    assert summary.n_complete == 4
+    assert summary.n_complete == 4, trial_errors(summary.sweep_dir)
     data: dict[str, Any] = json.loads((summary.sweep_dir / "sweep.json").read_text())
     return {t["index"]: summary.sweep_dir / "trials" / t["trial_id"] for t in data["trials"]}
 

@@ -17,7 +17,7 @@ from harness.experiments.config import dump_config, parse_config
 from harness.experiments.runner import create_run_dir, run_config_text
 from harness.experiments.sweep import run_sweep
 from harness.experiments.sweep_backends import DRIVER, TrialTask, run_trial
-from tests.experiments.sweep_fixtures import write_sweep
+from tests.experiments.sweep_fixtures import trial_errors, write_sweep
 from tests.llm.scripted_server import ScriptedServer, first_enum_or_nothing
 
 KEY_ENV = "HARNESS_SWEEP_KEY"
@@ -88,7 +88,7 @@ def _sweep(
             out_dir=tmp_path / "runs",
             quiet=True,
         )
-        assert summary.n_complete == 4
+        assert summary.n_complete == 4, trial_errors(summary.sweep_dir)
         data = json.loads((summary.sweep_dir / "sweep.json").read_text())
         dirs = {t["index"]: summary.sweep_dir / "trials" / t["trial_id"] for t in data["trials"]}
         return srv.request_count, dirs, summary.sweep_dir
