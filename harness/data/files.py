@@ -1188,16 +1188,25 @@ class FileDataSource(ChainTableSource):
         )
 
     def _blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
-        """[lo, hi] (ns) cut at UTC midnights into runs of at most `block_days` days."""
+        """[lo, hi] (ns) cut into runs of at most `block_days` days, at month starts if possible.
+
+        Partitions are months (or days): a cut inside a month would read its file once per
+        block, so each block ends at the last month start within `block_days` days of its first
+        day, or at a UTC midnight when no month starts within reach (`block_days` < 31).
+        """
         day = 86_400 * 10**9
-        first = lo - lo % day
+        reach = self.block_days * day
         out = []
         start = lo
-        edge = first + self.block_days * day
         while start <= hi:
-            stop = min(hi, edge - 1)
-            out.append((start, stop))
-            start, edge = edge, edge + self.block_days * day
+            first = start - start % day
+            month = pd.Timestamp(first, tz="UTC").replace(day=1)
+            edges = pd.date_range(month, periods=self.block_days // 28 + 2, freq="MS", tz="UTC")
+            edge_ns = edges.as_unit("ns").asi8
+            within = edge_ns[(edge_ns > start) & (edge_ns <= first + reach)]
+            edge = int(within[-1]) if len(within) else first + reach
+            out.append((start, min(hi, edge - 1)))
+            start = edge
         return out
 
     def option_marks(self, instrument_names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
