@@ -773,14 +773,20 @@ class CoveredCallSimulator:
         seg_off = np.cumsum(seg_len) - seg_len
         windows = np.lib.stride_tricks.sliding_window_view(flat, cols)
         first = seg_off[codes] + open_bar - seg_lo[codes]
-        step = max(1, _DRAWDOWN_CELLS // cols)
-        j = np.arange(cols)[None, :]
-        for lo in range(0, len(names), step):
-            idx = np.arange(lo, min(lo + step, len(names)))
-            rows = windows[first[idx]]
-            values = np.where(j < width[idx][:, None], rows + cash[idx][:, None], np.nan)
-            values[np.arange(len(idx)), width[idx]] = (final_value + cash)[idx]
+        # chunks of similar widths (narrowest first): each matrix is as wide as its widest row
+        by_width = np.argsort(width, kind="stable")
+        lo = 0
+        while lo < len(names):
+            hi = min(len(names), lo + max(1, _DRAWDOWN_CELLS // cols))
+            idx = by_width[lo:hi]
+            w = width[idx]
+            n = int(w.max()) + 1
+            rows = windows[first[idx], :n]
+            j = np.arange(n)[None, :]
+            values = np.where(j < w[:, None], rows + cash[idx][:, None], np.nan)
+            values[np.arange(len(idx)), w] = (final_value + cash)[idx]
             out[idx] = covered_drawdown_pct(values)
+            lo = hi
         return out
 
     def counterfactual_labels(self) -> pd.DataFrame:
