@@ -599,6 +599,7 @@ def test_candidates_frame_has_one_column_per_candidate_field_and_a_plain_row_ind
     frame = sim.candidates_frame()
     hints = {"hist_count", "hist_reward"}  # per-decision history, not a quote of the call
     assert set(frame.columns) == {"decision_time"} | {f.name for f in fields(CallCandidate)} - hints
+    assert frame.columns[0] == "decision_time"  # the key first, as candidates files show it
     assert list(frame.index) == list(range(len(frame))) and len(frame) > 0
     t = sim.decision_times()[40]
     rows = frame[frame["decision_time"] == t]
@@ -739,3 +740,38 @@ def test_a_leading_gap_in_option_bars_is_marked_at_the_sale_quote_carried_forwar
     close = float(market.get_option_ohlc(sold, first_bar, first_bar, "1h")["close"].loc[first_bar])
     want = cash - trade.size * close
     assert res.equity_vs_hodl.loc[first_bar] == pytest.approx(want, rel=1e-9)
+
+
+def test_candidate_economics_follow_their_documented_definitions(
+    sim: CoveredCallSimulator,
+) -> None:
+    """breakeven = strike + premium, premium % of spot, its 365-day yield, the strike's distance
+    (mutation pass 5: a breakeven of strike - premium went unnoticed)."""
+    checked = 0
+    for t in sim.decision_times()[::15]:
+        for c in sim.candidates(t):
+            spot = c.underlying_price
+            assert c.breakeven == pytest.approx(c.strike + c.premium_usd, rel=1e-12)
+            assert c.premium_pct == pytest.approx(c.premium_usd / spot * 100, rel=1e-12)
+            assert c.annualized_yield_pct == pytest.approx(
+                c.premium_usd / spot * 100 * 365 / c.dte_days, rel=1e-12
+            )
+            assert c.strike_distance_pct == pytest.approx((c.strike / spot - 1) * 100, rel=1e-12)
+            checked += 1
+    assert checked >= 20
+
+
+def test_a_span_shorter_than_the_target_tenor_has_no_decisions(market: SyntheticMarket) -> None:
+    """No call of `target_dte` days fits between start and end: an empty, still named index."""
+    cfg = _cfg(start="2024-02-01", end="2024-02-05", target_dte=7)
+    times = CoveredCallSimulator(market, cfg).decision_times()
+    assert len(times) == 0 and times.name == "decision_time" and str(times.tz) == "UTC"
+
+
+def test_decision_times_are_a_named_utc_grid_of_the_decision_interval(
+    sim: CoveredCallSimulator,
+) -> None:
+    times = sim.decision_times()
+    assert times.name == "decision_time" and str(times.tz) == "UTC" and len(times) > 2
+    step = sim.bar * sim.config.decision_interval_bars
+    assert (np.diff(times.asi8) == step.value).all()

@@ -327,3 +327,14 @@ def test_min_bid_usd_removes_exactly_the_calls_bidding_at_or_below_it(market) ->
     got = sorted(c.instrument_name for c in sim.candidates(t))
     assert got == [n for n in passing if bids[n] > floor]
     assert 0 < len(got) < len(passing)
+
+
+def test_without_the_bid_gate_no_call_is_counted_as_missing_a_bid(market) -> None:
+    """`require_bid: false` switches the gate off; a call without a bid still cannot be sold
+    at its bid (unfillable), so the offer is the plain loop's (mutation pass 5 survivor)."""
+    cfg = _cfg(end="2024-02-14", require_bid=False)
+    source = Plain(market)
+    sim = CoveredCallSimulator(source, cfg)
+    assert sim.gate_counts.no_bid == 0 and sim.gate_counts.offered > 0
+    for t in sim.decision_times()[::5]:
+        assert sorted(c.instrument_name for c in sim.candidates(t)) == _gate_loop(source, cfg, t)

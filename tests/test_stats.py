@@ -116,3 +116,87 @@ def test_p_value_agrees_with_the_interval_and_all_pairs() -> None:
         assert p.p_holm >= p.p_value
     assert pairs[0].p_holm < 0.05  # a is 0.5 better on every decision
     assert pairs[2].p_value > 0.05  # b vs c: noise around zero
+
+
+# Mutation pass 5 (docs/testing.md): each test below kills a survivor of the seeded sample,
+# against a hand computation or the documented convention, not another path of stats.py.
+
+
+def test_batch_means_test_of_two_values_is_their_mean_with_a_zero_width_interval() -> None:
+    from harness.stats import batch_means_test
+
+    assert batch_means_test([1.0, 3.0], batch_length=1) == (2.0, 2.0, 0.0)
+    assert batch_means_test([-1.0, 1.0], batch_length=1) == (0.0, 0.0, 1.0)
+
+
+def test_batch_means_test_of_a_constant_series_is_exactly_its_mean() -> None:
+    """Batches of 3, 4 and 3 values of 0.1 have means that differ in the last bit (0.3 / 3 is
+    not 0.4 / 4 in floats): a constant series must still give the zero-width interval."""
+    from harness.stats import batch_means_test
+
+    x = [0.1] * 10
+    mu = float(np.mean(x))
+    assert batch_means_test(x, batch_length=3) == (mu, mu, 0.0)
+
+
+def test_batch_means_test_matches_the_textbook_t_test_on_batch_means() -> None:
+    from scipy.stats import t as student_t
+
+    from harness.stats import batch_means_test
+
+    x = [3.0, -1.0, 2.0, 5.0, -2.0, 4.0, 1.0, 0.0, 6.0, -3.0, 2.0, 1.0]
+    length = 3  # 12 values: four batches of three
+    means = [sum(x[i : i + length]) / length for i in range(0, len(x), length)]
+    k = len(means)
+    m = sum(means) / k
+    sd = (sum((b - m) ** 2 for b in means) / (k - 1)) ** 0.5
+    se = sd / k**0.5
+    half = student_t.ppf(0.975, k - 1) * se
+    p = 2.0 * student_t.sf(abs(m) / se, k - 1)
+    lo, hi, p_value = batch_means_test(x, batch_length=length)
+    assert lo == pytest.approx(m - half, rel=1e-12)
+    assert hi == pytest.approx(m + half, rel=1e-12)
+    assert p_value == pytest.approx(p, rel=1e-12)
+
+
+def test_bootstrap_t_with_exactly_three_batches_gives_a_real_interval() -> None:
+    from harness.stats import bootstrap_t_test
+
+    lo, hi, _ = bootstrap_t_test([1.0, 2.0, 4.0], batch_length=1, n_resamples=400)
+    assert lo < 7.0 / 3.0 < hi
+
+
+def test_bootstrap_t_is_deterministic_for_its_seed() -> None:
+    from harness.stats import bootstrap_t_test
+
+    x = np.random.default_rng(4).normal(0.2, 1.0, 60)
+    first = bootstrap_t_test(x, batch_length=3, n_resamples=300, seed=11)
+    assert first == bootstrap_t_test(x, batch_length=3, n_resamples=300, seed=11)
+    assert first != bootstrap_t_test(x, batch_length=3, n_resamples=300, seed=12)
+
+
+def test_bootstrap_t_of_mostly_zero_batches_is_nan() -> None:
+    """Nine zero batches and one 5: about 0.8**5 = 33% of resamples (5 blocks of 2 avoiding the
+    5) have no spread, far more than a 2.5% tail, so the studentized interval does not exist."""
+    from harness.stats import bootstrap_t_test
+
+    out = bootstrap_t_test([0.0] * 9 + [5.0], batch_length=1, n_resamples=500)
+    assert all(np.isnan(v) for v in out)
+
+
+def test_ci_method_label_names_unknown_methods_as_given() -> None:
+    from harness.stats import CI_METHOD_LABELS, DEFAULT_CI_METHOD, ci_method_label
+
+    assert ci_method_label("my_own_interval") == "my_own_interval"
+    assert ci_method_label(None) == CI_METHOD_LABELS[DEFAULT_CI_METHOD]
+
+
+def test_block_bootstrap_comparison_without_any_finite_pair_is_nan() -> None:
+    nan = float("nan")
+    c = paired_comparison(
+        "p", "b", np.array([nan, 1.0]), np.array([0.0, nan]), ["A", "B"], ["A", "B"],
+        block_length=1, ci_method="block_bootstrap",
+    )  # fmt: skip
+    assert c.n == 0 and c.wins == c.losses == c.ties == 0
+    assert all(isinstance(v, float) and np.isnan(v) for v in (c.ci_low, c.ci_high, c.p_value))
+    assert np.isnan(c.mean_diff) and np.isnan(c.agreement_rate)

@@ -194,3 +194,48 @@ def test_a_frame_with_two_underlyings_is_refused_by_name(market: SyntheticMarket
     with pytest.raises(ValueError, match=r"one underlying.*BTC, ETH"):
         ChainStore(pd.concat([btc, eth]), times)
     assert set(ChainStore(eth, times).frame["underlying"]) == {"ETH"}
+
+
+class StaleChain(ChainOnly):
+    """Answers each request with the chain of 30 minutes earlier (a source that lags)."""
+
+    def list_option_chain(self, underlying, as_of):
+        return self.market.list_option_chain(
+            underlying, pd.Timestamp(as_of) - pd.Timedelta("30min")
+        )
+
+
+def test_snapshots_are_keyed_by_the_instant_asked_even_when_the_source_lags(
+    market: SyntheticMarket,
+) -> None:
+    times = pd.date_range("2024-04-01", periods=3, freq="6h", tz="UTC")
+    lagging = StaleChain(market)
+    store = ChainStore.from_source(lagging, "BTC", times, calls_only=True, max_dte=10)
+    assert sorted(set(store.frame["as_of"])) == list(times)
+    for t in times:
+        expected = {o.instrument_name for o in lagging.list_option_chain("BTC", t)}
+        got = set(store.frame_at(t)["instrument_name"])
+        assert got and got <= expected
+
+
+def test_a_store_of_calls_and_puts_holds_every_put_of_the_chain(market: SyntheticMarket) -> None:
+    times = pd.date_range("2024-04-01", periods=2, freq="12h", tz="UTC")
+    store = ChainStore.from_source(market, "BTC", times)  # calls_only=False: both kinds
+    for t in times:
+        chain = market.list_option_chain("BTC", t)
+        want = {k: sorted(o.instrument_name for o in chain if o.kind == k) for k in ("call", "put")}
+        assert want["put"], "the synthetic chain lists puts"
+        frame = store.frame_at(t)
+        for kind in ("call", "put"):
+            assert sorted(frame.loc[frame["kind"] == kind, "instrument_name"]) == want[kind]
+
+
+def test_a_chain_selection_without_calls_only_is_refused_with_the_fix(
+    market: SyntheticMarket,
+) -> None:
+    from harness.data.chain_select import ChainSelection
+
+    sel = ChainSelection(min_dte=5.0, max_dte=9.0, min_delta=0.1, max_delta=0.4, atm_dte=7.0)
+    times = pd.date_range("2024-04-01", periods=2, freq="12h", tz="UTC")
+    with pytest.raises(ValueError, match="keeps calls only: pass calls_only=True"):
+        ChainStore.from_source(market, "BTC", times, select=sel)

@@ -156,3 +156,16 @@ def test_short_and_degenerate_curves() -> None:
     neg = pd.Series([100.0, 20.0, -50.0], index=days)
     m3 = portfolio_metrics(neg, neg, pd.Series(SPOT[:3], index=days), [], pd.Timedelta(days=1))
     assert m3["annualized_return_pct"] == -100.0
+
+
+def test_returns_are_measured_from_the_coins_held_before_the_first_sale() -> None:
+    """A call sold on the first bar costs its spread and fee at once: equity starts below HODL,
+    and the return counts that cost (from HODL's first value, not equity's)."""
+    idx = pd.date_range("2024-01-01", periods=3, freq="D", tz="UTC")
+    hodl = pd.Series([100.0, 105.0, 110.0], index=idx)
+    equity = pd.Series([99.0, 104.0, 108.0], index=idx)
+    spot = pd.Series([50.0, 52.5, 55.0], index=idx)
+    m = portfolio_metrics(equity, hodl, spot, [], pd.Timedelta(days=1))
+    assert m["total_return_pct"] == pytest.approx(8.0, rel=1e-12)  # 108 / 100 - 1
+    assert m["final_pnl_usd"] == pytest.approx(8.0, rel=1e-12)
+    assert m["annualized_return_pct"] == pytest.approx((1.08 ** (365 / 2) - 1) * 100, rel=1e-12)

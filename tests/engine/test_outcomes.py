@@ -70,3 +70,9 @@ def test_drawdown_skips_nan_cells_and_rows() -> None:
     v = np.array([[np.nan, 100.0, 80.0, 120.0, 90.0], [np.nan, np.nan, np.nan, np.nan, np.nan]])
     dd = covered_drawdown_pct(v)
     assert dd[0] == pytest.approx(25.0) and dd[1] == 0.0
+
+
+def test_drawdown_of_rows_without_any_value_is_zero() -> None:
+    """Calls whose paths hold no bar (zero columns) have no fall: one 0% per row."""
+    np.testing.assert_array_equal(covered_drawdown_pct(np.zeros((3, 0))), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(covered_drawdown_pct(np.array([])), [0.0])

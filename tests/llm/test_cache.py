@@ -230,3 +230,41 @@ def test_the_cache_does_not_import_the_openai_sdk() -> None:
         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
     )
     assert out.stdout.strip() == "False"
+
+
+# Mutation pass 5 (docs/testing.md): survivors of the seeded sample in cache.py.
+
+
+def test_an_entry_keeps_the_raw_body_and_every_choices_refusal(tmp_path: Path) -> None:
+    from harness.llm.client import ChatChoice, ChatResponse
+
+    raw = {"id": "chatcmpl-1", "choices": [{"message": {"refusal": "no"}}]}
+    response = ChatResponse(
+        choices=(ChatChoice(None, None, "stop", "no"), ChatChoice("{}", None, "stop", None)),
+        usage=Usage(10, 2, 0),
+        latency_s=0.1,
+        attempts=1,
+        schema_fallback=False,
+        raw=raw,
+    )
+    entry = CachedResponse.from_response(response)
+    assert entry.response == raw
+    assert entry.n_choices == 2
+    assert entry.choice(0).refusal == "no" and entry.choice(0).content is None
+    assert entry.choice(1).content == "{}" and entry.choice(1).refusal is None
+
+
+def test_repr_and_stats_name_the_cache_directory(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path, mode="read_only") as cache:
+        assert repr(cache) == f"ResponseCache({str(tmp_path)!r}, mode='read_only')"
+        assert cache.stats().directory == str(tmp_path)
+
+
+def test_async_mode_off_asks_live_and_stores_nothing(tmp_path: Path) -> None:
+    async def compute() -> CachedResponse:
+        return _answer(text="live")
+
+    with ResponseCache(tmp_path) as cache:
+        lookup = asyncio.run(cache.aget_or_compute(_payload(), compute, mode="off"))
+        assert lookup.source == "live" and not lookup.hit and lookup.entry.text == "live"
+        assert len(cache) == 0

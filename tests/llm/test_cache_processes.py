@@ -8,6 +8,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -136,3 +137,60 @@ def test_owner_error_releases_the_lease_and_renewal_keeps_it(tmp_path: Path) -> 
         with contextlib.suppress(RuntimeError):
             cache.get_or_compute(_payload("boom"), boom)
         assert cache._acquire(failing, "next")  # released at once, not left to expire
+
+
+# Mutation pass 5 (docs/testing.md): lease renewal and refresh waits, survivors of the sample.
+
+
+def test_async_owner_renews_its_lease_while_it_computes(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path, lease_s=1.0) as cache:
+        key = cache_key(_payload("slow async"))
+
+        async def slow() -> CachedResponse:
+            await asyncio.sleep(2.2)  # over two leases: only renewal keeps intruders out
+            assert not cache._acquire(key, "intruder")
+            return CachedResponse(text="slow")
+
+        lookup = asyncio.run(cache.aget_or_compute(_payload("slow async"), slow))
+        assert lookup.source == "live" and lookup.entry.text == "slow"
+
+
+def test_a_renewed_lease_still_expires_one_lease_later(tmp_path: Path) -> None:
+    """A renewal moves the expiry one lease ahead, never removes it (an owner that dies after
+    renewing must not hold the request forever)."""
+    with ResponseCache(tmp_path, lease_s=30.0) as cache:
+        key = cache_key(_payload("renewed"))
+        assert cache._acquire(key, "owner")
+        before = time.time()
+        cache._renew(key, "owner")
+        after = time.time()
+        token, expires = cache._lease_store.get(key, expire_time=True)
+        assert token == "owner" and expires is not None
+        assert before + 30.0 <= expires <= after + 30.0
+        assert not cache._acquire(key, "next")
+
+
+def test_refresh_waits_for_an_answer_stored_after_it_started(tmp_path: Path) -> None:
+    """An answer older than the refresh is not taken; the one the lease holder stores is."""
+    from datetime import UTC, datetime, timedelta
+
+    with ResponseCache(tmp_path, lease_s=5.0) as cache, ResponseCache(tmp_path) as other:
+        key = cache_key(_payload())
+        old = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+        other.put(CachedResponse(key=key, key_payload=_payload(), text="old", created_at=old))
+        assert other._acquire(key, "other-process")
+
+        def finish_elsewhere() -> None:
+            time.sleep(0.2)
+            now = datetime.now(UTC).isoformat()
+            other.put(CachedResponse(key=key, key_payload=_payload(), text="new", created_at=now))
+            other._release(key, "other-process")
+
+        def never() -> CachedResponse:
+            raise AssertionError("the waiter must not ask")
+
+        thread = threading.Thread(target=finish_elsewhere)
+        thread.start()
+        lookup = cache.get_or_compute(_payload(), never, mode="refresh")
+        thread.join()
+        assert lookup.source == "shared" and lookup.entry.text == "new"

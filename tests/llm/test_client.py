@@ -291,3 +291,91 @@ def test_validation_errors_that_echo_the_request_are_not_a_schema_rejection(
     server.enqueue(raw_body(json.dumps(vllm), "application/json", code=400), do_nothing())
     response = _client(server).complete(REQUEST)
     assert response.schema_fallback and response.response_format_used == "json_object"
+
+
+# Mutation pass 5 (docs/testing.md): error texts the user reads, survivors of the sample.
+
+
+@pytest.mark.parametrize(
+    ("reason", "hint"),
+    [
+        ("Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens' instead.", True),
+        ("Unsupported value: 'temperature' does not support 0.2 with this model.", True),
+        ("temperature is unsupported here", True),
+        ("messages[1].content must be a string", False),
+    ],
+)
+def test_a_rejected_reasoning_model_parameter_says_how_to_fix_the_config(
+    server: ScriptedServer, api_key: str, reason: str, hint: bool
+) -> None:
+    server.enqueue(status(400, message=reason))
+    with pytest.raises(LLMBadRequest) as err:
+        _client(server).complete(ChatRequest(model="o-model", messages=(("user", "x"),)))
+    text = str(err.value)
+    assert reason in text
+    fix = (
+        " (a reasoning model: set `reasoning_model: true` in the policy config so the "
+        "harness sends max_completion_tokens and no temperature)"
+    )
+    assert text.endswith(fix) if hint else (fix not in text and text.rstrip().endswith(reason))
+
+
+def test_a_provider_error_in_an_http_200_body_names_its_code(
+    server: ScriptedServer, api_key: str
+) -> None:
+    body = json.dumps({"error": {"message": "upstream overloaded", "code": 529}})
+    for _ in range(3):
+        server.enqueue(raw_body(body, content_type="application/json"))
+    with pytest.raises(LLMCallError) as err:
+        _client(server).complete(ChatRequest(model="m", messages=(("user", "x"),)))
+    assert "upstream overloaded (code 529)" in str(err.value)
+
+
+def test_the_step_down_warning_quotes_the_servers_rejection(
+    api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ScriptedServer(supports_json_schema=False) as server, caplog.at_level("WARNING"):
+        assert _client(server).complete(REQUEST).schema_fallback
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "response_format type 'json_schema' is not supported" in warning
+
+
+def test_redaction_masks_key_like_strings_that_are_not_our_key(
+    server: ScriptedServer, api_key: str
+) -> None:
+    client = _client(server)
+    text = "keys sk-proj_abcdef123456 and rk-1234567890ab, not sk-short"
+    assert client.redact(text) == "keys sk-*** and rk-***, not sk-short"
+
+
+def test_a_body_received_another_way_parses_content_parts_with_zero_latency(
+    server: ScriptedServer, api_key: str
+) -> None:
+    parts = [{"type": "text", "text": '{"action": '}, {"type": "text", "text": '"DO_NOTHING"}'}]
+    raw = {
+        "id": "batch-line-1",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": parts},
+            }
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
+    response = _client(server).parse_completion(raw, ChatRequest(model="m", messages=()))
+    assert response.text == '{"action": "DO_NOTHING"}'
+    assert response.latency_s == 0.0 and response.attempts == 1
+
+
+def test_a_token_limit_charges_each_blocking_request(server: ScriptedServer, api_key: str) -> None:
+    now = [0.0]
+    limiter = RateLimiter(tokens_per_minute=6000, clock=lambda: now[0])  # 1,000-token bucket
+    server.enqueue(do_nothing())
+    response = _client(server, rate_limiter=limiter).complete(REQUEST)
+    # The request reserved its estimate and settled on its reported usage: the bucket now owes
+    # exactly the tokens used, so the next 1,000 tokens wait that many tokens at 100 per second.
+    used = response.usage.total_tokens
+    assert used > 0
+    assert limiter.reserve(tokens=1000) == pytest.approx(used / 100.0)

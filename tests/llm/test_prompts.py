@@ -149,3 +149,27 @@ def test_anchor_validates() -> None:
     with pytest.raises(ValueError):
         Anchor(START, 0.0)
     assert Anchor("2024-03-01", 1.0).time == pd.Timestamp("2024-03-01", tz="UTC")
+
+
+# Mutation pass 5 (docs/testing.md): the Jinja environment is built once at import, so mutmut
+# only sees its edits through a fresh `_environment()`; the context's action names.
+
+
+def test_the_prompt_environment_trims_block_lines_and_formats_numbers() -> None:
+    from harness.llm.prompts import _environment
+
+    template = (
+        "{% for x in xs %}\n  {% if x %}\n- {{ x|num(1) }} {{ x|pct(signed=True) }}\n"
+        "  {% endif %}\n{% endfor %}\n"
+    )
+    text = _environment().from_string(template).render(xs=[1234.56, None])
+    assert text == "- 1,234.6 +1234.6%\n"
+    assert _environment().from_string("{{ '<b>' }}").render() == "<b>"  # no HTML escaping
+
+
+def test_the_context_offers_exactly_the_two_contract_actions() -> None:
+    from harness.llm.prompts import build_context
+
+    state = make_state()
+    context, _ = build_context(state, make_candidates(state), PlainView())
+    assert context["actions"] == ["SELL_CALL", "DO_NOTHING"]
