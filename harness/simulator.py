@@ -17,7 +17,12 @@ import numpy as np
 import pandas as pd
 
 from harness.data.chain_select import ChainSelection
-from harness.data.source import BulkChainSource, MarketDataSource, SettlementSource
+from harness.data.source import (
+    BulkChainSource,
+    MarketDataSource,
+    MarkRangeSource,
+    SettlementSource,
+)
 from harness.data.store import ChainStore, ProgressFn
 from harness.engine.features import spot_features
 from harness.engine.hints import history_hints
@@ -575,7 +580,19 @@ class CoveredCallSimulator:
             need[n] = (a, b)
         if not need:
             return
-        if isinstance(self.source, BulkChainSource):
+        if isinstance(self.source, BulkChainSource) and isinstance(self.source, MarkRangeSource):
+            # one request for every expiry: each instrument over its expiry group's window
+            # (the group's first bar to its last, as the per-expiry requests below read it)
+            names = list(need)
+            first = np.array([need[n][0] for n in names], dtype=np.int64)
+            last = np.array([need[n][1] for n in names], dtype=np.int64)
+            groups, group_of = np.unique(last, return_inverse=True)
+            group_first = np.full(len(groups), np.iinfo(np.int64).max)
+            np.minimum.at(group_first, group_of, first)
+            first = group_first[group_of]
+            flat = self.source.option_mark_ranges(names, _utc_ns_index(self.bar_ns), first, last)
+            self._store_ranges(names, first, last, flat)
+        elif isinstance(self.source, BulkChainSource):
             # one vectorized request per expiry: its instruments share the window's last bar
             by_last: dict[int, list[str]] = {}
             for n, (_, b) in need.items():
@@ -647,6 +664,26 @@ class CoveredCallSimulator:
         for r, name in enumerate(names):
             self._paths[name] = (start, filled[r])
 
+    def _store_ranges(
+        self, names: Sequence[str], first: np.ndarray, last: np.ndarray, flat: np.ndarray
+    ) -> None:
+        """`_store_paths` for paths of different ranges: name i's marks over bars
+        first[i]..last[i] are its slice of `flat` (concatenated in name order)."""
+        flat = np.array(flat, dtype=float)
+        widths = last - first + 1
+        ends = np.cumsum(widths)
+        starts = ends - widths
+        for i, name in enumerate(names):
+            for bar, mark in self._seeds.get(name, {}).items():
+                j = bar - int(first[i])
+                if 0 <= j < widths[i] and np.isnan(flat[starts[i] + j]):
+                    flat[starts[i] + j] = mark
+        filled = _ffill_segments(flat, starts)
+        for name, a, s0, s1 in zip(
+            names, first.tolist(), starts.tolist(), ends.tolist(), strict=True
+        ):
+            self._paths[name] = (a, filled[s0:s1])
+
     def _settlement_flows(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Settlement price, payoff and delivery fee per coin (USD) of candidate rows `ks`."""
         c = self.config
@@ -710,31 +747,46 @@ class CoveredCallSimulator:
             return out
         last_bar = np.asarray(last_bar, dtype=np.int64)
         open_bar = np.asarray(open_bar, dtype=np.int64)
-        # candidates grouped by last bar (an expiry): one matrix per group, one row per
-        # instrument copied from its path, then one row per candidate taken from those
-        order = np.argsort(last_bar, kind="stable")
-        bounds = np.r_[0, np.flatnonzero(np.diff(last_bar[order])) + 1, len(order)]
-        # instruments numbered once for all groups; each group's are found by integer codes
-        all_codes, all_names = pd.factorize(np.asarray(names, dtype=object))
-        all_names = all_names.tolist()
-        for i, j in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            idx = order[i:j]
-            b = int(last_bar[idx[0]])
-            a0 = int(open_bar[idx].min())
-            width = b - a0 + 1
-            present, codes = np.unique(all_codes[idx], return_inverse=True)
-            paths = np.full((len(present), width), np.nan)
-            for u, name in enumerate(all_names[c] for c in present.tolist()):
-                start, path = self._paths[name]
-                lo = max(a0, start)
-                hi = min(b, start + len(path) - 1)
-                if hi >= lo:
-                    paths[u, lo - a0 : hi - a0 + 1] = path[lo - start : hi - start + 1]
-            values = self.close[a0 : b + 1][None, :] - paths[codes] + cash[idx][:, None]
-            cols = np.arange(width)[None, :]
-            values = np.where(cols >= (open_bar[idx] - a0)[:, None], values, np.nan)
-            values = np.concatenate([values, (final_value + cash)[idx][:, None]], axis=1)
+        # S - C of every instrument once, on one flat array (its bars from its first open to
+        # its last bar, each segment followed by NaN padding); a candidate's row is then a
+        # contiguous window of it, so all expiries go through one loop of cache-sized chunks.
+        # NaN cells are skipped by the drawdown, so a row's values and their order are those
+        # of a per-expiry matrix.
+        width = last_bar - open_bar + 1
+        cols = int(width.max()) + 1
+        codes, uniq = pd.factorize(np.asarray(names, dtype=object))
+        seg_lo = np.full(len(uniq), np.iinfo(np.int64).max)
+        seg_hi = np.full(len(uniq), np.iinfo(np.int64).min)
+        np.minimum.at(seg_lo, codes, open_bar)
+        np.maximum.at(seg_hi, codes, last_bar)
+        pieces = []
+        for u, name in enumerate(uniq.tolist()):
+            lo, hi = int(seg_lo[u]), int(seg_hi[u])
+            start, path = self._paths[name]
+            marks = np.full(hi - lo + 1, np.nan)
+            a, b = max(lo, start), min(hi, start + len(path) - 1)
+            if b >= a:
+                marks[a - lo : b - lo + 1] = path[a - start : b - start + 1]
+            pieces += [self.close[lo : hi + 1] - marks, np.full(cols, np.nan)]
+        flat = np.concatenate(pieces)
+        seg_len = seg_hi - seg_lo + 1 + cols
+        seg_off = np.cumsum(seg_len) - seg_len
+        windows = np.lib.stride_tricks.sliding_window_view(flat, cols)
+        first = seg_off[codes] + open_bar - seg_lo[codes]
+        # chunks of similar widths (narrowest first): each matrix is as wide as its widest row
+        by_width = np.argsort(width, kind="stable")
+        lo = 0
+        while lo < len(names):
+            hi = min(len(names), lo + max(1, _DRAWDOWN_CELLS // cols))
+            idx = by_width[lo:hi]
+            w = width[idx]
+            n = int(w.max()) + 1
+            rows = windows[first[idx], :n]
+            j = np.arange(n)[None, :]
+            values = np.where(j < w[:, None], rows + cash[idx][:, None], np.nan)
+            values[np.arange(len(idx)), w] = (final_value + cash)[idx]
             out[idx] = covered_drawdown_pct(values)
+            lo = hi
         return out
 
     def counterfactual_labels(self) -> pd.DataFrame:
@@ -1213,6 +1265,10 @@ class CoveredCallSimulator:
         )
 
 
+# cells per drawdown chunk (8 bytes each): a few hundred KiB stay in cache and bound memory
+_DRAWDOWN_CELLS = 1 << 16
+
+
 def _group_min(group: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Mask of the entries equal to the minimum of their group (`group` sorted ascending)."""
     starts = np.r_[0, np.nonzero(np.diff(group))[0] + 1]
@@ -1227,6 +1283,17 @@ def _ffill_rows(values: np.ndarray) -> np.ndarray:
     idx = np.where(np.isnan(values), 0, np.arange(values.shape[1])[None, :])
     np.maximum.accumulate(idx, axis=1, out=idx)
     return np.take_along_axis(values, idx, axis=1)
+
+
+def _ffill_segments(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """`_ffill` of each segment of a flat array (segments begin at `starts`, never carried over)."""
+    if not np.isnan(values).any():
+        return values
+    head = np.zeros(len(values), dtype=bool)
+    head[starts[starts < len(values)]] = True
+    idx = np.where(np.isnan(values) & ~head, 0, np.arange(len(values)))
+    np.maximum.accumulate(idx, out=idx)
+    return values[idx]
 
 
 def _utc_ns_index(ns: np.ndarray) -> pd.DatetimeIndex:

@@ -58,6 +58,7 @@ from harness.data.source import (
     frame_to_snapshots,
     inclusive_range,
     normalize_chain_frame,
+    range_positions,
 )
 from harness.instruments import parse_instrument_name
 from harness.timestamps import TimestampLike, to_utc, utc_index
@@ -783,25 +784,40 @@ class ChainTable:
         out = np.full((len(names), len(t_ns)), np.nan)
         if len(self.cols) == 0 or len(names) == 0 or len(t_ns) == 0:
             return out
-        c = self.cols
         if codes is None:
             codes = self.codes_of(names)
         known = np.flatnonzero(codes >= 0)
         if len(known) == 0:
             return out
+        pair_codes = np.repeat(codes[known], len(t_ns))
+        out[known] = self.marks_at(pair_codes, np.tile(t_ns, len(known))).reshape(-1, len(t_ns))
+        return out
+
+    def marks_at(self, codes: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
+        """Mark price (USD) of instrument code[i] at time t_ns[i] (ns), one per pair; NaN as `marks`.
+
+        Pairs, not a names x times grid: one request answers instruments over different
+        ranges (every expiry's paths at once) without the grid's unused cells.
+        """
+        codes = np.asarray(codes, dtype=np.int64)
+        t_ns = np.asarray(t_ns, dtype=np.int64)
+        out = np.full(len(codes), np.nan)
+        if len(self.cols) == 0 or len(codes) == 0:
+            return out
+        c = self.cols
+        known = codes >= 0
         order, keys, stride = self._code_index()
         ref_ns = self._bar_floor(t_ns)
         ref_idx = np.clip(ref_ns // self.bar.value - self._base, -1, stride - 2)
-        query = codes[known][:, None] * stride + ref_idx[None, :]
+        query = codes * stride + ref_idx
         pos = np.searchsorted(keys, query, side="right") - 1
-        ok = (pos >= 0) & (ref_idx[None, :] >= 0)
+        ok = known & (pos >= 0) & (ref_idx >= 0)
         pos = np.where(ok, pos, 0)
-        ok &= keys[pos] // stride == codes[known][:, None]
+        ok &= keys[pos] // stride == codes
         rows = order[pos]
-        ok &= (ref_ns[None, :] - c.quote_time[rows]) < self.mark_staleness.value
-        ok &= c.expiry[rows] > t_ns[None, :]
-        out[known] = np.where(ok, c.values["mark_price"][rows], np.nan)
-        return out
+        ok &= (ref_ns - c.quote_time[rows]) < self.mark_staleness.value
+        ok &= c.expiry[rows] > t_ns
+        return np.where(ok, c.values["mark_price"][rows], np.nan)
 
     def ohlc(
         self, name: str, start: pd.Timestamp, end: pd.Timestamp, timeframe: Timeframe
@@ -1188,16 +1204,25 @@ class FileDataSource(ChainTableSource):
         )
 
     def _blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
-        """[lo, hi] (ns) cut at UTC midnights into runs of at most `block_days` days."""
+        """[lo, hi] (ns) cut into runs of at most `block_days` days, at month starts if possible.
+
+        Partitions are months (or days): a cut inside a month would read its file once per
+        block, so each block ends at the last month start within `block_days` days of its first
+        day, or at a UTC midnight when no month starts within reach (`block_days` < 31).
+        """
         day = 86_400 * 10**9
-        first = lo - lo % day
+        reach = self.block_days * day
         out = []
         start = lo
-        edge = first + self.block_days * day
         while start <= hi:
-            stop = min(hi, edge - 1)
-            out.append((start, stop))
-            start, edge = edge, edge + self.block_days * day
+            first = start - start % day
+            month = pd.Timestamp(first, tz="UTC").replace(day=1)
+            edges = pd.date_range(month, periods=self.block_days // 28 + 2, freq="MS", tz="UTC")
+            edge_ns = edges.as_unit("ns").asi8
+            within = edge_ns[(edge_ns > start) & (edge_ns <= first + reach)]
+            edge = int(within[-1]) if len(within) else first + reach
+            out.append((start, min(hi, edge - 1)))
+            start = edge
         return out
 
     def option_marks(self, instrument_names: Sequence[str], times: pd.DatetimeIndex) -> np.ndarray:
@@ -1243,18 +1268,86 @@ class FileDataSource(ChainTableSource):
                 out[[rows[i] for i in idx]] = table.marks(missing, times)
         return out
 
-    def _covered(
-        self, u: str, names: list[str], codes: np.ndarray | None, need_lo: int, need_hi: int
+    def option_mark_ranges(
+        self,
+        instrument_names: Sequence[str],
+        times: pd.DatetimeIndex,
+        first: np.ndarray,
+        last: np.ndarray,
     ) -> np.ndarray:
-        """Which of `names` the loaded mark period answers completely over [need_lo, need_hi]."""
+        """Marks (USD) of name i at times[first[i]:last[i] + 1], concatenated (MarkRangeSource).
+
+        One request for every expiry's paths: names the last bulk `chain_frame` covers are
+        answered from its marks in one vectorised look-up, the others from one scan of their
+        partitions over the union of their ranges.
+        """
+        times = _utc_times(times)
+        first = np.asarray(first, dtype=np.int64)
+        last = np.asarray(last, dtype=np.int64)
+        pos = range_positions(first, last)
+        out = np.full(len(pos), np.nan)
+        if len(pos) == 0:
+            return out
+        t_all = times.as_unit("ns").asi8
+        owner = np.repeat(np.arange(len(first)), last - first + 1)
+        t_ns = t_all[pos]
+        by_underlying: dict[str, list[int]] = {}
+        for i, name in enumerate(instrument_names):
+            if last[i] >= first[i]:
+                by_underlying.setdefault(_coin_of(name.split("-", 1)[0]), []).append(i)
+        for u, rows in by_underlying.items():
+            if not self._has_chains(u):
+                continue
+            names = [instrument_names[i] for i in rows]
+            tf, stale, mark_stale = self._windows(u)
+            bar = timeframe_delta(tf).value
+            lo_t, hi_t = t_all[first[rows]], t_all[last[rows]]
+            need_lo = lo_t - lo_t % bar - mark_stale.value
+            period = self._mark_periods.get(u)
+            codes = None if period is None else period.table.codes_of(names)
+            covered = self._covered(u, names, codes, need_lo, hi_t)
+            # per name: its table code (covered) or -1; pairs pick their owner's code
+            mine = np.full(len(first), -2, dtype=np.int64)
+            if covered.any() and period is not None and codes is not None:
+                mine[np.asarray(rows)[covered]] = codes[covered]
+                pairs = mine[owner] >= -1
+                out[pairs] = period.table.marks_at(mine[owner][pairs], t_ns[pairs])
+            if not covered.all():
+                missing = [names[i] for i in np.flatnonzero(~covered)]
+                cols = self._scan(
+                    u,
+                    pd.Timestamp(int(need_lo[~covered].min()), tz="UTC"),
+                    pd.Timestamp(int(hi_t[~covered].max()), tz="UTC"),
+                    names=missing,
+                )
+                table = ChainTable.from_columns(cols, tf, stale, mark_staleness=mark_stale)
+                mine[:] = -2
+                mine[np.asarray(rows)[~covered]] = table.codes_of(missing)
+                pairs = mine[owner] >= -1
+                out[pairs] = table.marks_at(mine[owner][pairs], t_ns[pairs])
+        return out
+
+    def _covered(
+        self,
+        u: str,
+        names: list[str],
+        codes: np.ndarray | None,
+        need_lo: int | np.ndarray,
+        need_hi: int | np.ndarray,
+    ) -> np.ndarray:
+        """Which of `names` the loaded mark period answers completely over [need_lo, need_hi]
+        (one range for all names, or one per name)."""
         period = self._mark_periods.get(u)
-        if period is None or codes is None or need_lo < period.lo or need_hi > period.hi:
+        if period is None or codes is None:
             return np.zeros(len(names), dtype=bool)
+        need_lo = np.broadcast_to(np.asarray(need_lo, dtype=np.int64), (len(names),))
+        need_hi = np.broadcast_to(np.asarray(need_hi, dtype=np.int64), (len(names),))
+        inside = (need_lo >= period.lo) & (need_hi <= period.hi)
         kind_ok = np.array(
             [("call" if n.endswith("-C") else "put") in period.kinds for n in names], dtype=bool
         )
         if period.max_dte is None:
-            return kind_ok
+            return inside & kind_ok
         table = period.table
         limit = need_lo + int(period.max_dte * 86_400e9)
         expiry = np.full(len(names), np.iinfo(np.int64).max)
@@ -1266,7 +1359,7 @@ class FileDataSource(ChainTableSource):
                 expiry[i] = parse_instrument_name(names[i]).expiry.value
             except ValueError:
                 expiry[i] = np.iinfo(np.int64).min  # not an option name: nothing to find
-        return kind_ok & (expiry <= limit)
+        return inside & kind_ok & (expiry <= limit)
 
     # ---- SettlementSource
 

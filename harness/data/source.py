@@ -82,6 +82,36 @@ class BulkChainSource(Protocol):
 
 
 @runtime_checkable
+class MarkRangeSource(Protocol):
+    """Optional: mark paths of many instruments, each over its own bar range, in one request."""
+
+    def option_mark_ranges(
+        self,
+        instrument_names: Sequence[str],
+        times: pd.DatetimeIndex,
+        first: np.ndarray,
+        last: np.ndarray,
+    ) -> np.ndarray:
+        """Marks (USD) of name i at times[first[i]:last[i] + 1], concatenated in name order.
+
+        Each name's values equal `option_marks([name], times[first[i]:last[i] + 1])`.
+        """
+        ...
+
+
+def range_positions(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Positions first[i]..last[i] (inclusive) of every range, concatenated in range order."""
+    first = np.asarray(first, dtype=np.int64)
+    widths = np.asarray(last, dtype=np.int64) - first + 1
+    if (widths < 0).any():
+        raise ValueError("every range needs last >= first - 1")
+    ends = np.cumsum(widths)
+    total = int(ends[-1]) if len(ends) else 0
+    # position = first of its range + offset inside it
+    return np.repeat(first - (ends - widths), widths) + np.arange(total)
+
+
+@runtime_checkable
 class SettlementSource(Protocol):
     """Optional: a source that knows the exchange's official delivery (settlement) price."""
 
