@@ -1111,8 +1111,9 @@ class FileDataSource(ChainTableSource):
         max_dte: float | None = None,
         selection: ChainSelection | None = None,
     ) -> ChainColumns:
-        """`chain_frame` as columns: one columnar pass over the period's partitions. With `max_dte` the pass runs on until
-        the last of those options can expire (last time + max_dte) and keeps their marks for
+        """`chain_frame` as columns: one columnar pass over the period's partitions.
+
+        With `max_dte` the pass runs on until the last of those options can expire (last time + max_dte) and keeps their marks for
         `option_marks`, so a simulation reads every partition once. With `selection`, only
         the rows `store_selection_mask` keeps are copied out (the marks are kept whole).
         """
