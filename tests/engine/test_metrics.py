@@ -169,3 +169,12 @@ def test_returns_are_measured_from_the_coins_held_before_the_first_sale() -> Non
     assert m["total_return_pct"] == pytest.approx(8.0, rel=1e-12)  # 108 / 100 - 1
     assert m["final_pnl_usd"] == pytest.approx(8.0, rel=1e-12)
     assert m["annualized_return_pct"] == pytest.approx((1.08 ** (365 / 2) - 1) * 100, rel=1e-12)
+
+
+def test_a_nan_last_equity_point_makes_the_returns_nan_not_an_error() -> None:
+    """The docstring's rule: every figure a NaN equity point touches is NaN, never 0 or a crash."""
+    days = pd.date_range("2024-01-01", periods=3, freq="1D", tz="UTC")
+    eq = pd.Series([100.0, 101.0, float("nan")], index=days)
+    hodl = pd.Series([100.0, 101.0, 102.0], index=days)
+    m = portfolio_metrics(eq, hodl, pd.Series(SPOT[:3], index=days), [], pd.Timedelta(days=1))
+    assert math.isnan(m["annualized_return_pct"])
