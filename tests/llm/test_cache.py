@@ -268,3 +268,18 @@ def test_async_mode_off_asks_live_and_stores_nothing(tmp_path: Path) -> None:
         lookup = asyncio.run(cache.aget_or_compute(_payload(), compute, mode="off"))
         assert lookup.source == "live" and not lookup.hit and lookup.entry.text == "live"
         assert len(cache) == 0
+
+
+def test_each_choice_keeps_its_own_finish_reason() -> None:
+    """A truncated sample among n answers stays truncated when read back from the cache."""
+    from harness.llm.client import ChatChoice, ChatResponse
+
+    response = ChatResponse(
+        choices=(ChatChoice("{}", None, "stop", None), ChatChoice('{"a', None, "length", None)),
+        usage=Usage(10, 2, 0),
+        latency_s=0.1,
+        attempts=1,
+        schema_fallback=False,
+    )
+    entry = CachedResponse.from_response(response)
+    assert [entry.choice(i).finish_reason for i in range(2)] == ["stop", "length"]

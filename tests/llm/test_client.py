@@ -379,3 +379,17 @@ def test_a_token_limit_charges_each_blocking_request(server: ScriptedServer, api
     used = response.usage.total_tokens
     assert used > 0
     assert limiter.reserve(tokens=1000) == pytest.approx(used / 100.0)
+
+
+def test_request_params_are_the_sent_body_without_model_and_messages(
+    server: ScriptedServer, api_key: str
+) -> None:
+    """Transcripts record the knobs sent, not the model (recorded apart) or the prompt."""
+    server.enqueue(answer({"action": "DO_NOTHING"}))
+    client = _client(server)
+    response = client.complete(REQUEST)
+    sent = server.requests[0]
+    expected = {k: v for k, v in sent.items() if k not in ("model", "messages")}
+    assert response.request_params == expected
+    assert response.request_params["max_tokens"] == 100 and "temperature" in expected
+    client.close()
