@@ -21,30 +21,23 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from harness.data.synthetic import SyntheticMarket
-from harness.simulator import CoveredCallSimulator
-from harness.stats import CI_METHODS, paired_comparison
-from harness.types import CallSimulationConfig
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for tests.data.placebo_fixtures (the same placebo config)
 
-
-def _config() -> CallSimulationConfig:
-    return CallSimulationConfig(
-        underlying="BTC",
-        start="2024-01-01",
-        end="2024-12-31",
-        timeframe="1h",
-        decision_interval_bars=4,
-        fill="mark",
-        fee_rate=0.0,
-        delivery_fee_rate=0.0,
-    )
+from harness.data.synthetic import SyntheticMarket  # noqa: E402
+from harness.simulator import CoveredCallSimulator  # noqa: E402
+from harness.stats import CI_METHODS, paired_comparison  # noqa: E402
+from harness.types import CallSimulationConfig  # noqa: E402
+from tests.data.placebo_fixtures import placebo_config  # noqa: E402
 
 
 def block_length(cfg: CallSimulationConfig) -> int:
@@ -160,7 +153,7 @@ def main() -> None:
     ap.add_argument("--rich-seeds", type=int, default=40, help="rich_premium market seeds")
     ap.add_argument("--draws", type=int, default=1, help="random-sell policies per placebo seed")
     args = ap.parse_args()
-    cfg = _config()
+    cfg = placebo_config()
     block = block_length(cfg)
     t0 = time.perf_counter()
     results: dict[str, list[dict]] = {"placebo": [], "rich_premium": []}
