@@ -313,6 +313,9 @@ def test_simulate_call_and_trade_path_follow_the_markets_own_marks(
     assert trade.instrument_name == cand.instrument_name and trade.open_time == t
     assert trade.premium_usd == pytest.approx(2.0 * cand.bid_price, rel=1e-12)
     path = sim.trade_path(trade)
+    # the documented frame: its index is `time` (reset_index gives a `time` column), these columns
+    assert path.index.name == "time" and list(path.reset_index().columns[:1]) == ["time"]
+    assert list(path.columns) == ["spot", "call_mark", "pnl_vs_hodl", "covered_value"]
     bars = path.index[:-1]
     assert bars[0] == t and bars[-1] < trade.close_time == path.index[-1]
     assert list(np.diff(bars.asi8)) == [3600 * 10**9] * (len(bars) - 1)

@@ -393,3 +393,21 @@ def test_request_params_are_the_sent_body_without_model_and_messages(
     assert response.request_params == expected
     assert response.request_params["max_tokens"] == 100 and "temperature" in expected
     client.close()
+
+
+def test_masked_header_values_are_refused_before_any_request_with_a_fix(
+    server: ScriptedServer, api_key: str
+) -> None:
+    """A config rebuilt from a run folder holds '***' header values: say so, send nothing."""
+    client = _client(server, extra_headers={"X-Team": "***", "X-Trace": "abc"})
+    for call in (client.check_available, lambda: client.complete(REQUEST)):
+        with pytest.raises(LLMUnavailable) as caught:
+            call()
+        message = str(caught.value)
+        assert message.startswith("extra_headers X-Team hold the mask '***', not a value")
+        assert "a run folder's config.yaml masks header values; run with the original config" in (
+            message
+        )
+        assert "X-Trace" not in message
+    assert server.request_count == 0
+    client.close()

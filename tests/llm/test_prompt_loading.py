@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +49,26 @@ def test_from_sources_keeps_both_sources() -> None:
     assert t.render({"underlying": "BTC"}) == ("system BTC", "user BTC")
     other = PromptTemplate.from_sources("x", "system!", "user {{ underlying }}")
     assert other.content_hash != t.content_hash
+
+
+def test_prompt_files_are_read_as_utf8_whatever_the_locale(tmp_path) -> None:
+    """A prompt with non-ASCII text loads the same under an ASCII locale (as on many servers)."""
+    system, user = "Sell calls. Δ band: 0.15–0.35", "Spot ≥ {{ spot }} — choose ≤ 1 call"
+    (tmp_path / "mine.system.j2").write_text(system, encoding="utf-8")
+    (tmp_path / "mine.user.j2").write_text(user, encoding="utf-8")
+    # the harness package this test imported (a mutated copy under mutmut), not an installed one
+    package_root = Path(prompts_module.__file__).resolve().parents[2]
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env.update(PYTHONCOERCECLOCALE="0", PYTHONPATH=str(package_root))
+    code = (
+        "import json, locale, sys; from harness.llm.prompts import load_prompt;"
+        f"t = load_prompt('mine', {str(tmp_path)!r});"
+        "print(json.dumps([locale.getpreferredencoding(False), t.system_source, t.user_source]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    encoding, got_system, got_user = json.loads(done.stdout)
+    assert encoding.lower().replace("-", "") != "utf8"  # the locale really is not UTF-8
+    assert (got_system, got_user) == (system, user)
