@@ -126,6 +126,10 @@ def _ledger(market: SyntheticMarket, trades, legs, t: pd.Timestamp) -> float:
 def test_premium_is_in_equity_at_the_sale_bar(replay, market: SyntheticMarket) -> None:
     res, legs, _ = replay
     assert len(res.trades) >= 5
+    # the documented series: names and index are what `to_frame()` and the run files show
+    curves = (res.equity_curve, res.hodl_curve, res.equity_vs_hodl)
+    assert [c.name for c in curves] == ["equity", "hodl", "equity_vs_hodl"]
+    assert all(c.index.name == "timestamp" and c.index.equals(curves[0].index) for c in curves)
     ev = res.equity_vs_hodl
     for tr in res.trades:
         for t in (tr.open_time - HOUR, tr.open_time, tr.open_time + HOUR):

@@ -200,3 +200,59 @@ def test_block_bootstrap_comparison_without_any_finite_pair_is_nan() -> None:
     assert c.n == 0 and c.wins == c.losses == c.ties == 0
     assert all(isinstance(v, float) and np.isnan(v) for v in (c.ci_low, c.ci_high, c.p_value))
     assert np.isnan(c.mean_diff) and np.isnan(c.agreement_rate)
+
+
+# Mutation pass 7 (docs/testing.md): survivors of a fresh seed, each against a hand figure.
+
+
+def test_all_pairs_uses_its_seed_for_every_pair() -> None:
+    """Each pair is the paired comparison at the seed given: reports are reproducible."""
+    from harness.stats import all_pairs
+
+    rng = np.random.default_rng(11)
+    n = 120
+    rewards = {k: rng.normal(0.1 * i, 1.0, n) for i, k in enumerate("abc")}
+    choices = {k: ["x"] * n for k in rewards}
+    first = all_pairs(rewards, choices, block_length=4, seed=7)
+    assert first == all_pairs(rewards, choices, block_length=4, seed=7)
+    for p in first:
+        alone = paired_comparison(
+            p.policy,
+            p.baseline,
+            rewards[p.policy],
+            rewards[p.baseline],
+            choices[p.policy],
+            choices[p.baseline],
+            block_length=4,
+            seed=7,
+        )
+        assert (p.ci_low, p.ci_high, p.p_value) == (alone.ci_low, alone.ci_high, alone.p_value)
+
+
+def test_block_bootstrap_means_default_seed_is_zero() -> None:
+    from harness.stats import block_bootstrap_means
+
+    x = np.random.default_rng(3).normal(size=50)
+    plain = block_bootstrap_means(x, block_length=5, n_resamples=300)
+    np.testing.assert_array_equal(plain, block_bootstrap_means(x, block_length=5, n_resamples=300))
+    seeded = block_bootstrap_means(x, block_length=5, n_resamples=300, seed=0)
+    np.testing.assert_array_equal(plain, seeded)
+    other = block_bootstrap_means(x, block_length=5, n_resamples=300, seed=1)
+    assert not np.array_equal(plain, other)
+
+
+def test_cluster_robust_mean_is_the_cr1_sandwich_by_hand() -> None:
+    """Mean, and SE = sqrt(G / (G - 1) * sum over clusters of (sum of deviations)^2) / n."""
+    from harness.stats import cluster_robust_mean
+
+    values = [1.0, 2.0, 3.0, 4.0, 10.0, 12.0, -1.0]
+    clusters = ["a", "a", "b", "b", "c", "c", "a"]
+    n, mean = len(values), sum(values) / len(values)
+    sums: dict[str, float] = {}
+    for v, g in zip(values, clusters, strict=True):
+        sums[g] = sums.get(g, 0.0) + (v - mean)
+    g_count = len(sums)
+    se = (g_count / (g_count - 1) * sum(s * s for s in sums.values())) ** 0.5 / n
+    got_mean, got_se = cluster_robust_mean(values, clusters)
+    assert got_mean == pytest.approx(mean, rel=1e-12)
+    assert got_se == pytest.approx(se, rel=1e-10)

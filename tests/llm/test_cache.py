@@ -186,6 +186,9 @@ def test_async_identical_requests_collapse_and_errors_propagate(tmp_path: Path) 
             *(cache.aget_or_compute(_payload(), slow) for _ in range(50))
         )
         assert sorted(lk.source for lk in lookups) == ["live"] + ["shared"] * 49
+        (live,) = [lk.entry for lk in lookups if lk.source == "live"]
+        assert live.text == _answer().text and live.usage == _answer().usage
+        assert all(lk.entry == live for lk in lookups)  # followers get the leader's answer
         assert len(calls) == 1
         other = _payload(content="other")
         outcomes = await asyncio.gather(
@@ -283,3 +286,47 @@ def test_each_choice_keeps_its_own_finish_reason() -> None:
     )
     entry = CachedResponse.from_response(response)
     assert [entry.choice(i).finish_reason for i in range(2)] == ["stop", "length"]
+
+
+def test_each_choice_keeps_its_own_content_reasoning_and_refusal() -> None:
+    """Every field of each of n samples reads back from the cache as it was received."""
+    from harness.llm.client import ChatChoice, ChatResponse
+
+    sent = (
+        ChatChoice('{"action": "DO_NOTHING"}', "spot is flat", "stop", None),
+        ChatChoice(None, "thinking about it", "stop", "I cannot help with trading"),
+    )
+    response = ChatResponse(
+        choices=sent, usage=Usage(10, 2, 0), latency_s=0.1, attempts=1, schema_fallback=False
+    )
+    entry = CachedResponse.from_response(response)
+    assert [entry.choice(i) for i in range(2)] == list(sent)
+
+
+def test_async_lookups_read_refresh_and_refuse_like_the_sync_ones(tmp_path: Path) -> None:
+    """The async path honours the cache mode: a stored answer is read, never asked again."""
+    calls = []
+
+    def compute(text: str):
+        async def run() -> CachedResponse:
+            calls.append(text)
+            return _answer(text=text)
+
+        return run
+
+    async def main(cache: ResponseCache) -> None:
+        with pytest.raises(CacheMissError, match="read_only"):
+            await cache.aget_or_compute(_payload(), compute("x"), mode="read_only")
+        first = await cache.aget_or_compute(_payload(), compute("first"))
+        assert first.source == "live" and first.entry.text == "first"
+        again = await cache.aget_or_compute(_payload(), compute("no"))
+        assert again.source == "cache" and again.hit and again.entry.text == "first"
+        fresh = await cache.aget_or_compute(_payload(), compute("second"), mode="refresh")
+        assert fresh.source == "live" and fresh.entry.text == "second"
+        stored = await cache.aget_or_compute(_payload(), compute("no"), mode="read_only")
+        assert stored.source == "cache" and stored.entry.text == "second"
+
+    with ResponseCache(tmp_path) as cache:
+        asyncio.run(main(cache))
+        assert calls == ["first", "second"]
+        assert cache.stats().hits == 2

@@ -302,6 +302,7 @@ def test_validation_errors_that_echo_the_request_are_not_a_schema_rejection(
         ("Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens' instead.", True),
         ("Unsupported value: 'temperature' does not support 0.2 with this model.", True),
         ("temperature is unsupported here", True),
+        ("This model does not support temperature.", True),
         ("messages[1].content must be a string", False),
     ],
 )
@@ -411,3 +412,26 @@ def test_masked_header_values_are_refused_before_any_request_with_a_fix(
         assert "X-Trace" not in message
     assert server.request_count == 0
     client.close()
+
+
+def test_retry_log_lines_never_show_the_api_key(
+    server: ScriptedServer, api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server echoing the key in a retried error: the retry log masks it, sync and async."""
+    leak = f"overloaded, key {SECRET} busy"
+    server.enqueue(status(500, message=leak), do_nothing())
+    server.enqueue(status(500, message=leak), do_nothing())
+    client = _client(server)
+
+    async def main() -> None:
+        try:
+            await client.acomplete(REQUEST)
+        finally:
+            await client.aclose()
+
+    with caplog.at_level("INFO", logger="harness"):
+        assert client.complete(REQUEST).attempts == 2
+        asyncio.run(main())
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 2 and all("overloaded, key ***" in line for line in retries)
+    assert not any(SECRET in r.getMessage() for r in caplog.records)
