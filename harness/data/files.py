@@ -938,6 +938,17 @@ class _MarkPeriod:
     lo: int
     hi: int
     table: ChainTable
+    # the rows of the codes a selection put in its band (`hot_codes`, bool per code): the
+    # simulator's mark paths are theirs, so they are looked up in this small table
+    hot: ChainTable | None = None
+    hot_codes: np.ndarray | None = None
+
+    def table_for(self, codes: np.ndarray) -> ChainTable:
+        """The small table when it holds every one of `codes` (-1: unknown), else the full one."""
+        if self.hot is None or self.hot_codes is None:
+            return self.table
+        known = codes[codes >= 0]
+        return self.hot if bool(self.hot_codes[known].all()) else self.table
 
 
 class _Codes:
@@ -1200,9 +1211,17 @@ class FileDataSource(ChainTableSource):
         table = ChainTable.from_columns(
             concat_columns(slim, names, u), tf, stale, mark_staleness=mark_stale
         )
-        self._mark_periods[u] = _MarkPeriod(
-            kinds=frozenset(kinds), max_dte=max_dte, lo=lo, hi=hi, table=table
-        )
+        period = _MarkPeriod(kinds=frozenset(kinds), max_dte=max_dte, lo=lo, hi=hi, table=table)
+        if selection is not None:
+            # the band's instruments (a few % of the rows) get their own small mark table:
+            # its index sorts and searches ~50x fewer rows than the whole period's
+            hot_codes = np.zeros(len(names), dtype=bool)
+            hot_codes[: len(held)] = held
+            mark_cols = table.cols
+            hot = mark_cols.take(np.flatnonzero(hot_codes[mark_cols.code]))
+            period.hot = ChainTable.from_columns(hot, tf, stale, mark_staleness=mark_stale)
+            period.hot_codes = hot_codes
+        self._mark_periods[u] = period
         out = concat_columns(found, names, u)
         return out if deferred is None else take_deferred(out, deferred)
 
@@ -1268,7 +1287,7 @@ class FileDataSource(ChainTableSource):
             covered = self._covered(u, names, codes, need_lo, need_hi)
             if covered.any() and period is not None and codes is not None:
                 idx = np.flatnonzero(covered)
-                out[[rows[i] for i in idx]] = period.table.marks(
+                out[[rows[i] for i in idx]] = period.table_for(codes[idx]).marks(
                     [names[i] for i in idx], times, codes=codes[idx]
                 )
             if not covered.all():
@@ -1327,7 +1346,8 @@ class FileDataSource(ChainTableSource):
             if covered.any() and period is not None and codes is not None:
                 mine[np.asarray(rows)[covered]] = codes[covered]
                 pairs = mine[owner] >= -1
-                out[pairs] = period.table.marks_at(mine[owner][pairs], t_ns[pairs])
+                table = period.table_for(codes[covered])
+                out[pairs] = table.marks_at(mine[owner][pairs], t_ns[pairs])
             if not covered.all():
                 missing = [names[i] for i in np.flatnonzero(~covered)]
                 cols = self._scan(
