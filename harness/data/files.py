@@ -604,7 +604,7 @@ class ChainTable:
         if len(cols) > 1 and (np.diff(cols.as_of) < 0).any():
             cols = cols.take(np.argsort(cols.as_of, kind="stable"))
         self.cols = cols
-        self._name_codes: dict[str, int] | None = None
+        self._name_codes: pd.Index | dict[str, int] | None = None
         self._by_code: np.ndarray | None = None
         self._order_by_code: np.ndarray | None = None
         self._next: np.ndarray | None = None
@@ -781,8 +781,16 @@ class ChainTable:
     def codes_of(self, names: Sequence[str]) -> np.ndarray:
         """Code of each instrument name (-1 when the table has no row of it)."""
         if self._name_codes is None:
-            # a dict: a few hundred look-ups per request, no array conversion per call
-            self._name_codes = {str(n): i for i, n in enumerate(self.cols.names)}
+            # a hashed index built in C: a year holds tens of thousands of names, a Python
+            # dict of them cost more than the mark look-ups it served
+            index = pd.Index(self.cols.names, dtype=object)
+            if index.is_unique:
+                self._name_codes = index
+            else:  # names repeat only in hand-built columns: the last one wins, as before
+                self._name_codes = {str(n): i for i, n in enumerate(self.cols.names)}
+        if isinstance(self._name_codes, pd.Index):
+            found = self._name_codes.get_indexer(pd.Index(list(names), dtype=object))
+            return found.astype(np.int64, copy=False)
         get = self._name_codes.get
         return np.fromiter((get(n, -1) for n in names), dtype=np.int64, count=len(names))
 
@@ -1384,7 +1392,8 @@ class FileDataSource(ChainTableSource):
         )
         if period.max_dte is None:
             return inside & kind_ok
-        table = period.table
+        # the small table knows the expiry of its own codes without indexing the whole period
+        table = period.table_for(codes)
         limit = need_lo + int(period.max_dte * 86_400e9)
         expiry = np.full(len(names), np.iinfo(np.int64).max)
         known = codes >= 0
