@@ -264,12 +264,14 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a Parquet or CSV store file into a frame (raises DataError naming the file)."""
+def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a Parquet or CSV store file into a frame, optionally only `columns` (raises
+    DataError naming the file)."""
+    cols = None if columns is None else list(columns)
     try:
         if path.suffix == ".csv":
-            return pd.read_csv(path)
-        return pq.read_table(path).to_pandas()
+            return pd.read_csv(path, usecols=cols)
+        return pq.read_table(path, columns=cols).to_pandas()
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise DataError(f"cannot read store file: {exc}", source=path) from exc
 
@@ -1415,7 +1417,9 @@ class FileDataSource(ChainTableSource):
             found = _existing(settlement_path(self.root, key))
             prices: dict[int, float] = {}
             if found is not None:
-                table = read_table(found)
+                # the two columns used: the text `source` column cost more to convert than
+                # the rest of the first labels call's settlement look-ups
+                table = read_table(found, columns=("expiry", "price"))
                 stamps = pd.DatetimeIndex(pd.to_datetime(table["expiry"], utc=True))
                 # a dict, not a Series: one hash look-up per expiry (merge_settlements
                 # writes one row per expiry; should a hand-made file repeat one, the first wins)

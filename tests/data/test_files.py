@@ -203,6 +203,20 @@ def test_settlement(store: Path) -> None:
     assert src.settlement_price("ETH", T0 + 8 * H) is None
 
 
+def test_settlement_from_csv_reads_expiry_and_price(store: Path, tmp_path: Path) -> None:
+    # only the expiry and price columns are read, from CSV as from Parquet
+    root = tmp_path / "csvsettle"
+    (root / "BTC").mkdir(parents=True)
+    (root / "BTC" / "meta.json").write_text((store / "BTC" / "meta.json").read_text())
+    frame = pq.read_table(store / "BTC" / "settlement.parquet").to_pandas()
+    frame.assign(note="hand-made")[["note", "price", "source", "expiry"]].to_csv(
+        root / "BTC" / "settlement.csv", index=False
+    )
+    src = FileDataSource(root)
+    assert src.settlement_price("BTC", T0 + 8 * H) == 60_123.4
+    assert src.settlement_price("BTC", T0 + 32 * H) is None
+
+
 def test_merging_keeps_the_latest_quote(store: Path) -> None:
     late = chain_rows([(CALL, T0 + 2 * H, T0 + 2 * H - pd.Timedelta(minutes=1), 0.5)])
     early = chain_rows([(CALL, T0 + 3 * H, T0 + 2 * H + pd.Timedelta(minutes=1), 0.5)])
