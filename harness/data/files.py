@@ -630,34 +630,17 @@ class ChainTable:
         """The latest bar close at or before each time (bars aligned to the Unix epoch)."""
         return t_ns - np.mod(t_ns, self.bar.value)
 
-    def _latest_rows(self, ref_ns: np.ndarray, lookback_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        """(row, query) pairs where the row is its instrument's latest bar in (ref - lookback, ref].
-
-        Ordered by query index, then row. Each row serves the queries whose ref lies in
-        [as_of, min(as_of + lookback, the instrument's next as_of)): found by two binary
-        searches per row, so rows superseded inside a window are never expanded (with
-        4-hour snapshots and a two-bar lookback that halves the pairs a window pass builds).
-        """
-        none = np.empty(0, dtype=np.int64)
-        c = self.cols
-        q_order = np.argsort(ref_ns, kind="stable")
-        sorted_ref = ref_ns[q_order]
-        upper = np.minimum(c.as_of + lookback_ns, self._next_as_of())
-        q_lo = np.searchsorted(sorted_ref, c.as_of, side="left")
-        counts = np.searchsorted(sorted_ref, upper, side="left") - q_lo
-        served = np.flatnonzero(counts > 0)
-        if len(served) == 0:
-            return none, none
-        counts = counts[served]
-        rows = np.repeat(served, counts)
-        total = len(rows)
-        # position of each pair within its row's run of queries
-        run_start = np.repeat(np.cumsum(counts) - counts, counts)
-        q = np.repeat(q_lo[served], counts) + (np.arange(total) - run_start)
-        which = q_order[q]
-        if total > 1 and (np.diff(which) < 0).any():
-            order = np.argsort(which, kind="stable")  # rows stay ascending within a query
-            rows, which = rows[order], which[order]
+    def _window_rows(self, times_ns: np.ndarray, lookback_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row indices (and the query index of each) of bars in (t - lookback, t] per query t."""
+        lo = np.searchsorted(self.cols.as_of, times_ns - lookback_ns, side="right")
+        hi = np.searchsorted(self.cols.as_of, times_ns, side="right")
+        lengths = hi - lo
+        total = int(lengths.sum())
+        if total == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        which = np.repeat(np.arange(len(times_ns)), lengths)
+        starts = np.repeat(lo - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+        rows = starts + np.arange(total)
         return rows, which
 
     def at(
@@ -710,9 +693,7 @@ class ChainTable:
         stale_ns = self.max_staleness.value
         # Look one bar further back than the freshness window so instruments that just went
         # stale are seen and counted instead of silently vanishing.
-        # An instrument's latest bar <= t in the window is its row whose next row (same
-        # instrument, next in time) lies after the window; alive is per instrument and query.
-        rows, which = self._latest_rows(ref_ns, stale_ns + self.bar.value)
+        rows, which = self._window_rows(ref_ns, stale_ns + self.bar.value)
         if rows.size == 0:
             return none, none, t_ns
         alive = c.expiry[rows] > t_ns[which]
@@ -722,6 +703,10 @@ class ChainTable:
             want_call = "call" in kinds
             alive &= c.is_call[rows] == want_call
         rows, which = rows[alive], which[alive]
+        # An instrument's latest bar <= t in the window is its row whose next row (same
+        # instrument, next in time) lies after the window; alive is per instrument and query.
+        latest = self._next_as_of()[rows] > ref_ns[which]
+        rows, which = rows[latest], which[latest]
         fresh = (ref_ns[which] - c.quote_time[rows]) < stale_ns
         self.gate_counts["stale"] += int((~fresh).sum())
         rows, which = rows[fresh], which[fresh]

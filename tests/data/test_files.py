@@ -356,8 +356,9 @@ def test_chain_table_never_looks_ahead(quotes, queries, stale_bars: int) -> None
     stale_bars=st.integers(1, 3),
 )
 def test_chain_table_at_rows_match_a_per_query_scan(quotes, queries, stale_bars: int) -> None:
-    # at_rows finds each instrument's latest row per query by binary search per row; the
-    # reference walks every query's window row by row, as the earlier window pass did
+    # the reference walks every query's window row by row (repeated and unsorted query
+    # times included): same rows, same order (query, calls first, expiry, strike), same
+    # count of instruments left out as stale
     rows = []
     for name, minute in quotes:
         quote = T0 + pd.Timedelta(minutes=minute)
