@@ -66,7 +66,8 @@ def store_selection_mask(
     For a store, whose rows are read rather than priced: `rows` must be sorted by query, then
     calls first, expiry and strike (the chain store's order). Kept, per query: the candidate
     band; every row of a call in `held` (codes already in the band at an earlier query, when
-    `selection.follow`; updated in place with this band's codes); the rows the simulator's ATM
+    `selection.follow`); `held` is updated in place with this band's codes either way (the
+    source keeps fast marks for them); the rows the simulator's ATM
     IV feature can pick (usable IV, days to expiry > 0, nearest `atm_dte`, then nearest the
     money by each row's own underlying price, NaN money gaps kept so the result is unchanged);
     and the first row (nearest expiry, lowest strike), the simulator's fallback spot after a
@@ -87,14 +88,14 @@ def store_selection_mask(
         & (delta <= selection.max_delta)
     )
     keep |= band
+    code = cols.code[rows]
     if selection.follow:
-        code = cols.code[rows]
         keep |= held[code]  # later rows of calls already in the band (past queries)
-        held[code[band]] = True
         # rows of this batch after a call's first band row (same block)
         first = np.full(len(held), n, dtype=np.int64)
         np.minimum.at(first, code[band], np.flatnonzero(band))
         keep |= np.arange(n) >= first[code]
+    held[code[band]] = True
     starts = np.r_[0, np.flatnonzero(np.diff(which)) + 1]
     keep[starts] = True
     iv = cols.values["mark_iv"][rows]

@@ -264,12 +264,14 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a Parquet or CSV store file into a frame (raises DataError naming the file)."""
+def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a Parquet or CSV store file into a frame, optionally only `columns` (raises
+    DataError naming the file)."""
+    cols = None if columns is None else list(columns)
     try:
         if path.suffix == ".csv":
-            return pd.read_csv(path)
-        return pq.read_table(path).to_pandas()
+            return pd.read_csv(path, usecols=cols)
+        return pq.read_table(path, columns=cols).to_pandas()
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise DataError(f"cannot read store file: {exc}", source=path) from exc
 
@@ -604,7 +606,7 @@ class ChainTable:
         if len(cols) > 1 and (np.diff(cols.as_of) < 0).any():
             cols = cols.take(np.argsort(cols.as_of, kind="stable"))
         self.cols = cols
-        self._name_codes: dict[str, int] | None = None
+        self._name_codes: pd.Index | dict[str, int] | None = None
         self._by_code: np.ndarray | None = None
         self._order_by_code: np.ndarray | None = None
         self._next: np.ndarray | None = None
@@ -766,8 +768,16 @@ class ChainTable:
     def codes_of(self, names: Sequence[str]) -> np.ndarray:
         """Code of each instrument name (-1 when the table has no row of it)."""
         if self._name_codes is None:
-            # a dict: a few hundred look-ups per request, no array conversion per call
-            self._name_codes = {str(n): i for i, n in enumerate(self.cols.names)}
+            # a hashed index built in C: a year holds tens of thousands of names, a Python
+            # dict of them cost more than the mark look-ups it served
+            index = pd.Index(self.cols.names, dtype=object)
+            if index.is_unique:
+                self._name_codes = index
+            else:  # names repeat only in hand-built columns: the last one wins, as before
+                self._name_codes = {str(n): i for i, n in enumerate(self.cols.names)}
+        if isinstance(self._name_codes, pd.Index):
+            found = self._name_codes.get_indexer(pd.Index(list(names), dtype=object))
+            return found.astype(np.int64, copy=False)
         get = self._name_codes.get
         return np.fromiter((get(n, -1) for n in names), dtype=np.int64, count=len(names))
 
@@ -923,6 +933,17 @@ class _MarkPeriod:
     lo: int
     hi: int
     table: ChainTable
+    # the rows of the codes a selection put in its band (`hot_codes`, bool per code): the
+    # simulator's mark paths are theirs, so they are looked up in this small table
+    hot: ChainTable | None = None
+    hot_codes: np.ndarray | None = None
+
+    def table_for(self, codes: np.ndarray) -> ChainTable:
+        """The small table when it holds every one of `codes` (-1: unknown), else the full one."""
+        if self.hot is None or self.hot_codes is None:
+            return self.table
+        known = codes[codes >= 0]
+        return self.hot if bool(self.hot_codes[known].all()) else self.table
 
 
 class _Codes:
@@ -1185,9 +1206,17 @@ class FileDataSource(ChainTableSource):
         table = ChainTable.from_columns(
             concat_columns(slim, names, u), tf, stale, mark_staleness=mark_stale
         )
-        self._mark_periods[u] = _MarkPeriod(
-            kinds=frozenset(kinds), max_dte=max_dte, lo=lo, hi=hi, table=table
-        )
+        period = _MarkPeriod(kinds=frozenset(kinds), max_dte=max_dte, lo=lo, hi=hi, table=table)
+        if selection is not None:
+            # the band's instruments (a few % of the rows) get their own small mark table:
+            # its index sorts and searches ~50x fewer rows than the whole period's
+            hot_codes = np.zeros(len(names), dtype=bool)
+            hot_codes[: len(held)] = held
+            mark_cols = table.cols
+            hot = mark_cols.take(np.flatnonzero(hot_codes[mark_cols.code]))
+            period.hot = ChainTable.from_columns(hot, tf, stale, mark_staleness=mark_stale)
+            period.hot_codes = hot_codes
+        self._mark_periods[u] = period
         out = concat_columns(found, names, u)
         return out if deferred is None else take_deferred(out, deferred)
 
@@ -1253,7 +1282,7 @@ class FileDataSource(ChainTableSource):
             covered = self._covered(u, names, codes, need_lo, need_hi)
             if covered.any() and period is not None and codes is not None:
                 idx = np.flatnonzero(covered)
-                out[[rows[i] for i in idx]] = period.table.marks(
+                out[[rows[i] for i in idx]] = period.table_for(codes[idx]).marks(
                     [names[i] for i in idx], times, codes=codes[idx]
                 )
             if not covered.all():
@@ -1312,7 +1341,8 @@ class FileDataSource(ChainTableSource):
             if covered.any() and period is not None and codes is not None:
                 mine[np.asarray(rows)[covered]] = codes[covered]
                 pairs = mine[owner] >= -1
-                out[pairs] = period.table.marks_at(mine[owner][pairs], t_ns[pairs])
+                table = period.table_for(codes[covered])
+                out[pairs] = table.marks_at(mine[owner][pairs], t_ns[pairs])
             if not covered.all():
                 missing = [names[i] for i in np.flatnonzero(~covered)]
                 cols = self._scan(
@@ -1349,7 +1379,8 @@ class FileDataSource(ChainTableSource):
         )
         if period.max_dte is None:
             return inside & kind_ok
-        table = period.table
+        # the small table knows the expiry of its own codes without indexing the whole period
+        table = period.table_for(codes)
         limit = need_lo + int(period.max_dte * 86_400e9)
         expiry = np.full(len(names), np.iinfo(np.int64).max)
         known = codes >= 0
@@ -1371,7 +1402,9 @@ class FileDataSource(ChainTableSource):
             found = _existing(settlement_path(self.root, key))
             prices: dict[int, float] = {}
             if found is not None:
-                table = read_table(found)
+                # the two columns used: the text `source` column cost more to convert than
+                # the rest of the first labels call's settlement look-ups
+                table = read_table(found, columns=("expiry", "price"))
                 stamps = pd.DatetimeIndex(pd.to_datetime(table["expiry"], utc=True))
                 # a dict, not a Series: one hash look-up per expiry (merge_settlements
                 # writes one row per expiry; should a hand-made file repeat one, the first wins)
@@ -1533,16 +1566,32 @@ def take_deferred(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
     if ROW_ID not in cols.values:
         return cols  # no rows: the empty columns already hold every value column
     values = {c: v for c, v in cols.values.items() if c != ROW_ID}
-    ids = pa.array(cols.values[ROW_ID].astype(np.int64))
-    rest = pa.concat_tables(deferred).take(ids)
+    ids = cols.values[ROW_ID].astype(np.int64)
+    # Arrow's take on a chunked column first concatenates every chunk (a copy of all ~500k
+    # scanned rows per column); instead each chunk is viewed as numpy and indexed by the ids
+    # that fall in it, so only the kept rows are ever copied
+    chunks = [c for t in deferred for c in t.to_batches()]
+    starts = np.cumsum([0] + [len(c) for c in chunks])
+    which = np.searchsorted(starts, ids, side="right") - 1
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(len(chunks) + 1))
     for name in DEFERRED_VALUES:
-        column = rest.column(name)
-        if not pa.types.is_float64(column.type):
-            column = column.cast(pa.float64())
-        if column.null_count:
-            column = column.fill_null(np.nan)
-        values[name] = column.to_numpy()
+        out = np.empty(len(ids), dtype=np.float64)
+        for k, chunk in enumerate(chunks):
+            a, b = bounds[k], bounds[k + 1]
+            if a == b:
+                continue
+            at = order[a:b]
+            out[at] = _float_view(chunk.column(name))[ids[at] - starts[k]]
+        values[name] = out
     return replace(cols, values={c: values[c] for c in VALUE_COLUMNS})
+
+
+def _float_view(column: pa.Array) -> np.ndarray:
+    """A float64 numpy view of an Arrow column (nulls become NaN, which copies that chunk)."""
+    if not pa.types.is_float64(column.type):
+        column = column.cast(pa.float64())
+    return column.to_numpy(zero_copy_only=False)
 
 
 @dataclass(frozen=True)

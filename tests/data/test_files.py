@@ -203,6 +203,20 @@ def test_settlement(store: Path) -> None:
     assert src.settlement_price("ETH", T0 + 8 * H) is None
 
 
+def test_settlement_from_csv_reads_expiry_and_price(store: Path, tmp_path: Path) -> None:
+    # only the expiry and price columns are read, from CSV as from Parquet
+    root = tmp_path / "csvsettle"
+    (root / "BTC").mkdir(parents=True)
+    (root / "BTC" / "meta.json").write_text((store / "BTC" / "meta.json").read_text())
+    frame = pq.read_table(store / "BTC" / "settlement.parquet").to_pandas()
+    frame.assign(note="hand-made")[["note", "price", "source", "expiry"]].to_csv(
+        root / "BTC" / "settlement.csv", index=False
+    )
+    src = FileDataSource(root)
+    assert src.settlement_price("BTC", T0 + 8 * H) == 60_123.4
+    assert src.settlement_price("BTC", T0 + 32 * H) is None
+
+
 def test_merging_keeps_the_latest_quote(store: Path) -> None:
     late = chain_rows([(CALL, T0 + 2 * H, T0 + 2 * H - pd.Timedelta(minutes=1), 0.5)])
     early = chain_rows([(CALL, T0 + 3 * H, T0 + 2 * H + pd.Timedelta(minutes=1), 0.5)])
@@ -324,6 +338,61 @@ def test_chain_table_never_looks_ahead(quotes, queries, stale_bars: int) -> None
         )
         fresh = fresh[b - fresh["quote_time"] < stale_bars * H]
         assert set(got["instrument_name"]) == set(fresh.index)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    quotes=st.lists(
+        st.tuples(st.sampled_from([CALL, PUT, SHORT]), st.integers(0, 20 * 60)),
+        min_size=1,
+        max_size=40,
+    ),
+    queries=st.lists(st.integers(-60, 24 * 60), min_size=1, max_size=10),  # repeats allowed
+    stale_bars=st.integers(1, 3),
+)
+def test_chain_table_at_rows_match_a_per_query_scan(quotes, queries, stale_bars: int) -> None:
+    # the reference walks every query's window row by row (repeated and unsorted query
+    # times included): same rows, same order (query, calls first, expiry, strike), same
+    # count of instruments left out as stale
+    rows = []
+    for name, minute in quotes:
+        quote = T0 + pd.Timedelta(minutes=minute)
+        rows.append((name, quote.ceil("h"), quote, 0.01 + minute * 1e-6))
+    frame = (
+        chain_rows(rows)
+        .sort_values("quote_time")
+        .drop_duplicates(["as_of", "instrument_name"], keep="last")
+    )
+    table = ChainTable(frame, "1h", stale_bars * H)
+    times = pd.DatetimeIndex([T0 + pd.Timedelta(minutes=m) for m in queries])
+    got_rows, got_which, _ = table.at_rows(times)
+    c = table.cols
+    bar, stale = H.value, (stale_bars * H).value
+    want: list[tuple[int, int]] = []
+    want_stale = 0
+    for q, t in enumerate(times.as_unit("ns").asi8):
+        ref = t - t % bar
+        latest: dict[int, int] = {}
+        for r in range(len(c)):
+            if ref - stale - bar < c.as_of[r] <= ref:
+                latest[int(c.code[r])] = r  # rows are in as_of order: the last one wins
+        picked = []
+        for r in latest.values():
+            if c.expiry[r] <= t:
+                continue
+            if ref - c.quote_time[r] < stale:
+                picked.append(r)
+            else:
+                want_stale += 1
+        picked.sort(key=lambda r: (not c.is_call[r], c.expiry[r], c.values["strike"][r]))
+        want.extend((q, r) for r in picked)
+    assert list(zip(got_which.tolist(), got_rows.tolist(), strict=True)) == want
+    assert table.gate_counts["stale"] == want_stale
 
 
 def test_a_store_of_the_synthetic_market_replays_identically(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from harness.data.chain_scan import VALUE_COLUMNS, columns_to_frame
@@ -24,7 +26,7 @@ SELECTION = ChainSelection(
 )
 
 
-@pytest.fixture(scope="module", params=["parquet", "csv_february"])
+@pytest.fixture(scope="module", params=["parquet", "csv_february", "nulls_float32"])
 def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("deferred")
     import_synthetic(
@@ -34,6 +36,19 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         part = next((root / "BTC" / "chain").glob("*=2024-02*/part.parquet"))
         read_table(part).to_csv(part.with_suffix(".csv"), index=False)
         part.unlink()
+    if request.param == "nulls_float32":
+        # deferred columns with nulls and another float type, in several row groups (chunks)
+        for part in (root / "BTC" / "chain").glob("*/part.parquet"):
+            table = pq.read_table(part)
+            n = table.num_rows
+            oi = table.column("open_interest").to_numpy()
+            nulls = pa.array(oi, mask=np.arange(n) % 3 == 0)
+            table = table.set_column(
+                table.schema.get_field_index("open_interest"), "open_interest", nulls
+            )
+            i = table.schema.get_field_index("vega")
+            table = table.set_column(i, "vega", table.column("vega").cast(pa.float32()))
+            pq.write_table(table, part, row_group_size=2_000)
     return root
 
 

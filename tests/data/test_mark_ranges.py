@@ -101,3 +101,49 @@ def test_synthetic_ranges_equal_per_name_marks(store: Path) -> None:
     first, last = _ranges(len(names))
     flat = _check(market, names, first, last)
     assert np.isfinite(flat).sum() > 100
+
+
+def test_selective_load_marks_band_names_from_a_small_table(store: Path) -> None:
+    from harness.data.chain_select import ChainSelection
+
+    source = FileDataSource(store)
+    band = ChainSelection(min_dte=2.0, max_dte=4.0, min_delta=0.2, max_delta=0.4, atm_dte=3.0)
+    kept = source.selected_chain_columns("BTC", GRID[:200:4], band, max_dte=5.0)
+    period = source._mark_periods["BTC"]
+    assert period.hot is not None and period.hot_codes is not None
+    # the small table holds exactly the rows of the codes that were ever in the band
+    in_band = (
+        (kept.values["delta"] >= 0.2)
+        & (kept.values["delta"] <= 0.4)
+        & ((kept.expiry - kept.as_of) >= 2 * 86_400e9)
+        & ((kept.expiry - kept.as_of) <= 4 * 86_400e9)
+    )
+    band_names = sorted({str(kept.names[c]) for c in kept.code[in_band]})
+    assert 0 < len(period.hot) < len(period.table) / 3
+    assert sorted(str(period.hot.cols.names[c]) for c in np.unique(period.hot.cols.code)) == (
+        band_names
+    )
+    # band names come from the small table, other calls of the period from the whole one;
+    # both without a scan and equal to a fresh source's scan of each name (names the period
+    # answers from GRID[0] on: the DTE filter cannot have hidden their early rows)
+    table = period.table
+    expiry = table.expiry_of_code()
+    early = expiry <= GRID[0].value + 4 * 86_400e9
+    codes = table.codes_of(band_names)
+    band_names = [n for n, c in zip(band_names, codes, strict=True) if early[c]]
+    others = [
+        str(n)
+        for i, n in enumerate(table.cols.names)
+        if not period.hot_codes[i] and early[i] and str(n).endswith("-C")
+    ][::5]
+    assert band_names and others
+    scans = source.scan_stats["scans"]
+    fresh = FileDataSource(store)
+    for names in (band_names, others):
+        first = np.zeros(len(names), dtype=np.int64)
+        last = np.full(len(names), 150)
+        flat = source.option_mark_ranges(names, GRID, first, last)
+        assert source.scan_stats["scans"] == scans
+        want = fresh.option_marks(names, GRID[:151]).ravel()
+        np.testing.assert_array_equal(flat, want)
+        assert np.isfinite(flat).sum() > 100
