@@ -280,6 +280,14 @@ def test_data_error_formats() -> None:
     assert isinstance(DataError("x"), ValueError)
 
 
+# (instrument, minutes after T0) quotes of a call, a put and a call expiring at 08:00
+_QUOTES = st.lists(
+    st.tuples(st.sampled_from([CALL, PUT, SHORT]), st.integers(0, 20 * 60)),
+    min_size=1,
+    max_size=40,
+)
+
+
 @settings(
     max_examples=25,
     deadline=None,
@@ -287,11 +295,7 @@ def test_data_error_formats() -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    quotes=st.lists(
-        st.tuples(st.sampled_from([CALL, PUT, SHORT]), st.integers(0, 20 * 60)),  # minutes after T0
-        min_size=1,
-        max_size=40,
-    ),
+    quotes=_QUOTES,
     queries=st.lists(st.integers(-60, 24 * 60), min_size=1, max_size=10, unique=True),
     stale_bars=st.integers(1, 3),
 )
@@ -347,11 +351,7 @@ def test_chain_table_never_looks_ahead(quotes, queries, stale_bars: int) -> None
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    quotes=st.lists(
-        st.tuples(st.sampled_from([CALL, PUT, SHORT]), st.integers(0, 20 * 60)),
-        min_size=1,
-        max_size=40,
-    ),
+    quotes=_QUOTES,
     queries=st.lists(st.integers(-60, 24 * 60), min_size=1, max_size=10),  # repeats allowed
     stale_bars=st.integers(1, 3),
 )
