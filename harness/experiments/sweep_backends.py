@@ -37,6 +37,8 @@ _MARKETS: dict[str, MarketDataSource] = {}
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MAX_MARKETS = 4  # markets kept per worker process (a year of 1h synthetic BTC is ~100 MB)
 _WORKER = False  # True in a pool or Ray worker process (see `_settle_worker`)
+FULL_GC_EVERY = 10  # trials between full collections in a worker (the others: youngest only)
+_TRIALS_SINCE_FULL_GC = 0
 
 
 @dataclass(frozen=True)
@@ -175,12 +177,20 @@ def _trial_gc() -> Iterator[None]:
     if not _WORKER or not gc.isenabled():
         yield
         return
+    global _TRIALS_SINCE_FULL_GC
     gc.disable()
     try:
         yield
     finally:
         gc.enable()
-        gc.collect()
+        _TRIALS_SINCE_FULL_GC += 1
+        if _TRIALS_SINCE_FULL_GC >= FULL_GC_EVERY:
+            gc.collect()
+            _TRIALS_SINCE_FULL_GC = 0
+        else:
+            # everything the trial made is still in the youngest generation (the collector
+            # was off): its cycles are freed without walking the worker's older objects
+            gc.collect(0)
 
 
 def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialOutcome:
