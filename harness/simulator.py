@@ -57,6 +57,7 @@ _LOOKBACK = pd.Timedelta(days=31)  # enough history for the 30-day realized vol
 # The selected chain's band is wider than the candidate test (tolerance + 1e-9) by far more
 # than float noise, so no candidate is ever left out of the store.
 _BAND_MARGIN = 1e-6
+_MAX_SHARED_STATES = 16  # decision-state lists kept per period (~2 MB each for a year at 4h)
 
 
 class InvalidChoiceError(ValueError):
@@ -93,6 +94,9 @@ class SimulatorCaches:
     paths: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
     seeds: dict[str, dict[int, float]] = field(default_factory=dict)
     settlements: dict[int, float] = field(default_factory=dict)
+    # flat decision states by the exact bytes of everything they are built from: trials whose
+    # bands differ (delta, say) but whose decisions and features are equal share the objects
+    states: dict[bytes, list[DecisionState]] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +129,7 @@ class CoveredCallSimulator:
         self._paths = caches.paths
         self._seeds = caches.seeds  # name -> {bar: chain mark at a sale}
         self._settlements = caches.settlements
+        self._shared_states = caches.states
         self._labels: pd.DataFrame | None = None
         self._outcome_cache: dict[str, np.ndarray] | None = None
         self._hints: tuple[np.ndarray, np.ndarray] | None = None
@@ -500,8 +505,39 @@ class CoveredCallSimulator:
         states are frozen, so trials sharing this simulator share them.
         """
         if self._flat_states is None:
-            self._flat_states = [self._state(i, None, 0.0) for i in range(len(self.dec_ns))]
+            key = self._states_key()
+            states = self._shared_states.get(key)
+            if states is None:
+                states = [self._state(i, None, 0.0) for i in range(len(self.dec_ns))]
+                if len(self._shared_states) >= _MAX_SHARED_STATES:
+                    self._shared_states.pop(next(iter(self._shared_states)))
+                self._shared_states[key] = states
+            self._flat_states = states
         return [(s, self._candidates_at(i)) for i, s in enumerate(self._flat_states)]
+
+    def _states_key(self) -> bytes:
+        """The bytes of every value `_parts` and a flat `_state` read: equal keys give equal
+        states (a NaN or -0.0 that differs in its bits only misses the cache)."""
+        n = len(self.dec_ns)
+        f = self._features
+        arrays = [
+            np.asarray(self.dec_ns, dtype=np.int64),
+            *(
+                np.asarray(f[k], dtype=float)[:n]
+                for k in (
+                    "spot",
+                    "return_1d",
+                    "return_7d",
+                    "realized_vol_7d",
+                    "realized_vol_30d",
+                    "atm_iv",
+                )
+            ),
+            np.asarray(self._spot_as_of, dtype=np.int64),
+            np.asarray(self.spot_stale, dtype=bool)[:n],
+        ]
+        head = f"{self.underlying}|{self.config.initial_spot_position!r}|{n}|".encode()
+        return head + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
 
     # ------------------------------------------------------------------ outcomes
     def _bar_at_or_before(self, t_ns: np.ndarray) -> np.ndarray:

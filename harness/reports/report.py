@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,11 @@ _NO_LLM: tuple[Any, ...] = (False, 0.0, 0.0, 0.0, False, None, None)
 
 @dataclass(frozen=True)
 class RunFolder:
-    """Everything the report reads from one run folder (empty containers for missing files)."""
+    """Everything the report reads from one run folder (empty containers for missing files).
+
+    Frozen and never modified after loading, so its derived views (status, policies) are
+    computed once: a report asks them hundreds of times.
+    """
 
     path: Path
     manifest: dict[str, Any]
@@ -135,7 +140,7 @@ class RunFolder:
         """Reward kind from comparison.json (or the manifest), None when unknown."""
         return self.comparison.get("reward_kind") or self.manifest.get("reward_kind")
 
-    @property
+    @cached_property
     def status(self) -> dict[str, dict[str, Any]]:
         """Policy -> {"status": ok|skipped|failed, "reason", ...} (manifest `policy_status`).
 
@@ -149,7 +154,7 @@ class RunFolder:
                 out[p] = dict(st)
         return out
 
-    @property
+    @cached_property
     def skipped(self) -> dict[str, str]:
         """Skipped policy (never ran) -> reason."""
         return {
@@ -158,7 +163,7 @@ class RunFolder:
             if s.get("status") == "skipped"
         }
 
-    @property
+    @cached_property
     def failed(self) -> dict[str, str]:
         """Failed policy (ran, past an error/invalid threshold) -> reason."""
         return {
@@ -167,12 +172,12 @@ class RunFolder:
             if s.get("status") == "failed"
         }
 
-    @property
+    @cached_property
     def compared(self) -> list[str]:
         """Policies that ran and count: not skipped, not failed (they enter no comparison)."""
         return [p for p in self.policies if p not in self.failed]
 
-    @property
+    @cached_property
     def policies(self) -> list[str]:
         """Policies that ran: manifest order first, then any extra seen in the data."""
         seen: list[str] = [
@@ -250,6 +255,36 @@ def _decision_row(obj: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _rule_columns(objs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """DECISION_COLUMNS of decision objects without an LLM answer, as `_decision_row` gives."""
+    n = len(objs)
+    cands = [o.get("candidates") for o in objs]
+    actions = [o.get("action") for o in objs]
+    names = [o.get("instrument_name") for o in objs]
+    choices = [choice_label(a, x) for a, x in zip(actions, names, strict=True)]
+    valid = [o.get("valid") is not False for o in objs]
+    errors = [o.get("error") for o in objs]
+    return {
+        "n_candidates": [float(len(c)) if isinstance(c, list) else NAN for c in cands],
+        "rationale": [None] * n,
+        "decision_time": [o.get("decision_time") for o in objs],
+        "policy": [o.get("policy") for o in objs],
+        "action": actions,
+        "instrument_name": names,
+        "choice": choices,
+        "label": [
+            c + ("" if v else " (invalid)") + (" (error)" if e else "")
+            for c, v, e in zip(choices, valid, errors, strict=True)
+        ],
+        "valid": valid,
+        "error": [str(e) if e else None for e in errors],
+        "reward": [_num(o.get("reward")) for o in objs],
+        "best_reward": [_num(o.get("best_reward")) for o in objs],
+        "regret": [_num(o.get("regret")) for o in objs],
+        **{c: [v] * n for c, v in zip(DECISION_COLUMNS[13:], _NO_LLM, strict=True)},
+    }
+
+
 def read_decisions(path: Path, notes: list[str] | None = None) -> pd.DataFrame:
     """Parse decisions.jsonl into one row per (decision_time, policy); bad lines are noted."""
     text = path.read_text() if path.exists() else ""
@@ -272,16 +307,21 @@ def decisions_frame(
     A runner passes the rows it just wrote from memory; `read_decisions` parses them from disk.
     """
     notes = [] if notes is None else notes
-    rows: list[tuple[Any, ...]] = []
+    good: list[dict[str, Any]] = []
     bad = 0
     for obj in objs:
         if isinstance(obj, dict) and obj.get("decision_time") and obj.get("policy"):
-            rows.append(_decision_row(obj))
+            good.append(obj)
         else:
             bad += 1
     if bad:
         notes.append(f"{file_name}: {bad} unreadable line(s) skipped.")
-    df = pd.DataFrame(rows, columns=DECISION_COLUMNS)
+    if good and not any(isinstance(o.get("llm"), dict) and o.get("llm") for o in good):
+        # only rule rows (every row of a rule run or sweep trial): built column by column,
+        # the same frame as from `_decision_row` tuples (tests), without a tuple per row
+        df = pd.DataFrame(_rule_columns(good), columns=DECISION_COLUMNS)
+    else:
+        df = pd.DataFrame([_decision_row(o) for o in good], columns=DECISION_COLUMNS)
     df["decision_time"] = pd.to_datetime(df["decision_time"], utc=True, format="ISO8601")
     n = len(df)
     # A resumed run may append a decision twice; the last write wins.
@@ -385,9 +425,11 @@ def disagreements(decisions: pd.DataFrame, top: int | None = None) -> pd.DataFra
     """
     if decisions.empty:
         return pd.DataFrame(columns=["decision_time", "spread"])
-    choice = decisions.pivot(index="decision_time", columns="policy", values="choice")
-    label = decisions.pivot(index="decision_time", columns="policy", values="label")
-    reward = decisions.pivot(index="decision_time", columns="policy", values="reward")
+    # one pivot of the three columns (three pivots each re-index the same rows)
+    wide = decisions.pivot(
+        index="decision_time", columns="policy", values=["choice", "label", "reward"]
+    )
+    choice, label, reward = wide["choice"], wide["label"], wide["reward"].astype(float)
     # Grouped nunique is vectorized (row-wise nunique on a pivot is slow); NaN is not a choice.
     differ = decisions.groupby("decision_time")["choice"].nunique().reindex(choice.index) > 1
     spread = (reward.max(axis=1) - reward.min(axis=1))[differ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,59 @@ def test_warm_builds_full_chains_once_for_a_source_without_selection(
 def _decisions(c) -> pd.DatetimeIndex:
     last = c.end_ts - pd.Timedelta(days=c.target_dte)
     return pd.date_range(c.start_ts.ceil(c.bar), last, freq=c.bar * c.decision_interval_bars)
+
+
+def _report(run_dir: Path) -> str:
+    """report.md without what differs between any two runs: the run id and when it ran."""
+    text = (run_dir / "report.md").read_text().replace(run_dir.name, "RUN")
+    return re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+\+00:00", "WHEN", text)
+
+
+def _decision_lines(run_dir: Path) -> list[str]:
+    return (run_dir / "decisions.jsonl").read_text().splitlines()
+
+
+def test_trials_of_one_dte_share_states_and_equal_plain_runs(tmp_path) -> None:
+    """Two delta bands at one DTE: the second trial reuses the first one's state objects,
+    and each trial's decisions.jsonl and report.md are those of a plain `harness run`."""
+    cfgs = [
+        parse_config(
+            dict(
+                BASE,
+                bootstrap_resamples=100,
+                simulation=dict(BASE["simulation"], target_delta=d, target_dte=7),
+            )
+        )
+        for d in (0.15, 0.3)
+    ]
+    shared = share_chains(SyntheticMarket(seed=BASE["market"]["seed"]))
+    assert isinstance(shared, SharedChains)
+    sims = [shared.simulator(c.simulation) for c in cfgs]
+    first, second = (s.flat_items() for s in sims)
+    assert [c.instrument_name for _, cs in first for c in cs] != [
+        c.instrument_name for _, cs in second for c in cs
+    ]  # different bands: different candidates ...
+    assert all(a[0] is b[0] for a, b in zip(first, second, strict=True))  # ... the same states
+    for i, cfg in enumerate(cfgs):
+        a = ExperimentRunner(cfg, out_dir=tmp_path / "a", quiet=True, market=shared).run()
+        b = run_experiment(cfg, out_dir=tmp_path / f"b{i}", quiet=True)
+        assert _decision_lines(a.run_dir) == _decision_lines(b.run_dir)
+        assert _report(a.run_dir) == _report(b.run_dir)
+
+
+def test_states_are_not_shared_when_a_feature_differs(market: SyntheticMarket) -> None:
+    """DTE 7 and 6.8 have the same decision times (every 12 h, the last 7 days before the
+    end) but not always the same expiry nearest the target, so some ATM IVs differ: each
+    simulator keeps the states it builds alone."""
+    shared = share_chains(market)
+    sims = [
+        shared.simulator(
+            parse_config(dict(BASE, simulation=dict(BASE["simulation"], target_dte=dte))).simulation
+        )
+        for dte in (7, 6.8)
+    ]
+    a, b = (s.flat_items() for s in sims)
+    assert [s.time for s, _ in a] == [s.time for s, _ in b]
+    assert any(x.atm_iv != y.atm_iv for (x, _), (y, _) in zip(a, b, strict=True))
+    for sim, items in zip(sims, (a, b), strict=True):
+        assert [s for s, _ in items] == [sim._state(i, None, 0.0) for i in range(len(items))]

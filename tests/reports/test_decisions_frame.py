@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from hypothesis import given
+from hypothesis import strategies as st
 
-from harness.reports.report import DECISION_COLUMNS, decisions_frame
+from harness.experiments.config import parse_config
+from harness.experiments.runner import run_experiment
+from harness.reports.report import DECISION_COLUMNS, _decision_row, _rule_columns, decisions_frame
+from tests.experiments.sweep_fixtures import BASE
 
 RULE = {
     "decision_time": "2024-01-01T04:00:00+00:00",
@@ -86,3 +93,43 @@ def test_an_empty_llm_object_is_a_rule_row_and_duplicates_keep_the_last() -> Non
 def test_no_rows_gives_the_columns() -> None:
     df = decisions_frame([])
     assert list(df.columns) == DECISION_COLUMNS and df.empty
+
+
+_maybe_num = st.one_of(
+    st.none(), st.integers(-5, 5), st.floats(allow_nan=True, allow_infinity=True)
+)
+_rule_obj = st.fixed_dictionaries(
+    {
+        "decision_time": st.sampled_from(
+            ["2024-01-01T00:00:00+00:00", "2024-01-01T04:00:00+00:00"]
+        ),
+        "policy": st.sampled_from(["always_sell", "iv_rich"]),
+        "action": st.sampled_from(["SELL_CALL", "DO_NOTHING", None, "BUY"]),
+        "instrument_name": st.one_of(st.none(), st.text(max_size=8)),
+        "valid": st.one_of(st.booleans(), st.none()),
+        "error": st.one_of(st.none(), st.just(""), st.text(max_size=8)),
+        "reward": _maybe_num,
+        "best_reward": _maybe_num,
+        "regret": _maybe_num,
+        "llm": st.sampled_from([None, {}]),
+    },
+    optional={"candidates": st.one_of(st.none(), st.lists(st.just("BTC-X"), max_size=3))},
+)
+
+
+@given(st.lists(_rule_obj, min_size=1, max_size=8))
+def test_rule_columns_give_the_frame_of_decision_rows(objs: list[dict[str, Any]]) -> None:
+    by_column = pd.DataFrame(_rule_columns(objs), columns=DECISION_COLUMNS)
+    by_row = pd.DataFrame([_decision_row(o) for o in objs], columns=DECISION_COLUMNS)
+    pd.testing.assert_frame_equal(by_column, by_row)
+
+
+def test_rule_columns_on_a_run_folder_give_the_frame_of_decision_rows(tmp_path: Path) -> None:
+    """A real rule run's decisions.jsonl (many rows, real names and floats)."""
+    config = parse_config(BASE, tmp_path)
+    run_dir = run_experiment(config, out_dir=tmp_path, quiet=True).run_dir
+    objs = [json.loads(x) for x in (run_dir / "decisions.jsonl").open()]
+    assert len(objs) > 100
+    by_column = pd.DataFrame(_rule_columns(objs), columns=DECISION_COLUMNS)
+    by_row = pd.DataFrame([_decision_row(o) for o in objs], columns=DECISION_COLUMNS)
+    pd.testing.assert_frame_equal(by_column, by_row)
