@@ -58,6 +58,15 @@ _LOOKBACK = pd.Timedelta(days=31)  # enough history for the 30-day realized vol
 # than float noise, so no candidate is ever left out of the store.
 _BAND_MARGIN = 1e-6
 _MAX_SHARED_STATES = 16  # decision-state lists kept per period (~2 MB each for a year at 4h)
+# the features a flat DecisionState is built from (`_parts`), and so the key of shared states
+_STATE_FEATURES = (
+    "spot",
+    "return_1d",
+    "return_7d",
+    "realized_vol_7d",
+    "realized_vol_30d",
+    "atm_iv",
+)
 
 
 class InvalidChoiceError(ValueError):
@@ -451,7 +460,7 @@ class CoveredCallSimulator:
         def times(ns: np.ndarray) -> list[Any]:
             return [pd.Timestamp(v, tz="UTC").to_pydatetime() for v in ns.tolist()]
 
-        iv, rv = vals("atm_iv"), vals("realized_vol_7d")
+        r1, r7, rv, rv30, iv = (vals(k) for k in _STATE_FEATURES[1:])
         missing = np.iinfo(np.int64).min
         as_of = np.asarray(self._spot_as_of, dtype=np.int64)
         as_of_t = times(np.where(as_of == missing, 0, as_of))
@@ -459,10 +468,10 @@ class CoveredCallSimulator:
             zip(
                 times(np.asarray(self.dec_ns, dtype=np.int64)),
                 np.asarray(f["spot"], dtype=float)[:n].tolist(),
-                vals("return_1d"),
-                vals("return_7d"),
+                r1,
+                r7,
                 rv,
-                vals("realized_vol_30d"),
+                rv30,
                 iv,
                 [None if a is None or b is None else a - b for a, b in zip(iv, rv, strict=True)],
                 [
@@ -522,17 +531,7 @@ class CoveredCallSimulator:
         f = self._features
         arrays = [
             np.asarray(self.dec_ns, dtype=np.int64),
-            *(
-                np.asarray(f[k], dtype=float)[:n]
-                for k in (
-                    "spot",
-                    "return_1d",
-                    "return_7d",
-                    "realized_vol_7d",
-                    "realized_vol_30d",
-                    "atm_iv",
-                )
-            ),
+            *(np.asarray(f[k], dtype=float)[:n] for k in _STATE_FEATURES),
             np.asarray(self._spot_as_of, dtype=np.int64),
             np.asarray(self.spot_stale, dtype=bool)[:n],
         ]

@@ -218,33 +218,11 @@ def choice_label(action: Any, instrument_name: Any) -> str:
     return "DO_NOTHING" if action in (None, "DO_NOTHING") else str(action)
 
 
-def _decision_row(obj: dict[str, Any]) -> tuple[Any, ...]:
-    """One decisions.jsonl object as a tuple of DECISION_COLUMNS values."""
-    llm = obj.get("llm")
-    choice = choice_label(obj.get("action"), obj.get("instrument_name"))
-    valid = obj.get("valid") is not False
-    error = obj.get("error")
-    label = choice + ("" if valid else " (invalid)") + (" (error)" if error else "")
-    cands = obj.get("candidates")
-    head = (
-        float(len(cands)) if isinstance(cands, list) else NAN,
-        llm.get("rationale") if isinstance(llm, dict) else None,
-        obj.get("decision_time"),
-        obj.get("policy"),
-        obj.get("action"),
-        obj.get("instrument_name"),
-        choice,
-        label,
-        valid,
-        str(error) if error else None,
-        _num(obj.get("reward")),
-        _num(obj.get("best_reward")),
-        _num(obj.get("regret")),
-    )
+def _llm_cells(llm: Any) -> tuple[Any, ...]:
+    """The llm columns (DECISION_COLUMNS from "is_llm" on) of one decision's `llm` object."""
     if not isinstance(llm, dict) or not llm:
-        return head + _NO_LLM  # a rule decision: most rows of most runs
+        return _NO_LLM  # a rule decision: most rows of most runs
     return (
-        *head,
         True,
         _num(llm.get("cost_usd"), 0.0),
         _num(llm.get("cost_saved_usd"), 0.0),
@@ -255,18 +233,23 @@ def _decision_row(obj: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _rule_columns(objs: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """DECISION_COLUMNS of decision objects without an LLM answer, as `_decision_row` gives."""
+def _decision_columns(objs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """DECISION_COLUMNS of decisions.jsonl objects, column by column (no tuple per row)."""
     n = len(objs)
+    llms = [o.get("llm") for o in objs]
     cands = [o.get("candidates") for o in objs]
     actions = [o.get("action") for o in objs]
     names = [o.get("instrument_name") for o in objs]
     choices = [choice_label(a, x) for a, x in zip(actions, names, strict=True)]
     valid = [o.get("valid") is not False for o in objs]
     errors = [o.get("error") for o in objs]
+    if any(isinstance(x, dict) and x for x in llms):
+        llm_columns = list(zip(*map(_llm_cells, llms), strict=True))
+    else:  # only rule rows (every row of a rule run or sweep trial)
+        llm_columns = [[v] * n for v in _NO_LLM]
     return {
         "n_candidates": [float(len(c)) if isinstance(c, list) else NAN for c in cands],
-        "rationale": [None] * n,
+        "rationale": [x.get("rationale") if isinstance(x, dict) else None for x in llms],
         "decision_time": [o.get("decision_time") for o in objs],
         "policy": [o.get("policy") for o in objs],
         "action": actions,
@@ -281,7 +264,7 @@ def _rule_columns(objs: list[dict[str, Any]]) -> dict[str, list[Any]]:
         "reward": [_num(o.get("reward")) for o in objs],
         "best_reward": [_num(o.get("best_reward")) for o in objs],
         "regret": [_num(o.get("regret")) for o in objs],
-        **{c: [v] * n for c, v in zip(DECISION_COLUMNS[13:], _NO_LLM, strict=True)},
+        **dict(zip(DECISION_COLUMNS[13:], llm_columns, strict=True)),
     }
 
 
@@ -316,12 +299,7 @@ def decisions_frame(
             bad += 1
     if bad:
         notes.append(f"{file_name}: {bad} unreadable line(s) skipped.")
-    if good and not any(isinstance(o.get("llm"), dict) and o.get("llm") for o in good):
-        # only rule rows (every row of a rule run or sweep trial): built column by column,
-        # the same frame as from `_decision_row` tuples (tests), without a tuple per row
-        df = pd.DataFrame(_rule_columns(good), columns=DECISION_COLUMNS)
-    else:
-        df = pd.DataFrame([_decision_row(o) for o in good], columns=DECISION_COLUMNS)
+    df = pd.DataFrame(_decision_columns(good), columns=DECISION_COLUMNS)
     df["decision_time"] = pd.to_datetime(df["decision_time"], utc=True, format="ISO8601")
     n = len(df)
     # A resumed run may append a decision twice; the last write wins.

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 from harness.experiments.config import parse_config
 from harness.experiments.runner import run_experiment
-from harness.reports.report import DECISION_COLUMNS, _decision_row, _rule_columns, decisions_frame
+from harness.reports.report import (
+    DECISION_COLUMNS,
+    _decision_columns,
+    _num,
+    choice_label,
+    decisions_frame,
+)
 from tests.experiments.sweep_fixtures import BASE
 
 RULE = {
@@ -95,10 +101,46 @@ def test_no_rows_gives_the_columns() -> None:
     assert list(df.columns) == DECISION_COLUMNS and df.empty
 
 
+def _decision_row(obj: dict[str, Any]) -> tuple[Any, ...]:
+    """Reference: one decisions.jsonl object as a tuple of DECISION_COLUMNS, field by field."""
+    llm = obj.get("llm")
+    choice = choice_label(obj.get("action"), obj.get("instrument_name"))
+    valid = obj.get("valid") is not False
+    error = obj.get("error")
+    cands = obj.get("candidates")
+    head = (
+        float(len(cands)) if isinstance(cands, list) else math.nan,
+        llm.get("rationale") if isinstance(llm, dict) else None,
+        obj.get("decision_time"),
+        obj.get("policy"),
+        obj.get("action"),
+        obj.get("instrument_name"),
+        choice,
+        choice + ("" if valid else " (invalid)") + (" (error)" if error else ""),
+        valid,
+        str(error) if error else None,
+        _num(obj.get("reward")),
+        _num(obj.get("best_reward")),
+        _num(obj.get("regret")),
+    )
+    if not isinstance(llm, dict) or not llm:
+        return (*head, False, 0.0, 0.0, 0.0, False, None, None)
+    return (
+        *head,
+        True,
+        _num(llm.get("cost_usd"), 0.0),
+        _num(llm.get("cost_saved_usd"), 0.0),
+        _num(llm.get("calls_made"), 0.0),
+        bool(llm.get("cache_hit", False)),
+        llm.get("prompt_id"),
+        llm.get("model"),
+    )
+
+
 _maybe_num = st.one_of(
     st.none(), st.integers(-5, 5), st.floats(allow_nan=True, allow_infinity=True)
 )
-_rule_obj = st.fixed_dictionaries(
+_decision_obj = st.fixed_dictionaries(
     {
         "decision_time": st.sampled_from(
             ["2024-01-01T00:00:00+00:00", "2024-01-01T04:00:00+00:00"]
@@ -111,25 +153,31 @@ _rule_obj = st.fixed_dictionaries(
         "reward": _maybe_num,
         "best_reward": _maybe_num,
         "regret": _maybe_num,
-        "llm": st.sampled_from([None, {}]),
+        "llm": st.one_of(
+            st.sampled_from([None, {}]),
+            st.fixed_dictionaries(
+                {"rationale": st.text(max_size=5), "model": st.just("m"), "cost_usd": _maybe_num},
+                optional={"cache_hit": st.booleans(), "calls_made": st.integers(0, 3)},
+            ),
+        ),
     },
     optional={"candidates": st.one_of(st.none(), st.lists(st.just("BTC-X"), max_size=3))},
 )
 
 
-@given(st.lists(_rule_obj, min_size=1, max_size=8))
-def test_rule_columns_give_the_frame_of_decision_rows(objs: list[dict[str, Any]]) -> None:
-    by_column = pd.DataFrame(_rule_columns(objs), columns=DECISION_COLUMNS)
+@given(st.lists(_decision_obj, min_size=1, max_size=8))
+def test_decision_columns_give_the_frame_of_decision_rows(objs: list[dict[str, Any]]) -> None:
+    by_column = pd.DataFrame(_decision_columns(objs), columns=DECISION_COLUMNS)
     by_row = pd.DataFrame([_decision_row(o) for o in objs], columns=DECISION_COLUMNS)
     pd.testing.assert_frame_equal(by_column, by_row)
 
 
-def test_rule_columns_on_a_run_folder_give_the_frame_of_decision_rows(tmp_path: Path) -> None:
+def test_decision_columns_on_a_run_folder_give_the_frame_of_decision_rows(tmp_path: Path) -> None:
     """A real rule run's decisions.jsonl (many rows, real names and floats)."""
     config = parse_config(BASE, tmp_path)
     run_dir = run_experiment(config, out_dir=tmp_path, quiet=True).run_dir
     objs = [json.loads(x) for x in (run_dir / "decisions.jsonl").open()]
     assert len(objs) > 100
-    by_column = pd.DataFrame(_rule_columns(objs), columns=DECISION_COLUMNS)
+    by_column = pd.DataFrame(_decision_columns(objs), columns=DECISION_COLUMNS)
     by_row = pd.DataFrame([_decision_row(o) for o in objs], columns=DECISION_COLUMNS)
     pd.testing.assert_frame_equal(by_column, by_row)
