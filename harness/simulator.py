@@ -45,6 +45,7 @@ from harness.types import (
     OptionSnapshot,
     SimulatedTrade,
     SimulationResult,
+    call_candidates,
     timeframe_delta,
 )
 
@@ -409,14 +410,10 @@ class CoveredCallSimulator:
             "hist_reward": opts(hist_reward),
             "hist_count": np.asarray(hist_count).astype(np.int64).tolist(),
         }
-        keys = list(fields)
-        underlying = self.underlying
-        self._offered = [
-            CallCandidate(
-                underlying=underlying, kind="call", **dict(zip(keys, values, strict=True))
-            )
-            for values in zip(*fields.values(), strict=True)
-        ]
+        n = len(rows)
+        fields["underlying"] = [self.underlying] * n
+        fields["kind"] = ["call"] * n
+        self._offered = call_candidates(fields)
         return self._offered
 
     def _candidates_at(self, i: int) -> list[CallCandidate]:

@@ -43,6 +43,8 @@ def dumps(obj: Any, *, default: Callable[[Any], Any] | None = None, **kwargs: An
         # The common case (plain dicts, lists, str, int, finite floats) costs one C-encoder
         # pass; anything it would have to change (a NaN, a numpy scalar, an object for
         # `default`) raises and takes the rebuilding path below, so the text is the same.
+        if not kwargs and _plain_encoder is not None:
+            return "".join(_plain_encoder(obj, 0))
         return json.dumps(obj, allow_nan=False, default=_not_plain, **kwargs)
     except (ValueError, _NotPlainError):
         pass
@@ -61,6 +63,28 @@ class _NotPlainError(Exception):
 
 def _not_plain(x: Any) -> Any:
     raise _NotPlainError(type(x).__name__)
+
+
+# `json.dumps(obj, allow_nan=False, default=_not_plain)`'s C encoder with the default
+# separators and ASCII escaping, made once: `json.dumps` with any argument builds a new
+# encoder per call, a third of the time of a short row (run folders write thousands). No
+# circular-reference check (markers None): a failed pass would leave the shared markers
+# dirty, and a cyclic object recursed forever on the rebuilding path anyway.
+_plain_encoder = (
+    None
+    if json.encoder.c_make_encoder is None
+    else json.encoder.c_make_encoder(
+        None,
+        _not_plain,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ": ",
+        ", ",
+        False,
+        False,
+        False,
+    )
+)
 
 
 def reject_constant(name: str) -> Any:
