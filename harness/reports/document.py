@@ -216,7 +216,29 @@ def render_document(
     verdict: Sequence[str] = (),
 ) -> tuple[str, str]:
     """Render a document model to (Markdown, self-contained HTML); the verdict comes first."""
-    ctx = {
+    ctx = _context(title, header, notes, sections, verdict)
+    return _MD.render(**ctx), _HTML.render(**ctx)
+
+
+def render_markdown(
+    title: str,
+    header: Sequence[tuple[str, str]],
+    notes: Sequence[str],
+    sections: Sequence[Section],
+    verdict: Sequence[str] = (),
+) -> str:
+    """The Markdown of `render_document` alone (sweep trials write no HTML)."""
+    return _MD.render(**_context(title, header, notes, sections, verdict))
+
+
+def _context(
+    title: str,
+    header: Sequence[tuple[str, str]],
+    notes: Sequence[str],
+    sections: Sequence[Section],
+    verdict: Sequence[str],
+) -> dict[str, Any]:
+    return {
         "title": title,
         "header": header,
         "notes": notes,
@@ -224,7 +246,6 @@ def render_document(
         "verdict": verdict,
         "css": _CSS,
     }
-    return _MD.render(**ctx), _HTML.render(**ctx)
 
 
 def document_css() -> str:

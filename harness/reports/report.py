@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -53,6 +54,7 @@ from harness.reports.document import (
     fmt_usd,
     reading,
     render_document,
+    render_markdown,
     reward_unit,
 )
 from harness.reports.transcripts import read_transcripts, time_key, transcript_summary
@@ -395,6 +397,26 @@ def decision_stats(df: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def _wide(
+    decisions: pd.DataFrame, columns: Sequence[str]
+) -> tuple[pd.DatetimeIndex, list[Any], list[np.ndarray]]:
+    """`decisions.pivot(index="decision_time", columns="policy", values=c)` of each column as
+    (times, policies, one object array per column of shape times x policies, NaN where a
+    policy has no row), without pandas' reshaping: sorted times and policies like `pivot`,
+    which also refuses duplicate (time, policy) rows."""
+    t_codes, times = pd.factorize(decisions["decision_time"], sort=True)
+    p_codes, policies = pd.factorize(decisions["policy"], sort=True)
+    flat = t_codes.astype(np.int64) * len(policies) + p_codes
+    if len(np.unique(flat)) < len(flat):
+        raise ValueError("Index contains duplicate entries, cannot reshape")
+    out = []
+    for c in columns:
+        cells = np.full(len(times) * len(policies), np.nan, dtype=object)
+        cells[flat] = decisions[c].to_numpy(dtype=object)
+        out.append(cells.reshape(len(times), len(policies)))
+    return pd.DatetimeIndex(times), list(policies), out
+
+
 def disagreements(decisions: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
     """Decision times where policies chose differently, widest reward spread first.
 
@@ -403,20 +425,30 @@ def disagreements(decisions: pd.DataFrame, top: int | None = None) -> pd.DataFra
     """
     if decisions.empty:
         return pd.DataFrame(columns=["decision_time", "spread"])
-    # one pivot of the three columns (three pivots each re-index the same rows)
-    wide = decisions.pivot(
-        index="decision_time", columns="policy", values=["choice", "label", "reward"]
-    )
-    choice, label, reward = wide["choice"], wide["label"], wide["reward"].astype(float)
-    # Grouped nunique is vectorized (row-wise nunique on a pivot is slow); NaN is not a choice.
-    differ = decisions.groupby("decision_time")["choice"].nunique().reindex(choice.index) > 1
-    spread = (reward.max(axis=1) - reward.min(axis=1))[differ]
-    order = spread.sort_values(ascending=False, na_position="last", kind="stable").index
+    # numpy over the (time x policy) cells: pandas' pivots and group-bys were most of a sweep
+    # trial's report (tests compare with them)
+    times, policies, (choice, label, reward) = _wide(decisions, ["choice", "label", "reward"])
+    reward = reward.astype(float)
+    # two different choices at a time (NaN is not a choice, as in a grouped nunique): the
+    # largest and smallest code of the row's present choices differ
+    codes = pd.factorize(choice.ravel())[0].reshape(choice.shape)  # -1: NaN or None
+    present = codes >= 0
+    differ = np.where(present, codes, -1).max(axis=1, initial=-1) > np.where(
+        present, codes, np.iinfo(np.int64).max
+    ).min(axis=1, initial=np.iinfo(np.int64).max)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row's spread is NaN
+        spread = np.nanmax(reward, axis=1) - np.nanmin(reward, axis=1)
+    rows = np.flatnonzero(differ)
+    s = spread[rows]
+    known = ~np.isnan(s)
+    # widest first, ties in time order, unknown spreads last (pandas' stable descending sort)
+    order = np.concatenate([rows[known][np.argsort(-s[known], kind="stable")], rows[~known]])
     order = order if top is None else order[:top]
-    out = pd.DataFrame({"decision_time": order, "spread": spread.loc[order].to_numpy()})
-    for p in choice.columns:
-        out[f"choice.{p}"] = label.loc[order, p].to_numpy()
-        out[f"reward.{p}"] = reward.loc[order, p].to_numpy()
+    out = pd.DataFrame({"decision_time": times[order], "spread": spread[order]})
+    for j, p in enumerate(policies):
+        out[f"choice.{p}"] = label[order, j]
+        out[f"reward.{p}"] = reward[order, j]
     return out
 
 
@@ -437,26 +469,49 @@ def disagreement_episodes(table: pd.DataFrame, decisions: pd.DataFrame) -> pd.Da
     cols = ["expiry", "start", "end", "n", "peak_time", "peak_spread"]
     if table.empty:
         return pd.DataFrame(columns=cols)
-    names = decisions.pivot(index="decision_time", columns="policy", values="instrument_name")
-    # First policy's sold instrument per row (a row-wise bfill on objects is slow in pandas).
-    rows = names.loc[table["decision_time"]].to_numpy(dtype=object)
+    times, _, (names,) = _wide(decisions, ["instrument_name"])
+    at = table["decision_time"]
+    rows = names[times.get_indexer(pd.DatetimeIndex(at))]
+    # First policy's sold instrument per row; a time whose name has no parseable expiry is
+    # its own episode rather than a wrong merge.
     expiry = [
         next((tok for tok in map(_expiry_token, row) if tok is not None), None) for row in rows
     ]
-    t = table.assign(expiry=expiry)
-    # A time whose name has no parseable expiry is its own episode rather than a wrong merge.
-    t["expiry"] = t["expiry"].fillna(t["decision_time"].astype(str))
-    peak = t.loc[t.groupby("expiry")["spread"].idxmax()]
-    agg = t.groupby("expiry").agg(
-        start=("decision_time", "min"), end=("decision_time", "max"), n=("decision_time", "size")
-    )
-    out = agg.join(
-        peak.set_index("expiry")[["decision_time", "spread"]].rename(
-            columns={"decision_time": "peak_time", "spread": "peak_spread"}
+    keys = [e if e is not None else str(t) for e, t in zip(expiry, at, strict=True)]
+    groups = np.array(sorted(set(keys)), dtype=object)  # sorted, as a group-by's keys
+    index = {k: j for j, k in enumerate(groups.tolist())}
+    group = np.array([index[k] for k in keys], dtype=np.int64)
+    t_ns = pd.DatetimeIndex(at).as_unit("ns").asi8
+    spread = table["spread"].to_numpy(dtype=float)
+    row_no = np.arange(len(table))
+    first = np.searchsorted(group[np.lexsort((row_no, group))], np.arange(len(groups)))
+    by_time = np.lexsort((row_no, t_ns, group))
+    n = np.bincount(group, minlength=len(groups))
+    start_row, end_row = by_time[first], by_time[first + n - 1]
+    # the first row of the widest spread per group (NaN never wins unless all are NaN)
+    by_spread = np.lexsort((row_no, -np.where(np.isnan(spread), -np.inf, spread), group))
+    peak_row = by_spread[first]
+    peak_spread = spread[peak_row]
+    # widest first (unknown last), then earliest start; ties keep the expiry order
+    order = np.lexsort(
+        (
+            np.arange(len(groups)),
+            t_ns[start_row],
+            -np.where(np.isnan(peak_spread), -np.inf, peak_spread),
         )
-    ).reset_index()
-    out = out.sort_values(["peak_spread", "start"], ascending=[False, True], kind="stable")
-    return out[cols].reset_index(drop=True)
+    )
+    pick = at.reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "expiry": groups[order],
+            "start": pick.iloc[start_row[order]].array,
+            "end": pick.iloc[end_row[order]].array,
+            "n": n[order].astype(np.int64),
+            "peak_time": pick.iloc[peak_row[order]].array,
+            "peak_spread": peak_spread[order],
+        },
+        columns=cols,
+    )
 
 
 def pairs_from_decisions(
@@ -1376,7 +1431,8 @@ def write_report(
     run_dir = Path(run_dir)
     run = load_run(run_dir, decision_rows)
     if not html:
-        md = build_report(run, charts=False)[0]
+        doc = build_document(run, charts=False)
+        md = render_markdown(doc.title, doc.header, doc.notes, doc.sections, doc.verdict)
         (run_dir / "report.md").write_text(md, encoding="utf-8")
         return run_dir / "report.md", None
     md, html_text, charts = build_report(run)
