@@ -36,6 +36,32 @@ def _text(x: Any) -> str:
     return strict_json.dumps(x, default=str)
 
 
+def _string(text: str) -> str:
+    """`json.dumps` of a str (ASCII escapes, as every line is written)."""
+    return json.encoder.encode_basestring_ascii(text)  # type: ignore[no-any-return]
+
+
+# The state part of each decision's rows, per state object: flat states are shared by the
+# trials of a sweep worker whose decisions and features are equal (SimulatorCaches.states),
+# so their fields and text are made once per state, not once per run. States are frozen; an
+# entry holds its state, so its id is not reused while the entry lives.
+_STATE_PARTS: dict[int, tuple[DecisionState, dict[str, float | None], str]] = {}
+_MAX_STATE_PARTS = 20_000  # ~9 state lists of a year at 4h decisions (~1 KB each with its text)
+
+
+def _state_part(state: DecisionState) -> tuple[dict[str, float | None], str]:
+    """(the row's "state" fields, the text of its "spot", "spot_stale" and "state" items)."""
+    hit = _STATE_PARTS.get(id(state))
+    if hit is not None and hit[0] is state:
+        return hit[1], hit[2]
+    fields = {k: _clean(getattr(state, k)) for k in STATE_FIELDS}
+    text = _text({"spot": state.spot, "spot_stale": state.spot_stale, "state": fields})[1:-1]
+    if len(_STATE_PARTS) >= _MAX_STATE_PARTS:
+        _STATE_PARTS.clear()
+    _STATE_PARTS[id(state)] = (state, fields, text)
+    return fields, text
+
+
 class DecisionLines:
     """Per decision of a run: the row's shared objects and their JSON text, made once."""
 
@@ -49,19 +75,14 @@ class DecisionLines:
         self._before_policy: list[str] = []
         self._after_policy: list[str] = []
         for (state, cands), t_iso in zip(items, times_iso, strict=True):
-            fields = {k: _clean(getattr(state, k)) for k in STATE_FIELDS}
+            fields, state_text = _state_part(state)
             names = [c.instrument_name for c in cands]
             self.states.append(fields)
             self.names.append(names)
-            self._before_policy.append('{"decision_time": ' + json.dumps(t_iso) + ', "policy": ')
-            shared = {
-                "spot": state.spot,
-                "spot_stale": state.spot_stale,
-                "state": fields,
-                "candidates": names,
-            }
-            # a dict's text without its braces is its items' text: the row's middle part
-            self._after_policy.append(", " + _text(shared)[1:-1] + ", ")
+            self._before_policy.append('{"decision_time": ' + _string(t_iso) + ', "policy": ')
+            # a dict's text without its braces is its items' text: the row's middle part is
+            # the state's items, then the candidates' (the text of the dict of all of them)
+            self._after_policy.append(", " + state_text + ', "candidates": ' + _text(names) + ", ")
 
     def row(self, i: int, policy: str, own: dict[str, Any]) -> dict[str, Any]:
         """The row object of decision `i` for `policy`; `own` are its fields after "candidates"."""

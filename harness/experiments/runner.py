@@ -750,6 +750,7 @@ class ExperimentRunner:
         rewards = np.zeros(len(items))
         invalid = errors = resumed = 0
         tally = PolicyTally()
+        is_llm = isinstance(policy, LLMPolicy)
         partial = isinstance(policy, LLMPolicy) and policy.incomplete
         flushed = time.monotonic()
         # the parts of a row that depend only on the decision are encoded once per run
@@ -824,7 +825,9 @@ class ExperimentRunner:
             invalid += int(not row["valid"])
             errors += int(row["error"] is not None)
             tally.add(row)
-            line = lines.line(i, policy_text, {k: row[k] for k in own})
+            # own's fields as the row now has them (only an invalid or LLM row changed them)
+            now = {k: row[k] for k in own} if bad or is_llm else own
+            line = lines.line(i, policy_text, now)
             safe = self.secrets.scrub(line)
             out.write(safe + "\n")
             if isinstance(policy, LLMPolicy):

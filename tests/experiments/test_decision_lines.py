@@ -117,3 +117,21 @@ def test_every_line_is_strict_json_dumps_of_its_row(
         text = lines.line(i, strict_json.dumps(policy), own)
         assert text == strict_json.dumps(row, default=str)
         json.loads(text, parse_constant=strict_json.reject_constant)  # strict
+
+
+@given(_decisions(), _name, _own)
+def test_a_second_run_over_the_same_states_reuses_their_part_and_writes_the_same_lines(
+    decisions: tuple[list, list], policy: str, own: dict[str, Any]
+) -> None:
+    """Trials sharing state objects (a sweep worker) share each state's fields and text."""
+    items, times_iso = decisions
+    first = DecisionLines(items, times_iso)
+    # the same states, other candidate lists (another delta band)
+    other = [(state, list(reversed(cands))) for state, cands in items]
+    second = DecisionLines(other, times_iso)
+    for i in range(len(items)):
+        assert second.states[i] is first.states[i]
+        row = second.row(i, policy, own)
+        text = second.line(i, strict_json.dumps(policy), own)
+        assert text == strict_json.dumps(row, default=str)
+        assert row["candidates"] == [c.instrument_name for c in other[i][1]]
