@@ -347,6 +347,7 @@ class ExperimentRunner:
         self._rows: list[dict[str, Any]] | None = (
             [] if not decisions_path.exists() or decisions_path.stat().st_size == 0 else None
         )
+        self._equity: pd.DataFrame | None = None
         with self._progress() as progress:
             load = progress.add_task("loading market", total=None)
             source = self.market or build_market(cfg.market, cfg.simulation.timeframe)
@@ -969,6 +970,8 @@ class ExperimentRunner:
             else pd.DataFrame(columns=["timestamp", "policy", "equity", "hodl", "equity_vs_hodl"])
         )
         equity.to_parquet(d / "equity.parquet", index=False)
+        # the report reads the frame just written from memory (a Parquet round trip keeps it)
+        self._equity = equity if not equity.empty else None
         lab = labels.drop(columns=["best_reward", "reward_regret"], errors="ignore")
         lab.to_parquet(d / "labels.parquet", index=False)
         (d / "metrics.json").write_text(strict_json.dumps(metrics, indent=2, default=_json_float))
@@ -1007,7 +1010,12 @@ class ExperimentRunner:
         except ImportError:  # report module not available in a trimmed install
             return
         try:
-            write_report(self.run_dir, html=self.html_report, decision_rows=self._rows)
+            write_report(
+                self.run_dir,
+                html=self.html_report,
+                decision_rows=self._rows,
+                equity=self._equity,
+            )
         except Exception as exc:  # the run's data is written; a broken chart must not lose it
             log.exception("report failed")
             self.console.print(f"[red]report failed[/]: {exc}")

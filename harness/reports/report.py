@@ -301,8 +301,10 @@ def decisions_frame(
             bad += 1
     if bad:
         notes.append(f"{file_name}: {bad} unreadable line(s) skipped.")
-    df = pd.DataFrame(_decision_columns(good), columns=DECISION_COLUMNS)
-    df["decision_time"] = pd.to_datetime(df["decision_time"], utc=True, format="ISO8601")
+    columns = _decision_columns(good)
+    # parsed from the list: a column of text would first be made and then parsed
+    columns["decision_time"] = pd.to_datetime(columns["decision_time"], utc=True, format="ISO8601")
+    df = pd.DataFrame(columns, columns=DECISION_COLUMNS)
     n = len(df)
     # A resumed run may append a decision twice; the last write wins.
     df = df.drop_duplicates(["decision_time", "policy"], keep="last")
@@ -328,11 +330,16 @@ def _read_table(
         return pd.DataFrame()
 
 
-def load_run(run_dir: Path, decision_rows: Sequence[dict[str, Any]] | None = None) -> RunFolder:
+def load_run(
+    run_dir: Path,
+    decision_rows: Sequence[dict[str, Any]] | None = None,
+    equity: pd.DataFrame | None = None,
+) -> RunFolder:
     """Read every documented file of a run folder, tolerating missing or empty ones.
 
     `decision_rows`: the decisions.jsonl objects already in memory (a runner that just wrote
-    them, in file order); the file is then not re-read.
+    them, in file order); `equity`: the frame just written to equity.parquet. Those files
+    are then not re-read.
     """
     run_dir = Path(run_dir)
     notes: list[str] = []
@@ -347,7 +354,8 @@ def load_run(run_dir: Path, decision_rows: Sequence[dict[str, Any]] | None = Non
     metrics = read_json(run_dir / "metrics.json", notes)
     comparison = read_json(run_dir / "comparison.json", notes)
     trades = _read_table(run_dir / "trades.csv", pd.read_csv, notes)
-    equity = _read_table(run_dir / "equity.parquet", pd.read_parquet, notes)
+    if equity is None:
+        equity = _read_table(run_dir / "equity.parquet", pd.read_parquet, notes)
     config: dict[str, Any] = {}
     if (run_dir / "config.yaml").is_file():
         try:
@@ -1422,14 +1430,16 @@ def write_report(
     *,
     html: bool = True,
     decision_rows: Sequence[dict[str, Any]] | None = None,
+    equity: pd.DataFrame | None = None,
 ) -> tuple[Path, Path | None]:
     """Write report.md (+ figures/*.png) and self-contained report.html into the run folder.
 
-    `html=False` (sweep trials) writes report.md only and draws no charts. `decision_rows`:
-    decisions.jsonl's objects from memory (see `load_run`); the same report as from disk.
+    `html=False` (sweep trials) writes report.md only and draws no charts. `decision_rows`,
+    `equity`: decisions.jsonl's objects and equity.parquet's frame from memory (see
+    `load_run`); the same report as from disk.
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir, decision_rows)
+    run = load_run(run_dir, decision_rows, equity)
     if not html:
         doc = build_document(run, charts=False)
         md = render_markdown(doc.title, doc.header, doc.notes, doc.sections, doc.verdict)
