@@ -372,11 +372,15 @@ class CoveredCallSimulator:
             return np.asarray(x, dtype=float).tolist()
 
         def opts(x: np.ndarray) -> list[float | None]:
-            return [None if v != v else v for v in floats(x)]
+            values = np.asarray(x, dtype=float)
+            out: list[float | None] = values.tolist()  # type: ignore[assignment]
+            for j in np.flatnonzero(np.isnan(values)).tolist():  # only the missing ones
+                out[j] = None
+            return out
 
         def stamps(ns: np.ndarray) -> list[pd.Timestamp]:
             uniq, inverse = np.unique(ns, return_inverse=True)
-            made = [pd.Timestamp(int(v), tz="UTC") for v in uniq.tolist()]
+            made = list(pd.to_datetime(uniq, utc=True))  # one conversion, then boxed
             return [made[j] for j in inverse.tolist()]
 
         hist_reward, hist_count = self._history_hints()
