@@ -710,16 +710,24 @@ class ExperimentRunner:
         self._reward_of = dict(
             zip(zip(t_ns.tolist(), names.tolist(), strict=True), rewards.tolist(), strict=True)
         )
-        best_idx = labels.groupby("decision_time")["reward"].idxmax()
-        best = labels.loc[best_idx.to_numpy()]
+        # per decision time, the first row of the highest reward (a group-by's idxmax,
+        # sorted in numpy: the group-by was most of this method)
+        row = np.arange(len(rewards))
+        nan = np.isnan(rewards)
+        order = np.lexsort((row, -np.where(nan, -np.inf, rewards), t_ns))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = t_ns[order][1:] != t_ns[order][:-1]
+        best = order[first]
+        if nan[best].any():  # as idxmax: a time whose rewards are all missing has no best
+            raise ValueError("idxmax with skipna=True encountered all NA values in a group.")
         by_t = dict(
             zip(
-                pd.DatetimeIndex(best["decision_time"]).as_unit("ns").asi8,
-                zip(best["instrument_name"], best["reward"], strict=True),
+                t_ns[best].tolist(),
+                zip(names[best].tolist(), rewards[best].tolist(), strict=True),
                 strict=True,
             )
         )
-        self._best = [by_t[int(t)] for t in times.as_unit("ns").asi8]
+        self._best = [by_t[t] for t in times.as_unit("ns").asi8.tolist()]
 
     def _decision_lines(
         self, items: list[tuple[DecisionState, list[CallCandidate]]], times_iso: list[str]
