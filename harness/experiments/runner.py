@@ -769,8 +769,7 @@ class ExperimentRunner:
         for i, ((state, cands), t_iso, t_ns) in enumerate(
             zip(items, times_iso, times_ns, strict=True)
         ):
-            key = (name, t_iso)
-            prior = done.get(key)
+            prior = done.get((name, t_iso)) if done else None  # done: a resumed run's rows
             if prior is not None:
                 choice_name = prior["instrument_name"]
                 rewards[i] = prior["reward"]
@@ -839,7 +838,7 @@ class ExperimentRunner:
             line = lines.line(i, policy_text, now)
             safe = self.secrets.scrub(line)
             out.write(safe + "\n")
-            if isinstance(policy, LLMPolicy):
+            if is_llm:
                 out.flush()  # an answer costs money: on disk at once for --resume
             elif i % _FLUSH_EVERY == 0 or time.monotonic() - flushed > _FLUSH_AFTER_S:
                 # a rule decision is cheap to redo after a kill; a slow python or model
