@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -67,6 +67,26 @@ _STATE_FEATURES = (
     "realized_vol_30d",
     "atm_iv",
 )
+
+
+class _PathTable(NamedTuple):
+    """Held mark paths concatenated: path i is marks[offset[i] : offset[i] + length[i]], its
+    first cell at bar start[i]."""
+
+    start: np.ndarray
+    length: np.ndarray
+    offset: np.ndarray
+    marks: np.ndarray
+
+
+# instrument code of each row (first appearance order) and the instrument names by code
+_Instruments = tuple[np.ndarray, list[str]]
+
+
+def _instruments(names: np.ndarray) -> _Instruments:
+    """Codes of `names` by first appearance, and the distinct names in that order."""
+    codes, uniq = pd.factorize(np.asarray(names, dtype=object))
+    return codes, uniq.tolist()
 
 
 class InvalidChoiceError(ValueError):
@@ -140,7 +160,7 @@ class CoveredCallSimulator:
         self._settlements = caches.settlements
         self._shared_states = caches.states
         self._labels: pd.DataFrame | None = None
-        self._outcome_cache: dict[str, np.ndarray] | None = None
+        self._cand_instruments: _Instruments | None = None
         self._hints: tuple[np.ndarray, np.ndarray] | None = None
         self._offered: list[CallCandidate] | None = None  # every candidate, built once
         self._flat_states: list[DecisionState] | None = None
@@ -594,25 +614,32 @@ class CoveredCallSimulator:
             f"{self.config.timeframe} bars of the replay); add finer spot bars to the data"
         )
 
-    def _ensure_paths(self, names: np.ndarray, first_bar: np.ndarray, last_bar: np.ndarray) -> None:
+    def _ensure_paths(
+        self,
+        names: np.ndarray,
+        first_bar: np.ndarray,
+        last_bar: np.ndarray,
+        instruments: _Instruments | None = None,
+    ) -> None:
         """Load mark paths (USD per coin, on the bar grid) for instruments over bar ranges."""
         if len(names) == 0:
             return
         # one range per instrument: the union of its requests (candidates repeat instruments)
-        codes, uniq = pd.factorize(np.asarray(names, dtype=object))
-        lo = np.full(len(uniq), np.iinfo(np.int64).max)
-        hi = np.full(len(uniq), np.iinfo(np.int64).min)
+        codes, uniq_names = instruments if instruments is not None else _instruments(names)
+        lo = np.full(len(uniq_names), np.iinfo(np.int64).max)
+        hi = np.full(len(uniq_names), np.iinfo(np.int64).min)
         np.minimum.at(lo, codes, np.asarray(first_bar, dtype=np.int64))
         np.maximum.at(hi, codes, np.asarray(last_bar, dtype=np.int64))
-        need: dict[str, tuple[int, int]] = {}
-        for n, a, b in zip(uniq.tolist(), lo.tolist(), hi.tolist(), strict=True):
-            have = self._paths.get(n)
-            if have is not None:
-                start, end = have[0], have[0] + len(have[1]) - 1
-                if start <= a and end >= b:
-                    continue
-                a, b = min(a, start), max(b, end)  # reload over the union: never shrink a path
-            need[n] = (a, b)
+        start, length = self._path_bounds(uniq_names)
+        have = length >= 0
+        # reload over the union with what is held: never shrink a path
+        a = np.where(have, np.minimum(lo, start), lo)
+        b = np.where(have, np.maximum(hi, start + length - 1), hi)
+        short = np.flatnonzero(~have | (start > lo) | (start + length - 1 < hi))
+        need: dict[str, tuple[int, int]] = {
+            uniq_names[u]: (x, y)
+            for u, x, y in zip(short.tolist(), a[short].tolist(), b[short].tolist(), strict=True)
+        }
         if not need:
             return
         if isinstance(self.source, BulkChainSource) and isinstance(self.source, MarkRangeSource):
@@ -651,40 +678,94 @@ class CoveredCallSimulator:
                 closes = ohlc["close"].reindex(grid).to_numpy(dtype=float)
                 self._store_paths([n], a, closes[None, :])
 
-    def _seed_paths(self, names: np.ndarray, open_bar: np.ndarray, marks: np.ndarray) -> None:
+    def _seed_paths(
+        self,
+        names: np.ndarray,
+        open_bar: np.ndarray,
+        marks: np.ndarray,
+        instruments: _Instruments | None = None,
+        table: _PathTable | None = None,
+    ) -> bool:
         """Give each path the chain's own mark at its sale bar when the source's path has none.
 
         A protocol-only source's option bars can start after the decision instant although
         the chain quotes a mark at it; a leading gap cannot be carried forward, so the sale
         bar is seeded with the mark the seller saw, then carried forward as usual. Seeds are
-        kept so a path loaded again over a wider range gets them too.
+        kept so a path loaded again over a wider range gets them too. `table` holds the paths
+        of `instruments` as they are; True when a path was changed (the table is then stale).
         """
         marks = np.asarray(marks, dtype=float)
         finite = np.flatnonzero(np.isfinite(marks))
         if len(finite) == 0:
-            return
-        codes, uniq = pd.factorize(np.asarray(names, dtype=object)[finite])
+            return False
+        all_codes, uniq_names = instruments if instruments is not None else _instruments(names)
+        codes = all_codes[finite]
+        bars = np.asarray(open_bar, dtype=np.int64)[finite]
+        values = marks[finite]
         # candidates grouped by instrument, each group in the callers' order (later seeds win)
         order = np.argsort(codes, kind="stable")
-        bounds = np.r_[0, np.flatnonzero(np.diff(codes[order])) + 1, len(order)]
-        bars = np.asarray(open_bar, dtype=np.int64)[finite][order]
-        values = marks[finite][order]
-        for i, j in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            n = str(uniq[codes[order[i]]])
-            b, m = bars[i:j], values[i:j]
-            self._seeds.setdefault(n, {}).update(zip(b.tolist(), m.tolist(), strict=True))
-            start, path = self._paths[n]
-            k = b - start
-            inside = (k >= 0) & (k < len(path))
-            if not np.isnan(path[k[inside]]).any():
-                continue  # the path already has a mark at every sale bar: nothing to seed
-            for a, mark in zip(b.tolist(), m.tolist(), strict=True):
+        grouped = codes[order]
+        heads = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
+        bounds = dict(
+            zip(
+                grouped[heads].tolist(),
+                zip(heads.tolist(), np.r_[heads[1:], len(order)].tolist(), strict=True),
+                strict=True,
+            )
+        )
+        sorted_bars, sorted_marks = bars[order].tolist(), values[order].tolist()
+        seeds = self._seeds
+        for u, (i, j) in bounds.items():
+            seeds.setdefault(uniq_names[u], {}).update(
+                zip(sorted_bars[i:j], sorted_marks[i:j], strict=True)
+            )
+        # the mark of every sale bar inside its path, all instruments at once
+        table = table if table is not None else self._path_table(uniq_names)
+        k = bars - table.start[codes]
+        inside = (k >= 0) & (k < table.length[codes])
+        cell = np.where(inside, table.offset[codes] + k, 0)
+        gap = inside & np.isnan(table.marks[cell]) if len(table.marks) else inside
+        if not gap.any():
+            return False  # every path already has a mark at every sale bar: nothing to seed
+        for u in np.unique(codes[gap]).tolist():
+            # in the callers' order: a seed fills a bar only while it has no mark (one carried
+            # forward from an earlier seed counts as a mark)
+            n = uniq_names[u]
+            i, j = bounds[u]
+            for a, mark in zip(sorted_bars[i:j], sorted_marks[i:j], strict=True):
                 start, path = self._paths[n]
                 x = a - start
                 if 0 <= x < len(path) and np.isnan(path[x]):
                     path = path.copy()
                     path[x] = mark
                     self._paths[n] = (start, _ffill(path))
+        return True
+
+    def _candidate_instruments(self, ks: np.ndarray) -> _Instruments:
+        """`_instruments` of the names of candidate rows `ks` (every candidate's code made once)."""
+        if self._cand_instruments is None:
+            self._cand_instruments = _instruments(self.store.names[self.cand_row])
+        codes, names = self._cand_instruments
+        if len(ks) == len(codes) and np.array_equal(ks, np.arange(len(codes))):
+            return codes, names
+        sub, which = pd.factorize(codes[ks])
+        return sub, [names[c] for c in which.tolist()]
+
+    def _path_bounds(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """First bar and length of each held mark path (length -1 where none is held)."""
+        held = [self._paths.get(n) for n in names]
+        start = np.fromiter((0 if h is None else h[0] for h in held), np.int64, len(held))
+        length = np.fromiter((-1 if h is None else len(h[1]) for h in held), np.int64, len(held))
+        return start, length
+
+    def _path_table(self, names: list[str]) -> _PathTable:
+        """The held mark paths of `names` (all loaded) concatenated, with each one's bounds."""
+        held = [self._paths[n] for n in names]
+        start = np.fromiter((h[0] for h in held), np.int64, len(held))
+        length = np.fromiter((len(h[1]) for h in held), np.int64, len(held))
+        offset = np.cumsum(length) - length
+        marks = np.concatenate([h[1] for h in held]) if held else np.empty(0)
+        return _PathTable(start, length, offset, marks)
 
     def _store_paths(self, names: Sequence[str], start: int, raw: np.ndarray) -> None:
         """Keep freshly loaded mark paths (rows of `raw` from bar `start`): seeds fill their
@@ -750,9 +831,20 @@ class CoveredCallSimulator:
         # marked bars: decision bar up to the last bar strictly before expiry
         last_bar = np.searchsorted(self.bar_ns, expiry, side="left") - 1
         last_bar = np.maximum(last_bar, open_bar)
-        self._ensure_paths(names, open_bar, last_bar)
-        self._seed_paths(names, open_bar, col["mark_price"][rows])
-        dd = self._drawdowns(names, open_bar, last_bar, premium - open_fee, settle - payoff - dfee)
+        instruments = self._candidate_instruments(ks)
+        self._ensure_paths(names, open_bar, last_bar, instruments)
+        table = self._path_table(instruments[1])
+        if self._seed_paths(names, open_bar, col["mark_price"][rows], instruments, table):
+            table = self._path_table(instruments[1])  # a seed changed a path
+        dd = self._drawdowns(
+            names,
+            open_bar,
+            last_bar,
+            premium - open_fee,
+            settle - payoff - dfee,
+            instruments,
+            table,
+        )
         return {
             "strike": strike,
             "underlying_price": f_open,
@@ -775,37 +867,44 @@ class CoveredCallSimulator:
         last_bar: np.ndarray,
         cash: np.ndarray,
         final_value: np.ndarray,
+        instruments: _Instruments | None = None,
+        table: _PathTable | None = None,
     ) -> np.ndarray:
-        """Max drawdown (%) of the covered position value S - C + cash from open to settlement."""
+        """Max drawdown (%) of the covered position value S - C + cash from open to settlement.
+
+        `table`, when given, holds the current paths of `instruments`."""
         out = np.zeros(len(names))
         if len(names) == 0:
             return out
         last_bar = np.asarray(last_bar, dtype=np.int64)
         open_bar = np.asarray(open_bar, dtype=np.int64)
         # S - C of every instrument once, on one flat array (its bars from its first open to
-        # its last bar, each segment followed by NaN padding); a candidate's row is then a
-        # contiguous window of it, so all expiries go through one loop of cache-sized chunks.
-        # NaN cells are skipped by the drawdown, so a row's values and their order are those
-        # of a per-expiry matrix.
+        # its last bar), built from the concatenated paths with index arithmetic; a
+        # candidate's row is then a contiguous window of it, so all expiries go through one
+        # loop of cache-sized chunks. Window cells past a row's last bar are masked below (NaN),
+        # and NaN cells are skipped by the drawdown, so a row's values and their order are
+        # those of a per-expiry matrix.
         width = last_bar - open_bar + 1
         cols = int(width.max()) + 1
-        codes, uniq = pd.factorize(np.asarray(names, dtype=object))
-        seg_lo = np.full(len(uniq), np.iinfo(np.int64).max)
-        seg_hi = np.full(len(uniq), np.iinfo(np.int64).min)
+        codes, uniq_names = instruments if instruments is not None else _instruments(names)
+        seg_lo = np.full(len(uniq_names), np.iinfo(np.int64).max)
+        seg_hi = np.full(len(uniq_names), np.iinfo(np.int64).min)
         np.minimum.at(seg_lo, codes, open_bar)
         np.maximum.at(seg_hi, codes, last_bar)
-        pieces = []
-        for u, name in enumerate(uniq.tolist()):
-            lo, hi = int(seg_lo[u]), int(seg_hi[u])
-            start, path = self._paths[name]
-            marks = np.full(hi - lo + 1, np.nan)
-            a, b = max(lo, start), min(hi, start + len(path) - 1)
-            if b >= a:
-                marks[a - lo : b - lo + 1] = path[a - start : b - start + 1]
-            pieces += [self.close[lo : hi + 1] - marks, np.full(cols, np.nan)]
-        flat = np.concatenate(pieces)
-        seg_len = seg_hi - seg_lo + 1 + cols
+        table = table if table is not None else self._path_table(uniq_names)
+        seg_len = seg_hi - seg_lo + 1
         seg_off = np.cumsum(seg_len) - seg_len
+        cell = np.arange(int(seg_len.sum()))
+        bar = cell + np.repeat(seg_lo - seg_off, seg_len)
+        k = cell + np.repeat(seg_lo - seg_off - table.start, seg_len)  # bar - path start
+        inside = (k >= 0) & (k < np.repeat(table.length, seg_len))
+        at = np.repeat(table.offset, seg_len) + k
+        if inside.all():
+            marks = table.marks[at]
+        else:  # a bar outside its held path has no mark (NaN, skipped like a gap)
+            marks = np.where(inside, table.marks[np.where(inside, at, 0)], np.nan)
+        # `cols` NaN cells at the end keep the last segment's windows inside the array
+        flat = np.r_[self.close[bar] - marks, np.full(cols, np.nan)]
         windows = np.lib.stride_tricks.sliding_window_view(flat, cols)
         first = seg_off[codes] + open_bar - seg_lo[codes]
         # chunks of similar widths (narrowest first): each matrix is as wide as its widest row
