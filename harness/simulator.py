@@ -161,11 +161,16 @@ class CoveredCallSimulator:
         self._shared_states = caches.states
         self._labels: pd.DataFrame | None = None
         self._cand_instruments: _Instruments | None = None
+        # payoff and delivery fee per coin of every candidate (labels), and what replays settled
+        self._label_flows: tuple[np.ndarray, np.ndarray] | None = None
+        self._settle_cost: np.ndarray | None = None
+        self._settle_known: np.ndarray | None = None
         self._hints: tuple[np.ndarray, np.ndarray] | None = None
         self._offered: list[CallCandidate] | None = None  # every candidate, built once
         self._flat_states: list[DecisionState] | None = None
         self._state_parts: list[tuple[Any, ...]] | None = None
         self._records: tuple[list[pd.Timestamp], list[tuple[str, ...]], list[bool]] | None = None
+        self._idle_records: dict[str, list[DecisionRecord | None]] = {}
         self._load(progress)
 
     # ------------------------------------------------------------------ loading
@@ -806,7 +811,11 @@ class CoveredCallSimulator:
         rows = self.cand_row[ks]
         # one delivery price per expiry, not per candidate
         expiries, which = np.unique(self.store.expiry_ns[rows], return_inverse=True)
-        prices = [self.settlement_price(pd.Timestamp(int(e), tz="UTC")) for e in expiries]
+        known = self._settlements
+        prices = [
+            known[e] if e in known else self.settlement_price(pd.Timestamp(e, tz="UTC"))
+            for e in expiries.tolist()
+        ]
         settle = np.array(prices, dtype=float)[which.reshape(-1)]
         payoff = call_payoff(settle, self.store.columns["strike"][rows])
         dfee = delivery_fee(settle, payoff, c.delivery_fee_rate, c.fee_cap_fraction)
@@ -894,17 +903,20 @@ class CoveredCallSimulator:
         table = table if table is not None else self._path_table(uniq_names)
         seg_len = seg_hi - seg_lo + 1
         seg_off = np.cumsum(seg_len) - seg_len
-        cell = np.arange(int(seg_len.sum()))
+        total = int(seg_len.sum())
+        cell = np.arange(total)
         bar = cell + np.repeat(seg_lo - seg_off, seg_len)
-        k = cell + np.repeat(seg_lo - seg_off - table.start, seg_len)  # bar - path start
-        inside = (k >= 0) & (k < np.repeat(table.length, seg_len))
-        at = np.repeat(table.offset, seg_len) + k
-        if inside.all():
-            marks = table.marks[at]
-        else:  # a bar outside its held path has no mark (NaN, skipped like a gap)
-            marks = np.where(inside, table.marks[np.where(inside, at, 0)], np.nan)
+        at = cell + np.repeat(table.offset + seg_lo - seg_off - table.start, seg_len)
         # `cols` NaN cells at the end keep the last segment's windows inside the array
-        flat = np.r_[self.close[bar] - marks, np.full(cols, np.nan)]
+        flat = np.empty(total + cols)
+        flat[total:] = np.nan
+        if (seg_lo >= table.start).all() and (seg_hi < table.start + table.length).all():
+            np.subtract(self.close[bar], table.marks[at], out=flat[:total])
+        else:  # a bar outside its held path has no mark (NaN, skipped like a gap)
+            k = bar - np.repeat(table.start, seg_len)
+            inside = (k >= 0) & (k < np.repeat(table.length, seg_len))
+            marks = np.where(inside, table.marks[np.where(inside, at, 0)], np.nan)
+            np.subtract(self.close[bar], marks, out=flat[:total])
         windows = np.lib.stride_tricks.sliding_window_view(flat, cols)
         first = seg_off[codes] + open_bar - seg_lo[codes]
         # chunks of similar widths (narrowest first): each matrix is as wide as its widest row
@@ -915,10 +927,15 @@ class CoveredCallSimulator:
             idx = by_width[lo:hi]
             w = width[idx]
             n = int(w.max()) + 1
-            rows = windows[first[idx], :n]
-            j = np.arange(n)[None, :]
-            values = np.where(j < w[:, None], rows + cash[idx][:, None], np.nan)
+            values = windows[first[idx], :n]  # a copy (fancy index)
+            values += cash[idx][:, None]
+            # the cells past each row's last bar: its final value, then NaN (few: the rows of
+            # a chunk have similar widths)
             values[np.arange(len(idx)), w] = (final_value + cash)[idx]
+            tail = n - 1 - w
+            if tail.any():
+                row = np.repeat(np.arange(len(idx)) * n + w + 1, tail)
+                values.reshape(-1)[row + _ramp(tail)] = np.nan
             out[idx] = covered_drawdown_pct(values)
             lo = hi
         return out
@@ -934,6 +951,7 @@ class CoveredCallSimulator:
             return self._labels
         ks = np.arange(len(self.cand_row))
         o = self._outcomes(ks)
+        self._label_flows = (o["payoff"], o["delivery_fee"])
         size = self.size
         st = self.store
         rows = self.cand_row
@@ -1159,42 +1177,21 @@ class CoveredCallSimulator:
         pos_expiry = 0
         cash = 0.0
         stamps, names_at, stale_at = self._record_parts()
-        for i in range(len(self.dec_ns)):
-            t = int(self.dec_ns[i])
+        idle = self._idle_record
+        for i, t in enumerate(self.dec_ns.tolist()):
             if pos is not None and t >= pos_expiry:
-                _, payoff, dfee = self._settlement_flows(np.array([pos.row]))
-                cash -= size * float(payoff[0] + dfee[0])
+                cash -= size * self._settled_cost(pos.row)
                 pos = None
-            offered_names = names_at[i]
             if pos is not None and c.hold_to_expiry:
-                decisions.append(
-                    DecisionRecord(
-                        decision_time=stamps[i],
-                        candidate_names=offered_names,
-                        spot_stale=stale_at[i],
-                        chosen=None,
-                        asked=False,
-                        note="call open",
-                    )
-                )
+                decisions.append(idle(i, "call open"))
                 continue
             position_state = self._position_state(pos, i) if pos is not None else None
             offered = self._candidates_at(i)
             state = self._state(i, position_state, cash)
             choice = policy(state, offered)
             if choice is None:
-                decisions.append(
-                    DecisionRecord(
-                        decision_time=stamps[i],
-                        candidate_names=offered_names,
-                        spot_stale=stale_at[i],
-                        chosen=None,
-                        asked=True,
-                        note="holding"
-                        if pos is not None
-                        else ("no candidates" if not offered else ""),
-                    )
-                )
+                note = "holding" if pos is not None else ("no candidates" if not offered else "")
+                decisions.append(idle(i, note))
                 continue
             k = self._match(i, choice, offered)
             if pos is not None:
@@ -1212,7 +1209,7 @@ class CoveredCallSimulator:
             decisions.append(
                 DecisionRecord(
                     decision_time=stamps[i],
-                    candidate_names=offered_names,
+                    candidate_names=names_at[i],
                     chosen=str(choice.instrument_name),
                     asked=True,
                     spot_stale=stale_at[i],
@@ -1221,13 +1218,54 @@ class CoveredCallSimulator:
         trades = self._trades(opened, closes, size)
         return self._result(trades, decisions, name or getattr(policy, "__name__", "policy"))
 
+    def _idle_record(self, i: int, note: str) -> DecisionRecord:
+        """The record of decision i where nothing was sold ("call open": not asked).
+
+        It depends on the decision and the note only, and records are frozen, so every replay
+        on this simulator shares one object per (decision, note)."""
+        made = self._idle_records.get(note)
+        if made is None:
+            made = self._idle_records[note] = [None] * len(self.dec_ns)
+        rec = made[i]
+        if rec is None:
+            stamps, names_at, stale_at = self._record_parts()
+            rec = made[i] = DecisionRecord(
+                decision_time=stamps[i],
+                candidate_names=names_at[i],
+                spot_stale=stale_at[i],
+                chosen=None,
+                asked=note != "call open",
+                note=note,
+            )
+        return rec
+
+    def _settled_cost(self, k: int) -> float:
+        """Payoff plus delivery fee per coin (USD) candidate k pays at expiry.
+
+        Kept per candidate: from the labels when they exist, else for every candidate of k's
+        expiry at once (its settlement price is asked for only when a replay reaches it)."""
+        if self._settle_cost is None:
+            self._settle_cost = np.zeros(len(self.cand_row))
+            self._settle_known = np.zeros(len(self.cand_row), dtype=bool)
+            if self._label_flows is not None:
+                payoff, dfee = self._label_flows
+                self._settle_cost[:] = payoff + dfee
+                self._settle_known[:] = True
+        if not self._settle_known[k]:
+            expiry = self.store.expiry_ns[self.cand_row]
+            ks = np.flatnonzero(expiry == expiry[k])
+            _, payoff, dfee = self._settlement_flows(ks)
+            self._settle_cost[ks] = payoff + dfee
+            self._settle_known[ks] = True
+        return float(self._settle_cost[k])
+
     def _record_parts(self) -> tuple[list[pd.Timestamp], list[tuple[str, ...]], list[bool]]:
         """Per decision: its Timestamp, the offered instrument names and spot_stale (kept:
         every replay on this simulator records them)."""
         if self._records is None:
             names = [str(n) for n in self.store.names[self.cand_row].tolist()]
             self._records = (
-                [pd.Timestamp(t, tz="UTC") for t in self.dec_ns.tolist()],
+                list(_utc_ns_index(self.dec_ns)),  # Timestamps made in C, one per decision
                 [
                     tuple(names[a:b])
                     for a, b in zip(self.cand_start.tolist(), self.cand_stop.tolist(), strict=True)
@@ -1363,7 +1401,7 @@ class CoveredCallSimulator:
         c = self.config
         j0 = int(np.searchsorted(self.bar_ns, c.start_ts.value, side="left"))
         j1 = int(np.searchsorted(self.bar_ns, c.end_ts.value, side="right"))
-        idx = pd.to_datetime(self.bar_ns[j0:j1], utc=True).rename("timestamp")
+        idx = _utc_ns_index(self.bar_ns[j0:j1]).rename("timestamp")
         spot = self.close[j0:j1]
         n = len(spot)
         cash = np.zeros(n)
@@ -1401,6 +1439,12 @@ class CoveredCallSimulator:
 
 # cells per drawdown chunk (8 bytes each): a few hundred KiB stay in cache and bound memory
 _DRAWDOWN_CELLS = 1 << 16
+
+
+def _ramp(lengths: np.ndarray) -> np.ndarray:
+    """0, 1, .., n-1 for each n of `lengths`, concatenated."""
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - lengths, lengths)
 
 
 def _group_min(group: np.ndarray, value: np.ndarray) -> np.ndarray:
