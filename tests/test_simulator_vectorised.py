@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from harness.data.synthetic import SyntheticMarket
 from harness.engine.outcomes import covered_drawdown_pct
+from harness.policies.rules import always_sell, make_rule
 from harness.simulator import CoveredCallSimulator, _ffill
-from harness.types import CallSimulationConfig
+from harness.types import CallSimulationConfig, DecisionRecord
 from tests.test_simulator import ProtocolOnly
 
 
@@ -259,3 +260,43 @@ def test_drawdowns_of_a_subset_of_candidates_equal_their_labels(sim) -> None:
     ks = np.arange(len(sim.cand_row))[::7][::-1]
     sub = sim._outcomes(ks)
     np.testing.assert_array_equal(sub["max_drawdown_pct"], labels["max_drawdown_pct"][ks])
+
+
+def test_a_replay_settles_the_same_before_and_after_the_labels(market, small_config) -> None:
+    """Settlement costs come from the labels when they exist, else per expiry: same replay."""
+
+    plain = CoveredCallSimulator(market, small_config)
+    labelled = CoveredCallSimulator(market, small_config)
+    labelled.counterfactual_labels()
+    for policy in (always_sell(), make_rule("iv_rich", {"threshold": 0.0})):
+        a, b = plain.simulate_policy(policy), labelled.simulate_policy(policy)
+        assert len(a.trades) >= 3
+        np.testing.assert_array_equal(a.equity_curve.to_numpy(), b.equity_curve.to_numpy())
+        assert a.equity_curve.index.equals(b.equity_curve.index)
+        assert a.trades == b.trades
+        assert a.decisions == b.decisions
+    # the final cash of a hold-to-expiry replay: each settled call's payoff and delivery fee
+    ks = np.array([k for k in range(len(plain.cand_row)) if plain._settle_known[k]])
+    _, payoff, dfee = plain._settlement_flows(ks)
+    np.testing.assert_array_equal(plain._settle_cost[ks], payoff + dfee)
+
+
+def test_decision_records_and_their_times_equal_freshly_built_ones(sim) -> None:
+    stamps = sim._record_parts()[0]
+    assert stamps == [pd.Timestamp(t, tz="UTC") for t in sim.dec_ns.tolist()]
+    assert all(s.tz == pd.Timestamp(0, tz="UTC").tz and s.unit == "ns" for s in stamps)
+    for i in range(0, len(sim.dec_ns), 37):
+        for note in ("call open", "holding", "no candidates", ""):
+            rec = sim._idle_record(i, note)
+            assert rec is sim._idle_record(i, note)  # shared by every replay
+            assert rec == DecisionRecord(
+                decision_time=pd.Timestamp(int(sim.dec_ns[i]), tz="UTC"),
+                candidate_names=tuple(
+                    str(n)
+                    for n in sim.store.names[sim.cand_row[sim.cand_start[i] : sim.cand_stop[i]]]
+                ),
+                spot_stale=bool(sim.spot_stale[i]),
+                chosen=None,
+                asked=note != "call open",
+                note=note,
+            )
