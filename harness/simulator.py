@@ -955,71 +955,63 @@ class CoveredCallSimulator:
         size = self.size
         st = self.store
         rows = self.cand_row
-        sell = pd.DataFrame(
-            {
-                "decision_time": _utc_ns_index(self.dec_ns[self.cand_dec]),
-                "action": "SELL_CALL",
-                "instrument_name": st.names[rows],
-                "strike": o["strike"],
-                "expiry": _utc_ns_index(o["expiry"]),
-                "dte_days": self.cand_dte,
-                "delta": st.columns["delta"][rows],
-                "mark_iv": st.columns["mark_iv"][rows],
-                "underlying_price": o["underlying_price"],
-                "mark_price": st.columns["mark_price"][rows],
-                "bid_price": st.columns["bid_price"][rows],
-                "ask_price": st.columns["ask_price"][rows],
-                "premium": size * o["premium"],
-                "premium_per_coin": o["premium"],
-                "fees": size * (o["open_fee"] + o["delivery_fee"]),
-                "settlement_price": o["settlement_price"],
-                "payoff": size * o["payoff"],
-                "in_the_money": o["payoff"] > 0,
-                "pnl_vs_hodl": size * o["pnl_vs_hodl"],
-                "pnl_coin": size * o["pnl_coin"],
-                "return_bps": o["pnl_vs_hodl"] / o["underlying_price"] * 1e4,
-                "max_drawdown_pct": o["max_drawdown_pct"],
-            }
-        )
-        spot = self._features["spot"]
-        nothing = pd.DataFrame(
-            {
-                "decision_time": _utc_ns_index(self.dec_ns),
-                "action": "DO_NOTHING",
-                "instrument_name": None,
-                "underlying_price": spot,
-                "premium": 0.0,
-                "premium_per_coin": 0.0,
-                "fees": 0.0,
-                "payoff": 0.0,
-                "in_the_money": False,
-                "pnl_vs_hodl": 0.0,
-                "pnl_coin": 0.0,
-                "return_bps": 0.0,
-                "max_drawdown_pct": np.nan,
-            }
-        )
-        labels = pd.concat([sell, nothing], ignore_index=True)
+        col = st.columns
+        n_dec, n_sell = len(self.dec_ns), len(rows)
         # order by (decision, sells before doing nothing, expiry, strike) with numpy keys:
-        # decision indices follow decision times, and every decision has its DO_NOTHING row
-        n_dec = len(self.dec_ns)
+        # decision indices follow decision times, and every decision has its DO_NOTHING row;
+        # every column is then laid out in that order once (no frames to concatenate and sort)
         dec = np.r_[self.cand_dec, np.arange(n_dec)]
         order = np.lexsort(
             (
                 np.r_[o["strike"], np.zeros(n_dec)],
                 np.r_[o["expiry"], np.zeros(n_dec, dtype=np.int64)],
-                np.r_[np.zeros(len(sell), dtype=np.int8), np.ones(n_dec, dtype=np.int8)],
+                np.r_[np.zeros(n_sell, dtype=np.int8), np.ones(n_dec, dtype=np.int8)],
                 dec,
             )
         )
-        labels = labels.take(order).reset_index(drop=True)
-        pnl = labels["pnl_vs_hodl"].to_numpy(dtype=float)
+        sells = order < n_sell
+        none = np.full(n_dec, np.nan)
+        zero = np.zeros(n_dec)
+
+        def put(sell: np.ndarray, nothing: np.ndarray) -> np.ndarray:
+            return np.concatenate([sell, nothing])[order]
+
+        names = np.full(n_sell + n_dec, None, dtype=object)
+        names[:n_sell] = st.names[rows]
+        pnl = put(size * o["pnl_vs_hodl"], zero)
         starts = np.r_[0, np.flatnonzero(np.diff(dec[order])) + 1]
         sizes = np.diff(np.r_[starts, len(pnl)])
         # NaN-skipping like groupby max; a period without decisions has no labels at all
         best = np.repeat(np.fmax.reduceat(pnl, starts), sizes) if len(pnl) else pnl
-        labels["best_pnl_vs_hodl"] = best
-        labels["regret"] = best - pnl
+        no_time = np.full(n_dec, np.iinfo(np.int64).min)  # NaT
+        labels = pd.DataFrame(
+            {
+                "decision_time": _utc_ns_index(put(self.dec_ns[self.cand_dec], self.dec_ns)),
+                "action": pd.array(np.where(sells, "SELL_CALL", "DO_NOTHING"), dtype="str"),
+                "instrument_name": pd.Series(names[order], dtype=object, copy=False),
+                "strike": put(o["strike"], none),
+                "expiry": _utc_ns_index(put(o["expiry"], no_time)),
+                "dte_days": put(self.cand_dte, none),
+                "delta": put(col["delta"][rows], none),
+                "mark_iv": put(col["mark_iv"][rows], none),
+                "underlying_price": put(o["underlying_price"], self._features["spot"]),
+                "mark_price": put(col["mark_price"][rows], none),
+                "bid_price": put(col["bid_price"][rows], none),
+                "ask_price": put(col["ask_price"][rows], none),
+                "premium": put(size * o["premium"], zero),
+                "premium_per_coin": put(o["premium"], zero),
+                "fees": put(size * (o["open_fee"] + o["delivery_fee"]), zero),
+                "settlement_price": put(o["settlement_price"], none),
+                "payoff": put(size * o["payoff"], zero),
+                "in_the_money": put(o["payoff"] > 0, np.zeros(n_dec, dtype=bool)),
+                "pnl_vs_hodl": pnl,
+                "pnl_coin": put(size * o["pnl_coin"], zero),
+                "return_bps": put(o["pnl_vs_hodl"] / o["underlying_price"] * 1e4, zero),
+                "max_drawdown_pct": put(o["max_drawdown_pct"], none),
+                "best_pnl_vs_hodl": best,
+                "regret": best - pnl,
+            }
+        )
         self._labels = labels
         return labels
 

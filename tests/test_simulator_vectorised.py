@@ -300,3 +300,80 @@ def test_decision_records_and_their_times_equal_freshly_built_ones(sim) -> None:
                 asked=note != "call open",
                 note=note,
             )
+
+
+def reference_label_frame(sim: CoveredCallSimulator, o: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The label frame as two frames (sells, doing nothing) concatenated, then sorted."""
+    size, st, rows = sim.size, sim.store, sim.cand_row
+    sell = pd.DataFrame(
+        {
+            "decision_time": pd.to_datetime(sim.dec_ns[sim.cand_dec], utc=True),
+            "action": "SELL_CALL",
+            "instrument_name": st.names[rows],
+            "strike": o["strike"],
+            "expiry": pd.to_datetime(o["expiry"], utc=True),
+            "dte_days": sim.cand_dte,
+            "delta": st.columns["delta"][rows],
+            "mark_iv": st.columns["mark_iv"][rows],
+            "underlying_price": o["underlying_price"],
+            "mark_price": st.columns["mark_price"][rows],
+            "bid_price": st.columns["bid_price"][rows],
+            "ask_price": st.columns["ask_price"][rows],
+            "premium": size * o["premium"],
+            "premium_per_coin": o["premium"],
+            "fees": size * (o["open_fee"] + o["delivery_fee"]),
+            "settlement_price": o["settlement_price"],
+            "payoff": size * o["payoff"],
+            "in_the_money": o["payoff"] > 0,
+            "pnl_vs_hodl": size * o["pnl_vs_hodl"],
+            "pnl_coin": size * o["pnl_coin"],
+            "return_bps": o["pnl_vs_hodl"] / o["underlying_price"] * 1e4,
+            "max_drawdown_pct": o["max_drawdown_pct"],
+        }
+    )
+    nothing = pd.DataFrame(
+        {
+            "decision_time": pd.to_datetime(sim.dec_ns, utc=True),
+            "action": "DO_NOTHING",
+            "instrument_name": None,
+            "underlying_price": sim._features["spot"],
+            "premium": 0.0,
+            "premium_per_coin": 0.0,
+            "fees": 0.0,
+            "payoff": 0.0,
+            "in_the_money": False,
+            "pnl_vs_hodl": 0.0,
+            "pnl_coin": 0.0,
+            "return_bps": 0.0,
+            "max_drawdown_pct": np.nan,
+        }
+    )
+    labels = pd.concat([sell, nothing], ignore_index=True)
+    labels["_sell_first"] = labels["action"] == "DO_NOTHING"
+    labels = labels.sort_values(
+        ["decision_time", "_sell_first", "expiry", "strike"], kind="stable", na_position="first"
+    )
+    labels = labels.drop(columns="_sell_first").reset_index(drop=True)
+    best = labels.groupby("decision_time")["pnl_vs_hodl"].transform("max")
+    labels["best_pnl_vs_hodl"] = best
+    labels["regret"] = best - labels["pnl_vs_hodl"]
+    return labels
+
+
+def test_the_label_frame_equals_concatenated_sorted_frames(market) -> None:
+    """Every column, value, dtype and row of the labels, built in order at once."""
+    for cfg in (
+        CallSimulationConfig(
+            underlying="BTC", start="2024-03-01", end="2024-04-10", timeframe="1h", target_dte=3
+        ),
+        CallSimulationConfig(
+            underlying="BTC", start="2024-03-01", end="2024-03-12", timeframe="4h", target_dte=7
+        ),
+    ):
+        sim = CoveredCallSimulator(market, cfg)
+        got = sim.counterfactual_labels()
+        want = reference_label_frame(sim, sim._outcomes(np.arange(len(sim.cand_row))))
+        assert (got["action"] == "DO_NOTHING").sum() == len(sim.dec_ns)
+        assert list(got.columns) == list(want.columns)
+        assert list(got.dtypes) == list(want.dtypes)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
