@@ -1170,12 +1170,13 @@ class CoveredCallSimulator:
         cash = 0.0
         stamps, names_at, stale_at = self._record_parts()
         idle = self._idle_record
+        call_open = self._idle_records.setdefault("call open", [None] * len(self.dec_ns))
         for i, t in enumerate(self.dec_ns.tolist()):
             if pos is not None and t >= pos_expiry:
                 cash -= size * self._settled_cost(pos.row)
                 pos = None
             if pos is not None and c.hold_to_expiry:
-                decisions.append(idle(i, "call open"))
+                decisions.append(call_open[i] or idle(i, "call open"))
                 continue
             position_state = self._position_state(pos, i) if pos is not None else None
             offered = self._candidates_at(i)
