@@ -359,13 +359,18 @@ class CoveredCallSimulator:
             c = self.config
             rows = self.cand_row
             expiry = self.store.expiry_ns[rows]
-            settle_of: dict[int, float] = {}
-            for e in np.unique(expiry):
+            expiries, which = np.unique(expiry, return_inverse=True)
+            known = self._settlements
+            prices: list[float] = []
+            for e in expiries.tolist():
+                if e in known:  # a delivery price already asked for (by int key, no Timestamp)
+                    prices.append(known[e])
+                    continue
                 try:
-                    settle_of[int(e)] = self.settlement_price(pd.Timestamp(int(e), tz="UTC"))
+                    prices.append(self.settlement_price(pd.Timestamp(e, tz="UTC")))
                 except ValueError:  # no settlement data: that label is simply not history
-                    settle_of[int(e)] = np.nan
-            settle = np.array([settle_of[int(e)] for e in expiry])
+                    prices.append(np.nan)
+            settle = np.array(prices, dtype=float)[which.reshape(-1)]
             payoff = call_payoff(settle, self.store.columns["strike"][rows])
             dfee = delivery_fee(settle, payoff, c.delivery_fee_rate, c.fee_cap_fraction)
             f_open = self.store.columns["underlying_price"][rows]
