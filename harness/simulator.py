@@ -122,6 +122,11 @@ class SimulatorCaches:
 
     paths: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
     seeds: dict[str, dict[int, float]] = field(default_factory=dict)
+    # seeds not yet in `seeds`: (instrument names by code, codes, sale bars, marks) per call,
+    # added to `seeds` in order when a loaded path has a gap (only then can a seed apply)
+    seed_batches: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=list
+    )
     settlements: dict[int, float] = field(default_factory=dict)
     # flat decision states by the exact bytes of everything they are built from: trials whose
     # bands differ (delta, say) but whose decisions and features are equal share the objects
@@ -157,6 +162,7 @@ class CoveredCallSimulator:
         caches = caches or SimulatorCaches()
         self._paths = caches.paths
         self._seeds = caches.seeds  # name -> {bar: chain mark at a sale}
+        self._seed_batches = caches.seed_batches
         self._settlements = caches.settlements
         self._shared_states = caches.states
         self._labels: pd.DataFrame | None = None
@@ -712,23 +718,10 @@ class CoveredCallSimulator:
         codes = all_codes[finite]
         bars = np.asarray(open_bar, dtype=np.int64)[finite]
         values = marks[finite]
-        # candidates grouped by instrument, each group in the callers' order (later seeds win)
-        order = np.argsort(codes, kind="stable")
-        grouped = codes[order]
-        heads = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
-        bounds = dict(
-            zip(
-                grouped[heads].tolist(),
-                zip(heads.tolist(), np.r_[heads[1:], len(order)].tolist(), strict=True),
-                strict=True,
-            )
-        )
-        sorted_bars, sorted_marks = bars[order].tolist(), values[order].tolist()
-        seeds = self._seeds
-        for u, (i, j) in bounds.items():
-            seeds.setdefault(uniq_names[u], {}).update(
-                zip(sorted_bars[i:j], sorted_marks[i:j], strict=True)
-            )
+        # kept as a batch: they reach the per-instrument dicts only when a loaded path has a gap
+        self._seed_batches.append((uniq_names, codes, bars, values))
+        if sum(len(batch[1]) for batch in self._seed_batches) > _MAX_PENDING_SEEDS:
+            self._seed_dict()  # bound the batches' memory
         # the mark of every sale bar inside its path, all instruments at once
         table = table if table is not None else self._path_table(uniq_names)
         k = bars - table.start[codes]
@@ -737,6 +730,9 @@ class CoveredCallSimulator:
         gap = inside & np.isnan(table.marks[cell]) if len(table.marks) else inside
         if not gap.any():
             return False  # every path already has a mark at every sale bar: nothing to seed
+        bounds = _groups(codes)
+        order = np.argsort(codes, kind="stable")
+        sorted_bars, sorted_marks = bars[order].tolist(), values[order].tolist()
         for u in np.unique(codes[gap]).tolist():
             # in the callers' order: a seed fills a bar only while it has no mark (one carried
             # forward from an earlier seed counts as a mark)
@@ -750,6 +746,19 @@ class CoveredCallSimulator:
                     path[x] = mark
                     self._paths[n] = (start, _ffill(path))
         return True
+
+    def _seed_dict(self) -> dict[str, dict[int, float]]:
+        """The seeds by instrument and sale bar, with every pending batch added in its order."""
+        for uniq_names, codes, bars, values in self._seed_batches:
+            # each instrument's seeds in the callers' order: later seeds win
+            order = np.argsort(codes, kind="stable")
+            sorted_bars, sorted_marks = bars[order].tolist(), values[order].tolist()
+            for u, (i, j) in _groups(codes).items():
+                self._seeds.setdefault(uniq_names[u], {}).update(
+                    zip(sorted_bars[i:j], sorted_marks[i:j], strict=True)
+                )
+        self._seed_batches.clear()
+        return self._seeds
 
     def _candidate_instruments(self, ks: np.ndarray) -> _Instruments:
         """`_instruments` of the names of candidate rows `ks` (every candidate's code made once)."""
@@ -781,8 +790,9 @@ class CoveredCallSimulator:
         """Keep freshly loaded mark paths (rows of `raw` from bar `start`): seeds fill their
         gaps, then marks carry forward."""
         raw = np.array(raw, dtype=float, ndmin=2)
+        seeds = self._seed_dict() if np.isnan(raw).any() else {}  # seeds fill gaps only
         for r, name in enumerate(names):
-            for bar, mark in self._seeds.get(name, {}).items():
+            for bar, mark in seeds.get(name, {}).items():
                 j = bar - start
                 if 0 <= j < raw.shape[1] and np.isnan(raw[r, j]):
                     raw[r, j] = mark
@@ -799,8 +809,9 @@ class CoveredCallSimulator:
         widths = last - first + 1
         ends = np.cumsum(widths)
         starts = ends - widths
+        seeds = self._seed_dict() if np.isnan(flat).any() else {}  # seeds fill gaps only
         for i, name in enumerate(names):
-            for bar, mark in self._seeds.get(name, {}).items():
+            for bar, mark in seeds.get(name, {}).items():
                 j = bar - int(first[i])
                 if 0 <= j < widths[i] and np.isnan(flat[starts[i] + j]):
                     flat[starts[i] + j] = mark
@@ -1435,8 +1446,25 @@ class CoveredCallSimulator:
         )
 
 
+# seed rows kept as batches before they are added to the per-instrument dicts (~24 MB)
+_MAX_PENDING_SEEDS = 1 << 20
 # cells per drawdown chunk (8 bytes each): a few hundred KiB stay in cache and bound memory
 _DRAWDOWN_CELLS = 1 << 16
+
+
+def _groups(codes: np.ndarray) -> dict[int, tuple[int, int]]:
+    """Code -> (first, stop) of its rows once `codes` is stably sorted."""
+    if len(codes) == 0:
+        return {}
+    grouped = np.sort(codes, kind="stable")
+    heads = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
+    return dict(
+        zip(
+            grouped[heads].tolist(),
+            zip(heads.tolist(), np.r_[heads[1:], len(grouped)].tolist(), strict=True),
+            strict=True,
+        )
+    )
 
 
 def _ramp(lengths: np.ndarray) -> np.ndarray:

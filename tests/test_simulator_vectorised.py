@@ -71,6 +71,7 @@ def bare_simulator(paths: dict[str, tuple[int, np.ndarray]], close: np.ndarray) 
     sim = object.__new__(CoveredCallSimulator)
     sim._paths = paths
     sim._seeds = {}
+    sim._seed_batches = []
     sim.close = close
     return sim
 
@@ -128,7 +129,7 @@ def test_seeds_of_all_instruments_at_once_equal_a_per_candidate_loop(case) -> No
     changed = sim._seed_paths(names, a, marks)
     want_paths, want_seeds = copy.deepcopy(held), {}
     reference_seed_paths(want_paths, want_seeds, names, a, marks)
-    assert sim._seeds == want_seeds
+    assert sim._seed_dict() == want_seeds
     assert sim._paths.keys() == want_paths.keys()
     for n, (start, path) in want_paths.items():
         assert sim._paths[n][0] == start
@@ -243,7 +244,7 @@ def test_labels_drawdowns_and_seeds_on_a_protocol_only_source_equal_the_loops(ma
     assert sim._seed_paths(names, open_bar, marks)  # a path changed
     want_paths, want_seeds = copy.deepcopy(held), {}
     reference_seed_paths(want_paths, want_seeds, names, open_bar, marks)
-    assert sim._seeds == want_seeds
+    assert sim._seed_dict() == want_seeds
     for n, (start, path) in want_paths.items():
         assert sim._paths[n][0] == start
         np.testing.assert_array_equal(sim._paths[n][1], path)
@@ -377,3 +378,37 @@ def test_the_label_frame_equals_concatenated_sorted_frames(market) -> None:
         assert list(got.columns) == list(want.columns)
         assert list(got.dtypes) == list(want.dtypes)
         pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_seeds_kept_as_batches_fill_a_path_reloaded_over_a_wider_range(market) -> None:
+    """Seeds reach the per-instrument dicts only when a loaded path has a gap: the same paths
+    as adding them at once, and they do fill the reloaded gaps."""
+    cfg = CallSimulationConfig(
+        underlying="BTC", start="2024-03-01", end="2024-03-12", timeframe="1h"
+    )
+
+    def reloaded(seeds: str) -> CoveredCallSimulator:
+        sim = CoveredCallSimulator(LateBars(market), cfg)
+        rows = sim.cand_row
+        names = sim.store.names[rows]
+        open_bar = sim._bar_at_or_before(sim.dec_ns[sim.cand_dec])
+        last_bar = np.searchsorted(sim.bar_ns, sim.store.expiry_ns[rows], side="left") - 1
+        sim._ensure_paths(names, open_bar, last_bar)
+        sim._seed_paths(names, open_bar, sim.store.columns["mark_price"][rows])
+        if seeds == "added":
+            sim._seed_dict()
+        elif seeds == "dropped":
+            sim._seed_batches.clear()
+        # two bars earlier: every path loads again, its first 5 bars without marks again
+        sim._ensure_paths(names, np.maximum(open_bar - 2, 0), last_bar)
+        return sim
+
+    lazy, eager, none = reloaded("batched"), reloaded("added"), reloaded("dropped")
+    assert lazy._seed_dict() == eager._seed_dict()
+    assert lazy._paths.keys() == eager._paths.keys() == none._paths.keys()
+    seeded = 0
+    for n, (start, path) in eager._paths.items():
+        assert lazy._paths[n][0] == start
+        np.testing.assert_array_equal(lazy._paths[n][1], path)
+        seeded += not np.array_equal(none._paths[n][1], path, equal_nan=True)
+    assert seeded > 0
