@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -70,6 +70,26 @@ _STATE_FEATURES = (
 )
 
 
+class _PathTable(NamedTuple):
+    """Held mark paths concatenated: path i is marks[offset[i] : offset[i] + length[i]], its
+    first cell at bar start[i]."""
+
+    start: np.ndarray
+    length: np.ndarray
+    offset: np.ndarray
+    marks: np.ndarray
+
+
+# instrument code of each row (first appearance order) and the instrument names by code
+_Instruments = tuple[np.ndarray, list[str]]
+
+
+def _instruments(names: np.ndarray) -> _Instruments:
+    """Codes of `names` by first appearance, and the distinct names in that order."""
+    codes, uniq = pd.factorize(np.asarray(names, dtype=object))
+    return codes, uniq.tolist()
+
+
 class InvalidChoiceError(ValueError):
     """A policy returned an option that was not among the candidates it was offered."""
 
@@ -103,6 +123,11 @@ class SimulatorCaches:
 
     paths: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
     seeds: dict[str, dict[int, float]] = field(default_factory=dict)
+    # seeds not yet in `seeds`: (instrument names by code, codes, sale bars, marks) per call,
+    # added to `seeds` in order when a loaded path has a gap (only then can a seed apply)
+    seed_batches: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=list
+    )
     settlements: dict[int, float] = field(default_factory=dict)
     # flat decision states by the exact bytes of everything they are built from: trials whose
     # bands differ (delta, say) but whose decisions and features are equal share the objects
@@ -138,15 +163,21 @@ class CoveredCallSimulator:
         caches = caches or SimulatorCaches()
         self._paths = caches.paths
         self._seeds = caches.seeds  # name -> {bar: chain mark at a sale}
+        self._seed_batches = caches.seed_batches
         self._settlements = caches.settlements
         self._shared_states = caches.states
         self._labels: pd.DataFrame | None = None
-        self._outcome_cache: dict[str, np.ndarray] | None = None
+        self._cand_instruments: _Instruments | None = None
+        # payoff and delivery fee per coin of every candidate (labels), and what replays settled
+        self._label_flows: tuple[np.ndarray, np.ndarray] | None = None
+        self._settle_cost: np.ndarray | None = None
+        self._settle_known: np.ndarray | None = None
         self._hints: tuple[np.ndarray, np.ndarray] | None = None
         self._offered: list[CallCandidate] | None = None  # every candidate, built once
         self._flat_states: list[DecisionState] | None = None
         self._state_parts: list[tuple[Any, ...]] | None = None
         self._records: tuple[list[pd.Timestamp], list[tuple[str, ...]], list[bool]] | None = None
+        self._idle_records: dict[str, list[DecisionRecord | None]] = {}
         self._load(progress)
 
     # ------------------------------------------------------------------ loading
@@ -335,13 +366,18 @@ class CoveredCallSimulator:
             c = self.config
             rows = self.cand_row
             expiry = self.store.expiry_ns[rows]
-            settle_of: dict[int, float] = {}
-            for e in np.unique(expiry):
+            expiries, which = np.unique(expiry, return_inverse=True)
+            known = self._settlements
+            prices: list[float] = []
+            for e in expiries.tolist():
+                if e in known:  # a delivery price already asked for (by int key, no Timestamp)
+                    prices.append(known[e])
+                    continue
                 try:
-                    settle_of[int(e)] = self.settlement_price(pd.Timestamp(int(e), tz="UTC"))
+                    prices.append(self.settlement_price(pd.Timestamp(e, tz="UTC")))
                 except ValueError:  # no settlement data: that label is simply not history
-                    settle_of[int(e)] = np.nan
-            settle = np.array([settle_of[int(e)] for e in expiry])
+                    prices.append(np.nan)
+            settle = np.array(prices, dtype=float)[which.reshape(-1)]
             payoff = call_payoff(settle, self.store.columns["strike"][rows])
             dfee = delivery_fee(settle, payoff, c.delivery_fee_rate, c.fee_cap_fraction)
             f_open = self.store.columns["underlying_price"][rows]
@@ -596,25 +632,32 @@ class CoveredCallSimulator:
             f"{self.config.timeframe} bars of the replay); add finer spot bars to the data"
         )
 
-    def _ensure_paths(self, names: np.ndarray, first_bar: np.ndarray, last_bar: np.ndarray) -> None:
+    def _ensure_paths(
+        self,
+        names: np.ndarray,
+        first_bar: np.ndarray,
+        last_bar: np.ndarray,
+        instruments: _Instruments | None = None,
+    ) -> None:
         """Load mark paths (USD per coin, on the bar grid) for instruments over bar ranges."""
         if len(names) == 0:
             return
         # one range per instrument: the union of its requests (candidates repeat instruments)
-        codes, uniq = pd.factorize(np.asarray(names, dtype=object))
-        lo = np.full(len(uniq), np.iinfo(np.int64).max)
-        hi = np.full(len(uniq), np.iinfo(np.int64).min)
+        codes, uniq_names = instruments if instruments is not None else _instruments(names)
+        lo = np.full(len(uniq_names), np.iinfo(np.int64).max)
+        hi = np.full(len(uniq_names), np.iinfo(np.int64).min)
         np.minimum.at(lo, codes, np.asarray(first_bar, dtype=np.int64))
         np.maximum.at(hi, codes, np.asarray(last_bar, dtype=np.int64))
-        need: dict[str, tuple[int, int]] = {}
-        for n, a, b in zip(uniq.tolist(), lo.tolist(), hi.tolist(), strict=True):
-            have = self._paths.get(n)
-            if have is not None:
-                start, end = have[0], have[0] + len(have[1]) - 1
-                if start <= a and end >= b:
-                    continue
-                a, b = min(a, start), max(b, end)  # reload over the union: never shrink a path
-            need[n] = (a, b)
+        start, length = self._path_bounds(uniq_names)
+        have = length >= 0
+        # reload over the union with what is held: never shrink a path
+        a = np.where(have, np.minimum(lo, start), lo)
+        b = np.where(have, np.maximum(hi, start + length - 1), hi)
+        short = np.flatnonzero(~have | (start > lo) | (start + length - 1 < hi))
+        need: dict[str, tuple[int, int]] = {
+            uniq_names[u]: (x, y)
+            for u, x, y in zip(short.tolist(), a[short].tolist(), b[short].tolist(), strict=True)
+        }
         if not need:
             return
         if isinstance(self.source, BulkChainSource) and isinstance(self.source, MarkRangeSource):
@@ -653,47 +696,105 @@ class CoveredCallSimulator:
                 closes = ohlc["close"].reindex(grid).to_numpy(dtype=float)
                 self._store_paths([n], a, closes[None, :])
 
-    def _seed_paths(self, names: np.ndarray, open_bar: np.ndarray, marks: np.ndarray) -> None:
+    def _seed_paths(
+        self,
+        names: np.ndarray,
+        open_bar: np.ndarray,
+        marks: np.ndarray,
+        instruments: _Instruments | None = None,
+        table: _PathTable | None = None,
+    ) -> bool:
         """Give each path the chain's own mark at its sale bar when the source's path has none.
 
         A protocol-only source's option bars can start after the decision instant although
         the chain quotes a mark at it; a leading gap cannot be carried forward, so the sale
         bar is seeded with the mark the seller saw, then carried forward as usual. Seeds are
-        kept so a path loaded again over a wider range gets them too.
+        kept so a path loaded again over a wider range gets them too. `table` holds the paths
+        of `instruments` as they are; True when a path was changed (the table is then stale).
         """
         marks = np.asarray(marks, dtype=float)
         finite = np.flatnonzero(np.isfinite(marks))
         if len(finite) == 0:
-            return
-        codes, uniq = pd.factorize(np.asarray(names, dtype=object)[finite])
-        # candidates grouped by instrument, each group in the callers' order (later seeds win)
+            return False
+        all_codes, uniq_names = instruments if instruments is not None else _instruments(names)
+        codes = all_codes[finite]
+        bars = np.asarray(open_bar, dtype=np.int64)[finite]
+        values = marks[finite]
+        # kept as a batch: they reach the per-instrument dicts only when a loaded path has a gap
+        self._seed_batches.append((uniq_names, codes, bars, values))
+        if sum(len(batch[1]) for batch in self._seed_batches) > _MAX_PENDING_SEEDS:
+            self._seed_dict()  # bound the batches' memory
+        # the mark of every sale bar inside its path, all instruments at once
+        table = table if table is not None else self._path_table(uniq_names)
+        k = bars - table.start[codes]
+        inside = (k >= 0) & (k < table.length[codes])
+        cell = np.where(inside, table.offset[codes] + k, 0)
+        gap = inside & np.isnan(table.marks[cell]) if len(table.marks) else inside
+        if not gap.any():
+            return False  # every path already has a mark at every sale bar: nothing to seed
+        bounds = _groups(codes)
         order = np.argsort(codes, kind="stable")
-        bounds = np.r_[0, np.flatnonzero(np.diff(codes[order])) + 1, len(order)]
-        bars = np.asarray(open_bar, dtype=np.int64)[finite][order]
-        values = marks[finite][order]
-        for i, j in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            n = str(uniq[codes[order[i]]])
-            b, m = bars[i:j], values[i:j]
-            self._seeds.setdefault(n, {}).update(zip(b.tolist(), m.tolist(), strict=True))
-            start, path = self._paths[n]
-            k = b - start
-            inside = (k >= 0) & (k < len(path))
-            if not np.isnan(path[k[inside]]).any():
-                continue  # the path already has a mark at every sale bar: nothing to seed
-            for a, mark in zip(b.tolist(), m.tolist(), strict=True):
+        sorted_bars, sorted_marks = bars[order].tolist(), values[order].tolist()
+        for u in np.unique(codes[gap]).tolist():
+            # in the callers' order: a seed fills a bar only while it has no mark (one carried
+            # forward from an earlier seed counts as a mark)
+            n = uniq_names[u]
+            i, j = bounds[u]
+            for a, mark in zip(sorted_bars[i:j], sorted_marks[i:j], strict=True):
                 start, path = self._paths[n]
                 x = a - start
                 if 0 <= x < len(path) and np.isnan(path[x]):
                     path = path.copy()
                     path[x] = mark
                     self._paths[n] = (start, _ffill(path))
+        return True
+
+    def _seed_dict(self) -> dict[str, dict[int, float]]:
+        """The seeds by instrument and sale bar, with every pending batch added in its order."""
+        for uniq_names, codes, bars, values in self._seed_batches:
+            # each instrument's seeds in the callers' order: later seeds win
+            order = np.argsort(codes, kind="stable")
+            sorted_bars, sorted_marks = bars[order].tolist(), values[order].tolist()
+            for u, (i, j) in _groups(codes).items():
+                self._seeds.setdefault(uniq_names[u], {}).update(
+                    zip(sorted_bars[i:j], sorted_marks[i:j], strict=True)
+                )
+        self._seed_batches.clear()
+        return self._seeds
+
+    def _candidate_instruments(self, ks: np.ndarray) -> _Instruments:
+        """`_instruments` of the names of candidate rows `ks` (every candidate's code made once)."""
+        if self._cand_instruments is None:
+            self._cand_instruments = _instruments(self.store.names[self.cand_row])
+        codes, names = self._cand_instruments
+        if len(ks) == len(codes) and np.array_equal(ks, np.arange(len(codes))):
+            return codes, names
+        sub, which = pd.factorize(codes[ks])
+        return sub, [names[c] for c in which.tolist()]
+
+    def _path_bounds(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """First bar and length of each held mark path (length -1 where none is held)."""
+        held = [self._paths.get(n) for n in names]
+        start = np.fromiter((0 if h is None else h[0] for h in held), np.int64, len(held))
+        length = np.fromiter((-1 if h is None else len(h[1]) for h in held), np.int64, len(held))
+        return start, length
+
+    def _path_table(self, names: list[str]) -> _PathTable:
+        """The held mark paths of `names` (all loaded) concatenated, with each one's bounds."""
+        held = [self._paths[n] for n in names]
+        start = np.fromiter((h[0] for h in held), np.int64, len(held))
+        length = np.fromiter((len(h[1]) for h in held), np.int64, len(held))
+        offset = np.cumsum(length) - length
+        marks = np.concatenate([h[1] for h in held]) if held else np.empty(0)
+        return _PathTable(start, length, offset, marks)
 
     def _store_paths(self, names: Sequence[str], start: int, raw: np.ndarray) -> None:
         """Keep freshly loaded mark paths (rows of `raw` from bar `start`): seeds fill their
         gaps, then marks carry forward."""
         raw = np.array(raw, dtype=float, ndmin=2)
+        seeds = self._seed_dict() if np.isnan(raw).any() else {}  # seeds fill gaps only
         for r, name in enumerate(names):
-            for bar, mark in self._seeds.get(name, {}).items():
+            for bar, mark in seeds.get(name, {}).items():
                 j = bar - start
                 if 0 <= j < raw.shape[1] and np.isnan(raw[r, j]):
                     raw[r, j] = mark
@@ -710,8 +811,9 @@ class CoveredCallSimulator:
         widths = last - first + 1
         ends = np.cumsum(widths)
         starts = ends - widths
+        seeds = self._seed_dict() if np.isnan(flat).any() else {}  # seeds fill gaps only
         for i, name in enumerate(names):
-            for bar, mark in self._seeds.get(name, {}).items():
+            for bar, mark in seeds.get(name, {}).items():
                 j = bar - int(first[i])
                 if 0 <= j < widths[i] and np.isnan(flat[starts[i] + j]):
                     flat[starts[i] + j] = mark
@@ -727,7 +829,11 @@ class CoveredCallSimulator:
         rows = self.cand_row[ks]
         # one delivery price per expiry, not per candidate
         expiries, which = np.unique(self.store.expiry_ns[rows], return_inverse=True)
-        prices = [self.settlement_price(pd.Timestamp(int(e), tz="UTC")) for e in expiries]
+        known = self._settlements
+        prices = [
+            known[e] if e in known else self.settlement_price(pd.Timestamp(e, tz="UTC"))
+            for e in expiries.tolist()
+        ]
         settle = np.array(prices, dtype=float)[which.reshape(-1)]
         payoff = call_payoff(settle, self.store.columns["strike"][rows])
         dfee = delivery_fee(settle, payoff, c.delivery_fee_rate, c.fee_cap_fraction)
@@ -752,9 +858,20 @@ class CoveredCallSimulator:
         # marked bars: decision bar up to the last bar strictly before expiry
         last_bar = np.searchsorted(self.bar_ns, expiry, side="left") - 1
         last_bar = np.maximum(last_bar, open_bar)
-        self._ensure_paths(names, open_bar, last_bar)
-        self._seed_paths(names, open_bar, col["mark_price"][rows])
-        dd = self._drawdowns(names, open_bar, last_bar, premium - open_fee, settle - payoff - dfee)
+        instruments = self._candidate_instruments(ks)
+        self._ensure_paths(names, open_bar, last_bar, instruments)
+        table = self._path_table(instruments[1])
+        if self._seed_paths(names, open_bar, col["mark_price"][rows], instruments, table):
+            table = self._path_table(instruments[1])  # a seed changed a path
+        dd = self._drawdowns(
+            names,
+            open_bar,
+            last_bar,
+            premium - open_fee,
+            settle - payoff - dfee,
+            instruments,
+            table,
+        )
         return {
             "strike": strike,
             "underlying_price": f_open,
@@ -777,37 +894,47 @@ class CoveredCallSimulator:
         last_bar: np.ndarray,
         cash: np.ndarray,
         final_value: np.ndarray,
+        instruments: _Instruments | None = None,
+        table: _PathTable | None = None,
     ) -> np.ndarray:
-        """Max drawdown (%) of the covered position value S - C + cash from open to settlement."""
+        """Max drawdown (%) of the covered position value S - C + cash from open to settlement.
+
+        `table`, when given, holds the current paths of `instruments`."""
         out = np.zeros(len(names))
         if len(names) == 0:
             return out
         last_bar = np.asarray(last_bar, dtype=np.int64)
         open_bar = np.asarray(open_bar, dtype=np.int64)
         # S - C of every instrument once, on one flat array (its bars from its first open to
-        # its last bar, each segment followed by NaN padding); a candidate's row is then a
-        # contiguous window of it, so all expiries go through one loop of cache-sized chunks.
-        # NaN cells are skipped by the drawdown, so a row's values and their order are those
-        # of a per-expiry matrix.
+        # its last bar), built from the concatenated paths with index arithmetic; a
+        # candidate's row is then a contiguous window of it, so all expiries go through one
+        # loop of cache-sized chunks. Window cells past a row's last bar are masked below (NaN),
+        # and NaN cells are skipped by the drawdown, so a row's values and their order are
+        # those of a per-expiry matrix.
         width = last_bar - open_bar + 1
         cols = int(width.max()) + 1
-        codes, uniq = pd.factorize(np.asarray(names, dtype=object))
-        seg_lo = np.full(len(uniq), np.iinfo(np.int64).max)
-        seg_hi = np.full(len(uniq), np.iinfo(np.int64).min)
+        codes, uniq_names = instruments if instruments is not None else _instruments(names)
+        seg_lo = np.full(len(uniq_names), np.iinfo(np.int64).max)
+        seg_hi = np.full(len(uniq_names), np.iinfo(np.int64).min)
         np.minimum.at(seg_lo, codes, open_bar)
         np.maximum.at(seg_hi, codes, last_bar)
-        pieces = []
-        for u, name in enumerate(uniq.tolist()):
-            lo, hi = int(seg_lo[u]), int(seg_hi[u])
-            start, path = self._paths[name]
-            marks = np.full(hi - lo + 1, np.nan)
-            a, b = max(lo, start), min(hi, start + len(path) - 1)
-            if b >= a:
-                marks[a - lo : b - lo + 1] = path[a - start : b - start + 1]
-            pieces += [self.close[lo : hi + 1] - marks, np.full(cols, np.nan)]
-        flat = np.concatenate(pieces)
-        seg_len = seg_hi - seg_lo + 1 + cols
+        table = table if table is not None else self._path_table(uniq_names)
+        seg_len = seg_hi - seg_lo + 1
         seg_off = np.cumsum(seg_len) - seg_len
+        total = int(seg_len.sum())
+        cell = np.arange(total)
+        bar = cell + np.repeat(seg_lo - seg_off, seg_len)
+        at = cell + np.repeat(table.offset + seg_lo - seg_off - table.start, seg_len)
+        # `cols` NaN cells at the end keep the last segment's windows inside the array
+        flat = np.empty(total + cols)
+        flat[total:] = np.nan
+        if (seg_lo >= table.start).all() and (seg_hi < table.start + table.length).all():
+            np.subtract(self.close[bar], table.marks[at], out=flat[:total])
+        else:  # a bar outside its held path has no mark (NaN, skipped like a gap)
+            k = bar - np.repeat(table.start, seg_len)
+            inside = (k >= 0) & (k < np.repeat(table.length, seg_len))
+            marks = np.where(inside, table.marks[np.where(inside, at, 0)], np.nan)
+            np.subtract(self.close[bar], marks, out=flat[:total])
         windows = np.lib.stride_tricks.sliding_window_view(flat, cols)
         first = seg_off[codes] + open_bar - seg_lo[codes]
         # chunks of similar widths (narrowest first): each matrix is as wide as its widest row
@@ -818,10 +945,15 @@ class CoveredCallSimulator:
             idx = by_width[lo:hi]
             w = width[idx]
             n = int(w.max()) + 1
-            rows = windows[first[idx], :n]
-            j = np.arange(n)[None, :]
-            values = np.where(j < w[:, None], rows + cash[idx][:, None], np.nan)
+            values = windows[first[idx], :n]  # a copy (fancy index)
+            values += cash[idx][:, None]
+            # the cells past each row's last bar: its final value, then NaN (few: the rows of
+            # a chunk have similar widths)
             values[np.arange(len(idx)), w] = (final_value + cash)[idx]
+            tail = n - 1 - w
+            if tail.any():
+                row = np.repeat(np.arange(len(idx)) * n + w + 1, tail)
+                values.reshape(-1)[row + _ramp(tail)] = np.nan
             out[idx] = covered_drawdown_pct(values)
             lo = hi
         return out
@@ -837,74 +969,67 @@ class CoveredCallSimulator:
             return self._labels
         ks = np.arange(len(self.cand_row))
         o = self._outcomes(ks)
+        self._label_flows = (o["payoff"], o["delivery_fee"])
         size = self.size
         st = self.store
         rows = self.cand_row
-        sell = pd.DataFrame(
-            {
-                "decision_time": _utc_ns_index(self.dec_ns[self.cand_dec]),
-                "action": "SELL_CALL",
-                "instrument_name": st.names[rows],
-                "strike": o["strike"],
-                "expiry": _utc_ns_index(o["expiry"]),
-                "dte_days": self.cand_dte,
-                "delta": st.columns["delta"][rows],
-                "mark_iv": st.columns["mark_iv"][rows],
-                "underlying_price": o["underlying_price"],
-                "mark_price": st.columns["mark_price"][rows],
-                "bid_price": st.columns["bid_price"][rows],
-                "ask_price": st.columns["ask_price"][rows],
-                "premium": size * o["premium"],
-                "premium_per_coin": o["premium"],
-                "fees": size * (o["open_fee"] + o["delivery_fee"]),
-                "settlement_price": o["settlement_price"],
-                "payoff": size * o["payoff"],
-                "in_the_money": o["payoff"] > 0,
-                "pnl_vs_hodl": size * o["pnl_vs_hodl"],
-                "pnl_coin": size * o["pnl_coin"],
-                "return_bps": o["pnl_vs_hodl"] / o["underlying_price"] * 1e4,
-                "max_drawdown_pct": o["max_drawdown_pct"],
-            }
-        )
-        spot = self._features["spot"]
-        nothing = pd.DataFrame(
-            {
-                "decision_time": _utc_ns_index(self.dec_ns),
-                "action": "DO_NOTHING",
-                "instrument_name": None,
-                "underlying_price": spot,
-                "premium": 0.0,
-                "premium_per_coin": 0.0,
-                "fees": 0.0,
-                "payoff": 0.0,
-                "in_the_money": False,
-                "pnl_vs_hodl": 0.0,
-                "pnl_coin": 0.0,
-                "return_bps": 0.0,
-                "max_drawdown_pct": np.nan,
-            }
-        )
-        labels = pd.concat([sell, nothing], ignore_index=True)
+        col = st.columns
+        n_dec, n_sell = len(self.dec_ns), len(rows)
         # order by (decision, sells before doing nothing, expiry, strike) with numpy keys:
-        # decision indices follow decision times, and every decision has its DO_NOTHING row
-        n_dec = len(self.dec_ns)
+        # decision indices follow decision times, and every decision has its DO_NOTHING row;
+        # every column is then laid out in that order once (no frames to concatenate and sort)
         dec = np.r_[self.cand_dec, np.arange(n_dec)]
         order = np.lexsort(
             (
                 np.r_[o["strike"], np.zeros(n_dec)],
                 np.r_[o["expiry"], np.zeros(n_dec, dtype=np.int64)],
-                np.r_[np.zeros(len(sell), dtype=np.int8), np.ones(n_dec, dtype=np.int8)],
+                np.r_[np.zeros(n_sell, dtype=np.int8), np.ones(n_dec, dtype=np.int8)],
                 dec,
             )
         )
-        labels = labels.take(order).reset_index(drop=True)
-        pnl = labels["pnl_vs_hodl"].to_numpy(dtype=float)
+        sells = order < n_sell
+        none = np.full(n_dec, np.nan)
+        zero = np.zeros(n_dec)
+
+        def put(sell: np.ndarray, nothing: np.ndarray) -> np.ndarray:
+            return np.concatenate([sell, nothing])[order]
+
+        names = np.full(n_sell + n_dec, None, dtype=object)
+        names[:n_sell] = st.names[rows]
+        pnl = put(size * o["pnl_vs_hodl"], zero)
         starts = np.r_[0, np.flatnonzero(np.diff(dec[order])) + 1]
         sizes = np.diff(np.r_[starts, len(pnl)])
         # NaN-skipping like groupby max; a period without decisions has no labels at all
         best = np.repeat(np.fmax.reduceat(pnl, starts), sizes) if len(pnl) else pnl
-        labels["best_pnl_vs_hodl"] = best
-        labels["regret"] = best - pnl
+        no_time = np.full(n_dec, np.iinfo(np.int64).min)  # NaT
+        labels = pd.DataFrame(
+            {
+                "decision_time": _utc_ns_index(put(self.dec_ns[self.cand_dec], self.dec_ns)),
+                "action": pd.array(np.where(sells, "SELL_CALL", "DO_NOTHING"), dtype="str"),
+                "instrument_name": pd.Series(names[order], dtype=object, copy=False),
+                "strike": put(o["strike"], none),
+                "expiry": _utc_ns_index(put(o["expiry"], no_time)),
+                "dte_days": put(self.cand_dte, none),
+                "delta": put(col["delta"][rows], none),
+                "mark_iv": put(col["mark_iv"][rows], none),
+                "underlying_price": put(o["underlying_price"], self._features["spot"]),
+                "mark_price": put(col["mark_price"][rows], none),
+                "bid_price": put(col["bid_price"][rows], none),
+                "ask_price": put(col["ask_price"][rows], none),
+                "premium": put(size * o["premium"], zero),
+                "premium_per_coin": put(o["premium"], zero),
+                "fees": put(size * (o["open_fee"] + o["delivery_fee"]), zero),
+                "settlement_price": put(o["settlement_price"], none),
+                "payoff": put(size * o["payoff"], zero),
+                "in_the_money": put(o["payoff"] > 0, np.zeros(n_dec, dtype=bool)),
+                "pnl_vs_hodl": pnl,
+                "pnl_coin": put(size * o["pnl_coin"], zero),
+                "return_bps": put(o["pnl_vs_hodl"] / o["underlying_price"] * 1e4, zero),
+                "max_drawdown_pct": put(o["max_drawdown_pct"], none),
+                "best_pnl_vs_hodl": best,
+                "regret": best - pnl,
+            }
+        )
         self._labels = labels
         return labels
 
@@ -1062,42 +1187,22 @@ class CoveredCallSimulator:
         pos_expiry = 0
         cash = 0.0
         stamps, names_at, stale_at = self._record_parts()
-        for i in range(len(self.dec_ns)):
-            t = int(self.dec_ns[i])
+        idle = self._idle_record
+        call_open = self._idle_records.setdefault("call open", [None] * len(self.dec_ns))
+        for i, t in enumerate(self.dec_ns.tolist()):
             if pos is not None and t >= pos_expiry:
-                _, payoff, dfee = self._settlement_flows(np.array([pos.row]))
-                cash -= size * float(payoff[0] + dfee[0])
+                cash -= size * self._settled_cost(pos.row)
                 pos = None
-            offered_names = names_at[i]
             if pos is not None and c.hold_to_expiry:
-                decisions.append(
-                    DecisionRecord(
-                        decision_time=stamps[i],
-                        candidate_names=offered_names,
-                        spot_stale=stale_at[i],
-                        chosen=None,
-                        asked=False,
-                        note="call open",
-                    )
-                )
+                decisions.append(call_open[i] or idle(i, "call open"))
                 continue
             position_state = self._position_state(pos, i) if pos is not None else None
             offered = self._candidates_at(i)
             state = self._state(i, position_state, cash)
             choice = policy(state, offered)
             if choice is None:
-                decisions.append(
-                    DecisionRecord(
-                        decision_time=stamps[i],
-                        candidate_names=offered_names,
-                        spot_stale=stale_at[i],
-                        chosen=None,
-                        asked=True,
-                        note="holding"
-                        if pos is not None
-                        else ("no candidates" if not offered else ""),
-                    )
-                )
+                note = "holding" if pos is not None else ("no candidates" if not offered else "")
+                decisions.append(idle(i, note))
                 continue
             k = self._match(i, choice, offered)
             if pos is not None:
@@ -1115,7 +1220,7 @@ class CoveredCallSimulator:
             decisions.append(
                 DecisionRecord(
                     decision_time=stamps[i],
-                    candidate_names=offered_names,
+                    candidate_names=names_at[i],
                     chosen=str(choice.instrument_name),
                     asked=True,
                     spot_stale=stale_at[i],
@@ -1124,13 +1229,54 @@ class CoveredCallSimulator:
         trades = self._trades(opened, closes, size)
         return self._result(trades, decisions, name or getattr(policy, "__name__", "policy"))
 
+    def _idle_record(self, i: int, note: str) -> DecisionRecord:
+        """The record of decision i where nothing was sold ("call open": not asked).
+
+        It depends on the decision and the note only, and records are frozen, so every replay
+        on this simulator shares one object per (decision, note)."""
+        made = self._idle_records.get(note)
+        if made is None:
+            made = self._idle_records[note] = [None] * len(self.dec_ns)
+        rec = made[i]
+        if rec is None:
+            stamps, names_at, stale_at = self._record_parts()
+            rec = made[i] = DecisionRecord(
+                decision_time=stamps[i],
+                candidate_names=names_at[i],
+                spot_stale=stale_at[i],
+                chosen=None,
+                asked=note != "call open",
+                note=note,
+            )
+        return rec
+
+    def _settled_cost(self, k: int) -> float:
+        """Payoff plus delivery fee per coin (USD) candidate k pays at expiry.
+
+        Kept per candidate: from the labels when they exist, else for every candidate of k's
+        expiry at once (its settlement price is asked for only when a replay reaches it)."""
+        if self._settle_cost is None:
+            self._settle_cost = np.zeros(len(self.cand_row))
+            self._settle_known = np.zeros(len(self.cand_row), dtype=bool)
+            if self._label_flows is not None:
+                payoff, dfee = self._label_flows
+                self._settle_cost[:] = payoff + dfee
+                self._settle_known[:] = True
+        if not self._settle_known[k]:
+            expiry = self.store.expiry_ns[self.cand_row]
+            ks = np.flatnonzero(expiry == expiry[k])
+            _, payoff, dfee = self._settlement_flows(ks)
+            self._settle_cost[ks] = payoff + dfee
+            self._settle_known[ks] = True
+        return float(self._settle_cost[k])
+
     def _record_parts(self) -> tuple[list[pd.Timestamp], list[tuple[str, ...]], list[bool]]:
         """Per decision: its Timestamp, the offered instrument names and spot_stale (kept:
         every replay on this simulator records them)."""
         if self._records is None:
             names = [str(n) for n in self.store.names[self.cand_row].tolist()]
             self._records = (
-                [pd.Timestamp(t, tz="UTC") for t in self.dec_ns.tolist()],
+                list(_utc_ns_index(self.dec_ns)),  # Timestamps made in C, one per decision
                 [
                     tuple(names[a:b])
                     for a, b in zip(self.cand_start.tolist(), self.cand_stop.tolist(), strict=True)
@@ -1266,7 +1412,7 @@ class CoveredCallSimulator:
         c = self.config
         j0 = int(np.searchsorted(self.bar_ns, c.start_ts.value, side="left"))
         j1 = int(np.searchsorted(self.bar_ns, c.end_ts.value, side="right"))
-        idx = pd.to_datetime(self.bar_ns[j0:j1], utc=True).rename("timestamp")
+        idx = _utc_ns_index(self.bar_ns[j0:j1]).rename("timestamp")
         spot = self.close[j0:j1]
         n = len(spot)
         cash = np.zeros(n)
@@ -1302,8 +1448,31 @@ class CoveredCallSimulator:
         )
 
 
+# seed rows kept as batches before they are added to the per-instrument dicts (~24 MB)
+_MAX_PENDING_SEEDS = 1 << 20
 # cells per drawdown chunk (8 bytes each): a few hundred KiB stay in cache and bound memory
 _DRAWDOWN_CELLS = 1 << 16
+
+
+def _groups(codes: np.ndarray) -> dict[int, tuple[int, int]]:
+    """Code -> (first, stop) of its rows once `codes` is stably sorted."""
+    if len(codes) == 0:
+        return {}
+    grouped = np.sort(codes, kind="stable")
+    heads = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
+    return dict(
+        zip(
+            grouped[heads].tolist(),
+            zip(heads.tolist(), np.r_[heads[1:], len(grouped)].tolist(), strict=True),
+            strict=True,
+        )
+    )
+
+
+def _ramp(lengths: np.ndarray) -> np.ndarray:
+    """0, 1, .., n-1 for each n of `lengths`, concatenated."""
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - lengths, lengths)
 
 
 def _group_min(group: np.ndarray, value: np.ndarray) -> np.ndarray:
