@@ -42,6 +42,7 @@ from harness.coins import coin_of_instrument_underlying
 from harness.data.chain_scan import (
     VALUE_COLUMNS,
     ChainColumns,
+    as_of_ns,
     columns_from_arrow,
     columns_from_frame,
     columns_to_frame,
@@ -611,6 +612,7 @@ class ChainTable:
         self._order_by_code: np.ndarray | None = None
         self._next: np.ndarray | None = None
         self._expiry_of_code: np.ndarray | None = None
+        self._quoted_by_close: bool | None = None
         self._frame: pd.DataFrame | None = None
         self.gate_counts: Counter[str] = Counter()
 
@@ -634,14 +636,7 @@ class ChainTable:
         """Row indices (and the query index of each) of bars in (t - lookback, t] per query t."""
         lo = np.searchsorted(self.cols.as_of, times_ns - lookback_ns, side="right")
         hi = np.searchsorted(self.cols.as_of, times_ns, side="right")
-        lengths = hi - lo
-        total = int(lengths.sum())
-        if total == 0:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        which = np.repeat(np.arange(len(times_ns)), lengths)
-        starts = np.repeat(lo - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-        rows = starts + np.arange(total)
-        return rows, which
+        return _expand(lo, hi)
 
     def at(
         self,
@@ -691,22 +686,19 @@ class ChainTable:
             return none, none, t_ns
         ref_ns = self._bar_floor(t_ns)
         stale_ns = self.max_staleness.value
-        # Look one bar further back than the freshness window so instruments that just went
-        # stale are seen and counted instead of silently vanishing.
-        rows, which = self._window_rows(ref_ns, stale_ns + self.bar.value)
+        if self._quotes_by_bar_close():
+            # A row at or before ref - stale has quote_time <= as_of <= ref - stale: never
+            # fresh. Only the freshness window (ref - stale, ref] can give rows; the bar before
+            # it is looked at only to count instruments that just went stale (`_stale_gaps`).
+            rows, which = self._window_rows(ref_ns, stale_ns)
+            self.gate_counts["stale"] += self._stale_gaps(t_ns, ref_ns, kinds, max_dte)
+        else:
+            # Look one bar further back than the freshness window so instruments that just
+            # went stale are seen and counted instead of silently vanishing.
+            rows, which = self._window_rows(ref_ns, stale_ns + self.bar.value)
         if rows.size == 0:
             return none, none, t_ns
-        alive = c.expiry[rows] > t_ns[which]
-        if max_dte is not None:
-            alive &= c.expiry[rows] - t_ns[which] <= max_dte * 86_400e9
-        if set(kinds) != {"call", "put"}:
-            want_call = "call" in kinds
-            alive &= c.is_call[rows] == want_call
-        rows, which = rows[alive], which[alive]
-        # An instrument's latest bar <= t in the window is its row whose next row (same
-        # instrument, next in time) lies after the window; alive is per instrument and query.
-        latest = self._next_as_of()[rows] > ref_ns[which]
-        rows, which = rows[latest], which[latest]
+        rows, which = self._live(rows, which, t_ns, ref_ns, kinds, max_dte)
         fresh = (ref_ns[which] - c.quote_time[rows]) < stale_ns
         self.gate_counts["stale"] += int((~fresh).sum())
         rows, which = rows[fresh], which[fresh]
@@ -717,6 +709,67 @@ class ChainTable:
             order = np.lexsort(keys[::-1])
             rows, which = rows[order], which[order]
         return rows, which, t_ns
+
+    def _live(
+        self,
+        rows: np.ndarray,
+        which: np.ndarray,
+        t_ns: np.ndarray,
+        ref_ns: np.ndarray,
+        kinds: Sequence[str],
+        max_dte: float | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Window rows (query `which`) not expired at t, of `kinds`, within `max_dte`, and
+        their instrument's latest row at or before the query's bar."""
+        c = self.cols
+        alive = c.expiry[rows] > t_ns[which]
+        if max_dte is not None:
+            alive &= c.expiry[rows] - t_ns[which] <= max_dte * 86_400e9
+        if set(kinds) != {"call", "put"}:
+            want_call = "call" in kinds
+            alive &= c.is_call[rows] == want_call
+        rows, which = rows[alive], which[alive]
+        # An instrument's latest bar <= t in the window is its row whose next row (same
+        # instrument, next in time) lies after the window; alive is per instrument and query.
+        latest = self._next_as_of()[rows] > ref_ns[which]
+        return rows[latest], which[latest]
+
+    def _quotes_by_bar_close(self) -> bool:
+        """Whether every row was quoted at or before its bar close (quote_time <= as_of).
+
+        True of every store the importers write (a bar holds the last snapshot inside it);
+        `at_rows` then never has to expand the bar before the freshness window.
+        """
+        if self._quoted_by_close is None:
+            self._quoted_by_close = bool((self.cols.quote_time <= self.cols.as_of).all())
+        return self._quoted_by_close
+
+    def _stale_gaps(
+        self,
+        t_ns: np.ndarray,
+        ref_ns: np.ndarray,
+        kinds: Sequence[str],
+        max_dte: float | None,
+    ) -> int:
+        """Instruments whose latest row at a query lies in the bar before its freshness window
+        (ref - stale - bar, ref - stale]: stale (quote_time <= as_of), counted, never returned.
+
+        Such a row's next row is more than `max_staleness` later, so only rows followed by a
+        gap that long (about one per instrument: its last) are expanded over the queries.
+        """
+        c = self.cols
+        stale_ns = self.max_staleness.value
+        gap = np.flatnonzero(self._next_as_of() - stale_ns > c.as_of)  # no int64 overflow
+        if len(gap) == 0:
+            return 0
+        stamps = c.as_of[gap]
+        lo = np.searchsorted(stamps, ref_ns - stale_ns - self.bar.value, side="right")
+        hi = np.searchsorted(stamps, ref_ns - stale_ns, side="right")
+        pos, which = _expand(lo, hi)
+        if len(pos) == 0:
+            return 0
+        rows, which = self._live(gap[pos], which, t_ns, ref_ns, kinds, max_dte)
+        return len(rows)
 
     def _next_as_of(self) -> np.ndarray:
         """Per row, the as_of (ns) of the same instrument's next row; int64 max for the last."""
@@ -1498,13 +1551,16 @@ class FileDataSource(ChainTableSource):
         parts: list[ChainColumns] = []
         if parquet:
             try:
-                table = read_parquet_files(
+                pieces = read_parquet_pieces(
                     parquet, expr, STORE_SCAN_COLUMNS, window, stats=self.scan_stats
                 )
-                if deferred is None:
-                    parts.append(columns_from_arrow(table, u))
-                else:
-                    parts.append(_selection_columns(table, u, deferred))
+                if pieces:
+                    # the kept rows in time order, converted once (no filtered or sorted copy)
+                    table, kept = kept_rows(pieces)
+                    if deferred is None:
+                        parts.append(columns_from_arrow(table, u, rows=kept))
+                    else:
+                        parts.append(_selection_columns(table, u, deferred, kept))
             except (pa.ArrowException, OSError, TypeError, KeyError):
                 # name the broken file (or read mismatched schemas one by one)
                 parts.extend(self._read_one(f, u, expr) for f in parquet)
@@ -1533,15 +1589,18 @@ class FileDataSource(ChainTableSource):
         return columns_from_arrow(table, underlying)
 
 
-def _selection_columns(table: pa.Table, underlying: str, deferred: list[pa.Table]) -> ChainColumns:
-    """`table` as chain columns holding only `SELECTION_VALUES` (+ `ROW_ID`); the rest deferred.
+def _selection_columns(
+    table: pa.Table, underlying: str, deferred: list[pa.Table], rows: np.ndarray | None = None
+) -> ChainColumns:
+    """Rows `rows` of `table` (default all) as chain columns holding only `SELECTION_VALUES`
+    (+ `ROW_ID`); the rest deferred.
 
     Converting 16 float columns of ~500k rows to numpy was a third of a year's load, while a
     selective replay keeps ~2% of the rows: the other columns are converted for those only.
     """
     rest = table.select(list(DEFERRED_VALUES))  # KeyError when a file lacks one: read per file
-    cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES)
-    return _with_row_ids(cols, rest, deferred)
+    cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=rows)
+    return _with_row_ids(cols, rest, deferred, rows)
 
 
 def _defer_values(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
@@ -1552,12 +1611,17 @@ def _defer_values(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
     return _with_row_ids(cols, rest, deferred)
 
 
-def _with_row_ids(cols: ChainColumns, rest: pa.Table, deferred: list[pa.Table]) -> ChainColumns:
+def _with_row_ids(
+    cols: ChainColumns, rest: pa.Table, deferred: list[pa.Table], rows: np.ndarray | None = None
+) -> ChainColumns:
+    """`cols` carrying, as `ROW_ID`, the position in `deferred` of each row's `rest` values
+    (`rows`: its position in `rest`; default row i of `cols` is row i of `rest`)."""
     start = sum(t.num_rows for t in deferred)
     deferred.append(rest)
     values = {c: cols.values[c] for c in SELECTION_VALUES}
     # row positions below 2**53 are exact in float64, the type every value column has
-    values[ROW_ID] = np.arange(start, start + len(cols), dtype=np.float64)
+    ids = np.arange(len(cols)) if rows is None else rows
+    values[ROW_ID] = (start + ids).astype(np.float64)
     return replace(cols, values=values)
 
 
@@ -1678,20 +1742,42 @@ def read_parquet_files(
 ) -> pa.Table:
     """Rows of the Parquet files `paths` matching `expr`, `columns` projected, in file order.
 
-    One `ParquetFile` read per file (pre-buffered, whole row groups) and an Arrow filter, not a
+    The decoded row groups of `read_parquet_pieces`, filtered by their keep masks.
+    """
+    pieces = read_parquet_pieces(paths, expr, columns, window, stats)
+    if not pieces:
+        names = set(pq.read_schema(paths[0]).names) if paths else set()
+        present = [c for c in columns if c in names]
+        return pq.read_schema(paths[0]).empty_table().select(present) if paths else pa.table({})
+    return pa.concat_tables(
+        [piece if keep is None else piece.filter(pa.array(keep)) for piece, keep in pieces]
+    )
+
+
+def read_parquet_pieces(
+    paths: Sequence[Path],
+    expr: ds.Expression,
+    columns: Sequence[str],
+    window: ScanWindow | None = None,
+    stats: Counter[str] | None = None,
+) -> list[tuple[pa.Table, np.ndarray | None]]:
+    """Decoded row groups of the Parquet files `paths` (`columns` projected), in file order,
+    each with the rows of it matching `expr` as a boolean mask (None: every row matches).
+
+    One `ParquetFile` read per file (pre-buffered, whole row groups), not a
     `pyarrow.dataset` scan: the scan's start-up (thread pool, fragment discovery, per-batch
     filter) cost more than the reads themselves on a year of month files (docs/performance.md).
     With `window` (the same conditions as `expr`), row groups outside it are never decoded and
-    groups wholly inside it skip the filter (`plan_row_groups`); rows then come in file order
-    per group, so callers sort by time. `stats` counts row groups read and skipped and rows
-    decoded. The first file's schema decides which of `columns` are read; a later file
-    lacking one, or with other types, raises (the caller then reads file by file and names
-    the bad file).
+    groups wholly inside it need no test (`plan_row_groups`). The others are tested with a
+    numpy mask when the window is exact, else filtered by `expr` (their mask is then None).
+    Returning masks instead of filtered copies lets the caller convert only the kept rows,
+    in its own order, with one copy per column (`columns_from_arrow(rows=...)`). `stats`
+    counts row groups read and skipped and rows decoded. The first file's schema decides
+    which of `columns` are read; a later file lacking one, or with other types, raises (the
+    caller then reads file by file and names the bad file).
     """
-    if not paths:
-        return pa.table({})
     stats = Counter() if stats is None else stats
-    parts = []
+    pieces: list[tuple[pa.Table, np.ndarray | None]] = []
     present: list[str] | None = None
     for path in paths:
         # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
@@ -1714,17 +1800,39 @@ def read_parquet_files(
         else:
             table = reader.read_row_groups(ids, columns=present, use_threads=False)
         stats["rows_decoded"] += table.num_rows
-        # in file order: whole groups as zero-copy slices, only partial ones filtered
+        # in file order: whole groups as zero-copy slices, only partial ones tested
         meta, at, cut = reader.metadata, 0, set(partial)
         for i in ids:
             n = meta.row_group(i).num_rows
             piece = table.slice(at, n)
-            parts.append(_filter_rows(piece, expr, window) if i in cut else piece)
             at += n
-    if not parts:
-        schema = pq.read_schema(paths[0])
-        return schema.empty_table().select(present or [])
-    return pa.concat_tables(parts)
+            if i not in cut:
+                pieces.append((piece, None))
+                continue
+            keep = _row_mask(piece, window)
+            pieces.append((piece, keep) if keep is not None else (piece.filter(expr), None))
+    return pieces
+
+
+def kept_rows(pieces: Sequence[tuple[pa.Table, np.ndarray | None]]) -> tuple[pa.Table, np.ndarray]:
+    """The pieces as one table (no copy) and the positions of their kept rows, by as_of.
+
+    Positions are in file order among equal `as_of` (a stable sort), which is the order the
+    filtered rows had before (`columns_from_arrow(table, rows=...)` converts them).
+    """
+    table = pa.concat_tables([piece for piece, _ in pieces])
+    ids = []
+    at = 0
+    for piece, keep in pieces:
+        n = piece.num_rows
+        ids.append(np.arange(at, at + n) if keep is None else at + np.flatnonzero(keep))
+        at += n
+    rows = np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
+    if len(rows) > 1:
+        as_of = as_of_ns(table)[rows]
+        if (as_of[1:] < as_of[:-1]).any():
+            rows = rows[np.argsort(as_of, kind="stable")]
+    return table, rows
 
 
 @contextlib.contextmanager
@@ -1747,18 +1855,17 @@ def _scan_pool() -> Iterator[None]:
         pa.set_memory_pool(previous)
 
 
-def _filter_rows(table: pa.Table, expr: ds.Expression, window: ScanWindow | None) -> pa.Table:
-    """Rows of `table` matching `expr`; for an exact window, a numpy mask of the same test.
-
-    The mask skips Acero's per-call plan (a tenth of a year's load); `expr` stays the rule
-    for anything the mask cannot answer (name lists, other time units, nulls).
+def _row_mask(table: pa.Table, window: ScanWindow | None) -> np.ndarray | None:
+    """Which rows of `table` pass an exact window's test, as a numpy mask; None when the mask
+    cannot answer (no window or not exact: name lists; other time units, nulls), and the scan
+    filter expression must decide. The mask skips Acero's per-call plan (a tenth of a year's load).
     """
     if window is None or not window.exact:
-        return table.filter(expr)
+        return None
     ts = pa.timestamp("ns", tz="UTC")
     cols = [table.column(c) for c in ("as_of", "expiry")]
     if any(c.type != ts or c.null_count for c in cols):
-        return table.filter(expr)
+        return None
     as_of, expiry = (c.cast(pa.int64()).to_numpy() for c in cols)
     keep = (as_of >= window.lo) & (as_of <= window.hi)
     if window.max_dte is not None:
@@ -1766,7 +1873,18 @@ def _filter_rows(table: pa.Table, expr: ds.Expression, window: ScanWindow | None
     if window.kinds != {"call", "put"}:
         kind = pc.is_in(table.column("kind"), value_set=pa.array(sorted(window.kinds)))
         keep &= kind.to_numpy(zero_copy_only=False).astype(bool)
-    return table.filter(pa.array(keep))
+    return keep
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions lo[q] .. hi[q] - 1 for every q, one after the other, and the q of each."""
+    lengths = hi - lo
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    which = np.repeat(np.arange(len(lo)), lengths)
+    starts = np.repeat(lo - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return starts + np.arange(total), which
 
 
 def _sorted_by(keys: Sequence[np.ndarray]) -> bool:

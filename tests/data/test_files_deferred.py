@@ -15,9 +15,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.data.chain_scan import VALUE_COLUMNS, columns_to_frame
+from harness.data.chain_scan import (
+    VALUE_COLUMNS,
+    ChainColumns,
+    columns_from_arrow,
+    columns_to_frame,
+    scan_filter,
+)
 from harness.data.chain_select import ChainSelection
-from harness.data.files import FileDataSource, read_table
+from harness.data.files import (
+    STORE_SCAN_COLUMNS,
+    FileDataSource,
+    ScanWindow,
+    kept_rows,
+    read_parquet_files,
+    read_parquet_pieces,
+    read_table,
+)
 from harness.data.importers import import_synthetic
 
 START, END = "2024-01-29", "2024-02-04"
@@ -67,3 +81,51 @@ def test_selected_rows_carry_the_full_chain_values(store: Path) -> None:
     for column in VALUE_COLUMNS:
         np.testing.assert_array_equal(both[column], both[f"{column}_full"], err_msg=column)
     assert list(picked.columns) == list(full.columns)
+
+
+def _same_columns(got: ChainColumns, want: ChainColumns) -> None:
+    assert got.names[got.code].tolist() == want.names[want.code].tolist()
+    for key in ("as_of", "expiry", "quote_time", "is_call"):
+        np.testing.assert_array_equal(getattr(got, key), getattr(want, key))
+    assert got.values.keys() == want.values.keys()
+    for key, value in want.values.items():
+        np.testing.assert_array_equal(got.values[key], value)
+
+
+@pytest.mark.parametrize("max_dte", [None, 1.5, 3.0])
+def test_kept_rows_convert_like_a_filtered_sorted_table(store: Path, max_dte) -> None:
+    # the scan converts the kept rows of the decoded row groups straight into time order:
+    # the same columns as filtering the groups, converting, then sorting by as_of (stable)
+    parts = sorted((store / "BTC" / "chain").glob("*/part.parquet"))
+    lo, hi = pd.Timestamp(START, tz="UTC"), pd.Timestamp("2024-02-02T12:00", tz="UTC")
+    expr = scan_filter(lo, hi, kinds=("call",), max_dte=max_dte)
+    window = ScanWindow(lo=lo.value, hi=hi.value, kinds=frozenset(["call"]), max_dte=max_dte)
+    pieces = read_parquet_pieces(parts, expr, STORE_SCAN_COLUMNS, window)
+    table, rows = kept_rows(pieces)
+    filtered = read_parquet_files(parts, expr, STORE_SCAN_COLUMNS, window)
+    want = columns_from_arrow(filtered, "BTC")
+    want = want.take(np.argsort(want.as_of, kind="stable"))
+    assert 0 < len(rows) == len(want) <= table.num_rows
+    if max_dte == 1.5:  # the (1, 2] day tier is decoded, then partly dropped
+        assert len(rows) < table.num_rows
+    _same_columns(columns_from_arrow(table, "BTC", rows=rows), want)
+
+
+def test_plain_string_names_are_encoded_from_the_kept_rows_only() -> None:
+    # a table whose names are not dictionary-encoded: codes and names come from the kept
+    # rows (a name whose rows were all dropped is not listed), as converting a taken copy
+    frame = pd.DataFrame(
+        {
+            "as_of": pd.to_datetime([3, 1, 2, 1], unit="h", utc=True),
+            "instrument_name": ["BTC-A-1-C", "BTC-B-1-C", "BTC-C-1-C", "BTC-A-1-C"],
+            "kind": ["call", "call", "call", "call"],
+            "expiry": pd.to_datetime([9, 9, 9, 9], unit="h", utc=True),
+            **{c: np.arange(4, dtype=np.float64) + i for i, c in enumerate(VALUE_COLUMNS)},
+        }
+    )
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    rows = np.array([3, 0])
+    got = columns_from_arrow(table, "BTC", rows=rows)
+    want = columns_from_arrow(table.take(pa.array(rows)), "BTC")
+    _same_columns(got, want)
+    assert got.names.tolist() == ["BTC-A-1-C"]
