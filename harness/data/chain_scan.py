@@ -199,12 +199,17 @@ def as_of_ns(table: pa.Table) -> np.ndarray:
     return _int_ns(table.column("as_of"))
 
 
-def _float64(column: pa.ChunkedArray) -> np.ndarray:
+def float_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A numeric Arrow column as float64 numpy (nulls become NaN)."""
+    return _float64(column)
+
+
+def _float64(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if not pa.types.is_float64(column.type):
         column = column.cast(pa.float64())
     if column.null_count:
         column = column.fill_null(np.nan)
-    return column.to_numpy()
+    return column.to_numpy(zero_copy_only=False)
 
 
 def columns_from_arrow(

@@ -48,6 +48,7 @@ from harness.data.chain_scan import (
     columns_to_frame,
     concat_columns,
     empty_columns,
+    float_values,
     scan_filter,
 )
 from harness.data.chain_select import ChainSelection, store_selection_mask
@@ -1000,24 +1001,34 @@ class _MarkPeriod:
 
 
 class _Codes:
-    """Instrument names -> integer codes shared by every block of one scan."""
+    """Instrument names -> integer codes shared by every block and file of one scan."""
 
     def __init__(self) -> None:
-        self.index = pd.Index([], dtype=object)
+        self._code: dict[str, int] = {}
+        self._names: np.ndarray | None = None
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Name -> code of every name seen so far (its length is the number of codes)."""
+        return self._code
 
     def remap(self, cols: ChainColumns) -> ChainColumns:
-        if len(self.index) == 0:
-            self.index = pd.Index(cols.names, dtype=object)
+        """`cols` with codes into this scan's names (a plain dict: a month holds ~2k names)."""
+        get = self._code.setdefault
+        mapping = np.fromiter(
+            (get(n, len(self._code)) for n in cols.names.tolist()),
+            dtype=np.int64,
+            count=len(cols.names),
+        )
+        self._names = None
+        if len(cols) == 0 or np.array_equal(mapping, np.arange(len(mapping))):
             return cols
-        mapping = self.index.get_indexer(cols.names)
-        new = mapping < 0
-        if new.any():
-            mapping[new] = len(self.index) + np.arange(int(new.sum()))
-            self.index = self.index.append(pd.Index(cols.names[new], dtype=object))
-        return replace(cols, code=mapping.astype(np.int64)[cols.code] if len(cols) else cols.code)
+        return replace(cols, code=mapping[cols.code])
 
     def names(self) -> np.ndarray:
-        return np.asarray(self.index, dtype=object)
+        if self._names is None:
+            self._names = np.asarray(list(self._code), dtype=object)
+        return self._names
 
 
 class FileDataSource(ChainTableSource):
@@ -1518,7 +1529,7 @@ class FileDataSource(ChainTableSource):
         max_dte: float | None = None,
         names: Sequence[str] | None = None,
         codes: _Codes | None = None,
-        deferred: list[pa.Table] | None = None,
+        deferred: list[DeferredValues] | None = None,
     ) -> ChainColumns:
         """Chain rows of `underlying` with as_of in [lo, hi] in one columnar pass.
 
@@ -1538,7 +1549,7 @@ class FileDataSource(ChainTableSource):
         max_dte: float | None,
         names: Sequence[str] | None,
         codes: _Codes | None,
-        deferred: list[pa.Table] | None,
+        deferred: list[DeferredValues] | None,
     ) -> ChainColumns:
         """`_scan` inside the scan memory pool."""
         u = underlying.upper()
@@ -1550,19 +1561,16 @@ class FileDataSource(ChainTableSource):
         )
         parts: list[ChainColumns] = []
         if parquet:
+            had = None if deferred is None else len(deferred)
             try:
-                pieces = read_parquet_pieces(
-                    parquet, expr, STORE_SCAN_COLUMNS, window, stats=self.scan_stats
+                parts.extend(
+                    _read_chain_files(parquet, expr, window, u, deferred, stats=self.scan_stats)
                 )
-                if pieces:
-                    # the kept rows in time order, converted once (no filtered or sorted copy)
-                    table, kept = kept_rows(pieces)
-                    if deferred is None:
-                        parts.append(columns_from_arrow(table, u, rows=kept))
-                    else:
-                        parts.append(_selection_columns(table, u, deferred, kept))
             except (pa.ArrowException, OSError, TypeError, KeyError):
                 # name the broken file (or read mismatched schemas one by one)
+                parts.clear()
+                if deferred is not None:
+                    del deferred[had:]
                 parts.extend(self._read_one(f, u, expr) for f in parquet)
         parts.extend(self._read_one(f, u, expr) for f in files if f.suffix == ".csv")
         self.scan_stats["scans"] += 1
@@ -1589,8 +1597,90 @@ class FileDataSource(ChainTableSource):
         return columns_from_arrow(table, underlying)
 
 
+def _read_chain_files(
+    paths: Sequence[Path],
+    expr: ds.Expression,
+    window: ScanWindow,
+    underlying: str,
+    deferred: list[DeferredValues] | None,
+    stats: Counter[str],
+) -> list[ChainColumns]:
+    """The kept rows of each Parquet chain file, converted file by file in time order.
+
+    One file's decoded Arrow columns are freed before the next is read, so a year's scan
+    holds about one month of them at a time rather than all twelve (the pages a fresh
+    process first touches cost it as much system time as the decode: docs/performance.md).
+    With `deferred` and groups read whole or masked, only the selection columns are decoded
+    now; the deferred value columns stay in the file (`ParquetDeferred`) and are decoded
+    later for the row groups that hold kept rows only.
+    """
+    narrow = [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES]
+    parts = []
+    for path in paths:
+        reader = _chain_reader(path)
+        schema = reader.schema_arrow
+        lazy = (
+            deferred is not None
+            and window.exact
+            and all(c in schema.names for c in DEFERRED_VALUES)
+        )
+        read = narrow if lazy else list(STORE_SCAN_COLUMNS)
+        present = [c for c in read if c in schema.names]
+        ids, pieces, whole = _file_pieces(reader, expr, present, window, stats)
+        if not pieces:
+            continue
+        if lazy and not whole:  # a group the mask could not test: read it as before
+            ids, pieces, whole = _file_pieces(
+                reader, expr, [c for c in STORE_SCAN_COLUMNS if c in schema.names], window, stats
+            )
+            lazy = False
+        # the kept rows in time order, converted once (no filtered or sorted copy)
+        table, kept = kept_rows(pieces)
+        if deferred is None:
+            parts.append(columns_from_arrow(table, underlying, rows=kept))
+        elif lazy:
+            cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=kept)
+            sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
+            parts.append(_with_row_ids(cols, ParquetDeferred(reader, ids, sizes), deferred, kept))
+        else:
+            parts.append(_selection_columns(table, underlying, deferred, kept))
+    return parts
+
+
+@dataclass
+class ParquetDeferred:
+    """Deferred value columns left undecoded in a chain file: positions count the rows of
+    its row groups `groups` (of `sizes` rows each) in that order, as the first pass read them."""
+
+    reader: pq.ParquetFile
+    groups: list[int]
+    sizes: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        """Rows the first pass decoded from this file."""
+        return int(self.sizes.sum())
+
+    def values(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """`DEFERRED_VALUES` (float64) at `positions`, decoding only the groups holding them."""
+        starts = np.r_[0, np.cumsum(self.sizes)]
+        group = np.searchsorted(starts, positions, side="right") - 1
+        need = np.unique(group)
+        table = self.reader.read_row_groups(
+            [self.groups[g] for g in need], columns=list(DEFERRED_VALUES), use_threads=False
+        )
+        base = np.zeros(len(self.groups), dtype=np.int64)
+        base[need] = np.r_[0, np.cumsum(self.sizes[need])[:-1]]
+        at = base[group] + positions - starts[group]
+        return {c: float_values(table.column(c))[at] for c in DEFERRED_VALUES}
+
+
+# Where a selective scan's deferred value columns wait: Arrow tables in memory, or the file.
+DeferredValues = pa.Table | ParquetDeferred
+
+
 def _selection_columns(
-    table: pa.Table, underlying: str, deferred: list[pa.Table], rows: np.ndarray | None = None
+    table: pa.Table, underlying: str, deferred: list[DeferredValues], rows: np.ndarray | None = None
 ) -> ChainColumns:
     """Rows `rows` of `table` (default all) as chain columns holding only `SELECTION_VALUES`
     (+ `ROW_ID`); the rest deferred.
@@ -1603,7 +1693,7 @@ def _selection_columns(
     return _with_row_ids(cols, rest, deferred, rows)
 
 
-def _defer_values(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
+def _defer_values(cols: ChainColumns, deferred: list[DeferredValues]) -> ChainColumns:
     """Move the `DEFERRED_VALUES` of already-converted `cols` into `deferred` (no-op if done)."""
     if ROW_ID in cols.values:
         return cols
@@ -1612,7 +1702,10 @@ def _defer_values(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
 
 
 def _with_row_ids(
-    cols: ChainColumns, rest: pa.Table, deferred: list[pa.Table], rows: np.ndarray | None = None
+    cols: ChainColumns,
+    rest: DeferredValues,
+    deferred: list[DeferredValues],
+    rows: np.ndarray | None = None,
 ) -> ChainColumns:
     """`cols` carrying, as `ROW_ID`, the position in `deferred` of each row's `rest` values
     (`rows`: its position in `rest`; default row i of `cols` is row i of `rest`)."""
@@ -1625,30 +1718,54 @@ def _with_row_ids(
     return replace(cols, values=values)
 
 
-def take_deferred(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
+def take_deferred(cols: ChainColumns, deferred: list[DeferredValues]) -> ChainColumns:
     """`cols` with the deferred value columns filled in for its rows (by `ROW_ID`)."""
     if ROW_ID not in cols.values:
         return cols  # no rows: the empty columns already hold every value column
     values = {c: v for c, v in cols.values.items() if c != ROW_ID}
     ids = cols.values[ROW_ID].astype(np.int64)
-    # Arrow's take on a chunked column first concatenates every chunk (a copy of all ~500k
-    # scanned rows per column); instead each chunk is viewed as numpy and indexed by the ids
-    # that fall in it, so only the kept rows are ever copied
-    chunks = [c for t in deferred for c in t.to_batches()]
-    starts = np.cumsum([0] + [len(c) for c in chunks])
+    starts = np.cumsum([0] + [d.num_rows for d in deferred])
     which = np.searchsorted(starts, ids, side="right") - 1
     order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(len(deferred) + 1))
+    out = {name: np.empty(len(ids), dtype=np.float64) for name in DEFERRED_VALUES}
+    for k, source in enumerate(deferred):
+        a, b = bounds[k], bounds[k + 1]
+        if a == b:
+            continue
+        at = order[a:b]
+        got = (
+            source.values(ids[at] - starts[k])
+            if isinstance(source, ParquetDeferred)
+            else _table_values(source, ids[at] - starts[k])
+        )
+        for name in DEFERRED_VALUES:
+            out[name][at] = got[name]
+    values.update(out)
+    return replace(cols, values={c: values[c] for c in VALUE_COLUMNS})
+
+
+def _table_values(table: pa.Table, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """`DEFERRED_VALUES` of an in-memory table at `positions` (float64)."""
+    # Arrow's take on a chunked column first concatenates every chunk (a copy of all ~500k
+    # scanned rows per column); instead each chunk is viewed as numpy and indexed by the
+    # positions that fall in it, so only the kept rows are ever copied
+    chunks = table.to_batches()
+    starts = np.cumsum([0] + [len(c) for c in chunks])
+    which = np.searchsorted(starts, positions, side="right") - 1
+    order = np.argsort(which, kind="stable")
     bounds = np.searchsorted(which[order], np.arange(len(chunks) + 1))
+    out = {}
     for name in DEFERRED_VALUES:
-        out = np.empty(len(ids), dtype=np.float64)
+        column = np.empty(len(positions), dtype=np.float64)
         for k, chunk in enumerate(chunks):
             a, b = bounds[k], bounds[k + 1]
             if a == b:
                 continue
             at = order[a:b]
-            out[at] = _float_view(chunk.column(name))[ids[at] - starts[k]]
-        values[name] = out
-    return replace(cols, values={c: values[c] for c in VALUE_COLUMNS})
+            column[at] = _float_view(chunk.column(name))[positions[at] - starts[k]]
+        out[name] = column
+    return out
 
 
 def _float_view(column: pa.Array) -> np.ndarray:
@@ -1780,38 +1897,62 @@ def read_parquet_pieces(
     pieces: list[tuple[pa.Table, np.ndarray | None]] = []
     present: list[str] | None = None
     for path in paths:
-        # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
-        reader = pq.ParquetFile(path, pre_buffer=True, read_dictionary=["instrument_name", "kind"])
+        reader = _chain_reader(path)
         if present is None:
             names = set(reader.schema_arrow.names)
             present = [c for c in columns if c in names]
-        groups = reader.metadata.num_row_groups
-        if window is None:
-            whole, partial = [], list(range(groups))
-        else:
-            whole, partial = plan_row_groups(reader, window)
-        stats["row_groups"] += groups
-        stats["row_groups_read"] += len(whole) + len(partial)
-        ids = sorted(whole + partial)  # file order: (tier, kind) groups, time-sorted inside
-        if not ids:
-            continue
-        if len(ids) == groups:
-            table = reader.read(columns=present, use_threads=False)
-        else:
-            table = reader.read_row_groups(ids, columns=present, use_threads=False)
-        stats["rows_decoded"] += table.num_rows
-        # in file order: whole groups as zero-copy slices, only partial ones tested
-        meta, at, cut = reader.metadata, 0, set(partial)
-        for i in ids:
-            n = meta.row_group(i).num_rows
-            piece = table.slice(at, n)
-            at += n
-            if i not in cut:
-                pieces.append((piece, None))
-                continue
-            keep = _row_mask(piece, window)
-            pieces.append((piece, keep) if keep is not None else (piece.filter(expr), None))
+        pieces.extend(_file_pieces(reader, expr, present, window, stats)[1])
     return pieces
+
+
+def _chain_reader(path: Path) -> pq.ParquetFile:
+    """A chain partition opened for reading (pre-buffered row groups)."""
+    # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
+    return pq.ParquetFile(path, pre_buffer=True, read_dictionary=["instrument_name", "kind"])
+
+
+def _file_pieces(
+    reader: pq.ParquetFile,
+    expr: ds.Expression,
+    columns: Sequence[str],
+    window: ScanWindow | None,
+    stats: Counter[str],
+) -> tuple[list[int], list[tuple[pa.Table, np.ndarray | None]], bool]:
+    """The row groups of one file a scan decodes, the pieces of `read_parquet_pieces`, and
+    whether the pieces are the whole groups (no piece filtered by `expr`)."""
+    groups = reader.metadata.num_row_groups
+    if window is None:
+        whole, partial = [], list(range(groups))
+    else:
+        whole, partial = plan_row_groups(reader, window)
+    stats["row_groups"] += groups
+    stats["row_groups_read"] += len(whole) + len(partial)
+    ids = sorted(whole + partial)  # file order: (tier, kind) groups, time-sorted inside
+    if not ids:
+        return ids, [], True
+    if len(ids) == groups:
+        table = reader.read(columns=list(columns), use_threads=False)
+    else:
+        table = reader.read_row_groups(ids, columns=list(columns), use_threads=False)
+    stats["rows_decoded"] += table.num_rows
+    # in file order: whole groups as zero-copy slices, only partial ones tested
+    meta, at, cut = reader.metadata, 0, set(partial)
+    pieces: list[tuple[pa.Table, np.ndarray | None]] = []
+    whole_groups = True
+    for i in ids:
+        n = meta.row_group(i).num_rows
+        piece = table.slice(at, n)
+        at += n
+        if i not in cut:
+            pieces.append((piece, None))
+            continue
+        keep = _row_mask(piece, window)
+        if keep is None:
+            whole_groups = False
+            pieces.append((piece.filter(expr), None))
+        else:
+            pieces.append((piece, keep))
+    return ids, pieces, whole_groups
 
 
 def kept_rows(pieces: Sequence[tuple[pa.Table, np.ndarray | None]]) -> tuple[pa.Table, np.ndarray]:
