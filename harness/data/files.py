@@ -1562,9 +1562,12 @@ class FileDataSource(ChainTableSource):
         parts: list[ChainColumns] = []
         if parquet:
             had = None if deferred is None else len(deferred)
+            codes = _Codes() if codes is None else codes
             try:
                 parts.extend(
-                    _read_chain_files(parquet, expr, window, u, deferred, stats=self.scan_stats)
+                    _read_chain_files(
+                        parquet, expr, window, u, deferred, stats=self.scan_stats, codes=codes
+                    )
                 )
             except (pa.ArrowException, OSError, TypeError, KeyError):
                 # name the broken file (or read mismatched schemas one by one)
@@ -1604,20 +1607,31 @@ def _read_chain_files(
     underlying: str,
     deferred: list[DeferredValues] | None,
     stats: Counter[str],
+    codes: _Codes | None = None,
 ) -> list[ChainColumns]:
-    """The kept rows of each Parquet chain file, converted file by file in time order.
+    """The kept rows of the Parquet chain files `paths` in time order, converted file by file.
 
-    One file's decoded Arrow columns are freed before the next is read, so a year's scan
-    holds about one month of them at a time rather than all twelve (the pages a fresh
-    process first touches cost it as much system time as the decode: docs/performance.md).
-    With `deferred` and groups read whole or masked, only the selection columns are decoded
-    now; the deferred value columns stay in the file (`ParquetDeferred`) and are decoded
-    later for the row groups that hold kept rows only.
+    One file's decoded Arrow columns are freed before the next is read and its kept rows are
+    copied into arrays sized for every row the planned row groups hold, so a year's scan
+    holds about one month of temporaries at a time, not twelve months of Arrow columns plus
+    their conversion plus a concatenation (in a fresh process the pages first touched cost
+    as much system time as the decode: docs/performance.md). Codes are into `codes` (a new
+    `_Codes` if None). With `deferred` and groups read whole or masked, only the selection
+    columns are decoded now; the deferred value columns stay in the file (`ParquetDeferred`)
+    and are decoded later, for the row groups holding kept rows only. Returns one part (none
+    if no row group is read).
     """
+    codes = _Codes() if codes is None else codes
     narrow = [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES]
-    parts = []
-    for path in paths:
-        reader = _chain_reader(path)
+    readers = [_chain_reader(path) for path in paths]
+    plans = [plan_row_groups(r, window) for r in readers]
+    bound = sum(
+        r.metadata.row_group(i).num_rows
+        for r, plan in zip(readers, plans, strict=True)
+        for i in plan[0] + plan[1]
+    )
+    sink: _RowSink | None = None
+    for reader, plan in zip(readers, plans, strict=True):
         schema = reader.schema_arrow
         lazy = (
             deferred is not None
@@ -1626,25 +1640,66 @@ def _read_chain_files(
         )
         read = narrow if lazy else list(STORE_SCAN_COLUMNS)
         present = [c for c in read if c in schema.names]
-        ids, pieces, whole = _file_pieces(reader, expr, present, window, stats)
+        ids, pieces, whole = _file_pieces(reader, expr, present, window, stats, plan)
         if not pieces:
             continue
         if lazy and not whole:  # a group the mask could not test: read it as before
-            ids, pieces, whole = _file_pieces(
-                reader, expr, [c for c in STORE_SCAN_COLUMNS if c in schema.names], window, stats
-            )
+            full = [c for c in STORE_SCAN_COLUMNS if c in schema.names]
+            ids, pieces, whole = _file_pieces(reader, expr, full, window, stats, plan)
             lazy = False
         # the kept rows in time order, converted once (no filtered or sorted copy)
         table, kept = kept_rows(pieces)
         if deferred is None:
-            parts.append(columns_from_arrow(table, underlying, rows=kept))
+            part = columns_from_arrow(table, underlying, rows=kept)
         elif lazy:
             cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=kept)
             sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
-            parts.append(_with_row_ids(cols, ParquetDeferred(reader, ids, sizes), deferred, kept))
+            part = _with_row_ids(cols, ParquetDeferred(reader, ids, sizes), deferred, kept)
         else:
-            parts.append(_selection_columns(table, underlying, deferred, kept))
-    return parts
+            part = _selection_columns(table, underlying, deferred, kept)
+        del table, pieces
+        part = codes.remap(part)
+        if sink is None:
+            sink = _RowSink(bound, tuple(part.values))
+        sink.add(part)
+    return [] if sink is None else [sink.columns(underlying, codes.names())]
+
+
+class _RowSink:
+    """Chain columns written part after part into arrays of `bound` rows (pages never
+    written are never touched, so an over-estimate costs address space, not memory)."""
+
+    def __init__(self, bound: int, values: tuple[str, ...]):
+        self.n = 0
+        self.times = {k: np.empty(bound, dtype=np.int64) for k in ("as_of", "expiry", "quote_time")}
+        self.code = np.empty(bound, dtype=np.int64)
+        self.is_call = np.empty(bound, dtype=bool)
+        self.values = {k: np.empty(bound, dtype=np.float64) for k in values}
+
+    def add(self, cols: ChainColumns) -> None:
+        """Append the rows of `cols` (codes already shared, the same value columns)."""
+        a, b = self.n, self.n + len(cols)
+        for k, out in self.times.items():
+            out[a:b] = getattr(cols, k)
+        self.code[a:b] = cols.code
+        self.is_call[a:b] = cols.is_call
+        for k, out in self.values.items():
+            out[a:b] = cols.values[k]
+        self.n = b
+
+    def columns(self, underlying: str, names: np.ndarray) -> ChainColumns:
+        """The rows appended so far."""
+        n = self.n
+        return ChainColumns(
+            underlying=underlying,
+            as_of=self.times["as_of"][:n],
+            expiry=self.times["expiry"][:n],
+            quote_time=self.times["quote_time"][:n],
+            code=self.code[:n],
+            names=names,
+            is_call=self.is_call[:n],
+            values={k: v[:n] for k, v in self.values.items()},
+        )
 
 
 @dataclass
@@ -1917,11 +1972,15 @@ def _file_pieces(
     columns: Sequence[str],
     window: ScanWindow | None,
     stats: Counter[str],
+    plan: tuple[list[int], list[int]] | None = None,
 ) -> tuple[list[int], list[tuple[pa.Table, np.ndarray | None]], bool]:
     """The row groups of one file a scan decodes, the pieces of `read_parquet_pieces`, and
-    whether the pieces are the whole groups (no piece filtered by `expr`)."""
+    whether the pieces are the whole groups (no piece filtered by `expr`). `plan`: the
+    file's `plan_row_groups` when already made."""
     groups = reader.metadata.num_row_groups
-    if window is None:
+    if plan is not None:
+        whole, partial = plan
+    elif window is None:
         whole, partial = [], list(range(groups))
     else:
         whole, partial = plan_row_groups(reader, window)
