@@ -1013,13 +1013,14 @@ class _Codes:
         return self._code
 
     def remap(self, cols: ChainColumns) -> ChainColumns:
-        """`cols` with codes into this scan's names (a plain dict: a month holds ~2k names)."""
-        get = self._code.setdefault
-        mapping = np.fromiter(
-            (get(n, len(self._code)) for n in cols.names.tolist()),
-            dtype=np.int64,
-            count=len(cols.names),
-        )
+        """`cols` with codes into this scan's names (a plain dict: a month holds ~4k names)."""
+        if self._names is not None and cols.names is self._names:
+            return cols  # already coded by this scan
+        code = self._code
+        names = cols.names.tolist()
+        mapping = np.array([code.get(n, -1) for n in names], dtype=np.int64)
+        for i in np.flatnonzero(mapping < 0).tolist():
+            mapping[i] = code.setdefault(names[i], len(code))
         self._names = None
         if len(cols) == 0 or np.array_equal(mapping, np.arange(len(mapping))):
             return cols
