@@ -201,10 +201,6 @@ def as_of_ns(table: pa.Table) -> np.ndarray:
 
 def float_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A numeric Arrow column as float64 numpy (nulls become NaN)."""
-    return _float64(column)
-
-
-def _float64(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if not pa.types.is_float64(column.type):
         column = column.cast(pa.float64())
     if column.null_count:
@@ -254,5 +250,5 @@ def columns_from_arrow(
         code=code.astype(np.int64),
         names=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
         is_call=pick(pc.equal(kind, "call").to_numpy(zero_copy_only=False)),
-        values={c: pick(_float64(table.column(c))) for c in values},
+        values={c: pick(float_values(table.column(c))) for c in values},
     )
