@@ -88,6 +88,7 @@ DTE_COLUMN = "days_to_expiry"
 DTE_TIERS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
 CHAIN_ROW_GROUP_ROWS = 1 << 20  # a tier larger than this is split (bounds decode memory)
 _DTE_SLACK = 1e-6  # days: float rounding of the stored column never prunes a kept row
+_QUERY_CHUNK = 256  # decision times per point-in-time pass of a bulk scan
 _DATETIME_CHAIN = ("as_of", "expiry", "quote_time")
 _STRING_CHAIN = ("instrument_name", "underlying", "kind")
 
@@ -614,6 +615,7 @@ class ChainTable:
         self._next: np.ndarray | None = None
         self._expiry_of_code: np.ndarray | None = None
         self._quoted_by_close: bool | None = None
+        self._gap_rows: np.ndarray | None = None  # rows followed by a gap > max_staleness
         self._frame: pd.DataFrame | None = None
         self.gate_counts: Counter[str] = Counter()
 
@@ -760,7 +762,9 @@ class ChainTable:
         """
         c = self.cols
         stale_ns = self.max_staleness.value
-        gap = np.flatnonzero(self._next_as_of() - stale_ns > c.as_of)  # no int64 overflow
+        if self._gap_rows is None:
+            self._gap_rows = np.flatnonzero(self._next_as_of() - stale_ns > c.as_of)  # no overflow
+        gap = self._gap_rows
         if len(gap) == 0:
             return 0
         stamps = c.as_of[gap]
@@ -1255,16 +1259,24 @@ class FileDataSource(ChainTableSource):
             mine = (ref >= block_lo) & (ref <= block_hi)
             if mine.any():
                 table = ChainTable.from_columns(rows, tf, stale)
-                at, which, q_ns = table.at_rows(
-                    pd.to_datetime(t_ns[mine], utc=True), kinds=kinds, max_dte=max_dte
-                )
-                if selection is not None and len(at):
-                    if len(held) < len(codes.index):
-                        held = np.r_[held, np.zeros(len(codes.index) - len(held), dtype=bool)]
-                    keep = store_selection_mask(table.cols, at, which, q_ns, selection, held)
-                    at, which = at[keep], which[keep]
+                if len(held) < len(codes.index):
+                    held = np.r_[held, np.zeros(len(codes.index) - len(held), dtype=bool)]
+                # a few hundred decision times at a time: the point-in-time rows and the
+                # selection's temporaries of ~30k rows stay in cache and their memory is
+                # reused, where one pass held ~0.5M-row temporaries (fresh pages: system
+                # time in a fresh process); the rows and their order are the same
+                mine_ns = t_ns[mine]
+                for q in range(0, len(mine_ns), _QUERY_CHUNK):
+                    at, which, q_ns = table.at_rows(
+                        pd.to_datetime(mine_ns[q : q + _QUERY_CHUNK], utc=True),
+                        kinds=kinds,
+                        max_dte=max_dte,
+                    )
+                    if selection is not None and len(at):
+                        keep = store_selection_mask(table.cols, at, which, q_ns, selection, held)
+                        at, which = at[keep], which[keep]
+                    found.append(replace(table.cols.take(at), as_of=q_ns[which]))
                 self.gate_counts.update(table.gate_counts)
-                found.append(replace(table.cols.take(at), as_of=q_ns[which]))
             # the next block's first chains look back into this one
             tail = rows.take(np.flatnonzero(rows.as_of > block_hi - chain_back))
         names = codes.names()
