@@ -194,42 +194,61 @@ def _int_ns(column: pa.ChunkedArray) -> np.ndarray:
     return column.cast(pa.int64()).to_numpy()
 
 
-def _float64(column: pa.ChunkedArray) -> np.ndarray:
+def as_of_ns(table: pa.Table) -> np.ndarray:
+    """The `as_of` column of a scanned chain table as int64 ns UTC."""
+    return _int_ns(table.column("as_of"))
+
+
+def float_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A numeric Arrow column as float64 numpy (nulls become NaN)."""
     if not pa.types.is_float64(column.type):
         column = column.cast(pa.float64())
     if column.null_count:
         column = column.fill_null(np.nan)
-    return column.to_numpy()
+    return column.to_numpy(zero_copy_only=False)
 
 
 def columns_from_arrow(
-    table: pa.Table, underlying: str, values: Sequence[str] = VALUE_COLUMNS
+    table: pa.Table,
+    underlying: str,
+    values: Sequence[str] = VALUE_COLUMNS,
+    rows: np.ndarray | None = None,
 ) -> ChainColumns:
     """Convert a scanned chain table: one conversion per column for the whole table.
 
-    Only the value columns `values` are converted (default: all of them).
+    Only the value columns `values` are converted (default: all of them); with `rows`
+    (positions in `table`), only those rows, in that order: each column's full conversion
+    is a temporary, so a filtered or reordered scan costs one kept copy per column rather
+    than a filtered Arrow copy, a conversion and a reordering copy.
     """
-    if table.num_rows == 0:
+    if table.num_rows == 0 or (rows is not None and len(rows) == 0):
         return empty_columns(underlying)
+
+    def pick(array: np.ndarray) -> np.ndarray:
+        return array if rows is None else array[rows]
+
     names = table.column("instrument_name")
     if pa.types.is_dictionary(names.type):
         encoded = names.unify_dictionaries().combine_chunks() if names.num_chunks else None
         if encoded is None:
             return empty_columns(underlying)
-    else:
-        encoded = pc.dictionary_encode(names.combine_chunks())
+        code = pick(encoded.indices.to_numpy())
+    else:  # plain strings: encode the kept rows only, so `names` holds only theirs
+        plain = names.combine_chunks()
+        encoded = pc.dictionary_encode(plain if rows is None else plain.take(pa.array(rows)))
+        code = encoded.indices.to_numpy()
     kind = table.column("kind")
     if pa.types.is_dictionary(kind.type):
         kind = kind.cast(pa.string())
     quote = table.column("quote_time") if "quote_time" in table.column_names else None
-    as_of = _int_ns(table.column("as_of"))
+    as_of = pick(_int_ns(table.column("as_of")))
     return ChainColumns(
         underlying=underlying,
         as_of=as_of,
-        expiry=_int_ns(table.column("expiry")),
-        quote_time=as_of if quote is None else _int_ns(quote),
-        code=encoded.indices.to_numpy().astype(np.int64),
+        expiry=pick(_int_ns(table.column("expiry"))),
+        quote_time=as_of if quote is None else pick(_int_ns(quote)),
+        code=code.astype(np.int64),
         names=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
-        is_call=pc.equal(kind, "call").to_numpy(zero_copy_only=False),
-        values={c: _float64(table.column(c)) for c in values},
+        is_call=pick(pc.equal(kind, "call").to_numpy(zero_copy_only=False)),
+        values={c: pick(float_values(table.column(c))) for c in values},
     )

@@ -42,11 +42,13 @@ from harness.coins import coin_of_instrument_underlying
 from harness.data.chain_scan import (
     VALUE_COLUMNS,
     ChainColumns,
+    as_of_ns,
     columns_from_arrow,
     columns_from_frame,
     columns_to_frame,
     concat_columns,
     empty_columns,
+    float_values,
     scan_filter,
 )
 from harness.data.chain_select import ChainSelection, store_selection_mask
@@ -86,6 +88,7 @@ DTE_COLUMN = "days_to_expiry"
 DTE_TIERS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
 CHAIN_ROW_GROUP_ROWS = 1 << 20  # a tier larger than this is split (bounds decode memory)
 _DTE_SLACK = 1e-6  # days: float rounding of the stored column never prunes a kept row
+_QUERY_CHUNK = 256  # decision times per point-in-time pass of a bulk scan
 _DATETIME_CHAIN = ("as_of", "expiry", "quote_time")
 _STRING_CHAIN = ("instrument_name", "underlying", "kind")
 
@@ -611,6 +614,8 @@ class ChainTable:
         self._order_by_code: np.ndarray | None = None
         self._next: np.ndarray | None = None
         self._expiry_of_code: np.ndarray | None = None
+        self._quoted_by_close: bool | None = None
+        self._gap_rows: np.ndarray | None = None  # rows followed by a gap > max_staleness
         self._frame: pd.DataFrame | None = None
         self.gate_counts: Counter[str] = Counter()
 
@@ -634,14 +639,7 @@ class ChainTable:
         """Row indices (and the query index of each) of bars in (t - lookback, t] per query t."""
         lo = np.searchsorted(self.cols.as_of, times_ns - lookback_ns, side="right")
         hi = np.searchsorted(self.cols.as_of, times_ns, side="right")
-        lengths = hi - lo
-        total = int(lengths.sum())
-        if total == 0:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        which = np.repeat(np.arange(len(times_ns)), lengths)
-        starts = np.repeat(lo - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-        rows = starts + np.arange(total)
-        return rows, which
+        return _expand(lo, hi)
 
     def at(
         self,
@@ -691,22 +689,19 @@ class ChainTable:
             return none, none, t_ns
         ref_ns = self._bar_floor(t_ns)
         stale_ns = self.max_staleness.value
-        # Look one bar further back than the freshness window so instruments that just went
-        # stale are seen and counted instead of silently vanishing.
-        rows, which = self._window_rows(ref_ns, stale_ns + self.bar.value)
+        if self._quotes_by_bar_close():
+            # A row at or before ref - stale has quote_time <= as_of <= ref - stale: never
+            # fresh. Only the freshness window (ref - stale, ref] can give rows; the bar before
+            # it is looked at only to count instruments that just went stale (`_stale_gaps`).
+            rows, which = self._window_rows(ref_ns, stale_ns)
+            self.gate_counts["stale"] += self._stale_gaps(t_ns, ref_ns, kinds, max_dte)
+        else:
+            # Look one bar further back than the freshness window so instruments that just
+            # went stale are seen and counted instead of silently vanishing.
+            rows, which = self._window_rows(ref_ns, stale_ns + self.bar.value)
         if rows.size == 0:
             return none, none, t_ns
-        alive = c.expiry[rows] > t_ns[which]
-        if max_dte is not None:
-            alive &= c.expiry[rows] - t_ns[which] <= max_dte * 86_400e9
-        if set(kinds) != {"call", "put"}:
-            want_call = "call" in kinds
-            alive &= c.is_call[rows] == want_call
-        rows, which = rows[alive], which[alive]
-        # An instrument's latest bar <= t in the window is its row whose next row (same
-        # instrument, next in time) lies after the window; alive is per instrument and query.
-        latest = self._next_as_of()[rows] > ref_ns[which]
-        rows, which = rows[latest], which[latest]
+        rows, which = self._live(rows, which, t_ns, ref_ns, kinds, max_dte)
         fresh = (ref_ns[which] - c.quote_time[rows]) < stale_ns
         self.gate_counts["stale"] += int((~fresh).sum())
         rows, which = rows[fresh], which[fresh]
@@ -717,6 +712,69 @@ class ChainTable:
             order = np.lexsort(keys[::-1])
             rows, which = rows[order], which[order]
         return rows, which, t_ns
+
+    def _live(
+        self,
+        rows: np.ndarray,
+        which: np.ndarray,
+        t_ns: np.ndarray,
+        ref_ns: np.ndarray,
+        kinds: Sequence[str],
+        max_dte: float | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Window rows (query `which`) not expired at t, of `kinds`, within `max_dte`, and
+        their instrument's latest row at or before the query's bar."""
+        c = self.cols
+        alive = c.expiry[rows] > t_ns[which]
+        if max_dte is not None:
+            alive &= c.expiry[rows] - t_ns[which] <= max_dte * 86_400e9
+        if set(kinds) != {"call", "put"}:
+            want_call = "call" in kinds
+            alive &= c.is_call[rows] == want_call
+        rows, which = rows[alive], which[alive]
+        # An instrument's latest bar <= t in the window is its row whose next row (same
+        # instrument, next in time) lies after the window; alive is per instrument and query.
+        latest = self._next_as_of()[rows] > ref_ns[which]
+        return rows[latest], which[latest]
+
+    def _quotes_by_bar_close(self) -> bool:
+        """Whether every row was quoted at or before its bar close (quote_time <= as_of).
+
+        True of every store the importers write (a bar holds the last snapshot inside it);
+        `at_rows` then never has to expand the bar before the freshness window.
+        """
+        if self._quoted_by_close is None:
+            self._quoted_by_close = bool((self.cols.quote_time <= self.cols.as_of).all())
+        return self._quoted_by_close
+
+    def _stale_gaps(
+        self,
+        t_ns: np.ndarray,
+        ref_ns: np.ndarray,
+        kinds: Sequence[str],
+        max_dte: float | None,
+    ) -> int:
+        """Instruments whose latest row at a query lies in the bar before its freshness window
+        (ref - stale - bar, ref - stale]: stale (quote_time <= as_of), counted, never returned.
+
+        Such a row's next row is more than `max_staleness` later, so only rows followed by a
+        gap that long (about one per instrument: its last) are expanded over the queries.
+        """
+        c = self.cols
+        stale_ns = self.max_staleness.value
+        if self._gap_rows is None:
+            self._gap_rows = np.flatnonzero(self._next_as_of() - stale_ns > c.as_of)  # no overflow
+        gap = self._gap_rows
+        if len(gap) == 0:
+            return 0
+        stamps = c.as_of[gap]
+        lo = np.searchsorted(stamps, ref_ns - stale_ns - self.bar.value, side="right")
+        hi = np.searchsorted(stamps, ref_ns - stale_ns, side="right")
+        pos, which = _expand(lo, hi)
+        if len(pos) == 0:
+            return 0
+        rows, which = self._live(gap[pos], which, t_ns, ref_ns, kinds, max_dte)
+        return len(rows)
 
     def _next_as_of(self) -> np.ndarray:
         """Per row, the as_of (ns) of the same instrument's next row; int64 max for the last."""
@@ -947,24 +1005,35 @@ class _MarkPeriod:
 
 
 class _Codes:
-    """Instrument names -> integer codes shared by every block of one scan."""
+    """Instrument names -> integer codes shared by every block and file of one scan."""
 
     def __init__(self) -> None:
-        self.index = pd.Index([], dtype=object)
+        self._code: dict[str, int] = {}
+        self._names: np.ndarray | None = None
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Name -> code of every name seen so far (its length is the number of codes)."""
+        return self._code
 
     def remap(self, cols: ChainColumns) -> ChainColumns:
-        if len(self.index) == 0:
-            self.index = pd.Index(cols.names, dtype=object)
+        """`cols` with codes into this scan's names (a plain dict: a month holds ~4k names)."""
+        if self._names is not None and cols.names is self._names:
+            return cols  # already coded by this scan
+        code = self._code
+        names = cols.names.tolist()
+        mapping = np.array([code.get(n, -1) for n in names], dtype=np.int64)
+        for i in np.flatnonzero(mapping < 0).tolist():
+            mapping[i] = code.setdefault(names[i], len(code))
+        self._names = None
+        if len(cols) == 0 or np.array_equal(mapping, np.arange(len(mapping))):
             return cols
-        mapping = self.index.get_indexer(cols.names)
-        new = mapping < 0
-        if new.any():
-            mapping[new] = len(self.index) + np.arange(int(new.sum()))
-            self.index = self.index.append(pd.Index(cols.names[new], dtype=object))
-        return replace(cols, code=mapping.astype(np.int64)[cols.code] if len(cols) else cols.code)
+        return replace(cols, code=mapping[cols.code])
 
     def names(self) -> np.ndarray:
-        return np.asarray(self.index, dtype=object)
+        if self._names is None:
+            self._names = np.asarray(list(self._code), dtype=object)
+        return self._names
 
 
 class FileDataSource(ChainTableSource):
@@ -1190,16 +1259,24 @@ class FileDataSource(ChainTableSource):
             mine = (ref >= block_lo) & (ref <= block_hi)
             if mine.any():
                 table = ChainTable.from_columns(rows, tf, stale)
-                at, which, q_ns = table.at_rows(
-                    pd.to_datetime(t_ns[mine], utc=True), kinds=kinds, max_dte=max_dte
-                )
-                if selection is not None and len(at):
-                    if len(held) < len(codes.index):
-                        held = np.r_[held, np.zeros(len(codes.index) - len(held), dtype=bool)]
-                    keep = store_selection_mask(table.cols, at, which, q_ns, selection, held)
-                    at, which = at[keep], which[keep]
+                if len(held) < len(codes.index):
+                    held = np.r_[held, np.zeros(len(codes.index) - len(held), dtype=bool)]
+                # a few hundred decision times at a time: the point-in-time rows and the
+                # selection's temporaries of ~30k rows stay in cache and their memory is
+                # reused, where one pass held ~0.5M-row temporaries (fresh pages: system
+                # time in a fresh process); the rows and their order are the same
+                mine_ns = t_ns[mine]
+                for q in range(0, len(mine_ns), _QUERY_CHUNK):
+                    at, which, q_ns = table.at_rows(
+                        pd.to_datetime(mine_ns[q : q + _QUERY_CHUNK], utc=True),
+                        kinds=kinds,
+                        max_dte=max_dte,
+                    )
+                    if selection is not None and len(at):
+                        keep = store_selection_mask(table.cols, at, which, q_ns, selection, held)
+                        at, which = at[keep], which[keep]
+                    found.append(replace(table.cols.take(at), as_of=q_ns[which]))
                 self.gate_counts.update(table.gate_counts)
-                found.append(replace(table.cols.take(at), as_of=q_ns[which]))
             # the next block's first chains look back into this one
             tail = rows.take(np.flatnonzero(rows.as_of > block_hi - chain_back))
         names = codes.names()
@@ -1465,7 +1542,7 @@ class FileDataSource(ChainTableSource):
         max_dte: float | None = None,
         names: Sequence[str] | None = None,
         codes: _Codes | None = None,
-        deferred: list[pa.Table] | None = None,
+        deferred: list[DeferredValues] | None = None,
     ) -> ChainColumns:
         """Chain rows of `underlying` with as_of in [lo, hi] in one columnar pass.
 
@@ -1485,7 +1562,7 @@ class FileDataSource(ChainTableSource):
         max_dte: float | None,
         names: Sequence[str] | None,
         codes: _Codes | None,
-        deferred: list[pa.Table] | None,
+        deferred: list[DeferredValues] | None,
     ) -> ChainColumns:
         """`_scan` inside the scan memory pool."""
         u = underlying.upper()
@@ -1497,16 +1574,19 @@ class FileDataSource(ChainTableSource):
         )
         parts: list[ChainColumns] = []
         if parquet:
+            had = None if deferred is None else len(deferred)
+            codes = _Codes() if codes is None else codes
             try:
-                table = read_parquet_files(
-                    parquet, expr, STORE_SCAN_COLUMNS, window, stats=self.scan_stats
+                parts.extend(
+                    _read_chain_files(
+                        parquet, expr, window, u, deferred, stats=self.scan_stats, codes=codes
+                    )
                 )
-                if deferred is None:
-                    parts.append(columns_from_arrow(table, u))
-                else:
-                    parts.append(_selection_columns(table, u, deferred))
             except (pa.ArrowException, OSError, TypeError, KeyError):
                 # name the broken file (or read mismatched schemas one by one)
+                parts.clear()
+                if deferred is not None:
+                    del deferred[had:]
                 parts.extend(self._read_one(f, u, expr) for f in parquet)
         parts.extend(self._read_one(f, u, expr) for f in files if f.suffix == ".csv")
         self.scan_stats["scans"] += 1
@@ -1533,18 +1613,155 @@ class FileDataSource(ChainTableSource):
         return columns_from_arrow(table, underlying)
 
 
-def _selection_columns(table: pa.Table, underlying: str, deferred: list[pa.Table]) -> ChainColumns:
-    """`table` as chain columns holding only `SELECTION_VALUES` (+ `ROW_ID`); the rest deferred.
+def _read_chain_files(
+    paths: Sequence[Path],
+    expr: ds.Expression,
+    window: ScanWindow,
+    underlying: str,
+    deferred: list[DeferredValues] | None,
+    stats: Counter[str],
+    codes: _Codes | None = None,
+) -> list[ChainColumns]:
+    """The kept rows of the Parquet chain files `paths` in time order, converted file by file.
+
+    One file's decoded Arrow columns are freed before the next is read and its kept rows are
+    copied into arrays sized for every row the planned row groups hold, so a year's scan
+    holds about one month of temporaries at a time, not twelve months of Arrow columns plus
+    their conversion plus a concatenation (in a fresh process the pages first touched cost
+    as much system time as the decode: docs/performance.md). Codes are into `codes` (a new
+    `_Codes` if None). With `deferred` and groups read whole or masked, only the selection
+    columns are decoded now; the deferred value columns stay in the file (`ParquetDeferred`)
+    and are decoded later, for the row groups holding kept rows only. Returns one part (none
+    if no row group is read).
+    """
+    codes = _Codes() if codes is None else codes
+    narrow = [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES]
+    readers = [_chain_reader(path) for path in paths]
+    plans = [plan_row_groups(r, window) for r in readers]
+    bound = sum(
+        r.metadata.row_group(i).num_rows
+        for r, plan in zip(readers, plans, strict=True)
+        for i in plan[0] + plan[1]
+    )
+    sink: _RowSink | None = None
+    for reader, plan in zip(readers, plans, strict=True):
+        schema = reader.schema_arrow
+        lazy = (
+            deferred is not None
+            and window.exact
+            and all(c in schema.names for c in DEFERRED_VALUES)
+        )
+        read = narrow if lazy else list(STORE_SCAN_COLUMNS)
+        present = [c for c in read if c in schema.names]
+        ids, pieces, whole = _file_pieces(reader, expr, present, window, stats, plan)
+        if not pieces:
+            continue
+        if lazy and not whole:  # a group the mask could not test: read it as before
+            full = [c for c in STORE_SCAN_COLUMNS if c in schema.names]
+            ids, pieces, whole = _file_pieces(reader, expr, full, window, stats, plan)
+            lazy = False
+        # the kept rows in time order, converted once (no filtered or sorted copy)
+        table, kept = kept_rows(pieces)
+        if deferred is None:
+            part = columns_from_arrow(table, underlying, rows=kept)
+        elif lazy:
+            cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=kept)
+            sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
+            part = _with_row_ids(cols, ParquetDeferred(reader, ids, sizes), deferred, kept)
+        else:
+            part = _selection_columns(table, underlying, deferred, kept)
+        del table, pieces
+        part = codes.remap(part)
+        if sink is None:
+            sink = _RowSink(bound, tuple(part.values))
+        sink.add(part)
+    return [] if sink is None else [sink.columns(underlying, codes.names())]
+
+
+class _RowSink:
+    """Chain columns written part after part into arrays of `bound` rows (pages never
+    written are never touched, so an over-estimate costs address space, not memory)."""
+
+    def __init__(self, bound: int, values: tuple[str, ...]):
+        self.n = 0
+        self.times = {k: np.empty(bound, dtype=np.int64) for k in ("as_of", "expiry", "quote_time")}
+        self.code = np.empty(bound, dtype=np.int64)
+        self.is_call = np.empty(bound, dtype=bool)
+        self.values = {k: np.empty(bound, dtype=np.float64) for k in values}
+
+    def add(self, cols: ChainColumns) -> None:
+        """Append the rows of `cols` (codes already shared, the same value columns)."""
+        a, b = self.n, self.n + len(cols)
+        for k, out in self.times.items():
+            out[a:b] = getattr(cols, k)
+        self.code[a:b] = cols.code
+        self.is_call[a:b] = cols.is_call
+        for k, out in self.values.items():
+            out[a:b] = cols.values[k]
+        self.n = b
+
+    def columns(self, underlying: str, names: np.ndarray) -> ChainColumns:
+        """The rows appended so far."""
+        n = self.n
+        return ChainColumns(
+            underlying=underlying,
+            as_of=self.times["as_of"][:n],
+            expiry=self.times["expiry"][:n],
+            quote_time=self.times["quote_time"][:n],
+            code=self.code[:n],
+            names=names,
+            is_call=self.is_call[:n],
+            values={k: v[:n] for k, v in self.values.items()},
+        )
+
+
+@dataclass
+class ParquetDeferred:
+    """Deferred value columns left undecoded in a chain file: positions count the rows of
+    its row groups `groups` (of `sizes` rows each) in that order, as the first pass read them."""
+
+    reader: pq.ParquetFile
+    groups: list[int]
+    sizes: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        """Rows the first pass decoded from this file."""
+        return int(self.sizes.sum())
+
+    def values(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """`DEFERRED_VALUES` (float64) at `positions`, decoding only the groups holding them."""
+        starts = np.r_[0, np.cumsum(self.sizes)]
+        group = np.searchsorted(starts, positions, side="right") - 1
+        need = np.unique(group)
+        table = self.reader.read_row_groups(
+            [self.groups[g] for g in need], columns=list(DEFERRED_VALUES), use_threads=False
+        )
+        base = np.zeros(len(self.groups), dtype=np.int64)
+        base[need] = np.r_[0, np.cumsum(self.sizes[need])[:-1]]
+        at = base[group] + positions - starts[group]
+        return {c: float_values(table.column(c))[at] for c in DEFERRED_VALUES}
+
+
+# Where a selective scan's deferred value columns wait: Arrow tables in memory, or the file.
+DeferredValues = pa.Table | ParquetDeferred
+
+
+def _selection_columns(
+    table: pa.Table, underlying: str, deferred: list[DeferredValues], rows: np.ndarray | None = None
+) -> ChainColumns:
+    """Rows `rows` of `table` (default all) as chain columns holding only `SELECTION_VALUES`
+    (+ `ROW_ID`); the rest deferred.
 
     Converting 16 float columns of ~500k rows to numpy was a third of a year's load, while a
     selective replay keeps ~2% of the rows: the other columns are converted for those only.
     """
     rest = table.select(list(DEFERRED_VALUES))  # KeyError when a file lacks one: read per file
-    cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES)
-    return _with_row_ids(cols, rest, deferred)
+    cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=rows)
+    return _with_row_ids(cols, rest, deferred, rows)
 
 
-def _defer_values(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
+def _defer_values(cols: ChainColumns, deferred: list[DeferredValues]) -> ChainColumns:
     """Move the `DEFERRED_VALUES` of already-converted `cols` into `deferred` (no-op if done)."""
     if ROW_ID in cols.values:
         return cols
@@ -1552,39 +1769,71 @@ def _defer_values(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
     return _with_row_ids(cols, rest, deferred)
 
 
-def _with_row_ids(cols: ChainColumns, rest: pa.Table, deferred: list[pa.Table]) -> ChainColumns:
+def _with_row_ids(
+    cols: ChainColumns,
+    rest: DeferredValues,
+    deferred: list[DeferredValues],
+    rows: np.ndarray | None = None,
+) -> ChainColumns:
+    """`cols` carrying, as `ROW_ID`, the position in `deferred` of each row's `rest` values
+    (`rows`: its position in `rest`; default row i of `cols` is row i of `rest`)."""
     start = sum(t.num_rows for t in deferred)
     deferred.append(rest)
     values = {c: cols.values[c] for c in SELECTION_VALUES}
     # row positions below 2**53 are exact in float64, the type every value column has
-    values[ROW_ID] = np.arange(start, start + len(cols), dtype=np.float64)
+    ids = np.arange(len(cols)) if rows is None else rows
+    values[ROW_ID] = (start + ids).astype(np.float64)
     return replace(cols, values=values)
 
 
-def take_deferred(cols: ChainColumns, deferred: list[pa.Table]) -> ChainColumns:
+def take_deferred(cols: ChainColumns, deferred: list[DeferredValues]) -> ChainColumns:
     """`cols` with the deferred value columns filled in for its rows (by `ROW_ID`)."""
     if ROW_ID not in cols.values:
         return cols  # no rows: the empty columns already hold every value column
     values = {c: v for c, v in cols.values.items() if c != ROW_ID}
     ids = cols.values[ROW_ID].astype(np.int64)
-    # Arrow's take on a chunked column first concatenates every chunk (a copy of all ~500k
-    # scanned rows per column); instead each chunk is viewed as numpy and indexed by the ids
-    # that fall in it, so only the kept rows are ever copied
-    chunks = [c for t in deferred for c in t.to_batches()]
-    starts = np.cumsum([0] + [len(c) for c in chunks])
+    starts = np.cumsum([0] + [d.num_rows for d in deferred])
     which = np.searchsorted(starts, ids, side="right") - 1
     order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(len(deferred) + 1))
+    out = {name: np.empty(len(ids), dtype=np.float64) for name in DEFERRED_VALUES}
+    for k, source in enumerate(deferred):
+        a, b = bounds[k], bounds[k + 1]
+        if a == b:
+            continue
+        at = order[a:b]
+        got = (
+            source.values(ids[at] - starts[k])
+            if isinstance(source, ParquetDeferred)
+            else _table_values(source, ids[at] - starts[k])
+        )
+        for name in DEFERRED_VALUES:
+            out[name][at] = got[name]
+    values.update(out)
+    return replace(cols, values={c: values[c] for c in VALUE_COLUMNS})
+
+
+def _table_values(table: pa.Table, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """`DEFERRED_VALUES` of an in-memory table at `positions` (float64)."""
+    # Arrow's take on a chunked column first concatenates every chunk (a copy of all ~500k
+    # scanned rows per column); instead each chunk is viewed as numpy and indexed by the
+    # positions that fall in it, so only the kept rows are ever copied
+    chunks = table.to_batches()
+    starts = np.cumsum([0] + [len(c) for c in chunks])
+    which = np.searchsorted(starts, positions, side="right") - 1
+    order = np.argsort(which, kind="stable")
     bounds = np.searchsorted(which[order], np.arange(len(chunks) + 1))
+    out = {}
     for name in DEFERRED_VALUES:
-        out = np.empty(len(ids), dtype=np.float64)
+        column = np.empty(len(positions), dtype=np.float64)
         for k, chunk in enumerate(chunks):
             a, b = bounds[k], bounds[k + 1]
             if a == b:
                 continue
             at = order[a:b]
-            out[at] = _float_view(chunk.column(name))[ids[at] - starts[k]]
-        values[name] = out
-    return replace(cols, values={c: values[c] for c in VALUE_COLUMNS})
+            column[at] = _float_view(chunk.column(name))[positions[at] - starts[k]]
+        out[name] = column
+    return out
 
 
 def _float_view(column: pa.Array) -> np.ndarray:
@@ -1678,53 +1927,125 @@ def read_parquet_files(
 ) -> pa.Table:
     """Rows of the Parquet files `paths` matching `expr`, `columns` projected, in file order.
 
-    One `ParquetFile` read per file (pre-buffered, whole row groups) and an Arrow filter, not a
+    The decoded row groups of `read_parquet_pieces`, filtered by their keep masks.
+    """
+    pieces = read_parquet_pieces(paths, expr, columns, window, stats)
+    if not pieces:
+        names = set(pq.read_schema(paths[0]).names) if paths else set()
+        present = [c for c in columns if c in names]
+        return pq.read_schema(paths[0]).empty_table().select(present) if paths else pa.table({})
+    return pa.concat_tables(
+        [piece if keep is None else piece.filter(pa.array(keep)) for piece, keep in pieces]
+    )
+
+
+def read_parquet_pieces(
+    paths: Sequence[Path],
+    expr: ds.Expression,
+    columns: Sequence[str],
+    window: ScanWindow | None = None,
+    stats: Counter[str] | None = None,
+) -> list[tuple[pa.Table, np.ndarray | None]]:
+    """Decoded row groups of the Parquet files `paths` (`columns` projected), in file order,
+    each with the rows of it matching `expr` as a boolean mask (None: every row matches).
+
+    One `ParquetFile` read per file (pre-buffered, whole row groups), not a
     `pyarrow.dataset` scan: the scan's start-up (thread pool, fragment discovery, per-batch
     filter) cost more than the reads themselves on a year of month files (docs/performance.md).
     With `window` (the same conditions as `expr`), row groups outside it are never decoded and
-    groups wholly inside it skip the filter (`plan_row_groups`); rows then come in file order
-    per group, so callers sort by time. `stats` counts row groups read and skipped and rows
-    decoded. The first file's schema decides which of `columns` are read; a later file
-    lacking one, or with other types, raises (the caller then reads file by file and names
-    the bad file).
+    groups wholly inside it need no test (`plan_row_groups`). The others are tested with a
+    numpy mask when the window is exact, else filtered by `expr` (their mask is then None).
+    Returning masks instead of filtered copies lets the caller convert only the kept rows,
+    in its own order, with one copy per column (`columns_from_arrow(rows=...)`). `stats`
+    counts row groups read and skipped and rows decoded. The first file's schema decides
+    which of `columns` are read; a later file lacking one, or with other types, raises (the
+    caller then reads file by file and names the bad file).
     """
-    if not paths:
-        return pa.table({})
     stats = Counter() if stats is None else stats
-    parts = []
+    pieces: list[tuple[pa.Table, np.ndarray | None]] = []
     present: list[str] | None = None
     for path in paths:
-        # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
-        reader = pq.ParquetFile(path, pre_buffer=True, read_dictionary=["instrument_name", "kind"])
+        reader = _chain_reader(path)
         if present is None:
             names = set(reader.schema_arrow.names)
             present = [c for c in columns if c in names]
-        groups = reader.metadata.num_row_groups
-        if window is None:
-            whole, partial = [], list(range(groups))
-        else:
-            whole, partial = plan_row_groups(reader, window)
-        stats["row_groups"] += groups
-        stats["row_groups_read"] += len(whole) + len(partial)
-        ids = sorted(whole + partial)  # file order: (tier, kind) groups, time-sorted inside
-        if not ids:
+        pieces.extend(_file_pieces(reader, expr, present, window, stats)[1])
+    return pieces
+
+
+def _chain_reader(path: Path) -> pq.ParquetFile:
+    """A chain partition opened for reading (pre-buffered row groups)."""
+    # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
+    return pq.ParquetFile(path, pre_buffer=True, read_dictionary=["instrument_name", "kind"])
+
+
+def _file_pieces(
+    reader: pq.ParquetFile,
+    expr: ds.Expression,
+    columns: Sequence[str],
+    window: ScanWindow | None,
+    stats: Counter[str],
+    plan: tuple[list[int], list[int]] | None = None,
+) -> tuple[list[int], list[tuple[pa.Table, np.ndarray | None]], bool]:
+    """The row groups of one file a scan decodes, the pieces of `read_parquet_pieces`, and
+    whether the pieces are the whole groups (no piece filtered by `expr`). `plan`: the
+    file's `plan_row_groups` when already made."""
+    groups = reader.metadata.num_row_groups
+    if plan is not None:
+        whole, partial = plan
+    elif window is None:
+        whole, partial = [], list(range(groups))
+    else:
+        whole, partial = plan_row_groups(reader, window)
+    stats["row_groups"] += groups
+    stats["row_groups_read"] += len(whole) + len(partial)
+    ids = sorted(whole + partial)  # file order: (tier, kind) groups, time-sorted inside
+    if not ids:
+        return ids, [], True
+    if len(ids) == groups:
+        table = reader.read(columns=list(columns), use_threads=False)
+    else:
+        table = reader.read_row_groups(ids, columns=list(columns), use_threads=False)
+    stats["rows_decoded"] += table.num_rows
+    # in file order: whole groups as zero-copy slices, only partial ones tested
+    meta, at, cut = reader.metadata, 0, set(partial)
+    pieces: list[tuple[pa.Table, np.ndarray | None]] = []
+    whole_groups = True
+    for i in ids:
+        n = meta.row_group(i).num_rows
+        piece = table.slice(at, n)
+        at += n
+        if i not in cut:
+            pieces.append((piece, None))
             continue
-        if len(ids) == groups:
-            table = reader.read(columns=present, use_threads=False)
+        keep = _row_mask(piece, window)
+        if keep is None:
+            whole_groups = False
+            pieces.append((piece.filter(expr), None))
         else:
-            table = reader.read_row_groups(ids, columns=present, use_threads=False)
-        stats["rows_decoded"] += table.num_rows
-        # in file order: whole groups as zero-copy slices, only partial ones filtered
-        meta, at, cut = reader.metadata, 0, set(partial)
-        for i in ids:
-            n = meta.row_group(i).num_rows
-            piece = table.slice(at, n)
-            parts.append(_filter_rows(piece, expr, window) if i in cut else piece)
-            at += n
-    if not parts:
-        schema = pq.read_schema(paths[0])
-        return schema.empty_table().select(present or [])
-    return pa.concat_tables(parts)
+            pieces.append((piece, keep))
+    return ids, pieces, whole_groups
+
+
+def kept_rows(pieces: Sequence[tuple[pa.Table, np.ndarray | None]]) -> tuple[pa.Table, np.ndarray]:
+    """The pieces as one table (no copy) and the positions of their kept rows, by as_of.
+
+    Positions are in file order among equal `as_of` (a stable sort), which is the order the
+    filtered rows had before (`columns_from_arrow(table, rows=...)` converts them).
+    """
+    table = pa.concat_tables([piece for piece, _ in pieces])
+    ids = []
+    at = 0
+    for piece, keep in pieces:
+        n = piece.num_rows
+        ids.append(np.arange(at, at + n) if keep is None else at + np.flatnonzero(keep))
+        at += n
+    rows = np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
+    if len(rows) > 1:
+        as_of = as_of_ns(table)[rows]
+        if (as_of[1:] < as_of[:-1]).any():
+            rows = rows[np.argsort(as_of, kind="stable")]
+    return table, rows
 
 
 @contextlib.contextmanager
@@ -1747,18 +2068,17 @@ def _scan_pool() -> Iterator[None]:
         pa.set_memory_pool(previous)
 
 
-def _filter_rows(table: pa.Table, expr: ds.Expression, window: ScanWindow | None) -> pa.Table:
-    """Rows of `table` matching `expr`; for an exact window, a numpy mask of the same test.
-
-    The mask skips Acero's per-call plan (a tenth of a year's load); `expr` stays the rule
-    for anything the mask cannot answer (name lists, other time units, nulls).
+def _row_mask(table: pa.Table, window: ScanWindow | None) -> np.ndarray | None:
+    """Which rows of `table` pass an exact window's test, as a numpy mask; None when the mask
+    cannot answer (no window or not exact: name lists; other time units, nulls), and the scan
+    filter expression must decide. The mask skips Acero's per-call plan (a tenth of a year's load).
     """
     if window is None or not window.exact:
-        return table.filter(expr)
+        return None
     ts = pa.timestamp("ns", tz="UTC")
     cols = [table.column(c) for c in ("as_of", "expiry")]
     if any(c.type != ts or c.null_count for c in cols):
-        return table.filter(expr)
+        return None
     as_of, expiry = (c.cast(pa.int64()).to_numpy() for c in cols)
     keep = (as_of >= window.lo) & (as_of <= window.hi)
     if window.max_dte is not None:
@@ -1766,7 +2086,18 @@ def _filter_rows(table: pa.Table, expr: ds.Expression, window: ScanWindow | None
     if window.kinds != {"call", "put"}:
         kind = pc.is_in(table.column("kind"), value_set=pa.array(sorted(window.kinds)))
         keep &= kind.to_numpy(zero_copy_only=False).astype(bool)
-    return table.filter(pa.array(keep))
+    return keep
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions lo[q] .. hi[q] - 1 for every q, one after the other, and the q of each."""
+    lengths = hi - lo
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    which = np.repeat(np.arange(len(lo)), lengths)
+    starts = np.repeat(lo - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return starts + np.arange(total), which
 
 
 def _sorted_by(keys: Sequence[np.ndarray]) -> bool:

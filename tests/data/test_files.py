@@ -452,3 +452,68 @@ def test_linear_options_are_found_under_their_coin(tmp_path: Path) -> None:
     marks = src.option_marks([name], pd.DatetimeIndex([T0, T0 + 2 * H]))
     assert marks[0].tolist() == [2.0, 3.0]
     assert src.get_option_ohlc(name, T0, T0 + 2 * H, "1h")["close"].tolist() == [2.0, 2.5, 3.0]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    quotes=st.lists(
+        st.tuples(
+            st.sampled_from([CALL, PUT, SHORT]),
+            st.integers(0, 20 * 60),
+            st.integers(-90, 30),  # minutes from the quote to its as_of bar (> 0: late quote)
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    queries=st.lists(st.integers(-60, 24 * 60), min_size=1, max_size=10),
+    stale_minutes=st.sampled_from([30, 60, 90, 120, 180]),
+    kinds=st.sampled_from([("call", "put"), ("call",), ("put",)]),
+    max_dte=st.sampled_from([None, 0.2, 7.5]),
+)
+def test_at_rows_match_a_per_query_walk_with_kinds_dte_and_late_quotes(
+    quotes, queries, stale_minutes: int, kinds, max_dte
+) -> None:
+    # at_rows skips the bar before the freshness window when every quote is at or before
+    # its bar close (then only the instruments that went stale are looked up there); with a
+    # quote after its bar close it walks the whole window. Both must equal the reference
+    # walk: same rows, order and count of instruments left out as stale, for any kinds,
+    # days-to-expiry limit and staleness (shorter or longer than a bar).
+    rows = []
+    for name, minute, late in quotes:
+        bar = (T0 + pd.Timedelta(minutes=minute)).ceil("h")
+        rows.append((name, bar, bar + pd.Timedelta(minutes=late), 0.01 + minute * 1e-6))
+    frame = chain_rows(rows).drop_duplicates(["as_of", "instrument_name"], keep="last")
+    stale = pd.Timedelta(minutes=stale_minutes)
+    table = ChainTable(frame, "1h", stale)
+    times = pd.DatetimeIndex([T0 + pd.Timedelta(minutes=m) for m in queries])
+    got_rows, got_which, _ = table.at_rows(times, kinds=kinds, max_dte=max_dte)
+    c = table.cols
+    bar = H.value
+    want: list[tuple[int, int]] = []
+    want_stale = 0
+    for q, t in enumerate(times.as_unit("ns").asi8):
+        ref = t - t % bar
+        latest: dict[int, int] = {}
+        for r in range(len(c)):
+            if ref - stale.value - bar < c.as_of[r] <= ref:
+                latest[int(c.code[r])] = r  # rows are in as_of order: the last one wins
+        picked = []
+        for r in latest.values():
+            if c.expiry[r] <= t or ("call" if c.is_call[r] else "put") not in kinds:
+                continue
+            if max_dte is not None and c.expiry[r] - t > max_dte * 86_400e9:
+                continue
+            if ref - c.quote_time[r] < stale.value:
+                picked.append(r)
+            else:
+                want_stale += 1
+        picked.sort(key=lambda r: (not c.is_call[r], c.expiry[r], c.values["strike"][r]))
+        want.extend((q, r) for r in picked)
+    assert table._quotes_by_bar_close() == all(late <= 0 for _, _, late in quotes)
+    assert list(zip(got_which.tolist(), got_rows.tolist(), strict=True)) == want
+    assert table.gate_counts["stale"] == want_stale
