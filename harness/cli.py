@@ -31,10 +31,14 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------------- sweep
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from harness.experiments.sweep import run_sweep
-
     if args.backend == "local" and args.address:
         raise CLIError("--address is for --backend ray")
+    if args.backend == "local" and args.workers != 1:
+        from harness.experiments.sweep_pool import start_worker_server
+
+        start_worker_server()  # the workers' imports overlap with the driver's, next line
+    from harness.experiments.sweep import run_sweep
+
     summary = run_sweep(
         args.sweep,
         backend=args.backend,

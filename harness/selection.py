@@ -41,7 +41,8 @@ def adjust_pvalues(pvalues: np.ndarray | list[float], method: AdjustMethod) -> n
 
 def mean_pvalue(values: np.ndarray, *, lags: int) -> float:
     """One-sided p-value of H0 mean <= 0 vs mean > 0, Newey-West t-statistic with `lags` lags."""
-    import statsmodels.api as sm
+    # the module itself, not statsmodels.api: that imports formula support (~0.4 s) unused here
+    from statsmodels.regression.linear_model import OLS
 
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
@@ -50,7 +51,7 @@ def mean_pvalue(values: np.ndarray, *, lags: int) -> float:
     if np.allclose(x, x[0]):
         return 0.0 if x[0] > 0 else 1.0
     lags = int(min(max(lags, 0), len(x) - 2))
-    fit = sm.OLS(x, np.ones(len(x))).fit(cov_type="HAC", cov_kwds={"maxlags": lags})
+    fit = OLS(x, np.ones(len(x))).fit(cov_type="HAC", cov_kwds={"maxlags": lags})
     return float(sps.norm.sf(float(fit.tvalues[0])))
 
 

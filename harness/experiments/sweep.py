@@ -41,6 +41,7 @@ from harness.experiments.sweep_backends import (
     write_back,
 )
 from harness.experiments.sweep_outputs import (
+    TrialBoard,
     TrialRecord,
     build_leaderboard,
     headline,
@@ -125,6 +126,7 @@ class SweepRunner:
         (self.dir / "trials").mkdir(exist_ok=True)
         self.state = self._load_state()
         self.llm_prefetch: dict[str, Any] | None = None
+        self._boards: dict[int, TrialBoard] = {}  # leaderboard entries the workers sent back
 
     def _load_state(self) -> dict[str, dict[str, Any]]:
         p = self.dir / SWEEP_JSON
@@ -182,6 +184,8 @@ class SweepRunner:
         for n, outcome in enumerate(self._execute(todo, dirs), start=1):
             trial = trials[outcome.index]
             rec = self.state[trial.key]
+            if outcome.board is not None:
+                self._boards[outcome.index] = outcome.board
             rec.update(
                 status=outcome.status,
                 error=outcome.error,
@@ -319,7 +323,7 @@ class SweepRunner:
             if self.state[t.key]["status"] == "complete"
         ]
         axes = self.sweep.axes
-        board, series = build_leaderboard(finished, axes)
+        board, series = build_leaderboard(finished, axes, self._boards)
         stats = selection_statistics(board, series)
         unit = "USD" if trials[0].config.reward.kind == "pnl_vs_hodl" else "bps"
         sentence = headline(stats, board, {t.index: t.label() for t in trials}, unit)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-import multiprocessing as mp
 import os
 import tempfile
 import time
@@ -29,6 +28,8 @@ from harness.data.source import MarketDataSource
 from harness.experiments.config import ExperimentConfig, parse_config
 from harness.experiments.markets import build_market
 from harness.experiments.sweep_market import SharedChains, share_chains
+from harness.experiments.sweep_outputs import TrialBoard, trial_board
+from harness.experiments.sweep_pool import worker_context
 
 Backend = Literal["local", "ray"]
 DRIVER = "driver"  # outcome status: the trial must run in the driver (the cache writer)
@@ -66,6 +67,9 @@ class TrialOutcome:
     elapsed_s: float
     files: dict[str, bytes] | None = None  # Ray: the run folder's files, written by the driver
     cpu_s: float = 0.0  # CPU seconds of the process that ran it, during the trial
+    # a complete trial's leaderboard entries, summarized where it ran (the driver then only
+    # gathers them instead of reading every trial's decisions after the last one finished)
+    board: TrialBoard | None = None
 
 
 def market_key(config: ExperimentConfig) -> str:
@@ -196,10 +200,21 @@ def _trial_gc() -> Iterator[None]:
 def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialOutcome:
     """Run one trial into its folder (resuming decisions already there); never raises."""
     t0, c0 = time.perf_counter(), time.process_time()
+    board = None
     with _trial_gc():
         status, error = _run_trial(task, market)
+        if status == "complete":
+            try:
+                board = trial_board(Path(task.trial_dir))
+            except Exception:  # the driver reads the folder again and reports the error
+                board = None
     return TrialOutcome(
-        task.index, status, error, time.perf_counter() - t0, cpu_s=time.process_time() - c0
+        task.index,
+        status,
+        error,
+        time.perf_counter() - t0,
+        cpu_s=time.process_time() - c0,
+        board=board,
     )
 
 
@@ -246,17 +261,7 @@ def run_local(
     """
     if not tasks:
         return
-    # forkserver: workers fork from a clean server that already imported the runner and the
-    # report, so they start fast and never inherit the driver's threads (progress bars, Ray,
-    # HTTP clients)
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(
-        [
-            "harness.experiments.sweep_backends",
-            "harness.experiments.runner",
-            "harness.reports.report",
-        ]
-    )
+    ctx = worker_context()  # forkserver: see sweep_pool (already started by `harness sweep`)
     with ProcessPoolExecutor(
         max_workers=max(1, workers),
         mp_context=ctx,

@@ -95,59 +95,89 @@ def _axis_cell(v: Any) -> Any:
     return v
 
 
+@dataclass(frozen=True)
+class TrialBoard:
+    """One finished trial's leaderboard entries (one per policy, without the trial's id and
+    axis values) and each policy's per-decision rewards, indexed by decision time (ISO text)."""
+
+    entries: list[dict[str, Any]]
+    rewards: dict[str, pd.Series]
+
+
+def trial_board(run_dir: Path) -> TrialBoard:
+    """The leaderboard entries and rewards of one finished run folder (reads its files).
+
+    A sweep worker calls this right after its trial, so the driver only gathers the results;
+    the driver calls it for trials finished by an earlier run of the sweep.
+    """
+    d = run_dir
+    manifest = json.loads((d / "manifest.json").read_text())
+    metrics = json.loads((d / "metrics.json").read_text())
+    comparison = json.loads((d / "comparison.json").read_text())
+    config = yaml.load((d / "config.yaml").read_text(), Loader=YAML_LOADER)
+    hindsight = {
+        p["name"]
+        for p in config["policies"]
+        if p.get("type") == "rule" and p.get("rule") in HINDSIGHT_RULES
+    }
+    block = int(comparison.get("block_length") or 1)
+    baseline = comparison.get("baseline") or manifest.get("baseline")
+    pairs = {p["policy"]: p for p in comparison.get("pairs", [])}
+    rewards = _read_rewards(d / "decisions.jsonl")
+    by_policy = {
+        name: g.set_index("decision_time")["reward"].sort_index()
+        for name, g in rewards.groupby("policy")
+    }
+    base_r = by_policy.get(baseline)
+    entries: list[dict[str, Any]] = []
+    series: dict[str, pd.Series] = {}
+    for policy in manifest.get("policies", []):
+        r = by_policy.get(policy, pd.Series(dtype=float))
+        m = metrics.get(policy, {})
+        row: dict[str, Any] = {
+            "policy": policy,
+            "is_baseline": policy == baseline,
+            "hindsight": policy in hindsight,
+            "block_length": block,
+        }
+        row.update({k: float(m.get(k, float("nan"))) for k in METRIC_COLUMNS})
+        row["reward_sharpe"] = sharpe_ratio(r.to_numpy())
+        row["p_value"] = mean_pvalue(r.to_numpy(), lags=block)
+        pair = pairs.get(policy)
+        row["diff_vs_baseline"] = pair["mean_diff"] if pair else float("nan")
+        row["diff_ci_low"] = pair["ci_low"] if pair else float("nan")
+        row["diff_ci_high"] = pair["ci_high"] if pair else float("nan")
+        if pair and base_r is not None:
+            diff = (r - base_r.reindex(r.index)).dropna().to_numpy()
+            row["p_vs_baseline"] = mean_pvalue(diff, lags=block)
+        else:
+            row["p_vs_baseline"] = float("nan")
+        entries.append(row)
+        series[policy] = r
+    return TrialBoard(entries, series)
+
+
 def build_leaderboard(
-    trials: list[TrialRecord], axes: list[str]
+    trials: list[TrialRecord],
+    axes: list[str],
+    boards: dict[int, TrialBoard] | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[int, str], pd.Series]]:
-    """Leaderboard rows per (trial, policy) and each row's per-decision rewards by time."""
+    """Leaderboard rows per (trial, policy) and each row's per-decision rewards by time.
+
+    `boards` holds the trials whose workers already summarized them (by trial index); the
+    others are read from their folders.
+    """
     rows: list[dict[str, Any]] = []
     series: dict[tuple[int, str], pd.Series] = {}
+    boards = boards or {}
     for t in trials:
-        d = t.path
-        manifest = json.loads((d / "manifest.json").read_text())
-        metrics = json.loads((d / "metrics.json").read_text())
-        comparison = json.loads((d / "comparison.json").read_text())
-        config = yaml.load((d / "config.yaml").read_text(), Loader=YAML_LOADER)
-        hindsight = {
-            p["name"]
-            for p in config["policies"]
-            if p.get("type") == "rule" and p.get("rule") in HINDSIGHT_RULES
-        }
-        block = int(comparison.get("block_length") or 1)
-        baseline = comparison.get("baseline") or manifest.get("baseline")
-        pairs = {p["policy"]: p for p in comparison.get("pairs", [])}
-        rewards = _read_rewards(d / "decisions.jsonl")
-        by_policy = {
-            name: g.set_index("decision_time")["reward"].sort_index()
-            for name, g in rewards.groupby("policy")
-        }
-        base_r = by_policy.get(baseline)
-        for policy in manifest.get("policies", []):
-            r = by_policy.get(policy, pd.Series(dtype=float))
-            m = metrics.get(policy, {})
+        tb = boards.get(t.index) or trial_board(t.path)
+        for entry in tb.entries:
             row: dict[str, Any] = {"trial": t.index, "trial_id": t.trial_id}
             row.update({a: _axis_cell(t.point.get(a)) for a in axes})
-            row.update(
-                {
-                    "policy": policy,
-                    "is_baseline": policy == baseline,
-                    "hindsight": policy in hindsight,
-                    "block_length": block,
-                }
-            )
-            row.update({k: float(m.get(k, float("nan"))) for k in METRIC_COLUMNS})
-            row["reward_sharpe"] = sharpe_ratio(r.to_numpy())
-            row["p_value"] = mean_pvalue(r.to_numpy(), lags=block)
-            pair = pairs.get(policy)
-            row["diff_vs_baseline"] = pair["mean_diff"] if pair else float("nan")
-            row["diff_ci_low"] = pair["ci_low"] if pair else float("nan")
-            row["diff_ci_high"] = pair["ci_high"] if pair else float("nan")
-            if pair and base_r is not None:
-                diff = (r - base_r.reindex(r.index)).dropna().to_numpy()
-                row["p_vs_baseline"] = mean_pvalue(diff, lags=block)
-            else:
-                row["p_vs_baseline"] = float("nan")
+            row.update(entry)
             rows.append(row)
-            series[(t.index, policy)] = r
+            series[(t.index, entry["policy"])] = tb.rewards[entry["policy"]]
     board = pd.DataFrame(rows)
     if board.empty:
         return board, series

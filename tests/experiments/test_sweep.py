@@ -14,7 +14,10 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
+from harness.experiments.config import dump_config
 from harness.experiments.sweep import SweepRunner, run_sweep
+from harness.experiments.sweep_backends import TrialTask, run_trial
+from harness.experiments.sweep_outputs import TrialRecord, build_leaderboard, trial_board
 from tests.experiments.sweep_fixtures import GRID, trial_errors, write_sweep
 
 ROOT = Path(__file__).parents[2]
@@ -75,6 +78,38 @@ def test_outputs_of_a_sweep(local_sweep: Path) -> None:
     assert data["headline"].split(" in trial")[0] in html
     assert "Heatmap: iv_rich" in html and "Deflated Sharpe Ratio" in html
     assert "survive" in data["headline"]
+
+
+def test_leaderboard_from_worker_summaries_equals_one_read_from_the_folders(
+    local_sweep: Path,
+) -> None:
+    # the pool's workers summarized their trials (`TrialOutcome.board`); reading every trial
+    # folder afresh in the driver must give the very same leaderboard and reward series
+    data = json.loads((local_sweep / "sweep.json").read_text())
+    records = [
+        TrialRecord(t["index"], t["trial_id"], t["point"], local_sweep / "trials" / t["trial_id"])
+        for t in data["trials"]
+    ]
+    board, series = build_leaderboard(records, data["axes"])
+    pd.testing.assert_frame_equal(board, pd.read_parquet(local_sweep / "leaderboard.parquet"))
+    assert len(series) == 12 and all(len(s) > 0 for s in series.values())
+
+
+def test_a_trial_outcome_carries_the_trial_board(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path)
+    runner = SweepRunner(path, workers=1, out_dir=tmp_path / "runs", quiet=True)
+    trial = runner.sweep.trials[0]
+    folder = runner._trial_dir(trial)
+    outcome = run_trial(TrialTask(0, str(folder), dump_config(trial.config), False))
+    assert outcome.status == "complete" and outcome.board is not None, outcome.error
+    again = trial_board(folder)
+    assert [e["policy"] for e in outcome.board.entries] == ["always_sell", "iv_rich", "oracle"]
+    pd.testing.assert_frame_equal(pd.DataFrame(outcome.board.entries), pd.DataFrame(again.entries))
+    for name, r in again.rewards.items():
+        pd.testing.assert_series_equal(outcome.board.rewards[name], r)
+    # a failed trial carries none (the driver reports its error instead)
+    bad = run_trial(TrialTask(1, str(tmp_path / "nowhere"), "not: [a, config", False))
+    assert bad.status == "failed" and bad.board is None
 
 
 def test_ray_backend_gives_the_same_leaderboard(
