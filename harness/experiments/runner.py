@@ -999,6 +999,11 @@ class ExperimentRunner:
             )
         )
 
+    def written_decisions(self) -> list[dict[str, Any]] | None:
+        """decisions.jsonl's objects as the last `run` wrote them, in file order; None after a
+        resumed run (the file then also holds an earlier run's rows: read it instead)."""
+        return getattr(self, "_rows", None)
+
     def _decision_objects(self) -> list[dict[str, Any]]:
         """decisions.jsonl's objects: from memory on a fresh run, else read (torn lines skipped)."""
         if self._rows is not None:

@@ -200,14 +200,8 @@ def _trial_gc() -> Iterator[None]:
 def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialOutcome:
     """Run one trial into its folder (resuming decisions already there); never raises."""
     t0, c0 = time.perf_counter(), time.process_time()
-    board = None
     with _trial_gc():
-        status, error = _run_trial(task, market)
-        if status == "complete":
-            try:
-                board = trial_board(Path(task.trial_dir))
-            except Exception:  # the driver reads the folder again and reports the error
-                board = None
+        status, error, board = _run_trial(task, market)
     return TrialOutcome(
         task.index,
         status,
@@ -218,8 +212,10 @@ def run_trial(task: TrialTask, market: MarketDataSource | None = None) -> TrialO
     )
 
 
-def _run_trial(task: TrialTask, market: MarketDataSource | None) -> tuple[str, str | None]:
-    """(status, error) of running one trial; see `run_trial`."""
+def _run_trial(
+    task: TrialTask, market: MarketDataSource | None
+) -> tuple[str, str | None, TrialBoard | None]:
+    """(status, error, leaderboard entries) of running one trial; see `run_trial`."""
     from harness.experiments.runner import ExperimentRunner, LLMRequiredError
 
     try:
@@ -240,10 +236,14 @@ def _run_trial(task: TrialTask, market: MarketDataSource | None) -> tuple[str, s
         # an answer the prefetch did not leave in the cache (or no copy of the cache on this
         # node): the folder is not finished, the driver runs the trial with the cache writer
         (Path(task.trial_dir) / "manifest.json").unlink(missing_ok=True)
-        return DRIVER, str(exc)
+        return DRIVER, str(exc), None
     except Exception as exc:
-        return "failed", "".join(traceback.format_exception_only(exc)).strip()
-    return "complete", None
+        return "failed", "".join(traceback.format_exception_only(exc)).strip(), None
+    try:
+        board = trial_board(Path(task.trial_dir), runner.written_decisions())
+    except Exception:  # the driver reads the folder again and reports the error
+        board = None
+    return "complete", None, board
 
 
 def run_inline(tasks: Iterable[TrialTask]) -> Iterator[TrialOutcome]:

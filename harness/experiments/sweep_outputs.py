@@ -89,6 +89,20 @@ def _read_rewards(path: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
+def _rewards_of_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """`_read_rewards` of decisions.jsonl objects already in memory (the same frame)."""
+    reward = np.array([np.nan if r.get("reward") is None else r["reward"] for r in rows], float)
+    # a non-finite reward is written as JSON null, which Arrow's reader gives as NaN
+    reward[~np.isfinite(reward)] = np.nan
+    return pd.DataFrame(
+        {
+            "policy": [r.get("policy") for r in rows],
+            "decision_time": [r.get("decision_time") for r in rows],
+            "reward": reward,
+        }
+    )
+
+
 def _axis_cell(v: Any) -> Any:
     if isinstance(v, list | dict):
         return json.dumps(v)
@@ -104,11 +118,13 @@ class TrialBoard:
     rewards: dict[str, pd.Series]
 
 
-def trial_board(run_dir: Path) -> TrialBoard:
+def trial_board(run_dir: Path, decision_rows: list[dict[str, Any]] | None = None) -> TrialBoard:
     """The leaderboard entries and rewards of one finished run folder (reads its files).
 
-    A sweep worker calls this right after its trial, so the driver only gathers the results;
-    the driver calls it for trials finished by an earlier run of the sweep.
+    A sweep worker calls this right after its trial, passing the decisions.jsonl objects the
+    runner still holds (`ExperimentRunner.written_decisions`; the file is then not parsed), so
+    the driver only gathers the results; the driver reads the folders of trials finished by an
+    earlier run of the sweep.
     """
     d = run_dir
     manifest = json.loads((d / "manifest.json").read_text())
@@ -123,7 +139,10 @@ def trial_board(run_dir: Path) -> TrialBoard:
     block = int(comparison.get("block_length") or 1)
     baseline = comparison.get("baseline") or manifest.get("baseline")
     pairs = {p["policy"]: p for p in comparison.get("pairs", [])}
-    rewards = _read_rewards(d / "decisions.jsonl")
+    if decision_rows is None:
+        rewards = _read_rewards(d / "decisions.jsonl")
+    else:
+        rewards = _rewards_of_rows(decision_rows)
     by_policy = {
         name: g.set_index("decision_time")["reward"].sort_index()
         for name, g in rewards.groupby("policy")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.experiments.sweep_outputs import _read_rewards
+from harness import strict_json
+from harness.experiments.sweep_outputs import _read_rewards, _rewards_of_rows
 
 ROWS = [
     {
@@ -54,3 +55,14 @@ def test_an_empty_file_has_no_rewards(tmp_path: Path) -> None:
     path.write_text("")
     got = _read_rewards(path)
     assert got.empty and list(got.columns) == ["policy", "decision_time", "reward"]
+
+
+def test_rewards_of_rows_in_memory_equal_the_file_read(tmp_path: Path) -> None:
+    # the runner's in-memory objects keep a non-finite reward as a float; the file has null
+    in_memory = [dict(r) for r in ROWS]
+    in_memory[1]["reward"] = float("inf")
+    in_memory.append({"decision_time": "2024-01-01T08:00:00+00:00", "policy": "gpt"})
+    in_memory[-1]["reward"] = float("nan")
+    path = tmp_path / "decisions.jsonl"
+    path.write_text("".join(strict_json.dumps(r) + "\n" for r in in_memory))
+    pd.testing.assert_frame_equal(_rewards_of_rows(in_memory), _read_rewards(path))
