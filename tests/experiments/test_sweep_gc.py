@@ -19,9 +19,9 @@ def record(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     """Replace the trial itself: note whether automatic GC was on, and full collections."""
     seen: dict[str, list[Any]] = {"enabled": [], "collected": []}
 
-    def fake(task: TrialTask, market: Any) -> tuple[str, str | None]:
+    def fake(task: TrialTask, market: Any) -> tuple[str, str | None, None]:
         seen["enabled"].append(gc.isenabled())
-        return "complete", None
+        return "complete", None, None
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
         if phase == "stop":
