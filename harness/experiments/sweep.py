@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from rich.console import Console
 
 from harness import strict_json
-from harness.experiments.config import dump_config, parse_config
+from harness.experiments.config import parse_config
 from harness.experiments.runner import create_run_dir, run_config_text
 from harness.experiments.sweep_backends import (
     DRIVER,
     Backend,
     TrialOutcome,
     TrialTask,
+    config_json,
     init_ray,
     market_key,
     needs_cache_writer,
@@ -213,7 +213,7 @@ class SweepRunner:
 
     def _execute(self, todo: list[Trial], dirs: dict[int, Path]) -> Iterator[TrialOutcome]:
         def task(t: Trial) -> TrialTask:
-            return TrialTask(t.index, str(dirs[t.index]), dump_config(t.config), self.trial_reports)
+            return TrialTask(t.index, str(dirs[t.index]), config_json(t.config), self.trial_reports)
 
         llm = [task(t) for t in todo if needs_cache_writer(t.config)]
         spread = [task(t) for t in todo if not needs_cache_writer(t.config)]
@@ -285,7 +285,7 @@ class SweepRunner:
             "cost_usd": 0.0,
         }
         for n, t in enumerate(tasks, start=1):
-            cache_off = parse_config(yaml.safe_load(t.config_yaml), t.trial_dir).cache.mode
+            cache_off = parse_config(json.loads(t.config_json), t.trial_dir).cache.mode
             if cache_off == "off":
                 here.append(t)  # no cache to share: the trial asks the model itself, here
                 continue

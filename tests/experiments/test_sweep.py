@@ -14,9 +14,8 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.experiments.config import dump_config
 from harness.experiments.sweep import SweepRunner, run_sweep
-from harness.experiments.sweep_backends import TrialTask, run_trial
+from harness.experiments.sweep_backends import TrialTask, config_json, run_trial
 from harness.experiments.sweep_outputs import TrialRecord, build_leaderboard, trial_board
 from tests.experiments.sweep_fixtures import GRID, trial_errors, write_sweep
 
@@ -100,7 +99,7 @@ def test_a_trial_outcome_carries_the_trial_board(tmp_path: Path) -> None:
     runner = SweepRunner(path, workers=1, out_dir=tmp_path / "runs", quiet=True)
     trial = runner.sweep.trials[0]
     folder = runner._trial_dir(trial)
-    outcome = run_trial(TrialTask(0, str(folder), dump_config(trial.config), False))
+    outcome = run_trial(TrialTask(0, str(folder), config_json(trial.config), False))
     assert outcome.status == "complete" and outcome.board is not None, outcome.error
     again = trial_board(folder)
     assert [e["policy"] for e in outcome.board.entries] == ["always_sell", "iv_rich", "oracle"]
@@ -108,7 +107,7 @@ def test_a_trial_outcome_carries_the_trial_board(tmp_path: Path) -> None:
     for name, r in again.rewards.items():
         pd.testing.assert_series_equal(outcome.board.rewards[name], r)
     # a failed trial carries none (the driver reports its error instead)
-    bad = run_trial(TrialTask(1, str(tmp_path / "nowhere"), "not: [a, config", False))
+    bad = run_trial(TrialTask(1, str(tmp_path / "nowhere"), "{not json", False))
     assert bad.status == "failed" and bad.board is None
 
 

@@ -11,7 +11,7 @@ import pytest
 from harness.experiments import sweep_backends
 from harness.experiments.sweep_backends import TrialTask, run_trial
 
-TASK = TrialTask(index=0, trial_dir="unused", config_yaml="unused", html_report=False)
+TASK = TrialTask(index=0, trial_dir="unused", config_json="unused", html_report=False)
 
 
 @pytest.fixture

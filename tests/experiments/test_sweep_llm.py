@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from harness.experiments.config import dump_config, parse_config
+from harness.experiments.config import parse_config
 from harness.experiments.runner import create_run_dir, run_config_text
 from harness.experiments.sweep import run_sweep
-from harness.experiments.sweep_backends import DRIVER, TrialTask, run_trial
+from harness.experiments.sweep_backends import DRIVER, TrialTask, config_json, run_trial
 from tests.experiments.sweep_fixtures import trial_errors, write_sweep
 from tests.llm.scripted_server import ScriptedServer, first_enum_or_nothing
 
@@ -190,7 +190,7 @@ def test_a_replay_without_the_answers_goes_back_to_the_driver(tmp_path: Path) ->
     )
     d = create_run_dir(tmp_path / "trials", "t000")
     (d / "config.yaml").write_text(run_config_text(cfg))
-    outcome = run_trial(TrialTask(0, str(d), dump_config(cfg), False, llm_replay=True))
+    outcome = run_trial(TrialTask(0, str(d), config_json(cfg), False, llm_replay=True))
     assert outcome.status == DRIVER
     assert "llm_a" in (outcome.error or "")
     assert not (d / "manifest.json").exists()  # not finished: a re-run runs it again
