@@ -21,7 +21,8 @@ import pandas as pd
 from rich.console import Console
 
 from harness import strict_json
-from harness.experiments.config import parse_config
+from harness.data.source import MarketDataSource
+from harness.experiments.config import ExperimentConfig, parse_config
 from harness.experiments.runner import create_run_dir, run_config_text
 from harness.experiments.sweep_backends import (
     DRIVER,
@@ -40,6 +41,7 @@ from harness.experiments.sweep_backends import (
     run_ray,
     write_back,
 )
+from harness.experiments.sweep_market import builds_chains
 from harness.experiments.sweep_outputs import (
     TrialBoard,
     TrialRecord,
@@ -92,6 +94,29 @@ def _is_finished(trial_dir: Path) -> bool:
         return json.loads((trial_dir / "manifest.json").read_text()).get("status") == "complete"
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def run_order(
+    tasks: list[TrialTask],
+    configs: dict[int, ExperimentConfig],
+    markets: dict[str, MarketDataSource],
+) -> list[TrialTask]:
+    """The order trials are handed to workers in.
+
+    Trials sharing a market next to each other, so a worker reuses the market it holds. Where
+    the driver builds full chains (`builds_chains`), longest DTE first, so the kept chains are
+    built once at the widest expiry limit; otherwise shortest DTE first: those trials trade
+    most and take longest, and longest-first leaves the fewest seconds at the end with one
+    worker busy and the other done.
+    """
+
+    def key(task: TrialTask) -> tuple[str, float, int]:
+        cfg = configs[task.index]
+        market = market_key(cfg)
+        dte = cfg.simulation.target_dte
+        return market, -dte if builds_chains(markets[market]) else dte, task.index
+
+    return sorted(tasks, key=key)
 
 
 class SweepRunner:
@@ -223,15 +248,11 @@ class SweepRunner:
         # the prefetch could not fully answer run here, one after another, as a plain run would
         replays, here = self._prefetch(llm) if parallel and llm else ([], llm)
         spread += replays
-        # trials sharing a market next to each other, so a worker reuses the market it holds;
-        # longest DTE first, so its kept chains are built once at the widest expiry limit
-        order = {
-            t.index: (market_key(t.config), -t.config.simulation.target_dte, t.index) for t in todo
-        }
-        spread.sort(key=lambda k: order[k.index])
         configs = {t.index: t.config for t in todo}
         # every market built and its chains warmed once, here, then shipped to the workers
         markets = prepare_markets([configs[t.index] for t in spread])
+
+        spread = run_order(spread, configs, markets)
         back: list[TrialTask] = []  # replays a worker could not serve from the cache
         by_index = {t.index: t for t in spread}
 

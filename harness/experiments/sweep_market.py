@@ -76,7 +76,7 @@ class SharedChains:
         Nothing is built for a `SelectiveChainSource` (the synthetic market): the simulator
         asks it for the few rows its band reads, cheaper than selecting from a full chain.
         """
-        if isinstance(self._source, SelectiveChainSource):
+        if not builds_chains(self):
             return
         by_underlying: dict[str, tuple[list[np.ndarray], float]] = {}
         for c in configs:
@@ -308,6 +308,13 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         return np.empty(0, np.int64)
     starts = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n)
     return starts + np.arange(total)
+
+
+def builds_chains(source: MarketDataSource) -> bool:
+    """Whether a sweep builds full chains of `source` once (`SharedChains.warm`): not for a
+    source that answers each simulator's few band rows itself (`SelectiveChainSource`)."""
+    inner = source._source if isinstance(source, SharedChains) else source
+    return isinstance(source, SharedChains) and not isinstance(inner, SelectiveChainSource)
 
 
 def share_chains(source: MarketDataSource) -> MarketDataSource:

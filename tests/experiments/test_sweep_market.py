@@ -15,9 +15,11 @@ import pytest
 
 from harness.data.store import ChainStore
 from harness.data.synthetic import SyntheticMarket
-from harness.experiments.config import parse_config
+from harness.experiments.config import ExperimentConfig, parse_config
 from harness.experiments.runner import ExperimentRunner, run_experiment
-from harness.experiments.sweep_market import SharedChains, share_chains
+from harness.experiments.sweep import run_order
+from harness.experiments.sweep_backends import TrialTask, market_key
+from harness.experiments.sweep_market import SharedChains, builds_chains, share_chains
 from tests.experiments.sweep_fixtures import BASE
 
 
@@ -164,6 +166,35 @@ def test_warm_builds_full_chains_once_for_a_source_without_selection(
         want = ChainStore.from_source(market, "BTC", _decisions(c), calls_only=True, max_dte=15.0)
         pd.testing.assert_frame_equal(store.frame, want.frame)
     assert shared._kept_cols[("BTC", ("call",))] is kept  # answered from the warmed rows
+
+
+def test_trials_are_handed_out_by_market_then_by_dte(market: SyntheticMarket) -> None:
+    class FullChains:  # a source the driver builds full chains of
+        def __init__(self, source: SyntheticMarket) -> None:
+            self.chain_frame = source.chain_frame
+            self.option_marks = source.option_marks
+            self.get_spot_ohlc = source.get_spot_ohlc
+
+    def config(dte: int, seed: int) -> ExperimentConfig:
+        sim = dict(BASE["simulation"], target_dte=dte)
+        return parse_config(
+            dict(BASE, simulation=sim, market={"source": "synthetic", "seed": seed})
+        )
+
+    configs = {
+        i: config(dte, seed) for i, (dte, seed) in enumerate([(7, 1), (3, 2), (14, 1), (3, 1)])
+    }
+    tasks = [TrialTask(i, f"t{i}", "{}", False) for i in configs]
+    shared = share_chains(market)
+    full = share_chains(FullChains(market))  # type: ignore[arg-type]
+    assert not builds_chains(shared) and builds_chains(full) and not builds_chains(market)
+    seed1_first = market_key(configs[0]) < market_key(configs[1])  # markets in key order
+    # inside the seed-1 market: shortest DTE first for a source answering its own band rows,
+    # longest first where the driver builds the chains; trial 1 is seed 2's only trial
+    for kind, seed1 in ((shared, [3, 0, 2]), (full, [2, 0, 3])):
+        markets = {market_key(c): kind for c in configs.values()}
+        got = [t.index for t in run_order(tasks, configs, markets)]
+        assert got == ([*seed1, 1] if seed1_first else [1, *seed1])
 
 
 def _decisions(c) -> pd.DatetimeIndex:
