@@ -88,6 +88,10 @@ def measure(path_kind: str, case: str, store: Path) -> dict[str, float]:
         "row_groups": int(scan.get("row_groups", 0)),
         "row_groups_read": int(scan.get("row_groups_read", 0)),
         "rows_decoded": int(scan.get("rows_decoded", 0)),
+        # low days-to-expiry tiers a selective load reads after its point-in-time pass
+        "low_row_groups_read": int(scan.get("low_row_groups_read", 0)),
+        "low_rows_decoded": int(scan.get("low_rows_decoded", 0)),
+        "low_rows_kept": int(scan.get("low_rows_kept", 0)),
         "label_rows": len(labels),
         "pnl_sum": float(labels["pnl_vs_hodl"].sum()),
         "peak_mib": peak_rss_mib(),
