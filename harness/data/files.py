@@ -1026,6 +1026,16 @@ class _Codes:
         if self._names is not None and cols.names is self._names:
             return cols  # already coded by this scan
         code = self._code
+        if 4 * len(cols) < len(cols.names):
+            # a few rows of a large dictionary (left-out tiers read for the band): map only
+            # the names they use
+            used, inverse = np.unique(cols.code, return_inverse=True)
+            names = cols.names[used].tolist()
+            mapping = np.array([code.get(n, -1) for n in names], dtype=np.int64)
+            for i in np.flatnonzero(mapping < 0).tolist():
+                mapping[i] = code.setdefault(names[i], len(code))
+            self._names = None
+            return replace(cols, code=mapping[inverse.reshape(-1)])
         names = cols.names.tolist()
         mapping = np.array([code.get(n, -1) for n in names], dtype=np.int64)
         for i in np.flatnonzero(mapping < 0).tolist():
@@ -1390,30 +1400,28 @@ class FileDataSource(ChainTableSource):
         bar = timeframe_delta(tf).value
         back = (stale + timeframe_delta(tf)).value
         lower = _TIER_BELOW.get(floor)
-        near: list[_LowGroups] = []
-        far: list[_LowGroups] = []
+        far: list[_LowGroups] = []  # the tiers under the next one down (None: there are none)
         for g in low:
-            if lower is None:
-                near.append(g)
-                continue
-            above, below = _split_low(g.reader, g.plan, lower)
-            if above[0] or above[1]:
-                near.append(replace(g, plan=above))
-            if below[0] or below[1]:
-                far.append(replace(g, plan=below))
+            if lower is not None:
+                _, below = _split_low(g.reader, g.plan, lower)
+                if below[0] or below[1]:
+                    far.append(replace(g, plan=below))
         first = selection.first_row_wanted(need_ns)
+        # the far tiers' windows only when a decision needs them for sure (first rows)
         far_whole = bool(far) and bool(first.any())
         win = _windows_of(need_ns, bar, back)
-        got, got_marks = self._read_low(u, near, held, win, tail_from, codes, deferred)
+        got, got_marks = self._read_low(
+            u,
+            low,
+            held,
+            win,
+            tail_from,
+            codes,
+            deferred,
+            windowless=None if far_whole else lower,
+        )
         marks = [got, got_marks]
         narrow = [p for p in (low_tail, got) if p is not None and len(p)]
-        if far:
-            # the far tiers' windows only when a decision may need them for sure (first
-            # rows) or the next block's first windows look back into this block
-            far_win = win if far_whole else None
-            got, got_marks = self._read_low(u, far, held, far_win, tail_from, codes, deferred)
-            marks += [got, got_marks]
-            narrow.append(got)
         out = _SecondPass(
             marks=[
                 replace(m, values={"mark_price": m.values["mark_price"]}) for m in marks if len(m)
@@ -1423,7 +1431,10 @@ class FileDataSource(ChainTableSource):
             tail=None,
         )
         if len(need_ns):
-            merged = concat_columns([rows, *narrow], codes.names(), u)
+            # only the rows inside the decisions' windows: a query reads nothing else, and
+            # an instrument's next row outside them lies after its window either way
+            parts = [p.take(np.flatnonzero(_in_windows(p.as_of, win))) for p in (rows, *narrow)]
+            merged = concat_columns(parts, codes.names(), u)
             # rows of the far tiers are missing unless read whole-width: a decision whose
             # ATM pick they could change reads them in a third pass (`again`)
             deeper = None if (far_whole or not far or lower is None) else lower + _DTE_SLACK
@@ -1434,7 +1445,8 @@ class FileDataSource(ChainTableSource):
                 got, _ = self._read_low(
                     u, far, held, _windows_of(again, bar, back), None, codes, deferred, hot=False
                 )
-                merged = concat_columns([merged, got], codes.names(), u)
+                # far groups the tail or band marks made whole-width gave some of these rows
+                merged = _first_of_each(concat_columns([merged, got], codes.names(), u))
                 self._point_in_time(
                     merged, again, selection, out, codes, None, kinds=kinds, max_dte=max_dte
                 )
@@ -1492,28 +1504,29 @@ class FileDataSource(ChainTableSource):
         deferred: list[DeferredValues] | None,
         *,
         hot: bool = True,
+        windowless: float | None = None,
     ) -> tuple[ChainColumns, ChainColumns]:
         """Rows of the left-out groups `low`: of band codes (`held`, when `hot`), in the
         merged `windows` (lo, hi] or after `tail_from`, as (rows converted like a scan's,
         deferred values left in the file; rows holding `mark_price` only). A group whose
         `as_of` statistics meet no window and not the tail gives only band rows, and only its
-        mark columns are decoded."""
+        mark columns are decoded. Groups of at most `windowless` days to expiry meet the
+        tail only."""
         lo, hi = windows if windows is not None else (np.empty(0, np.int64),) * 2
 
         def wanted(as_of: np.ndarray, is_hot: np.ndarray) -> np.ndarray:
             keep = is_hot.copy() if hot else np.zeros(len(as_of), dtype=bool)
             if tail_from is not None:
                 keep |= as_of > tail_from
-            if len(hi):
-                i = np.minimum(np.searchsorted(hi, as_of, side="left"), len(hi) - 1)
-                keep |= (lo[i] < as_of) & (as_of <= hi[i])
-            return keep
+            return keep | _in_windows(as_of, (lo, hi))
 
-        def touched(i: int, span: tuple[int, int] | None) -> bool:
+        def touched(i: int, span: tuple[int, int] | None, far: set[int]) -> bool:
             if span is None:
                 return True  # no statistics: it may hold any time
             if tail_from is not None and span[1] > tail_from:
                 return True
+            if i in far:
+                return False
             j = np.searchsorted(hi, span[0], side="left")  # first window ending at or after it
             return bool(j < len(hi) and lo[j] < span[1])
 
@@ -1523,11 +1536,15 @@ class FileDataSource(ChainTableSource):
         marks: list[ChainColumns] = []
         for g in low:
             spans = _as_of_spans(g.reader)
+            far: set[int] = set()
+            if windowless is not None:
+                below = _split_low(g.reader, g.plan, windowless)[1]
+                far = set(below[0]) | set(below[1])
             split: tuple[list[int], list[int]] = ([], [])  # groups read whole-width
             rest: tuple[list[int], list[int]] = ([], [])  # groups read for band marks only
             for k, part in enumerate(g.plan):
                 for i in part:
-                    (split if touched(i, spans[i]) else rest)[k].append(i)
+                    (split if touched(i, spans[i], far) else rest)[k].append(i)
             if split[0] or split[1]:
                 full.append(
                     _read_low_groups(
@@ -1549,7 +1566,7 @@ class FileDataSource(ChainTableSource):
                         self.scan_stats,
                         codes,
                         hot_names,
-                        wanted,
+                        lambda as_of, is_hot: is_hot,  # band marks only
                         marks_only=True,
                     )
                 )
@@ -2042,6 +2059,28 @@ def _windows_of(times_ns: np.ndarray, bar: int, back: int) -> tuple[np.ndarray, 
     starts = np.flatnonzero(np.r_[True, lo[1:] >= hi[:-1]])
     ends = np.r_[starts[1:] - 1, len(lo) - 1]
     return lo[starts], hi[ends]
+
+
+def _in_windows(t_ns: np.ndarray, windows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Whether each time lies in one of the merged windows (lo, hi] (`_windows_of`)."""
+    lo, hi = windows
+    if len(hi) == 0:
+        return np.zeros(len(t_ns), dtype=bool)
+    i = np.minimum(np.searchsorted(hi, t_ns, side="left"), len(hi) - 1)
+    return (lo[i] < t_ns) & (t_ns <= hi[i])
+
+
+def _first_of_each(cols: ChainColumns) -> ChainColumns:
+    """`cols` without repeats of an (instrument, as_of) row (the first copy stays)."""
+    if len(cols) < 2:
+        return cols
+    order = np.lexsort((cols.as_of, cols.code))
+    same = (np.diff(cols.code[order]) == 0) & (np.diff(cols.as_of[order]) == 0)
+    if not same.any():
+        return cols
+    drop = np.zeros(len(cols), dtype=bool)
+    drop[order[1:][same]] = True
+    return cols.take(np.flatnonzero(~drop))
 
 
 @dataclass
