@@ -1430,6 +1430,7 @@ class FileDataSource(ChainTableSource):
             held=held,
             tail=None,
         )
+        self.scan_stats["low_decisions"] += len(need_ns)
         if len(need_ns):
             # only the rows inside the decisions' windows: a query reads nothing else, and
             # an instrument's next row outside them lies after its window either way
@@ -1441,6 +1442,7 @@ class FileDataSource(ChainTableSource):
             again = self._point_in_time(
                 merged, need_ns, selection, out, codes, deeper, kinds=kinds, max_dte=max_dte
             )
+            self.scan_stats["low_decisions_deeper"] += len(again)
             if len(again):
                 got, _ = self._read_low(
                     u, far, held, _windows_of(again, bar, back), None, codes, deferred, hot=False
