@@ -2181,7 +2181,16 @@ def _read_low_groups(
     stats["low_rows_decoded"] += local["rows_decoded"]
     if not pieces:
         return empty_columns(underlying)
-    table, kept = kept_rows(pieces)
+    # the rows the window keeps, in file order; only the few this pass wants are sorted
+    # by as_of (the order `kept_rows` gives), and not at all for the mark table
+    table = pa.concat_tables([piece for piece, _ in pieces])
+    starts = np.cumsum([0] + [piece.num_rows for piece, _ in pieces])
+    kept = np.concatenate(
+        [
+            np.arange(a, b) if keep is None else a + np.flatnonzero(keep)
+            for (_, keep), a, b in zip(pieces, starts[:-1], starts[1:], strict=True)
+        ]
+    )
     names = table.column("instrument_name")
     if pa.types.is_dictionary(names.type):
         encoded = names.unify_dictionaries().combine_chunks()
@@ -2190,10 +2199,13 @@ def _read_low_groups(
     else:
         taken = names.combine_chunks().take(pa.array(kept))
         is_hot = pc.is_in(taken, value_set=hot_names).to_numpy(zero_copy_only=False)
-    rows = kept[wanted(as_of_ns(table)[kept], np.asarray(is_hot, dtype=bool))]
+    as_of = as_of_ns(table)
+    rows = kept[wanted(as_of[kept], np.asarray(is_hot, dtype=bool))]
     stats["low_rows_kept"] += len(rows)
     if len(rows) == 0:
         return empty_columns(underlying)
+    if not marks_only:
+        rows = rows[np.argsort(as_of[rows], kind="stable")]
     if marks_only:
         part = columns_from_arrow(table, underlying, values=("mark_price",), rows=rows)
     elif deferred is None:
