@@ -234,7 +234,7 @@ def columns_from_arrow(
             return empty_columns(underlying)
         code = pick(encoded.indices.to_numpy())
         dictionary = encoded.dictionary
-        if rows is not None and len(rows) < 4 * len(dictionary):
+        if len(code) < 4 * len(dictionary):
             # a few rows of a large dictionary: only the names they use become Python
             # strings (and get codes in the caller's table)
             used, code = np.unique(code, return_inverse=True)

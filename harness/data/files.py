@@ -2206,17 +2206,32 @@ def _read_low_groups(
         return empty_columns(underlying)
     if not marks_only:
         rows = rows[np.argsort(as_of[rows], kind="stable")]
+    # a few % of the decoded rows: Arrow gathers them first, so only they are converted
+    small = table.take(pa.array(rows)) if len(rows) * 4 < table.num_rows else None
     if marks_only:
-        part = columns_from_arrow(table, underlying, values=("mark_price",), rows=rows)
+        part = _convert(table, small, rows, underlying, ("mark_price",))
     elif deferred is None:
-        part = columns_from_arrow(table, underlying, rows=rows)
+        part = _convert(table, small, rows, underlying, VALUE_COLUMNS)
     elif lazy:
-        cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=rows)
+        cols = _convert(table, small, rows, underlying, SELECTION_VALUES)
         sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
         part = _with_row_ids(cols, ParquetDeferred(reader, ids, sizes), deferred, rows)
     else:
         part = _selection_columns(table, underlying, deferred, rows)
     return codes.remap(part)
+
+
+def _convert(
+    table: pa.Table,
+    small: pa.Table | None,
+    rows: np.ndarray,
+    underlying: str,
+    values: Sequence[str],
+) -> ChainColumns:
+    """Rows `rows` of `table` as chain columns, from `small` (those rows, gathered) if given."""
+    if small is not None:
+        return columns_from_arrow(small, underlying, values=values)
+    return columns_from_arrow(table, underlying, values=values, rows=rows)
 
 
 @dataclass
