@@ -229,8 +229,10 @@ class CoveredCallSimulator:
 
     def _chain_selection(self) -> ChainSelection:
         """The chain rows this replay reads: the candidate band (widened by float margins),
-        the ATM call of the expiry nearest target_dte and, when calls can be bought back, the
-        later rows of any call that was ever in the band."""
+        the ATM call of the expiry nearest target_dte, when calls can be bought back the
+        later rows of any call that was ever in the band, and the first row (nearest expiry,
+        lowest strike) only at the decisions whose last spot bar is older than the decision
+        (`_spot_freshness` reads it there and nowhere else)."""
         c = self.config
         return ChainSelection(
             min_dte=c.target_dte - c.dte_tolerance - _BAND_MARGIN,
@@ -239,7 +241,14 @@ class CoveredCallSimulator:
             max_delta=c.target_delta + c.delta_tolerance + _BAND_MARGIN,
             atm_dte=c.target_dte,
             follow=not c.hold_to_expiry,
+            first_row_at=tuple(self.dec_ns[self._spot_stale_at()].tolist()),
         )
+
+    def _spot_stale_at(self) -> np.ndarray:
+        """Per decision: whether its last spot bar is older than the decision (from bars only)."""
+        j = self._bar_at_or_before(self.dec_ns)
+        bar_time = np.where(j >= 0, self.bar_ns[np.maximum(j, 0)], np.iinfo(np.int64).min)
+        return bar_time < self.dec_ns
 
     def _spot_freshness(self) -> None:
         """Per decision: is the last spot bar older than the decision, and the chain's spot if fresher.

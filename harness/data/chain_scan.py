@@ -233,10 +233,17 @@ def columns_from_arrow(
         if encoded is None:
             return empty_columns(underlying)
         code = pick(encoded.indices.to_numpy())
+        dictionary = encoded.dictionary
+        if len(code) < 4 * len(dictionary):
+            # a few rows of a large dictionary: only the names they use become Python
+            # strings (and get codes in the caller's table)
+            used, code = np.unique(code, return_inverse=True)
+            dictionary = dictionary.take(pa.array(used))
     else:  # plain strings: encode the kept rows only, so `names` holds only theirs
         plain = names.combine_chunks()
         encoded = pc.dictionary_encode(plain if rows is None else plain.take(pa.array(rows)))
         code = encoded.indices.to_numpy()
+        dictionary = encoded.dictionary
     kind = table.column("kind")
     if pa.types.is_dictionary(kind.type):
         kind = kind.cast(pa.string())
@@ -248,7 +255,7 @@ def columns_from_arrow(
         expiry=pick(_int_ns(table.column("expiry"))),
         quote_time=as_of if quote is None else pick(_int_ns(quote)),
         code=code.astype(np.int64),
-        names=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
+        names=np.asarray(dictionary.to_pylist(), dtype=object),
         is_call=pick(pc.equal(kind, "call").to_numpy(zero_copy_only=False)),
         values={c: pick(float_values(table.column(c))) for c in values},
     )

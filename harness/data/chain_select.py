@@ -27,6 +27,11 @@ class ChainSelection:
     noise never drops a candidate); the call or calls nearest the money (least |K/S - 1|) of
     the expiry or expiries nearest `atm_dte` days; and with `follow`, every later row of a
     call once it was in the band (an open call is marked and bought back from its own row).
+
+    `first_row_at`: the decision times (ns) whose first row (nearest expiry, lowest strike)
+    a store must keep: the simulator reads it only as the spot after a gap in its spot bars.
+    None keeps it at every time. Sources that never keep it (the embedded market, whose
+    spot has no gaps) ignore it.
     """
 
     min_dte: float
@@ -35,6 +40,13 @@ class ChainSelection:
     max_delta: float
     atm_dte: float
     follow: bool = False
+    first_row_at: tuple[int, ...] | None = None
+
+    def first_row_wanted(self, t_ns: np.ndarray) -> np.ndarray:
+        """Per query time (ns): whether its first row must be kept."""
+        if self.first_row_at is None:
+            return np.ones(len(t_ns), dtype=bool)
+        return np.isin(t_ns, np.asarray(self.first_row_at, dtype=np.int64))
 
 
 @runtime_checkable
@@ -60,6 +72,7 @@ def store_selection_mask(
     t_ns: np.ndarray,
     selection: ChainSelection,
     held: np.ndarray,
+    first: np.ndarray | None = None,
 ) -> np.ndarray:
     """Which point-in-time rows (`rows` of `cols`, query `which`, query time `t_ns`) to keep.
 
@@ -71,7 +84,8 @@ def store_selection_mask(
     IV feature can pick (usable IV, days to expiry > 0, nearest `atm_dte`, then nearest the
     money by each row's own underlying price, NaN money gaps kept so the result is unchanged);
     and the first row (nearest expiry, lowest strike), the simulator's fallback spot after a
-    gap in the spot bars. Whatever is dropped is a row the simulator never reads.
+    gap in the spot bars, at the queries where `first` (bool per query; default
+    `selection.first_row_wanted`) says so. Whatever is dropped is a row the simulator never reads.
     """
     n = len(rows)
     keep = np.zeros(n, dtype=bool)
@@ -92,12 +106,14 @@ def store_selection_mask(
     if selection.follow:
         keep |= held[code]  # later rows of calls already in the band (past queries)
         # rows of this batch after a call's first band row (same block)
-        first = np.full(len(held), n, dtype=np.int64)
-        np.minimum.at(first, code[band], np.flatnonzero(band))
-        keep |= np.arange(n) >= first[code]
+        first_band = np.full(len(held), n, dtype=np.int64)
+        np.minimum.at(first_band, code[band], np.flatnonzero(band))
+        keep |= np.arange(n) >= first_band[code]
     held[code[band]] = True
     starts = np.r_[0, np.flatnonzero(np.diff(which)) + 1]
-    keep[starts] = True
+    if first is None:
+        first = selection.first_row_wanted(t_ns)
+    keep[starts[first[which[starts]]]] = True
     iv = cols.values["mark_iv"][rows]
     cand = np.flatnonzero(np.isfinite(iv) & (dte > 0))
     if len(cand):
@@ -110,6 +126,31 @@ def store_selection_mask(
         best = _group_min(grp, money) | np.isnan(money)
         keep[cand[best]] = True
     return keep
+
+
+def atm_needs_lower(
+    cols: ChainColumns,
+    rows: np.ndarray,
+    which: np.ndarray,
+    t_ns: np.ndarray,
+    atm_dte: float,
+    floor: float,
+) -> np.ndarray:
+    """Per query: whether the ATM rule may pick an expiry of days to expiry <= `floor` at t.
+
+    For a scan that left out rows of at most `floor` days to expiry at their own `as_of`
+    (so at most `floor` at any later t). A row with more than `floor` days at t is exact: no
+    later row of its instrument can have been left out. When the nearest `atm_dte` of those
+    rows (usable IV, days > 0) is strictly nearer than `floor` itself, no left-out expiry can
+    be as near, so the rule's pick is among them; otherwise (a tie included, or no such row)
+    the query needs the left-out rows.
+    """
+    best = np.full(len(t_ns), np.inf)
+    if len(rows):
+        dte = (cols.expiry[rows] - t_ns[which]) / (86400.0 * 1e9)
+        ok = np.isfinite(cols.values["mark_iv"][rows]) & (dte > 0) & (dte > floor)
+        np.minimum.at(best, which[ok], np.abs(dte[ok] - atm_dte))
+    return ~(best < atm_dte - floor)
 
 
 def _group_min(group: np.ndarray, value: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from harness.data.chain_scan import (
     float_values,
     scan_filter,
 )
-from harness.data.chain_select import ChainSelection, store_selection_mask
+from harness.data.chain_select import ChainSelection, atm_needs_lower, store_selection_mask
 from harness.data.source import (
     CHAIN_COLUMNS,
     OHLC_COLUMNS,
@@ -80,6 +80,8 @@ SELECTION_VALUES: tuple[str, ...] = (
 )
 DEFERRED_VALUES: tuple[str, ...] = tuple(c for c in VALUE_COLUMNS if c not in SELECTION_VALUES)
 ROW_ID = "_row"
+# what a mark row needs (the period's mark table), plus what the scan window tests
+_MARK_READ = frozenset(("as_of", "expiry", "quote_time", "instrument_name", "kind", "mark_price"))
 SETTLEMENT_COLUMNS: tuple[str, ...] = ("expiry", "price", "source")
 # The tiered layout (docs/data.md): each Parquet chain partition holds one row group per
 # (days-to-expiry tier, kind), rows sorted by time inside each, and a `days_to_expiry` column
@@ -995,6 +997,9 @@ class _MarkPeriod:
     # simulator's mark paths are theirs, so they are looked up in this small table
     hot: ChainTable | None = None
     hot_codes: np.ndarray | None = None
+    # rows of low days-to-expiry tiers were read for the band's codes only: other names are
+    # not covered (`FileDataSource._covered` sends them to a scan)
+    hot_only: bool = False
 
     def table_for(self, codes: np.ndarray) -> ChainTable:
         """The small table when it holds every one of `codes` (-1: unknown), else the full one."""
@@ -1021,6 +1026,16 @@ class _Codes:
         if self._names is not None and cols.names is self._names:
             return cols  # already coded by this scan
         code = self._code
+        if 4 * len(cols) < len(cols.names):
+            # a few rows of a large dictionary (left-out tiers read for the band): map only
+            # the names they use
+            used, inverse = np.unique(cols.code, return_inverse=True)
+            names = cols.names[used].tolist()
+            mapping = np.array([code.get(n, -1) for n in names], dtype=np.int64)
+            for i in np.flatnonzero(mapping < 0).tolist():
+                mapping[i] = code.setdefault(names[i], len(code))
+            self._names = None
+            return replace(cols, code=mapping[inverse.reshape(-1)])
         names = cols.names.tolist()
         mapping = np.array([code.get(n, -1) for n in names], dtype=np.int64)
         for i in np.flatnonzero(mapping < 0).tolist():
@@ -1240,7 +1255,13 @@ class FileDataSource(ChainTableSource):
         tail: ChainColumns | None = None
         held = np.zeros(0, dtype=bool)  # codes already in the selection's band
         deferred = None if selection is None else []
+        # tiers of at most `floor` days to expiry are left out of the point-in-time pass and
+        # read after it, for the band's marks and the few decisions that need them
+        floor = _tier_floor(selection)
+        low_tail: ChainColumns | None = None  # the previous block's left-out rows near its end
+        skipped = False  # whether any block left rows out (the marks then cover the band only)
         for block_lo, block_hi in self._blocks(lo, hi):
+            low: list[_LowGroups] | None = None if floor is None else []
             cols = self._scan(
                 u,
                 pd.Timestamp(block_lo, tz="UTC"),
@@ -1249,36 +1270,81 @@ class FileDataSource(ChainTableSource):
                 max_dte=max_dte,
                 codes=codes,
                 deferred=deferred,
+                floor=floor,
+                low=low,
             )
+            skipping = bool(low) or low_tail is not None
+            skipped |= skipping
             slim.append(
                 replace(cols, values={"mark_price": cols.values["mark_price"]}, names=cols.names)
             )
-            if block_lo > hi_chain:
-                continue  # past the last chain time: only marks are needed
-            rows = cols if tail is None else concat_columns([tail, cols], codes.names(), u)
-            mine = (ref >= block_lo) & (ref <= block_hi)
-            if mine.any():
-                table = ChainTable.from_columns(rows, tf, stale)
-                if len(held) < len(codes.index):
-                    held = np.r_[held, np.zeros(len(codes.index) - len(held), dtype=bool)]
-                # a few hundred decision times at a time: the point-in-time rows and the
-                # selection's temporaries of ~30k rows stay in cache and their memory is
-                # reused, where one pass held ~0.5M-row temporaries (fresh pages: system
-                # time in a fresh process); the rows and their order are the same
-                mine_ns = t_ns[mine]
-                for q in range(0, len(mine_ns), _QUERY_CHUNK):
-                    at, which, q_ns = table.at_rows(
-                        pd.to_datetime(mine_ns[q : q + _QUERY_CHUNK], utc=True),
-                        kinds=kinds,
-                        max_dte=max_dte,
-                    )
-                    if selection is not None and len(at):
-                        keep = store_selection_mask(table.cols, at, which, q_ns, selection, held)
-                        at, which = at[keep], which[keep]
-                    found.append(replace(table.cols.take(at), as_of=q_ns[which]))
-                self.gate_counts.update(table.gate_counts)
-            # the next block's first chains look back into this one
-            tail = rows.take(np.flatnonzero(rows.as_of > block_hi - chain_back))
+            rows = cols
+            need_ns = np.empty(0, dtype=np.int64)  # decisions that need the left-out rows
+            if block_lo <= hi_chain:
+                rows = cols if tail is None else concat_columns([tail, cols], codes.names(), u)
+                mine = (ref >= block_lo) & (ref <= block_hi)
+                if mine.any():
+                    table = ChainTable.from_columns(rows, tf, stale)
+                    held = _grown(held, len(codes.index))
+                    # a few hundred decision times at a time: the point-in-time rows and the
+                    # selection's temporaries of ~30k rows stay in cache and their memory is
+                    # reused, where one pass held ~0.5M-row temporaries (fresh pages: system
+                    # time in a fresh process); the rows and their order are the same
+                    mine_ns = t_ns[mine]
+                    first = None if selection is None else selection.first_row_wanted(mine_ns)
+                    needs: list[np.ndarray] = []
+                    for q in range(0, len(mine_ns), _QUERY_CHUNK):
+                        at, which, q_ns = table.at_rows(
+                            pd.to_datetime(mine_ns[q : q + _QUERY_CHUNK], utc=True),
+                            kinds=kinds,
+                            max_dte=max_dte,
+                        )
+                        if selection is not None and first is not None:
+                            q_first = first[q : q + _QUERY_CHUNK]
+                            keep = store_selection_mask(
+                                table.cols, at, which, q_ns, selection, held, q_first
+                            )
+                            if skipping:
+                                # the first row, and an ATM pick the rows read cannot settle,
+                                # come from a second pass with the left-out rows
+                                need = q_first | atm_needs_lower(
+                                    table.cols,
+                                    at,
+                                    which,
+                                    q_ns,
+                                    selection.atm_dte,
+                                    floor + _DTE_SLACK,
+                                )
+                                keep &= ~need[which]
+                                needs.append(q_ns[need])
+                            at, which = at[keep], which[keep]
+                        found.append(replace(table.cols.take(at), as_of=q_ns[which]))
+                    self.gate_counts.update(table.gate_counts)
+                    if needs:
+                        need_ns = np.concatenate(needs)
+                # the next block's first chains look back into this one
+                tail = rows.take(np.flatnonzero(rows.as_of > block_hi - chain_back))
+            if not skipping or selection is None or floor is None:
+                continue
+            second = self._second_pass(
+                u,
+                low or [],
+                floor,
+                rows,
+                low_tail,
+                need_ns,
+                held,
+                selection,
+                codes,
+                deferred,
+                tail_from=block_hi - chain_back if ref[-1] > block_hi else None,
+                kinds=kinds,
+                max_dte=max_dte,
+            )
+            slim.extend(second.marks)
+            found.extend(second.found)
+            held = second.held
+            low_tail = second.tail
         names = codes.names()
         table = ChainTable.from_columns(
             concat_columns(slim, names, u), tf, stale, mark_staleness=mark_stale
@@ -1293,9 +1359,221 @@ class FileDataSource(ChainTableSource):
             hot = mark_cols.take(np.flatnonzero(hot_codes[mark_cols.code]))
             period.hot = ChainTable.from_columns(hot, tf, stale, mark_staleness=mark_stale)
             period.hot_codes = hot_codes
+            period.hot_only = skipped
         self._mark_periods[u] = period
         out = concat_columns(found, names, u)
+        if len(out) > 1 and (np.diff(out.as_of) < 0).any():
+            # decisions answered by the second pass come after the others: back in time order
+            out = out.take(np.argsort(out.as_of, kind="stable"))
         return out if deferred is None else take_deferred(out, deferred)
+
+    def _second_pass(
+        self,
+        u: str,
+        low: list[_LowGroups],
+        floor: float,
+        rows: ChainColumns,
+        low_tail: ChainColumns | None,
+        need_ns: np.ndarray,
+        held: np.ndarray,
+        selection: ChainSelection,
+        codes: _Codes,
+        deferred: list[DeferredValues] | None,
+        *,
+        tail_from: int | None,
+        kinds: Sequence[str],
+        max_dte: float | None,
+    ) -> _SecondPass:
+        """The left-out rows (`low`) of one block a replay reads, and the chains of the
+        decisions at `need_ns` that need them (`rows`: the block's point-in-time rows).
+
+        Read: every left-out row of a band instrument (its marks; a band row at t has more
+        than `floor` days, so its instrument's left-out rows come after t, and the band codes
+        of this block and the ones before are all that can have them); the rows in the
+        windows of the decisions at `need_ns`; with `tail_from`, the rows after it (the next
+        block's first windows look back into them). The tier just under `floor` is read with
+        the selection columns; the tiers below it with the mark columns only, unless a
+        decision keeps a first row or the next block needs the tail: a decision whose ATM
+        pick the next tier settles (`atm_needs_lower` with that tier's floor) never reads them.
+        """
+        tf, stale, _ = self._windows(u)
+        bar = timeframe_delta(tf).value
+        back = (stale + timeframe_delta(tf)).value
+        lower = _TIER_BELOW.get(floor)
+        far: list[_LowGroups] = []  # the tiers under the next one down (None: there are none)
+        for g in low:
+            if lower is not None:
+                _, below = _split_low(g.reader, g.plan, lower)
+                if below[0] or below[1]:
+                    far.append(replace(g, plan=below))
+        first = selection.first_row_wanted(need_ns)
+        # the far tiers' windows only when a decision needs them for sure (first rows)
+        far_whole = bool(far) and bool(first.any())
+        win = _windows_of(need_ns, bar, back)
+        got, got_marks = self._read_low(
+            u,
+            low,
+            held,
+            win,
+            tail_from,
+            codes,
+            deferred,
+            windowless=None if far_whole else lower,
+        )
+        marks = [got, got_marks]
+        narrow = [p for p in (low_tail, got) if p is not None and len(p)]
+        out = _SecondPass(
+            marks=[
+                replace(m, values={"mark_price": m.values["mark_price"]}) for m in marks if len(m)
+            ],
+            found=[],
+            held=held,
+            tail=None,
+        )
+        self.scan_stats["low_decisions"] += len(need_ns)
+        if len(need_ns):
+            # only the rows inside the decisions' windows: a query reads nothing else, and
+            # an instrument's next row outside them lies after its window either way
+            parts = [p.take(np.flatnonzero(_in_windows(p.as_of, win))) for p in (rows, *narrow)]
+            merged = concat_columns(parts, codes.names(), u)
+            # rows of the far tiers are missing unless read whole-width: a decision whose
+            # ATM pick they could change reads them in a third pass (`again`)
+            deeper = None if (far_whole or not far or lower is None) else lower + _DTE_SLACK
+            again = self._point_in_time(
+                merged, need_ns, selection, out, codes, deeper, kinds=kinds, max_dte=max_dte
+            )
+            self.scan_stats["low_decisions_deeper"] += len(again)
+            if len(again):
+                got, _ = self._read_low(
+                    u, far, held, _windows_of(again, bar, back), None, codes, deferred, hot=False
+                )
+                # far groups the tail or band marks made whole-width gave some of these rows
+                merged = _first_of_each(concat_columns([merged, got], codes.names(), u))
+                self._point_in_time(
+                    merged, again, selection, out, codes, None, kinds=kinds, max_dte=max_dte
+                )
+        if tail_from is not None:
+            ends = [p.take(np.flatnonzero(p.as_of > tail_from)) for p in narrow]
+            tail = concat_columns(ends, codes.names(), u)
+            out.tail = tail if len(tail) else None
+        return out
+
+    def _point_in_time(
+        self,
+        cols: ChainColumns,
+        times_ns: np.ndarray,
+        selection: ChainSelection,
+        out: _SecondPass,
+        codes: _Codes,
+        floor: float | None,
+        *,
+        kinds: Sequence[str],
+        max_dte: float | None,
+    ) -> np.ndarray:
+        """Selected chains at `times_ns` from `cols` into `out.found`; with `floor`, the
+        times whose first row or ATM pick needs rows of at most `floor` days are returned
+        instead (their rows are left out)."""
+        tf, stale, _ = self._windows(cols.underlying)
+        table = ChainTable.from_columns(cols, tf, stale)
+        out.held = _grown(out.held, len(codes.index))
+        needs: list[np.ndarray] = []
+        for q in range(0, len(times_ns), _QUERY_CHUNK):
+            at, which, q_ns = table.at_rows(
+                pd.to_datetime(times_ns[q : q + _QUERY_CHUNK], utc=True),
+                kinds=kinds,
+                max_dte=max_dte,
+            )
+            first = selection.first_row_wanted(q_ns)
+            keep = store_selection_mask(table.cols, at, which, q_ns, selection, out.held, first)
+            if floor is not None:
+                need = first | atm_needs_lower(
+                    table.cols, at, which, q_ns, selection.atm_dte, floor
+                )
+                keep &= ~need[which]
+                needs.append(q_ns[need])
+            at, which = at[keep], which[keep]
+            out.found.append(replace(table.cols.take(at), as_of=q_ns[which]))
+        return np.concatenate(needs) if needs else np.empty(0, dtype=np.int64)
+
+    def _read_low(
+        self,
+        u: str,
+        low: list[_LowGroups],
+        held: np.ndarray,
+        windows: tuple[np.ndarray, np.ndarray] | None,
+        tail_from: int | None,
+        codes: _Codes,
+        deferred: list[DeferredValues] | None,
+        *,
+        hot: bool = True,
+        windowless: float | None = None,
+    ) -> tuple[ChainColumns, ChainColumns]:
+        """Rows of the left-out groups `low`: of band codes (`held`, when `hot`), in the
+        merged `windows` (lo, hi] or after `tail_from`, as (rows converted like a scan's,
+        deferred values left in the file; rows holding `mark_price` only). A group whose
+        `as_of` statistics meet no window and not the tail gives only band rows, and only its
+        mark columns are decoded. Groups of at most `windowless` days to expiry meet the
+        tail only."""
+        lo, hi = windows if windows is not None else (np.empty(0, np.int64),) * 2
+
+        def wanted(as_of: np.ndarray, is_hot: np.ndarray) -> np.ndarray:
+            keep = is_hot.copy() if hot else np.zeros(len(as_of), dtype=bool)
+            if tail_from is not None:
+                keep |= as_of > tail_from
+            return keep | _in_windows(as_of, (lo, hi))
+
+        def touched(i: int, span: tuple[int, int] | None, far: set[int]) -> bool:
+            if span is None:
+                return True  # no statistics: it may hold any time
+            if tail_from is not None and span[1] > tail_from:
+                return True
+            if i in far:
+                return False
+            j = np.searchsorted(hi, span[0], side="left")  # first window ending at or after it
+            return bool(j < len(hi) and lo[j] < span[1])
+
+        names = codes.names()
+        hot_names = pa.array(names[np.flatnonzero(held)].tolist(), type=pa.string())
+        full: list[ChainColumns] = []
+        marks: list[ChainColumns] = []
+        for g in low:
+            spans = _as_of_spans(g.reader)
+            far: set[int] = set()
+            if windowless is not None:
+                below = _split_low(g.reader, g.plan, windowless)[1]
+                far = set(below[0]) | set(below[1])
+            split: tuple[list[int], list[int]] = ([], [])  # groups read whole-width
+            rest: tuple[list[int], list[int]] = ([], [])  # groups read for band marks only
+            for k, part in enumerate(g.plan):
+                for i in part:
+                    (split if touched(i, spans[i], far) else rest)[k].append(i)
+            if split[0] or split[1]:
+                full.append(
+                    _read_low_groups(
+                        replace(g, plan=split),
+                        u,
+                        deferred,
+                        self.scan_stats,
+                        codes,
+                        hot_names,
+                        wanted,
+                    )
+                )
+            if hot and (rest[0] or rest[1]):
+                marks.append(
+                    _read_low_groups(
+                        replace(g, plan=rest),
+                        u,
+                        deferred,
+                        self.scan_stats,
+                        codes,
+                        hot_names,
+                        lambda as_of, is_hot: is_hot,  # band marks only
+                        marks_only=True,
+                    )
+                )
+        names = codes.names()
+        return concat_columns(full, names, u), concat_columns(marks, names, u)
 
     def selected_chain_columns(
         self,
@@ -1451,6 +1729,10 @@ class FileDataSource(ChainTableSource):
         need_lo = np.broadcast_to(np.asarray(need_lo, dtype=np.int64), (len(names),))
         need_hi = np.broadcast_to(np.asarray(need_hi, dtype=np.int64), (len(names),))
         inside = (need_lo >= period.lo) & (need_hi <= period.hi)
+        if period.hot_only:
+            hot = np.zeros(len(names), dtype=bool)
+            hot[codes >= 0] = period.hot_codes[codes[codes >= 0]]
+            inside &= hot
         kind_ok = np.array(
             [("call" if n.endswith("-C") else "put") in period.kinds for n in names], dtype=bool
         )
@@ -1543,15 +1825,21 @@ class FileDataSource(ChainTableSource):
         names: Sequence[str] | None = None,
         codes: _Codes | None = None,
         deferred: list[DeferredValues] | None = None,
+        floor: float | None = None,
+        low: list[_LowGroups] | None = None,
     ) -> ChainColumns:
         """Chain rows of `underlying` with as_of in [lo, hi] in one columnar pass.
 
         With `deferred`, only the `SELECTION_VALUES` become numpy; the other value columns
         stay Arrow, appended to `deferred`, and each row carries its position in them as the
-        value `ROW_ID` (see `take_deferred`).
+        value `ROW_ID` (see `take_deferred`). With `floor` and `low`, Parquet row groups whose
+        statistics say every row has at most `floor` days to expiry are not read: they are
+        appended to `low` (see `_LowGroups`).
         """
         with _scan_pool():
-            return self._scan_rows(underlying, lo, hi, kinds, max_dte, names, codes, deferred)
+            return self._scan_rows(
+                underlying, lo, hi, kinds, max_dte, names, codes, deferred, floor, low
+            )
 
     def _scan_rows(
         self,
@@ -1563,6 +1851,8 @@ class FileDataSource(ChainTableSource):
         names: Sequence[str] | None,
         codes: _Codes | None,
         deferred: list[DeferredValues] | None,
+        floor: float | None = None,
+        low: list[_LowGroups] | None = None,
     ) -> ChainColumns:
         """`_scan` inside the scan memory pool."""
         u = underlying.upper()
@@ -1579,7 +1869,15 @@ class FileDataSource(ChainTableSource):
             try:
                 parts.extend(
                     _read_chain_files(
-                        parquet, expr, window, u, deferred, stats=self.scan_stats, codes=codes
+                        parquet,
+                        expr,
+                        window,
+                        u,
+                        deferred,
+                        stats=self.scan_stats,
+                        codes=codes,
+                        floor=floor if low is not None else None,
+                        low=low,
                     )
                 )
             except (pa.ArrowException, OSError, TypeError, KeyError):
@@ -1587,6 +1885,8 @@ class FileDataSource(ChainTableSource):
                 parts.clear()
                 if deferred is not None:
                     del deferred[had:]
+                if low is not None:
+                    low.clear()  # every row is read below
                 parts.extend(self._read_one(f, u, expr) for f in parquet)
         parts.extend(self._read_one(f, u, expr) for f in files if f.suffix == ".csv")
         self.scan_stats["scans"] += 1
@@ -1621,6 +1921,8 @@ def _read_chain_files(
     deferred: list[DeferredValues] | None,
     stats: Counter[str],
     codes: _Codes | None = None,
+    floor: float | None = None,
+    low: list[_LowGroups] | None = None,
 ) -> list[ChainColumns]:
     """The kept rows of the Parquet chain files `paths` in time order, converted file by file.
 
@@ -1631,13 +1933,20 @@ def _read_chain_files(
     as much system time as the decode: docs/performance.md). Codes are into `codes` (a new
     `_Codes` if None). With `deferred` and groups read whole or masked, only the selection
     columns are decoded now; the deferred value columns stay in the file (`ParquetDeferred`)
-    and are decoded later, for the row groups holding kept rows only. Returns one part (none
-    if no row group is read).
+    and are decoded later, for the row groups holding kept rows only. With `floor` (and a
+    `low` list), the groups whose `DTE_COLUMN` statistics are at most `floor` are not read:
+    they go to `low`, one `_LowGroups` per file. Returns one part (none if no row group is
+    read).
     """
     codes = _Codes() if codes is None else codes
     narrow = [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES]
     readers = [_chain_reader(path) for path in paths]
     plans = [plan_row_groups(r, window) for r in readers]
+    if floor is not None and low is not None:
+        for k, reader in enumerate(readers):
+            plans[k], left = _split_low(reader, plans[k], floor)
+            if left[0] or left[1]:
+                low.append(_LowGroups(reader, left, expr, window))
     bound = sum(
         r.metadata.row_group(i).num_rows
         for r, plan in zip(readers, plans, strict=True)
@@ -1713,6 +2022,216 @@ class _RowSink:
             is_call=self.is_call[:n],
             values={k: v[:n] for k, v in self.values.items()},
         )
+
+
+def _tier_floor(selection: ChainSelection | None) -> float | None:
+    """Days to expiry at or below which a selective scan may leave row groups out, or None.
+
+    The highest tier bound (`DTE_TIERS`) under the band's lowest days to expiry: every band
+    row then lies above it, so leaving those tiers out never hides a later row of a band call.
+    None when nothing can be left out: no selection, `follow` (an open call's later rows run
+    down to expiry), no tier bound under the band, or an ATM target inside the low tiers.
+    """
+    if selection is None or selection.follow:
+        return None
+    below = [t for t in DTE_TIERS if t < selection.min_dte - _DTE_SLACK]
+    if not below or selection.atm_dte <= below[-1]:
+        return None
+    return below[-1]
+
+
+def _grown(held: np.ndarray, n: int) -> np.ndarray:
+    """`held` (bool per code) extended with False to `n` codes."""
+    if len(held) >= n:
+        return held
+    return np.r_[held, np.zeros(n - len(held), dtype=bool)]
+
+
+# the next tier bound down from each bound (the second pass reads one tier at a time)
+_TIER_BELOW: dict[float, float] = dict(zip(DTE_TIERS[1:], DTE_TIERS[:-1], strict=True))
+
+
+def _windows_of(times_ns: np.ndarray, bar: int, back: int) -> tuple[np.ndarray, np.ndarray]:
+    """The point-in-time windows (b - back, b] of query times (b: the bar close at or
+    before each), sorted and merged where they overlap."""
+    ref = np.unique(times_ns - np.mod(times_ns, bar))
+    lo, hi = ref - back, ref
+    if len(lo) == 0:
+        return lo, hi
+    starts = np.flatnonzero(np.r_[True, lo[1:] >= hi[:-1]])
+    ends = np.r_[starts[1:] - 1, len(lo) - 1]
+    return lo[starts], hi[ends]
+
+
+def _in_windows(t_ns: np.ndarray, windows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Whether each time lies in one of the merged windows (lo, hi] (`_windows_of`)."""
+    lo, hi = windows
+    if len(hi) == 0:
+        return np.zeros(len(t_ns), dtype=bool)
+    i = np.minimum(np.searchsorted(hi, t_ns, side="left"), len(hi) - 1)
+    return (lo[i] < t_ns) & (t_ns <= hi[i])
+
+
+def _first_of_each(cols: ChainColumns) -> ChainColumns:
+    """`cols` without repeats of an (instrument, as_of) row (the first copy stays)."""
+    if len(cols) < 2:
+        return cols
+    order = np.lexsort((cols.as_of, cols.code))
+    same = (np.diff(cols.code[order]) == 0) & (np.diff(cols.as_of[order]) == 0)
+    if not same.any():
+        return cols
+    drop = np.zeros(len(cols), dtype=bool)
+    drop[order[1:][same]] = True
+    return cols.take(np.flatnonzero(~drop))
+
+
+@dataclass
+class _SecondPass:
+    """What `FileDataSource._second_pass` gives back for one block."""
+
+    marks: list[ChainColumns]  # left-out rows for the mark table (`mark_price` only)
+    found: list[ChainColumns]  # selected chains of the decisions that needed them
+    held: np.ndarray  # band codes (grown to the codes seen)
+    tail: ChainColumns | None  # left-out rows the next block's first windows read
+
+
+@dataclass
+class _LowGroups:
+    """Row groups of one chain file a selective scan left out (low days-to-expiry tiers):
+    `plan` as `plan_row_groups` gives it, read later with the same filter and window."""
+
+    reader: pq.ParquetFile
+    plan: tuple[list[int], list[int]]
+    expr: ds.Expression
+    window: ScanWindow
+
+
+def _as_of_spans(reader: pq.ParquetFile) -> list[tuple[int, int] | None]:
+    """Per row group of a chain file: (min, max) `as_of` in ns from its statistics, or None."""
+    meta = reader.metadata
+    if meta.num_row_groups == 0:
+        return []
+    first = meta.row_group(0)
+    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
+    as_of_type = reader.schema_arrow.field("as_of").type if "as_of" in where else None
+    unit = _UNIT_NS.get(getattr(as_of_type, "unit", ""), 0)
+    out: list[tuple[int, int] | None] = []
+    for i in range(meta.num_row_groups):
+        stats = _min_max(meta.row_group(i), where.get("as_of"))
+        out.append(None if stats is None or not unit else (stats[0] * unit, stats[1] * unit))
+    return out
+
+
+def _split_low(
+    reader: pq.ParquetFile, plan: tuple[list[int], list[int]], floor: float
+) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+    """`plan` split into the groups to read now and those whose `DTE_COLUMN` statistics say
+    every row has at most `floor` days to expiry (no statistics: read now)."""
+    meta = reader.metadata
+    if meta.num_row_groups == 0:
+        return plan, ([], [])
+    first = meta.row_group(0)
+    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
+    j = where.get(DTE_COLUMN)
+    if j is None:
+        return plan, ([], [])
+
+    def is_low(i: int) -> bool:
+        stats = _min_max(meta.row_group(i), j)
+        return stats is not None and stats[1] <= floor
+
+    now = tuple([i for i in part if not is_low(i)] for part in plan)
+    later = tuple([i for i in part if is_low(i)] for part in plan)
+    return (now[0], now[1]), (later[0], later[1])
+
+
+def _read_low_groups(
+    low: _LowGroups,
+    underlying: str,
+    deferred: list[DeferredValues] | None,
+    stats: Counter[str],
+    codes: _Codes,
+    hot_names: pa.Array,
+    wanted: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    marks_only: bool = False,
+) -> ChainColumns:
+    """The rows of left-out groups that `wanted(as_of, is_hot)` keeps (`is_hot`: the row's
+    name is in `hot_names`), converted as `_read_chain_files` converts (codes into `codes`);
+    with `marks_only`, only the columns of a mark row are read and converted."""
+    reader = low.reader
+    schema = reader.schema_arrow
+    lazy = (
+        deferred is not None
+        and low.window.exact
+        and all(c in schema.names for c in DEFERRED_VALUES)
+    )
+    narrow = [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES]
+    every = [c for c in STORE_SCAN_COLUMNS if c in schema.names]
+    read = [c for c in narrow if c in schema.names] if lazy else every
+    if marks_only:
+        read = [c for c in every if c in _MARK_READ]
+        lazy = False
+    local: Counter[str] = Counter()
+    ids, pieces, whole = _file_pieces(reader, low.expr, read, low.window, local, low.plan)
+    if pieces and lazy and not whole:  # a group the mask could not test: read it whole-width
+        ids, pieces, whole = _file_pieces(reader, low.expr, every, low.window, local, low.plan)
+        lazy = False
+    stats["low_row_groups_read"] += local["row_groups_read"]
+    stats["low_rows_decoded"] += local["rows_decoded"]
+    if not pieces:
+        return empty_columns(underlying)
+    # the rows the window keeps, in file order; only the few this pass wants are sorted
+    # by as_of (the order `kept_rows` gives), and not at all for the mark table
+    table = pa.concat_tables([piece for piece, _ in pieces])
+    starts = np.cumsum([0] + [piece.num_rows for piece, _ in pieces])
+    kept = np.concatenate(
+        [
+            np.arange(a, b) if keep is None else a + np.flatnonzero(keep)
+            for (_, keep), a, b in zip(pieces, starts[:-1], starts[1:], strict=True)
+        ]
+    )
+    names = table.column("instrument_name")
+    if pa.types.is_dictionary(names.type):
+        encoded = names.unify_dictionaries().combine_chunks()
+        hot_entry = pc.is_in(encoded.dictionary, value_set=hot_names).to_numpy(zero_copy_only=False)
+        is_hot = hot_entry[encoded.indices.to_numpy()[kept]]
+    else:
+        taken = names.combine_chunks().take(pa.array(kept))
+        is_hot = pc.is_in(taken, value_set=hot_names).to_numpy(zero_copy_only=False)
+    as_of = as_of_ns(table)
+    rows = kept[wanted(as_of[kept], np.asarray(is_hot, dtype=bool))]
+    stats["low_rows_kept"] += len(rows)
+    if len(rows) == 0:
+        return empty_columns(underlying)
+    if not marks_only:
+        rows = rows[np.argsort(as_of[rows], kind="stable")]
+    # a few % of the decoded rows: Arrow gathers them first, so only they are converted
+    small = table.take(pa.array(rows)) if len(rows) * 4 < table.num_rows else None
+    if marks_only:
+        part = _convert(table, small, rows, underlying, ("mark_price",))
+    elif deferred is None:
+        part = _convert(table, small, rows, underlying, VALUE_COLUMNS)
+    elif lazy:
+        cols = _convert(table, small, rows, underlying, SELECTION_VALUES)
+        sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
+        part = _with_row_ids(cols, ParquetDeferred(reader, ids, sizes), deferred, rows)
+    else:
+        part = _selection_columns(table, underlying, deferred, rows)
+    return codes.remap(part)
+
+
+def _convert(
+    table: pa.Table,
+    small: pa.Table | None,
+    rows: np.ndarray,
+    underlying: str,
+    values: Sequence[str],
+) -> ChainColumns:
+    """Rows `rows` of `table` as chain columns, from `small` (those rows, gathered) if given."""
+    if small is not None:
+        return columns_from_arrow(small, underlying, values=values)
+    return columns_from_arrow(table, underlying, values=values, rows=rows)
 
 
 @dataclass
