@@ -36,6 +36,19 @@ def _load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
+def _host_speed() -> str:
+    """A fixed pure-Python loop's CPU seconds: how fast this (virtual) machine runs right now.
+
+    The host's speed drifts by tens of percent over an hour with no job of ours running;
+    figures from different moments compare only together with this line.
+    """
+    c0 = time.process_time()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return f"host speed: 10M-step Python loop {time.process_time() - c0:.2f}s cpu"
+
+
 def _cpu() -> float:
     """CPU seconds (user + system) of this process, its threads and its finished children."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -118,6 +131,7 @@ def main() -> None:
         path = _sweep_file(root, args.trials)
         n = len(load_sweep(path).trials)
         print(f"{n} trials, {args.workers} workers, {os.cpu_count()} CPUs ({_load()})")
+        print(_host_speed())
         per_run = per_cpu = None
         if not args.skip_sequential:
             per_run, per_cpu = _sequential(path, root / "seq", args.sequential)
@@ -133,6 +147,7 @@ def main() -> None:
         if not args.skip_ray:
             ray_s, _ = _timed_sweep(path, root / "ray", "ray", args.workers)
             print(f"ray backend: {ray_s:.1f}s total (incl. Ray start), {ray_s / local:.2f}x local")
+        print(_host_speed())
         if per_run is not None and per_cpu is not None:
             seq = per_run * n
             print(
