@@ -6,6 +6,7 @@ Every command exits 0 on success and non-zero with a one-line reason on errors.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -1190,5 +1191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def console() -> None:
+    """The `harness` console script: `main`, then exit with its code without a slow shutdown.
+
+    A command imports about 2,000 modules; at exit the interpreter's collections walked every
+    one of their objects again and again while it tore the modules down (about 0.5 s of every
+    command). Frozen first, they are freed by reference counting alone. Objects still alive at
+    exit keep no promise of finalization either way (files are closed where they are written).
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,31 @@ def test_every_command_has_help() -> None:
         with pytest.raises(SystemExit) as exc:
             parser.parse_args([cmd, "--help"])
         assert exc.value.code == 0
+
+
+def test_the_console_script_exits_with_mains_code_and_a_frozen_heap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    import harness.cli as cli
+
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.console()
+        assert stop.value.code == 3
+        assert gc.get_freeze_count() > 0  # the interpreter's shutdown skips walking them
+    finally:
+        gc.unfreeze()
+    # the real script: exit codes as before (0, and 2 for an error's one line)
+    script = [sys.executable, "-m", "harness.cli"]
+    ok = subprocess.run([*script, "runs", "list", "--runs-dir", str(tmp_path)], text=True)
+    assert ok.returncode == 0
+    missing = str(tmp_path / "missing.csv")
+    bad = subprocess.run(
+        [*script, "data", "import", "cdd", missing, "--underlying", "BTC", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "harness data: error" in bad.stderr
