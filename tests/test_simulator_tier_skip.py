@@ -4,7 +4,7 @@ reads them (issue 18, tenth round).
 `FileDataSource` reads the tiers above the band's lowest days to expiry first and the lower
 ones afterwards, only for the band's marks, the decisions whose ATM pick or first row they
 could change, and the block's end (`_second_pass`). The reference is the same store with the
-skip switched off (`_tier_floor` -> None), and the full chain (no selection at all).
+skip switched off (`tier_floor` -> None), and the full chain (no selection at all).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 import harness.data.files as files
+import harness.data.low_tiers as low_tiers
 from harness.data.chain_scan import columns_to_frame
 from harness.data.chain_select import ChainSelection
 from harness.data.files import FileDataSource
@@ -109,7 +110,7 @@ def _same(a: dict, b: dict) -> None:
 
 def _unskipped(cls: type[FileDataSource], store: Path, cfg: CallSimulationConfig, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(files, "_tier_floor", lambda selection: None)
+        m.setattr(files, "tier_floor", lambda selection: None)
         return CoveredCallSimulator(cls(store), cfg)
 
 
@@ -171,12 +172,14 @@ def test_first_row_only_after_a_spot_gap(store: Path, monkeypatch: pytest.Monkey
 
 def test_skip_is_off_for_rolls_and_low_bands() -> None:
     band = {"min_delta": 0.1, "max_delta": 0.4}
-    assert files._tier_floor(None) is None
+    assert low_tiers.tier_floor(None) is None
     week = ChainSelection(min_dte=5 - 1e-6, max_dte=9, atm_dte=7, **band)
-    assert files._tier_floor(week) == 4.0
-    assert files._tier_floor(dataclasses.replace(week, follow=True)) is None
-    assert files._tier_floor(ChainSelection(min_dte=1 - 1e-6, max_dte=3, atm_dte=2, **band)) is None
+    assert low_tiers.tier_floor(week) == 4.0
+    assert low_tiers.tier_floor(dataclasses.replace(week, follow=True)) is None
+    assert (
+        low_tiers.tier_floor(ChainSelection(min_dte=1 - 1e-6, max_dte=3, atm_dte=2, **band)) is None
+    )
     # a band right at a tier bound: the bound itself is not below the band
-    assert files._tier_floor(ChainSelection(min_dte=4.0, max_dte=6, atm_dte=5, **band)) == 2.0
+    assert low_tiers.tier_floor(ChainSelection(min_dte=4.0, max_dte=6, atm_dte=5, **band)) == 2.0
     # an ATM target inside the left-out tiers would send every decision to the second pass
-    assert files._tier_floor(ChainSelection(min_dte=5, max_dte=9, atm_dte=3, **band)) is None
+    assert low_tiers.tier_floor(ChainSelection(min_dte=5, max_dte=9, atm_dte=3, **band)) is None

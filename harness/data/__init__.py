@@ -1,7 +1,8 @@
 """Market data sources: the `MarketDataSource` protocol and its implementations."""
 
 from harness.data.deribit import DeribitDataSource
-from harness.data.files import DataError, FileDataSource
+from harness.data.errors import DataError
+from harness.data.files import FileDataSource
 from harness.data.source import (
     CHAIN_COLUMNS,
     OHLC_COLUMNS,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.data.files import DataError
+from harness.data.errors import DataError
 from harness.data.source import OHLC_COLUMNS
 from harness.timestamps import utc_index
 from harness.types import TIMEFRAMES, Timeframe, timeframe_delta

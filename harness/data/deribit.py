@@ -26,19 +26,15 @@ import pandas as pd
 
 from harness.coins import COINS, coin, coin_of_instrument_underlying, is_listed_style
 from harness.data.deribit_client import DeribitClient, InstrumentInfo
-from harness.data.files import (
-    ChainTable,
-    ChainTableSource,
-    DataError,
-    concat_chain,
-    normalize_store_chain,
-)
+from harness.data.errors import DataError
+from harness.data.point_in_time import ChainTable, ChainTableSource
 from harness.data.source import (
     OHLC_COLUMNS,
     empty_ohlc,
     frame_to_snapshots,
     inclusive_range,
 )
+from harness.data.store_schema import concat_chain, normalize_store_chain
 from harness.instruments import InstrumentSpec, parse_instrument_name
 from harness.pricing import black76_greeks, implied_vol, year_fraction
 from harness.timestamps import TimestampLike, to_utc, utc_index

@@ -33,7 +33,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from harness.data.files import DataError
+from harness.data.errors import DataError
 from harness.timestamps import TimestampLike, to_utc, utc_index
 from harness.types import Timeframe, timeframe_delta
 

@@ -31,8 +31,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from harness.data.errors import DataError
 from harness.data.files import (
-    DataError,
     FileDataSource,
     check_chain_timeframe,
     compact_chain,

@@ -29,13 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from harness.coins import COINS, coin_of_instrument_underlying, is_listed_style
-from harness.data.files import (
-    ChainTable,
-    ChainTableSource,
-    DataError,
-    concat_chain,
-    normalize_store_chain,
-)
+from harness.data.errors import DataError
+from harness.data.point_in_time import ChainTable, ChainTableSource
 from harness.data.source import (
     OHLC_COLUMNS,
     MarketDataSource,
@@ -43,6 +38,7 @@ from harness.data.source import (
     frame_to_snapshots,
     inclusive_range,
 )
+from harness.data.store_schema import concat_chain, normalize_store_chain
 from harness.instruments import parse_instrument_name
 from harness.pricing import black76_greeks
 from harness.timestamps import TimestampLike, to_utc, utc_index

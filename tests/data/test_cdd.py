@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from harness.data.cdd import base_of_symbol, read_cdd
-from harness.data.files import DataError, FileDataSource
+from harness.data.errors import DataError
+from harness.data.files import FileDataSource
 from harness.data.importers import import_cdd
 
 UTC = "UTC"

@@ -18,7 +18,8 @@ from harness.data.deribit_client import (
     RateLimiter,
     TransientDeribitError,
 )
-from harness.data.files import DataError, FileDataSource
+from harness.data.errors import DataError
+from harness.data.files import FileDataSource
 from harness.data.importers import fetch_deribit
 from harness.data.source import CHAIN_COLUMNS, BulkChainSource, MarketDataSource, SettlementSource
 from harness.instruments import parse_instrument_name

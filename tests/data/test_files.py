@@ -12,9 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.data import DeribitDataSource, FileDataSource, TardisDataSource  # noqa: F401
+from harness.data.errors import DataError
 from harness.data.files import (
-    ChainTable,
-    DataError,
     chain_partition_path,
     merge_chain,
     merge_settlements,
@@ -24,6 +23,7 @@ from harness.data.files import (
     write_table_atomic,
 )
 from harness.data.importers import open_market_source
+from harness.data.point_in_time import ChainTable
 from harness.data.source import (
     CHAIN_COLUMNS,
     BulkChainSource,

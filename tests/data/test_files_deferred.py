@@ -16,6 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from harness.data.chain_parquet import (
+    ROW_ID,
+    ParquetDeferred,
+    ScanWindow,
+    kept_rows,
+    read_chain_files,
+    read_parquet_files,
+    read_parquet_pieces,
+    take_deferred,
+)
 from harness.data.chain_scan import (
     VALUE_COLUMNS,
     ChainColumns,
@@ -24,20 +34,9 @@ from harness.data.chain_scan import (
     scan_filter,
 )
 from harness.data.chain_select import ChainSelection
-from harness.data.files import (
-    ROW_ID,
-    STORE_SCAN_COLUMNS,
-    FileDataSource,
-    ParquetDeferred,
-    ScanWindow,
-    _read_chain_files,
-    kept_rows,
-    read_parquet_files,
-    read_parquet_pieces,
-    read_table,
-    take_deferred,
-)
+from harness.data.files import FileDataSource, read_table
 from harness.data.importers import import_synthetic
+from harness.data.store_schema import STORE_SCAN_COLUMNS
 
 START, END = "2024-01-29", "2024-02-04"
 SELECTION = ChainSelection(
@@ -156,8 +155,8 @@ def test_deferred_columns_wait_in_the_file_until_rows_are_kept(store: Path) -> N
     expr = scan_filter(lo, hi, kinds=("call",), max_dte=3.0)
     window = ScanWindow(lo=lo.value, hi=hi.value, kinds=frozenset(["call"]), max_dte=3.0)
     deferred: list = []
-    got = _read_chain_files(parts, expr, window, "BTC", deferred, Counter())
-    whole = _read_chain_files(parts, expr, window, "BTC", None, Counter())
+    got = read_chain_files(parts, expr, window, "BTC", deferred, Counter())
+    whole = read_chain_files(parts, expr, window, "BTC", None, Counter())
     lazy = [isinstance(d, ParquetDeferred) for d in deferred]
     microseconds = pq.read_schema(parts[0]).field("as_of").type.unit == "us"
     assert len(deferred) == len(parts) and all(lazy) != microseconds

@@ -125,7 +125,7 @@ def test_selective_load_marks_band_names_from_a_small_table(store: Path) -> None
     )
     # band names come from the small table without a scan; other calls of the period from
     # one scan, because this band (2-4 days) let the load leave the one-day tier out and
-    # read it for the band's instruments only (`_MarkPeriod.hot_only`); both equal a fresh
+    # read it for the band's instruments only (`MarkPeriod.hot_only`); both equal a fresh
     # source's scan of each name (names the period holds from GRID[0] on: the DTE filter
     # cannot have hidden their early rows)
     assert period.hot_only

@@ -17,12 +17,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.data.files import (
-    FileDataSource,
-    chain_month_path,
-    chain_partition_path,
-    read_meta,
-)
+from harness.data.files import FileDataSource, chain_month_path, chain_partition_path, read_meta
 from harness.data.importers import import_synthetic, snapshot_timeframe
 from harness.data.synthetic import SyntheticMarket
 from harness.policies import always_sell

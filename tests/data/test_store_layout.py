@@ -20,20 +20,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.data.chain_parquet import ScanWindow, read_parquet_files
 from harness.data.chain_scan import columns_to_frame, scan_filter
 from harness.data.files import (
-    DTE_COLUMN,
-    STORE_SCAN_COLUMNS,
     FileDataSource,
-    ScanWindow,
     compact_chain,
     is_tiered,
-    normalize_store_chain,
-    read_parquet_files,
     read_table,
     write_chain_atomic,
 )
 from harness.data.importers import import_synthetic
+from harness.data.store_schema import DTE_COLUMN, STORE_SCAN_COLUMNS, normalize_store_chain
 from harness.simulator import CoveredCallSimulator
 from harness.types import CallSimulationConfig
 

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.data.files import DataError, FileDataSource
+from harness.data.errors import DataError
+from harness.data.files import FileDataSource
 from harness.data.importers import import_tardis
 from harness.data.source import CHAIN_COLUMNS, BulkChainSource, MarketDataSource
 from harness.data.tardis import (

@@ -2,7 +2,7 @@
 days-to-expiry tiers (`atm_needs_lower`), and that leaving them out never changes a selected
 row or a band mark (issue 18, tenth round).
 
-Reference: the same store read with the skip switched off (`_tier_floor` -> None).
+Reference: the same store read with the skip switched off (`tier_floor` -> None).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from harness.data.chain_scan import ChainColumns, columns_to_frame
 from harness.data.chain_select import ChainSelection, atm_needs_lower
 from harness.data.files import FileDataSource, write_chain_atomic
 from harness.data.importers import import_synthetic
+from harness.data.store_schema import DTE_COLUMN
 
 DAY = 86_400 * 10**9
 START, END = "2024-02-01", "2024-02-22"
@@ -41,7 +42,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "BTC", START, END, "4h", weekly, seed=5, calls_only=True, progress=False, max_dte=20.0
     )
     for path in sorted((weekly / "BTC" / "chain").glob("*/*.parquet")):
-        frame = pq.read_table(path).to_pandas().drop(columns=[files.DTE_COLUMN])
+        frame = pq.read_table(path).to_pandas().drop(columns=[DTE_COLUMN])
         write_chain_atomic(frame[frame["expiry"].dt.day_of_week == 4].reset_index(drop=True), path)
     return {"every": every, "weekly": weekly}
 
@@ -53,12 +54,12 @@ def _select(
     if skip:
         cols = source.selected_chain_columns("BTC", times, sel, max_dte=max_dte)
     else:
-        saved = files._tier_floor
-        files._tier_floor = lambda selection: None
+        saved = files.tier_floor
+        files.tier_floor = lambda selection: None
         try:
             cols = source.selected_chain_columns("BTC", times, sel, max_dte=max_dte)
         finally:
-            files._tier_floor = saved
+            files.tier_floor = saved
     return columns_to_frame(cols), source
 
 

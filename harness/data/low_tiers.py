@@ -1,0 +1,218 @@
+"""The low days-to-expiry tier skip: which tiers a selective scan may leave out
+(`tier_floor`) and the second pass that reads, from those left-out groups, only the rows the
+decisions need (`read_low_groups`, the point-in-time `windows_of`). See docs/data.md
+"How the store is read".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from harness.data.chain_parquet import (
+    DEFERRED_VALUES,
+    SELECTION_VALUES,
+    UNIT_NS,
+    Codes,
+    DeferredValues,
+    LowGroups,
+    ParquetDeferred,
+    file_pieces,
+    min_max,
+    selection_columns,
+    with_row_ids,
+)
+from harness.data.chain_scan import (
+    VALUE_COLUMNS,
+    ChainColumns,
+    as_of_ns,
+    columns_from_arrow,
+    empty_columns,
+)
+from harness.data.chain_select import ChainSelection
+from harness.data.store_schema import DTE_SLACK, DTE_TIERS, STORE_SCAN_COLUMNS
+
+# what a mark row needs (the period's mark table), plus what the scan window tests
+_MARK_READ = frozenset(("as_of", "expiry", "quote_time", "instrument_name", "kind", "mark_price"))
+
+
+def tier_floor(selection: ChainSelection | None) -> float | None:
+    """Days to expiry at or below which a selective scan may leave row groups out, or None.
+
+    The highest tier bound (`DTE_TIERS`) under the band's lowest days to expiry: every band
+    row then lies above it, so leaving those tiers out never hides a later row of a band call.
+    None when nothing can be left out: no selection, `follow` (an open call's later rows run
+    down to expiry), no tier bound under the band, or an ATM target inside the low tiers.
+    """
+    if selection is None or selection.follow:
+        return None
+    below = [t for t in DTE_TIERS if t < selection.min_dte - DTE_SLACK]
+    if not below or selection.atm_dte <= below[-1]:
+        return None
+    return below[-1]
+
+
+def grown(held: np.ndarray, n: int) -> np.ndarray:
+    """`held` (bool per code) extended with False to `n` codes."""
+    if len(held) >= n:
+        return held
+    return np.r_[held, np.zeros(n - len(held), dtype=bool)]
+
+
+# the next tier bound down from each bound (the second pass reads one tier at a time)
+TIER_BELOW: dict[float, float] = dict(zip(DTE_TIERS[1:], DTE_TIERS[:-1], strict=True))
+
+
+def windows_of(times_ns: np.ndarray, bar: int, back: int) -> tuple[np.ndarray, np.ndarray]:
+    """The point-in-time windows (b - back, b] of query times (b: the bar close at or
+    before each), sorted and merged where they overlap."""
+    ref = np.unique(times_ns - np.mod(times_ns, bar))
+    lo, hi = ref - back, ref
+    if len(lo) == 0:
+        return lo, hi
+    starts = np.flatnonzero(np.r_[True, lo[1:] >= hi[:-1]])
+    ends = np.r_[starts[1:] - 1, len(lo) - 1]
+    return lo[starts], hi[ends]
+
+
+def in_windows(t_ns: np.ndarray, windows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Whether each time lies in one of the merged windows (lo, hi] (`windows_of`)."""
+    lo, hi = windows
+    if len(hi) == 0:
+        return np.zeros(len(t_ns), dtype=bool)
+    i = np.minimum(np.searchsorted(hi, t_ns, side="left"), len(hi) - 1)
+    return (lo[i] < t_ns) & (t_ns <= hi[i])
+
+
+def first_of_each(cols: ChainColumns) -> ChainColumns:
+    """`cols` without repeats of an (instrument, as_of) row (the first copy stays)."""
+    if len(cols) < 2:
+        return cols
+    order = np.lexsort((cols.as_of, cols.code))
+    same = (np.diff(cols.code[order]) == 0) & (np.diff(cols.as_of[order]) == 0)
+    if not same.any():
+        return cols
+    drop = np.zeros(len(cols), dtype=bool)
+    drop[order[1:][same]] = True
+    return cols.take(np.flatnonzero(~drop))
+
+
+@dataclass
+class SecondPass:
+    """What `FileDataSource._second_pass` gives back for one block."""
+
+    marks: list[ChainColumns]  # left-out rows for the mark table (`mark_price` only)
+    found: list[ChainColumns]  # selected chains of the decisions that needed them
+    held: np.ndarray  # band codes (grown to the codes seen)
+    tail: ChainColumns | None  # left-out rows the next block's first windows read
+
+
+def as_of_spans(reader: pq.ParquetFile) -> list[tuple[int, int] | None]:
+    """Per row group of a chain file: (min, max) `as_of` in ns from its statistics, or None."""
+    meta = reader.metadata
+    if meta.num_row_groups == 0:
+        return []
+    first = meta.row_group(0)
+    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
+    as_of_type = reader.schema_arrow.field("as_of").type if "as_of" in where else None
+    unit = UNIT_NS.get(getattr(as_of_type, "unit", ""), 0)
+    out: list[tuple[int, int] | None] = []
+    for i in range(meta.num_row_groups):
+        stats = min_max(meta.row_group(i), where.get("as_of"))
+        out.append(None if stats is None or not unit else (stats[0] * unit, stats[1] * unit))
+    return out
+
+
+def read_low_groups(
+    low: LowGroups,
+    underlying: str,
+    deferred: list[DeferredValues] | None,
+    stats: Counter[str],
+    codes: Codes,
+    hot_names: pa.Array,
+    wanted: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    marks_only: bool = False,
+) -> ChainColumns:
+    """The rows of left-out groups that `wanted(as_of, is_hot)` keeps (`is_hot`: the row's
+    name is in `hot_names`), converted as `read_chain_files` converts (codes into `codes`);
+    with `marks_only`, only the columns of a mark row are read and converted."""
+    reader = low.reader
+    schema = reader.schema_arrow
+    lazy = (
+        deferred is not None
+        and low.window.exact
+        and all(c in schema.names for c in DEFERRED_VALUES)
+    )
+    narrow = [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES]
+    every = [c for c in STORE_SCAN_COLUMNS if c in schema.names]
+    read = [c for c in narrow if c in schema.names] if lazy else every
+    if marks_only:
+        read = [c for c in every if c in _MARK_READ]
+        lazy = False
+    local: Counter[str] = Counter()
+    ids, pieces, whole = file_pieces(reader, low.expr, read, low.window, local, low.plan)
+    if pieces and lazy and not whole:  # a group the mask could not test: read it whole-width
+        ids, pieces, whole = file_pieces(reader, low.expr, every, low.window, local, low.plan)
+        lazy = False
+    stats["low_row_groups_read"] += local["row_groups_read"]
+    stats["low_rows_decoded"] += local["rows_decoded"]
+    if not pieces:
+        return empty_columns(underlying)
+    # the rows the window keeps, in file order; only the few this pass wants are sorted
+    # by as_of (the order `kept_rows` gives), and not at all for the mark table
+    table = pa.concat_tables([piece for piece, _ in pieces])
+    starts = np.cumsum([0] + [piece.num_rows for piece, _ in pieces])
+    kept = np.concatenate(
+        [
+            np.arange(a, b) if keep is None else a + np.flatnonzero(keep)
+            for (_, keep), a, b in zip(pieces, starts[:-1], starts[1:], strict=True)
+        ]
+    )
+    names = table.column("instrument_name")
+    if pa.types.is_dictionary(names.type):
+        encoded = names.unify_dictionaries().combine_chunks()
+        hot_entry = pc.is_in(encoded.dictionary, value_set=hot_names).to_numpy(zero_copy_only=False)
+        is_hot = hot_entry[encoded.indices.to_numpy()[kept]]
+    else:
+        taken = names.combine_chunks().take(pa.array(kept))
+        is_hot = pc.is_in(taken, value_set=hot_names).to_numpy(zero_copy_only=False)
+    as_of = as_of_ns(table)
+    rows = kept[wanted(as_of[kept], np.asarray(is_hot, dtype=bool))]
+    stats["low_rows_kept"] += len(rows)
+    if len(rows) == 0:
+        return empty_columns(underlying)
+    if not marks_only:
+        rows = rows[np.argsort(as_of[rows], kind="stable")]
+    # a few % of the decoded rows: Arrow gathers them first, so only they are converted
+    small = table.take(pa.array(rows)) if len(rows) * 4 < table.num_rows else None
+    if marks_only:
+        part = _convert(table, small, rows, underlying, ("mark_price",))
+    elif deferred is None:
+        part = _convert(table, small, rows, underlying, VALUE_COLUMNS)
+    elif lazy:
+        cols = _convert(table, small, rows, underlying, SELECTION_VALUES)
+        sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
+        part = with_row_ids(cols, ParquetDeferred(reader, ids, sizes), deferred, rows)
+    else:
+        part = selection_columns(table, underlying, deferred, rows)
+    return codes.remap(part)
+
+
+def _convert(
+    table: pa.Table,
+    small: pa.Table | None,
+    rows: np.ndarray,
+    underlying: str,
+    values: Sequence[str],
+) -> ChainColumns:
+    """Rows `rows` of `table` as chain columns, from `small` (those rows, gathered) if given."""
+    if small is not None:
+        return columns_from_arrow(small, underlying, values=values)
+    return columns_from_arrow(table, underlying, values=values, rows=rows)
