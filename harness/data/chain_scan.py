@@ -259,3 +259,16 @@ def columns_from_arrow(
         is_call=pick(pc.equal(kind, "call").to_numpy(zero_copy_only=False)),
         values={c: pick(float_values(table.column(c))) for c in values},
     )
+
+
+def rows_sorted_by(keys: Sequence[np.ndarray]) -> bool:
+    """Whether rows are sorted by `keys` (most significant first), ties allowed."""
+    if len(keys[0]) < 2:
+        return True
+    undecided = np.ones(len(keys[0]) - 1, dtype=bool)
+    for key in keys:
+        a, b = key[:-1], key[1:]
+        if (undecided & (b < a)).any():
+            return False
+        undecided &= b == a
+    return True

@@ -20,6 +20,7 @@ from harness.data.chain_scan import (
     columns_from_frame,
     columns_to_frame,
     empty_columns,
+    rows_sorted_by,
 )
 from harness.data.errors import DataError
 from harness.data.source import OHLC_COLUMNS, empty_chain_frame, empty_ohlc
@@ -182,7 +183,7 @@ class ChainTable:
         # ChainStore order (time, calls first, expiry, strike), so the store need not re-sort;
         # rows read from the tiered layout usually are in it already
         keys = (which, ~c.is_call[rows], c.expiry[rows], c.values["strike"][rows])
-        if np.isnan(keys[-1]).any() or not _sorted_by(keys):  # lexsort puts NaN last
+        if np.isnan(keys[-1]).any() or not rows_sorted_by(keys):  # lexsort puts NaN last
             order = np.lexsort(keys[::-1])
             rows, which = rows[order], which[order]
         return rows, which, t_ns
@@ -487,19 +488,6 @@ def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     which = np.repeat(np.arange(len(lo)), lengths)
     starts = np.repeat(lo - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
     return starts + np.arange(total), which
-
-
-def _sorted_by(keys: Sequence[np.ndarray]) -> bool:
-    """Whether rows are sorted by `keys` (most significant first), ties allowed."""
-    if len(keys[0]) < 2:
-        return True
-    undecided = np.ones(len(keys[0]) - 1, dtype=bool)
-    for key in keys:
-        a, b = key[:-1], key[1:]
-        if (undecided & (b < a)).any():
-            return False
-        undecided &= b == a
-    return True
 
 
 def utc_times(times: pd.DatetimeIndex | Sequence[TimestampLike]) -> pd.DatetimeIndex:

@@ -18,6 +18,7 @@ from harness.data.chain_scan import (
     ColumnarChainSource,
     columns_from_frame,
     columns_to_frame,
+    rows_sorted_by,
 )
 from harness.data.chain_select import ChainSelection, SelectiveChainSource
 from harness.data.source import (
@@ -180,13 +181,5 @@ class ChainStore:
 
 def _in_store_order(cols: ChainColumns) -> bool:
     """Whether rows are already sorted by (as_of, calls first, expiry, strike)."""
-    if len(cols) < 2:
-        return True
     keys = (cols.as_of, (~cols.is_call).astype(np.int8), cols.expiry, cols.values["strike"])
-    undecided = np.ones(len(cols) - 1, dtype=bool)
-    for key in keys:
-        a, b = key[:-1], key[1:]
-        if (undecided & (b < a)).any():
-            return False
-        undecided &= b == a
-    return True
+    return rows_sorted_by(keys)
