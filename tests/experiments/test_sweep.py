@@ -122,6 +122,21 @@ def test_ray_backend_gives_the_same_leaderboard(
         assert (t / "decisions.jsonl").exists() and (t / "report.md").exists()
 
 
+def test_the_command_with_two_workers_gives_the_same_leaderboard(
+    local_sweep: Path, tmp_path: Path
+) -> None:
+    # the console path: the worker server is started before the driver imports the runner
+    path = write_sweep(tmp_path)
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(path), "--workers", "2"]
+    done = subprocess.run([*cmd, "--out", str(out), "-q"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (sweep_dir,) = out.iterdir()
+    assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "complete"
+    pd.testing.assert_frame_equal(_board(sweep_dir), _board(local_sweep))
+
+
 def test_resume_after_killing_a_sweep_midway(local_sweep: Path, tmp_path: Path) -> None:
     path = write_sweep(tmp_path)
     out = tmp_path / "runs"
