@@ -333,11 +333,26 @@ class SyntheticMarket:
             pd.Timestamp(int(t_ns.min()), tz="UTC"), pd.Timestamp(int(t_ns.max()), tz="UTC")
         )
         minutes = ((t_ns - PATH_START.value) // _NS_PER_MINUTE).astype(np.int64)
+        return self._prices_at_minutes(underlying, minutes)
+
+    def _prices_at_minutes(self, underlying: str, minutes: np.ndarray) -> np.ndarray:
+        """`minute_prices` at the given minutes only (each price is exp of its path value, so
+        the same numbers; a year's decisions need ~2,000 of its ~525,000 minutes)."""
+        log_price = np.empty(len(minutes))
         lo, hi = int(minutes.min()), int(minutes.max())
-        if hi - lo > 4_000_000:
-            return np.array([self.minute_prices(underlying, int(m), int(m))[0] for m in minutes])
-        prices = self.minute_prices(underlying, lo, hi)
-        return prices[minutes - lo]
+        year = (PATH_START + lo * MINUTE).year
+        while year <= (PATH_START + hi * MINUTE).year:
+            y_m0, y_m1 = _minute_of(_year_start(year)), _minute_of(_year_start(year + 1))
+            if year > PATH_LAST_YEAR:
+                # the single instant at the very end of the simulated path
+                last = self._year_path(underlying, PATH_LAST_YEAR)[-1]
+                log_price[minutes >= y_m0] = last
+                break
+            here = (minutes >= y_m0) & (minutes < y_m1)
+            if here.any():
+                log_price[here] = self._year_path(underlying, year)[minutes[here] - y_m0]
+            year += 1
+        return np.exp(log_price)
 
     def vol_state_at(self, underlying: str, times: pd.DatetimeIndex | Sequence) -> np.ndarray:
         """The model's current realized-vol state (annualized fraction) at each instant."""
