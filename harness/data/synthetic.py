@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -146,6 +147,38 @@ class _Expiry:
     strike_listed: np.ndarray  # datetime64[ns] when each strike was first listed
 
 
+_MAX_WINDOWS = 4  # selection windows kept per market (a year of 4h decisions: ~1-2 MB each)
+
+
+@dataclass
+class _SelectionWindow:
+    """A selective load's band-independent part (see `SyntheticMarket._selection_window`):
+    calls in the DTE window as (instrument, time) index pairs with their deltas, and the ATM
+    rows as keys time * n_instruments + instrument."""
+
+    t: np.ndarray
+    exps: list[pd.Timestamp]
+    strike: np.ndarray
+    exp_id: np.ndarray
+    exp_ns: np.ndarray
+    stop: np.ndarray
+    w_inst: np.ndarray
+    w_t: np.ndarray
+    delta: np.ndarray
+    atm_keys: np.ndarray
+    names: dict[int, str] = field(default_factory=dict)
+
+    def name(self, u: str, i: int) -> str:
+        """Instrument i's Deribit name (formatted once per window)."""
+        got = self.names.get(i)
+        if got is None:
+            got = self.names[i] = (
+                f"{coin(u).instrument_prefix}-{format_expiry_code(self.exps[self.exp_id[i]])}-"
+                f"{format_strike(self.strike[i])}-C"
+            )
+        return got
+
+
 @dataclass
 class SyntheticMarket:
     """Deterministic synthetic Deribit-style BTC/ETH market (2019-2030), no network.
@@ -181,6 +214,7 @@ class SyntheticMarket:
         self._names_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         # instrument name -> its parsed facts (a sweep's mark requests repeat the same names)
         self._resolved: dict[str, tuple[str, float, pd.Timestamp, bool, pd.Timestamp]] = {}
+        self._windows: OrderedDict[tuple, _SelectionWindow] = OrderedDict()
 
     # ---------------------------------------------------------------- identity
     def fingerprint(self) -> str:
@@ -725,13 +759,82 @@ class SyntheticMarket:
         if len(idx) == 0:
             return empty_columns(u)
         t = np.sort(as_ns(idx))
+        w = self._selection_window(u, t, selection, max_dte)
+        if w is None:
+            return empty_columns(u)
+        n_inst = len(w.strike)
+        in_band = (w.delta >= selection.min_delta) & (w.delta <= selection.max_delta)
+        kept_keys = [w.atm_keys]
+        if selection.follow:
+            band_first = np.full(n_inst, np.iinfo(np.int64).max)
+            np.minimum.at(band_first, w.w_inst[in_band], w.w_t[in_band])
+            held = np.nonzero(band_first < len(t))[0]
+            f_cnt = np.maximum(w.stop[held] - band_first[held], 0)
+            f_inst = np.repeat(held, f_cnt)
+            f_t = _ranges(band_first[held], f_cnt)
+            f_dte = (w.exp_ns[f_inst] - t[f_t]) / (86400.0 * 1e9)
+            f_ok = f_dte <= max_dte if max_dte is not None else np.ones(len(f_t), bool)
+            kept_keys.append((f_t * n_inst + f_inst)[f_ok])
+        else:
+            kept_keys.append(w.w_t[in_band] * n_inst + w.w_inst[in_band])
+        keys = np.unique(np.concatenate(kept_keys))  # time, then expiry, then strike
+        r_t, r_inst = keys // n_inst, keys % n_inst
+        rows_time, rows_strike, rows_exp = t[r_t], w.strike[r_inst], w.exp_ns[r_inst]
+        is_call = np.ones(len(keys), dtype=bool)
+        q = self._quote(u, rows_time, rows_strike, rows_exp, is_call)
+        inst, code = np.unique(r_inst, return_inverse=True)
+        names = np.array([w.name(u, i) for i in inst.tolist()], dtype=object)
+        values = {"strike": rows_strike, **q}
+        return ChainColumns(
+            underlying=u,
+            as_of=rows_time,
+            expiry=rows_exp,
+            quote_time=rows_time,
+            code=code.astype(np.int64),
+            names=names,
+            is_call=is_call,
+            values={c: values[c] for c in VALUE_COLUMNS},
+        )
+
+    def _selection_window(
+        self, u: str, t: np.ndarray, selection: ChainSelection, max_dte: float | None
+    ) -> _SelectionWindow | None:
+        """The part of a selective load that does not depend on the delta band: every call in
+        the DTE window with its delta, and the ATM rows. Kept for the last few (times, DTE
+        window, ATM target, limit): a sweep's trials that differ only in their delta band
+        (or rule) share it, and each call then only filters, quotes its kept rows and names
+        them, the same rows and values as computing it all again."""
+        key = (
+            u,
+            len(t),
+            int(t[0]),
+            int(t[-1]),
+            max_dte,
+            selection.min_dte,
+            selection.max_dte,
+            selection.atm_dte,
+        )
+        kept = self._windows.get(key)
+        if kept is not None and np.array_equal(kept.t, t):
+            self._windows.move_to_end(key)
+            return kept
+        w = self._compute_window(u, t, selection, max_dte)
+        if w is not None:
+            self._windows[key] = w
+            while len(self._windows) > _MAX_WINDOWS:
+                self._windows.popitem(last=False)
+        return w
+
+    def _compute_window(
+        self, u: str, t: np.ndarray, selection: ChainSelection, max_dte: float | None
+    ) -> _SelectionWindow | None:
         t_idx = pd.DatetimeIndex(t.astype("datetime64[ns]"), tz="UTC")
         start, end = t_idx[0], t_idx[-1]
         self._check_span(start, end)
         horizon = None if max_dte is None else end + pd.Timedelta(days=max_dte)
         exps = [e for e in self._expiry_dates(start, end) if horizon is None or e <= horizon]
         if not exps:
-            return empty_columns(u)
+            return None
         listings = self._listings(u, exps)
         strike = np.concatenate([lst.strikes for lst in listings])
         listed = np.concatenate([lst.strike_listed for lst in listings])
@@ -760,8 +863,9 @@ class SyntheticMarket:
         pair_ok = pair_dte <= max_dte if max_dte is not None else np.ones(len(pair_t), bool)
         np.minimum.at(best_gap, pair_t[pair_ok], np.abs(pair_dte[pair_ok] - selection.atm_dte))
 
-        band_first = np.full(len(strike), np.iinfo(np.int64).max)
-        kept_keys: list[np.ndarray] = []
+        w_insts: list[np.ndarray] = []
+        w_ts: list[np.ndarray] = []
+        deltas: list[np.ndarray] = []
         atm_keys: list[np.ndarray] = []
         atm_money: list[np.ndarray] = []
         n_inst = len(strike)
@@ -776,11 +880,9 @@ class SyntheticMarket:
             tau = np.maximum((exp_ns[w_inst] - t[w_t]) / (365.0 * 86400.0 * 1e9), 0.0)
             spot = spot_t[w_t]
             iv, _ = self._surface_iv(u, vol_t[w_t], tau, np.log(strike[w_inst] / spot))
-            delta = black76_delta(spot, strike[w_inst], tau, iv, True)
-            in_band = (delta >= selection.min_delta) & (delta <= selection.max_delta)
-            np.minimum.at(band_first, w_inst[in_band], w_t[in_band])
-            if not selection.follow:
-                kept_keys.append(w_t[in_band] * n_inst + w_inst[in_band])
+            w_insts.append(w_inst)
+            w_ts.append(w_t)
+            deltas.append(black76_delta(spot, strike[w_inst], tau, iv, True))
             # calls of the nearest expiry: keep the nearest the money of this block per time
             gap = np.abs(dte - selection.atm_dte)
             near = np.nonzero(ok & (gap == best_gap[r_t]))[0]
@@ -795,39 +897,17 @@ class SyntheticMarket:
         money = np.concatenate(atm_money)
         best_money = np.full(len(t), np.inf)
         np.minimum.at(best_money, keys // n_inst, money)
-        kept_keys.append(keys[money == best_money[keys // n_inst]])
-        if selection.follow:
-            held = np.nonzero(band_first < len(t))[0]
-            f_cnt = np.maximum(stop[held] - band_first[held], 0)
-            f_inst = np.repeat(held, f_cnt)
-            f_t = _ranges(band_first[held], f_cnt)
-            f_dte = (exp_ns[f_inst] - t[f_t]) / (86400.0 * 1e9)
-            f_ok = f_dte <= max_dte if max_dte is not None else np.ones(len(f_t), bool)
-            kept_keys.append((f_t * n_inst + f_inst)[f_ok])
-        keys = np.unique(np.concatenate(kept_keys))  # time, then expiry, then strike
-        r_t, r_inst = keys // n_inst, keys % n_inst
-        rows_time, rows_strike, rows_exp = t[r_t], strike[r_inst], exp_ns[r_inst]
-        is_call = np.ones(len(keys), dtype=bool)
-        q = self._quote(u, rows_time, rows_strike, rows_exp, is_call)
-        inst, code = np.unique(r_inst, return_inverse=True)
-        names = np.array(
-            [
-                f"{coin(u).instrument_prefix}-{format_expiry_code(exps[exp_id[i]])}-"
-                f"{format_strike(strike[i])}-C"
-                for i in inst
-            ],
-            dtype=object,
-        )
-        values = {"strike": rows_strike, **q}
-        return ChainColumns(
-            underlying=u,
-            as_of=rows_time,
-            expiry=rows_exp,
-            quote_time=rows_time,
-            code=code.astype(np.int64),
-            names=names,
-            is_call=is_call,
-            values={c: values[c] for c in VALUE_COLUMNS},
+        return _SelectionWindow(
+            t=t.copy(),
+            exps=exps,
+            strike=strike,
+            exp_id=exp_id,
+            exp_ns=exp_ns,
+            stop=stop,
+            w_inst=np.concatenate(w_insts),
+            w_t=np.concatenate(w_ts),
+            delta=np.concatenate(deltas),
+            atm_keys=keys[money == best_money[keys // n_inst]],
         )
 
     def list_option_chain(self, underlying: str, as_of: TimestampLike) -> list[OptionSnapshot]:
