@@ -251,7 +251,6 @@ class SweepRunner:
         configs = {t.index: t.config for t in todo}
         # every market built and its chains warmed once, here, then shipped to the workers
         markets = prepare_markets([configs[t.index] for t in spread])
-
         spread = run_order(spread, configs, markets)
         back: list[TrialTask] = []  # replays a worker could not serve from the cache
         by_index = {t.index: t for t in spread}
