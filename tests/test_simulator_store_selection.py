@@ -7,12 +7,10 @@ full-chain replay is the reference: the same source with the selective path swit
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -23,6 +21,13 @@ from harness.policies import always_sell
 from harness.simulator import CoveredCallSimulator
 from harness.state import DecisionState
 from harness.types import CallCandidate, CallSimulationConfig
+from tests.store_replay_fixtures import (
+    FullChain,
+    GappyFull,
+    GappySpot,
+    assert_same_replay,
+    replay,
+)
 
 START, END = "2024-02-01", "2024-02-12"
 BASE = CallSimulationConfig(
@@ -39,26 +44,6 @@ CONFIGS = {
     "roll": BASE.model_copy(update={"hold_to_expiry": False}),
     "hourly_roll": BASE.model_copy(update={"hold_to_expiry": False, "decision_interval_bars": 1}),
 }
-
-
-class FullChain(FileDataSource):
-    """The same store with the selective path hidden (the simulator then reads every row)."""
-
-    selected_chain_columns = None  # type: ignore[assignment]
-
-
-class GappySpot(FileDataSource):
-    """Spot bars missing over one afternoon, so decisions there take the chain's spot."""
-
-    gap = (pd.Timestamp("2024-02-05T11:00", tz="UTC"), pd.Timestamp("2024-02-05T20:00", tz="UTC"))
-
-    def get_spot_ohlc(self, underlying, start, end, timeframe):
-        bars = super().get_spot_ohlc(underlying, start, end, timeframe)
-        return bars[(bars.index <= self.gap[0]) | (bars.index > self.gap[1])]
-
-
-class GappyFull(GappySpot):
-    selected_chain_columns = None  # type: ignore[assignment]
 
 
 @pytest.fixture(scope="module")
@@ -97,19 +82,8 @@ def roll_when_short(state: DecisionState, cands: Sequence[CallCandidate]) -> Cal
     return None
 
 
-def _replay(sim: CoveredCallSimulator, cfg: CallSimulationConfig) -> dict:
-    policy = always_sell() if cfg.hold_to_expiry else roll_when_short
-    res = sim.simulate_policy(policy)
-    states = [sim.build_state(t).model_dump() for t in sim.decision_times()]
-    return {
-        "gates": dataclasses.asdict(sim.gate_counts),
-        "candidates": sim.candidates_frame(),
-        "states": states,
-        "labels": sim.counterfactual_labels(),
-        "trades": [dataclasses.asdict(t) for t in res.trades],
-        "equity": res.equity_vs_hodl,
-        "metrics": res.metrics,
-    }
+def _policy(cfg: CallSimulationConfig):
+    return always_sell() if cfg.hold_to_expiry else roll_when_short
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -118,14 +92,8 @@ def test_selected_rows_replay_like_the_full_chain(store: Path, name: str) -> Non
     sel = CoveredCallSimulator(FileDataSource(store), cfg)
     full = CoveredCallSimulator(FullChain(store), cfg)
     assert 0 < len(sel.store) < len(full.store) / 3
-    a, b = _replay(sel, cfg), _replay(full, cfg)
-    assert a["gates"] == b["gates"]
-    pd.testing.assert_frame_equal(a["candidates"], b["candidates"])
-    assert a["states"] == b["states"]
-    pd.testing.assert_frame_equal(a["labels"], b["labels"])
-    assert a["trades"] == b["trades"] and len(a["trades"]) > 0
-    pd.testing.assert_series_equal(a["equity"], b["equity"])
-    assert a["metrics"] == b["metrics"]
+    a = replay(sel, _policy(cfg))
+    assert_same_replay(a, replay(full, _policy(cfg)))
     if not cfg.hold_to_expiry:
         assert any(t["notes"] for t in a["trades"])
 

@@ -25,6 +25,13 @@ from harness.data.importers import import_synthetic
 from harness.policies import always_sell
 from harness.simulator import CoveredCallSimulator
 from harness.types import CallSimulationConfig
+from tests.store_replay_fixtures import (
+    FullChain,
+    GappyFull,
+    GappySpot,
+    assert_same_replay,
+    replay,
+)
 
 START, END = "2024-02-01", "2024-02-24"
 BASE = CallSimulationConfig(
@@ -46,22 +53,6 @@ CONFIGS = {
 }
 
 
-class FullChain(FileDataSource):
-    """The same store with the selective path hidden (the simulator then reads every row)."""
-
-    selected_chain_columns = None  # type: ignore[assignment]
-
-
-class GappySpot(FileDataSource):
-    """Spot bars missing over one afternoon, so decisions there take the chain's spot."""
-
-    gap = (pd.Timestamp("2024-02-05T11:00", tz="UTC"), pd.Timestamp("2024-02-05T20:00", tz="UTC"))
-
-    def get_spot_ohlc(self, underlying, start, end, timeframe):
-        bars = super().get_spot_ohlc(underlying, start, end, timeframe)
-        return bars[(bars.index <= self.gap[0]) | (bars.index > self.gap[1])]
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tier_skip")
@@ -69,43 +60,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "BTC", START, END, "4h", root, seed=11, calls_only=True, progress=False, max_dte=16.0
     )
     return root
-
-
-@pytest.fixture
-def no_skip(monkeypatch: pytest.MonkeyPatch):
-    """Switch the tier skip off for sources built inside the `with` block."""
-
-    def off():
-        return monkeypatch.context()
-
-    return off
-
-
-def _replay(sim: CoveredCallSimulator) -> dict:
-    res = sim.simulate_policy(always_sell())
-    return {
-        "gates": dataclasses.asdict(sim.gate_counts),
-        "candidates": sim.candidates_frame(),
-        "states": [sim.build_state(t).model_dump() for t in sim.decision_times()],
-        "labels": sim.counterfactual_labels(),
-        "trades": [dataclasses.asdict(t) for t in res.trades],
-        "equity": res.equity_vs_hodl,
-        "metrics": res.metrics,
-        "chain_spot": sim._chain_spot,
-        "atm_iv": sim._features["atm_iv"],
-    }
-
-
-def _same(a: dict, b: dict) -> None:
-    assert a["gates"] == b["gates"]
-    pd.testing.assert_frame_equal(a["candidates"], b["candidates"])
-    assert a["states"] == b["states"]
-    pd.testing.assert_frame_equal(a["labels"], b["labels"])
-    assert a["trades"] == b["trades"] and len(a["trades"]) > 0
-    pd.testing.assert_series_equal(a["equity"], b["equity"])
-    assert a["metrics"] == b["metrics"]
-    np.testing.assert_array_equal(a["chain_spot"], b["chain_spot"])
-    np.testing.assert_array_equal(a["atm_iv"], b["atm_iv"])
 
 
 def _unskipped(cls: type[FileDataSource], store: Path, cfg: CallSimulationConfig, monkeypatch):
@@ -139,15 +93,15 @@ def test_left_out_tiers_replay_like_reading_them(
     pd.testing.assert_frame_equal(
         columns_to_frame(skip.store.cols), columns_to_frame(read.store.cols)
     )
-    a = _replay(skip)
-    _same(a, _replay(read))
-    _same(a, _replay(full))
+    a = replay(skip, always_sell())
+    assert_same_replay(a, replay(read, always_sell()))
+    assert_same_replay(a, replay(full, always_sell()))
 
 
 def test_first_row_only_after_a_spot_gap(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sim = CoveredCallSimulator(GappySpot(store), BASE)
     read = _unskipped(GappySpot, store, BASE, monkeypatch)
-    full = CoveredCallSimulator(type("GappyFull", (GappySpot, FullChain), {})(store), BASE)
+    full = CoveredCallSimulator(GappyFull(store), BASE)
     assert sim.spot_stale.any() and not sim.spot_stale.all()
     stale_ns = set(sim.dec_ns[sim.spot_stale].tolist())
     selection = sim._chain_selection()
@@ -167,7 +121,7 @@ def test_first_row_only_after_a_spot_gap(store: Path, monkeypatch: pytest.Monkey
         ].map(lambda t: t.value)
     )
     assert near_times <= stale_ns
-    _same(_replay(sim), _replay(full))
+    assert_same_replay(replay(sim, always_sell()), replay(full, always_sell()))
 
 
 def test_skip_is_off_for_rolls_and_low_bands() -> None:

@@ -763,42 +763,17 @@ class FileDataSource(ChainTableSource):
                 if mine.any():
                     table = ChainTable.from_columns(rows, tf, stale)
                     held = grown(held, len(codes.index))
-                    # a few hundred decision times at a time: the point-in-time rows and the
-                    # selection's temporaries of ~30k rows stay in cache and their memory is
-                    # reused, where one pass held ~0.5M-row temporaries (fresh pages: system
-                    # time in a fresh process); the rows and their order are the same
-                    mine_ns = t_ns[mine]
-                    first = None if selection is None else selection.first_row_wanted(mine_ns)
-                    needs: list[np.ndarray] = []
-                    for q in range(0, len(mine_ns), _QUERY_CHUNK):
-                        at, which, q_ns = table.at_rows(
-                            pd.to_datetime(mine_ns[q : q + _QUERY_CHUNK], utc=True),
-                            kinds=kinds,
-                            max_dte=max_dte,
-                        )
-                        if selection is not None and first is not None:
-                            q_first = first[q : q + _QUERY_CHUNK]
-                            keep = store_selection_mask(
-                                table.cols, at, which, q_ns, selection, held, q_first
-                            )
-                            if skipping:
-                                # the first row, and an ATM pick the rows read cannot settle,
-                                # come from a second pass with the left-out rows
-                                need = q_first | atm_needs_lower(
-                                    table.cols,
-                                    at,
-                                    which,
-                                    q_ns,
-                                    selection.atm_dte,
-                                    floor + DTE_SLACK,
-                                )
-                                keep &= ~need[which]
-                                needs.append(q_ns[need])
-                            at, which = at[keep], which[keep]
-                        found.append(replace(table.cols.take(at), as_of=q_ns[which]))
+                    chains, need_ns = self._select(
+                        table,
+                        t_ns[mine],
+                        selection,
+                        held,
+                        floor + DTE_SLACK if skipping and floor is not None else None,
+                        kinds=kinds,
+                        max_dte=max_dte,
+                    )
+                    found.extend(chains)
                     self.gate_counts.update(table.gate_counts)
-                    if needs:
-                        need_ns = np.concatenate(needs)
                 # the next block's first chains look back into this one
                 tail = rows.take(np.flatnonzero(rows.as_of > block_hi - chain_back))
             if not skipping or selection is None or floor is None:
@@ -953,24 +928,51 @@ class FileDataSource(ChainTableSource):
         tf, stale, _ = self._windows(cols.underlying)
         table = ChainTable.from_columns(cols, tf, stale)
         out.held = grown(out.held, len(codes.index))
+        chains, need = self._select(
+            table, times_ns, selection, out.held, floor, kinds=kinds, max_dte=max_dte
+        )
+        out.found.extend(chains)
+        return need
+
+    @staticmethod
+    def _select(
+        table: ChainTable,
+        times_ns: np.ndarray,
+        selection: ChainSelection | None,
+        held: np.ndarray,
+        floor: float | None,
+        *,
+        kinds: Sequence[str],
+        max_dte: float | None,
+    ) -> tuple[list[ChainColumns], np.ndarray]:
+        """The chains of `table` at `times_ns` (as_of = the query time), narrowed by
+        `selection` (`held`, the band codes, updated in place); with `floor`, the times whose
+        first row or ATM pick needs rows of at most `floor` days are returned instead of
+        answered (their rows are left out)."""
+        found: list[ChainColumns] = []
         needs: list[np.ndarray] = []
+        # a few hundred decision times at a time: the point-in-time rows and the selection's
+        # temporaries of ~30k rows stay in cache and their memory is reused, where one pass
+        # held ~0.5M-row temporaries (fresh pages: system time in a fresh process); the rows
+        # and their order are the same
         for q in range(0, len(times_ns), _QUERY_CHUNK):
             at, which, q_ns = table.at_rows(
                 pd.to_datetime(times_ns[q : q + _QUERY_CHUNK], utc=True),
                 kinds=kinds,
                 max_dte=max_dte,
             )
-            first = selection.first_row_wanted(q_ns)
-            keep = store_selection_mask(table.cols, at, which, q_ns, selection, out.held, first)
-            if floor is not None:
-                need = first | atm_needs_lower(
-                    table.cols, at, which, q_ns, selection.atm_dte, floor
-                )
-                keep &= ~need[which]
-                needs.append(q_ns[need])
-            at, which = at[keep], which[keep]
-            out.found.append(replace(table.cols.take(at), as_of=q_ns[which]))
-        return np.concatenate(needs) if needs else np.empty(0, dtype=np.int64)
+            if selection is not None:
+                first = selection.first_row_wanted(q_ns)
+                keep = store_selection_mask(table.cols, at, which, q_ns, selection, held, first)
+                if floor is not None:
+                    need = first | atm_needs_lower(
+                        table.cols, at, which, q_ns, selection.atm_dte, floor
+                    )
+                    keep &= ~need[which]
+                    needs.append(q_ns[need])
+                at, which = at[keep], which[keep]
+            found.append(replace(table.cols.take(at), as_of=q_ns[which]))
+        return found, (np.concatenate(needs) if needs else np.empty(0, dtype=np.int64))
 
     def _read_low(
         self,

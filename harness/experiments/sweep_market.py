@@ -313,8 +313,7 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 def builds_chains(source: MarketDataSource) -> bool:
     """Whether a sweep builds full chains of `source` once (`SharedChains.warm`): not for a
     source that answers each simulator's few band rows itself (`SelectiveChainSource`)."""
-    inner = source._source if isinstance(source, SharedChains) else source
-    return isinstance(source, SharedChains) and not isinstance(inner, SelectiveChainSource)
+    return isinstance(source, SharedChains) and not isinstance(source._source, SelectiveChainSource)
 
 
 def share_chains(source: MarketDataSource) -> MarketDataSource:

@@ -1,0 +1,64 @@
+"""Store sources and replay comparisons shared by the store-selection and tier-skip tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.data.files import FileDataSource
+from harness.simulator import CoveredCallSimulator, PolicyFn
+
+
+class FullChain(FileDataSource):
+    """The same store with the selective path hidden (the simulator then reads every row)."""
+
+    selected_chain_columns = None  # type: ignore[assignment]
+
+
+class GappySpot(FileDataSource):
+    """Spot bars missing over one afternoon, so decisions there take the chain's spot."""
+
+    gap = (pd.Timestamp("2024-02-05T11:00", tz="UTC"), pd.Timestamp("2024-02-05T20:00", tz="UTC"))
+
+    def get_spot_ohlc(self, underlying, start, end, timeframe):
+        bars = super().get_spot_ohlc(underlying, start, end, timeframe)
+        return bars[(bars.index <= self.gap[0]) | (bars.index > self.gap[1])]
+
+
+class GappyFull(GappySpot):
+    """`GappySpot` with the selective path hidden."""
+
+    selected_chain_columns = None  # type: ignore[assignment]
+
+
+def replay(sim: CoveredCallSimulator, policy: PolicyFn) -> dict[str, Any]:
+    """Everything a replay of `policy` on `sim` shows: gates, candidates, states, labels,
+    trades, equity, metrics, the chain's spot and the ATM IV feature."""
+    res = sim.simulate_policy(policy)
+    return {
+        "gates": dataclasses.asdict(sim.gate_counts),
+        "candidates": sim.candidates_frame(),
+        "states": [sim.build_state(t).model_dump() for t in sim.decision_times()],
+        "labels": sim.counterfactual_labels(),
+        "trades": [dataclasses.asdict(t) for t in res.trades],
+        "equity": res.equity_vs_hodl,
+        "metrics": res.metrics,
+        "chain_spot": sim._chain_spot,
+        "atm_iv": sim._features["atm_iv"],
+    }
+
+
+def assert_same_replay(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two `replay` results are equal (and trade at all)."""
+    assert a["gates"] == b["gates"]
+    pd.testing.assert_frame_equal(a["candidates"], b["candidates"])
+    assert a["states"] == b["states"]
+    pd.testing.assert_frame_equal(a["labels"], b["labels"])
+    assert a["trades"] == b["trades"] and len(a["trades"]) > 0
+    pd.testing.assert_series_equal(a["equity"], b["equity"])
+    assert a["metrics"] == b["metrics"]
+    np.testing.assert_array_equal(a["chain_spot"], b["chain_spot"])
+    np.testing.assert_array_equal(a["atm_iv"], b["atm_iv"])
