@@ -129,6 +129,10 @@ class SimulatorCaches:
         default_factory=list
     )
     settlements: dict[int, float] = field(default_factory=dict)
+    # names whose held path was built from source marks with a gap (NaN): seeds and carried
+    # marks may have filled it, so a longer range is loaded anew; every other held path is
+    # its source's marks as they are, and only the bars it lacks are asked for
+    gappy: set[str] = field(default_factory=set)
     # flat decision states by the exact bytes of everything they are built from: trials whose
     # bands differ (delta, say) but whose decisions and features are equal share the objects
     states: dict[bytes, list[DecisionState]] = field(default_factory=dict)
@@ -165,6 +169,7 @@ class CoveredCallSimulator:
         self._seeds = caches.seeds  # name -> {bar: chain mark at a sale}
         self._seed_batches = caches.seed_batches
         self._settlements = caches.settlements
+        self._gappy = caches.gappy
         self._shared_states = caches.states
         self._labels: pd.DataFrame | None = None
         self._cand_instruments: _Instruments | None = None
@@ -679,7 +684,7 @@ class CoveredCallSimulator:
             group_first = np.full(len(groups), np.iinfo(np.int64).max)
             np.minimum.at(group_first, group_of, first)
             first = group_first[group_of]
-            flat = self.source.option_mark_ranges(names, _utc_ns_index(self.bar_ns), first, last)
+            flat = self._mark_ranges(names, first, last)
             self._store_ranges(names, first, last, flat)
         elif isinstance(self.source, BulkChainSource):
             # one vectorized request per expiry: its instruments share the window's last bar
@@ -704,6 +709,55 @@ class CoveredCallSimulator:
                 grid = pd.to_datetime(self.bar_ns[a : b + 1], utc=True)
                 closes = ohlc["close"].reindex(grid).to_numpy(dtype=float)
                 self._store_paths([n], a, closes[None, :])
+
+    def _mark_ranges(self, names: list[str], first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """The source's marks of names[i] over bars first[i]..last[i], concatenated in name order.
+
+        A held path without a gap is the source's marks as they are over its bars (marks are
+        point-in-time values: `MarkRangeSource`), so for one that grows on one side only the
+        bars it lacks are asked for and its held marks fill the rest: the same values as
+        asking for the whole range (a sweep's bands re-sell held calls from earlier bars).
+        """
+        # per name: (held marks, bars asked before them, bars asked after them) or None
+        plan: list[tuple[np.ndarray, int, int] | None] = []
+        ask_names: list[str] = []
+        ask_first: list[int] = []
+        ask_last: list[int] = []
+        for n, a, b in zip(names, first.tolist(), last.tolist(), strict=True):
+            held = self._paths.get(n)
+            if held is not None and n not in self._gappy:
+                start, path = held
+                end = start + len(path) - 1
+                before, after = start - a, b - end
+                if before >= 0 and after >= 0 and (before == 0 or after == 0):
+                    plan.append((path, before, after))
+                    ask_names.append(n)
+                    ask_first.append(a if before else end + 1)
+                    ask_last.append(start - 1 if before else b)
+                    continue
+            plan.append(None)
+            ask_names.append(n)
+            ask_first.append(a)
+            ask_last.append(b)
+        flat = self.source.option_mark_ranges(  # type: ignore[attr-defined]
+            ask_names,
+            _utc_ns_index(self.bar_ns),
+            np.array(ask_first, dtype=np.int64),
+            np.array(ask_last, dtype=np.int64),
+        )
+        if all(p is None for p in plan):
+            return np.asarray(flat, dtype=float)
+        parts: list[np.ndarray] = []
+        pos = 0
+        for p, a, b in zip(plan, ask_first, ask_last, strict=True):
+            got = flat[pos : pos + b - a + 1]
+            pos += b - a + 1
+            if p is None:
+                parts.append(got)
+            else:
+                path, before, _ = p
+                parts.extend((got, path) if before else (path, got))
+        return np.concatenate(parts).astype(float, copy=False)
 
     def _seed_paths(
         self,
@@ -801,7 +855,9 @@ class CoveredCallSimulator:
         """Keep freshly loaded mark paths (rows of `raw` from bar `start`): seeds fill their
         gaps, then marks carry forward."""
         raw = np.array(raw, dtype=float, ndmin=2)
-        seeds = self._seed_dict() if np.isnan(raw).any() else {}  # seeds fill gaps only
+        # which rows had a gap, before seeds fill it (a seeded path had a gap too)
+        gap = np.isnan(raw).any(axis=1).tolist() if raw.size else [False] * len(names)
+        seeds = self._seed_dict() if any(gap) else {}  # seeds fill gaps only
         for r, name in enumerate(names):
             for bar, mark in seeds.get(name, {}).items():
                 j = bar - start
@@ -810,6 +866,7 @@ class CoveredCallSimulator:
         filled = _ffill_rows(raw)
         for r, name in enumerate(names):
             self._paths[name] = (start, filled[r])
+            self._mark_gappy(name, gap[r])
 
     def _store_ranges(
         self, names: Sequence[str], first: np.ndarray, last: np.ndarray, flat: np.ndarray
@@ -820,17 +877,30 @@ class CoveredCallSimulator:
         widths = last - first + 1
         ends = np.cumsum(widths)
         starts = ends - widths
-        seeds = self._seed_dict() if np.isnan(flat).any() else {}  # seeds fill gaps only
+        nan = np.isnan(flat)
+        gap = [False] * len(names)
+        if nan.any():  # (before seeds: a seeded path had a gap too)
+            count = np.r_[0, np.cumsum(nan)]
+            gap = (count[ends] > count[starts]).tolist()
+        seeds = self._seed_dict() if nan.any() else {}  # seeds fill gaps only
         for i, name in enumerate(names):
             for bar, mark in seeds.get(name, {}).items():
                 j = bar - int(first[i])
                 if 0 <= j < widths[i] and np.isnan(flat[starts[i] + j]):
                     flat[starts[i] + j] = mark
         filled = _ffill_segments(flat, starts)
-        for name, a, s0, s1 in zip(
-            names, first.tolist(), starts.tolist(), ends.tolist(), strict=True
+        for name, a, s0, s1, g in zip(
+            names, first.tolist(), starts.tolist(), ends.tolist(), gap, strict=True
         ):
             self._paths[name] = (a, filled[s0:s1])
+            self._mark_gappy(name, g)
+
+    def _mark_gappy(self, name: str, gap: bool) -> None:
+        """Record whether `name`'s freshly held path came from marks with a gap."""
+        if gap:
+            self._gappy.add(name)
+        else:
+            self._gappy.discard(name)
 
     def _settlement_flows(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Settlement price, payoff and delivery fee per coin (USD) of candidate rows `ks`."""
