@@ -136,6 +136,9 @@ class SimulatorCaches:
     # flat decision states by the exact bytes of everything they are built from: trials whose
     # bands differ (delta, say) but whose decisions and features are equal share the objects
     states: dict[bytes, list[DecisionState]] = field(default_factory=dict)
+    # by the same key: each decision's Python values (`_parts`) and its Timestamp (records)
+    parts: dict[bytes, list[tuple[Any, ...]]] = field(default_factory=dict)
+    stamps: dict[bytes, list[pd.Timestamp]] = field(default_factory=dict)
 
 
 @dataclass
@@ -171,6 +174,9 @@ class CoveredCallSimulator:
         self._settlements = caches.settlements
         self._gappy = caches.gappy
         self._shared_states = caches.states
+        self._shared_parts = caches.parts
+        self._shared_stamps = caches.stamps
+        self._key: bytes | None = None  # `_states_key`, made once
         self._labels: pd.DataFrame | None = None
         self._cand_instruments: _Instruments | None = None
         # payoff and delivery fee per coin of every candidate (labels), and what replays settled
@@ -499,6 +505,11 @@ class CoveredCallSimulator:
         """
         if self._state_parts is not None:
             return self._state_parts
+        key = self._states_key()
+        shared = self._shared_parts.get(key)
+        if shared is not None:
+            self._state_parts = shared
+            return shared
         f = self._features
         n = len(self.dec_ns)
 
@@ -534,6 +545,7 @@ class CoveredCallSimulator:
                 strict=True,
             )
         )
+        _keep(self._shared_parts, key, self._state_parts)
         return self._state_parts
 
     def _state(self, i: int, position: PositionState | None, cash: float) -> DecisionState:
@@ -570,15 +582,15 @@ class CoveredCallSimulator:
             states = self._shared_states.get(key)
             if states is None:
                 states = [self._state(i, None, 0.0) for i in range(len(self.dec_ns))]
-                if len(self._shared_states) >= _MAX_SHARED_STATES:
-                    self._shared_states.pop(next(iter(self._shared_states)))
-                self._shared_states[key] = states
+                _keep(self._shared_states, key, states)
             self._flat_states = states
         return [(s, self._candidates_at(i)) for i, s in enumerate(self._flat_states)]
 
     def _states_key(self) -> bytes:
         """The bytes of every value `_parts` and a flat `_state` read: equal keys give equal
         states (a NaN or -0.0 that differs in its bits only misses the cache)."""
+        if self._key is not None:
+            return self._key
         n = len(self.dec_ns)
         f = self._features
         arrays = [
@@ -588,7 +600,8 @@ class CoveredCallSimulator:
             np.asarray(self.spot_stale, dtype=bool)[:n],
         ]
         head = f"{self.underlying}|{self.config.initial_spot_position!r}|{n}|".encode()
-        return head + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+        self._key = head + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+        return self._key
 
     # ------------------------------------------------------------------ outcomes
     def _bar_at_or_before(self, t_ns: np.ndarray) -> np.ndarray:
@@ -1354,8 +1367,13 @@ class CoveredCallSimulator:
         every replay on this simulator records them)."""
         if self._records is None:
             names = [str(n) for n in self.store.names[self.cand_row].tolist()]
+            key = self._states_key()
+            stamps = self._shared_stamps.get(key)
+            if stamps is None:
+                stamps = list(_utc_ns_index(self.dec_ns))  # made in C, one per decision
+                _keep(self._shared_stamps, key, stamps)
             self._records = (
-                list(_utc_ns_index(self.dec_ns)),  # Timestamps made in C, one per decision
+                stamps,
                 [
                     tuple(names[a:b])
                     for a, b in zip(self.cand_start.tolist(), self.cand_stop.tolist(), strict=True)
@@ -1531,6 +1549,13 @@ class CoveredCallSimulator:
 _MAX_PENDING_SEEDS = 1 << 20
 # cells per drawdown chunk (8 bytes each): a few hundred KiB stay in cache and bound memory
 _DRAWDOWN_CELLS = 1 << 16
+
+
+def _keep(shared: dict[bytes, Any], key: bytes, value: Any) -> None:
+    """Keep `value` under `key`, dropping the oldest entry beyond _MAX_SHARED_STATES."""
+    if len(shared) >= _MAX_SHARED_STATES:
+        shared.pop(next(iter(shared)))
+    shared[key] = value
 
 
 def _groups(codes: np.ndarray) -> dict[int, tuple[int, int]]:

@@ -16,7 +16,7 @@ import functools
 import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -166,16 +166,24 @@ class _SelectionWindow:
     w_t: np.ndarray
     delta: np.ndarray
     atm_keys: np.ndarray
-    names: dict[int, str] = field(default_factory=dict)
+    # instrument i's Deribit name, formatted the first time a load keeps one of its rows
+    names: np.ndarray | None = None
 
-    def name(self, u: str, i: int) -> str:
-        """Instrument i's Deribit name (formatted once per window)."""
-        got = self.names.get(i)
-        if got is None:
-            got = self.names[i] = (
-                f"{coin(u).instrument_prefix}-{format_expiry_code(self.exps[self.exp_id[i]])}-"
-                f"{format_strike(self.strike[i])}-C"
-            )
+    def names_of(self, u: str, inst: np.ndarray) -> np.ndarray:
+        """Names of instruments `inst` (object array), each formatted once per window."""
+        if self.names is None:
+            self.names = np.full(len(self.strike), None, dtype=object)
+        got = self.names[inst]
+        lack = np.flatnonzero(np.equal(got, None))
+        if len(lack):
+            prefix = coin(u).instrument_prefix
+            codes = [f"{prefix}-{format_expiry_code(e)}-" for e in self.exps]
+            which = inst[lack]
+            got[lack] = [
+                f"{codes[e]}{format_strike(k)}-C"
+                for e, k in zip(self.exp_id[which].tolist(), self.strike[which], strict=True)
+            ]
+            self.names[which] = got[lack]
         return got
 
 
@@ -783,7 +791,7 @@ class SyntheticMarket:
         is_call = np.ones(len(keys), dtype=bool)
         q = self._quote(u, rows_time, rows_strike, rows_exp, is_call)
         inst, code = np.unique(r_inst, return_inverse=True)
-        names = np.array([w.name(u, i) for i in inst.tolist()], dtype=object)
+        names = w.names_of(u, inst)
         values = {"strike": rows_strike, **q}
         return ChainColumns(
             underlying=u,
