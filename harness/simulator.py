@@ -139,6 +139,9 @@ class SimulatorCaches:
     # by the same key: each decision's Python values (`_parts`) and its Timestamp (records)
     parts: dict[bytes, list[tuple[Any, ...]]] = field(default_factory=dict)
     stamps: dict[bytes, list[pd.Timestamp]] = field(default_factory=dict)
+    # candidates' as_of and expiry Timestamps by ns (decision instants and expiries of the
+    # period: bounded by the period, shared by every band)
+    instants: dict[int, pd.Timestamp] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,6 +179,7 @@ class CoveredCallSimulator:
         self._shared_states = caches.states
         self._shared_parts = caches.parts
         self._shared_stamps = caches.stamps
+        self._instants = caches.instants
         self._key: bytes | None = None  # `_states_key`, made once
         self._labels: pd.DataFrame | None = None
         self._cand_instruments: _Instruments | None = None
@@ -434,10 +438,17 @@ class CoveredCallSimulator:
                 out[j] = None
             return out
 
+        known = self._instants
+
         def stamps(ns: np.ndarray) -> list[pd.Timestamp]:
             uniq, inverse = np.unique(ns, return_inverse=True)
-            made = list(pd.to_datetime(uniq, utc=True))  # one conversion, then boxed
-            return [made[j] for j in inverse.tolist()]
+            keys = uniq.tolist()
+            lack = [v for v in keys if v not in known]
+            if lack:  # one conversion, then boxed; kept for the next band on this period
+                made = pd.to_datetime(np.array(lack, dtype=np.int64), utc=True)
+                known.update(zip(lack, made, strict=True))
+            got = [known[v] for v in keys]
+            return [got[j] for j in inverse.tolist()]
 
         hist_reward, hist_count = self._history_hints()
         f = self.cand_fields

@@ -64,3 +64,24 @@ def test_shared_decision_values_are_bounded(monkeypatch) -> None:
         sim._record_parts()
     assert len(caches.parts) == 2
     assert len(caches.stamps) == 2
+
+
+def test_candidates_of_bands_sharing_instants_equal_fresh_ones() -> None:
+    """The second band's candidates take their as_of and expiry Timestamps from the first
+    band's (the same objects), and equal a fresh simulator's candidates field by field."""
+    caches = SimulatorCaches()
+    sims = [CoveredCallSimulator(MARKET, _cfg(target_delta=d), caches=caches) for d in (0.15, 0.2)]
+    got = [sim._all_candidates() for sim in sims]
+    a = {(c.as_of.value, c.instrument_name): c for c in got[0]}
+    same = [
+        (a[(c.as_of.value, c.instrument_name)], c)
+        for c in got[1]
+        if (c.as_of.value, c.instrument_name) in a
+    ]
+    assert same and all(x.as_of is y.as_of and x.expiry is y.expiry for x, y in same)
+    for cands, d in zip(got, (0.15, 0.2), strict=True):
+        fresh = _fresh(_cfg(target_delta=d))._all_candidates()
+        assert cands == fresh
+        assert [(c.as_of.unit, str(c.as_of.tz), c.expiry.unit) for c in cands] == [
+            (c.as_of.unit, str(c.as_of.tz), c.expiry.unit) for c in fresh
+        ]
