@@ -24,6 +24,7 @@ from harness.data.source import (
     SettlementSource,
 )
 from harness.data.store import ChainStore, ProgressFn
+from harness.drawdown_memo import DrawdownMemo
 from harness.engine.features import spot_features
 from harness.engine.hints import history_hints
 from harness.engine.metrics import portfolio_metrics
@@ -142,6 +143,9 @@ class SimulatorCaches:
     # candidates' as_of and expiry Timestamps by ns (decision instants and expiries of the
     # period: bounded by the period, shared by every band)
     instants: dict[int, pd.Timestamp] = field(default_factory=dict)
+    # label drawdowns by (instrument, sale bar) and their inputs: another band's candidate
+    # with the same inputs takes it (harness.drawdown_memo)
+    drawdowns: DrawdownMemo = field(default_factory=DrawdownMemo)
 
 
 @dataclass
@@ -180,6 +184,7 @@ class CoveredCallSimulator:
         self._shared_parts = caches.parts
         self._shared_stamps = caches.stamps
         self._instants = caches.instants
+        self._memo = caches.drawdowns
         self._key: bytes | None = None  # `_states_key`, made once
         self._labels: pd.DataFrame | None = None
         self._cand_instruments: _Instruments | None = None
@@ -962,19 +967,35 @@ class CoveredCallSimulator:
         last_bar = np.searchsorted(self.bar_ns, expiry, side="left") - 1
         last_bar = np.maximum(last_bar, open_bar)
         instruments = self._candidate_instruments(ks)
-        self._ensure_paths(names, open_bar, last_bar, instruments)
-        table = self._path_table(instruments[1])
-        if self._seed_paths(names, open_bar, col["mark_price"][rows], instruments, table):
-            table = self._path_table(instruments[1])  # a seed changed a path
-        dd = self._drawdowns(
-            names,
-            open_bar,
-            last_bar,
-            premium - open_fee,
-            settle - payoff - dfee,
-            instruments,
-            table,
-        )
+        cash, final = premium - open_fee, settle - payoff - dfee
+        # drawdowns another band computed from the same inputs (gap-free paths only: their
+        # cells never change, and seeds never apply to them)
+        codes, uniq = instruments
+        clean = np.array([n not in self._gappy for n in uniq], dtype=bool)
+        found, dd = self._memo.lookup(uniq, codes, clean[codes], open_bar, last_bar, cash, final)
+        todo = np.flatnonzero(~found)
+        if len(todo):
+            if len(todo) < len(ks):
+                sub, which = pd.factorize(codes[todo])
+                instruments = (sub, [uniq[c] for c in which.tolist()])
+                names, open_bar_t, last_bar_t = names[todo], open_bar[todo], last_bar[todo]
+                cash_t, final_t, marks = cash[todo], final[todo], col["mark_price"][rows[todo]]
+            else:
+                open_bar_t, last_bar_t, cash_t, final_t = open_bar, last_bar, cash, final
+                marks = col["mark_price"][rows]
+            self._ensure_paths(names, open_bar_t, last_bar_t, instruments)
+            table = self._path_table(instruments[1])
+            if self._seed_paths(names, open_bar_t, marks, instruments, table):
+                table = self._path_table(instruments[1])  # a seed changed a path
+            got = self._drawdowns(
+                names, open_bar_t, last_bar_t, cash_t, final_t, instruments, table
+            )
+            dd[todo] = got
+            codes_t, uniq_t = instruments
+            clean_t = np.array([n not in self._gappy for n in uniq_t], dtype=bool)
+            self._memo.store(
+                uniq_t, codes_t, clean_t[codes_t], open_bar_t, last_bar_t, cash_t, final_t, got
+            )
         return {
             "strike": strike,
             "underlying_price": f_open,
