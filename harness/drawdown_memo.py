@@ -17,7 +17,7 @@ from itertools import repeat
 
 import numpy as np
 
-MAX_ENTRIES = 400_000  # drawdowns kept per period (~60 MB with the index); all dropped beyond
+MAX_ENTRIES = 200_000  # drawdowns kept per period (~35 MB with its index); all dropped beyond
 _BAR_BITS = 32  # key = instrument code << 32 | sale bar
 
 
