@@ -91,7 +91,7 @@ class DrawdownMemo:
         open_bar = np.asarray(open_bar, dtype=np.int64)
         keep = np.asarray(usable, dtype=bool) & (open_bar >= 0)
         m = int(keep.sum())
-        if m == 0:
+        if m == 0 or m > self.max_entries:
             return
         if self._n + m > self.max_entries:  # bounded: start again
             self._rows.clear()

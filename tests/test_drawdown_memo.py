@@ -47,7 +47,7 @@ class _Counting(DrawdownMemo):
 
 
 def _shared(memo: DrawdownMemo | None = None) -> SimulatorCaches:
-    return SimulatorCaches(drawdowns=memo or _Counting())
+    return SimulatorCaches(drawdowns=memo if memo is not None else _Counting())
 
 
 @pytest.mark.parametrize(
@@ -114,14 +114,17 @@ def test_paths_with_gaps_never_reuse_a_drawdown() -> None:
 
 
 def test_the_memo_is_bounded_and_stays_right() -> None:
-    memo = _Counting(max_entries=300)
+    sells = _labels(MARKET, _cfg(target_delta=0.15), SimulatorCaches())["action"] == "SELL_CALL"
+    first = int(sells.sum())
+    memo = _Counting(max_entries=first + 10)  # the next band's new entries do not fit
     caches = _shared(memo)
-    for delta in (0.15, 0.2, 0.25):
+    for delta in (0.15, 0.25, 0.15):
         got = _labels(MARKET, _cfg(target_delta=delta), caches)
-        assert len(memo) <= 300
+        assert 0 < len(memo) <= first + 10
         want = _labels(MARKET, _cfg(target_delta=delta), SimulatorCaches())
         pd.testing.assert_frame_equal(got, want, check_exact=True)
-    assert len(got) > 300  # more candidates than entries: entries were dropped
+    # the 0.25 band dropped the 0.15 band's entries: its second run found none of them
+    assert memo.hits < first
 
 
 def test_lookup_misses_unless_every_input_is_equal() -> None:
