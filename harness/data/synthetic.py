@@ -168,6 +168,7 @@ class _SelectionWindow:
     atm_keys: np.ndarray
     # instrument i's Deribit name, formatted the first time a load keeps one of its rows
     names: np.ndarray | None = None
+    heads: list[str] | None = None  # per expiry: the names' "BTC-27DEC24-" part
 
     def names_of(self, u: str, inst: np.ndarray) -> np.ndarray:
         """Names of instruments `inst` (object array), each formatted once per window."""
@@ -176,11 +177,13 @@ class _SelectionWindow:
         got = self.names[inst]
         lack = np.flatnonzero(np.equal(got, None))
         if len(lack):
-            prefix = coin(u).instrument_prefix
-            codes = [f"{prefix}-{format_expiry_code(e)}-" for e in self.exps]
+            if self.heads is None:
+                prefix = coin(u).instrument_prefix
+                self.heads = [f"{prefix}-{format_expiry_code(e)}-" for e in self.exps]
+            heads = self.heads
             which = inst[lack]
             got[lack] = [
-                f"{codes[e]}{format_strike(k)}-C"
+                f"{heads[e]}{format_strike(k)}-C"
                 for e, k in zip(self.exp_id[which].tolist(), self.strike[which], strict=True)
             ]
             self.names[which] = got[lack]
