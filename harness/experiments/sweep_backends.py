@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import tempfile
 import time
 import traceback
@@ -303,29 +302,6 @@ def resume_files(trial_dir: Path) -> dict[str, bytes]:
         for p in (trial_dir / "config.yaml", trial_dir / "decisions.jsonl")
         if p.is_file()
     }
-
-
-def init_ray(address: str | None, workers: int | None) -> bool:
-    """Connect to `address` (auto, ray://HOST:PORT) or start a loopback-only local Ray.
-
-    Returns True when this call started Ray (so the caller shuts it down). A session that
-    already called `ray.init` (tests, notebooks) is reused as it is.
-    """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address)  # the cluster's own settings; Ray client accepts few options
-    else:
-        ray.init(
-            num_cpus=workers or os.cpu_count() or 1,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=False,
-        )
-    return True
 
 
 def run_ray(
