@@ -98,6 +98,7 @@ def read_chain_files(
     codes: Codes | None = None,
     floor: float | None = None,
     low: list[LowGroups] | None = None,
+    opened: list[tuple[pq.ParquetFile, Path]] | None = None,
 ) -> list[ChainColumns]:
     """The kept rows of the Parquet chain files `paths` in time order, converted file by file.
 
@@ -110,12 +111,14 @@ def read_chain_files(
     columns are decoded now; the deferred value columns stay in the file (`ParquetDeferred`)
     and are decoded later, for the row groups holding kept rows only. With `floor` (and a
     `low` list), the groups whose `DTE_COLUMN` statistics are at most `floor` are not read:
-    they go to `low`, one `LowGroups` per file. Returns one part (none if no row group is
-    read).
+    they go to `low`, one `LowGroups` per file. `opened` receives each file's reader and
+    path. Returns one part (none if no row group is read).
     """
     codes = Codes() if codes is None else codes
     narrow = [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES]
     readers = [_chain_reader(path) for path in paths]
+    if opened is not None:
+        opened.extend(zip(readers, paths, strict=True))
     plans = [plan_row_groups(r, window) for r in readers]
     if floor is not None and low is not None:
         for k, reader in enumerate(readers):
