@@ -930,7 +930,8 @@ class FileDataSource(ChainTableSource):
             held=held,
             tail=None,
         )
-        self.scan_stats["low_decisions"] += len(need_ns)
+        # decisions that needed the left-out rows, and those of them the summaries answered
+        self.scan_stats["low_decisions"] += len(need_ns) + len(by_summary)
         self.scan_stats["summary_decisions"] += len(by_summary)
         if len(by_summary):
             self._from_summaries(
