@@ -1,5 +1,5 @@
 """The ATM summary of a chain partition: the call rows the ATM rule can pick, per snapshot and
-expiry, written next to the partition (`atm.parquet`, paired with it by a write id in both
+expiry, written next to the partition (`atm.arrow`, paired with it by a write id in both
 footers and the partition file's size and mtime) whenever the partition is written, so a selective load can answer the ATM rule at a
 decision without decoding the low days-to-expiry tiers (docs/data.md "ATM summary").
 
@@ -29,7 +29,7 @@ from harness.data.store_schema import DTE_COLUMN, DTE_SLACK, STORE_SCAN_COLUMNS
 WRITE_ID_KEY = b"harness.write_id"  # in the partition's and the summary's footer: a pair
 PART_STAT_KEY = b"harness.part_stat"  # the partition file's "size mtime_ns" when paired
 SNAPSHOTS_KEY = b"harness.snapshots"  # every distinct as_of of the partition (int64 ns), base64
-SUMMARY_NAME = "atm.parquet"  # next to the partition's part.parquet
+SUMMARY_NAME = "atm.arrow"  # next to the partition's part.parquet (Arrow IPC file)
 _SUMMARY_COLUMNS = (*STORE_SCAN_COLUMNS, DTE_COLUMN)
 # rows of at most this many days to expiry are summarised: the tiers a selective load leaves
 # out for a band starting up to ~8 days (`tier_floor`); a higher floor reads the tiers
@@ -75,7 +75,8 @@ def summary_table(table: pa.Table, write_id: str) -> pa.Table | None:
         gap = np.where(np.isnan(money), np.inf, money)
         starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
         least = np.minimum.reduceat(gap, starts)[group]
-        keep = np.sort(cand[np.isnan(money) | ((money == least) & np.isfinite(least))])
+        # (as_of, expiry) order, file order (strike) inside: readers search by as_of
+        keep = cand[np.isnan(money) | ((money == least) & np.isfinite(least))]
     rows = table.select(list(_SUMMARY_COLUMNS)).take(pa.array(keep, type=pa.int64()))
     snapshots = np.unique(as_of).astype("<i8")
     return rows.replace_schema_metadata(
@@ -89,23 +90,36 @@ def summary_table(table: pa.Table, write_id: str) -> pa.Table | None:
 @dataclass(frozen=True)
 class FileSummary:
     """What a selective load knows of one partition file it read: its as_of span (ns,
-    inclusive; None when unknown), and its snapshot times and ATM rows (None: no summary)."""
+    inclusive; None when unknown), and its snapshot times and ATM rows (None: no summary;
+    rows sorted by as_of, whose as_of, expiry, quote_time (ns) and days are `times`)."""
 
     span: tuple[int, int] | None
     snapshots: np.ndarray | None = None
     rows: pa.Table | None = None
+    times: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def of(cls, rows: pa.Table, snapshots: np.ndarray) -> FileSummary:
+        """A summary over `rows` (in `summary_table` order) and `snapshots`."""
+        times = {c: _ns(rows.column(c)) for c in ("as_of", "expiry", "quote_time")}
+        times["days"] = rows.column(DTE_COLUMN).to_numpy()
+        span = (int(snapshots[0]), int(snapshots[-1]))
+        return cls(span, snapshots, rows, times)
+
+
+def write_summary(summary: pa.Table, part: Path, path: Path) -> None:
+    """Write `summary` to `path` (an Arrow IPC file, the caller's temporary one), naming the
+    size and mtime of the written partition file `part`."""
+    meta = dict(summary.schema.metadata or {})
+    meta[PART_STAT_KEY] = _stat_text(part)
+    summary = summary.replace_schema_metadata(meta)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, summary.schema) as writer:
+        writer.write_table(summary)
 
 
 def _stat_text(part: Path) -> bytes:
     stat = part.stat()
     return f"{stat.st_size} {stat.st_mtime_ns}".encode()
-
-
-def paired(summary: pa.Table, part: Path) -> pa.Table:
-    """`summary` naming the size and mtime of the written partition file `part`."""
-    meta = dict(summary.schema.metadata or {})
-    meta[PART_STAT_KEY] = _stat_text(part)
-    return summary.replace_schema_metadata(meta)
 
 
 def file_summary(reader: pq.ParquetFile, path: Path) -> FileSummary:
@@ -115,7 +129,8 @@ def file_summary(reader: pq.ParquetFile, path: Path) -> FileSummary:
     found = summary_path(path)
     if WRITE_ID_KEY in kv and found.exists():
         try:
-            rows = pq.ParquetFile(found).read(use_threads=False)
+            with pa.OSFile(str(found)) as source:
+                rows = pa.ipc.open_file(source).read_all()
             meta = rows.schema.metadata or {}
             snapshots = np.frombuffer(base64.b64decode(meta.get(SNAPSHOTS_KEY, b"")), dtype="<i8")
         except (OSError, ValueError, pa.ArrowException):
@@ -127,7 +142,7 @@ def file_summary(reader: pq.ParquetFile, path: Path) -> FileSummary:
                 and len(snapshots)
                 and all(c in rows.column_names for c in _SUMMARY_COLUMNS)
             ):
-                return FileSummary((int(snapshots[0]), int(snapshots[-1])), snapshots, rows)
+                return FileSummary.of(rows, snapshots)
     return FileSummary(_as_of_span(reader))
 
 
@@ -169,24 +184,22 @@ def summary_answers(
         if s.span is None:
             return np.zeros(len(t_ns), dtype=bool)
         touches = (s.span[0] <= ref) & (s.span[1] > ref - stale)
-        if s.rows is None or s.snapshots is None:
+        if s.times is None or s.snapshots is None:
             ok &= ~touches
             continue
         inside = np.searchsorted(s.snapshots, ref, side="left") - np.searchsorted(
             s.snapshots, ref - stale, side="right"
         )
         ok &= ~(touches & (inside > 0))
-        as_of = _ns(s.rows.column("as_of"))
-        quote = _ns(s.rows.column("quote_time"))
-        low = s.rows.column(DTE_COLUMN).to_numpy() <= floor + DTE_SLACK
-        bad = np.flatnonzero(low & (as_of - quote >= stale))
+        as_of = s.times["as_of"]
+        low = s.times["days"] <= floor + DTE_SLACK
+        bad = np.flatnonzero(low & (as_of - s.times["quote_time"] >= stale))
         if len(bad) == 0:
             continue
-        # per snapshot with a stale low row: the latest expiry among them (alive at t?)
-        stamps = np.unique(as_of[bad])
-        order = np.argsort(as_of[bad], kind="stable")
-        starts = np.searchsorted(as_of[bad][order], stamps)
-        latest = np.maximum.reduceat(_ns(s.rows.column("expiry"))[bad][order], starts)
+        # per snapshot with a stale low row (rows sorted by as_of): the latest expiry among
+        # them (is one alive at t?)
+        stamps, starts = np.unique(as_of[bad], return_index=True)
+        latest = np.maximum.reduceat(s.times["expiry"][bad], starts)
         k = np.minimum(np.searchsorted(stamps, ref), len(stamps) - 1)
         ok &= ~((stamps[k] == ref) & (latest[k] > t_ns))
     return ok
@@ -195,15 +208,20 @@ def summary_answers(
 def summary_rows_at(summaries: list[FileSummary], ref_ns: np.ndarray, floor: float) -> pa.Table:
     """The summary rows of at most `floor` days to expiry at the snapshot times `ref_ns`, in
     time order (file order among equal times)."""
+    ref_ns = np.unique(ref_ns)
     parts = []
     for s in summaries:
-        if s.rows is None or s.rows.num_rows == 0:
+        if s.rows is None or s.times is None or s.rows.num_rows == 0:
             continue
-        as_of = _ns(s.rows.column("as_of"))
-        keep = np.isin(as_of, ref_ns) & (s.rows.column(DTE_COLUMN).to_numpy() <= floor)
-        if keep.any():
-            rows = np.flatnonzero(keep)
-            rows = rows[np.argsort(as_of[rows], kind="stable")]
+        as_of = s.times["as_of"]
+        lo = np.searchsorted(as_of, ref_ns, side="left")
+        hi = np.searchsorted(as_of, ref_ns, side="right")
+        rows = np.concatenate(
+            [np.arange(a, b) for a, b in zip(lo, hi, strict=True) if b > a]
+            or [np.empty(0, np.int64)]
+        )
+        rows = rows[s.times["days"][rows] <= floor]
+        if len(rows):
             parts.append(s.rows.take(pa.array(rows)))
     if not parts:
         return pa.table({})

@@ -44,11 +44,11 @@ from harness.data.atm_summary import (
     WRITE_ID_KEY,
     FileSummary,
     file_summary,
-    paired,
     summary_answers,
     summary_path,
     summary_rows_at,
     summary_table,
+    write_summary,
 )
 from harness.data.chain_parquet import (
     Codes,
@@ -260,18 +260,13 @@ def write_chain_atomic(frame: pd.DataFrame, path: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     if summary is not None:
-        write_table_atomic_arrow(paired(summary, path), summary_path(path))
-
-
-def write_table_atomic_arrow(table: pa.Table, path: Path) -> None:
-    """Write an Arrow table to `path` as Parquet, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path)
-    try:
-        pq.write_table(table, tmp, **_parquet_options(table.schema))
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        target = summary_path(path)
+        tmp = _temp_sibling(target)
+        try:
+            write_summary(summary, path, tmp)
+            _commit(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def is_tiered(path: Path) -> bool:

@@ -47,7 +47,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # without ATM summaries: these tests read the left-out tiers (test_atm_summary.py reads
     # the summaries, with these as its fallback)
     for root in (every, weekly):
-        for path in (root / "BTC" / "chain").glob("*/atm.parquet"):
+        for path in (root / "BTC" / "chain").glob("*/atm.arrow"):
             path.unlink()
     return {"every": every, "weekly": weekly}
 
