@@ -140,7 +140,7 @@ def file_summary(reader: pq.ParquetFile, path: Path) -> FileSummary:
                 meta.get(WRITE_ID_KEY) == kv[WRITE_ID_KEY]
                 and meta.get(PART_STAT_KEY) == _stat_text(path)
                 and len(snapshots)
-                and all(c in rows.column_names for c in _SUMMARY_COLUMNS)
+                and set(_SUMMARY_COLUMNS) <= set(rows.column_names)
             ):
                 return FileSummary.of(rows, snapshots)
     return FileSummary(_as_of_span(reader))
@@ -216,10 +216,9 @@ def summary_rows_at(summaries: list[FileSummary], ref_ns: np.ndarray, floor: flo
         as_of = s.times["as_of"]
         lo = np.searchsorted(as_of, ref_ns, side="left")
         hi = np.searchsorted(as_of, ref_ns, side="right")
-        rows = np.concatenate(
-            [np.arange(a, b) for a, b in zip(lo, hi, strict=True) if b > a]
-            or [np.empty(0, np.int64)]
-        )
+        # the positions lo[k] .. hi[k] - 1 of every snapshot, one after the other
+        size = hi - lo
+        rows = np.arange(int(size.sum())) + np.repeat(lo - np.r_[0, np.cumsum(size)[:-1]], size)
         rows = rows[s.times["days"][rows] <= floor]
         if len(rows):
             parts.append(s.rows.take(pa.array(rows)))
