@@ -122,6 +122,11 @@ def _stat_text(part: Path) -> bytes:
     return f"{stat.st_size} {stat.st_mtime_ns}".encode()
 
 
+def has_write_id(part: Path) -> bool:
+    """Whether a Parquet chain partition was written by a version that writes ATM summaries."""
+    return WRITE_ID_KEY in (pq.read_metadata(part).metadata or {})
+
+
 def file_summary(reader: pq.ParquetFile, path: Path) -> FileSummary:
     """The summary of the open chain partition `path` (a span only when it has none, or
     when the summary file is not the one written with it)."""

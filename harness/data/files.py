@@ -44,6 +44,7 @@ from harness.data.atm_summary import (
     WRITE_ID_KEY,
     FileSummary,
     file_summary,
+    has_write_id,
     summary_answers,
     summary_path,
     summary_rows_at,
@@ -461,6 +462,7 @@ class CompactSummary:
     day_files: int
     rows: int
     relaid: tuple[str, ...] = ()  # month files rewritten from the untiered layout
+    summarised: tuple[str, ...] = ()  # tiered month files rewritten to get an ATM summary
 
     def __str__(self) -> str:
         text = (
@@ -469,6 +471,8 @@ class CompactSummary:
         )
         if self.relaid:
             text += f"; {len(self.relaid)} month file(s) rewritten in the tiered layout"
+        if self.summarised:
+            text += f"; {len(self.summarised)} month file(s) rewritten with an ATM summary"
         return text
 
 
@@ -478,7 +482,8 @@ def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSumma
     Each month is written (atomically) before its day files are removed, so an interruption
     leaves either the day files alone or a complete month file that readers use instead.
     Parquet month files of the older untiered layout are rewritten in the tiered one (same
-    rows; scans can then skip row groups outside their days-to-expiry window).
+    rows; scans can then skip row groups outside their days-to-expiry window), and tiered
+    ones written before ATM summaries existed (no write id) are rewritten to get one.
     """
     folder = underlying_dir(root, underlying) / "chain"
     by_month: dict[pd.Timestamp, list[Path]] = {}
@@ -490,17 +495,23 @@ def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSumma
         found = _existing(target)
         rows += _merge_partition(found or target, [], extra=files)
         _remove_partitions(files)
-    relaid = []
+    relaid, summarised = [], []
     for kind, month, path in _chain_partitions(folder):
-        if kind == "month" and path.suffix == ".parquet" and not is_tiered(path):
+        if kind != "month" or path.suffix != ".parquet":
+            continue
+        if not is_tiered(path):
             _merge_partition(path, [])
             relaid.append(f"{month:%Y-%m}")
+        elif not has_write_id(path):
+            _merge_partition(path, [])
+            summarised.append(f"{month:%Y-%m}")
     return CompactSummary(
         underlying=underlying.upper(),
         months=tuple(f"{m:%Y-%m}" for m in sorted(by_month)),
         day_files=sum(len(f) for f in by_month.values()),
         rows=rows,
         relaid=tuple(relaid),
+        summarised=tuple(summarised),
     )
 
 

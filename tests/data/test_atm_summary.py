@@ -215,6 +215,25 @@ def test_compaction_folds_day_summaries(tmp_path) -> None:
     assert summary_path(_parts(root)[0]).exists()
 
 
+def test_compaction_gives_older_tiered_months_a_summary(store, tmp_path) -> None:
+    root = _copy(store, tmp_path)
+    for part in _parts(root):  # as an older version wrote them: no write id, no summary
+        reader = pq.ParquetFile(part)
+        groups = [reader.read_row_group(i) for i in range(reader.num_row_groups)]
+        meta = {k: v for k, v in reader.schema_arrow.metadata.items() if k != WRITE_ID_KEY}
+        with pq.ParquetWriter(part, reader.schema_arrow.with_metadata(meta)) as writer:
+            for group in groups:
+                writer.write_table(group.replace_schema_metadata(meta))
+        summary_path(part).unlink()
+    assert _check(root, TIMES_4H, SEL)["summary_decisions"] == 0
+    done = compact_chain(root, "BTC")
+    assert done.summarised == ("2024-02", "2024-03") and done.relaid == ()
+    assert "rewritten with an ATM summary" in str(done)
+    stats = _check(root, TIMES_4H, SEL)
+    assert stats["low_decisions"] == stats["summary_decisions"] > 0
+    assert compact_chain(root, "BTC").summarised == ()  # nothing left to rewrite
+
+
 # ---------------------------------------------------------------- the load answers from it
 
 
