@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from harness.data.chain_parquet import UNIT_NS, min_max
+from harness.data.chain_parquet import as_of_unit, column_stats
 from harness.data.store_schema import DTE_COLUMN, DTE_SLACK, STORE_SCAN_COLUMNS
 
 WRITE_ID_KEY = b"harness.write_id"  # in the partition's and the summary's footer: a pair
@@ -154,20 +154,13 @@ def file_summary(reader: pq.ParquetFile, path: Path) -> FileSummary:
 def _as_of_span(reader: pq.ParquetFile) -> tuple[int, int] | None:
     """The file's as_of span from its row-group statistics (None without them)."""
     meta = reader.metadata
-    if meta.num_row_groups == 0:
+    unit = as_of_unit(reader)
+    spans = [
+        stats for i, stats in enumerate(column_stats(reader, "as_of")) if meta.row_group(i).num_rows
+    ]
+    if not spans or not unit or any(s is None for s in spans):
         return None
-    first = meta.row_group(0)
-    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
-    unit = UNIT_NS.get(getattr(reader.schema_arrow.field("as_of").type, "unit", ""), 0)
-    lo, hi = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-    for i in range(meta.num_row_groups):
-        if meta.row_group(i).num_rows == 0:
-            continue
-        stats = min_max(meta.row_group(i), where.get("as_of"))
-        if stats is None or not unit:
-            return None
-        lo, hi = min(lo, stats[0] * unit), max(hi, stats[1] * unit)
-    return (lo, hi) if lo <= hi else None
+    return min(s[0] for s in spans) * unit, max(s[1] for s in spans) * unit  # type: ignore[index]
 
 
 def summary_answers(

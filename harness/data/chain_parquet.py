@@ -8,6 +8,7 @@ columns whose decode is deferred to the rows a selection keeps (`ParquetDeferred
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -218,17 +219,10 @@ def split_low(
 ) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
     """`plan` split into the groups to read now and those whose `DTE_COLUMN` statistics say
     every row has at most `floor` days to expiry (no statistics: read now)."""
-    meta = reader.metadata
-    if meta.num_row_groups == 0:
-        return plan, ([], [])
-    first = meta.row_group(0)
-    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
-    j = where.get(DTE_COLUMN)
-    if j is None:
-        return plan, ([], [])
+    dte = column_stats(reader, DTE_COLUMN)  # all None without the column: nothing is low
 
     def is_low(i: int) -> bool:
-        stats = min_max(meta.row_group(i), j)
+        stats = dte[i]
         return stats is not None and stats[1] <= floor
 
     now = tuple([i for i in part if not is_low(i)] for part in plan)
@@ -390,16 +384,15 @@ def plan_row_groups(reader: pq.ParquetFile, window: ScanWindow) -> tuple[list[in
     partial: list[int] = []
     if meta.num_row_groups == 0:
         return whole, partial
-    first = meta.row_group(0)
-    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
-    as_of_type = reader.schema_arrow.field("as_of").type if "as_of" in where else None
-    unit = UNIT_NS.get(getattr(as_of_type, "unit", ""), 0)
+    as_of_stats = column_stats(reader, "as_of")
+    dte_stats = column_stats(reader, DTE_COLUMN)
+    kind_stats = column_stats(reader, "kind")
+    unit = as_of_unit(reader)
     for i in range(meta.num_row_groups):
-        rg = meta.row_group(i)
-        if rg.num_rows == 0:
+        if meta.row_group(i).num_rows == 0:
             continue
         inside = window.exact
-        stats = min_max(rg, where.get("as_of"))
+        stats = as_of_stats[i]
         if stats is not None and unit:
             # raw timestamp statistics are integers in the column's unit
             lo_t, hi_t = stats[0] * unit, stats[1] * unit
@@ -409,17 +402,47 @@ def plan_row_groups(reader: pq.ParquetFile, window: ScanWindow) -> tuple[list[in
         else:
             inside = False
         if window.max_dte is not None:
-            stats = min_max(rg, where.get(DTE_COLUMN))
+            stats = dte_stats[i]
             if stats is not None and stats[0] > window.max_dte + DTE_SLACK:
                 continue
             inside &= stats is not None and stats[1] < window.max_dte - DTE_SLACK
         if window.kinds != {"call", "put"}:
-            stats = min_max(rg, where.get("kind"))
+            stats = kind_stats[i]
             if stats is not None and stats[0] == stats[1] and stats[0] not in window.kinds:
                 continue
             inside &= stats is not None and stats[0] == stats[1] and stats[0] in window.kinds
         (whole if inside else partial).append(i)
     return whole, partial
+
+
+# per open chain file: its row groups' (min, max) by column, and its as_of unit (statistics
+# are asked for by the scan plan, the tier split and the second pass, several times a file)
+_STATS: weakref.WeakKeyDictionary[pq.ParquetFile, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def column_stats(reader: pq.ParquetFile, column: str) -> list[tuple[Any, Any] | None]:
+    """`min_max` of `column` in every row group of `reader` (all None when it lacks it)."""
+    known = _STATS.setdefault(reader, {})
+    if column not in known:
+        meta = reader.metadata
+        out: list[tuple[Any, Any] | None] = [None] * meta.num_row_groups
+        if meta.num_row_groups:
+            first = meta.row_group(0)
+            where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
+            if column in where:
+                out = [min_max(meta.row_group(i), where[column]) for i in range(len(out))]
+        known[column] = out
+    return known[column]
+
+
+def as_of_unit(reader: pq.ParquetFile) -> int:
+    """Nanoseconds per unit of the file's `as_of` column (0 when it has none)."""
+    known = _STATS.setdefault(reader, {})
+    if "_unit" not in known:
+        names = reader.schema_arrow.names
+        as_of_type = reader.schema_arrow.field("as_of").type if "as_of" in names else None
+        known["_unit"] = UNIT_NS.get(getattr(as_of_type, "unit", ""), 0)
+    return known["_unit"]
 
 
 def min_max(rg: pq.RowGroupMetaData, j: int | None) -> tuple[Any, Any] | None:

@@ -18,13 +18,13 @@ import pyarrow.parquet as pq
 from harness.data.chain_parquet import (
     DEFERRED_VALUES,
     SELECTION_VALUES,
-    UNIT_NS,
     Codes,
     DeferredValues,
     LowGroups,
     ParquetDeferred,
+    as_of_unit,
+    column_stats,
     file_pieces,
-    min_max,
     selection_columns,
     with_row_ids,
 )
@@ -117,18 +117,11 @@ class SecondPass:
 
 def as_of_spans(reader: pq.ParquetFile) -> list[tuple[int, int] | None]:
     """Per row group of a chain file: (min, max) `as_of` in ns from its statistics, or None."""
-    meta = reader.metadata
-    if meta.num_row_groups == 0:
-        return []
-    first = meta.row_group(0)
-    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
-    as_of_type = reader.schema_arrow.field("as_of").type if "as_of" in where else None
-    unit = UNIT_NS.get(getattr(as_of_type, "unit", ""), 0)
-    out: list[tuple[int, int] | None] = []
-    for i in range(meta.num_row_groups):
-        stats = min_max(meta.row_group(i), where.get("as_of"))
-        out.append(None if stats is None or not unit else (stats[0] * unit, stats[1] * unit))
-    return out
+    unit = as_of_unit(reader)
+    return [
+        None if stats is None or not unit else (stats[0] * unit, stats[1] * unit)
+        for stats in column_stats(reader, "as_of")
+    ]
 
 
 def read_low_groups(
