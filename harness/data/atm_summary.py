@@ -1,7 +1,8 @@
 """The ATM summary of a chain partition: the call rows the ATM rule can pick, per snapshot and
 expiry, written next to the partition (`atm.arrow`, paired with it by a write id in both
-footers and the partition file's size and mtime) whenever the partition is written, so a selective load can answer the ATM rule at a
-decision without decoding the low days-to-expiry tiers (docs/data.md "ATM summary").
+footers and the partition file's size and mtime) whenever the partition is written, so a
+selective load can answer the ATM rule at a decision without decoding the low days-to-expiry
+tiers (docs/data.md "ATM summary").
 
 Per (as_of, expiry) of the calls with a usable IV (finite `mark_iv`, expiry after as_of), the
 summary keeps the rows nearest the money by each row's own underlying price (|K/S - 1|) and the
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.data.chain_parquet import as_of_unit, column_stats
+from harness.data.chain_scan import times_ns
 from harness.data.store_schema import DTE_COLUMN, DTE_SLACK, STORE_SCAN_COLUMNS
 
 WRITE_ID_KEY = b"harness.write_id"  # in the partition's and the summary's footer: a pair
@@ -41,23 +43,17 @@ def summary_path(part: Path) -> Path:
     return part.with_name(SUMMARY_NAME)
 
 
-def _ns(column: pa.ChunkedArray) -> np.ndarray:
-    if column.type.unit != "ns":
-        column = column.cast(pa.timestamp("ns", tz=column.type.tz))
-    return column.cast(pa.int64()).to_numpy()
-
-
 def summary_table(table: pa.Table, write_id: str) -> pa.Table | None:
     """The ATM summary of a chain partition `table` (store columns + `DTE_COLUMN`), its
     snapshot times and `write_id` in the schema metadata; None when the partition holds a
     quote after its bar close or lacks a column the summary needs."""
     if any(c not in table.column_names for c in _SUMMARY_COLUMNS):
         return None
-    as_of = _ns(table.column("as_of"))
-    quote = _ns(table.column("quote_time"))
+    as_of = times_ns(table.column("as_of"))
+    quote = times_ns(table.column("quote_time"))
     if (quote > as_of).any():
         return None
-    expiry = _ns(table.column("expiry"))
+    expiry = times_ns(table.column("expiry"))
     iv = table.column("mark_iv").to_numpy()
     is_call = pc.equal(table.column("kind"), "call").to_numpy(zero_copy_only=False)
     low = table.column(DTE_COLUMN).to_numpy() <= SUMMARY_MAX_DTE
@@ -101,7 +97,7 @@ class FileSummary:
     @classmethod
     def of(cls, rows: pa.Table, snapshots: np.ndarray) -> FileSummary:
         """A summary over `rows` (in `summary_table` order) and `snapshots`."""
-        times = {c: _ns(rows.column(c)) for c in ("as_of", "expiry", "quote_time")}
+        times = {c: times_ns(rows.column(c)) for c in ("as_of", "expiry", "quote_time")}
         times["days"] = rows.column(DTE_COLUMN).to_numpy()
         span = (int(snapshots[0]), int(snapshots[-1]))
         return cls(span, snapshots, rows, times)
