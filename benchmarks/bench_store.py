@@ -93,6 +93,8 @@ def measure(path_kind: str, case: str, store: Path) -> dict[str, float]:
         "low_rows_decoded": int(scan.get("low_rows_decoded", 0)),
         "low_rows_kept": int(scan.get("low_rows_kept", 0)),
         "low_decisions": int(scan.get("low_decisions", 0)),
+        # decisions whose ATM rule the partitions' ATM summaries answered (no low tiers read)
+        "summary_decisions": int(scan.get("summary_decisions", 0)),
         "label_rows": len(labels),
         "pnl_sum": float(labels["pnl_vs_hodl"].sum()),
         "peak_mib": peak_rss_mib(),
@@ -169,7 +171,8 @@ def store_table(root: Path) -> None:
             print(
                 f"    then {s['low_row_groups_read']} row groups of low days-to-expiry tiers "
                 f"({s['low_rows_decoded']:,} rows, {s['low_rows_kept']:,} kept: band marks, "
-                f"tail and the windows of {s['low_decisions']:,} decisions)"
+                f"tail and the windows of {s['low_decisions'] - s['summary_decisions']:,} "
+                f"decisions; {s['summary_decisions']:,} more answered by the ATM summaries)"
             )
         goals.append((f"{case}: store load + labels within 1.5x of synthetic", ratio <= 1.5))
         goals.append(

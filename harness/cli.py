@@ -38,6 +38,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from harness.experiments.sweep_pool import start_worker_server
 
         start_worker_server()  # the workers' imports overlap with the driver's, next line
+    if args.backend == "ray":
+        from harness.experiments.ray_cluster import start_ray
+
+        start_ray(args.address, args.workers)  # Ray's workers import while the driver does
     from harness.experiments.sweep import run_sweep
 
     summary = run_sweep(

@@ -8,6 +8,7 @@ columns whose decode is deferred to the rows a selection keeps (`ParquetDeferred
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -98,6 +99,7 @@ def read_chain_files(
     codes: Codes | None = None,
     floor: float | None = None,
     low: list[LowGroups] | None = None,
+    opened: list[tuple[pq.ParquetFile, Path]] | None = None,
 ) -> list[ChainColumns]:
     """The kept rows of the Parquet chain files `paths` in time order, converted file by file.
 
@@ -110,12 +112,14 @@ def read_chain_files(
     columns are decoded now; the deferred value columns stay in the file (`ParquetDeferred`)
     and are decoded later, for the row groups holding kept rows only. With `floor` (and a
     `low` list), the groups whose `DTE_COLUMN` statistics are at most `floor` are not read:
-    they go to `low`, one `LowGroups` per file. Returns one part (none if no row group is
-    read).
+    they go to `low`, one `LowGroups` per file. `opened` receives each file's reader and
+    path. Returns one part (none if no row group is read).
     """
     codes = Codes() if codes is None else codes
     narrow = [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES]
     readers = [_chain_reader(path) for path in paths]
+    if opened is not None:
+        opened.extend(zip(readers, paths, strict=True))
     plans = [plan_row_groups(r, window) for r in readers]
     if floor is not None and low is not None:
         for k, reader in enumerate(readers):
@@ -215,17 +219,10 @@ def split_low(
 ) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
     """`plan` split into the groups to read now and those whose `DTE_COLUMN` statistics say
     every row has at most `floor` days to expiry (no statistics: read now)."""
-    meta = reader.metadata
-    if meta.num_row_groups == 0:
-        return plan, ([], [])
-    first = meta.row_group(0)
-    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
-    j = where.get(DTE_COLUMN)
-    if j is None:
-        return plan, ([], [])
+    dte = column_stats(reader, DTE_COLUMN)  # all None without the column: nothing is low
 
     def is_low(i: int) -> bool:
-        stats = min_max(meta.row_group(i), j)
+        stats = dte[i]
         return stats is not None and stats[1] <= floor
 
     now = tuple([i for i in part if not is_low(i)] for part in plan)
@@ -387,16 +384,15 @@ def plan_row_groups(reader: pq.ParquetFile, window: ScanWindow) -> tuple[list[in
     partial: list[int] = []
     if meta.num_row_groups == 0:
         return whole, partial
-    first = meta.row_group(0)
-    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
-    as_of_type = reader.schema_arrow.field("as_of").type if "as_of" in where else None
-    unit = UNIT_NS.get(getattr(as_of_type, "unit", ""), 0)
+    as_of_stats = column_stats(reader, "as_of")
+    dte_stats = column_stats(reader, DTE_COLUMN)
+    kind_stats = column_stats(reader, "kind")
+    unit = as_of_unit(reader)
     for i in range(meta.num_row_groups):
-        rg = meta.row_group(i)
-        if rg.num_rows == 0:
+        if meta.row_group(i).num_rows == 0:
             continue
         inside = window.exact
-        stats = min_max(rg, where.get("as_of"))
+        stats = as_of_stats[i]
         if stats is not None and unit:
             # raw timestamp statistics are integers in the column's unit
             lo_t, hi_t = stats[0] * unit, stats[1] * unit
@@ -406,17 +402,47 @@ def plan_row_groups(reader: pq.ParquetFile, window: ScanWindow) -> tuple[list[in
         else:
             inside = False
         if window.max_dte is not None:
-            stats = min_max(rg, where.get(DTE_COLUMN))
+            stats = dte_stats[i]
             if stats is not None and stats[0] > window.max_dte + DTE_SLACK:
                 continue
             inside &= stats is not None and stats[1] < window.max_dte - DTE_SLACK
         if window.kinds != {"call", "put"}:
-            stats = min_max(rg, where.get("kind"))
+            stats = kind_stats[i]
             if stats is not None and stats[0] == stats[1] and stats[0] not in window.kinds:
                 continue
             inside &= stats is not None and stats[0] == stats[1] and stats[0] in window.kinds
         (whole if inside else partial).append(i)
     return whole, partial
+
+
+# per open chain file: its row groups' (min, max) by column, and its as_of unit (statistics
+# are asked for by the scan plan, the tier split and the second pass, several times a file)
+_STATS: weakref.WeakKeyDictionary[pq.ParquetFile, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def column_stats(reader: pq.ParquetFile, column: str) -> list[tuple[Any, Any] | None]:
+    """`min_max` of `column` in every row group of `reader` (all None when it lacks it)."""
+    known = _STATS.setdefault(reader, {})
+    if column not in known:
+        meta = reader.metadata
+        out: list[tuple[Any, Any] | None] = [None] * meta.num_row_groups
+        if meta.num_row_groups:
+            first = meta.row_group(0)
+            where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
+            if column in where:
+                out = [min_max(meta.row_group(i), where[column]) for i in range(len(out))]
+        known[column] = out
+    return known[column]
+
+
+def as_of_unit(reader: pq.ParquetFile) -> int:
+    """Nanoseconds per unit of the file's `as_of` column (0 when it has none)."""
+    known = _STATS.setdefault(reader, {})
+    if "_unit" not in known:
+        names = reader.schema_arrow.names
+        as_of_type = reader.schema_arrow.field("as_of").type if "as_of" in names else None
+        known["_unit"] = UNIT_NS.get(getattr(as_of_type, "unit", ""), 0)
+    return known["_unit"]
 
 
 def min_max(rg: pq.RowGroupMetaData, j: int | None) -> tuple[Any, Any] | None:
@@ -467,7 +493,7 @@ def read_parquet_pieces(
     """Decoded row groups of the Parquet files `paths` (`columns` projected), in file order,
     each with the rows of it matching `expr` as a boolean mask (None: every row matches).
 
-    One `ParquetFile` read per file (pre-buffered, whole row groups), not a
+    One `ParquetFile` read per file (memory-mapped, whole row groups), not a
     `pyarrow.dataset` scan: the scan's start-up (thread pool, fragment discovery, per-batch
     filter) cost more than the reads themselves on a year of month files (docs/performance.md).
     With `window` (the same conditions as `expr`), row groups outside it are never decoded and
@@ -492,9 +518,15 @@ def read_parquet_pieces(
 
 
 def _chain_reader(path: Path) -> pq.ParquetFile:
-    """A chain partition opened for reading (pre-buffered row groups)."""
-    # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row
-    return pq.ParquetFile(path, pre_buffer=True, read_dictionary=["instrument_name", "kind"])
+    """A chain partition opened for reading (memory-mapped)."""
+    # names and kinds stay dictionary-encoded: one hash of the few unique names, not of every row.
+    # Memory-mapped rather than pre-buffered: the column chunks are decoded straight from the
+    # page cache instead of being copied into freshly allocated buffers first, which cost a
+    # fresh process ~0.02-0.1 s of system time over a year of month files (docs/performance.md,
+    # store8). Writers replace partitions by rename, so a mapped file never changes under a read.
+    return pq.ParquetFile(
+        path, memory_map=True, pre_buffer=False, read_dictionary=["instrument_name", "kind"]
+    )
 
 
 def file_pieces(

@@ -194,6 +194,11 @@ def _int_ns(column: pa.ChunkedArray) -> np.ndarray:
     return column.cast(pa.int64()).to_numpy()
 
 
+def times_ns(column: pa.ChunkedArray) -> np.ndarray:
+    """A timestamp column of a scanned chain table as int64 ns UTC."""
+    return _int_ns(column)
+
+
 def as_of_ns(table: pa.Table) -> np.ndarray:
     """The `as_of` column of a scanned chain table as int64 ns UTC."""
     return _int_ns(table.column("as_of"))

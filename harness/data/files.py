@@ -40,6 +40,17 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from harness import strict_json
+from harness.data.atm_summary import (
+    WRITE_ID_KEY,
+    FileSummary,
+    file_summary,
+    has_write_id,
+    summary_answers,
+    summary_path,
+    summary_rows_at,
+    summary_table,
+    write_summary,
+)
 from harness.data.chain_parquet import (
     Codes,
     DeferredValues,
@@ -210,7 +221,8 @@ def write_chain_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write a store chain partition atomically; Parquet in the tiered layout (`DTE_TIERS`).
 
     Each (tier, kind) group becomes its own row group(s), rows sorted by (as_of, expiry,
-    strike) inside, with `DTE_COLUMN` (days, float64) added so readers can prune groups.
+    strike) inside, with `DTE_COLUMN` (days, float64) added so readers can prune groups,
+    and its ATM summary next to it (`summary_table`).
     """
     if path.suffix == ".csv":
         write_table_atomic(frame, path)
@@ -229,6 +241,14 @@ def write_chain_atomic(frame: pd.DataFrame, path: Path) -> None:
         )
     )
     table = _arrow_table(frame.assign(**{DTE_COLUMN: dte}).iloc[order].reset_index(drop=True))
+    # the rows carry a write id in their footer; the ATM summary written after them names
+    # that id and the file's size and mtime: a reader uses it only when all three match (an
+    # interrupted write, an older writer or a rewrite by another tool: no match)
+    write_id = uuid.uuid4().hex
+    summary = summary_table(table, write_id)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), WRITE_ID_KEY: write_id.encode()}
+    )
     bounds = np.flatnonzero(np.diff(group[order])) + 1
     tmp = _temp_sibling(path)
     try:
@@ -236,9 +256,18 @@ def write_chain_atomic(frame: pd.DataFrame, path: Path) -> None:
             for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(order)], strict=True):
                 if b > a or len(order) == 0:
                     writer.write_table(table.slice(a, b - a), row_group_size=CHAIN_ROW_GROUP_ROWS)
+        summary_path(path).unlink(missing_ok=True)
         _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    if summary is not None:
+        target = summary_path(path)
+        tmp = _temp_sibling(target)
+        try:
+            write_summary(summary, path, tmp)
+            _commit(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def is_tiered(path: Path) -> bool:
@@ -405,6 +434,7 @@ def _remove_partitions(files: Sequence[Path]) -> None:
     """Delete day partition files (and their folders when empty) folded into a month file."""
     for f in files:
         f.unlink()
+        summary_path(f).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             f.parent.rmdir()  # leave a folder that holds anything else
 
@@ -432,6 +462,7 @@ class CompactSummary:
     day_files: int
     rows: int
     relaid: tuple[str, ...] = ()  # month files rewritten from the untiered layout
+    summarised: tuple[str, ...] = ()  # tiered month files rewritten to get an ATM summary
 
     def __str__(self) -> str:
         text = (
@@ -440,6 +471,8 @@ class CompactSummary:
         )
         if self.relaid:
             text += f"; {len(self.relaid)} month file(s) rewritten in the tiered layout"
+        if self.summarised:
+            text += f"; {len(self.summarised)} month file(s) rewritten with an ATM summary"
         return text
 
 
@@ -449,7 +482,8 @@ def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSumma
     Each month is written (atomically) before its day files are removed, so an interruption
     leaves either the day files alone or a complete month file that readers use instead.
     Parquet month files of the older untiered layout are rewritten in the tiered one (same
-    rows; scans can then skip row groups outside their days-to-expiry window).
+    rows; scans can then skip row groups outside their days-to-expiry window), and tiered
+    ones written before ATM summaries existed (no write id) are rewritten to get one.
     """
     folder = underlying_dir(root, underlying) / "chain"
     by_month: dict[pd.Timestamp, list[Path]] = {}
@@ -461,17 +495,23 @@ def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSumma
         found = _existing(target)
         rows += _merge_partition(found or target, [], extra=files)
         _remove_partitions(files)
-    relaid = []
+    relaid, summarised = [], []
     for kind, month, path in _chain_partitions(folder):
-        if kind == "month" and path.suffix == ".parquet" and not is_tiered(path):
+        if kind != "month" or path.suffix != ".parquet":
+            continue
+        if not is_tiered(path):
             _merge_partition(path, [])
             relaid.append(f"{month:%Y-%m}")
+        elif not has_write_id(path):
+            _merge_partition(path, [])
+            summarised.append(f"{month:%Y-%m}")
     return CompactSummary(
         underlying=underlying.upper(),
         months=tuple(f"{m:%Y-%m}" for m in sorted(by_month)),
         day_files=sum(len(f) for f in by_month.values()),
         rows=rows,
         relaid=tuple(relaid),
+        summarised=tuple(summarised),
     )
 
 
@@ -736,6 +776,8 @@ class FileDataSource(ChainTableSource):
         # read after it, for the band's marks and the few decisions that need them
         floor = tier_floor(selection)
         low_tail: ChainColumns | None = None  # the previous block's left-out rows near its end
+        # the ATM summaries of every file read (windows at a block start look into the last)
+        summaries: list[FileSummary] = []
         skipped = False  # whether any block left rows out (the marks then cover the band only)
         for block_lo, block_hi in self._blocks(lo, hi):
             low: list[LowGroups] | None = None if floor is None else []
@@ -749,6 +791,7 @@ class FileDataSource(ChainTableSource):
                 deferred=deferred,
                 floor=floor,
                 low=low,
+                summaries=None if floor is None else summaries,
             )
             skipping = bool(low) or low_tail is not None
             skipped |= skipping
@@ -789,6 +832,7 @@ class FileDataSource(ChainTableSource):
                 selection,
                 codes,
                 deferred,
+                summaries,
                 tail_from=block_hi - chain_back if ref[-1] > block_hi else None,
                 kinds=kinds,
                 max_dte=max_dte,
@@ -831,6 +875,7 @@ class FileDataSource(ChainTableSource):
         selection: ChainSelection,
         codes: Codes,
         deferred: list[DeferredValues] | None,
+        summaries: list[FileSummary],
         *,
         tail_from: int | None,
         kinds: Sequence[str],
@@ -847,10 +892,19 @@ class FileDataSource(ChainTableSource):
         the selection columns; the tiers below it with the mark columns only, unless a
         decision keeps a first row or the next block needs the tail: a decision whose ATM
         pick the next tier settles (`atm_needs_lower` with that tier's floor) never reads them.
+        A decision that keeps no first row and whose ATM rule the files' summaries answer
+        (`summary_answers`) reads none of them: its chain comes from `rows` and the summary
+        rows at its snapshot (`_from_summaries`).
         """
         tf, stale, _ = self._windows(u)
         bar = timeframe_delta(tf).value
         back = (stale + timeframe_delta(tf)).value
+        sure = np.zeros(len(need_ns), dtype=bool)
+        if len(need_ns) and set(kinds) == {"call"}:
+            sure = ~selection.first_row_wanted(need_ns) & summary_answers(
+                need_ns, bar, stale.value, floor, summaries
+            )
+        by_summary, need_ns = need_ns[sure], need_ns[~sure]
         lower = TIER_BELOW.get(floor)
         far: list[LowGroups] = []  # the tiers under the next one down (None: there are none)
         for g in low:
@@ -882,7 +936,13 @@ class FileDataSource(ChainTableSource):
             held=held,
             tail=None,
         )
-        self.scan_stats["low_decisions"] += len(need_ns)
+        # decisions that needed the left-out rows, and those of them the summaries answered
+        self.scan_stats["low_decisions"] += len(need_ns) + len(by_summary)
+        self.scan_stats["summary_decisions"] += len(by_summary)
+        if len(by_summary):
+            self._from_summaries(
+                rows, by_summary, floor, summaries, selection, out, codes, deferred, kinds, max_dte
+            )
         if len(need_ns):
             # only the rows inside the decisions' windows: a query reads nothing else, and
             # an instrument's next row outside them lies after its window either way
@@ -909,6 +969,38 @@ class FileDataSource(ChainTableSource):
             tail = concat_columns(ends, codes.names(), u)
             out.tail = tail if len(tail) else None
         return out
+
+    def _from_summaries(
+        self,
+        rows: ChainColumns,
+        times_ns: np.ndarray,
+        floor: float,
+        summaries: list[FileSummary],
+        selection: ChainSelection,
+        out: SecondPass,
+        codes: Codes,
+        deferred: list[DeferredValues] | None,
+        kinds: Sequence[str],
+        max_dte: float | None,
+    ) -> None:
+        """Selected chains at `times_ns` (decisions `summary_answers` accepts) from the
+        first-pass `rows` in their windows plus the summary rows of at most `floor` days at
+        their snapshots, into `out.found` (same rows as reading the left-out tiers)."""
+        u = rows.underlying
+        tf, stale, _ = self._windows(u)
+        bar = timeframe_delta(tf).value
+        win = windows_of(times_ns, bar, (stale + timeframe_delta(tf)).value)
+        part = rows.take(np.flatnonzero(in_windows(rows.as_of, win)))
+        extra = summary_rows_at(summaries, times_ns - np.mod(times_ns, bar), floor + DTE_SLACK)
+        found = [part]
+        if extra.num_rows:
+            cols = codes.remap(columns_from_arrow(extra, u))
+            found.append(cols if deferred is None else defer_values(cols, deferred))
+        # a summary row the first pass also read (a group without statistics) counts once
+        merged = first_of_each(concat_columns(found, codes.names(), u))
+        self._point_in_time(
+            merged, times_ns, selection, out, codes, None, kinds=kinds, max_dte=max_dte
+        )
 
     def _point_in_time(
         self,
@@ -1306,6 +1398,7 @@ class FileDataSource(ChainTableSource):
         deferred: list[DeferredValues] | None = None,
         floor: float | None = None,
         low: list[LowGroups] | None = None,
+        summaries: list[FileSummary] | None = None,
     ) -> ChainColumns:
         """Chain rows of `underlying` with as_of in [lo, hi] in one columnar pass.
 
@@ -1313,11 +1406,12 @@ class FileDataSource(ChainTableSource):
         stay Arrow, appended to `deferred`, and each row carries its position in them as the
         value `ROW_ID` (see `take_deferred`). With `floor` and `low`, Parquet row groups whose
         statistics say every row has at most `floor` days to expiry are not read: they are
-        appended to `low` (see `LowGroups`).
+        appended to `low` (see `LowGroups`). `summaries` receives the ATM summary (or the
+        span only) of every file read.
         """
         with scan_pool():
             return self._scan_rows(
-                underlying, lo, hi, kinds, max_dte, names, codes, deferred, floor, low
+                underlying, lo, hi, kinds, max_dte, names, codes, deferred, floor, low, summaries
             )
 
     def _scan_rows(
@@ -1332,6 +1426,7 @@ class FileDataSource(ChainTableSource):
         deferred: list[DeferredValues] | None,
         floor: float | None = None,
         low: list[LowGroups] | None = None,
+        summaries: list[FileSummary] | None = None,
     ) -> ChainColumns:
         """`_scan` inside the scan memory pool."""
         u = underlying.upper()
@@ -1342,6 +1437,7 @@ class FileDataSource(ChainTableSource):
             lo=lo.value, hi=hi.value, kinds=frozenset(kinds), max_dte=max_dte, exact=names is None
         )
         parts: list[ChainColumns] = []
+        opened: list[tuple[pq.ParquetFile, Path]] = []
         if parquet:
             had = None if deferred is None else len(deferred)
             codes = Codes() if codes is None else codes
@@ -1357,10 +1453,12 @@ class FileDataSource(ChainTableSource):
                         codes=codes,
                         floor=floor if low is not None else None,
                         low=low,
+                        opened=opened,
                     )
                 )
             except (pa.ArrowException, OSError, TypeError, KeyError):
                 # name the broken file (or read mismatched schemas one by one)
+                opened.clear()  # no summary is used: the files' spans are unknown
                 parts.clear()
                 if deferred is not None:
                     del deferred[had:]
@@ -1368,6 +1466,10 @@ class FileDataSource(ChainTableSource):
                     low.clear()  # every row is read below
                 parts.extend(self._read_one(f, u, expr) for f in parquet)
         parts.extend(self._read_one(f, u, expr) for f in files if f.suffix == ".csv")
+        if summaries is not None:
+            summaries.extend(file_summary(r, p) for r, p in opened)
+            # a file read without a summary of known span (CSV, a failed read) blocks them all
+            summaries.extend(FileSummary(None) for _ in range(len(files) - len(opened)))
         self.scan_stats["scans"] += 1
         self.scan_stats["files"] += len(files)
         if codes is None:

@@ -18,13 +18,13 @@ import pyarrow.parquet as pq
 from harness.data.chain_parquet import (
     DEFERRED_VALUES,
     SELECTION_VALUES,
-    UNIT_NS,
     Codes,
     DeferredValues,
     LowGroups,
     ParquetDeferred,
+    as_of_unit,
+    column_stats,
     file_pieces,
-    min_max,
     selection_columns,
     with_row_ids,
 )
@@ -34,6 +34,8 @@ from harness.data.chain_scan import (
     as_of_ns,
     columns_from_arrow,
     empty_columns,
+    float_values,
+    times_ns,
 )
 from harness.data.chain_select import ChainSelection
 from harness.data.store_schema import DTE_SLACK, DTE_TIERS, STORE_SCAN_COLUMNS
@@ -115,18 +117,11 @@ class SecondPass:
 
 def as_of_spans(reader: pq.ParquetFile) -> list[tuple[int, int] | None]:
     """Per row group of a chain file: (min, max) `as_of` in ns from its statistics, or None."""
-    meta = reader.metadata
-    if meta.num_row_groups == 0:
-        return []
-    first = meta.row_group(0)
-    where = {first.column(j).path_in_schema: j for j in range(first.num_columns)}
-    as_of_type = reader.schema_arrow.field("as_of").type if "as_of" in where else None
-    unit = UNIT_NS.get(getattr(as_of_type, "unit", ""), 0)
-    out: list[tuple[int, int] | None] = []
-    for i in range(meta.num_row_groups):
-        stats = min_max(meta.row_group(i), where.get("as_of"))
-        out.append(None if stats is None or not unit else (stats[0] * unit, stats[1] * unit))
-    return out
+    unit = as_of_unit(reader)
+    return [
+        None if stats is None or not unit else (stats[0] * unit, stats[1] * unit)
+        for stats in column_stats(reader, "as_of")
+    ]
 
 
 def read_low_groups(
@@ -168,6 +163,10 @@ def read_low_groups(
     # the rows the window keeps, in file order; only the few this pass wants are sorted
     # by as_of (the order `kept_rows` gives), and not at all for the mark table
     table = pa.concat_tables([piece for piece, _ in pieces])
+    names = table.column("instrument_name")
+    if marks_only and pa.types.is_dictionary(names.type) and all(k is None for _, k in pieces):
+        # band marks of groups the window keeps whole (the usual case)
+        return _band_marks(table, hot_names, underlying, codes, stats)
     starts = np.cumsum([0] + [piece.num_rows for piece, _ in pieces])
     kept = np.concatenate(
         [
@@ -175,7 +174,6 @@ def read_low_groups(
             for (_, keep), a, b in zip(pieces, starts[:-1], starts[1:], strict=True)
         ]
     )
-    names = table.column("instrument_name")
     if pa.types.is_dictionary(names.type):
         encoded = names.unify_dictionaries().combine_chunks()
         hot_entry = pc.is_in(encoded.dictionary, value_set=hot_names).to_numpy(zero_copy_only=False)
@@ -203,6 +201,60 @@ def read_low_groups(
     else:
         part = selection_columns(table, underlying, deferred, rows)
     return codes.remap(part)
+
+
+def _band_marks(
+    table: pa.Table, hot_names: pa.Array, underlying: str, codes: Codes, stats: Counter[str]
+) -> ChainColumns:
+    """The rows of `table` (every row kept by the scan window; dictionary-encoded names) whose
+    name is in `hot_names`, in file order, as mark columns coded into `codes` (which holds every
+    band name), with no Arrow gather and no per-part name table: what
+    `read_low_groups(marks_only=True)` gives, with less work."""
+    known = codes.index
+    parts: list[np.ndarray] = []
+    row_codes: list[np.ndarray] = []
+    at = 0
+    # chunk by chunk (a row group each): no dictionary unification over the file
+    for chunk in table.column("instrument_name").chunks:
+        hot_entry = pc.is_in(chunk.dictionary, value_set=hot_names).to_numpy(zero_copy_only=False)
+        entries = chunk.indices.to_numpy()
+        local = np.flatnonzero(hot_entry[entries])
+        if len(local):
+            code_of = np.full(len(hot_entry), -1, dtype=np.int64)
+            hot = np.flatnonzero(hot_entry)
+            code_of[hot] = [known[n] for n in chunk.dictionary.take(pa.array(hot)).to_pylist()]
+            parts.append(at + local)
+            row_codes.append(code_of[entries[local]])
+        at += len(chunk)
+    rows = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    stats["low_rows_kept"] += len(rows)
+    if len(rows) == 0:
+        return empty_columns(underlying)
+    as_of = as_of_ns(table)[rows]
+    quote = table.column("quote_time") if "quote_time" in table.column_names else None
+    return ChainColumns(
+        underlying=underlying,
+        as_of=as_of,
+        expiry=times_ns(table.column("expiry"))[rows],
+        quote_time=as_of if quote is None else times_ns(quote)[rows],
+        code=np.concatenate(row_codes),
+        names=codes.names(),
+        is_call=_is_call(table.column("kind"), rows),
+        values={"mark_price": float_values(table.column("mark_price"))[rows]},
+    )
+
+
+def _is_call(kind: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+    """Whether each of `rows` of a `kind` column is a call (a dictionary column is compared
+    per dictionary entry, not per row)."""
+    if not pa.types.is_dictionary(kind.type) or kind.null_count:
+        plain = kind.cast(pa.string()) if pa.types.is_dictionary(kind.type) else kind
+        return pc.equal(plain, "call").to_numpy(zero_copy_only=False)[rows]
+    parts = []
+    for chunk in kind.chunks:
+        calls = pc.equal(chunk.dictionary, "call").to_numpy(zero_copy_only=False)
+        parts.append(calls[chunk.indices.to_numpy()] if len(calls) else np.zeros(len(chunk), bool))
+    return np.concatenate(parts)[rows] if parts else np.zeros(len(rows), dtype=bool)
 
 
 def _convert(

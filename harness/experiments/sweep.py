@@ -23,6 +23,7 @@ from rich.console import Console
 from harness import strict_json
 from harness.data.source import MarketDataSource
 from harness.experiments.config import ExperimentConfig, parse_config
+from harness.experiments.ray_cluster import init_ray
 from harness.experiments.runner import create_run_dir, run_config_text
 from harness.experiments.sweep_backends import (
     DRIVER,
@@ -30,7 +31,6 @@ from harness.experiments.sweep_backends import (
     TrialOutcome,
     TrialTask,
     config_json,
-    init_ray,
     market_key,
     needs_cache_writer,
     prefetch_trial,

@@ -41,9 +41,14 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import_synthetic(
         "BTC", START, END, "4h", weekly, seed=5, calls_only=True, progress=False, max_dte=20.0
     )
-    for path in sorted((weekly / "BTC" / "chain").glob("*/*.parquet")):
+    for path in sorted((weekly / "BTC" / "chain").glob("*/part.parquet")):
         frame = pq.read_table(path).to_pandas().drop(columns=[DTE_COLUMN])
         write_chain_atomic(frame[frame["expiry"].dt.day_of_week == 4].reset_index(drop=True), path)
+    # without ATM summaries: these tests read the left-out tiers (test_atm_summary.py reads
+    # the summaries, with these as its fallback)
+    for root in (every, weekly):
+        for path in (root / "BTC" / "chain").glob("*/atm.arrow"):
+            path.unlink()
     return {"every": every, "weekly": weekly}
 
 

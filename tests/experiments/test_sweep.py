@@ -122,6 +122,23 @@ def test_ray_backend_gives_the_same_leaderboard(
         assert (t / "decisions.jsonl").exists() and (t / "report.md").exists()
 
 
+def test_the_ray_command_warms_the_workers_and_keeps_the_callers_ray(
+    ray_session: None, local_sweep: Path, tmp_path: Path
+) -> None:
+    # in-process (one Ray per test session): `start_ray` finds the session's Ray, warms two
+    # workers, and the sweep leaves that Ray running because it did not start it
+    import ray
+
+    from harness.cli import main
+
+    path = write_sweep(tmp_path)
+    out = tmp_path / "runs"
+    assert main(["sweep", str(path), "--backend", "ray", "--out", str(out), "-q"]) == 0
+    assert ray.is_initialized()
+    (sweep_dir,) = out.iterdir()
+    pd.testing.assert_frame_equal(_board(sweep_dir), _board(local_sweep))
+
+
 def test_the_command_with_two_workers_gives_the_same_leaderboard(
     local_sweep: Path, tmp_path: Path
 ) -> None:

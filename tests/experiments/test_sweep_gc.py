@@ -1,5 +1,5 @@
-"""Sweep workers run each trial with the cyclic GC off and collect after it (the youngest
-generation, all of every tenth trial); the driver's collector is left alone."""
+"""Sweep workers run with the automatic cyclic GC off and collect fully after every tenth
+trial; the driver's collector is left alone."""
 
 from __future__ import annotations
 
@@ -33,20 +33,39 @@ def record(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     gc.callbacks.remove(on_gc)
 
 
-def test_a_worker_trial_runs_without_automatic_gc_then_collects(
+def test_a_worker_collects_fully_every_tenth_trial_only(
     monkeypatch: pytest.MonkeyPatch, record: dict[str, list[Any]]
 ) -> None:
     monkeypatch.setattr(sweep_backends, "_WORKER", True)
     monkeypatch.setattr(sweep_backends, "_TRIALS_SINCE_FULL_GC", 0)
     assert gc.isenabled()
-    outcome = run_trial(TASK)
-    assert outcome.status == "complete" and outcome.cpu_s >= 0
-    assert record["enabled"] == [False]  # off during the trial
-    assert gc.isenabled() and record["collected"] == [0]  # on again, the trial's objects swept
-    for _ in range(sweep_backends.FULL_GC_EVERY - 1):
+    try:
+        outcome = run_trial(TASK)
+        assert outcome.status == "complete" and outcome.cpu_s >= 0
+        assert record["enabled"] == [False]  # off during the trial
+        assert not gc.isenabled() and record["collected"] == []  # and after it: no pass yet
+        for _ in range(sweep_backends.FULL_GC_EVERY - 1):
+            run_trial(TASK)
+        assert record["enabled"] == [False] * sweep_backends.FULL_GC_EVERY
+        assert record["collected"] == [2]  # one full collection, after the tenth trial
         run_trial(TASK)
-    assert record["enabled"] == [False] * sweep_backends.FULL_GC_EVERY
-    assert record["collected"] == [0] * (sweep_backends.FULL_GC_EVERY - 1) + [2]
+        assert record["collected"] == [2]
+    finally:
+        gc.enable()
+
+
+def test_settling_a_worker_freezes_its_objects_and_turns_the_collector_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sweep_backends, "_WORKER", False)
+    assert gc.isenabled()
+    try:
+        sweep_backends._settle_worker()
+        assert sweep_backends._WORKER and not gc.isenabled()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
 
 
 def test_the_driver_keeps_its_collector(record: dict[str, list[Any]]) -> None:
