@@ -24,7 +24,7 @@ from harness.data.source import (
     SettlementSource,
 )
 from harness.data.store import ChainStore, ProgressFn
-from harness.drawdown_memo import DrawdownMemo
+from harness.engine.drawdown_memo import DrawdownMemo
 from harness.engine.features import spot_features
 from harness.engine.hints import history_hints
 from harness.engine.metrics import portfolio_metrics
@@ -144,7 +144,7 @@ class SimulatorCaches:
     # period: bounded by the period, shared by every band)
     instants: dict[int, pd.Timestamp] = field(default_factory=dict)
     # label drawdowns by (instrument, sale bar) and their inputs: another band's candidate
-    # with the same inputs takes it (harness.drawdown_memo)
+    # with the same inputs takes it (harness.engine.drawdown_memo)
     drawdowns: DrawdownMemo = field(default_factory=DrawdownMemo)
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harness.data.synthetic import SyntheticMarket
-from harness.drawdown_memo import DrawdownMemo
+from harness.engine.drawdown_memo import DrawdownMemo
 from harness.simulator import CoveredCallSimulator, SimulatorCaches
 from harness.types import CallSimulationConfig
 
