@@ -46,6 +46,7 @@ from harness.experiments.run_health import (
     counted,
     llm_status,
 )
+from harness.experiments.run_tables import write_parquet
 from harness.experiments.sweep_market import SharedChains
 from harness.llm.batch import BATCHES_FILE, BatchLedger
 from harness.llm.budget import SpendCap
@@ -976,11 +977,11 @@ class ExperimentRunner:
             if eq
             else pd.DataFrame(columns=["timestamp", "policy", "equity", "hodl", "equity_vs_hodl"])
         )
-        equity.to_parquet(d / "equity.parquet", index=False)
+        write_parquet(equity, d / "equity.parquet")
         # the report reads the frame just written from memory (a Parquet round trip keeps it)
         self._equity = equity if not equity.empty else None
         lab = labels.drop(columns=["best_reward", "reward_regret"], errors="ignore")
-        lab.to_parquet(d / "labels.parquet", index=False)
+        write_parquet(lab, d / "labels.parquet")
         (d / "metrics.json").write_text(strict_json.dumps(metrics, indent=2, default=_json_float))
         agreement = _agreement(self._decision_objects(), ran)
         every_pair = self._all_pairs(ran, sim)
