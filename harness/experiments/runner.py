@@ -128,6 +128,7 @@ class _Scored:
     errors: int = 0
     tally: PolicyTally = field(default_factory=PolicyTally)
     partial: bool = False  # some decisions were not asked (stopped policy): no portfolio replay
+    plain: bool = False  # a valid, error-free row without LLM answer at every decision, kept as is
 
 
 def run_config_text(config: ExperimentConfig) -> str:
@@ -349,6 +350,8 @@ class ExperimentRunner:
             [] if not decisions_path.exists() or decisions_path.stat().st_size == 0 else None
         )
         self._equity: pd.DataFrame | None = None
+        self._trades: pd.DataFrame | None = None
+        self._plain: dict[str, _Scored] = {}  # policies whose rows are all plain (report table)
         with self._progress() as progress:
             load = progress.add_task("loading market", total=None)
             source = self.market or build_market(cfg.market, cfg.simulation.timeframe)
@@ -460,6 +463,8 @@ class ExperimentRunner:
                         self._skip(entry.name, str(exc), skipped, status)
                         continue
                     scored[entry.name] = s
+                    if s.plain:
+                        self._plain[entry.name] = s
                     if isinstance(policy, LLMPolicy):
                         llm_usage[entry.name] = policy.summary().as_dict()
                         if policy.config.execution == "batch" and self.answers is None:
@@ -526,7 +531,7 @@ class ExperimentRunner:
         (self.run_dir / "manifest.json").write_text(
             self.secrets.scrub(strict_json.dumps(manifest, indent=2, default=str))
         )
-        self._write_report()
+        self._write_report(times_iso, items, ran)
         self.secrets.scrub_files(self.run_dir.glob("*.md"))
         self.secrets.scrub_files(self.run_dir.glob("*.html"))
         summary = RunSummary(
@@ -758,7 +763,7 @@ class ExperimentRunner:
 
         choices: list[str | None] = []
         rewards = np.zeros(len(items))
-        invalid = errors = resumed = 0
+        invalid = errors = resumed = kept = 0
         tally = PolicyTally()
         is_llm = isinstance(policy, LLMPolicy)
         partial = isinstance(policy, LLMPolicy) and policy.incomplete
@@ -853,6 +858,7 @@ class ExperimentRunner:
                 plain = safe == line and row["llm"] is None and row["error"] is None
                 plain = plain and type(row["valid"]) is bool
                 self._rows.append(row if plain else json.loads(safe))
+                kept += plain and row["valid"] is True
             choices.append(choice_name)
             rewards[i] = reward
             advance()
@@ -864,6 +870,8 @@ class ExperimentRunner:
             errors=errors,
             tally=tally,
             partial=partial,
+            # every decision has a plain row in memory: the report's table comes from arrays
+            plain=not is_llm and kept == len(items) and self._rows is not None,
         )
         return scored, resumed
 
@@ -959,7 +967,9 @@ class ExperimentRunner:
                 row.update({f: getattr(t, f) for f in t.__dataclass_fields__})
                 trade_rows.append(row)
         trade_cols = ["policy", *SimulatedTrade.__dataclass_fields__]
-        pd.DataFrame(trade_rows, columns=trade_cols).to_csv(d / "trades.csv", index=False)
+        trades = pd.DataFrame(trade_rows, columns=trade_cols)
+        trades.to_csv(d / "trades.csv", index=False)
+        self._trades = trades  # the report's from memory (it compares trades within the run)
         eq = [
             pd.DataFrame(
                 {
@@ -1017,17 +1027,39 @@ class ExperimentRunner:
                 continue
         return rows
 
-    def _write_report(self) -> None:
+    def _write_report(
+        self,
+        times_iso: list[str],
+        items: list[tuple[DecisionState, list[CallCandidate]]],
+        ran: list[str],
+    ) -> None:
         try:
             from harness.reports.report import write_report
+            from harness.reports.rule_decisions import PlainChoices, plain_decisions_frame
         except ImportError:  # report module not available in a trimmed install
             return
         try:
+            decisions = None
+            if (
+                self._rows is not None
+                and ran
+                and set(self._plain) == set(ran)
+                and len(self._rows) == len(ran) * len(items)  # no other policy's rows
+            ):
+                # every row in memory is plain: the table from the scored arrays, not the dicts
+                decisions = plain_decisions_frame(
+                    times_iso,
+                    [len(cands) for _, cands in items],
+                    [b for _, b in self._best],
+                    [PlainChoices(n, self._plain[n].choices, self._plain[n].rewards) for n in ran],
+                )
             write_report(
                 self.run_dir,
                 html=self.html_report,
                 decision_rows=self._rows,
                 equity=self._equity,
+                decisions=decisions,
+                trades=self._trades,
             )
         except Exception as exc:  # the run's data is written; a broken chart must not lose it
             log.exception("report failed")

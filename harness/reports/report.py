@@ -180,6 +180,27 @@ class RunFolder:
         return [p for p in self.policies if p not in self.failed]
 
     @cached_property
+    def trade_keys(self) -> dict[Any, list[tuple[str, str]]]:
+        """Policy -> (open time, instrument) of each of its trades as text, in file order.
+
+        Only compared within the run, so the text may be trades.csv's or a frame's from
+        memory; a missing policy (NaN) is left out, as a group-by leaves it out.
+        """
+        t = self.trades
+        if t.empty or not {"policy", "open_time", "instrument_name"} <= set(t.columns):
+            return {}
+        keys: dict[Any, list[tuple[str, str]]] = {}
+        for p, opened, name in zip(
+            t["policy"].tolist(),
+            t["open_time"].astype(str).tolist(),
+            t["instrument_name"].astype(str).tolist(),
+            strict=True,
+        ):
+            if p == p:  # NaN is not a policy
+                keys.setdefault(p, []).append((opened, name))
+        return keys
+
+    @cached_property
     def policies(self) -> list[str]:
         """Policies that ran: manifest order first, then any extra seen in the data."""
         seen: list[str] = [
@@ -304,6 +325,15 @@ def decisions_frame(
     columns = _decision_columns(good)
     # parsed from the list: a column of text would first be made and then parsed
     columns["decision_time"] = pd.to_datetime(columns["decision_time"], utc=True, format="ISO8601")
+    return decisions_table(columns, file_name, notes)
+
+
+def decisions_table(
+    columns: dict[str, Any], file_name: str = "decisions.jsonl", notes: list[str] | None = None
+) -> pd.DataFrame:
+    """The report's decisions table from its DECISION_COLUMNS (decision_time parsed), in
+    file order: duplicates dropped (the last write wins, noted), sorted by time and policy."""
+    notes = [] if notes is None else notes
     df = pd.DataFrame(columns, columns=DECISION_COLUMNS)
     n = len(df)
     # A resumed run may append a decision twice; the last write wins.
@@ -334,26 +364,32 @@ def load_run(
     run_dir: Path,
     decision_rows: Sequence[dict[str, Any]] | None = None,
     equity: pd.DataFrame | None = None,
+    *,
+    decisions: pd.DataFrame | None = None,
+    trades: pd.DataFrame | None = None,
 ) -> RunFolder:
     """Read every documented file of a run folder, tolerating missing or empty ones.
 
     `decision_rows`: the decisions.jsonl objects already in memory (a runner that just wrote
-    them, in file order); `equity`: the frame just written to equity.parquet. Those files
-    are then not re-read.
+    them, in file order); `decisions`: their table as `decisions_frame` makes it (then
+    `decision_rows` is not read); `equity`: the frame just written to equity.parquet;
+    `trades`: the frame just written to trades.csv (before the CSV round trip: the report
+    only compares its trades within the run). Those files are then not re-read.
     """
     run_dir = Path(run_dir)
     notes: list[str] = []
     manifest = read_json(run_dir / "manifest.json", notes)
     decisions_path = run_dir / "decisions.jsonl"
-    if decision_rows is not None:
+    if decisions is None and decision_rows is not None:
         decisions = decisions_frame(decision_rows, decisions_path.name, notes)
-    else:
+    elif decisions is None:
         if not decisions_path.exists():
             notes.append("decisions.jsonl is missing.")
         decisions = read_decisions(decisions_path, notes)
     metrics = read_json(run_dir / "metrics.json", notes)
     comparison = read_json(run_dir / "comparison.json", notes)
-    trades = _read_table(run_dir / "trades.csv", pd.read_csv, notes)
+    if trades is None:
+        trades = _read_table(run_dir / "trades.csv", pd.read_csv, notes)
     if equity is None:
         equity = _read_table(run_dir / "equity.parquet", pd.read_parquet, notes)
     config: dict[str, Any] = {}
@@ -992,13 +1028,7 @@ def _portfolio_table(run: RunFolder) -> Table:
 
 
 def _identical_trade_pairs(run: RunFolder) -> list[tuple[str, str]]:
-    t = run.trades
-    if t.empty or not {"policy", "open_time", "instrument_name"} <= set(t.columns):
-        return []
-    keys = {
-        p: tuple(zip(g["open_time"].astype(str), g["instrument_name"].astype(str), strict=True))
-        for p, g in t.groupby("policy", sort=False)
-    }
+    keys = run.trade_keys
     names = [p for p in run.compared if p in keys]
     return [
         (a, b)
@@ -1009,9 +1039,8 @@ def _identical_trade_pairs(run: RunFolder) -> list[tuple[str, str]]:
 
 
 def _identical_trades(run: RunFolder) -> list[str]:
-    t = run.trades
     return [
-        f"{a} and {b} made identical portfolio trades ({int((t['policy'] == a).sum())}), so "
+        f"{a} and {b} made identical portfolio trades ({len(run.trade_keys[a])}), so "
         "their portfolio rows match; their per-decision scores can still differ because they "
         "chose differently at decision times when the portfolio already held a call."
         for a, b in _identical_trade_pairs(run)
@@ -1431,15 +1460,17 @@ def write_report(
     html: bool = True,
     decision_rows: Sequence[dict[str, Any]] | None = None,
     equity: pd.DataFrame | None = None,
+    decisions: pd.DataFrame | None = None,
+    trades: pd.DataFrame | None = None,
 ) -> tuple[Path, Path | None]:
     """Write report.md (+ figures/*.png) and self-contained report.html into the run folder.
 
     `html=False` (sweep trials) writes report.md only and draws no charts. `decision_rows`,
-    `equity`: decisions.jsonl's objects and equity.parquet's frame from memory (see
-    `load_run`); the same report as from disk.
+    `equity`, `decisions`, `trades`: decisions.jsonl's objects or table, equity.parquet's and
+    trades.csv's frames from memory (see `load_run`); the same report as from disk.
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir, decision_rows, equity)
+    run = load_run(run_dir, decision_rows, equity, decisions=decisions, trades=trades)
     if not html:
         doc = build_document(run, charts=False)
         md = render_markdown(doc.title, doc.header, doc.notes, doc.sections, doc.verdict)
