@@ -179,6 +179,30 @@ class RunFolder:
         """Policies that ran and count: not skipped, not failed (they enter no comparison)."""
         return [p for p in self.policies if p not in self.failed]
 
+    def decision_stats(self, policy: str) -> dict[str, float]:
+        """`decision_stats` of one policy's decision rows (made once per policy and run)."""
+        cache = self._decision_stats
+        if policy not in cache:
+            d = self._stats_columns
+            cache[policy] = decision_stats(d[d["policy"] == policy])
+        return dict(cache[policy])
+
+    @cached_property
+    def _decision_stats(self) -> dict[str, dict[str, float]]:
+        return {}
+
+    @cached_property
+    def _stats_columns(self) -> pd.DataFrame:
+        # only the columns decision_stats reads: a policy's rows are then a smaller take
+        d = self.decisions
+        return d[list(STATS_COLUMNS)] if set(STATS_COLUMNS) <= set(d.columns) else d
+
+    @cached_property
+    def llm_policies(self) -> set[Any]:
+        """Policies with at least one LLM decision row."""
+        d = self.decisions
+        return set(d.loc[d["is_llm"], "policy"]) if d["is_llm"].any() else set()
+
     @cached_property
     def trade_keys(self) -> dict[Any, list[tuple[str, str]]]:
         """Policy -> (open time, instrument) of each of its trades as text, in file order.
@@ -419,6 +443,18 @@ def load_run(
 # --------------------------------------------------------------------------- statistics
 
 
+STATS_COLUMNS = (
+    "policy",
+    "action",
+    "n_candidates",
+    "reward",
+    "regret",
+    "valid",
+    "error",
+    "llm_cost_usd",
+)  # the decisions columns `decision_stats` reads
+
+
 def decision_stats(df: pd.DataFrame) -> dict[str, float]:
     """metrics.json-style decision statistics of one policy's decision rows (shares in [0, 1])."""
     n = len(df)
@@ -611,8 +647,7 @@ def _is_bound(run: RunFolder, p: str) -> bool:
 
 def _policy_metrics(run: RunFolder, p: str) -> dict[str, Any]:
     """Decision statistics from decisions.jsonl, overlaid by metrics.json where it has them."""
-    stats = decision_stats(run.decisions[run.decisions["policy"] == p])
-    return {**stats, **run.metrics.get(p, {})}
+    return {**run.decision_stats(p), **run.metrics.get(p, {})}
 
 
 def _baseline(run: RunFolder) -> str | None:
@@ -872,7 +907,7 @@ def _llm_usage(run: RunFolder) -> list[tuple[str, str]]:
     usage: dict[str, dict[str, Any]] = dict(run.manifest.get("llm_usage") or {})
     d = run.decisions
     # Fall back to the decision rows for LLM policies the manifest has no usage for.
-    for p in d.loc[d["is_llm"], "policy"].drop_duplicates():
+    for p in d.loc[d["is_llm"], "policy"].drop_duplicates() if run.llm_policies else ():
         if p not in usage:
             rows = d[(d["policy"] == p) & d["is_llm"]]
             usage[p] = {
@@ -1203,7 +1238,8 @@ def _disagreement_section(
     title = "Disagreements, grouped per trade life"
     # The hindsight bounds disagree with everyone all the time; they would make one big episode.
     shown = [p for p in run.compared if not _is_bound(run, p)]
-    d = run.decisions[run.decisions["policy"].isin(shown)]
+    keep = run.decisions["policy"].isin(shown)
+    d = run.decisions if keep.all() else run.decisions[keep]
     everything = disagreements(d, top=None)
     if everything.empty:
         reason = "no decisions" if d.empty else "all policies chose the same"
@@ -1211,10 +1247,12 @@ def _disagreement_section(
     episodes = disagreement_episodes(everything, d)
     present = {c.removeprefix("choice.") for c in everything.columns if c.startswith("choice.")}
     policies = [p for p in shown if p in present]
-    peak_rows = everything.set_index("decision_time")
+    top = episodes.head(TOP_EPISODES).to_dict("records")
+    # each listed episode's peak row (one row per decision time), as a dict
+    at = {t: i for i, t in enumerate(everything["decision_time"])}
+    peaks = everything.iloc[[at[e["peak_time"]] for e in top]].to_dict("records")
     rows: list[list[Cell]] = []
-    for e in episodes.head(TOP_EPISODES).to_dict("records"):
-        peak = peak_rows.loc[e["peak_time"]]
+    for e, peak in zip(top, peaks, strict=True):
         cells: list[Cell] = [
             str(e["expiry"]),
             f"{fmt_time(e['start'])} → {fmt_time(e['end'])}",
@@ -1314,7 +1352,7 @@ def _llm_sections(
     run: RunFolder, unit: str, link_for: LinkFor | None, linked: list[tuple[str, pd.Timestamp]]
 ) -> list[Section]:
     d = run.decisions
-    llm_policies = [p for p in run.policies if d.loc[d["policy"] == p, "is_llm"].any()]
+    llm_policies = [p for p in run.policies if p in run.llm_policies]
     if not llm_policies:
         return []
     sections: list[Section] = []
