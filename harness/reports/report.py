@@ -204,19 +204,25 @@ class RunFolder:
         return set(d.loc[d["is_llm"], "policy"]) if d["is_llm"].any() else set()
 
     @cached_property
-    def trade_keys(self) -> dict[Any, list[tuple[str, str]]]:
-        """Policy -> (open time, instrument) of each of its trades as text, in file order.
+    def trade_keys(self) -> dict[Any, list[tuple[Any, str]]]:
+        """Policy -> (open time, instrument) of each of its trades, in file order.
 
-        Only compared within the run, so the text may be trades.csv's or a frame's from
-        memory; a missing policy (NaN) is left out, as a group-by leaves it out.
+        Only compared within the run, so the open time may be trades.csv's text or a
+        frame's Timestamp from memory (equal times, equal text); a missing policy (NaN) is
+        left out, as a group-by leaves it out.
         """
         t = self.trades
         if t.empty or not {"policy", "open_time", "instrument_name"} <= set(t.columns):
             return {}
-        keys: dict[Any, list[tuple[str, str]]] = {}
+        keys: dict[Any, list[tuple[Any, str]]] = {}
+        opened_at = t["open_time"]
+        if isinstance(opened_at.dtype, pd.DatetimeTZDtype) and not opened_at.isna().any():
+            opened_at = opened_at.tolist()  # a frame from memory: Timestamps compare as text
+        else:
+            opened_at = opened_at.astype(str).tolist()
         for p, opened, name in zip(
             t["policy"].tolist(),
-            t["open_time"].astype(str).tolist(),
+            opened_at,
             t["instrument_name"].astype(str).tolist(),
             strict=True,
         ):
@@ -497,17 +503,33 @@ def _wide(
     return pd.DatetimeIndex(times), list(policies), out
 
 
-def disagreements(decisions: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
+# the decisions columns both disagreement tables read, as one `_wide` (shared by the report)
+CELL_COLUMNS = ("choice", "label", "reward", "instrument_name")
+Cells = tuple[pd.DatetimeIndex, list[Any], list[np.ndarray]]
+
+
+def disagreement_cells(decisions: pd.DataFrame) -> Cells:
+    """`_wide(decisions, CELL_COLUMNS)`: what `disagreements` and `disagreement_episodes` of
+    the same decisions read, reshaped once."""
+    return _wide(decisions, CELL_COLUMNS)
+
+
+def disagreements(
+    decisions: pd.DataFrame, top: int | None = None, *, cells: Cells | None = None
+) -> pd.DataFrame:
     """Decision times where policies chose differently, widest reward spread first.
 
     Columns: `decision_time`, `spread` (max - min reward across policies), and per policy
-    `choice.<policy>` (display label) and `reward.<policy>`.
+    `choice.<policy>` (display label) and `reward.<policy>`. `cells`: the decisions'
+    `disagreement_cells`, when already made.
     """
     if decisions.empty:
         return pd.DataFrame(columns=["decision_time", "spread"])
     # numpy over the (time x policy) cells: pandas' pivots and group-bys were most of a sweep
     # trial's report (tests compare with them)
-    times, policies, (choice, label, reward) = _wide(decisions, ["choice", "label", "reward"])
+    if cells is None:
+        cells = _wide(decisions, CELL_COLUMNS[:3])
+    times, policies, (choice, label, reward, *_) = cells
     reward = reward.astype(float)
     # two different choices at a time (NaN is not a choice, as in a grouped nunique): the
     # largest and smallest code of the row's present choices differ
@@ -538,7 +560,9 @@ def _expiry_token(name: Any) -> str | None:
     return parts[1] if len(parts) >= 4 else None
 
 
-def disagreement_episodes(table: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+def disagreement_episodes(
+    table: pd.DataFrame, decisions: pd.DataFrame, *, cells: Cells | None = None
+) -> pd.DataFrame:
     """Group disagreement times per trade life: by the expiry of the call the policies chose.
 
     Neighbouring decisions sell calls of the same expiry, so one market event shows up as
@@ -549,7 +573,10 @@ def disagreement_episodes(table: pd.DataFrame, decisions: pd.DataFrame) -> pd.Da
     cols = ["expiry", "start", "end", "n", "peak_time", "peak_spread"]
     if table.empty:
         return pd.DataFrame(columns=cols)
-    times, _, (names,) = _wide(decisions, ["instrument_name"])
+    if cells is None:
+        times, _, (names,) = _wide(decisions, ["instrument_name"])
+    else:
+        times, _, (*_, names) = cells
     at = table["decision_time"]
     rows = names[times.get_indexer(pd.DatetimeIndex(at))]
     # First policy's sold instrument per row; a time whose name has no parseable expiry is
@@ -1240,11 +1267,12 @@ def _disagreement_section(
     shown = [p for p in run.compared if not _is_bound(run, p)]
     keep = run.decisions["policy"].isin(shown)
     d = run.decisions if keep.all() else run.decisions[keep]
-    everything = disagreements(d, top=None)
+    cells = disagreement_cells(d) if not d.empty else None
+    everything = disagreements(d, top=None, cells=cells)
     if everything.empty:
         reason = "no decisions" if d.empty else "all policies chose the same"
         return Section(title, [f"No disagreements: {reason}."], anchor="disagreements")
-    episodes = disagreement_episodes(everything, d)
+    episodes = disagreement_episodes(everything, d, cells=cells)
     present = {c.removeprefix("choice.") for c in everything.columns if c.startswith("choice.")}
     policies = [p for p in shown if p in present]
     top = episodes.head(TOP_EPISODES).to_dict("records")

@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 import harness.reports.rule_decisions as rule_decisions
 from harness.experiments.config import parse_config
 from harness.experiments.runner import ExperimentRunner
-from harness.reports.report import decisions_frame, write_report
+from harness.reports.report import (
+    RunFolder,
+    _identical_trade_pairs,
+    _identical_trades,
+    decisions_frame,
+    write_report,
+)
 from harness.reports.rule_decisions import PlainChoices, plain_decisions_frame
 from tests.experiments.sweep_fixtures import BASE
 
@@ -135,3 +141,32 @@ def test_no_policies_or_no_times(empty: bool) -> None:
     pd.testing.assert_frame_equal(
         got, decisions_frame([] if empty else _rows(times, [0], [0.0], choices))
     )
+
+
+def test_identical_trades_read_the_same_from_memory_and_from_trades_csv(tmp_path: Path) -> None:
+    opened = pd.date_range("2024-01-01", periods=4, freq="D", tz="UTC")
+    names = ["BTC-5JAN24-45000-C", "BTC-6JAN24-45000-C", "BTC-7JAN24-45000-C", "BTC-8JAN24-4-C"]
+    same = pd.DataFrame({"open_time": opened, "instrument_name": names})
+    trades = pd.concat(
+        [
+            same.assign(policy="a"),
+            same.assign(policy="b"),
+            same.assign(policy="c", open_time=opened + pd.Timedelta(hours=1)),
+            same.iloc[:3].assign(policy="d"),
+        ],
+        ignore_index=True,
+    )[["policy", "open_time", "instrument_name"]]
+    trades.to_csv(tmp_path / "trades.csv", index=False)
+    config = {"policies": [{"name": p, "rule": "always_sell"} for p in "abcd"]}
+    manifest = {"policies": list("abcd")}
+
+    def folder(t: pd.DataFrame) -> RunFolder:
+        return RunFolder(
+            tmp_path, manifest, decisions_frame([]), t, pd.DataFrame(), {}, {}, (), config
+        )
+
+    memory, disk = folder(trades), folder(pd.read_csv(tmp_path / "trades.csv"))
+    assert isinstance(memory.trades["open_time"].dtype, pd.DatetimeTZDtype)
+    assert _identical_trade_pairs(memory) == _identical_trade_pairs(disk) == [("a", "b")]
+    assert _identical_trades(memory) == _identical_trades(disk)
+    assert "identical portfolio trades (4)" in _identical_trades(memory)[0]
