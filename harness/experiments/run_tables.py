@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pandas.api.types import is_object_dtype, is_string_dtype
 
 
@@ -27,4 +29,10 @@ def text_columns(frame: pd.DataFrame) -> list[str]:
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """`frame.to_parquet(path, index=False)` with dictionary pages for text columns only."""
-    frame.to_parquet(path, index=False, use_dictionary=text_columns(frame))
+    if frame.attrs:  # pandas stores attrs in the file's metadata itself
+        frame.to_parquet(path, index=False, use_dictionary=text_columns(frame))
+        return
+    # what to_parquet does, converting on this thread: pyarrow's default starts a thread pool
+    # per call for a frame this wide (two per trial, competing with the other sweep worker)
+    table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+    pq.write_table(table, path, compression="snappy", use_dictionary=text_columns(frame))

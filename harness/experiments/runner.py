@@ -993,7 +993,11 @@ class ExperimentRunner:
         lab = labels.drop(columns=["best_reward", "reward_regret"], errors="ignore")
         write_parquet(lab, d / "labels.parquet")
         (d / "metrics.json").write_text(strict_json.dumps(metrics, indent=2, default=_json_float))
-        agreement = _agreement(self._decision_objects(), ran)
+        agreement = (
+            _plain_agreement({n: self._plain[n].choices for n in ran})
+            if self._all_plain(ran)
+            else _agreement(self._decision_objects(), ran)
+        )
         every_pair = self._all_pairs(ran, sim)
         (d / "comparison.json").write_text(
             strict_json.dumps(
@@ -1008,6 +1012,17 @@ class ExperimentRunner:
                 indent=2,
                 default=_json_float,
             )
+        )
+
+    def _all_plain(self, ran: list[str]) -> bool:
+        """True when decisions.jsonl holds exactly one plain row per decision of each policy
+        that ran, all in memory: the report's table and the agreement come from the arrays."""
+        n_times = len(self._best)
+        return (
+            self._rows is not None
+            and bool(ran)
+            and set(self._plain) == set(ran)
+            and len(self._rows) == len(ran) * n_times  # no other policy's rows
         )
 
     def written_decisions(self) -> list[dict[str, Any]] | None:
@@ -1040,12 +1055,7 @@ class ExperimentRunner:
             return
         try:
             decisions = None
-            if (
-                self._rows is not None
-                and ran
-                and set(self._plain) == set(ran)
-                and len(self._rows) == len(ran) * len(items)  # no other policy's rows
-            ):
+            if self._all_plain(ran):
                 # every row in memory is plain: the table from the scored arrays, not the dicts
                 decisions = plain_decisions_frame(
                     times_iso,
@@ -1098,6 +1108,23 @@ def _agreement(rows: list[dict[str, Any]], ran: list[str]) -> dict[str, dict[str
             out[a][b] = (
                 float(np.mean([choice[a][t] == choice[b][t] for t in common]))
                 if common
+                else float("nan")
+            )
+    return out
+
+
+def _plain_agreement(choices: dict[str, list[str | None]]) -> dict[str, dict[str, float]]:
+    """`_agreement` of policies with one row at every decision: their choices, decision by
+    decision (the same shares: a mean of booleans does not depend on their order)."""
+    out: dict[str, dict[str, float]] = {}
+    for a, ca in choices.items():
+        out[a] = {}
+        for b, cb in choices.items():
+            if a == b:
+                continue
+            out[a][b] = (
+                float(np.mean([x == y for x, y in zip(ca, cb, strict=True)]))
+                if ca
                 else float("nan")
             )
     return out
