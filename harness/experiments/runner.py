@@ -990,8 +990,7 @@ class ExperimentRunner:
         write_parquet(equity, d / "equity.parquet")
         # the report reads the frame just written from memory (a Parquet round trip keeps it)
         self._equity = equity if not equity.empty else None
-        lab = labels.drop(columns=["best_reward", "reward_regret"], errors="ignore")
-        write_parquet(lab, d / "labels.parquet")
+        write_parquet(labels, d / "labels.parquet", drop=("best_reward", "reward_regret"))
         (d / "metrics.json").write_text(strict_json.dumps(metrics, indent=2, default=_json_float))
         agreement = (
             _plain_agreement({n: self._plain[n].choices for n in ran})

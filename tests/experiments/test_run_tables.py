@@ -60,3 +60,18 @@ def test_only_text_columns_get_dictionary_pages(tmp_path: Path) -> None:
     empty = pd.DataFrame(columns=["timestamp", "policy", "equity"])
     write_parquet(empty, tmp_path / "empty.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "empty.parquet"), empty)
+
+
+def test_dropped_columns_are_left_out_as_by_drop(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"decision_time": pd.date_range("2024-01-01", periods=3, tz="UTC"), "name": list("abc")}
+    )
+    frame["reward"] = [1.0, np.nan, 3.0]
+    frame["best_reward"] = frame["reward"]
+    write_parquet(frame, tmp_path / "new.parquet", drop=("best_reward", "not_there"))
+    kept = frame.drop(columns=["best_reward", "not_there"], errors="ignore")
+    kept.to_parquet(tmp_path / "old.parquet", index=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "new.parquet"), kept)
+    assert pq.read_schema(tmp_path / "new.parquet").metadata == (
+        pq.read_schema(tmp_path / "old.parquet").metadata
+    )
