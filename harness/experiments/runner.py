@@ -795,6 +795,29 @@ class ExperimentRunner:
             choice_name = choice.instrument_name if choice is not None else None
             reward = self._reward_of[(t_ns, choice_name)] if choice_name else 0.0
             best_name, best_reward = self._best[i]
+            if best_name is not None and best_name != best_name:
+                best_name = None  # NaN: no best instrument
+            bad = guarded.invalid.get(times[i]) if guarded.invalid else None
+            if not (bad or is_llm):
+                # a valid decision without error or LLM answer: row and line in one step
+                row, line = lines.plain(
+                    i, name, policy_text, choice_name, reward, best_reward, best_name
+                )
+                tally.add(row)
+                safe = self.secrets.scrub(line)
+                out.write(safe + "\n")
+                if i % _FLUSH_EVERY == 0 or time.monotonic() - flushed > _FLUSH_AFTER_S:
+                    out.flush()  # as below for a rule decision
+                    flushed = time.monotonic()
+                if self._rows is not None:
+                    # as below: the row itself unless scrubbing changed its text
+                    plain = safe == line
+                    self._rows.append(row if plain else json.loads(safe))
+                    kept += plain
+                choices.append(choice_name)
+                rewards[i] = reward
+                advance()
+                continue
             own: dict[str, Any] = {
                 "action": "SELL_CALL" if choice_name else "DO_NOTHING",
                 "instrument_name": choice_name,
@@ -803,39 +826,13 @@ class ExperimentRunner:
                 "error": None,
                 "reward": reward,
                 "best_reward": best_reward,
-                "best_instrument": None
-                if best_name is None or best_name != best_name
-                else best_name,
+                "best_instrument": best_name,
                 "regret": best_reward - reward,
                 "llm": None,
             }
             row = lines.row(i, name, own)  # the same object; own's fields are set on it below
-            bad = guarded.invalid.get(times[i]) if guarded.invalid else None
             if bad:
                 row["valid"], row["invalid_reason"] = False, bad
-            if isinstance(policy, LLMPolicy):
-                rec = policy.record_for(times[i])
-                if rec is not None:
-                    row["valid"] = rec.valid and not bad
-                    row["invalid_reason"] = rec.invalid_reason or bad
-                    row["error"] = rec.error
-                    row["llm"] = {
-                        "model": rec.model,
-                        "prompt_id": rec.prompt_id,
-                        "cache_hit": rec.cache_hit,
-                        "calls_made": rec.calls_made,
-                        "prompt_tokens": rec.prompt_tokens,
-                        "completion_tokens": rec.completion_tokens,
-                        "cached_tokens": rec.cached_tokens,
-                        "cost_usd": rec.cost_usd,
-                        "cost_saved_usd": rec.cost_usd_saved,
-                        "latency_s": rec.latency_s,
-                        "raw": "\n---\n".join(rec.raw_answers),
-                        "rationale": rec.rationale,
-                        "fallback_used": rec.fallback_used,
-                    }
-                    if self.answers is not None:
-                        row["llm"]["replayed"] = True  # timing, cache and cost fields differ
             invalid += int(not row["valid"])
             errors += int(row["error"] is not None)
             tally.add(row)

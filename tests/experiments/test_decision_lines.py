@@ -187,3 +187,44 @@ def test_own_text_formats_a_plain_rule_row_without_the_encoder(monkeypatch) -> N
         own_text({**own, "instrument_name": None, "best_instrument": None})
         == (strict_json.dumps({**own, "instrument_name": None, "best_instrument": None})[1:])
     )
+
+
+@given(
+    _decisions(),
+    _name,
+    st.one_of(st.none(), st.just(""), _name),
+    st.one_of(_finite, st.floats()),
+    st.one_of(_finite, st.floats()),
+    st.one_of(st.none(), _name),
+)
+def test_a_plain_row_and_line_are_those_of_its_own_fields(
+    decisions: tuple[list, list],
+    policy: str,
+    name: str | None,
+    reward: float,
+    best: float,
+    best_name: str | None,
+) -> None:
+    """`DecisionLines.plain` (the runner's valid rule rows) = `row` and `line` of the own
+    fields the runner builds for such a decision."""
+    items, times_iso = decisions
+    lines = DecisionLines(items, times_iso)
+    own = {
+        "action": "SELL_CALL" if name else "DO_NOTHING",
+        "instrument_name": name,
+        "valid": True,
+        "invalid_reason": None,
+        "error": None,
+        "reward": reward,
+        "best_reward": best,
+        "best_instrument": best_name,
+        "regret": best - reward,
+        "llm": None,
+    }
+    for i in range(len(items)):
+        row, line = lines.plain(i, policy, strict_json.dumps(policy), name, reward, best, best_name)
+        want = lines.row(i, policy, own)
+        assert list(row) == list(want)
+        assert strict_json.dumps(row) == strict_json.dumps(want)
+        assert line == lines.line(i, strict_json.dumps(policy), own)
+        assert line == strict_json.dumps(want, default=str)
