@@ -833,6 +833,29 @@ class ExperimentRunner:
             row = lines.row(i, name, own)  # the same object; own's fields are set on it below
             if bad:
                 row["valid"], row["invalid_reason"] = False, bad
+            if isinstance(policy, LLMPolicy):
+                rec = policy.record_for(times[i])
+                if rec is not None:
+                    row["valid"] = rec.valid and not bad
+                    row["invalid_reason"] = rec.invalid_reason or bad
+                    row["error"] = rec.error
+                    row["llm"] = {
+                        "model": rec.model,
+                        "prompt_id": rec.prompt_id,
+                        "cache_hit": rec.cache_hit,
+                        "calls_made": rec.calls_made,
+                        "prompt_tokens": rec.prompt_tokens,
+                        "completion_tokens": rec.completion_tokens,
+                        "cached_tokens": rec.cached_tokens,
+                        "cost_usd": rec.cost_usd,
+                        "cost_saved_usd": rec.cost_usd_saved,
+                        "latency_s": rec.latency_s,
+                        "raw": "\n---\n".join(rec.raw_answers),
+                        "rationale": rec.rationale,
+                        "fallback_used": rec.fallback_used,
+                    }
+                    if self.answers is not None:
+                        row["llm"]["replayed"] = True  # timing, cache and cost fields differ
             invalid += int(not row["valid"])
             errors += int(row["error"] is not None)
             tally.add(row)

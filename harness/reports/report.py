@@ -560,6 +560,14 @@ def _expiry_token(name: Any) -> str | None:
     return parts[1] if len(parts) >= 4 else None
 
 
+def _first_expiry(names: list[Any]) -> str | None:
+    for name in names:
+        token = _expiry_token(name)
+        if token is not None:
+            return token
+    return None
+
+
 def disagreement_episodes(
     table: pd.DataFrame, decisions: pd.DataFrame, *, cells: Cells | None = None
 ) -> pd.DataFrame:
@@ -581,9 +589,7 @@ def disagreement_episodes(
     rows = names[times.get_indexer(pd.DatetimeIndex(at))]
     # First policy's sold instrument per row; a time whose name has no parseable expiry is
     # its own episode rather than a wrong merge.
-    expiry = [
-        next((tok for tok in map(_expiry_token, row) if tok is not None), None) for row in rows
-    ]
+    expiry = [_first_expiry(row) for row in rows.tolist()]  # lists: no numpy row views
     keys = [e if e is not None else str(t) for e, t in zip(expiry, at, strict=True)]
     groups = np.array(sorted(set(keys)), dtype=object)  # sorted, as a group-by's keys
     index = {k: j for j, k in enumerate(groups.tolist())}
