@@ -183,9 +183,33 @@ class RunFolder:
         """`decision_stats` of one policy's decision rows (made once per policy and run)."""
         cache = self._decision_stats
         if policy not in cache:
-            d = self._stats_columns
-            cache[policy] = decision_stats(d[d["policy"] == policy])
+            arrays = self._stats_arrays
+            if arrays is not None:
+                cache[policy] = decision_stats_of_arrays(arrays, arrays["policy"] == policy)
+            else:
+                d = self._stats_columns
+                cache[policy] = decision_stats(d[d["policy"] == policy])
         return dict(cache[policy])
+
+    @cached_property
+    def _stats_arrays(self) -> dict[str, np.ndarray] | None:
+        # decision_stats' columns as numpy arrays, when they have the table's usual dtypes
+        d = self._stats_columns
+        if not set(STATS_COLUMNS) <= set(d.columns):
+            return None
+        floats = [d[c].dtype == np.float64 for c in ("n_candidates", "reward", "regret")]
+        if not all(floats) or d["llm_cost_usd"].dtype != np.float64 or d["valid"].dtype != bool:
+            return None
+        return {
+            "policy": d["policy"].to_numpy(dtype=object),
+            "sold": (d["action"] == "SELL_CALL").to_numpy(dtype=bool),
+            "n_candidates": d["n_candidates"].to_numpy(),
+            "reward": d["reward"].to_numpy(),
+            "regret": d["regret"].to_numpy(),
+            "valid": d["valid"].to_numpy(),
+            "error": d["error"].notna().to_numpy(dtype=bool),
+            "llm_cost_usd": d["llm_cost_usd"].to_numpy(),
+        }
 
     @cached_property
     def _decision_stats(self) -> dict[str, dict[str, float]]:
@@ -459,6 +483,43 @@ STATS_COLUMNS = (
     "error",
     "llm_cost_usd",
 )  # the decisions columns `decision_stats` reads
+
+
+def _nan_sum(values: np.ndarray) -> tuple[float, int]:
+    """(sum, count) of the non-NaN values, as pandas' skipna reductions sum them."""
+    mask = np.isnan(values)
+    count = len(values) - int(mask.sum())
+    with np.errstate(over="ignore", invalid="ignore"):  # inf, as pandas' sum gives it
+        return float(np.where(mask, 0.0, values).sum(dtype=np.float64)), count
+
+
+def _nan_mean(values: np.ndarray) -> float:
+    total, count = _nan_sum(values)
+    return total / count if count else float("nan")
+
+
+def decision_stats_of_arrays(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, float]:
+    """`decision_stats` of the `rows` (a boolean mask) of `RunFolder._stats_arrays`: the same
+    values (the same sums over the same values in the same order), without a frame per policy."""
+    n = int(rows.sum())
+    if n == 0:
+        return {"n_decisions": 0.0}
+    sold = arrays["sold"][rows]
+    n_candidates = arrays["n_candidates"][rows]
+    known = ~np.isnan(n_candidates)
+    offered_none = known & (n_candidates == 0)
+    return {
+        "n_decisions": float(n),
+        "mean_reward": _nan_mean(arrays["reward"][rows]),
+        "total_reward": _nan_sum(arrays["reward"][rows])[0],
+        "mean_regret": _nan_mean(arrays["regret"][rows]),
+        "sell_rate": int(sold.sum()) / n,
+        "no_candidate_rate": int(offered_none.sum()) / n if known.all() else float("nan"),
+        "declined_rate": int((~sold & ~offered_none).sum()) / n,
+        "invalid_rate": int((~arrays["valid"][rows]).sum()) / n,
+        "error_rate": int(arrays["error"][rows].sum()) / n,
+        "cost_usd": _nan_sum(arrays["llm_cost_usd"][rows])[0],
+    }
 
 
 def decision_stats(df: pd.DataFrame) -> dict[str, float]:
