@@ -46,6 +46,7 @@ from harness.experiments.run_health import (
     counted,
     llm_status,
 )
+from harness.experiments.run_tables import write_parquet
 from harness.experiments.sweep_market import SharedChains
 from harness.llm.batch import BATCHES_FILE, BatchLedger
 from harness.llm.budget import SpendCap
@@ -127,6 +128,7 @@ class _Scored:
     errors: int = 0
     tally: PolicyTally = field(default_factory=PolicyTally)
     partial: bool = False  # some decisions were not asked (stopped policy): no portfolio replay
+    plain: bool = False  # a valid, error-free row without LLM answer at every decision, kept as is
 
 
 def run_config_text(config: ExperimentConfig) -> str:
@@ -348,6 +350,8 @@ class ExperimentRunner:
             [] if not decisions_path.exists() or decisions_path.stat().st_size == 0 else None
         )
         self._equity: pd.DataFrame | None = None
+        self._trades: pd.DataFrame | None = None
+        self._plain: dict[str, _Scored] = {}  # policies whose rows are all plain (report table)
         with self._progress() as progress:
             load = progress.add_task("loading market", total=None)
             source = self.market or build_market(cfg.market, cfg.simulation.timeframe)
@@ -459,6 +463,8 @@ class ExperimentRunner:
                         self._skip(entry.name, str(exc), skipped, status)
                         continue
                     scored[entry.name] = s
+                    if s.plain:
+                        self._plain[entry.name] = s
                     if isinstance(policy, LLMPolicy):
                         llm_usage[entry.name] = policy.summary().as_dict()
                         if policy.config.execution == "batch" and self.answers is None:
@@ -525,7 +531,7 @@ class ExperimentRunner:
         (self.run_dir / "manifest.json").write_text(
             self.secrets.scrub(strict_json.dumps(manifest, indent=2, default=str))
         )
-        self._write_report()
+        self._write_report(times_iso, items, ran)
         self.secrets.scrub_files(self.run_dir.glob("*.md"))
         self.secrets.scrub_files(self.run_dir.glob("*.html"))
         summary = RunSummary(
@@ -757,7 +763,7 @@ class ExperimentRunner:
 
         choices: list[str | None] = []
         rewards = np.zeros(len(items))
-        invalid = errors = resumed = 0
+        invalid = errors = resumed = kept = 0
         tally = PolicyTally()
         is_llm = isinstance(policy, LLMPolicy)
         partial = isinstance(policy, LLMPolicy) and policy.incomplete
@@ -789,6 +795,29 @@ class ExperimentRunner:
             choice_name = choice.instrument_name if choice is not None else None
             reward = self._reward_of[(t_ns, choice_name)] if choice_name else 0.0
             best_name, best_reward = self._best[i]
+            if best_name is not None and best_name != best_name:
+                best_name = None  # NaN: no best instrument
+            bad = guarded.invalid.get(times[i]) if guarded.invalid else None
+            if not (bad or is_llm):
+                # a valid decision without error or LLM answer: row and line in one step
+                row, line = lines.plain(
+                    i, name, policy_text, choice_name, reward, best_reward, best_name
+                )
+                tally.add(row)
+                safe = self.secrets.scrub(line)
+                out.write(safe + "\n")
+                if i % _FLUSH_EVERY == 0 or time.monotonic() - flushed > _FLUSH_AFTER_S:
+                    out.flush()  # as below for a rule decision
+                    flushed = time.monotonic()
+                if self._rows is not None:
+                    # as below: the row itself unless scrubbing changed its text
+                    plain = safe == line
+                    self._rows.append(row if plain else json.loads(safe))
+                    kept += plain
+                choices.append(choice_name)
+                rewards[i] = reward
+                advance()
+                continue
             own: dict[str, Any] = {
                 "action": "SELL_CALL" if choice_name else "DO_NOTHING",
                 "instrument_name": choice_name,
@@ -797,14 +826,11 @@ class ExperimentRunner:
                 "error": None,
                 "reward": reward,
                 "best_reward": best_reward,
-                "best_instrument": None
-                if best_name is None or best_name != best_name
-                else best_name,
+                "best_instrument": best_name,
                 "regret": best_reward - reward,
                 "llm": None,
             }
             row = lines.row(i, name, own)  # the same object; own's fields are set on it below
-            bad = guarded.invalid.get(times[i]) if guarded.invalid else None
             if bad:
                 row["valid"], row["invalid_reason"] = False, bad
             if isinstance(policy, LLMPolicy):
@@ -852,6 +878,7 @@ class ExperimentRunner:
                 plain = safe == line and row["llm"] is None and row["error"] is None
                 plain = plain and type(row["valid"]) is bool
                 self._rows.append(row if plain else json.loads(safe))
+                kept += plain and row["valid"] is True
             choices.append(choice_name)
             rewards[i] = reward
             advance()
@@ -863,6 +890,8 @@ class ExperimentRunner:
             errors=errors,
             tally=tally,
             partial=partial,
+            # every decision has a plain row in memory: the report's table comes from arrays
+            plain=not is_llm and kept == len(items) and self._rows is not None,
         )
         return scored, resumed
 
@@ -958,7 +987,9 @@ class ExperimentRunner:
                 row.update({f: getattr(t, f) for f in t.__dataclass_fields__})
                 trade_rows.append(row)
         trade_cols = ["policy", *SimulatedTrade.__dataclass_fields__]
-        pd.DataFrame(trade_rows, columns=trade_cols).to_csv(d / "trades.csv", index=False)
+        trades = pd.DataFrame(trade_rows, columns=trade_cols)
+        trades.to_csv(d / "trades.csv", index=False)
+        self._trades = trades  # the report's from memory (it compares trades within the run)
         eq = [
             pd.DataFrame(
                 {
@@ -976,13 +1007,16 @@ class ExperimentRunner:
             if eq
             else pd.DataFrame(columns=["timestamp", "policy", "equity", "hodl", "equity_vs_hodl"])
         )
-        equity.to_parquet(d / "equity.parquet", index=False)
+        write_parquet(equity, d / "equity.parquet")
         # the report reads the frame just written from memory (a Parquet round trip keeps it)
         self._equity = equity if not equity.empty else None
-        lab = labels.drop(columns=["best_reward", "reward_regret"], errors="ignore")
-        lab.to_parquet(d / "labels.parquet", index=False)
+        write_parquet(labels, d / "labels.parquet", drop=("best_reward", "reward_regret"))
         (d / "metrics.json").write_text(strict_json.dumps(metrics, indent=2, default=_json_float))
-        agreement = _agreement(self._decision_objects(), ran)
+        agreement = (
+            _plain_agreement({n: self._plain[n].choices for n in ran})
+            if self._all_plain(ran)
+            else _agreement(self._decision_objects(), ran)
+        )
         every_pair = self._all_pairs(ran, sim)
         (d / "comparison.json").write_text(
             strict_json.dumps(
@@ -997,6 +1031,17 @@ class ExperimentRunner:
                 indent=2,
                 default=_json_float,
             )
+        )
+
+    def _all_plain(self, ran: list[str]) -> bool:
+        """True when decisions.jsonl holds exactly one plain row per decision of each policy
+        that ran, all in memory: the report's table and the agreement come from the arrays."""
+        n_times = len(self._best)
+        return (
+            self._rows is not None
+            and bool(ran)
+            and set(self._plain) == set(ran)
+            and len(self._rows) == len(ran) * n_times  # no other policy's rows
         )
 
     def written_decisions(self) -> list[dict[str, Any]] | None:
@@ -1016,17 +1061,34 @@ class ExperimentRunner:
                 continue
         return rows
 
-    def _write_report(self) -> None:
+    def _write_report(
+        self,
+        times_iso: list[str],
+        items: list[tuple[DecisionState, list[CallCandidate]]],
+        ran: list[str],
+    ) -> None:
         try:
             from harness.reports.report import write_report
+            from harness.reports.rule_decisions import PlainChoices, plain_decisions_frame
         except ImportError:  # report module not available in a trimmed install
             return
         try:
+            decisions = None
+            if self._all_plain(ran):
+                # every row in memory is plain: the table from the scored arrays, not the dicts
+                decisions = plain_decisions_frame(
+                    times_iso,
+                    [len(cands) for _, cands in items],
+                    [b for _, b in self._best],
+                    [PlainChoices(n, self._plain[n].choices, self._plain[n].rewards) for n in ran],
+                )
             write_report(
                 self.run_dir,
                 html=self.html_report,
                 decision_rows=self._rows,
                 equity=self._equity,
+                decisions=decisions,
+                trades=self._trades,
             )
         except Exception as exc:  # the run's data is written; a broken chart must not lose it
             log.exception("report failed")
@@ -1065,6 +1127,23 @@ def _agreement(rows: list[dict[str, Any]], ran: list[str]) -> dict[str, dict[str
             out[a][b] = (
                 float(np.mean([choice[a][t] == choice[b][t] for t in common]))
                 if common
+                else float("nan")
+            )
+    return out
+
+
+def _plain_agreement(choices: dict[str, list[str | None]]) -> dict[str, dict[str, float]]:
+    """`_agreement` of policies with one row at every decision: their choices, decision by
+    decision (the same shares: a mean of booleans does not depend on their order)."""
+    out: dict[str, dict[str, float]] = {}
+    for a, ca in choices.items():
+        out[a] = {}
+        for b, cb in choices.items():
+            if a == b:
+                continue
+            out[a][b] = (
+                float(np.mean([x == y for x, y in zip(ca, cb, strict=True)]))
+                if ca
                 else float("nan")
             )
     return out

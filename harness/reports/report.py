@@ -179,6 +179,81 @@ class RunFolder:
         """Policies that ran and count: not skipped, not failed (they enter no comparison)."""
         return [p for p in self.policies if p not in self.failed]
 
+    def decision_stats(self, policy: str) -> dict[str, float]:
+        """`decision_stats` of one policy's decision rows (made once per policy and run)."""
+        cache = self._decision_stats
+        if policy not in cache:
+            arrays = self._stats_arrays
+            if arrays is not None:
+                cache[policy] = decision_stats_of_arrays(arrays, arrays["policy"] == policy)
+            else:
+                d = self._stats_columns
+                cache[policy] = decision_stats(d[d["policy"] == policy])
+        return dict(cache[policy])
+
+    @cached_property
+    def _stats_arrays(self) -> dict[str, np.ndarray] | None:
+        # decision_stats' columns as numpy arrays, when they have the table's usual dtypes
+        d = self._stats_columns
+        if not set(STATS_COLUMNS) <= set(d.columns):
+            return None
+        floats = [d[c].dtype == np.float64 for c in ("n_candidates", "reward", "regret")]
+        if not all(floats) or d["llm_cost_usd"].dtype != np.float64 or d["valid"].dtype != bool:
+            return None
+        return {
+            "policy": d["policy"].to_numpy(dtype=object),
+            "sold": (d["action"] == "SELL_CALL").to_numpy(dtype=bool),
+            "n_candidates": d["n_candidates"].to_numpy(),
+            "reward": d["reward"].to_numpy(),
+            "regret": d["regret"].to_numpy(),
+            "valid": d["valid"].to_numpy(),
+            "error": d["error"].notna().to_numpy(dtype=bool),
+            "llm_cost_usd": d["llm_cost_usd"].to_numpy(),
+        }
+
+    @cached_property
+    def _decision_stats(self) -> dict[str, dict[str, float]]:
+        return {}
+
+    @cached_property
+    def _stats_columns(self) -> pd.DataFrame:
+        # only the columns decision_stats reads: a policy's rows are then a smaller take
+        d = self.decisions
+        return d[list(STATS_COLUMNS)] if set(STATS_COLUMNS) <= set(d.columns) else d
+
+    @cached_property
+    def llm_policies(self) -> set[Any]:
+        """Policies with at least one LLM decision row."""
+        d = self.decisions
+        return set(d.loc[d["is_llm"], "policy"]) if d["is_llm"].any() else set()
+
+    @cached_property
+    def trade_keys(self) -> dict[Any, list[tuple[Any, str]]]:
+        """Policy -> (open time, instrument) of each of its trades, in file order.
+
+        Only compared within the run, so the open time may be trades.csv's text or a
+        frame's Timestamp from memory (equal times, equal text); a missing policy (NaN) is
+        left out, as a group-by leaves it out.
+        """
+        t = self.trades
+        if t.empty or not {"policy", "open_time", "instrument_name"} <= set(t.columns):
+            return {}
+        keys: dict[Any, list[tuple[Any, str]]] = {}
+        opened_at = t["open_time"]
+        if isinstance(opened_at.dtype, pd.DatetimeTZDtype) and not opened_at.isna().any():
+            opened_at = opened_at.tolist()  # a frame from memory: Timestamps compare as text
+        else:
+            opened_at = opened_at.astype(str).tolist()
+        for p, opened, name in zip(
+            t["policy"].tolist(),
+            opened_at,
+            t["instrument_name"].astype(str).tolist(),
+            strict=True,
+        ):
+            if p == p:  # NaN is not a policy
+                keys.setdefault(p, []).append((opened, name))
+        return keys
+
     @cached_property
     def policies(self) -> list[str]:
         """Policies that ran: manifest order first, then any extra seen in the data."""
@@ -304,6 +379,15 @@ def decisions_frame(
     columns = _decision_columns(good)
     # parsed from the list: a column of text would first be made and then parsed
     columns["decision_time"] = pd.to_datetime(columns["decision_time"], utc=True, format="ISO8601")
+    return decisions_table(columns, file_name, notes)
+
+
+def decisions_table(
+    columns: dict[str, Any], file_name: str = "decisions.jsonl", notes: list[str] | None = None
+) -> pd.DataFrame:
+    """The report's decisions table from its DECISION_COLUMNS (decision_time parsed), in
+    file order: duplicates dropped (the last write wins, noted), sorted by time and policy."""
+    notes = [] if notes is None else notes
     df = pd.DataFrame(columns, columns=DECISION_COLUMNS)
     n = len(df)
     # A resumed run may append a decision twice; the last write wins.
@@ -334,26 +418,32 @@ def load_run(
     run_dir: Path,
     decision_rows: Sequence[dict[str, Any]] | None = None,
     equity: pd.DataFrame | None = None,
+    *,
+    decisions: pd.DataFrame | None = None,
+    trades: pd.DataFrame | None = None,
 ) -> RunFolder:
     """Read every documented file of a run folder, tolerating missing or empty ones.
 
     `decision_rows`: the decisions.jsonl objects already in memory (a runner that just wrote
-    them, in file order); `equity`: the frame just written to equity.parquet. Those files
-    are then not re-read.
+    them, in file order); `decisions`: their table as `decisions_frame` makes it (then
+    `decision_rows` is not read); `equity`: the frame just written to equity.parquet;
+    `trades`: the frame just written to trades.csv (before the CSV round trip: the report
+    only compares its trades within the run). Those files are then not re-read.
     """
     run_dir = Path(run_dir)
     notes: list[str] = []
     manifest = read_json(run_dir / "manifest.json", notes)
     decisions_path = run_dir / "decisions.jsonl"
-    if decision_rows is not None:
+    if decisions is None and decision_rows is not None:
         decisions = decisions_frame(decision_rows, decisions_path.name, notes)
-    else:
+    elif decisions is None:
         if not decisions_path.exists():
             notes.append("decisions.jsonl is missing.")
         decisions = read_decisions(decisions_path, notes)
     metrics = read_json(run_dir / "metrics.json", notes)
     comparison = read_json(run_dir / "comparison.json", notes)
-    trades = _read_table(run_dir / "trades.csv", pd.read_csv, notes)
+    if trades is None:
+        trades = _read_table(run_dir / "trades.csv", pd.read_csv, notes)
     if equity is None:
         equity = _read_table(run_dir / "equity.parquet", pd.read_parquet, notes)
     config: dict[str, Any] = {}
@@ -381,6 +471,55 @@ def load_run(
 
 
 # --------------------------------------------------------------------------- statistics
+
+
+STATS_COLUMNS = (
+    "policy",
+    "action",
+    "n_candidates",
+    "reward",
+    "regret",
+    "valid",
+    "error",
+    "llm_cost_usd",
+)  # the decisions columns `decision_stats` reads
+
+
+def _nan_sum(values: np.ndarray) -> tuple[float, int]:
+    """(sum, count) of the non-NaN values, as pandas' skipna reductions sum them."""
+    mask = np.isnan(values)
+    count = len(values) - int(mask.sum())
+    with np.errstate(over="ignore", invalid="ignore"):  # inf, as pandas' sum gives it
+        return float(np.where(mask, 0.0, values).sum(dtype=np.float64)), count
+
+
+def _nan_mean(values: np.ndarray) -> float:
+    total, count = _nan_sum(values)
+    return total / count if count else float("nan")
+
+
+def decision_stats_of_arrays(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, float]:
+    """`decision_stats` of the `rows` (a boolean mask) of `RunFolder._stats_arrays`: the same
+    values (the same sums over the same values in the same order), without a frame per policy."""
+    n = int(rows.sum())
+    if n == 0:
+        return {"n_decisions": 0.0}
+    sold = arrays["sold"][rows]
+    n_candidates = arrays["n_candidates"][rows]
+    known = ~np.isnan(n_candidates)
+    offered_none = known & (n_candidates == 0)
+    return {
+        "n_decisions": float(n),
+        "mean_reward": _nan_mean(arrays["reward"][rows]),
+        "total_reward": _nan_sum(arrays["reward"][rows])[0],
+        "mean_regret": _nan_mean(arrays["regret"][rows]),
+        "sell_rate": int(sold.sum()) / n,
+        "no_candidate_rate": int(offered_none.sum()) / n if known.all() else float("nan"),
+        "declined_rate": int((~sold & ~offered_none).sum()) / n,
+        "invalid_rate": int((~arrays["valid"][rows]).sum()) / n,
+        "error_rate": int(arrays["error"][rows].sum()) / n,
+        "cost_usd": _nan_sum(arrays["llm_cost_usd"][rows])[0],
+    }
 
 
 def decision_stats(df: pd.DataFrame) -> dict[str, float]:
@@ -425,17 +564,33 @@ def _wide(
     return pd.DatetimeIndex(times), list(policies), out
 
 
-def disagreements(decisions: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
+# the decisions columns both disagreement tables read, as one `_wide` (shared by the report)
+CELL_COLUMNS = ("choice", "label", "reward", "instrument_name")
+Cells = tuple[pd.DatetimeIndex, list[Any], list[np.ndarray]]
+
+
+def disagreement_cells(decisions: pd.DataFrame) -> Cells:
+    """`_wide(decisions, CELL_COLUMNS)`: what `disagreements` and `disagreement_episodes` of
+    the same decisions read, reshaped once."""
+    return _wide(decisions, CELL_COLUMNS)
+
+
+def disagreements(
+    decisions: pd.DataFrame, top: int | None = None, *, cells: Cells | None = None
+) -> pd.DataFrame:
     """Decision times where policies chose differently, widest reward spread first.
 
     Columns: `decision_time`, `spread` (max - min reward across policies), and per policy
-    `choice.<policy>` (display label) and `reward.<policy>`.
+    `choice.<policy>` (display label) and `reward.<policy>`. `cells`: the decisions'
+    `disagreement_cells`, when already made.
     """
     if decisions.empty:
         return pd.DataFrame(columns=["decision_time", "spread"])
     # numpy over the (time x policy) cells: pandas' pivots and group-bys were most of a sweep
     # trial's report (tests compare with them)
-    times, policies, (choice, label, reward) = _wide(decisions, ["choice", "label", "reward"])
+    if cells is None:
+        cells = _wide(decisions, CELL_COLUMNS[:3])
+    times, policies, (choice, label, reward, *_) = cells
     reward = reward.astype(float)
     # two different choices at a time (NaN is not a choice, as in a grouped nunique): the
     # largest and smallest code of the row's present choices differ
@@ -466,7 +621,17 @@ def _expiry_token(name: Any) -> str | None:
     return parts[1] if len(parts) >= 4 else None
 
 
-def disagreement_episodes(table: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+def _first_expiry(names: list[Any]) -> str | None:
+    for name in names:
+        token = _expiry_token(name)
+        if token is not None:
+            return token
+    return None
+
+
+def disagreement_episodes(
+    table: pd.DataFrame, decisions: pd.DataFrame, *, cells: Cells | None = None
+) -> pd.DataFrame:
     """Group disagreement times per trade life: by the expiry of the call the policies chose.
 
     Neighbouring decisions sell calls of the same expiry, so one market event shows up as
@@ -477,14 +642,15 @@ def disagreement_episodes(table: pd.DataFrame, decisions: pd.DataFrame) -> pd.Da
     cols = ["expiry", "start", "end", "n", "peak_time", "peak_spread"]
     if table.empty:
         return pd.DataFrame(columns=cols)
-    times, _, (names,) = _wide(decisions, ["instrument_name"])
+    if cells is None:
+        times, _, (names,) = _wide(decisions, ["instrument_name"])
+    else:
+        times, _, (*_, names) = cells
     at = table["decision_time"]
     rows = names[times.get_indexer(pd.DatetimeIndex(at))]
     # First policy's sold instrument per row; a time whose name has no parseable expiry is
     # its own episode rather than a wrong merge.
-    expiry = [
-        next((tok for tok in map(_expiry_token, row) if tok is not None), None) for row in rows
-    ]
+    expiry = [_first_expiry(row) for row in rows.tolist()]  # lists: no numpy row views
     keys = [e if e is not None else str(t) for e, t in zip(expiry, at, strict=True)]
     groups = np.array(sorted(set(keys)), dtype=object)  # sorted, as a group-by's keys
     index = {k: j for j, k in enumerate(groups.tolist())}
@@ -575,8 +741,7 @@ def _is_bound(run: RunFolder, p: str) -> bool:
 
 def _policy_metrics(run: RunFolder, p: str) -> dict[str, Any]:
     """Decision statistics from decisions.jsonl, overlaid by metrics.json where it has them."""
-    stats = decision_stats(run.decisions[run.decisions["policy"] == p])
-    return {**stats, **run.metrics.get(p, {})}
+    return {**run.decision_stats(p), **run.metrics.get(p, {})}
 
 
 def _baseline(run: RunFolder) -> str | None:
@@ -836,7 +1001,7 @@ def _llm_usage(run: RunFolder) -> list[tuple[str, str]]:
     usage: dict[str, dict[str, Any]] = dict(run.manifest.get("llm_usage") or {})
     d = run.decisions
     # Fall back to the decision rows for LLM policies the manifest has no usage for.
-    for p in d.loc[d["is_llm"], "policy"].drop_duplicates():
+    for p in d.loc[d["is_llm"], "policy"].drop_duplicates() if run.llm_policies else ():
         if p not in usage:
             rows = d[(d["policy"] == p) & d["is_llm"]]
             usage[p] = {
@@ -992,13 +1157,7 @@ def _portfolio_table(run: RunFolder) -> Table:
 
 
 def _identical_trade_pairs(run: RunFolder) -> list[tuple[str, str]]:
-    t = run.trades
-    if t.empty or not {"policy", "open_time", "instrument_name"} <= set(t.columns):
-        return []
-    keys = {
-        p: tuple(zip(g["open_time"].astype(str), g["instrument_name"].astype(str), strict=True))
-        for p, g in t.groupby("policy", sort=False)
-    }
+    keys = run.trade_keys
     names = [p for p in run.compared if p in keys]
     return [
         (a, b)
@@ -1009,9 +1168,8 @@ def _identical_trade_pairs(run: RunFolder) -> list[tuple[str, str]]:
 
 
 def _identical_trades(run: RunFolder) -> list[str]:
-    t = run.trades
     return [
-        f"{a} and {b} made identical portfolio trades ({int((t['policy'] == a).sum())}), so "
+        f"{a} and {b} made identical portfolio trades ({len(run.trade_keys[a])}), so "
         "their portfolio rows match; their per-decision scores can still differ because they "
         "chose differently at decision times when the portfolio already held a call."
         for a, b in _identical_trade_pairs(run)
@@ -1174,18 +1332,22 @@ def _disagreement_section(
     title = "Disagreements, grouped per trade life"
     # The hindsight bounds disagree with everyone all the time; they would make one big episode.
     shown = [p for p in run.compared if not _is_bound(run, p)]
-    d = run.decisions[run.decisions["policy"].isin(shown)]
-    everything = disagreements(d, top=None)
+    keep = run.decisions["policy"].isin(shown)
+    d = run.decisions if keep.all() else run.decisions[keep]
+    cells = disagreement_cells(d) if not d.empty else None
+    everything = disagreements(d, top=None, cells=cells)
     if everything.empty:
         reason = "no decisions" if d.empty else "all policies chose the same"
         return Section(title, [f"No disagreements: {reason}."], anchor="disagreements")
-    episodes = disagreement_episodes(everything, d)
+    episodes = disagreement_episodes(everything, d, cells=cells)
     present = {c.removeprefix("choice.") for c in everything.columns if c.startswith("choice.")}
     policies = [p for p in shown if p in present]
-    peak_rows = everything.set_index("decision_time")
+    top = episodes.head(TOP_EPISODES).to_dict("records")
+    # each listed episode's peak row (one row per decision time), as a dict
+    at = {t: i for i, t in enumerate(everything["decision_time"])}
+    peaks = everything.iloc[[at[e["peak_time"]] for e in top]].to_dict("records")
     rows: list[list[Cell]] = []
-    for e in episodes.head(TOP_EPISODES).to_dict("records"):
-        peak = peak_rows.loc[e["peak_time"]]
+    for e, peak in zip(top, peaks, strict=True):
         cells: list[Cell] = [
             str(e["expiry"]),
             f"{fmt_time(e['start'])} → {fmt_time(e['end'])}",
@@ -1285,7 +1447,7 @@ def _llm_sections(
     run: RunFolder, unit: str, link_for: LinkFor | None, linked: list[tuple[str, pd.Timestamp]]
 ) -> list[Section]:
     d = run.decisions
-    llm_policies = [p for p in run.policies if d.loc[d["policy"] == p, "is_llm"].any()]
+    llm_policies = [p for p in run.policies if p in run.llm_policies]
     if not llm_policies:
         return []
     sections: list[Section] = []
@@ -1431,15 +1593,17 @@ def write_report(
     html: bool = True,
     decision_rows: Sequence[dict[str, Any]] | None = None,
     equity: pd.DataFrame | None = None,
+    decisions: pd.DataFrame | None = None,
+    trades: pd.DataFrame | None = None,
 ) -> tuple[Path, Path | None]:
     """Write report.md (+ figures/*.png) and self-contained report.html into the run folder.
 
     `html=False` (sweep trials) writes report.md only and draws no charts. `decision_rows`,
-    `equity`: decisions.jsonl's objects and equity.parquet's frame from memory (see
-    `load_run`); the same report as from disk.
+    `equity`, `decisions`, `trades`: decisions.jsonl's objects or table, equity.parquet's and
+    trades.csv's frames from memory (see `load_run`); the same report as from disk.
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir, decision_rows, equity)
+    run = load_run(run_dir, decision_rows, equity, decisions=decisions, trades=trades)
     if not html:
         doc = build_document(run, charts=False)
         md = render_markdown(doc.title, doc.header, doc.notes, doc.sections, doc.verdict)

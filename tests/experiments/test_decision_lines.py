@@ -6,12 +6,15 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import strict_json
-from harness.experiments.decision_lines import DecisionLines
+from harness.experiments import decision_lines
+from harness.experiments.decision_lines import DecisionLines, own_text
 from harness.state import DecisionState
 from harness.types import CallCandidate
 
@@ -135,3 +138,93 @@ def test_a_second_run_over_the_same_states_reuses_their_part_and_writes_the_same
         text = second.line(i, strict_json.dumps(policy), own)
         assert text == strict_json.dumps(row, default=str)
         assert row["candidates"] == [c.instrument_name for c in other[i][1]]
+
+
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+# mostly the fast path's shape (a valid rule row), with every way out of it drawn too
+_rule_own = st.fixed_dictionaries(
+    {
+        "action": st.sampled_from(["SELL_CALL", "DO_NOTHING"]),
+        "instrument_name": st.one_of(st.none(), _name),
+        "valid": st.sampled_from([True, True, True, False, 1]),
+        "invalid_reason": st.one_of(st.none(), st.none(), st.text(max_size=5)),
+        "error": st.one_of(st.none(), st.none(), st.text(max_size=5)),
+        "reward": st.one_of(_finite, _finite, st.floats(), st.integers(-5, 5)),
+        "best_reward": st.one_of(_finite, _finite, st.floats(), st.just(np.float64(1.5))),
+        "best_instrument": st.one_of(st.none(), _name),
+        "regret": st.one_of(_finite, _finite, st.floats(), st.floats(1e308, 1.7e308)),
+        "llm": st.one_of(st.none(), st.none(), st.just({"model": "m"})),
+    }
+)
+
+
+@given(_rule_own, st.booleans())
+def test_own_text_is_the_encoders_text_of_the_own_fields(
+    own: dict[str, Any], reorder: bool
+) -> None:
+    if reorder:  # other key orders are the encoder's
+        own = dict(reversed(own.items()))
+    assert own_text(own) == strict_json.dumps(own, default=str)[1:]
+
+
+def test_own_text_formats_a_plain_rule_row_without_the_encoder(monkeypatch) -> None:
+    own = {
+        "action": "SELL_CALL",
+        "instrument_name": "BTC-5JAN24-32000-C",
+        "valid": True,
+        "invalid_reason": None,
+        "error": None,
+        "reward": 276.4214035256031,
+        "best_reward": 305.77313495032865,
+        "best_instrument": "BTC-4JAN24-31500-C",
+        "regret": -0.0,
+        "llm": None,
+    }
+    expected = strict_json.dumps(own)[1:]
+    monkeypatch.setattr(decision_lines, "_text", lambda x: pytest.fail("encoder used"))
+    assert own_text(own) == expected
+    assert (
+        own_text({**own, "instrument_name": None, "best_instrument": None})
+        == (strict_json.dumps({**own, "instrument_name": None, "best_instrument": None})[1:])
+    )
+
+
+@given(
+    _decisions(),
+    _name,
+    st.one_of(st.none(), st.just(""), _name),
+    st.one_of(_finite, st.floats()),
+    st.one_of(_finite, st.floats()),
+    st.one_of(st.none(), _name),
+)
+def test_a_plain_row_and_line_are_those_of_its_own_fields(
+    decisions: tuple[list, list],
+    policy: str,
+    name: str | None,
+    reward: float,
+    best: float,
+    best_name: str | None,
+) -> None:
+    """`DecisionLines.plain` (the runner's valid rule rows) = `row` and `line` of the own
+    fields the runner builds for such a decision."""
+    items, times_iso = decisions
+    lines = DecisionLines(items, times_iso)
+    own = {
+        "action": "SELL_CALL" if name else "DO_NOTHING",
+        "instrument_name": name,
+        "valid": True,
+        "invalid_reason": None,
+        "error": None,
+        "reward": reward,
+        "best_reward": best,
+        "best_instrument": best_name,
+        "regret": best - reward,
+        "llm": None,
+    }
+    for i in range(len(items)):
+        row, line = lines.plain(i, policy, strict_json.dumps(policy), name, reward, best, best_name)
+        want = lines.row(i, policy, own)
+        assert list(row) == list(want)
+        assert strict_json.dumps(row) == strict_json.dumps(want)
+        assert line == lines.line(i, strict_json.dumps(policy), own)
+        assert line == strict_json.dumps(want, default=str)

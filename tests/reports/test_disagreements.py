@@ -16,6 +16,7 @@ from harness.experiments.runner import run_experiment
 from harness.reports.report import (
     _expiry_token,
     decisions_frame,
+    disagreement_cells,
     disagreement_episodes,
     disagreements,
     load_run,
@@ -73,6 +74,14 @@ def _same(decisions: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(
         disagreement_episodes(table, decisions), _ref_episodes(table, decisions)
     )
+    if not decisions.empty:  # the report's path: both tables from one reshaping
+        cells = disagreement_cells(decisions)
+        shared = disagreements(decisions, cells=cells)
+        pd.testing.assert_frame_equal(shared, table)
+        pd.testing.assert_frame_equal(
+            disagreement_episodes(shared, decisions, cells=cells),
+            _ref_episodes(table, decisions),
+        )
 
 
 _T0 = pd.Timestamp("2024-01-01", tz="UTC")
