@@ -3,24 +3,12 @@ the sweep that started it and never when the caller started Ray itself."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 from harness.experiments import ray_cluster
 from harness.experiments.sweep_pool import PRELOAD
-
-
-def test_importing_the_module_imports_no_ray_runner_or_pandas() -> None:
-    code = (
-        "import sys, harness.experiments.ray_cluster\n"
-        "heavy = [m for m in ('ray', 'pandas', 'harness.experiments.runner',"
-        " 'harness.experiments.config') if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
 
 
 def test_warm_up_tasks_import_the_trial_modules_on_the_workers(ray_session: None) -> None:

@@ -17,10 +17,13 @@ def _loaded(names: tuple[str, ...]) -> list[bool]:
     return [n in sys.modules for n in names]
 
 
-def test_importing_the_pool_module_imports_no_runner_or_pandas() -> None:
+@pytest.mark.parametrize("module", ["sweep_pool", "ray_cluster"])
+def test_the_modules_started_first_import_no_ray_runner_or_pandas(module: str) -> None:
+    # `harness sweep` imports them to start its workers (the worker server, or Ray) before
+    # the driver imports the runner
     code = (
-        "import sys, harness.experiments.sweep_pool\n"
-        "heavy = [m for m in ('pandas', 'pyarrow', 'harness.experiments.runner',"
+        f"import sys, harness.experiments.{module}\n"
+        "heavy = [m for m in ('ray', 'pandas', 'pyarrow', 'harness.experiments.runner',"
         " 'harness.experiments.config') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
