@@ -24,7 +24,7 @@ from harness.data.source import (
     SettlementSource,
 )
 from harness.data.store import ChainStore, ProgressFn
-from harness.engine.drawdown_memo import DrawdownMemo
+from harness.engine.drawdown_memo import DrawdownInputs, DrawdownMemo
 from harness.engine.features import spot_features
 from harness.engine.hints import history_hints
 from harness.engine.metrics import portfolio_metrics
@@ -972,7 +972,9 @@ class CoveredCallSimulator:
         # cells never change, and seeds never apply to them)
         codes, uniq = instruments
         clean = np.array([n not in self._gappy for n in uniq], dtype=bool)
-        found, dd = self._memo.lookup(uniq, codes, clean[codes], open_bar, last_bar, cash, final)
+        found, dd = self._memo.lookup(
+            DrawdownInputs(uniq, codes, clean[codes], open_bar, last_bar, cash, final)
+        )
         todo = np.flatnonzero(~found)
         if len(todo):
             if len(todo) < len(ks):
@@ -994,7 +996,10 @@ class CoveredCallSimulator:
             codes_t, uniq_t = instruments
             clean_t = np.array([n not in self._gappy for n in uniq_t], dtype=bool)
             self._memo.store(
-                uniq_t, codes_t, clean_t[codes_t], open_bar_t, last_bar_t, cash_t, final_t, got
+                DrawdownInputs(
+                    uniq_t, codes_t, clean_t[codes_t], open_bar_t, last_bar_t, cash_t, final_t
+                ),
+                got,
             )
         return {
             "strike": strike,

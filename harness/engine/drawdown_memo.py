@@ -13,12 +13,26 @@ filled by seeds or carried marks that depend on what was loaded).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
 
 MAX_ENTRIES = 200_000  # drawdowns kept per period (~35 MB with its index); all dropped beyond
 _BAR_BITS = 32  # key = instrument code << 32 | sale bar
+
+
+@dataclass(frozen=True)
+class DrawdownInputs:
+    """Per candidate, what its drawdown is computed from (arrays of one length, but `names`)."""
+
+    names: list[str]  # the instruments, indexed by `codes`
+    codes: np.ndarray  # each candidate's instrument in `names`
+    usable: np.ndarray  # bool: candidates that may be looked up or kept (gap-free paths)
+    open_bar: np.ndarray  # sale bar (int)
+    last_bar: np.ndarray  # last marked bar before expiry (int)
+    cash: np.ndarray  # premium less the open fee
+    final_value: np.ndarray  # value at settlement
 
 
 class DrawdownMemo:
@@ -46,50 +60,32 @@ class DrawdownMemo:
         by_code = np.array([known[n] for n in names], dtype=np.int64)
         return (by_code[codes] << _BAR_BITS) | np.asarray(open_bar, dtype=np.int64)
 
-    def lookup(
-        self,
-        names: list[str],
-        codes: np.ndarray,
-        usable: np.ndarray,
-        open_bar: np.ndarray,
-        last_bar: np.ndarray,
-        cash: np.ndarray,
-        final_value: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(self, inputs: DrawdownInputs) -> tuple[np.ndarray, np.ndarray]:
         """(found, drawdowns): per candidate whether a drawdown with exactly these inputs is
-        kept, and it (NaN where not). `usable` (per candidate) rules candidates out."""
+        kept, and it (NaN where not). Candidates not `usable` are never found."""
+        names, codes, usable = inputs.names, inputs.codes, inputs.usable
         n = len(codes)
         found = np.zeros(n, dtype=bool)
         dd = np.full(n, np.nan)
         if n == 0 or not self._rows:
             return found, dd
-        open_bar = np.asarray(open_bar, dtype=np.int64)
+        open_bar = np.asarray(inputs.open_bar, dtype=np.int64)
         keys = self._keys(names, codes, np.maximum(open_bar, 0))
         rows = np.fromiter(map(self._rows.get, keys.tolist(), repeat(-1)), np.int64, n)
         ok = (rows >= 0) & usable & (open_bar >= 0)
         r = rows[ok]
         ok[ok] = (
-            (self._last[r] == np.asarray(last_bar, dtype=np.int64)[ok])
-            & (self._cash[r] == _bits(cash)[ok])
-            & (self._final[r] == _bits(final_value)[ok])
+            (self._last[r] == np.asarray(inputs.last_bar, dtype=np.int64)[ok])
+            & (self._cash[r] == _bits(inputs.cash)[ok])
+            & (self._final[r] == _bits(inputs.final_value)[ok])
         )
         dd[ok] = self._dd[rows[ok]]
         return ok, dd
 
-    def store(
-        self,
-        names: list[str],
-        codes: np.ndarray,
-        usable: np.ndarray,
-        open_bar: np.ndarray,
-        last_bar: np.ndarray,
-        cash: np.ndarray,
-        final_value: np.ndarray,
-        drawdowns: np.ndarray,
-    ) -> None:
+    def store(self, inputs: DrawdownInputs, drawdowns: np.ndarray) -> None:
         """Keep the drawdowns of the `usable` candidates (a later one of a key replaces it)."""
-        open_bar = np.asarray(open_bar, dtype=np.int64)
-        keep = np.asarray(usable, dtype=bool) & (open_bar >= 0)
+        open_bar = np.asarray(inputs.open_bar, dtype=np.int64)
+        keep = np.asarray(inputs.usable, dtype=bool) & (open_bar >= 0)
         m = int(keep.sum())
         if m == 0 or m > self.max_entries:
             return
@@ -98,11 +94,11 @@ class DrawdownMemo:
             self._n = 0
         if self._n + m > len(self._dd):
             self._grow(self._n + m)
-        keys = self._keys(names, np.asarray(codes)[keep], open_bar[keep])
+        keys = self._keys(inputs.names, np.asarray(inputs.codes)[keep], open_bar[keep])
         a, b = self._n, self._n + m
-        self._last[a:b] = np.asarray(last_bar, dtype=np.int64)[keep]
-        self._cash[a:b] = _bits(cash)[keep]
-        self._final[a:b] = _bits(final_value)[keep]
+        self._last[a:b] = np.asarray(inputs.last_bar, dtype=np.int64)[keep]
+        self._cash[a:b] = _bits(inputs.cash)[keep]
+        self._final[a:b] = _bits(inputs.final_value)[keep]
         self._dd[a:b] = np.asarray(drawdowns, dtype=float)[keep]
         self._rows.update(zip(keys.tolist(), range(a, b), strict=True))
         self._n = b

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harness.data.synthetic import SyntheticMarket
-from harness.engine.drawdown_memo import DrawdownMemo
+from harness.engine.drawdown_memo import DrawdownInputs, DrawdownMemo
 from harness.simulator import CoveredCallSimulator, SimulatorCaches
 from harness.types import CallSimulationConfig
 
@@ -40,8 +40,8 @@ class _Counting(DrawdownMemo):
 
     hits = 0
 
-    def lookup(self, *args: Any) -> tuple[np.ndarray, np.ndarray]:
-        found, dd = super().lookup(*args)
+    def lookup(self, inputs: DrawdownInputs) -> tuple[np.ndarray, np.ndarray]:
+        found, dd = super().lookup(inputs)
         self.hits += int(found.sum())
         return found, dd
 
@@ -135,9 +135,11 @@ def test_lookup_misses_unless_every_input_is_equal() -> None:
     last = np.array([20, 30, 20])
     cash = np.array([1.0, 2.0, 3.0])
     final = np.array([0.5, 0.25, -0.0])
-    memo.store(names, codes, np.ones(3, bool), bars, last, cash, final, np.array([7.0, 8, 9]))
+    stored = DrawdownInputs(names, codes, np.ones(3, bool), bars, last, cash, final)
+    memo.store(stored, np.array([7.0, 8, 9]))
     usable = np.ones(3, bool)
-    found, dd = memo.lookup(["B", "A"], np.array([1, 0, 1]), usable, bars, last, cash, final)
+    again = ["B", "A"], np.array([1, 0, 1]), usable
+    found, dd = memo.lookup(DrawdownInputs(*again, bars, last, cash, final))
     assert found.tolist() == [True, True, True]
     assert dd.tolist() == [7.0, 8.0, 9.0]
     for changed in (
@@ -146,9 +148,10 @@ def test_lookup_misses_unless_every_input_is_equal() -> None:
         (bars, last, np.array([1.0, 2.0, np.nextafter(3.0, 4.0)]), final),
         (bars, last, cash, np.array([0.5, 0.25, 0.0])),  # -0.0 vs 0.0: other bits
     ):
-        found, _ = memo.lookup(["B", "A"], np.array([1, 0, 1]), usable, *changed)
+        found, _ = memo.lookup(DrawdownInputs(*again, *changed))
         assert found.tolist() == [True, True, False]
-    found, _ = memo.lookup(
+    unusable = DrawdownInputs(
         ["B", "A"], np.array([1, 0, 1]), np.zeros(3, bool), bars, last, cash, final
     )
+    found, _ = memo.lookup(unusable)
     assert not found.any()
