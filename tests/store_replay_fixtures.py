@@ -1,13 +1,18 @@
-"""Store sources and replay comparisons shared by the store-selection and tier-skip tests."""
+"""Store sources, selective reads and replay comparisons shared by the store-selection,
+tier-skip and ATM-summary tests."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+import harness.data.files as files
+from harness.data.chain_scan import columns_to_frame
+from harness.data.chain_select import ChainSelection
 from harness.data.files import FileDataSource
 from harness.simulator import CoveredCallSimulator, PolicyFn
 
@@ -32,6 +37,37 @@ class GappyFull(GappySpot):
     """`GappySpot` with the selective path hidden."""
 
     selected_chain_columns = None  # type: ignore[assignment]
+
+
+def selected_rows(
+    root: Path,
+    times: pd.DatetimeIndex,
+    sel: ChainSelection,
+    max_dte: float,
+    mode: Literal["store", "no_summary", "no_skip"] = "store",
+) -> tuple[pd.DataFrame, FileDataSource]:
+    """The selected chain rows of BTC at `times` and the source that read them: as the store
+    serves them ("store"), without its ATM summaries ("no_summary") or with the tier skip off
+    ("no_skip")."""
+    source = FileDataSource(root)
+    saved = (files.summary_answers, files.tier_floor)
+    if mode == "no_summary":
+        files.summary_answers = lambda t_ns, *a: np.zeros(len(t_ns), dtype=bool)
+    elif mode == "no_skip":
+        files.tier_floor = lambda selection: None
+    try:
+        cols = source.selected_chain_columns("BTC", times, sel, max_dte=max_dte)
+    finally:
+        files.summary_answers, files.tier_floor = saved
+    return columns_to_frame(cols), source
+
+
+def band_marks(source: FileDataSource, frame: pd.DataFrame, times: pd.DatetimeIndex) -> np.ndarray:
+    """`source`'s marks of every instrument in `frame` at every one of `times`."""
+    names = sorted(set(frame["instrument_name"]))
+    first = np.zeros(len(names), dtype=np.int64)
+    last = np.full(len(names), len(times) - 1)
+    return source.option_mark_ranges(names, times, first, last)
 
 
 def replay(sim: CoveredCallSimulator, policy: PolicyFn) -> dict[str, Any]:

@@ -20,18 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import harness.data.files as files
 from harness.data.atm_summary import (
     SUMMARY_MAX_DTE,
     WRITE_ID_KEY,
     summary_path,
     summary_table,
 )
-from harness.data.chain_scan import columns_to_frame
 from harness.data.chain_select import ChainSelection
-from harness.data.files import FileDataSource, compact_chain, merge_chain, write_chain_atomic
+from harness.data.files import compact_chain, merge_chain, write_chain_atomic
 from harness.data.importers import import_synthetic
 from harness.data.store_schema import DTE_COLUMN, STORE_SCAN_COLUMNS
+from tests.store_replay_fixtures import band_marks, selected_rows
 
 START, END = "2024-02-01", "2024-03-20"
 TIMES_4H = pd.date_range("2024-02-01T04:00", "2024-03-10", freq="4h", tz="UTC")
@@ -66,39 +65,14 @@ def _parts(root: Path) -> list[Path]:
     return sorted((root / "BTC" / "chain").glob("*/part.parquet"))
 
 
-def _select(
-    root: Path, times: pd.DatetimeIndex, sel: ChainSelection, max_dte: float, mode: str
-) -> tuple[pd.DataFrame, FileDataSource]:
-    """Selected rows read with the summaries ("summary"), without ("no_summary") or with the
-    tier skip off ("no_skip")."""
-    source = FileDataSource(root)
-    saved = (files.summary_answers, files.tier_floor)
-    if mode == "no_summary":
-        files.summary_answers = lambda t_ns, *a: np.zeros(len(t_ns), dtype=bool)
-    elif mode == "no_skip":
-        files.tier_floor = lambda selection: None
-    try:
-        cols = source.selected_chain_columns("BTC", times, sel, max_dte=max_dte)
-    finally:
-        files.summary_answers, files.tier_floor = saved
-    return columns_to_frame(cols), source
-
-
-def _band_marks(source: FileDataSource, frame: pd.DataFrame, times: pd.DatetimeIndex) -> np.ndarray:
-    names = sorted(set(frame["instrument_name"]))
-    first = np.zeros(len(names), dtype=np.int64)
-    last = np.full(len(names), len(times) - 1)
-    return source.option_mark_ranges(names, times, first, last)
-
-
 def _check(root: Path, times: pd.DatetimeIndex, sel: ChainSelection, max_dte: float = 15.0) -> dict:
-    got, source = _select(root, times, sel, max_dte, "summary")
+    got, source = selected_rows(root, times, sel, max_dte)
     marks = pd.date_range(times[0], times[-1] + pd.Timedelta(days=max_dte), freq="4h")
     for mode in ("no_summary", "no_skip"):
-        want, reference = _select(root, times, sel, max_dte, mode)
+        want, reference = selected_rows(root, times, sel, max_dte, mode)
         pd.testing.assert_frame_equal(got, want)
         np.testing.assert_array_equal(
-            _band_marks(source, got, marks), _band_marks(reference, want, marks)
+            band_marks(source, got, marks), band_marks(reference, want, marks)
         )
     return dict(source.scan_stats)
 

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import harness.data.files as files
-from harness.data.chain_scan import ChainColumns, columns_to_frame
+from harness.data.chain_scan import ChainColumns
 from harness.data.chain_select import ChainSelection, atm_needs_lower
-from harness.data.files import FileDataSource, write_chain_atomic
+from harness.data.files import write_chain_atomic
 from harness.data.importers import import_synthetic
 from harness.data.store_schema import DTE_COLUMN
+from tests.store_replay_fixtures import band_marks, selected_rows
 
 DAY = 86_400 * 10**9
 START, END = "2024-02-01", "2024-02-22"
@@ -52,37 +52,14 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"every": every, "weekly": weekly}
 
 
-def _select(
-    root: Path, times: pd.DatetimeIndex, sel: ChainSelection, max_dte: float, *, skip: bool
-) -> tuple[pd.DataFrame, FileDataSource]:
-    source = FileDataSource(root)
-    if skip:
-        cols = source.selected_chain_columns("BTC", times, sel, max_dte=max_dte)
-    else:
-        saved = files.tier_floor
-        files.tier_floor = lambda selection: None
-        try:
-            cols = source.selected_chain_columns("BTC", times, sel, max_dte=max_dte)
-        finally:
-            files.tier_floor = saved
-    return columns_to_frame(cols), source
-
-
-def _band_marks(source: FileDataSource, frame: pd.DataFrame, times: pd.DatetimeIndex) -> np.ndarray:
-    names = sorted(set(frame["instrument_name"]))
-    first = np.zeros(len(names), dtype=np.int64)
-    last = np.full(len(names), len(times) - 1)
-    return source.option_mark_ranges(names, times, first, last)
-
-
 def _check(root: Path, times: pd.DatetimeIndex, sel: ChainSelection, max_dte: float) -> dict:
-    got, source = _select(root, times, sel, max_dte, skip=True)
-    want, reference = _select(root, times, sel, max_dte, skip=False)
+    got, source = selected_rows(root, times, sel, max_dte)
+    want, reference = selected_rows(root, times, sel, max_dte, "no_skip")
     pd.testing.assert_frame_equal(got, want)
     # marks of every selected name (the band's from the small table, others by a scan)
     marks = pd.date_range(times[0], times[-1] + pd.Timedelta(days=max_dte), freq="4h")
     np.testing.assert_array_equal(
-        _band_marks(source, got, marks), _band_marks(reference, want, marks)
+        band_marks(source, got, marks), band_marks(reference, want, marks)
     )
     return dict(source.scan_stats)
 
