@@ -41,7 +41,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.backend == "ray":
         from harness.experiments.ray_cluster import start_ray
 
-        start_ray(args.address, args.workers)  # Ray's workers import while the driver does
+        # the driver imports the sweep while Ray starts; then Ray's workers import a trial's
+        # modules while the driver builds the market
+        start_ray(args.address, args.workers, driver_imports=("harness.experiments.sweep",))
     from harness.experiments.sweep import run_sweep
 
     summary = run_sweep(
