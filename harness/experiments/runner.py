@@ -63,6 +63,7 @@ from harness.policies.rules import make_rule
 from harness.simulator import CoveredCallSimulator, PolicyFn
 from harness.state import DecisionState
 from harness.stats import PairedComparison, all_pairs, paired_comparison
+from harness.timestamps import iso_strings
 from harness.types import CallCandidate, OptionSnapshot, SimulatedTrade, SimulationResult
 
 log = logging.getLogger(__name__)
@@ -374,7 +375,7 @@ class ExperimentRunner:
                 raise NoDecisionsError(_no_decisions_reason(cfg))
             items = sim.flat_items()
             # each decision's ISO time once per run: every policy's rows and resume keys use it
-            times_iso = [_iso(t) for t in times]
+            times_iso = iso_strings(times)
             self._labels = labels
             self._index_labels(labels, times)
 
