@@ -103,6 +103,46 @@ def _rewards_of_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
     )
 
 
+def _rewards_by_policy(rewards: pd.DataFrame) -> dict[str, pd.Series]:
+    """Each policy's rewards of a `_read_rewards` frame, indexed by decision time, sorted."""
+    return {
+        name: g.set_index("decision_time")["reward"].sort_index()
+        for name, g in rewards.groupby("policy")
+    }
+
+
+def _ordered_rewards(rows: list[dict[str, Any]]) -> dict[str, pd.Series] | None:
+    """`_rewards_by_policy(_rewards_of_rows(rows))` in one pass over the rows, or None when
+    the rows are not the plain case: every policy and decision time a str and each policy's
+    times strictly increasing (a fresh run's rows). Those need no sort, so no group-by frame is
+    built (tests/experiments/test_sweep_rewards.py checks the two are equal)."""
+    times: dict[str, list[str]] = {}
+    values: dict[str, list[Any]] = {}
+    for r in rows:
+        policy, t = r.get("policy"), r.get("decision_time")
+        if type(policy) is not str or type(t) is not str:
+            return None
+        seen = times.get(policy)
+        if seen is None:
+            seen = times[policy] = []
+            values[policy] = []
+        elif not seen[-1] < t:
+            return None  # out of order or repeated: the sorting path
+        seen.append(t)
+        values[policy].append(r.get("reward"))
+    out: dict[str, pd.Series] = {}
+    for policy in sorted(times):
+        reward = np.array([np.nan if v is None else v for v in values[policy]], float)
+        reward[~np.isfinite(reward)] = np.nan  # as the file's null
+        index = pd.Index(times[policy], dtype=_TIME_DTYPE, name="decision_time")
+        out[policy] = pd.Series(reward, index=index, name="reward")
+    return out
+
+
+# the dtype of `_rewards_of_rows`' text columns (pandas' default for str: "str" in pandas 3)
+_TIME_DTYPE = pd.Series(["x"]).dtype
+
+
 def _axis_cell(v: Any) -> Any:
     if isinstance(v, list | dict):
         return json.dumps(v)
@@ -139,14 +179,14 @@ def trial_board(run_dir: Path, decision_rows: list[dict[str, Any]] | None = None
     block = int(comparison.get("block_length") or 1)
     baseline = comparison.get("baseline") or manifest.get("baseline")
     pairs = {p["policy"]: p for p in comparison.get("pairs", [])}
-    if decision_rows is None:
-        rewards = _read_rewards(d / "decisions.jsonl")
-    else:
-        rewards = _rewards_of_rows(decision_rows)
-    by_policy = {
-        name: g.set_index("decision_time")["reward"].sort_index()
-        for name, g in rewards.groupby("policy")
-    }
+    by_policy = _ordered_rewards(decision_rows) if decision_rows is not None else None
+    if by_policy is None:
+        rewards = (
+            _read_rewards(d / "decisions.jsonl")
+            if decision_rows is None
+            else _rewards_of_rows(decision_rows)
+        )
+        by_policy = _rewards_by_policy(rewards)
     base_r = by_policy.get(baseline)
     entries: list[dict[str, Any]] = []
     series: dict[str, pd.Series] = {}
