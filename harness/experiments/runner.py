@@ -173,6 +173,7 @@ def _iso(ts: pd.Timestamp) -> str:
 
 _FLUSH_EVERY = 200  # rule-policy decisions.jsonl rows between flushes (also flushed per policy)
 _FLUSH_AFTER_S = 1.0  # ... or seconds since the last flush, whichever comes first
+_WRITE_BUFFER = 1 << 20  # decisions.jsonl's write buffer (bytes): _FLUSH_EVERY rows fit
 
 
 def _read_done(path: Path) -> dict[tuple[str, str], dict]:
@@ -395,7 +396,13 @@ class ExperimentRunner:
                 if self.max_cost_usd is not None
                 else ()
             )
-            with ExitStack() as stack, decisions_path.open("a") as out:
+            # rows reach the file at the flushes below (every _FLUSH_EVERY rows, each LLM
+            # row): a buffer that holds what lies between two flushes writes it in one call,
+            # not one per 8 KB (a sweep trial writes ~4 MB; those calls were ~3% of its CPU)
+            with (
+                ExitStack() as stack,
+                decisions_path.open("a", buffering=_WRITE_BUFFER) as out,
+            ):
                 cache = None
                 if (
                     any(isinstance(p, LLMPolicyEntry) for p in cfg.policies)
