@@ -180,17 +180,30 @@ class DecisionLines:
         """The row object and line of a valid decision without error or LLM answer: `row(i,
         policy, own)` and `line(i, policy_text, own)` of the own fields the runner writes for
         it (action from the chosen `name`, regret `best - reward`), without the own dict."""
+        return (
+            self.plain_row(i, policy, name, reward, best, best_name),
+            self.plain_line(i, policy_text, name, reward, best, best_name),
+        )
+
+    def plain_row(
+        self,
+        i: int,
+        policy: str,
+        name: str | None,
+        reward: float,
+        best: float,
+        best_name: str | None,
+    ) -> dict[str, Any]:
+        """The row object of `plain` (a runner makes it only when something reads it)."""
         state, _ = self.items[i]
-        action = "SELL_CALL" if name else "DO_NOTHING"
-        regret = best - reward
-        row = {
+        return {
             "decision_time": self.times_iso[i],
             "policy": policy,
             "spot": state.spot,
             "spot_stale": state.spot_stale,
             "state": self.states[i],
             "candidates": self.names[i],
-            "action": action,
+            "action": "SELL_CALL" if name else "DO_NOTHING",
             "instrument_name": name,
             "valid": True,
             "invalid_reason": None,
@@ -198,10 +211,24 @@ class DecisionLines:
             "reward": reward,
             "best_reward": best,
             "best_instrument": best_name,
-            "regret": regret,
+            "regret": best - reward,
             "llm": None,
         }
+
+    def plain_line(
+        self,
+        i: int,
+        policy_text: str,
+        name: str | None,
+        reward: float,
+        best: float,
+        best_name: str | None,
+    ) -> str:
+        """The line of `plain`."""
+        action = "SELL_CALL" if name else "DO_NOTHING"
+        regret = best - reward
         text = _plain_own_text(action, name, reward, best, best_name, regret)
         if text is None:
-            text = _text({k: row[k] for k in OWN_FIELDS})[1:]
-        return row, self._before_policy[i] + policy_text + self._after_policy[i] + text
+            values = (action, name, True, None, None, reward, best, best_name, regret, None)
+            text = _text(dict(zip(OWN_FIELDS, values, strict=True)))[1:]
+        return self._before_policy[i] + policy_text + self._after_policy[i] + text
