@@ -47,3 +47,14 @@ def as_ns(values: pd.DatetimeIndex | pd.Series | np.ndarray | list) -> np.ndarra
         # already aware: its instants are epoch-based whatever the zone (no re-parsing)
         return values.as_unit("ns").asi8
     return utc_index(values).as_unit("ns").asi8
+
+
+def iso_strings(times: pd.DatetimeIndex) -> list[str]:
+    """`[t.isoformat() for t in times]` of UTC instants, vectorized when every instant is a
+    whole second (decision times are); any other index takes the per-Timestamp path."""
+    if times.tz is not None and str(times.tz) == "UTC" and len(times):
+        ns = times.as_unit("ns").asi8
+        if not (ns % 1_000_000_000).any():
+            text = np.datetime_as_string(ns.astype("datetime64[ns]").astype("datetime64[s]"))
+            return [t + "+00:00" for t in text.tolist()]
+    return [t.isoformat() for t in times]

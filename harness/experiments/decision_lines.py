@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,21 +102,28 @@ def _plain_own_text(
 # The state part of each decision's rows, per state object: flat states are shared by the
 # trials of a sweep worker whose decisions and features are equal (SimulatorCaches.states),
 # so their fields and text are made once per state, not once per run. States are frozen; an
-# entry holds its state, so its id is not reused while the entry lives.
-_STATE_PARTS: dict[int, tuple[DecisionState, dict[str, float | None], str]] = {}
-_MAX_STATE_PARTS = 20_000  # ~9 state lists of a year at 4h decisions (~1 KB each with its text)
+# entry holds its state, so its id is not reused while the entry lives. Least recently used
+# entries go first: a sweep's trials cycle through one state list per DTE (the inner grid
+# axis), and clearing the whole table when full (as before) dropped every list before its
+# next use, so no trial ever hit.
+_STATE_PARTS: OrderedDict[int, tuple[DecisionState, dict[str, float | None], str]] = OrderedDict()
+# ~15 state lists of a year at 4h decisions (~0.73 KB each with its text, ~24 MB in all)
+_MAX_STATE_PARTS = 32_768
 
 
 def _state_part(state: DecisionState) -> tuple[dict[str, float | None], str]:
     """(the row's "state" fields, the text of its "spot", "spot_stale" and "state" items)."""
-    hit = _STATE_PARTS.get(id(state))
+    key = id(state)
+    hit = _STATE_PARTS.get(key)
     if hit is not None and hit[0] is state:
+        _STATE_PARTS.move_to_end(key)
         return hit[1], hit[2]
     fields = {k: _clean(getattr(state, k)) for k in STATE_FIELDS}
     text = _text({"spot": state.spot, "spot_stale": state.spot_stale, "state": fields})[1:-1]
-    if len(_STATE_PARTS) >= _MAX_STATE_PARTS:
-        _STATE_PARTS.clear()
-    _STATE_PARTS[id(state)] = (state, fields, text)
+    _STATE_PARTS[key] = (state, fields, text)
+    _STATE_PARTS.move_to_end(key)  # a stale entry of a freed state with the same id
+    while len(_STATE_PARTS) > _MAX_STATE_PARTS:
+        _STATE_PARTS.popitem(last=False)
     return fields, text
 
 
@@ -172,17 +180,30 @@ class DecisionLines:
         """The row object and line of a valid decision without error or LLM answer: `row(i,
         policy, own)` and `line(i, policy_text, own)` of the own fields the runner writes for
         it (action from the chosen `name`, regret `best - reward`), without the own dict."""
+        return (
+            self.plain_row(i, policy, name, reward, best, best_name),
+            self.plain_line(i, policy_text, name, reward, best, best_name),
+        )
+
+    def plain_row(
+        self,
+        i: int,
+        policy: str,
+        name: str | None,
+        reward: float,
+        best: float,
+        best_name: str | None,
+    ) -> dict[str, Any]:
+        """The row object of `plain` (a runner makes it only when something reads it)."""
         state, _ = self.items[i]
-        action = "SELL_CALL" if name else "DO_NOTHING"
-        regret = best - reward
-        row = {
+        return {
             "decision_time": self.times_iso[i],
             "policy": policy,
             "spot": state.spot,
             "spot_stale": state.spot_stale,
             "state": self.states[i],
             "candidates": self.names[i],
-            "action": action,
+            "action": "SELL_CALL" if name else "DO_NOTHING",
             "instrument_name": name,
             "valid": True,
             "invalid_reason": None,
@@ -190,10 +211,24 @@ class DecisionLines:
             "reward": reward,
             "best_reward": best,
             "best_instrument": best_name,
-            "regret": regret,
+            "regret": best - reward,
             "llm": None,
         }
+
+    def plain_line(
+        self,
+        i: int,
+        policy_text: str,
+        name: str | None,
+        reward: float,
+        best: float,
+        best_name: str | None,
+    ) -> str:
+        """The line of `plain`."""
+        action = "SELL_CALL" if name else "DO_NOTHING"
+        regret = best - reward
         text = _plain_own_text(action, name, reward, best, best_name, regret)
         if text is None:
-            text = _text({k: row[k] for k in OWN_FIELDS})[1:]
-        return row, self._before_policy[i] + policy_text + self._after_policy[i] + text
+            values = (action, name, True, None, None, reward, best, best_name, regret, None)
+            text = _text(dict(zip(OWN_FIELDS, values, strict=True)))[1:]
+        return self._before_policy[i] + policy_text + self._after_policy[i] + text

@@ -43,6 +43,10 @@ class PolicyTally:
         elif not row.get("valid", True):
             self.invalid += 1
 
+    def add_valid(self, *, offered: bool) -> None:
+        """Count one valid row without error: `add` of it (`offered`: it has candidates)."""
+        self.asked += offered
+
     @property
     def error_rate(self) -> float:
         """Failed share of asked decisions."""

@@ -63,6 +63,7 @@ from harness.policies.rules import make_rule
 from harness.simulator import CoveredCallSimulator, PolicyFn
 from harness.state import DecisionState
 from harness.stats import PairedComparison, all_pairs, paired_comparison
+from harness.timestamps import iso_strings
 from harness.types import CallCandidate, OptionSnapshot, SimulatedTrade, SimulationResult
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def _iso(ts: pd.Timestamp) -> str:
 
 _FLUSH_EVERY = 200  # rule-policy decisions.jsonl rows between flushes (also flushed per policy)
 _FLUSH_AFTER_S = 1.0  # ... or seconds since the last flush, whichever comes first
+_WRITE_BUFFER = 1 << 20  # decisions.jsonl's write buffer (bytes): _FLUSH_EVERY rows fit
 
 
 def _read_done(path: Path) -> dict[tuple[str, str], dict]:
@@ -346,12 +348,14 @@ class ExperimentRunner:
         done = _read_done(decisions_path)
         # A fresh run keeps its decisions.jsonl objects in memory for the report and the
         # agreement table (no re-read); a resumed run reads the file (it holds earlier rows).
-        self._rows: list[dict[str, Any]] | None = (
+        # (a plain row is kept as a tuple until read: `_row_objects`)
+        self._rows: list[dict[str, Any] | tuple[Any, ...]] | None = (
             [] if not decisions_path.exists() or decisions_path.stat().st_size == 0 else None
         )
         self._equity: pd.DataFrame | None = None
         self._trades: pd.DataFrame | None = None
         self._plain: dict[str, _Scored] = {}  # policies whose rows are all plain (report table)
+        self._ran: list[str] | None = None  # the policies that ran, once all have
         with self._progress() as progress:
             load = progress.add_task("loading market", total=None)
             source = self.market or build_market(cfg.market, cfg.simulation.timeframe)
@@ -374,7 +378,7 @@ class ExperimentRunner:
                 raise NoDecisionsError(_no_decisions_reason(cfg))
             items = sim.flat_items()
             # each decision's ISO time once per run: every policy's rows and resume keys use it
-            times_iso = [_iso(t) for t in times]
+            times_iso = iso_strings(times)
             self._labels = labels
             self._index_labels(labels, times)
 
@@ -394,7 +398,13 @@ class ExperimentRunner:
                 if self.max_cost_usd is not None
                 else ()
             )
-            with ExitStack() as stack, decisions_path.open("a") as out:
+            # rows reach the file at the flushes below (every _FLUSH_EVERY rows, each LLM
+            # row): a buffer that holds what lies between two flushes writes it in one call,
+            # not one per 8 KB (a sweep trial writes ~4 MB; those calls were ~3% of its CPU)
+            with (
+                ExitStack() as stack,
+                decisions_path.open("a", buffering=_WRITE_BUFFER) as out,
+            ):
                 cache = None
                 if (
                     any(isinstance(p, LLMPolicyEntry) for p in cfg.policies)
@@ -487,6 +497,7 @@ class ExperimentRunner:
                     else:
                         status[entry.name] = {"status": "ok"}
         ran = [p.name for p in cfg.policies if p.name in scored]
+        self._ran, self._times_iso = ran, times_iso  # `plain_rewards`
         metrics = self._metrics(ran, scored, results, llm_usage)
         comparison = self._compare([n for n in ran if counted(status, n)], scored, sim)
         # all_pairs covers the same policies as `pairs`: failed ones enter no comparison
@@ -799,11 +810,10 @@ class ExperimentRunner:
                 best_name = None  # NaN: no best instrument
             bad = guarded.invalid.get(times[i]) if guarded.invalid else None
             if not (bad or is_llm):
-                # a valid decision without error or LLM answer: row and line in one step
-                row, line = lines.plain(
-                    i, name, policy_text, choice_name, reward, best_reward, best_name
-                )
-                tally.add(row)
+                # a valid decision without error or LLM answer: its line, and its row object
+                # only when something reads it (`_row_objects`)
+                line = lines.plain_line(i, policy_text, choice_name, reward, best_reward, best_name)
+                tally.add_valid(offered=bool(cands))
                 safe = self.secrets.scrub(line)
                 out.write(safe + "\n")
                 if i % _FLUSH_EVERY == 0 or time.monotonic() - flushed > _FLUSH_AFTER_S:
@@ -812,7 +822,11 @@ class ExperimentRunner:
                 if self._rows is not None:
                     # as below: the row itself unless scrubbing changed its text
                     plain = safe == line
-                    self._rows.append(row if plain else json.loads(safe))
+                    self._rows.append(
+                        (lines, i, name, choice_name, reward, best_reward, best_name)
+                        if plain
+                        else json.loads(safe)
+                    )
                     kept += plain
                 choices.append(choice_name)
                 rewards[i] = reward
@@ -1047,12 +1061,32 @@ class ExperimentRunner:
     def written_decisions(self) -> list[dict[str, Any]] | None:
         """decisions.jsonl's objects as the last `run` wrote them, in file order; None after a
         resumed run (the file then also holds an earlier run's rows: read it instead)."""
-        return getattr(self, "_rows", None)
+        return self._row_objects() if getattr(self, "_rows", None) is not None else None
+
+    def plain_rewards(self) -> tuple[list[str], dict[str, np.ndarray]] | None:
+        """(decision times as written, each policy's reward per decision) when the last `run`
+        wrote exactly one plain row per decision of each policy (a fresh rule run): the
+        rewards of decisions.jsonl without its row objects. None otherwise."""
+        ran = getattr(self, "_ran", None)
+        if ran is None or not self._all_plain(ran):
+            return None
+        return self._times_iso, {n: self._plain[n].rewards for n in ran}
+
+    def _row_objects(self) -> list[dict[str, Any]]:
+        """The rows kept in memory as objects: a plain row is kept as the arguments of
+        `DecisionLines.plain_row` until something reads it, and made here (once)."""
+        rows = self._rows
+        assert rows is not None
+        for j, r in enumerate(rows):
+            if type(r) is tuple:
+                lines, i, policy, *rest = r
+                rows[j] = lines.plain_row(i, policy, *rest)
+        return rows  # type: ignore[return-value]
 
     def _decision_objects(self) -> list[dict[str, Any]]:
         """decisions.jsonl's objects: from memory on a fresh run, else read (torn lines skipped)."""
         if self._rows is not None:
-            return self._rows
+            return self._row_objects()
         rows = []
         for line in (self.run_dir / "decisions.jsonl").read_text().splitlines():
             try:
@@ -1085,7 +1119,10 @@ class ExperimentRunner:
             write_report(
                 self.run_dir,
                 html=self.html_report,
-                decision_rows=self._rows,
+                # the rows are read only when the table is not made from the arrays
+                decision_rows=(
+                    self._row_objects() if decisions is None and self._rows is not None else None
+                ),
                 equity=self._equity,
                 decisions=decisions,
                 trades=self._trades,

@@ -240,7 +240,9 @@ def _run_trial(
     except Exception as exc:
         return "failed", "".join(traceback.format_exception_only(exc)).strip(), None
     try:
-        board = trial_board(Path(task.trial_dir), runner.written_decisions())
+        plain = runner.plain_rewards()  # a fresh rule trial: no row objects needed
+        rows = runner.written_decisions() if plain is None else None
+        board = trial_board(Path(task.trial_dir), rows, plain_rewards=plain)
     except Exception:  # the driver reads the folder again and reports the error
         board = None
     return "complete", None, board

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,60 @@ def _rewards_of_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
     )
 
 
+def _rewards_by_policy(rewards: pd.DataFrame) -> dict[str, pd.Series]:
+    """Each policy's rewards of a `_read_rewards` frame, indexed by decision time, sorted."""
+    return {
+        name: g.set_index("decision_time")["reward"].sort_index()
+        for name, g in rewards.groupby("policy")
+    }
+
+
+def _ordered_rewards(rows: list[dict[str, Any]]) -> dict[str, pd.Series] | None:
+    """`_rewards_by_policy(_rewards_of_rows(rows))` in one pass over the rows, or None when
+    the rows are not the plain case: every policy and decision time a str and each policy's
+    times strictly increasing (a fresh run's rows). Those need no sort, so no group-by frame is
+    built (tests/experiments/test_sweep_rewards.py checks the two are equal)."""
+    times: dict[str, list[str]] = {}
+    values: dict[str, list[Any]] = {}
+    for r in rows:
+        policy, t = r.get("policy"), r.get("decision_time")
+        if type(policy) is not str or type(t) is not str:
+            return None
+        seen = times.get(policy)
+        if seen is None:
+            seen = times[policy] = []
+            values[policy] = []
+        elif not seen[-1] < t:
+            return None  # out of order or repeated: the sorting path
+        seen.append(t)
+        values[policy].append(r.get("reward"))
+    out: dict[str, pd.Series] = {}
+    for policy in sorted(times):
+        reward = np.array([np.nan if v is None else v for v in values[policy]], float)
+        reward[~np.isfinite(reward)] = np.nan  # as the file's null
+        index = pd.Index(times[policy], dtype=_TIME_DTYPE, name="decision_time")
+        out[policy] = pd.Series(reward, index=index, name="reward")
+    return out
+
+
+def _plain_series(times: list[str], rewards: dict[str, np.ndarray]) -> dict[str, pd.Series] | None:
+    """`_ordered_rewards` of the rows a runner wrote with these times and each policy's reward
+    per decision (one row per decision and policy), or None unless the times increase."""
+    if any(not a < b for a, b in pairwise(times)):
+        return None
+    out: dict[str, pd.Series] = {}
+    for policy in sorted(rewards):
+        reward = np.array(rewards[policy], dtype=float)  # a copy: the runner's stays as it is
+        reward[~np.isfinite(reward)] = np.nan  # as the file's null
+        index = pd.Index(times, dtype=_TIME_DTYPE, name="decision_time")
+        out[policy] = pd.Series(reward, index=index, name="reward")
+    return out
+
+
+# the dtype of `_rewards_of_rows`' text columns (pandas' default for str: "str" in pandas 3)
+_TIME_DTYPE = pd.Series(["x"]).dtype
+
+
 def _axis_cell(v: Any) -> Any:
     if isinstance(v, list | dict):
         return json.dumps(v)
@@ -118,13 +173,19 @@ class TrialBoard:
     rewards: dict[str, pd.Series]
 
 
-def trial_board(run_dir: Path, decision_rows: list[dict[str, Any]] | None = None) -> TrialBoard:
+def trial_board(
+    run_dir: Path,
+    decision_rows: list[dict[str, Any]] | None = None,
+    *,
+    plain_rewards: tuple[list[str], dict[str, np.ndarray]] | None = None,
+) -> TrialBoard:
     """The leaderboard entries and rewards of one finished run folder (reads its files).
 
     A sweep worker calls this right after its trial, passing the decisions.jsonl objects the
     runner still holds (`ExperimentRunner.written_decisions`; the file is then not parsed), so
     the driver only gathers the results; the driver reads the folders of trials finished by an
-    earlier run of the sweep.
+    earlier run of the sweep. `plain_rewards` (`ExperimentRunner.plain_rewards`: decision
+    times and each policy's rewards of a fresh rule run) stands for those rows when given.
     """
     d = run_dir
     manifest = json.loads((d / "manifest.json").read_text())
@@ -139,14 +200,18 @@ def trial_board(run_dir: Path, decision_rows: list[dict[str, Any]] | None = None
     block = int(comparison.get("block_length") or 1)
     baseline = comparison.get("baseline") or manifest.get("baseline")
     pairs = {p["policy"]: p for p in comparison.get("pairs", [])}
-    if decision_rows is None:
-        rewards = _read_rewards(d / "decisions.jsonl")
-    else:
-        rewards = _rewards_of_rows(decision_rows)
-    by_policy = {
-        name: g.set_index("decision_time")["reward"].sort_index()
-        for name, g in rewards.groupby("policy")
-    }
+    by_policy = None
+    if plain_rewards is not None:
+        by_policy = _plain_series(*plain_rewards)
+    elif decision_rows is not None:
+        by_policy = _ordered_rewards(decision_rows)
+    if by_policy is None:
+        rewards = (
+            _read_rewards(d / "decisions.jsonl")
+            if decision_rows is None
+            else _rewards_of_rows(decision_rows)
+        )
+        by_policy = _rewards_by_policy(rewards)
     base_r = by_policy.get(baseline)
     entries: list[dict[str, Any]] = []
     series: dict[str, pd.Series] = {}

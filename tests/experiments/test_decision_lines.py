@@ -228,3 +228,33 @@ def test_a_plain_row_and_line_are_those_of_its_own_fields(
         assert strict_json.dumps(row) == strict_json.dumps(want)
         assert line == lines.line(i, strict_json.dumps(policy), own)
         assert line == strict_json.dumps(want, default=str)
+
+
+def test_state_parts_keep_the_recently_used_states_when_full(monkeypatch) -> None:
+    """Trials cycling through more state lists than fit keep the newest ones (least recently
+    used go first), so a sweep worker's next trial of a DTE finds its states again."""
+    monkeypatch.setattr(decision_lines, "_STATE_PARTS", decision_lines.OrderedDict())
+    monkeypatch.setattr(decision_lines, "_MAX_STATE_PARTS", 4)
+    states = [
+        DecisionState(
+            time=T0 + timedelta(hours=4 * i),
+            underlying="BTC",
+            spot=100.0 + i,
+            return_1d=None,
+            return_7d=None,
+            realized_vol_7d=None,
+            realized_vol_30d=None,
+            atm_iv=0.5,
+            iv_rv_spread=None,
+            coins_held=1.0,
+            cash_usd=0.0,
+        )
+        for i in range(6)
+    ]
+    made = {id(s): decision_lines._state_part(s)[0] for s in states[:4]}
+    decision_lines._state_part(states[0])  # used again: now the newest
+    decision_lines._state_part(states[4])  # full: states[1], the least recently used, goes
+    assert decision_lines._state_part(states[0])[0] is made[id(states[0])]
+    assert decision_lines._state_part(states[2])[0] is made[id(states[2])]
+    assert id(states[1]) not in decision_lines._STATE_PARTS
+    assert len(decision_lines._STATE_PARTS) == 4
