@@ -28,7 +28,7 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,12 +74,15 @@ from harness.data.chain_select import ChainSelection, atm_needs_lower, store_sel
 from harness.data.errors import DataError
 from harness.data.low_tiers import (
     TIER_BELOW,
+    LowRead,
     SecondPass,
     as_of_spans,
+    band_only,
+    decode_low_groups,
+    finish_low,
     first_of_each,
     grown,
     in_windows,
-    read_low_groups,
     tier_floor,
     windows_of,
 )
@@ -91,6 +94,7 @@ from harness.data.point_in_time import (
     underlying_of,
     utc_times,
 )
+from harness.data.scan_threads import file_pool, scan_threads
 from harness.data.source import (
     OHLC_COLUMNS,
     empty_chain_frame,
@@ -585,6 +589,7 @@ class FileDataSource(ChainTableSource):
         *,
         max_staleness: str | pd.Timedelta | None = None,
         block_days: int = 366,
+        threads: int | None = None,
     ):
         self.root = Path(path)
         if not self.root.is_dir():
@@ -595,6 +600,8 @@ class FileDataSource(ChainTableSource):
             raise ValueError(f"block_days must be at least 1, got {block_days}")
         self._max_staleness = None if max_staleness is None else pd.Timedelta(max_staleness)
         self.block_days = block_days
+        # files a scan reads at once (`scan_threads`: default the CPU count, capped)
+        self.threads = scan_threads(threads)
         self._settlements: dict[str, dict[int, float]] = {}  # ns -> USD
         self._spot: dict[Path, pd.DataFrame] = {}
         self._mark_periods: dict[str, MarkPeriod] = {}
@@ -861,7 +868,7 @@ class FileDataSource(ChainTableSource):
         if len(out) > 1 and (np.diff(out.as_of) < 0).any():
             # decisions answered by the second pass come after the others: back in time order
             out = out.take(np.argsort(out.as_of, kind="stable"))
-        return out if deferred is None else take_deferred(out, deferred)
+        return out if deferred is None else take_deferred(out, deferred, self.threads)
 
     def _second_pass(
         self,
@@ -1104,9 +1111,12 @@ class FileDataSource(ChainTableSource):
             return bool(j < len(hi) and lo[j] < span[1])
 
         names = codes.names()
-        hot_names = pa.array(names[np.flatnonzero(held)].tolist(), type=pa.string())
-        full: list[ChainColumns] = []
-        marks: list[ChainColumns] = []
+        band = np.flatnonzero(held)
+        hot_names = pa.array(names[band].tolist(), type=pa.string())
+        hot_codes = dict(zip(names[band].tolist(), band.tolist(), strict=True))
+        defer = deferred is not None
+        # (groups, wanted, marks only) per read, in file order: full-width reads first
+        jobs: list[tuple[LowGroups, Callable[[np.ndarray, np.ndarray], np.ndarray], bool]] = []
         for g in low:
             spans = as_of_spans(g.reader)
             far: set[int] = set()
@@ -1119,30 +1129,23 @@ class FileDataSource(ChainTableSource):
                 for i in part:
                     (split if touched(i, spans[i], far) else rest)[k].append(i)
             if split[0] or split[1]:
-                full.append(
-                    read_low_groups(
-                        replace(g, plan=split),
-                        u,
-                        deferred,
-                        self.scan_stats,
-                        codes,
-                        hot_names,
-                        wanted,
-                    )
-                )
+                jobs.append((replace(g, plan=split), wanted, False))
             if hot and (rest[0] or rest[1]):
-                marks.append(
-                    read_low_groups(
-                        replace(g, plan=rest),
-                        u,
-                        deferred,
-                        self.scan_stats,
-                        codes,
-                        hot_names,
-                        lambda as_of, is_hot: is_hot,  # band marks only
-                        marks_only=True,
-                    )
-                )
+                jobs.append((replace(g, plan=rest), band_only, True))
+
+        def decode(job: tuple[LowGroups, Any, bool]) -> LowRead:
+            group, keep, marks_only = job
+            return decode_low_groups(
+                group, u, defer, hot_names, hot_codes, keep, marks_only=marks_only
+            )
+
+        full: list[ChainColumns] = []
+        marks: list[ChainColumns] = []
+        # files decoded at once; merged into codes and deferred values in file order
+        with file_pool(self.threads, len(jobs)) as pool:
+            for (_, _, marks_only), got in zip(jobs, pool.map(decode, jobs), strict=True):
+                part = finish_low(got, self.scan_stats, codes, deferred)
+                (marks if marks_only else full).append(part)
         names = codes.names()
         return concat_columns(full, names, u), concat_columns(marks, names, u)
 
@@ -1454,6 +1457,7 @@ class FileDataSource(ChainTableSource):
                         floor=floor if low is not None else None,
                         low=low,
                         opened=opened,
+                        threads=self.threads,
                     )
                 )
             except (pa.ArrowException, OSError, TypeError, KeyError):
