@@ -27,6 +27,7 @@ from harness.data.chain_scan import (
     as_of_ns,
     columns_from_arrow,
     float_values,
+    kind_mask,
 )
 from harness.data.scan_threads import file_pool
 from harness.data.store_schema import DTE_COLUMN, DTE_SLACK, STORE_SCAN_COLUMNS
@@ -692,6 +693,9 @@ def _row_mask(table: pa.Table, window: ScanWindow | None) -> np.ndarray | None:
     if window.max_dte is not None:
         keep &= (expiry - as_of) <= int(window.max_dte * 86_400e9)
     if window.kinds != {"call", "put"}:
-        kind = pc.is_in(table.column("kind"), value_set=pa.array(sorted(window.kinds)))
-        keep &= kind.to_numpy(zero_copy_only=False).astype(bool)
+        kind = kind_mask(table.column("kind"), window.kinds)
+        if kind is None:
+            test = pc.is_in(table.column("kind"), value_set=pa.array(sorted(window.kinds)))
+            kind = test.to_numpy(zero_copy_only=False).astype(bool)
+        keep &= kind
     return keep
