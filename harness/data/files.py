@@ -619,7 +619,8 @@ class FileDataSource(ChainTableSource):
     A bulk `chain_frame` reads its whole period in one columnar pass, `block_days` days of
     partitions per pyarrow scan (see docs/data.md for the memory bound); with `max_dte` it also
     keeps the marks of those options until they expire, so the simulator's mark paths and
-    labels never read a file again.
+    labels never read a file again. `threads` (default $HARNESS_SCAN_THREADS or 1) is how many
+    partition files a scan decodes at once; the values are the same for any count.
     """
 
     def __init__(
@@ -639,7 +640,7 @@ class FileDataSource(ChainTableSource):
             raise ValueError(f"block_days must be at least 1, got {block_days}")
         self._max_staleness = None if max_staleness is None else pd.Timedelta(max_staleness)
         self.block_days = block_days
-        # files a scan reads at once (`scan_threads`: default the CPU count, capped)
+        # files a scan decodes at once (`scan_threads`: default 1, opt-in; same values)
         self.threads = scan_threads(threads)
         self._settlements: dict[str, dict[int, float]] = {}  # ns -> USD
         self._spot: dict[Path, pd.DataFrame] = {}

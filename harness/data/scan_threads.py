@@ -1,10 +1,13 @@
 """The threads a store scan spreads its per-file work over (`scan_threads`, `file_pool`).
 
-A year's load reads twelve month partitions whose decode (pyarrow) and array work (numpy)
-mostly release the GIL, so two files can be read at once on two cores. The per-file work
-runs in the pool; whatever a file's result is merged into (instrument codes, deferred value
-positions, counters) is updated by the calling thread, in file order, so the values and
-their order are the same whatever the thread count (docs/data.md, docs/performance.md).
+A year's load reads twelve month partitions whose decode (pyarrow) releases the GIL, so
+several files can be read at once. The per-file work runs in the pool; whatever a file's
+result is merged into (instrument codes, deferred value positions, counters) is updated by
+the calling thread, in file order, so the values and their order are the same whatever the
+thread count. One thread is the default: on the shared two-core machine the pool did not
+make a 4-hour year's load reliably faster and cost CPU (docs/performance.md, store9), so
+it is opt-in (`FileDataSource(threads=...)`, $HARNESS_SCAN_THREADS, "auto" = the CPU count
+capped at `MAX_SCAN_THREADS`).
 """
 
 from __future__ import annotations
@@ -23,17 +26,19 @@ THREADS_ENV = "HARNESS_SCAN_THREADS"
 
 
 def scan_threads(threads: int | None = None) -> int:
-    """Threads a scan uses: `threads` if given, else $HARNESS_SCAN_THREADS, else the CPU count
-    capped at `MAX_SCAN_THREADS` (at least 1)."""
+    """Threads a scan uses: `threads` if given, else $HARNESS_SCAN_THREADS (a number, or
+    "auto": the CPU count capped at `MAX_SCAN_THREADS`), else 1."""
     if threads is None:
-        env = os.environ.get(THREADS_ENV, "").strip()
-        if env:
+        env = os.environ.get(THREADS_ENV, "").strip().lower()
+        if env == "auto":
+            threads = min(os.cpu_count() or 1, MAX_SCAN_THREADS)
+        elif env:
             try:
                 threads = int(env)
             except ValueError as exc:
-                raise ValueError(f"{THREADS_ENV} must be an integer, got {env!r}") from exc
+                raise ValueError(f"{THREADS_ENV} must be a number or 'auto', got {env!r}") from exc
         else:
-            threads = min(os.cpu_count() or 1, MAX_SCAN_THREADS)
+            threads = 1
     if threads < 1:
         raise ValueError(f"scan threads must be at least 1, got {threads}")
     return threads

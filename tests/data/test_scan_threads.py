@@ -52,13 +52,15 @@ def _parts(root: Path) -> list[Path]:
 # ---------------------------------------------------------------- the thread count and pool
 
 
-def test_default_threads_is_the_cpu_count_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threads_default_to_one_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(THREADS_ENV, raising=False)
-    assert scan_threads() == max(1, min(MAX_SCAN_THREADS, os.cpu_count() or 1))
-    assert scan_threads(3) == 3
-    monkeypatch.setenv(THREADS_ENV, "1")
     assert scan_threads() == 1
-    assert scan_threads(2) == 2  # explicit wins over the environment
+    assert scan_threads(3) == 3
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert scan_threads() == 2
+    assert scan_threads(1) == 1  # explicit wins over the environment
+    monkeypatch.setenv(THREADS_ENV, "auto")
+    assert scan_threads() == max(1, min(MAX_SCAN_THREADS, os.cpu_count() or 1))
     monkeypatch.setenv(THREADS_ENV, "two")
     with pytest.raises(ValueError, match=THREADS_ENV):
         scan_threads()
