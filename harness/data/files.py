@@ -1095,10 +1095,8 @@ class FileDataSource(ChainTableSource):
         # held ~0.5M-row temporaries (fresh pages: system time in a fresh process); the rows
         # and their order are the same
         for q in range(0, len(times_ns), _QUERY_CHUNK):
-            at, which, q_ns = table.at_rows(
-                pd.to_datetime(times_ns[q : q + _QUERY_CHUNK], utc=True),
-                kinds=kinds,
-                max_dte=max_dte,
+            at, which, q_ns = table.at_rows_ns(
+                times_ns[q : q + _QUERY_CHUNK], kinds=kinds, max_dte=max_dte
             )
             if selection is not None:
                 first = selection.first_row_wanted(q_ns)
