@@ -220,10 +220,13 @@ class _RowSink:
 
     def __init__(self, bound: int, values: tuple[str, ...]):
         self.n = 0
-        self.times = {k: np.empty(bound, dtype=np.int64) for k in ("as_of", "expiry", "quote_time")}
-        self.code = np.empty(bound, dtype=np.int64)
-        self.is_call = np.empty(bound, dtype=bool)
-        self.values = {k: np.empty(bound, dtype=np.float64) for k in values}
+        times = ("as_of", "expiry", "quote_time")
+        layout = [(k, np.int64) for k in (*times, "code")] + [(k, np.float64) for k in values]
+        columns = _one_block(bound, [*layout, ("is_call", np.bool_)])
+        self.times = {k: columns[k] for k in times}
+        self.code = columns["code"]
+        self.is_call = columns["is_call"]
+        self.values = {k: columns[k] for k in values}
 
     def add(self, cols: ChainColumns) -> None:
         """Append the rows of `cols` (codes already shared, the same value columns)."""
@@ -249,6 +252,22 @@ class _RowSink:
             is_call=self.is_call[:n],
             values={k: v[:n] for k, v in self.values.items()},
         )
+
+
+def _one_block(rows: int, layout: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
+    """Empty columns of `rows` rows (name, dtype) carved from one allocation.
+
+    A year's sink is ~15 MB written once: as one block, numpy asks the kernel for huge pages
+    (it does for allocations of 4 MiB and more), so a fresh process takes a few faults to
+    first touch it rather than one per 4 KiB page (docs/performance.md, store9).
+    """
+    sizes = [-(-rows * np.dtype(dtype).itemsize // 64) * 64 for _, dtype in layout]  # 64-aligned
+    block = np.empty(sum(sizes), dtype=np.uint8)
+    out, at = {}, 0
+    for (name, dtype), size in zip(layout, sizes, strict=True):
+        out[name] = block[at : at + rows * np.dtype(dtype).itemsize].view(dtype)
+        at += size
+    return out
 
 
 @dataclass
