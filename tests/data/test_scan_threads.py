@@ -16,6 +16,7 @@ import pytest
 from harness.data.chain_parquet import ParquetDeferred, ScanWindow, read_chain_files, take_deferred
 from harness.data.chain_scan import columns_to_frame, scan_filter
 from harness.data.chain_select import ChainSelection
+from harness.data.errors import DataError
 from harness.data.files import FileDataSource
 from harness.data.importers import import_synthetic
 from harness.data.scan_threads import MAX_SCAN_THREADS, THREADS_ENV, file_pool, scan_threads
@@ -160,3 +161,17 @@ def test_replay_labels_same_for_any_thread_count(stores) -> None:
     ]
     assert len(labels[0]) > 0
     pd.testing.assert_frame_equal(labels[0], labels[1])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_broken_partition_is_named_with_any_thread_count(
+    stores, tmp_path: Path, threads: int
+) -> None:
+    root = tmp_path / "broken"
+    shutil.copytree(stores["summary"], root)
+    broken = _parts(root)[2]
+    broken.write_bytes(b"not parquet")
+    source = FileDataSource(root, threads=threads)
+    with pytest.raises(DataError, match="cannot read store file") as err:
+        source.chain_frame("BTC", TIMES_4H[::7], max_dte=30.0)
+    assert str(broken) in str(err.value)
