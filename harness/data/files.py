@@ -84,6 +84,7 @@ from harness.data.low_tiers import (
     first_of_each,
     grown,
     in_windows,
+    rows_in_windows,
     tier_floor,
     windows_of,
 )
@@ -993,7 +994,7 @@ class FileDataSource(ChainTableSource):
         if len(need_ns):
             # only the rows inside the decisions' windows: a query reads nothing else, and
             # an instrument's next row outside them lies after its window either way
-            parts = [p.take(np.flatnonzero(in_windows(p.as_of, win))) for p in (rows, *narrow)]
+            parts = [p.take(rows_in_windows(p.as_of, win)) for p in (rows, *narrow)]
             merged = concat_columns(parts, codes.names(), u)
             # rows of the far tiers are missing unless read whole-width: a decision whose
             # ATM pick they could change reads them in a third pass (`again`)
@@ -1037,7 +1038,7 @@ class FileDataSource(ChainTableSource):
         tf, stale, _ = self._windows(u)
         bar = timeframe_delta(tf).value
         win = windows_of(times_ns, bar, (stale + timeframe_delta(tf)).value)
-        part = rows.take(np.flatnonzero(in_windows(rows.as_of, win)))
+        part = rows.take(rows_in_windows(rows.as_of, win))
         extra = summary_rows_at(summaries, times_ns - np.mod(times_ns, bar), floor + DTE_SLACK)
         found = [part]
         if extra.num_rows:

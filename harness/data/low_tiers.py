@@ -91,6 +91,21 @@ def in_windows(t_ns: np.ndarray, windows: tuple[np.ndarray, np.ndarray]) -> np.n
     return (lo[i] < t_ns) & (t_ns <= hi[i])
 
 
+def rows_in_windows(t_ns: np.ndarray, windows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """`np.flatnonzero(in_windows(t_ns, windows))`; for times sorted ascending (a scan's rows),
+    two binary searches per window instead of one per row."""
+    if len(t_ns) > 1 and (t_ns[1:] < t_ns[:-1]).any():
+        return np.flatnonzero(in_windows(t_ns, windows))
+    lo, hi = windows
+    # the windows are merged and sorted: their row ranges are disjoint and in order
+    start = np.searchsorted(t_ns, lo, side="right")
+    stop = np.searchsorted(t_ns, hi, side="right")
+    size = np.maximum(stop - start, 0)
+    if not size.any():
+        return np.empty(0, dtype=np.int64)
+    return np.arange(int(size.sum())) + np.repeat(start - np.r_[0, np.cumsum(size)[:-1]], size)
+
+
 def first_of_each(cols: ChainColumns) -> ChainColumns:
     """`cols` without repeats of an (instrument, as_of) row (the first copy stays)."""
     if len(cols) < 2:
