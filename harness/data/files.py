@@ -309,8 +309,8 @@ def read_spot(path: Path) -> pd.DataFrame:
 
     A Parquet file already in that form (what `merge_spot` writes: a UTC ns `timestamp`
     strictly increasing, float64 OHLC columns) becomes the frame straight from its columns,
-    without pandas' conversion, re-parsing, duplicate test and sort (a tenth of a 4-hour
-    year's load, docs/performance.md store9); any other file takes the general path.
+    without pandas' conversion, re-parsing, duplicate test and sort (4-6 ms instead of 9-15 ms
+    in a fresh process, docs/performance.md store9); any other file takes the general path.
     """
     if path.suffix == ".parquet":
         try:
