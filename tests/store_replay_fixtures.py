@@ -45,11 +45,12 @@ def selected_rows(
     sel: ChainSelection,
     max_dte: float,
     mode: Literal["store", "no_summary", "no_skip"] = "store",
+    threads: int | None = None,
 ) -> tuple[pd.DataFrame, FileDataSource]:
     """The selected chain rows of BTC at `times` and the source that read them: as the store
     serves them ("store"), without its ATM summaries ("no_summary") or with the tier skip off
-    ("no_skip")."""
-    source = FileDataSource(root)
+    ("no_skip"); `threads`: the source's scan threads (default: its own)."""
+    source = FileDataSource(root, threads=threads)
     saved = (files.summary_answers, files.tier_floor)
     if mode == "no_summary":
         files.summary_answers = lambda t_ns, *a: np.zeros(len(t_ns), dtype=bool)

@@ -27,7 +27,9 @@ from harness.data.chain_scan import (
     as_of_ns,
     columns_from_arrow,
     float_values,
+    kind_mask,
 )
+from harness.data.scan_threads import file_pool
 from harness.data.store_schema import DTE_COLUMN, DTE_SLACK, STORE_SCAN_COLUMNS
 
 # The value columns a chain selection, point-in-time rows and marks read for every scanned row;
@@ -100,70 +102,116 @@ def read_chain_files(
     floor: float | None = None,
     low: list[LowGroups] | None = None,
     opened: list[tuple[pq.ParquetFile, Path]] | None = None,
+    threads: int = 1,
 ) -> list[ChainColumns]:
     """The kept rows of the Parquet chain files `paths` in time order, converted file by file.
 
     One file's decoded Arrow columns are freed before the next is read and its kept rows are
     copied into arrays sized for every row the planned row groups hold, so a year's scan
-    holds about one month of temporaries at a time, not twelve months of Arrow columns plus
-    their conversion plus a concatenation (in a fresh process the pages first touched cost
-    as much system time as the decode: docs/performance.md). Codes are into `codes` (a new
-    `Codes` if None). With `deferred` and groups read whole or masked, only the selection
-    columns are decoded now; the deferred value columns stay in the file (`ParquetDeferred`)
-    and are decoded later, for the row groups holding kept rows only. With `floor` (and a
-    `low` list), the groups whose `DTE_COLUMN` statistics are at most `floor` are not read:
-    they go to `low`, one `LowGroups` per file. `opened` receives each file's reader and
-    path. Returns one part (none if no row group is read).
+    holds about one month of temporaries at a time (one per thread), not twelve months of
+    Arrow columns plus their conversion plus a concatenation (in a fresh process the pages
+    first touched cost as much system time as the decode: docs/performance.md). Codes are
+    into `codes` (a new `Codes` if None). With `deferred` and groups read whole or masked,
+    only the selection columns are decoded now; the deferred value columns stay in the file
+    (`ParquetDeferred`) and are decoded later, for the row groups holding kept rows only.
+    With `floor` (and a `low` list), the groups whose `DTE_COLUMN` statistics are at most
+    `floor` are not read: they go to `low`, one `LowGroups` per file. `opened` receives each
+    file's reader and path. Up to `threads` files are opened and decoded at once
+    (`file_pool`); codes, deferred positions and `stats` are merged in file order, so the
+    result does not depend on `threads`. Returns one part (none if no row group is read).
     """
     codes = Codes() if codes is None else codes
-    narrow = [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES]
-    readers = [_chain_reader(path) for path in paths]
-    if opened is not None:
-        opened.extend(zip(readers, paths, strict=True))
-    plans = [plan_row_groups(r, window) for r in readers]
-    if floor is not None and low is not None:
-        for k, reader in enumerate(readers):
-            plans[k], left = split_low(reader, plans[k], floor)
-            if left[0] or left[1]:
-                low.append(LowGroups(reader, left, expr, window))
-    bound = sum(
-        r.metadata.row_group(i).num_rows
-        for r, plan in zip(readers, plans, strict=True)
-        for i in plan[0] + plan[1]
-    )
-    sink: _RowSink | None = None
-    for reader, plan in zip(readers, plans, strict=True):
-        schema = reader.schema_arrow
-        lazy = (
-            deferred is not None
-            and window.exact
-            and all(c in schema.names for c in DEFERRED_VALUES)
+    split = floor is not None and low is not None
+
+    def open_file(path: Path) -> tuple[pq.ParquetFile, _Plan, _Plan]:
+        reader = _chain_reader(path)
+        plan = plan_row_groups(reader, window)
+        left: _Plan = ([], [])
+        if split:
+            plan, left = split_low(reader, plan, floor)  # type: ignore[arg-type]
+        return reader, plan, left
+
+    def decode(job: tuple[pq.ParquetFile, _Plan]) -> _FileRead:
+        return _decode_file(job[0], job[1], expr, window, underlying, deferred is not None)
+
+    with file_pool(threads, len(paths)) as pool:
+        files = list(pool.map(open_file, paths))
+        if opened is not None:
+            opened.extend((reader, path) for (reader, _, _), path in zip(files, paths, strict=True))
+        if split:
+            for reader, _, left in files:
+                if left[0] or left[1]:
+                    low.append(LowGroups(reader, left, expr, window))  # type: ignore[union-attr]
+        bound = sum(
+            reader.metadata.row_group(i).num_rows
+            for reader, plan, _ in files
+            for i in plan[0] + plan[1]
         )
-        read = narrow if lazy else list(STORE_SCAN_COLUMNS)
-        present = [c for c in read if c in schema.names]
-        ids, pieces, whole = file_pieces(reader, expr, present, window, stats, plan)
-        if not pieces:
-            continue
-        if lazy and not whole:  # a group the mask could not test: read it as before
-            full = [c for c in STORE_SCAN_COLUMNS if c in schema.names]
-            ids, pieces, whole = file_pieces(reader, expr, full, window, stats, plan)
-            lazy = False
-        # the kept rows in time order, converted once (no filtered or sorted copy)
-        table, kept = kept_rows(pieces)
-        if deferred is None:
-            part = columns_from_arrow(table, underlying, rows=kept)
-        elif lazy:
-            cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=kept)
-            sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
-            part = with_row_ids(cols, ParquetDeferred(reader, ids, sizes), deferred, kept)
-        else:
-            part = selection_columns(table, underlying, deferred, kept)
-        del table, pieces
-        part = codes.remap(part)
-        if sink is None:
-            sink = _RowSink(bound, tuple(part.values))
-        sink.add(part)
+        sink: _RowSink | None = None
+        for got in pool.map(decode, [(reader, plan) for reader, plan, _ in files]):
+            stats.update(got.stats)
+            if got.cols is None:
+                continue
+            part = got.cols
+            if got.rest is not None:
+                part = with_row_ids(part, got.rest, deferred, got.rows)  # type: ignore[arg-type]
+            part = codes.remap(part)
+            if sink is None:
+                sink = _RowSink(bound, tuple(part.values))
+            sink.add(part)
     return [] if sink is None else [sink.columns(underlying, codes.names())]
+
+
+_Plan = tuple[list[int], list[int]]
+
+
+@dataclass
+class _FileRead:
+    """One chain file's kept rows, converted but not yet coded into the scan's names:
+    `rest` (deferred value columns) and `rows` (the kept rows' positions in it) when the
+    scan defers values, and the file's read counters."""
+
+    cols: ChainColumns | None
+    rest: DeferredValues | None
+    rows: np.ndarray | None
+    stats: Counter[str]
+
+
+def _decode_file(
+    reader: pq.ParquetFile,
+    plan: _Plan,
+    expr: ds.Expression,
+    window: ScanWindow,
+    underlying: str,
+    defer: bool,
+) -> _FileRead:
+    """The planned row groups of one file decoded and their kept rows converted (the part of
+    `read_chain_files` that touches nothing shared, so files can be decoded at once)."""
+    stats: Counter[str] = Counter()
+    schema = reader.schema_arrow
+    lazy = defer and window.exact and all(c in schema.names for c in DEFERRED_VALUES)
+    read = (
+        [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES] if lazy else STORE_SCAN_COLUMNS
+    )
+    present = [c for c in read if c in schema.names]
+    ids, pieces, whole = file_pieces(reader, expr, present, window, stats, plan)
+    if not pieces:
+        return _FileRead(None, None, None, stats)
+    if lazy and not whole:  # a group the mask could not test: read it as before
+        full = [c for c in STORE_SCAN_COLUMNS if c in schema.names]
+        ids, pieces, whole = file_pieces(reader, expr, full, window, stats, plan)
+        lazy = False
+    # the kept rows in time order, converted once (no filtered or sorted copy)
+    table, kept = kept_rows(pieces)
+    if not defer:
+        return _FileRead(columns_from_arrow(table, underlying, rows=kept), None, None, stats)
+    if lazy:
+        cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=kept)
+        sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
+        return _FileRead(cols, ParquetDeferred(reader, ids, sizes), kept, stats)
+    rest = table.select(list(DEFERRED_VALUES))  # KeyError when a file lacks one: read per file
+    cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=kept)
+    return _FileRead(cols, rest, kept, stats)
 
 
 class _RowSink:
@@ -172,10 +220,13 @@ class _RowSink:
 
     def __init__(self, bound: int, values: tuple[str, ...]):
         self.n = 0
-        self.times = {k: np.empty(bound, dtype=np.int64) for k in ("as_of", "expiry", "quote_time")}
-        self.code = np.empty(bound, dtype=np.int64)
-        self.is_call = np.empty(bound, dtype=bool)
-        self.values = {k: np.empty(bound, dtype=np.float64) for k in values}
+        times = ("as_of", "expiry", "quote_time")
+        layout = [(k, np.int64) for k in (*times, "code")] + [(k, np.float64) for k in values]
+        columns = _one_block(bound, [*layout, ("is_call", np.bool_)])
+        self.times = {k: columns[k] for k in times}
+        self.code = columns["code"]
+        self.is_call = columns["is_call"]
+        self.values = {k: columns[k] for k in values}
 
     def add(self, cols: ChainColumns) -> None:
         """Append the rows of `cols` (codes already shared, the same value columns)."""
@@ -201,6 +252,22 @@ class _RowSink:
             is_call=self.is_call[:n],
             values={k: v[:n] for k, v in self.values.items()},
         )
+
+
+def _one_block(rows: int, layout: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
+    """Empty columns of `rows` rows (name, dtype) carved from one allocation.
+
+    A year's sink is ~15 MB written once: as one block, numpy asks the kernel for huge pages
+    (it does for allocations of 4 MiB and more), so a fresh process takes a few faults to
+    first touch it rather than one per 4 KiB page (docs/performance.md, store9).
+    """
+    sizes = [-(-rows * np.dtype(dtype).itemsize // 64) * 64 for _, dtype in layout]  # 64-aligned
+    block = np.empty(sum(sizes), dtype=np.uint8)
+    out, at = {}, 0
+    for (name, dtype), size in zip(layout, sizes, strict=True):
+        out[name] = block[at : at + rows * np.dtype(dtype).itemsize].view(dtype)
+        at += size
+    return out
 
 
 @dataclass
@@ -301,8 +368,11 @@ def with_row_ids(
     return replace(cols, values=values)
 
 
-def take_deferred(cols: ChainColumns, deferred: list[DeferredValues]) -> ChainColumns:
-    """`cols` with the deferred value columns filled in for its rows (by `ROW_ID`)."""
+def take_deferred(
+    cols: ChainColumns, deferred: list[DeferredValues], threads: int = 1
+) -> ChainColumns:
+    """`cols` with the deferred value columns filled in for its rows (by `ROW_ID`); up to
+    `threads` files decode theirs at once (each fills its own rows)."""
     if ROW_ID not in cols.values:
         return cols  # no rows: the empty columns already hold every value column
     values = {c: v for c, v in cols.values.items() if c != ROW_ID}
@@ -312,18 +382,26 @@ def take_deferred(cols: ChainColumns, deferred: list[DeferredValues]) -> ChainCo
     order = np.argsort(which, kind="stable")
     bounds = np.searchsorted(which[order], np.arange(len(deferred) + 1))
     out = {name: np.empty(len(ids), dtype=np.float64) for name in DEFERRED_VALUES}
-    for k, source in enumerate(deferred):
-        a, b = bounds[k], bounds[k + 1]
-        if a == b:
-            continue
-        at = order[a:b]
+    # (source, its rows in `cols`) for every source holding kept rows
+    jobs = [
+        (deferred[k], order[bounds[k] : bounds[k + 1]], starts[k])
+        for k in range(len(deferred))
+        if bounds[k + 1] > bounds[k]
+    ]
+
+    def fill(job: tuple[DeferredValues, np.ndarray, int]) -> None:
+        source, at, start = job
         got = (
-            source.values(ids[at] - starts[k])
+            source.values(ids[at] - start)
             if isinstance(source, ParquetDeferred)
-            else _table_values(source, ids[at] - starts[k])
+            else _table_values(source, ids[at] - start)
         )
         for name in DEFERRED_VALUES:
             out[name][at] = got[name]
+
+    with file_pool(threads, len(jobs)) as pool:
+        for _ in pool.map(fill, jobs):
+            pass
     values.update(out)
     return replace(cols, values={c: values[c] for c in VALUE_COLUMNS})
 
@@ -634,6 +712,9 @@ def _row_mask(table: pa.Table, window: ScanWindow | None) -> np.ndarray | None:
     if window.max_dte is not None:
         keep &= (expiry - as_of) <= int(window.max_dte * 86_400e9)
     if window.kinds != {"call", "put"}:
-        kind = pc.is_in(table.column("kind"), value_set=pa.array(sorted(window.kinds)))
-        keep &= kind.to_numpy(zero_copy_only=False).astype(bool)
+        kind = kind_mask(table.column("kind"), window.kinds)
+        if kind is None:
+            test = pc.is_in(table.column("kind"), value_set=pa.array(sorted(window.kinds)))
+            kind = test.to_numpy(zero_copy_only=False).astype(bool)
+        keep &= kind
     return keep

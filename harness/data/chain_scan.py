@@ -8,7 +8,7 @@ names to integer codes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
@@ -213,6 +213,23 @@ def float_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False)
 
 
+def kind_mask(kind: pa.ChunkedArray, kinds: Collection[str]) -> np.ndarray | None:
+    """Per row, whether a dictionary-encoded `kind` column without nulls holds one of `kinds`,
+    tested once per dictionary entry (a few) rather than per row; None for any other column
+    (the caller then tests it row by row)."""
+    if not pa.types.is_dictionary(kind.type) or kind.null_count:
+        return None
+    parts = []
+    for chunk in kind.chunks:
+        entries = chunk.dictionary
+        if entries.null_count:
+            return None
+        value_set = pa.array(sorted(kinds), type=entries.type)
+        hit = pc.is_in(entries, value_set=value_set).to_numpy(zero_copy_only=False)
+        parts.append(hit[chunk.indices.to_numpy()])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
 def columns_from_arrow(
     table: pa.Table,
     underlying: str,
@@ -250,8 +267,11 @@ def columns_from_arrow(
         code = encoded.indices.to_numpy()
         dictionary = encoded.dictionary
     kind = table.column("kind")
-    if pa.types.is_dictionary(kind.type):
-        kind = kind.cast(pa.string())
+    is_call = kind_mask(kind, ("call",))
+    if is_call is None:
+        if pa.types.is_dictionary(kind.type):
+            kind = kind.cast(pa.string())
+        is_call = pc.equal(kind, "call").to_numpy(zero_copy_only=False)
     quote = table.column("quote_time") if "quote_time" in table.column_names else None
     as_of = pick(_int_ns(table.column("as_of")))
     return ChainColumns(
@@ -261,7 +281,7 @@ def columns_from_arrow(
         quote_time=as_of if quote is None else pick(_int_ns(quote)),
         code=code.astype(np.int64),
         names=np.asarray(dictionary.to_pylist(), dtype=object),
-        is_call=pick(pc.equal(kind, "call").to_numpy(zero_copy_only=False)),
+        is_call=pick(is_call),
         values={c: pick(float_values(table.column(c))) for c in values},
     )
 

@@ -28,7 +28,7 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,18 +68,23 @@ from harness.data.chain_scan import (
     columns_to_frame,
     concat_columns,
     empty_columns,
+    float_values,
     scan_filter,
 )
 from harness.data.chain_select import ChainSelection, atm_needs_lower, store_selection_mask
 from harness.data.errors import DataError
 from harness.data.low_tiers import (
     TIER_BELOW,
+    LowRead,
     SecondPass,
     as_of_spans,
+    band_only,
+    decode_low_groups,
+    finish_low,
     first_of_each,
     grown,
     in_windows,
-    read_low_groups,
+    rows_in_windows,
     tier_floor,
     windows_of,
 )
@@ -91,6 +96,7 @@ from harness.data.point_in_time import (
     underlying_of,
     utc_times,
 )
+from harness.data.scan_threads import file_pool, scan_threads
 from harness.data.source import (
     OHLC_COLUMNS,
     empty_chain_frame,
@@ -296,6 +302,44 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame
         return pq.read_table(path, columns=cols).to_pandas()
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise DataError(f"cannot read store file: {exc}", source=path) from exc
+
+
+def read_spot(path: Path) -> pd.DataFrame:
+    """A stored spot file as `normalize_ohlc(read_table(path))` gives it.
+
+    A Parquet file already in that form (what `merge_spot` writes: a UTC ns `timestamp`
+    strictly increasing, float64 OHLC columns) becomes the frame straight from its columns,
+    without pandas' conversion, re-parsing, duplicate test and sort (4-6 ms instead of 9-15 ms
+    in a fresh process, docs/performance.md store9); any other file takes the general path.
+    """
+    if path.suffix == ".parquet":
+        try:
+            # one row group of ~10k bars: Arrow's thread pools cost more than they save
+            table = pq.ParquetFile(path, memory_map=True).read(use_threads=False)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise DataError(f"cannot read store file: {exc}", source=path) from exc
+        frame = _ohlc_frame(table)
+        if frame is not None:
+            return frame
+    return normalize_ohlc(read_table(path))
+
+
+def _ohlc_frame(table: pa.Table) -> pd.DataFrame | None:
+    """`normalize_ohlc` of a spot table already in normal form, or None when it is not."""
+    names = table.column_names
+    if "timestamp" not in names or not all(c in names for c in OHLC_COLUMNS):
+        return None
+    stamp = table.column("timestamp")
+    if stamp.type != pa.timestamp("ns", tz="UTC") or stamp.null_count:
+        return None
+    if any(table.column(c).type != pa.float64() for c in OHLC_COLUMNS):
+        return None
+    ns = stamp.cast(pa.int64()).to_numpy()
+    if len(ns) > 1 and not (np.diff(ns) > 0).all():
+        return None  # unsorted or repeated bars: normalize_ohlc sorts and keeps the last
+    index = pd.DatetimeIndex(ns.view("M8[ns]"), name="timestamp").tz_localize("UTC")
+    data = {c: float_values(table.column(c)) for c in OHLC_COLUMNS}
+    return pd.DataFrame(data, index=index, columns=list(OHLC_COLUMNS))
 
 
 def _existing(path: Path) -> Path | None:
@@ -576,7 +620,8 @@ class FileDataSource(ChainTableSource):
     A bulk `chain_frame` reads its whole period in one columnar pass, `block_days` days of
     partitions per pyarrow scan (see docs/data.md for the memory bound); with `max_dte` it also
     keeps the marks of those options until they expire, so the simulator's mark paths and
-    labels never read a file again.
+    labels never read a file again. `threads` (default $HARNESS_SCAN_THREADS or 1) is how many
+    partition files a scan decodes at once; the values are the same for any count.
     """
 
     def __init__(
@@ -585,6 +630,7 @@ class FileDataSource(ChainTableSource):
         *,
         max_staleness: str | pd.Timedelta | None = None,
         block_days: int = 366,
+        threads: int | None = None,
     ):
         self.root = Path(path)
         if not self.root.is_dir():
@@ -595,6 +641,8 @@ class FileDataSource(ChainTableSource):
             raise ValueError(f"block_days must be at least 1, got {block_days}")
         self._max_staleness = None if max_staleness is None else pd.Timedelta(max_staleness)
         self.block_days = block_days
+        # files a scan decodes at once (`scan_threads`: default 1, opt-in; same values)
+        self.threads = scan_threads(threads)
         self._settlements: dict[str, dict[int, float]] = {}  # ns -> USD
         self._spot: dict[Path, pd.DataFrame] = {}
         self._mark_periods: dict[str, MarkPeriod] = {}
@@ -653,7 +701,7 @@ class FileDataSource(ChainTableSource):
 
     def _spot_file(self, path: Path) -> pd.DataFrame:
         if path not in self._spot:
-            self._spot[path] = normalize_ohlc(read_table(path))
+            self._spot[path] = read_spot(path)
         return self._spot[path]
 
     def get_spot_ohlc(
@@ -861,7 +909,7 @@ class FileDataSource(ChainTableSource):
         if len(out) > 1 and (np.diff(out.as_of) < 0).any():
             # decisions answered by the second pass come after the others: back in time order
             out = out.take(np.argsort(out.as_of, kind="stable"))
-        return out if deferred is None else take_deferred(out, deferred)
+        return out if deferred is None else take_deferred(out, deferred, self.threads)
 
     def _second_pass(
         self,
@@ -946,7 +994,7 @@ class FileDataSource(ChainTableSource):
         if len(need_ns):
             # only the rows inside the decisions' windows: a query reads nothing else, and
             # an instrument's next row outside them lies after its window either way
-            parts = [p.take(np.flatnonzero(in_windows(p.as_of, win))) for p in (rows, *narrow)]
+            parts = [p.take(rows_in_windows(p.as_of, win)) for p in (rows, *narrow)]
             merged = concat_columns(parts, codes.names(), u)
             # rows of the far tiers are missing unless read whole-width: a decision whose
             # ATM pick they could change reads them in a third pass (`again`)
@@ -990,7 +1038,7 @@ class FileDataSource(ChainTableSource):
         tf, stale, _ = self._windows(u)
         bar = timeframe_delta(tf).value
         win = windows_of(times_ns, bar, (stale + timeframe_delta(tf)).value)
-        part = rows.take(np.flatnonzero(in_windows(rows.as_of, win)))
+        part = rows.take(rows_in_windows(rows.as_of, win))
         extra = summary_rows_at(summaries, times_ns - np.mod(times_ns, bar), floor + DTE_SLACK)
         found = [part]
         if extra.num_rows:
@@ -1048,10 +1096,8 @@ class FileDataSource(ChainTableSource):
         # held ~0.5M-row temporaries (fresh pages: system time in a fresh process); the rows
         # and their order are the same
         for q in range(0, len(times_ns), _QUERY_CHUNK):
-            at, which, q_ns = table.at_rows(
-                pd.to_datetime(times_ns[q : q + _QUERY_CHUNK], utc=True),
-                kinds=kinds,
-                max_dte=max_dte,
+            at, which, q_ns = table.at_rows_ns(
+                times_ns[q : q + _QUERY_CHUNK], kinds=kinds, max_dte=max_dte
             )
             if selection is not None:
                 first = selection.first_row_wanted(q_ns)
@@ -1104,9 +1150,12 @@ class FileDataSource(ChainTableSource):
             return bool(j < len(hi) and lo[j] < span[1])
 
         names = codes.names()
-        hot_names = pa.array(names[np.flatnonzero(held)].tolist(), type=pa.string())
-        full: list[ChainColumns] = []
-        marks: list[ChainColumns] = []
+        band = np.flatnonzero(held)
+        hot_names = pa.array(names[band].tolist(), type=pa.string())
+        hot_codes = dict(zip(names[band].tolist(), band.tolist(), strict=True))
+        defer = deferred is not None
+        # (groups, wanted, marks only) per read, in file order: full-width reads first
+        jobs: list[tuple[LowGroups, Callable[[np.ndarray, np.ndarray], np.ndarray], bool]] = []
         for g in low:
             spans = as_of_spans(g.reader)
             far: set[int] = set()
@@ -1119,30 +1168,23 @@ class FileDataSource(ChainTableSource):
                 for i in part:
                     (split if touched(i, spans[i], far) else rest)[k].append(i)
             if split[0] or split[1]:
-                full.append(
-                    read_low_groups(
-                        replace(g, plan=split),
-                        u,
-                        deferred,
-                        self.scan_stats,
-                        codes,
-                        hot_names,
-                        wanted,
-                    )
-                )
+                jobs.append((replace(g, plan=split), wanted, False))
             if hot and (rest[0] or rest[1]):
-                marks.append(
-                    read_low_groups(
-                        replace(g, plan=rest),
-                        u,
-                        deferred,
-                        self.scan_stats,
-                        codes,
-                        hot_names,
-                        lambda as_of, is_hot: is_hot,  # band marks only
-                        marks_only=True,
-                    )
-                )
+                jobs.append((replace(g, plan=rest), band_only, True))
+
+        def decode(job: tuple[LowGroups, Any, bool]) -> LowRead:
+            group, keep, marks_only = job
+            return decode_low_groups(
+                group, u, defer, hot_names, hot_codes, keep, marks_only=marks_only
+            )
+
+        full: list[ChainColumns] = []
+        marks: list[ChainColumns] = []
+        # files decoded at once; merged into codes and deferred values in file order
+        with file_pool(self.threads, len(jobs)) as pool:
+            for (_, _, marks_only), got in zip(jobs, pool.map(decode, jobs), strict=True):
+                part = finish_low(got, self.scan_stats, codes, deferred)
+                (marks if marks_only else full).append(part)
         names = codes.names()
         return concat_columns(full, names, u), concat_columns(marks, names, u)
 
@@ -1454,6 +1496,7 @@ class FileDataSource(ChainTableSource):
                         floor=floor if low is not None else None,
                         low=low,
                         opened=opened,
+                        threads=self.threads,
                     )
                 )
             except (pa.ArrowException, OSError, TypeError, KeyError):

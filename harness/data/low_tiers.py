@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,6 @@ from harness.data.chain_parquet import (
     as_of_unit,
     column_stats,
     file_pieces,
-    selection_columns,
     with_row_ids,
 )
 from harness.data.chain_scan import (
@@ -92,6 +91,21 @@ def in_windows(t_ns: np.ndarray, windows: tuple[np.ndarray, np.ndarray]) -> np.n
     return (lo[i] < t_ns) & (t_ns <= hi[i])
 
 
+def rows_in_windows(t_ns: np.ndarray, windows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """`np.flatnonzero(in_windows(t_ns, windows))`; for times sorted ascending (a scan's rows),
+    two binary searches per window instead of one per row."""
+    if len(t_ns) > 1 and (t_ns[1:] < t_ns[:-1]).any():
+        return np.flatnonzero(in_windows(t_ns, windows))
+    lo, hi = windows
+    # the windows are merged and sorted: their row ranges are disjoint and in order
+    start = np.searchsorted(t_ns, lo, side="right")
+    stop = np.searchsorted(t_ns, hi, side="right")
+    size = np.maximum(stop - start, 0)
+    if not size.any():
+        return np.empty(0, dtype=np.int64)
+    return np.arange(int(size.sum())) + np.repeat(start - np.r_[0, np.cumsum(size)[:-1]], size)
+
+
 def first_of_each(cols: ChainColumns) -> ChainColumns:
     """`cols` without repeats of an (instrument, as_of) row (the first copy stays)."""
     if len(cols) < 2:
@@ -124,6 +138,24 @@ def as_of_spans(reader: pq.ParquetFile) -> list[tuple[int, int] | None]:
     ]
 
 
+def band_only(as_of: np.ndarray, is_hot: np.ndarray) -> np.ndarray:
+    """The `wanted` of a band-marks read: the band's rows, at any time."""
+    return is_hot
+
+
+@dataclass
+class LowRead:
+    """Rows `decode_low_groups` kept from one file's left-out groups, not yet merged into the
+    scan: `cols` coded into their own names (`coded`: already into the scan's codes), and,
+    when values are deferred, `rest` with the rows' positions `rows` in it."""
+
+    cols: ChainColumns
+    rest: DeferredValues | None = None
+    rows: np.ndarray | None = None
+    coded: bool = False
+    stats: Counter[str] = field(default_factory=Counter)
+
+
 def read_low_groups(
     low: LowGroups,
     underlying: str,
@@ -138,13 +170,43 @@ def read_low_groups(
     """The rows of left-out groups that `wanted(as_of, is_hot)` keeps (`is_hot`: the row's
     name is in `hot_names`), converted as `read_chain_files` converts (codes into `codes`);
     with `marks_only`, only the columns of a mark row are read and converted."""
+    hot_codes = {n: codes.index[n] for n in hot_names.to_pylist()}
+    got = decode_low_groups(
+        low, underlying, deferred is not None, hot_names, hot_codes, wanted, marks_only=marks_only
+    )
+    return finish_low(got, stats, codes, deferred)
+
+
+def finish_low(
+    got: LowRead, stats: Counter[str], codes: Codes, deferred: list[DeferredValues] | None
+) -> ChainColumns:
+    """A `decode_low_groups` result merged into the scan: counters, deferred values, codes
+    (called in file order, so positions and codes do not depend on the thread count)."""
+    stats.update(got.stats)
+    part = got.cols
+    if got.rest is not None:
+        part = with_row_ids(part, got.rest, deferred, got.rows)  # type: ignore[arg-type]
+    if got.coded:
+        return replace(part, names=codes.names())  # band codes: already the scan's
+    return codes.remap(part)
+
+
+def decode_low_groups(
+    low: LowGroups,
+    underlying: str,
+    defer: bool,
+    hot_names: pa.Array,
+    hot_codes: dict[str, int],
+    wanted: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    marks_only: bool = False,
+) -> LowRead:
+    """The part of `read_low_groups` that touches nothing shared (files can be read at once):
+    `hot_codes` maps every name of `hot_names` to its code in the scan; `defer` says whether
+    the scan defers value columns."""
     reader = low.reader
     schema = reader.schema_arrow
-    lazy = (
-        deferred is not None
-        and low.window.exact
-        and all(c in schema.names for c in DEFERRED_VALUES)
-    )
+    lazy = defer and low.window.exact and all(c in schema.names for c in DEFERRED_VALUES)
     narrow = [c for c in STORE_SCAN_COLUMNS if c not in DEFERRED_VALUES]
     every = [c for c in STORE_SCAN_COLUMNS if c in schema.names]
     read = [c for c in narrow if c in schema.names] if lazy else every
@@ -156,17 +218,19 @@ def read_low_groups(
     if pieces and lazy and not whole:  # a group the mask could not test: read it whole-width
         ids, pieces, whole = file_pieces(reader, low.expr, every, low.window, local, low.plan)
         lazy = False
+    stats: Counter[str] = Counter()
     stats["low_row_groups_read"] += local["row_groups_read"]
     stats["low_rows_decoded"] += local["rows_decoded"]
     if not pieces:
-        return empty_columns(underlying)
+        return LowRead(empty_columns(underlying), stats=stats)
     # the rows the window keeps, in file order; only the few this pass wants are sorted
     # by as_of (the order `kept_rows` gives), and not at all for the mark table
     table = pa.concat_tables([piece for piece, _ in pieces])
     names = table.column("instrument_name")
     if marks_only and pa.types.is_dictionary(names.type) and all(k is None for _, k in pieces):
         # band marks of groups the window keeps whole (the usual case)
-        return _band_marks(table, hot_names, underlying, codes, stats)
+        cols = _band_marks(table, hot_names, underlying, hot_codes, stats)
+        return LowRead(cols, coded=True, stats=stats)
     starts = np.cumsum([0] + [piece.num_rows for piece, _ in pieces])
     kept = np.concatenate(
         [
@@ -185,32 +249,35 @@ def read_low_groups(
     rows = kept[wanted(as_of[kept], np.asarray(is_hot, dtype=bool))]
     stats["low_rows_kept"] += len(rows)
     if len(rows) == 0:
-        return empty_columns(underlying)
+        return LowRead(empty_columns(underlying), stats=stats)
     if not marks_only:
         rows = rows[np.argsort(as_of[rows], kind="stable")]
     # a few % of the decoded rows: Arrow gathers them first, so only they are converted
     small = table.take(pa.array(rows)) if len(rows) * 4 < table.num_rows else None
     if marks_only:
-        part = _convert(table, small, rows, underlying, ("mark_price",))
-    elif deferred is None:
-        part = _convert(table, small, rows, underlying, VALUE_COLUMNS)
-    elif lazy:
+        return LowRead(_convert(table, small, rows, underlying, ("mark_price",)), stats=stats)
+    if not defer:
+        return LowRead(_convert(table, small, rows, underlying, VALUE_COLUMNS), stats=stats)
+    if lazy:
         cols = _convert(table, small, rows, underlying, SELECTION_VALUES)
         sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
-        part = with_row_ids(cols, ParquetDeferred(reader, ids, sizes), deferred, rows)
-    else:
-        part = selection_columns(table, underlying, deferred, rows)
-    return codes.remap(part)
+        return LowRead(cols, ParquetDeferred(reader, ids, sizes), rows, stats=stats)
+    rest = table.select(list(DEFERRED_VALUES))
+    cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=rows)
+    return LowRead(cols, rest, rows, stats=stats)
 
 
 def _band_marks(
-    table: pa.Table, hot_names: pa.Array, underlying: str, codes: Codes, stats: Counter[str]
+    table: pa.Table,
+    hot_names: pa.Array,
+    underlying: str,
+    hot_codes: dict[str, int],
+    stats: Counter[str],
 ) -> ChainColumns:
     """The rows of `table` (every row kept by the scan window; dictionary-encoded names) whose
-    name is in `hot_names`, in file order, as mark columns coded into `codes` (which holds every
-    band name), with no Arrow gather and no per-part name table: what
+    name is in `hot_names`, in file order, as mark columns coded by `hot_codes` (the scan's
+    codes of the band names), with no Arrow gather and no per-part name table: what
     `read_low_groups(marks_only=True)` gives, with less work."""
-    known = codes.index
     parts: list[np.ndarray] = []
     row_codes: list[np.ndarray] = []
     at = 0
@@ -222,7 +289,7 @@ def _band_marks(
         if len(local):
             code_of = np.full(len(hot_entry), -1, dtype=np.int64)
             hot = np.flatnonzero(hot_entry)
-            code_of[hot] = [known[n] for n in chunk.dictionary.take(pa.array(hot)).to_pylist()]
+            code_of[hot] = [hot_codes[n] for n in chunk.dictionary.take(pa.array(hot)).to_pylist()]
             parts.append(at + local)
             row_codes.append(code_of[entries[local]])
         at += len(chunk)
@@ -238,7 +305,7 @@ def _band_marks(
         expiry=times_ns(table.column("expiry"))[rows],
         quote_time=as_of if quote is None else times_ns(quote)[rows],
         code=np.concatenate(row_codes),
-        names=codes.names(),
+        names=np.empty(0, dtype=object),  # `finish_low` gives the scan's names
         is_call=_is_call(table.column("kind"), rows),
         values={"mark_price": float_values(table.column("mark_price"))[rows]},
     )

@@ -14,10 +14,14 @@ from hypothesis import strategies as st
 from harness.data import DeribitDataSource, FileDataSource, TardisDataSource  # noqa: F401
 from harness.data.errors import DataError
 from harness.data.files import (
+    _ohlc_frame,
     chain_partition_path,
     merge_chain,
     merge_settlements,
     merge_spot,
+    normalize_ohlc,
+    read_spot,
+    read_table,
     spot_path,
     update_meta,
     write_table_atomic,
@@ -271,6 +275,52 @@ def test_store_errors_name_the_file(tmp_path: Path, store: Path) -> None:
     with pytest.raises(DataError, match="cannot read store file") as err:
         FileDataSource(store).list_option_chain("BTC", T0)
     assert str(broken) in str(err.value)
+
+
+def _spot_bars(n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    close = 60_000 + rng.normal(0, 50, n).cumsum()
+    return pd.DataFrame(
+        {
+            "timestamp": pd.date_range(T0, periods=n, freq="1h"),
+            "open": close + 1,
+            "high": close + 9,
+            "low": close - 9,
+            "close": close,
+            "volume": rng.uniform(0, 5, n),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "case", ["merged", "unsorted", "repeated", "naive_ms", "int_volume", "missing", "nulls", "csv"]
+)
+def test_read_spot_is_normalize_ohlc_of_the_file(tmp_path: Path, case: str) -> None:
+    # the direct path (files in normal form) and the general one give the same frame
+    bars = _spot_bars(50)
+    path = tmp_path / ("1h.csv" if case == "csv" else "1h.parquet")
+    if case == "nulls":
+        bars.loc[[2, 7], "high"] = np.nan
+    if case in ("merged", "nulls"):
+        merge_spot(tmp_path, "BTC", "1h", bars)
+        path = spot_path(tmp_path, "BTC", "1h")
+    elif case == "unsorted":
+        bars = bars.iloc[::-1]
+    elif case == "repeated":
+        bars = pd.concat([bars, bars.iloc[[3]].assign(close=1.0)], ignore_index=True)
+    elif case == "naive_ms":
+        bars["timestamp"] = bars["timestamp"].dt.tz_localize(None).dt.as_unit("ms")
+    elif case == "int_volume":
+        bars["volume"] = np.arange(len(bars))
+    elif case == "missing":
+        bars = bars.drop(columns="volume")
+    if case not in ("merged", "nulls"):
+        write_table_atomic(bars.reset_index(drop=True), path)
+    got = read_spot(path)
+    pd.testing.assert_frame_equal(got, normalize_ohlc(read_table(path)))
+    if case in ("merged", "nulls"):  # what merge_spot writes takes the direct path
+        assert _ohlc_frame(pq.read_table(path)) is not None
+    assert got.index.is_monotonic_increasing and got.index.is_unique
 
 
 def test_data_error_formats() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -31,6 +32,7 @@ from harness.data.chain_scan import (
     ChainColumns,
     columns_from_arrow,
     columns_to_frame,
+    kind_mask,
     scan_filter,
 )
 from harness.data.chain_select import ChainSelection
@@ -165,3 +167,22 @@ def test_deferred_columns_wait_in_the_file_until_rows_are_kept(store: Path) -> N
     np.testing.assert_array_equal(part.as_of, np.sort(part.as_of))
     pick = np.sort(np.random.default_rng(5).choice(len(part), size=80, replace=False))
     _same_columns(take_deferred(part.take(pick), deferred), full.take(pick))
+
+
+def test_kind_mask_matches_a_row_by_row_test() -> None:
+    # dictionary chunks, sliced (offsets), different dictionaries per chunk; other columns: None
+    kinds = ["call", "put", "put", "call", "call", "put", "call"]
+    first = pa.array(kinds).dictionary_encode()
+    second = pa.DictionaryArray.from_arrays(
+        pa.array([1, 0, 0, 1], pa.int32()), pa.array(["put", "call"])
+    )
+    column = pa.chunked_array([first.slice(2, 4), second.slice(1), first[:0]])
+    plain = column.cast(pa.string())
+    for want in (("call",), ("put",), ("call", "put"), ("future",)):
+        rows = pc.is_in(plain, value_set=pa.array(sorted(want))).to_numpy(zero_copy_only=False)
+        np.testing.assert_array_equal(kind_mask(column, want), rows)
+    assert kind_mask(plain, ("call",)) is None
+    with_null = pa.chunked_array([pa.array(["call", None]).dictionary_encode()])
+    assert kind_mask(with_null, ("call",)) is None
+    table = pa.table({"kind": column})
+    assert kind_mask(table.column("kind"), ("call",)).dtype == np.bool_

@@ -20,6 +20,7 @@ from harness.data.chain_scan import ChainColumns
 from harness.data.chain_select import ChainSelection, atm_needs_lower
 from harness.data.files import write_chain_atomic
 from harness.data.importers import import_synthetic
+from harness.data.low_tiers import in_windows, rows_in_windows, windows_of
 from harness.data.store_schema import DTE_COLUMN
 from tests.store_replay_fixtures import band_marks, selected_rows
 
@@ -150,3 +151,24 @@ def test_atm_needs_lower_at_its_edges() -> None:
     assert need.tolist() == [False, True, True, True, True]
     # an ATM target at or under the floor always needs the left-out tiers
     assert atm_needs_lower(cols, np.arange(len(days)), which, t_ns, 4.0, 4.0).all()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    queries=st.lists(st.integers(0, 200), min_size=0, max_size=30),
+    times=st.lists(st.integers(-20, 240), min_size=0, max_size=80),
+    back=st.integers(1, 40),
+    shuffled=st.booleans(),
+)
+def test_rows_in_windows_is_the_row_by_row_test(
+    queries: list[int], times: list[int], back: int, shuffled: bool
+) -> None:
+    # merged point-in-time windows of 10-unit bars; sorted times (a scan's rows) take the
+    # binary-search path, unsorted ones the row-by-row test
+    win = windows_of(np.array(queries, dtype=np.int64), 10, back)
+    t = np.sort(np.array(times, dtype=np.int64))
+    if shuffled:
+        t = t[::-1]
+    got = rows_in_windows(t, win)
+    np.testing.assert_array_equal(got, np.flatnonzero(in_windows(t, win)))
+    assert got.dtype == np.int64
