@@ -41,9 +41,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.backend == "ray":
         from harness.experiments.ray_cluster import start_ray
 
-        # the driver imports the sweep while Ray starts; then Ray's workers import a trial's
-        # modules while the driver builds the market
-        start_ray(args.address, args.workers, driver_imports=("harness.experiments.sweep",))
+        start_ray(args.address, args.workers)  # Ray's workers import while the driver does
     from harness.experiments.sweep import run_sweep
 
     summary = run_sweep(

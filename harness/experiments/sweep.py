@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ from rich.console import Console
 from harness import strict_json
 from harness.data.source import MarketDataSource
 from harness.experiments.config import ExperimentConfig, parse_config
-from harness.experiments.ray_cluster import init_ray, stop_ray
+from harness.experiments.ray_cluster import init_ray
 from harness.experiments.runner import create_run_dir, run_config_text
 from harness.experiments.sweep_backends import (
     DRIVER,
@@ -153,7 +152,6 @@ class SweepRunner:
         self.state = self._load_state()
         self.llm_prefetch: dict[str, Any] | None = None
         self._boards: dict[int, TrialBoard] = {}  # leaderboard entries the workers sent back
-        self._ray_stopping: threading.Thread | None = None  # Ray shutting down behind the outputs
 
     def _load_state(self) -> dict[str, dict[str, Any]]:
         p = self.dir / SWEEP_JSON
@@ -181,14 +179,6 @@ class SweepRunner:
 
     def run(self) -> SweepSummary:
         """Run every unfinished trial, then write sweep.json, leaderboard and report."""
-        try:
-            return self._run()
-        finally:
-            if self._ray_stopping is not None:
-                self._ray_stopping.join()
-                self._ray_stopping = None
-
-    def _run(self) -> SweepSummary:
         t0 = time.perf_counter()
         trials = self.sweep.trials
         dirs: dict[int, Path] = {}
@@ -281,8 +271,9 @@ class SweepRunner:
                     yield outcome
             finally:
                 if started:
-                    # its processes take about 1.4 s to exit: overlapped with the outputs
-                    self._ray_stopping = stop_ray()
+                    import ray
+
+                    ray.shutdown()
         elif self.workers > 1 and len(spread) > 1:
             yield from taken(run_local(spread, self.workers, markets))
         else:

@@ -23,8 +23,4 @@ def ray_session() -> Iterator[None]:
     try:
         yield
     finally:
-        # the sweep's own way of stopping a Ray it started (on a thread, joined)
-        from harness.experiments.ray_cluster import stop_ray
-
-        stop_ray().join()
-        assert not ray.is_initialized(), "stop_ray left Ray running"
+        ray.shutdown()
