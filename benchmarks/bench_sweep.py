@@ -7,7 +7,13 @@ start-up included like the `harness run` processes it is compared with; the same
 backend (including starting a loopback Ray); and `--sequential` real `harness run` processes of trial configs
 spread over the grid (their mean times the trial count is the sequential figure; with
 `--sequential` equal to the trial count nothing is extrapolated), with the ratios.
-Run: .venv/bin/python benchmarks/bench_sweep.py [--trials 100] [--workers 2] [--sequential 10]
+
+The host's speed drifts by tens of percent within minutes, so one measurement of each can
+land in different phases. `--rounds R` repeats the three measurements R times in turn
+(sequential processes, local sweep, Ray sweep), prints each round's ratios, and judges the
+goals on their medians, saying in how many rounds each was met.
+Run: .venv/bin/python benchmarks/bench_sweep.py [--trials 100] [--workers 2] [--sequential 5]
+     [--rounds 3]
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,45 +123,81 @@ def _sequential(path: Path, out: Path, n: int) -> tuple[float, float]:
     return sum(times) / n, sum(cpus) / n
 
 
+def _round(
+    args: argparse.Namespace, path: Path, root: Path, n: int
+) -> tuple[float | None, float | None, float | None, float]:
+    """One round, printed: (sequential wall s per run, its cpu s per run, Ray sweep wall s,
+    local sweep wall s); None for what was skipped."""
+    per_run = per_cpu = None
+    if not args.skip_sequential:
+        per_run, per_cpu = _sequential(path, root / "seq", args.sequential)
+        print(
+            f"sequential harness run ({args.sequential} real processes): {per_run:.1f}s wall, "
+            f"{per_cpu:.1f}s cpu per run; x {n} trials = {per_run * n:.0f}s wall"
+        )
+    if args.sequential_only:
+        return per_run, per_cpu, None, float("nan")
+    local, local_cpu = _timed_sweep(path, root / "local", "local", args.workers)
+    print(f"local backend: {local:.1f}s total, {local / n:.2f}s wall per trial")
+    ray_s = None
+    if not args.skip_ray:
+        ray_s, _ = _timed_sweep(path, root / "ray", "ray", args.workers)
+        print(f"ray backend: {ray_s:.1f}s total (incl. Ray start), {ray_s / local:.2f}x local")
+    if per_run is not None and per_cpu is not None:
+        seq = per_run * n
+        print(
+            f"speed-up vs {n} sequential harness run: {seq / local:.1f}x wall (local), "
+            f"{per_cpu * n / local_cpu:.1f}x cpu (local)"
+            + (f", {seq / ray_s:.1f}x wall (ray)" if ray_s else "")
+        )
+    return per_run, per_cpu, ray_s, local
+
+
+def _judge(name: str, values: list[float], goal: str, ok: list[bool]) -> str:
+    shown = ", ".join(f"{v:.2f}x" for v in values)
+    return (
+        f"  {name}: median {statistics.median(values):.2f}x over {len(values)} round(s) "
+        f"({shown}); goal {goal}: met in {sum(ok)} of {len(ok)}"
+    )
+
+
 def main() -> None:
     """Run the benchmark and print its figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--sequential", type=int, default=10, help="harness run processes to time")
+    ap.add_argument("--sequential", type=int, default=5, help="harness run processes to time")
+    ap.add_argument("--rounds", type=int, default=3, help="times to repeat the measurements")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-sequential", action="store_true")
     ap.add_argument("--sequential-only", action="store_true", help="time only harness run")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         root = Path(tmp)
         path = _sweep_file(root, args.trials)
         n = len(load_sweep(path).trials)
         print(f"{n} trials, {args.workers} workers, {os.cpu_count()} CPUs ({_load()})")
+        speedups: list[float] = []
+        ray_ratios: list[float] = []
+        for r in range(1, args.rounds + 1):
+            print(f"round {r} of {args.rounds}")
+            print(_host_speed())
+            for sub in ("seq", "local", "ray"):  # each round's folders start empty
+                shutil.rmtree(root / sub, ignore_errors=True)
+            per_run, _, ray_s, local = _round(args, path, root, n)
+            if per_run is not None and not args.sequential_only:
+                speedups.append(per_run * n / local)
+            if ray_s is not None:
+                ray_ratios.append(ray_s / local)
         print(_host_speed())
-        per_run = per_cpu = None
-        if not args.skip_sequential:
-            per_run, per_cpu = _sequential(path, root / "seq", args.sequential)
-            print(
-                f"sequential harness run ({args.sequential} real processes): {per_run:.1f}s wall, "
-                f"{per_cpu:.1f}s cpu per run; x {n} trials = {per_run * n:.0f}s wall"
-            )
-        if args.sequential_only:
-            return
-        local, local_cpu = _timed_sweep(path, root / "local", "local", args.workers)
-        print(f"local backend: {local:.1f}s total, {local / n:.2f}s wall per trial")
-        ray_s = None
-        if not args.skip_ray:
-            ray_s, _ = _timed_sweep(path, root / "ray", "ray", args.workers)
-            print(f"ray backend: {ray_s:.1f}s total (incl. Ray start), {ray_s / local:.2f}x local")
-        print(_host_speed())
-        if per_run is not None and per_cpu is not None:
-            seq = per_run * n
-            print(
-                f"speed-up vs {n} sequential harness run: {seq / local:.1f}x wall (local), "
-                f"{per_cpu * n / local_cpu:.1f}x cpu (local)"
-                + (f", {seq / ray_s:.1f}x wall (ray)" if ray_s else "")
-            )
+        if speedups or ray_ratios:
+            print("goals (issue 13), each round's own ratio:")
+        if speedups:
+            print(_judge("local vs sequential", speedups, ">= 20x", [x >= 20 for x in speedups]))
+        if ray_ratios:
+            print(_judge("ray vs local", ray_ratios, "<= 1.5x", [x <= 1.5 for x in ray_ratios]))
 
 
 if __name__ == "__main__":
