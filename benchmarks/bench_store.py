@@ -8,7 +8,12 @@ wall and CPU seconds (the machine is shared: CPU time is the steadier figure), c
 second, labels per candidate, peak RSS and the goals of issue 18. Then a pipeline figure:
 a generated Tardis options_chain file -> `import_tardis` -> store -> `harness run`.
 
-    .venv/bin/python benchmarks/bench_store.py [--keep DIR] [--tardis-rows 2000000] [--skip-pipeline]
+Each case runs `--rounds` store/synthetic pairs (order alternating): the two figures are
+~0.2 s each and move by ~0.05 s with the host's speed, so the goals are judged on the
+medians, with the count of rounds that met them.
+
+    .venv/bin/python benchmarks/bench_store.py [--keep DIR] [--rounds 3] [--tardis-rows 2000000]
+        [--skip-pipeline]
 """
 
 from __future__ import annotations
@@ -130,7 +135,9 @@ def write_stores(root: Path) -> dict[str, tuple[Path, float, int]]:
     return out
 
 
-def store_table(root: Path) -> None:
+def store_table(root: Path, rounds: int = 3) -> None:
+    """Each case's store and synthetic children, `rounds` times in turn (the order alternates),
+    one table row per child; the goals are judged on the medians of the rounds."""
     stores = write_stores(root)
     print("one year of BTC calls, every expiry; 1h bars, 7 DTE, 0.25 delta")
     for case, (store, took, rows) in stores.items():
@@ -143,29 +150,40 @@ def store_table(root: Path) -> None:
     )
     goals = []
     for case, (store, _, rows) in stores.items():
-        got = {kind: child(kind, case, str(store)) for kind in ("store", "synthetic")}
-        for kind, r in got.items():
-            # the year of chain rows both paths stand for, per second of load
-            per_s = rows / r["load_s"]
-            us = r["labels_s"] / max(r["candidates"], 1) * 1e6
-            us_cpu = r["labels_cpu_s"] / max(r["candidates"], 1) * 1e6
-            print(
-                f"{case:>6} {kind:>9} {r['load_s']:>7.2f} {r['load_cpu_s']:>6.2f} "
-                f"{r['labels_s']:>8.2f} {r['labels_cpu_s']:>6.2f} {per_s:>10,.0f} {us:>8.1f} {us_cpu:>6.1f} "
-                f"{r['candidates']:>6} {r['peak_mib']:>5.0f}Mi"
+        # the rounds compare warm reads: files that left the page cache first cost a disk read
+        # (2 s instead of 0.2 s for the 4h store once); that first read is timed and shown
+        t0 = time.perf_counter()
+        size = sum(len(p.read_bytes()) for p in store.rglob("*") if p.is_file())
+        print(
+            f"  {case}: store files read once first ({size / 2**20:.0f} MiB in "
+            f"{time.perf_counter() - t0:.2f} s; the rounds read a warm page cache)"
+        )
+        ratios: list[float] = []
+        ratios_cpu: list[float] = []
+        label_us: list[float] = []
+        load_s: list[float] = []
+        for r in range(rounds):
+            kinds = ("store", "synthetic") if r % 2 == 0 else ("synthetic", "store")
+            got = {kind: child(kind, case, str(store)) for kind in kinds}
+            for kind in ("store", "synthetic"):
+                _print_row(case, kind, got[kind], rows)
+            s, y = got["store"], got["synthetic"]
+            assert s["candidates"] == y["candidates"], "store and synthetic disagree on candidates"
+            assert np.isclose(s["pnl_sum"], y["pnl_sum"], rtol=0, atol=1e-6), "pnl differs"
+            ratios.append((s["load_s"] + s["labels_s"]) / (y["load_s"] + y["labels_s"]))
+            ratios_cpu.append(
+                (s["load_cpu_s"] + s["labels_cpu_s"]) / (y["load_cpu_s"] + y["labels_cpu_s"])
             )
-        s, y = got["store"], got["synthetic"]
-        assert s["candidates"] == y["candidates"], "store and synthetic disagree on candidates"
-        assert np.isclose(s["pnl_sum"], y["pnl_sum"], rtol=0, atol=1e-6), "pnl differs"
-        ratio = (s["load_s"] + s["labels_s"]) / (y["load_s"] + y["labels_s"])
-        ratio_cpu = (s["load_cpu_s"] + s["labels_cpu_s"]) / (y["load_cpu_s"] + y["labels_cpu_s"])
-        us = s["labels_s"] / s["candidates"] * 1e6
-        us_cpu = s["labels_cpu_s"] / s["candidates"] * 1e6
+            label_us.append(s["labels_s"] / s["candidates"] * 1e6)
+            load_s.append(s["load_s"])
+        ratio, us, load = (float(np.median(v)) for v in (ratios, label_us, load_s))
         print(
             f"  {case}: {s['files_read']} partitions read once, {s['row_groups_read']} of "
             f"{s['row_groups']} row groups decoded ({s['rows_decoded']:,} of {rows:,} rows), "
             f"{s['rows_scanned']:,} rows kept by the scan filter; store/synthetic "
-            f"(load + labels) = {ratio:.2f}x wall, {ratio_cpu:.2f}x cpu"
+            f"(load + labels) per round: {', '.join(f'{x:.2f}x' for x in ratios)} wall "
+            f"(cpu {', '.join(f'{x:.2f}x' for x in ratios_cpu)}); median {ratio:.2f}x, "
+            f"within 1.5x in {sum(x <= 1.5 for x in ratios)} of {rounds}"
         )
         if s["low_row_groups_read"]:
             print(
@@ -174,25 +192,32 @@ def store_table(root: Path) -> None:
                 f"tail and the windows of {s['low_decisions'] - s['summary_decisions']:,} "
                 f"decisions; {s['summary_decisions']:,} more answered by the ATM summaries)"
             )
-        goals.append((f"{case}: store load + labels within 1.5x of synthetic", ratio <= 1.5))
         goals.append(
             (
-                f"{case}: labels under 10 us per candidate ({us:.1f} us; cpu {us_cpu:.1f} us)",
-                us < 10,
+                f"{case}: store load + labels within 1.5x of synthetic (median {ratio:.2f}x; "
+                f"{sum(x <= 1.5 for x in ratios)} of {rounds} rounds)",
+                ratio <= 1.5,
             )
         )
+        goals.append((f"{case}: labels under 10 us per candidate (median {us:.1f} us)", us < 10))
         if case == "4h":
-            goals.append(
-                (
-                    f"4h: one year loaded in under 1 s ({s['load_s']:.2f} s; "
-                    f"cpu {s['load_cpu_s']:.2f} s)",
-                    s["load_s"] < 1.0,
-                )
-            )
+            goals.append((f"4h: one year loaded in under 1 s (median {load:.2f} s)", load < 1.0))
     print(f"machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("goals (issue 18):")
     for text, ok in goals:
         print(f"  [{'met' if ok else 'MISSED'}] {text}")
+
+
+def _print_row(case: str, kind: str, r: dict, rows: int) -> None:
+    # the year of chain rows both paths stand for, per second of load
+    per_s = rows / r["load_s"]
+    us = r["labels_s"] / max(r["candidates"], 1) * 1e6
+    us_cpu = r["labels_cpu_s"] / max(r["candidates"], 1) * 1e6
+    print(
+        f"{case:>6} {kind:>9} {r['load_s']:>7.2f} {r['load_cpu_s']:>6.2f} "
+        f"{r['labels_s']:>8.2f} {r['labels_cpu_s']:>6.2f} {per_s:>10,.0f} {us:>8.1f} {us_cpu:>6.1f} "
+        f"{r['candidates']:>6} {r['peak_mib']:>5.0f}Mi"
+    )
 
 
 # ---------------------------------------------------------------- Tardis -> store -> run
@@ -345,6 +370,7 @@ def main() -> None:
     parser.add_argument("--tardis-rows", type=int, default=2_000_000)
     parser.add_argument("--tardis-days", type=int, default=4)
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="store/synthetic pairs per case")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -354,7 +380,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        store_table(root)
+        store_table(root, max(1, args.rounds))
         if not args.skip_pipeline:
             pipeline(Path(tmp), args.tardis_rows, args.tardis_days)
 
