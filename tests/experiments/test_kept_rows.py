@@ -22,29 +22,12 @@ from harness.experiments.sweep_outputs import (
     _rewards_of_rows,
     trial_board,
 )
+from tests.experiments.sweep_fixtures import BASE
 
 
 def _runner(tmp: Path) -> ExperimentRunner:
-    config = parse_config(
-        {
-            "name": "kept",
-            "market": {"source": "synthetic", "seed": 3},
-            "simulation": {
-                "underlying": "BTC",
-                "start": "2024-02-01",
-                "end": "2024-03-05",
-                "timeframe": "1h",
-                "decision_interval_bars": 12,
-            },
-            "policies": [
-                {"name": "always_sell", "type": "rule", "rule": "always_sell"},
-                {"name": "iv_rich", "type": "rule", "rule": "iv_rich", "params": {"threshold": 0}},
-                {"name": "oracle", "type": "rule", "rule": "oracle"},
-            ],
-            "baseline": "always_sell",
-            "bootstrap_resamples": 100,
-        }
-    )
+    # the sweep tests' tiny three-rule config (always_sell, iv_rich, oracle)
+    config = parse_config({**BASE, "name": "kept", "bootstrap_resamples": 100})
     runner = ExperimentRunner(config, out_dir=tmp, quiet=True, html_report=False)
     runner.run()
     return runner
