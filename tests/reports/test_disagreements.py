@@ -117,7 +117,7 @@ def _decisions(draw: Any) -> pd.DataFrame:
     return decisions_frame(objs)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(_decisions())
 def test_equal_to_the_pandas_reference_on_drawn_decisions(decisions: pd.DataFrame) -> None:
     _same(decisions)
