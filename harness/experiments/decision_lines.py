@@ -167,24 +167,6 @@ class DecisionLines:
         JSON text, `own` the row's fields after "candidates" (a non-empty dict)."""
         return self._before_policy[i] + policy_text + self._after_policy[i] + own_text(own)
 
-    def plain(
-        self,
-        i: int,
-        policy: str,
-        policy_text: str,
-        name: str | None,
-        reward: float,
-        best: float,
-        best_name: str | None,
-    ) -> tuple[dict[str, Any], str]:
-        """The row object and line of a valid decision without error or LLM answer: `row(i,
-        policy, own)` and `line(i, policy_text, own)` of the own fields the runner writes for
-        it (action from the chosen `name`, regret `best - reward`), without the own dict."""
-        return (
-            self.plain_row(i, policy, name, reward, best, best_name),
-            self.plain_line(i, policy_text, name, reward, best, best_name),
-        )
-
     def plain_row(
         self,
         i: int,
@@ -194,26 +176,9 @@ class DecisionLines:
         best: float,
         best_name: str | None,
     ) -> dict[str, Any]:
-        """The row object of `plain` (a runner makes it only when something reads it)."""
-        state, _ = self.items[i]
-        return {
-            "decision_time": self.times_iso[i],
-            "policy": policy,
-            "spot": state.spot,
-            "spot_stale": state.spot_stale,
-            "state": self.states[i],
-            "candidates": self.names[i],
-            "action": "SELL_CALL" if name else "DO_NOTHING",
-            "instrument_name": name,
-            "valid": True,
-            "invalid_reason": None,
-            "error": None,
-            "reward": reward,
-            "best_reward": best,
-            "best_instrument": best_name,
-            "regret": best - reward,
-            "llm": None,
-        }
+        """The row object of a valid decision without error or LLM answer: `row` of its
+        `plain_own` fields (a runner makes it only when something reads it)."""
+        return self.row(i, policy, plain_own(name, reward, best, best_name))
 
     def plain_line(
         self,
@@ -224,11 +189,30 @@ class DecisionLines:
         best: float,
         best_name: str | None,
     ) -> str:
-        """The line of `plain`."""
+        """`line` of `plain_row`'s fields, formatted without making the fields' dict when its
+        values are plain (nearly every row of a sweep)."""
         action = "SELL_CALL" if name else "DO_NOTHING"
-        regret = best - reward
-        text = _plain_own_text(action, name, reward, best, best_name, regret)
+        text = _plain_own_text(action, name, reward, best, best_name, best - reward)
         if text is None:
-            values = (action, name, True, None, None, reward, best, best_name, regret, None)
-            text = _text(dict(zip(OWN_FIELDS, values, strict=True)))[1:]
+            text = _text(plain_own(name, reward, best, best_name))[1:]
         return self._before_policy[i] + policy_text + self._after_policy[i] + text
+
+
+def plain_own(
+    name: str | None, reward: float, best: float, best_name: str | None
+) -> dict[str, Any]:
+    """The own fields the runner writes for a valid decision without error or LLM answer:
+    action from the chosen `name`, `reward` and `best` (reward units), regret `best - reward`."""
+    values = (
+        "SELL_CALL" if name else "DO_NOTHING",
+        name,
+        True,
+        None,
+        None,
+        reward,
+        best,
+        best_name,
+        best - reward,
+        None,
+    )
+    return dict(zip(OWN_FIELDS, values, strict=True))

@@ -131,13 +131,13 @@ def _ordered_rewards(rows: list[dict[str, Any]]) -> dict[str, pd.Series] | None:
             return None  # out of order or repeated: the sorting path
         seen.append(t)
         values[policy].append(r.get("reward"))
-    out: dict[str, pd.Series] = {}
-    for policy in sorted(times):
-        reward = np.array([np.nan if v is None else v for v in values[policy]], float)
-        reward[~np.isfinite(reward)] = np.nan  # as the file's null
-        index = pd.Index(times[policy], dtype=_TIME_DTYPE, name="decision_time")
-        out[policy] = pd.Series(reward, index=index, name="reward")
-    return out
+    return {
+        policy: _reward_series(
+            pd.Index(times[policy], dtype=_TIME_DTYPE, name="decision_time"),
+            np.array([np.nan if v is None else v for v in values[policy]], float),
+        )
+        for policy in sorted(times)
+    }
 
 
 def _plain_series(times: list[str], rewards: dict[str, np.ndarray]) -> dict[str, pd.Series] | None:
@@ -145,13 +145,16 @@ def _plain_series(times: list[str], rewards: dict[str, np.ndarray]) -> dict[str,
     per decision (one row per decision and policy), or None unless the times increase."""
     if any(not a < b for a, b in pairwise(times)):
         return None
-    out: dict[str, pd.Series] = {}
-    for policy in sorted(rewards):
-        reward = np.array(rewards[policy], dtype=float)  # a copy: the runner's stays as it is
-        reward[~np.isfinite(reward)] = np.nan  # as the file's null
-        index = pd.Index(times, dtype=_TIME_DTYPE, name="decision_time")
-        out[policy] = pd.Series(reward, index=index, name="reward")
-    return out
+    index = pd.Index(times, dtype=_TIME_DTYPE, name="decision_time")  # shared: immutable
+    # a copy of each array: the runner's stays as it is
+    return {p: _reward_series(index, np.array(rewards[p], dtype=float)) for p in sorted(rewards)}
+
+
+def _reward_series(index: pd.Index, reward: np.ndarray) -> pd.Series:
+    """A policy's rewards (USD or bps, float64, modified in place) by decision time, with
+    non-finite values NaN as decisions.jsonl reads them back (strict JSON writes null)."""
+    reward[~np.isfinite(reward)] = np.nan
+    return pd.Series(reward, index=index, name="reward")
 
 
 # the dtype of `_rewards_of_rows`' text columns (pandas' default for str: "str" in pandas 3)

@@ -205,8 +205,8 @@ def test_a_plain_row_and_line_are_those_of_its_own_fields(
     best: float,
     best_name: str | None,
 ) -> None:
-    """`DecisionLines.plain` (the runner's valid rule rows) = `row` and `line` of the own
-    fields the runner builds for such a decision."""
+    """`DecisionLines.plain_row` and `plain_line` (the runner's valid rule rows) = `row` and
+    `line` of the own fields the runner builds for such a decision."""
     items, times_iso = decisions
     lines = DecisionLines(items, times_iso)
     own = {
@@ -222,7 +222,8 @@ def test_a_plain_row_and_line_are_those_of_its_own_fields(
         "llm": None,
     }
     for i in range(len(items)):
-        row, line = lines.plain(i, policy, strict_json.dumps(policy), name, reward, best, best_name)
+        row = lines.plain_row(i, policy, name, reward, best, best_name)
+        line = lines.plain_line(i, strict_json.dumps(policy), name, reward, best, best_name)
         want = lines.row(i, policy, own)
         assert list(row) == list(want)
         assert strict_json.dumps(row) == strict_json.dumps(want)
