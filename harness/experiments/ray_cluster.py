@@ -9,12 +9,19 @@ paid one after the other, after the driver's own imports.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
 from typing import Any
 
 from harness.experiments.sweep_pool import PRELOAD
 
 _started_here = False  # this process started the Ray instance it is connected to
+
+# Ray's switch for a node that is not part of a cluster ("0": its address is 127.0.0.1 and every
+# Ray server listens there). `_node_ip_address="127.0.0.1"` alone does not do it: Ray replaces a
+# loopback address with the machine's network address and its servers listen on every
+# interface. Ray reads the switch once, when it is first imported.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def init_ray(address: str | None, workers: int | None) -> bool:
@@ -26,6 +33,8 @@ def init_ray(address: str | None, workers: int | None) -> bool:
     """
     global _started_here
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not address:
+        os.environ[LOCAL_ONLY_ENV] = "0"
     import ray
 
     if ray.is_initialized():
@@ -40,7 +49,20 @@ def init_ray(address: str | None, workers: int | None) -> bool:
             _node_ip_address="127.0.0.1",
             log_to_driver=False,
         )
+        _require_loopback(ray)
     return True
+
+
+def _require_loopback(ray: Any) -> None:
+    """Shut the new local Ray down and say why when its node is not on a loopback address."""
+    address = ray.nodes()[0]["NodeManagerAddress"]
+    if not ipaddress.ip_address(address).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(
+            f"the local Ray started on {address}, not on loopback: `ray` was imported before "
+            f"harness could set {LOCAL_ONLY_ENV}=0. Set it in the environment before importing "
+            "ray, or start Ray yourself and pass --address."
+        )
 
 
 def start_ray(address: str | None, workers: int | None) -> list[Any]:

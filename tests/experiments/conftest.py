@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
+from harness.experiments.ray_cluster import init_ray
+
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """A local Ray bound to 127.0.0.1, no dashboard, no usage stats; shut down at session end."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # read at import: nothing may leave the machine
-    import ray
-
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
+    """A local Ray started as `harness sweep` starts it: 2 CPUs, bound to 127.0.0.1 only, no
+    dashboard, no usage stats (ray.init(num_cpus=2, include_dashboard=False,
+    _node_ip_address="127.0.0.1") plus Ray's local-only switch); shut down at session end."""
+    started = init_ray(None, 2)
     try:
         yield
     finally:
-        ray.shutdown()
+        if started:
+            import ray
+
+            ray.shutdown()
