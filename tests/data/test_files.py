@@ -20,6 +20,7 @@ from harness.data.files import (
     merge_settlements,
     merge_spot,
     normalize_ohlc,
+    read_settlements,
     read_spot,
     read_table,
     spot_path,
@@ -219,6 +220,38 @@ def test_settlement_from_csv_reads_expiry_and_price(store: Path, tmp_path: Path)
     src = FileDataSource(root)
     assert src.settlement_price("BTC", T0 + 8 * H) == 60_123.4
     assert src.settlement_price("BTC", T0 + 32 * H) is None
+
+
+def test_settlement_files_of_every_shape_give_the_same_prices(tmp_path: Path) -> None:
+    # the Arrow fast path (UTC timestamps) and the general path (text, naive times, CSV)
+    expiry = pd.to_datetime(
+        ["2024-03-01 08:00", "2024-03-08 08:00", "2024-03-01 08:00", "2024-03-15 08:00"], utc=True
+    )
+    frame = pd.DataFrame(
+        {"expiry": expiry, "price": [61_000.5, 62_000.25, 1.0, np.nan], "source": "deribit"}
+    )
+    want = {
+        expiry[0].value: 61_000.5,  # a repeated expiry: the first row wins
+        expiry[1].value: 62_000.25,
+        expiry[3].value: None,  # no price: NaN
+    }
+    shapes = {
+        "utc.parquet": frame,
+        "text.parquet": frame.assign(expiry=expiry.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        "naive.parquet": frame.assign(expiry=expiry.tz_localize(None)),
+        "ms.parquet": frame.assign(expiry=expiry.as_unit("ms")),
+        "hand.csv": frame,
+    }
+    for name, shaped in shapes.items():
+        path = tmp_path / name
+        if path.suffix == ".csv":
+            shaped.to_csv(path, index=False)
+        else:
+            shaped.to_parquet(path, index=False)
+        got = read_settlements(path)
+        assert {k: (None if np.isnan(v) else v) for k, v in got.items()} == want, name
+    with pytest.raises(DataError, match="cannot read store file"):
+        read_settlements(tmp_path / "missing.parquet")
 
 
 def test_merging_keeps_the_latest_quote(store: Path) -> None:
