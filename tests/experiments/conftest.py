@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
-from harness.experiments.ray_cluster import init_ray
+from harness.experiments.ray_cluster import LOCAL_ONLY_ENV, init_ray
+
+# Ray reads its local-only switch once, when it is first imported: set it before any test module
+# can import ray (`init_ray` sets it too, but only when it is the first to import Ray)
+os.environ[LOCAL_ONLY_ENV] = "0"
 
 
 @pytest.fixture(scope="session")
