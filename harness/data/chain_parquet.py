@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -27,7 +26,7 @@ from harness.data.chain_scan import (
     as_of_ns,
     columns_from_arrow,
     float_values,
-    kind_mask,
+    kind_in,
 )
 from harness.data.scan_threads import file_pool
 from harness.data.store_schema import DTE_COLUMN, DTE_SLACK, STORE_SCAN_COLUMNS
@@ -209,8 +208,7 @@ def _decode_file(
         cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=kept)
         sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
         return _FileRead(cols, ParquetDeferred(reader, ids, sizes), kept, stats)
-    rest = table.select(list(DEFERRED_VALUES))  # KeyError when a file lacks one: read per file
-    cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=kept)
+    cols, rest = selection_split(table, underlying, kept)
     return _FileRead(cols, rest, kept, stats)
 
 
@@ -329,18 +327,17 @@ class ParquetDeferred:
 DeferredValues = pa.Table | ParquetDeferred
 
 
-def selection_columns(
-    table: pa.Table, underlying: str, deferred: list[DeferredValues], rows: np.ndarray | None = None
-) -> ChainColumns:
-    """Rows `rows` of `table` (default all) as chain columns holding only `SELECTION_VALUES`
-    (+ `ROW_ID`); the rest deferred.
+def selection_split(
+    table: pa.Table, underlying: str, rows: np.ndarray | None = None
+) -> tuple[ChainColumns, pa.Table]:
+    """Rows `rows` of `table` (default all) as chain columns holding only `SELECTION_VALUES`,
+    and the table's deferred value columns (for `with_row_ids`).
 
     Converting 16 float columns of ~500k rows to numpy was a third of a year's load, while a
     selective replay keeps ~2% of the rows: the other columns are converted for those only.
     """
     rest = table.select(list(DEFERRED_VALUES))  # KeyError when a file lacks one: read per file
-    cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=rows)
-    return with_row_ids(cols, rest, deferred, rows)
+    return columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=rows), rest
 
 
 def defer_values(cols: ChainColumns, deferred: list[DeferredValues]) -> ChainColumns:
@@ -712,9 +709,5 @@ def _row_mask(table: pa.Table, window: ScanWindow | None) -> np.ndarray | None:
     if window.max_dte is not None:
         keep &= (expiry - as_of) <= int(window.max_dte * 86_400e9)
     if window.kinds != {"call", "put"}:
-        kind = kind_mask(table.column("kind"), window.kinds)
-        if kind is None:
-            test = pc.is_in(table.column("kind"), value_set=pa.array(sorted(window.kinds)))
-            kind = test.to_numpy(zero_copy_only=False).astype(bool)
-        keep &= kind
+        keep &= kind_in(table.column("kind"), window.kinds)
     return keep

@@ -230,6 +230,18 @@ def kind_mask(kind: pa.ChunkedArray, kinds: Collection[str]) -> np.ndarray | Non
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
+def kind_in(kind: pa.ChunkedArray, kinds: Collection[str]) -> np.ndarray:
+    """Per row, whether a `kind` column holds one of `kinds` (bool; a null kind is neither):
+    `kind_mask` when the column allows it, else a row-by-row test."""
+    mask = kind_mask(kind, kinds)
+    if mask is not None:
+        return mask
+    if pa.types.is_dictionary(kind.type):
+        kind = kind.cast(pa.string())
+    test = pc.is_in(kind, value_set=pa.array(sorted(kinds), type=pa.string()))
+    return test.to_numpy(zero_copy_only=False).astype(bool)
+
+
 def columns_from_arrow(
     table: pa.Table,
     underlying: str,
@@ -267,11 +279,7 @@ def columns_from_arrow(
         code = encoded.indices.to_numpy()
         dictionary = encoded.dictionary
     kind = table.column("kind")
-    is_call = kind_mask(kind, ("call",))
-    if is_call is None:
-        if pa.types.is_dictionary(kind.type):
-            kind = kind.cast(pa.string())
-        is_call = pc.equal(kind, "call").to_numpy(zero_copy_only=False)
+    is_call = kind_in(kind, ("call",))
     quote = table.column("quote_time") if "quote_time" in table.column_names else None
     as_of = pick(_int_ns(table.column("as_of")))
     return ChainColumns(

@@ -305,6 +305,16 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame
         raise DataError(f"cannot read store file: {exc}", source=path) from exc
 
 
+def _small_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A small Parquet store file (`columns` of it) as an Arrow table, read on this thread
+    (one row group of ~10k rows: Arrow's thread pools cost more than they save); DataError
+    naming the file."""
+    try:
+        return pq.ParquetFile(path, memory_map=True).read(columns=columns, use_threads=False)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read store file: {exc}", source=path) from exc
+
+
 def read_spot(path: Path) -> pd.DataFrame:
     """A stored spot file as `normalize_ohlc(read_table(path))` gives it.
 
@@ -314,12 +324,7 @@ def read_spot(path: Path) -> pd.DataFrame:
     in a fresh process, docs/performance.md store9); any other file takes the general path.
     """
     if path.suffix == ".parquet":
-        try:
-            # one row group of ~10k bars: Arrow's thread pools cost more than they save
-            table = pq.ParquetFile(path, memory_map=True).read(use_threads=False)
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            raise DataError(f"cannot read store file: {exc}", source=path) from exc
-        frame = _ohlc_frame(table)
+        frame = _ohlc_frame(_small_parquet(path))
         if frame is not None:
             return frame
     return normalize_ohlc(read_table(path))
@@ -337,12 +342,7 @@ def read_settlements(path: Path) -> dict[int, float]:
     stamps: list[int] | None = None
     values: list[float] = []
     if path.suffix == ".parquet":
-        try:
-            table = pq.ParquetFile(path, memory_map=True).read(
-                columns=["expiry", "price"], use_threads=False
-            )
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            raise DataError(f"cannot read store file: {exc}", source=path) from exc
+        table = _small_parquet(path, ["expiry", "price"])
         expiry, price = table.column("expiry"), table.column("price")
         if pa.types.is_timestamp(expiry.type) and expiry.type.tz is not None:
             utc = pc.cast(expiry, pa.timestamp("ns", tz="UTC")).combine_chunks()

@@ -1,6 +1,6 @@
 """The low days-to-expiry tier skip: which tiers a selective scan may leave out
 (`tier_floor`) and the second pass that reads, from those left-out groups, only the rows the
-decisions need (`read_low_groups`, the point-in-time `windows_of`). See docs/data.md
+decisions need (`decode_low_groups` then `finish_low`, the point-in-time `windows_of`). See docs/data.md
 "How the store is read".
 """
 
@@ -25,6 +25,7 @@ from harness.data.chain_parquet import (
     as_of_unit,
     column_stats,
     file_pieces,
+    selection_split,
     with_row_ids,
 )
 from harness.data.chain_scan import (
@@ -34,6 +35,7 @@ from harness.data.chain_scan import (
     columns_from_arrow,
     empty_columns,
     float_values,
+    kind_in,
     times_ns,
 )
 from harness.data.chain_select import ChainSelection
@@ -156,27 +158,6 @@ class LowRead:
     stats: Counter[str] = field(default_factory=Counter)
 
 
-def read_low_groups(
-    low: LowGroups,
-    underlying: str,
-    deferred: list[DeferredValues] | None,
-    stats: Counter[str],
-    codes: Codes,
-    hot_names: pa.Array,
-    wanted: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    *,
-    marks_only: bool = False,
-) -> ChainColumns:
-    """The rows of left-out groups that `wanted(as_of, is_hot)` keeps (`is_hot`: the row's
-    name is in `hot_names`), converted as `read_chain_files` converts (codes into `codes`);
-    with `marks_only`, only the columns of a mark row are read and converted."""
-    hot_codes = {n: codes.index[n] for n in hot_names.to_pylist()}
-    got = decode_low_groups(
-        low, underlying, deferred is not None, hot_names, hot_codes, wanted, marks_only=marks_only
-    )
-    return finish_low(got, stats, codes, deferred)
-
-
 def finish_low(
     got: LowRead, stats: Counter[str], codes: Codes, deferred: list[DeferredValues] | None
 ) -> ChainColumns:
@@ -201,9 +182,12 @@ def decode_low_groups(
     *,
     marks_only: bool = False,
 ) -> LowRead:
-    """The part of `read_low_groups` that touches nothing shared (files can be read at once):
-    `hot_codes` maps every name of `hot_names` to its code in the scan; `defer` says whether
-    the scan defers value columns."""
+    """The rows of left-out groups that `wanted(as_of, is_hot)` keeps (`is_hot`: the row's
+    name is in `hot_names`), converted as `read_chain_files` converts, not yet merged into the
+    scan (`finish_low` does that, in file order): this part touches nothing shared, so files
+    can be read at once. `hot_codes` maps every name of `hot_names` to its code in the scan;
+    `defer` says whether the scan defers value columns; with `marks_only`, only the columns of
+    a mark row are read and converted."""
     reader = low.reader
     schema = reader.schema_arrow
     lazy = defer and low.window.exact and all(c in schema.names for c in DEFERRED_VALUES)
@@ -262,8 +246,7 @@ def decode_low_groups(
         cols = _convert(table, small, rows, underlying, SELECTION_VALUES)
         sizes = np.array([p.num_rows for p, _ in pieces], dtype=np.int64)
         return LowRead(cols, ParquetDeferred(reader, ids, sizes), rows, stats=stats)
-    rest = table.select(list(DEFERRED_VALUES))
-    cols = columns_from_arrow(table, underlying, values=SELECTION_VALUES, rows=rows)
+    cols, rest = selection_split(table, underlying, rows)
     return LowRead(cols, rest, rows, stats=stats)
 
 
@@ -277,7 +260,7 @@ def _band_marks(
     """The rows of `table` (every row kept by the scan window; dictionary-encoded names) whose
     name is in `hot_names`, in file order, as mark columns coded by `hot_codes` (the scan's
     codes of the band names), with no Arrow gather and no per-part name table: what
-    `read_low_groups(marks_only=True)` gives, with less work."""
+    `decode_low_groups(marks_only=True)` gives, with less work."""
     parts: list[np.ndarray] = []
     row_codes: list[np.ndarray] = []
     at = 0
@@ -306,22 +289,9 @@ def _band_marks(
         quote_time=as_of if quote is None else times_ns(quote)[rows],
         code=np.concatenate(row_codes),
         names=np.empty(0, dtype=object),  # `finish_low` gives the scan's names
-        is_call=_is_call(table.column("kind"), rows),
+        is_call=kind_in(table.column("kind"), ("call",))[rows],
         values={"mark_price": float_values(table.column("mark_price"))[rows]},
     )
-
-
-def _is_call(kind: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
-    """Whether each of `rows` of a `kind` column is a call (a dictionary column is compared
-    per dictionary entry, not per row)."""
-    if not pa.types.is_dictionary(kind.type) or kind.null_count:
-        plain = kind.cast(pa.string()) if pa.types.is_dictionary(kind.type) else kind
-        return pc.equal(plain, "call").to_numpy(zero_copy_only=False)[rows]
-    parts = []
-    for chunk in kind.chunks:
-        calls = pc.equal(chunk.dictionary, "call").to_numpy(zero_copy_only=False)
-        parts.append(calls[chunk.indices.to_numpy()] if len(calls) else np.zeros(len(chunk), bool))
-    return np.concatenate(parts)[rows] if parts else np.zeros(len(rows), dtype=bool)
 
 
 def _convert(

@@ -32,6 +32,7 @@ from harness.data.chain_scan import (
     ChainColumns,
     columns_from_arrow,
     columns_to_frame,
+    kind_in,
     kind_mask,
     scan_filter,
 )
@@ -186,3 +187,8 @@ def test_kind_mask_matches_a_row_by_row_test() -> None:
     assert kind_mask(with_null, ("call",)) is None
     table = pa.table({"kind": column})
     assert kind_mask(table.column("kind"), ("call",)).dtype == np.bool_
+    # kind_in: the same answer for every column, a null kind being neither
+    for col in (column, plain, with_null, with_null.cast(pa.string())):
+        rows = [k in ("call",) for k in col.to_pylist()]
+        got = kind_in(col, ("call",))
+        assert got.dtype == np.bool_ and got.tolist() == rows
