@@ -22,6 +22,7 @@ from harness.data.chain_scan import columns_to_frame
 from harness.data.chain_select import ChainSelection
 from harness.data.files import FileDataSource
 from harness.data.importers import import_synthetic
+from harness.data.low_marks import MARKS_NAME
 from harness.policies import always_sell
 from harness.simulator import CoveredCallSimulator
 from harness.types import CallSimulationConfig
@@ -54,11 +55,23 @@ CONFIGS = {
 
 
 @pytest.fixture(scope="module")
+def marked_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tier_skip_marks")
+    import_synthetic(
+        "BTC", START, END, "4h", root, seed=11, calls_only=True, progress=False, max_dte=16.0
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same store without low-tier marks files: the band marks are decoded from the tiers."""
     root = tmp_path_factory.mktemp("tier_skip")
     import_synthetic(
         "BTC", START, END, "4h", root, seed=11, calls_only=True, progress=False, max_dte=16.0
     )
+    for f in root.rglob(MARKS_NAME):
+        f.unlink()
     return root
 
 
@@ -68,11 +81,13 @@ def _unskipped(cls: type[FileDataSource], store: Path, cfg: CallSimulationConfig
         return CoveredCallSimulator(cls(store), cfg)
 
 
+@pytest.mark.parametrize("marks_file", [False, True])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_left_out_tiers_replay_like_reading_them(
-    store: Path, name: str, monkeypatch: pytest.MonkeyPatch
+    store: Path, marked_store: Path, name: str, marks_file: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = CONFIGS[name]
+    store = marked_store if marks_file else store
     source = FileDataSource(store)
     skip = CoveredCallSimulator(source, cfg)
     read = _unskipped(FileDataSource, store, cfg, monkeypatch)
@@ -80,9 +95,15 @@ def test_left_out_tiers_replay_like_reading_them(
     stats = source.scan_stats
     # the skip happened: fewer rows through the point-in-time pass, the rest read after it,
     # and some decisions (the weekly expiry near the floor) needed the left-out rows
-    assert stats["low_row_groups_read"] > 0 and stats["low_rows_kept"] > 0
+    # (with marks files, the band marks of whole groups come from them: no row is lost)
+    if marks_file:
+        assert stats["low_rows_marks_file"] > 0 and stats["low_rows_kept"] > 0
+    else:
+        assert stats["low_row_groups_read"] > 0 and stats["low_rows_kept"] > 0
+        assert stats["low_rows_marks_file"] == 0
     assert (
-        stats["rows_decoded"] + stats["low_rows_decoded"] == read.source.scan_stats["rows_decoded"]
+        stats["rows_decoded"] + stats["low_rows_decoded"] + stats["low_rows_marks_file"]
+        == read.source.scan_stats["rows_decoded"]
     )
     assert stats["low_decisions"] < len(skip.decision_times())
     if cfg.target_dte == 7.0:  # some weekly falls 3-4 days out: its ATM ties need the tier

@@ -138,9 +138,9 @@ def read_chain_files(
         if opened is not None:
             opened.extend((reader, path) for (reader, _, _), path in zip(files, paths, strict=True))
         if split:
-            for reader, _, left in files:
+            for (reader, _, left), path in zip(files, paths, strict=True):
                 if left[0] or left[1]:
-                    low.append(LowGroups(reader, left, expr, window))  # type: ignore[union-attr]
+                    low.append(LowGroups(reader, left, expr, window, path))  # type: ignore[union-attr]
         bound = sum(
             reader.metadata.row_group(i).num_rows
             for reader, plan, _ in files
@@ -277,6 +277,7 @@ class LowGroups:
     plan: tuple[list[int], list[int]]
     expr: ds.Expression
     window: ScanWindow
+    path: Path | None = None  # the partition file (its side files sit next to it)
 
 
 def split_low(

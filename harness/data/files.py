@@ -74,6 +74,7 @@ from harness.data.chain_scan import (
 )
 from harness.data.chain_select import ChainSelection, atm_needs_lower, store_selection_mask
 from harness.data.errors import DataError
+from harness.data.low_marks import band_marks_from_file, marks_path, marks_table, write_marks
 from harness.data.low_tiers import (
     TIER_BELOW,
     LowRead,
@@ -264,9 +265,20 @@ def write_chain_atomic(frame: pd.DataFrame, path: Path) -> None:
                 if b > a or len(order) == 0:
                     writer.write_table(table.slice(a, b - a), row_group_size=CHAIN_ROW_GROUP_ROWS)
         summary_path(path).unlink(missing_ok=True)
+        marks_path(path).unlink(missing_ok=True)
         _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    group_rows = [g.num_rows for g in _row_groups(path)]
+    marks = marks_table(table, group_rows, write_id)
+    if marks is not None:
+        target = marks_path(path)
+        tmp = _temp_sibling(target)
+        try:
+            write_marks(marks, path, tmp)
+            _commit(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     if summary is not None:
         target = summary_path(path)
         tmp = _temp_sibling(target)
@@ -275,6 +287,12 @@ def write_chain_atomic(frame: pd.DataFrame, path: Path) -> None:
             _commit(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _row_groups(path: Path) -> list[pq.RowGroupMetaData]:
+    """The row groups of a written Parquet file, in file order."""
+    meta = pq.read_metadata(path)
+    return [meta.row_group(i) for i in range(meta.num_row_groups)]
 
 
 def is_tiered(path: Path) -> bool:
@@ -514,6 +532,7 @@ def _remove_partitions(files: Sequence[Path]) -> None:
     for f in files:
         f.unlink()
         summary_path(f).unlink(missing_ok=True)
+        marks_path(f).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             f.parent.rmdir()  # leave a folder that holds anything else
 
@@ -541,7 +560,8 @@ class CompactSummary:
     day_files: int
     rows: int
     relaid: tuple[str, ...] = ()  # month files rewritten from the untiered layout
-    summarised: tuple[str, ...] = ()  # tiered month files rewritten to get an ATM summary
+    # tiered month files rewritten to get an ATM summary and low-tier marks
+    summarised: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         text = (
@@ -551,7 +571,10 @@ class CompactSummary:
         if self.relaid:
             text += f"; {len(self.relaid)} month file(s) rewritten in the tiered layout"
         if self.summarised:
-            text += f"; {len(self.summarised)} month file(s) rewritten with an ATM summary"
+            text += (
+                f"; {len(self.summarised)} month file(s) rewritten with an ATM summary"
+                " and low-tier marks"
+            )
         return text
 
 
@@ -562,7 +585,8 @@ def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSumma
     leaves either the day files alone or a complete month file that readers use instead.
     Parquet month files of the older untiered layout are rewritten in the tiered one (same
     rows; scans can then skip row groups outside their days-to-expiry window), and tiered
-    ones written before ATM summaries existed (no write id) are rewritten to get one.
+    ones written before ATM summaries existed (no write id) or without a low-tier marks file
+    are rewritten to get them.
     """
     folder = underlying_dir(root, underlying) / "chain"
     by_month: dict[pd.Timestamp, list[Path]] = {}
@@ -581,7 +605,8 @@ def compact_chain(root: str | os.PathLike[str], underlying: str) -> CompactSumma
         if not is_tiered(path):
             _merge_partition(path, [])
             relaid.append(f"{month:%Y-%m}")
-        elif not has_write_id(path):
+        elif not has_write_id(path) or not marks_path(path).exists():
+            # written before ATM summaries or low-tier marks existed: rewrite to get them
             _merge_partition(path, [])
             summarised.append(f"{month:%Y-%m}")
     return CompactSummary(
@@ -1189,8 +1214,10 @@ class FileDataSource(ChainTableSource):
         hot_names = pa.array(names[band].tolist(), type=pa.string())
         hot_codes = dict(zip(names[band].tolist(), band.tolist(), strict=True))
         defer = deferred is not None
-        # (groups, wanted, marks only) per read, in file order: full-width reads first
+        # (groups, wanted, marks only) per read, in file order: full-width reads first; band
+        # marks a partition's low-tier marks file answers are taken from it in place of a read
         jobs: list[tuple[LowGroups, Callable[[np.ndarray, np.ndarray], np.ndarray], bool]] = []
+        from_file: dict[int, ChainColumns] = {}  # job position -> band marks from a marks file
         for g in low:
             spans = as_of_spans(g.reader)
             far: set[int] = set()
@@ -1205,6 +1232,14 @@ class FileDataSource(ChainTableSource):
             if split[0] or split[1]:
                 jobs.append((replace(g, plan=split), wanted, False))
             if hot and (rest[0] or rest[1]):
+                # groups the window keeps whole: their band rows from the partition's
+                # low-tier marks file when it holds them (`low_marks`), else decoded
+                if g.path is not None and rest[0] and not rest[1]:
+                    side = band_marks_from_file(
+                        g.reader, g.path, rest[0], hot_names, u, codes, self.scan_stats
+                    )
+                    if side is not None:
+                        from_file[len(jobs)] = side
                 jobs.append((replace(g, plan=rest), band_only, True))
 
         def decode(job: tuple[LowGroups, Any, bool]) -> LowRead:
@@ -1216,9 +1251,14 @@ class FileDataSource(ChainTableSource):
         full: list[ChainColumns] = []
         marks: list[ChainColumns] = []
         # files decoded at once; merged into codes and deferred values in file order
-        with file_pool(self.threads, len(jobs)) as pool:
-            for (_, _, marks_only), got in zip(jobs, pool.map(decode, jobs), strict=True):
-                part = finish_low(got, self.scan_stats, codes, deferred)
+        reads = [job for k, job in enumerate(jobs) if k not in from_file]
+        with file_pool(self.threads, len(reads)) as pool:
+            decoded = pool.map(decode, reads)
+            for k, (_, _, marks_only) in enumerate(jobs):
+                if k in from_file:
+                    marks.append(from_file[k])
+                    continue
+                part = finish_low(next(decoded), self.scan_stats, codes, deferred)
                 (marks if marks_only else full).append(part)
         names = codes.names()
         return concat_columns(full, names, u), concat_columns(marks, names, u)
