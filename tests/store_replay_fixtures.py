@@ -4,6 +4,7 @@ tier-skip and ATM-summary tests."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +15,29 @@ import harness.data.files as files
 from harness.data.chain_scan import columns_to_frame
 from harness.data.chain_select import ChainSelection
 from harness.data.files import FileDataSource
+from harness.data.importers import import_synthetic
 from harness.simulator import CoveredCallSimulator, PolicyFn
+
+
+def write_4h_store(root: Path, start: str, end: str, *, seed: int, max_dte: float) -> Path:
+    """A store of the embedded market's calls at 4-hour snapshots (every expiry up to
+    `max_dte` days) written at `root` by the import every user runs."""
+    import_synthetic(
+        "BTC", start, end, "4h", root, seed=seed, calls_only=True, progress=False, max_dte=max_dte
+    )
+    return root
+
+
+def copy_store(store: Path, tmp_path: Path) -> Path:
+    """A copy of `store` under `tmp_path` that a test may rewrite."""
+    out = tmp_path / "copy"
+    shutil.copytree(store, out)
+    return out
+
+
+def chain_parts(root: Path) -> list[Path]:
+    """The chain partition files of the BTC store at `root`, in time order."""
+    return sorted((root / "BTC" / "chain").glob("*/part.parquet"))
 
 
 class FullChain(FileDataSource):

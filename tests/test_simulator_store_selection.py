@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.data.files import FileDataSource
-from harness.data.importers import import_synthetic
 from harness.policies import always_sell
 from harness.simulator import CoveredCallSimulator
 from harness.state import DecisionState
@@ -27,6 +26,7 @@ from tests.store_replay_fixtures import (
     GappySpot,
     assert_same_replay,
     replay,
+    write_4h_store,
 )
 
 START, END = "2024-02-01", "2024-02-12"
@@ -48,20 +48,13 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("store_sel")
-    import_synthetic(
-        "BTC", START, END, "4h", root, seed=7, calls_only=True, progress=False, max_dte=6.0
-    )
-    return root
+    return write_4h_store(tmp_path_factory.mktemp("store_sel"), START, END, seed=7, max_dte=6.0)
 
 
 @pytest.fixture(scope="module")
 def forward_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store whose underlying_price differs by expiry (a forward), so the row matters."""
-    root = tmp_path_factory.mktemp("store_fwd")
-    import_synthetic(
-        "BTC", START, END, "4h", root, seed=7, calls_only=True, progress=False, max_dte=6.0
-    )
+    root = write_4h_store(tmp_path_factory.mktemp("store_fwd"), START, END, seed=7, max_dte=6.0)
     for path in sorted((root / "BTC" / "chain").glob("*/*.parquet")):
         table = pq.read_table(path)
         days = pc.divide(

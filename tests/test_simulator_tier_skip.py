@@ -21,7 +21,6 @@ import harness.data.low_tiers as low_tiers
 from harness.data.chain_scan import columns_to_frame
 from harness.data.chain_select import ChainSelection
 from harness.data.files import FileDataSource
-from harness.data.importers import import_synthetic
 from harness.data.low_marks import MARKS_NAME
 from harness.policies import always_sell
 from harness.simulator import CoveredCallSimulator
@@ -31,7 +30,9 @@ from tests.store_replay_fixtures import (
     GappyFull,
     GappySpot,
     assert_same_replay,
+    copy_store,
     replay,
+    write_4h_store,
 )
 
 START, END = "2024-02-01", "2024-02-24"
@@ -56,20 +57,13 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def marked_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tier_skip_marks")
-    import_synthetic(
-        "BTC", START, END, "4h", root, seed=11, calls_only=True, progress=False, max_dte=16.0
-    )
-    return root
+    return write_4h_store(tmp_path_factory.mktemp("tier_skip"), START, END, seed=11, max_dte=16.0)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def store(marked_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same store without low-tier marks files: the band marks are decoded from the tiers."""
-    root = tmp_path_factory.mktemp("tier_skip")
-    import_synthetic(
-        "BTC", START, END, "4h", root, seed=11, calls_only=True, progress=False, max_dte=16.0
-    )
+    root = copy_store(marked_store, tmp_path_factory.mktemp("tier_skip_bare"))
     for f in root.rglob(MARKS_NAME):
         f.unlink()
     return root

@@ -26,10 +26,9 @@ import pyarrow.parquet as pq
 
 from harness.data.chain_parquet import as_of_unit, column_stats
 from harness.data.chain_scan import times_ns
+from harness.data.side_files import WRITE_ID_KEY, open_paired
 from harness.data.store_schema import DTE_COLUMN, DTE_SLACK, STORE_SCAN_COLUMNS
 
-WRITE_ID_KEY = b"harness.write_id"  # in the partition's and the summary's footer: a pair
-PART_STAT_KEY = b"harness.part_stat"  # the partition file's "size mtime_ns" when paired
 SNAPSHOTS_KEY = b"harness.snapshots"  # every distinct as_of of the partition (int64 ns), base64
 SUMMARY_NAME = "atm.arrow"  # next to the partition's part.parquet (Arrow IPC file)
 _SUMMARY_COLUMNS = (*STORE_SCAN_COLUMNS, DTE_COLUMN)
@@ -103,47 +102,18 @@ class FileSummary:
         return cls(span, snapshots, rows, times)
 
 
-def write_summary(summary: pa.Table, part: Path, path: Path) -> None:
-    """Write `summary` to `path` (an Arrow IPC file, the caller's temporary one), naming the
-    size and mtime of the written partition file `part`."""
-    meta = dict(summary.schema.metadata or {})
-    meta[PART_STAT_KEY] = _stat_text(part)
-    summary = summary.replace_schema_metadata(meta)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, summary.schema) as writer:
-        writer.write_table(summary)
-
-
-def _stat_text(part: Path) -> bytes:
-    stat = part.stat()
-    return f"{stat.st_size} {stat.st_mtime_ns}".encode()
-
-
-def has_write_id(part: Path) -> bool:
-    """Whether a Parquet chain partition was written by a version that writes ATM summaries."""
-    return WRITE_ID_KEY in (pq.read_metadata(part).metadata or {})
-
-
 def file_summary(reader: pq.ParquetFile, path: Path) -> FileSummary:
     """The summary of the open chain partition `path` (a span only when it has none, or
     when the summary file is not the one written with it)."""
-    kv = reader.metadata.metadata or {}
-    found = summary_path(path)
-    if WRITE_ID_KEY in kv and found.exists():
+    rows = open_paired(reader, path, summary_path(path))
+    if rows is not None and set(_SUMMARY_COLUMNS) <= set(rows.column_names):
         try:
-            with pa.OSFile(str(found)) as source:
-                rows = pa.ipc.open_file(source).read_all()
-            meta = rows.schema.metadata or {}
-            snapshots = np.frombuffer(base64.b64decode(meta.get(SNAPSHOTS_KEY, b"")), dtype="<i8")
-        except (OSError, ValueError, pa.ArrowException):
-            rows = None  # unreadable: as if there were none
-        else:
-            if (
-                meta.get(WRITE_ID_KEY) == kv[WRITE_ID_KEY]
-                and meta.get(PART_STAT_KEY) == _stat_text(path)
-                and len(snapshots)
-                and set(_SUMMARY_COLUMNS) <= set(rows.column_names)
-            ):
-                return FileSummary.of(rows, snapshots)
+            encoded = base64.b64decode((rows.schema.metadata or {}).get(SNAPSHOTS_KEY, b""))
+            snapshots = np.frombuffer(encoded, dtype="<i8")
+        except ValueError:
+            snapshots = np.empty(0, dtype="<i8")  # unreadable: as if there were none
+        if len(snapshots):
+            return FileSummary.of(rows, snapshots)
     return FileSummary(_as_of_span(reader))
 
 

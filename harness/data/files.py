@@ -42,15 +42,12 @@ import pyarrow.parquet as pq
 
 from harness import strict_json
 from harness.data.atm_summary import (
-    WRITE_ID_KEY,
     FileSummary,
     file_summary,
-    has_write_id,
     summary_answers,
     summary_path,
     summary_rows_at,
     summary_table,
-    write_summary,
 )
 from harness.data.chain_parquet import (
     Codes,
@@ -74,7 +71,7 @@ from harness.data.chain_scan import (
 )
 from harness.data.chain_select import ChainSelection, atm_needs_lower, store_selection_mask
 from harness.data.errors import DataError
-from harness.data.low_marks import band_marks_from_file, marks_path, marks_table, write_marks
+from harness.data.low_marks import band_marks_from_file, marks_path, marks_table
 from harness.data.low_tiers import (
     TIER_BELOW,
     LowRead,
@@ -99,6 +96,7 @@ from harness.data.point_in_time import (
     utc_times,
 )
 from harness.data.scan_threads import file_pool, scan_threads
+from harness.data.side_files import WRITE_ID_KEY, has_write_id, write_paired
 from harness.data.source import (
     OHLC_COLUMNS,
     empty_chain_frame,
@@ -269,30 +267,20 @@ def write_chain_atomic(frame: pd.DataFrame, path: Path) -> None:
         _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    group_rows = [g.num_rows for g in _row_groups(path)]
-    marks = marks_table(table, group_rows, write_id)
-    if marks is not None:
-        target = marks_path(path)
-        tmp = _temp_sibling(target)
-        try:
-            write_marks(marks, path, tmp)
-            _commit(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-    if summary is not None:
-        target = summary_path(path)
-        tmp = _temp_sibling(target)
-        try:
-            write_summary(summary, path, tmp)
-            _commit(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def _row_groups(path: Path) -> list[pq.RowGroupMetaData]:
-    """The row groups of a written Parquet file, in file order."""
     meta = pq.read_metadata(path)
-    return [meta.row_group(i) for i in range(meta.num_row_groups)]
+    group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    for side, target in (
+        (marks_table(table, group_rows, write_id), marks_path(path)),
+        (summary, summary_path(path)),
+    ):
+        if side is None:
+            continue
+        tmp = _temp_sibling(target)
+        try:
+            write_paired(side, path, tmp)
+            _commit(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def is_tiered(path: Path) -> bool:
@@ -1214,10 +1202,11 @@ class FileDataSource(ChainTableSource):
         hot_names = pa.array(names[band].tolist(), type=pa.string())
         hot_codes = dict(zip(names[band].tolist(), band.tolist(), strict=True))
         defer = deferred is not None
-        # (groups, wanted, marks only) per read, in file order: full-width reads first; band
-        # marks a partition's low-tier marks file answers are taken from it in place of a read
-        jobs: list[tuple[LowGroups, Callable[[np.ndarray, np.ndarray], np.ndarray], bool]] = []
-        from_file: dict[int, ChainColumns] = {}  # job position -> band marks from a marks file
+        # in file order, full-width reads first: (groups, wanted, marks only) per read, or
+        # the band marks a partition's low-tier marks file already gave
+        steps: list[
+            tuple[LowGroups, Callable[[np.ndarray, np.ndarray], np.ndarray], bool] | ChainColumns
+        ] = []
         for g in low:
             spans = as_of_spans(g.reader)
             far: set[int] = set()
@@ -1230,17 +1219,16 @@ class FileDataSource(ChainTableSource):
                 for i in part:
                     (split if touched(i, spans[i], far) else rest)[k].append(i)
             if split[0] or split[1]:
-                jobs.append((replace(g, plan=split), wanted, False))
+                steps.append((replace(g, plan=split), wanted, False))
             if hot and (rest[0] or rest[1]):
                 # groups the window keeps whole: their band rows from the partition's
                 # low-tier marks file when it holds them (`low_marks`), else decoded
+                side = None
                 if g.path is not None and rest[0] and not rest[1]:
                     side = band_marks_from_file(
                         g.reader, g.path, rest[0], hot_names, u, codes, self.scan_stats
                     )
-                    if side is not None:
-                        from_file[len(jobs)] = side
-                jobs.append((replace(g, plan=rest), band_only, True))
+                steps.append(side if side is not None else (replace(g, plan=rest), band_only, True))
 
         def decode(job: tuple[LowGroups, Any, bool]) -> LowRead:
             group, keep, marks_only = job
@@ -1251,15 +1239,15 @@ class FileDataSource(ChainTableSource):
         full: list[ChainColumns] = []
         marks: list[ChainColumns] = []
         # files decoded at once; merged into codes and deferred values in file order
-        reads = [job for k, job in enumerate(jobs) if k not in from_file]
+        reads = [step for step in steps if isinstance(step, tuple)]
         with file_pool(self.threads, len(reads)) as pool:
             decoded = pool.map(decode, reads)
-            for k, (_, _, marks_only) in enumerate(jobs):
-                if k in from_file:
-                    marks.append(from_file[k])
+            for step in steps:
+                if isinstance(step, ChainColumns):
+                    marks.append(step)
                     continue
                 part = finish_low(next(decoded), self.scan_stats, codes, deferred)
-                (marks if marks_only else full).append(part)
+                (marks if step[2] else full).append(part)
         names = codes.names()
         return concat_columns(full, names, u), concat_columns(marks, names, u)
 

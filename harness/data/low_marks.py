@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from harness.data.atm_summary import PART_STAT_KEY, SUMMARY_MAX_DTE, WRITE_ID_KEY
+from harness.data.atm_summary import SUMMARY_MAX_DTE
 from harness.data.chain_parquet import Codes
 from harness.data.chain_scan import ChainColumns, as_of_ns, empty_columns, float_values, times_ns
+from harness.data.side_files import WRITE_ID_KEY, open_paired
 from harness.data.store_schema import DTE_COLUMN
 
 MARKS_NAME = "marks.arrow"  # next to the partition's part.parquet (Arrow IPC file)
@@ -94,37 +95,16 @@ def marks_table(table: pa.Table, group_rows: list[int], write_id: str) -> pa.Tab
     )
 
 
-def write_marks(marks: pa.Table, part: Path, path: Path) -> None:
-    """Write `marks` to `path` (an uncompressed Arrow IPC file, the caller's temporary one),
-    naming the size and mtime of the written partition file `part`."""
-    stat = part.stat()
-    meta = dict(marks.schema.metadata or {})
-    meta[PART_STAT_KEY] = f"{stat.st_size} {stat.st_mtime_ns}".encode()
-    marks = marks.replace_schema_metadata(meta)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, marks.schema) as writer:
-        writer.write_table(marks)
-
-
 def _open_marks(reader: pq.ParquetFile, part: Path) -> tuple[pa.Table, np.ndarray] | None:
     """The paired low-tier marks of the open partition `part` and the groups they hold."""
-    kv = reader.metadata.metadata or {}
-    found = marks_path(part)
-    if WRITE_ID_KEY not in kv or not found.exists():
+    table = open_paired(reader, part, marks_path(part))
+    if table is None or not {"instrument_name", *_COLUMNS} <= set(table.column_names):
         return None
     try:
-        table = pa.ipc.open_file(pa.memory_map(str(found))).read_all()
-        meta = table.schema.metadata or {}
-        groups = np.frombuffer(base64.b64decode(meta.get(GROUPS_KEY, b"")), dtype="<i4")
-        stat = part.stat()
-    except (OSError, ValueError, pa.ArrowException):
+        encoded = base64.b64decode((table.schema.metadata or {}).get(GROUPS_KEY, b""))
+    except ValueError:
         return None  # unreadable: as if there were none
-    if (
-        meta.get(WRITE_ID_KEY) != kv[WRITE_ID_KEY]
-        or meta.get(PART_STAT_KEY) != f"{stat.st_size} {stat.st_mtime_ns}".encode()
-        or not {"instrument_name", *_COLUMNS} <= set(table.column_names)
-    ):
-        return None
-    return table, groups
+    return table, np.frombuffer(encoded, dtype="<i4")
 
 
 def _values(column: pa.ChunkedArray) -> np.ndarray:

@@ -9,6 +9,7 @@ import pytest
 
 from harness.data.deribit_client import DeribitClient
 from tests.data.deribit_server import DeribitServer, build_market
+from tests.store_replay_fixtures import write_4h_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -16,6 +17,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture
 def fixtures() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def weekly_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two months of 4-hour snapshots, every expiry up to 20 days (dailies listed 4 days
+    out), with ATM summaries and low-tier marks; shared read-only (tests rewrite copies)."""
+    return write_4h_store(
+        tmp_path_factory.mktemp("weekly"), "2024-02-01", "2024-03-20", seed=11, max_dte=20.0
+    )
 
 
 @pytest.fixture

@@ -16,21 +16,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.data.atm_summary import (
     SUMMARY_MAX_DTE,
-    WRITE_ID_KEY,
     summary_path,
     summary_table,
 )
 from harness.data.chain_select import ChainSelection
 from harness.data.files import compact_chain, merge_chain, write_chain_atomic
 from harness.data.importers import import_synthetic
+from harness.data.side_files import WRITE_ID_KEY
 from harness.data.store_schema import DTE_COLUMN, STORE_SCAN_COLUMNS
-from tests.store_replay_fixtures import band_marks, selected_rows
+from tests.store_replay_fixtures import band_marks, chain_parts, copy_store, selected_rows
 
 START, END = "2024-02-01", "2024-03-20"
 TIMES_4H = pd.date_range("2024-02-01T04:00", "2024-03-10", freq="4h", tz="UTC")
@@ -40,29 +39,9 @@ SEL = ChainSelection(
 )
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two months of 4-hour snapshots, every expiry (dailies listed 4 days out)."""
-    root = tmp_path_factory.mktemp("summary")
-    import_synthetic(
-        "BTC", START, END, "4h", root, seed=11, calls_only=True, progress=False, max_dte=20.0
-    )
-    return root
-
-
-def _copy(store: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "copy"
-    shutil.copytree(store, out)
-    return out
-
-
 def _summary_id(part: Path) -> bytes:
     with pa.OSFile(str(summary_path(part))) as source:
         return pa.ipc.open_file(source).schema.metadata[WRITE_ID_KEY]
-
-
-def _parts(root: Path) -> list[Path]:
-    return sorted((root / "BTC" / "chain").glob("*/part.parquet"))
 
 
 def _check(root: Path, times: pd.DatetimeIndex, sel: ChainSelection, max_dte: float = 15.0) -> dict:
@@ -160,12 +139,12 @@ def test_no_summary_for_a_quote_after_its_bar_close() -> None:
     assert summary_table(_chain_table(frame), "id") is None
 
 
-def test_every_partition_write_pairs_a_summary(store, tmp_path) -> None:
-    root = _copy(store, tmp_path)
-    for part in _parts(root):
+def test_every_partition_write_pairs_a_summary(weekly_store, tmp_path) -> None:
+    root = copy_store(weekly_store, tmp_path)
+    for part in chain_parts(root):
         assert pq.ParquetFile(part).metadata.metadata[WRITE_ID_KEY] == _summary_id(part)
     # a merge rewrites the month and its summary with a new id
-    part = _parts(root)[0]
+    part = chain_parts(root)[0]
     before = pq.ParquetFile(part).metadata.metadata[WRITE_ID_KEY]
     frame = pq.read_table(part).to_pandas().drop(columns=[DTE_COLUMN])
     merge_chain(root, "BTC", frame.iloc[:10])
@@ -179,19 +158,19 @@ def test_compaction_folds_day_summaries(tmp_path) -> None:
     import_synthetic(
         "BTC", "2024-02-01", "2024-02-04", "4h", root, seed=3, calls_only=True, progress=False
     )
-    frame = pd.concat([pq.read_table(p).to_pandas() for p in _parts(root)])
+    frame = pd.concat([pq.read_table(p).to_pandas() for p in chain_parts(root)])
     shutil.rmtree(root / "BTC" / "chain")
     merge_chain(root, "BTC", frame.drop(columns=[DTE_COLUMN]))  # day partitions
-    assert all(summary_path(p).exists() for p in _parts(root))
+    assert all(summary_path(p).exists() for p in chain_parts(root))
     compact_chain(root, "BTC")
     folders = sorted(p.name for p in (root / "BTC" / "chain").iterdir())
     assert folders == ["month=2024-02"]
-    assert summary_path(_parts(root)[0]).exists()
+    assert summary_path(chain_parts(root)[0]).exists()
 
 
-def test_compaction_gives_older_tiered_months_a_summary(store, tmp_path) -> None:
-    root = _copy(store, tmp_path)
-    for part in _parts(root):  # as an older version wrote them: no write id, no summary
+def test_compaction_gives_older_tiered_months_a_summary(weekly_store, tmp_path) -> None:
+    root = copy_store(weekly_store, tmp_path)
+    for part in chain_parts(root):  # as an older version wrote them: no write id, no summary
         reader = pq.ParquetFile(part)
         groups = [reader.read_row_group(i) for i in range(reader.num_row_groups)]
         meta = {k: v for k, v in reader.schema_arrow.metadata.items() if k != WRITE_ID_KEY}
@@ -211,29 +190,29 @@ def test_compaction_gives_older_tiered_months_a_summary(store, tmp_path) -> None
 # ---------------------------------------------------------------- the load answers from it
 
 
-def test_summary_answers_the_weekly_decisions(store) -> None:
-    stats = _check(store, TIMES_4H, SEL)
+def test_summary_answers_the_weekly_decisions(weekly_store) -> None:
+    stats = _check(weekly_store, TIMES_4H, SEL)
     assert stats["low_decisions"] == stats["summary_decisions"] > 0
 
 
-def test_first_rows_still_read_the_tiers(store) -> None:
+def test_first_rows_still_read_the_tiers(weekly_store) -> None:
     at = tuple(int(t) for t in TIMES_4H.as_unit("ns").asi8[::7])
     sel = replace(SEL, first_row_at=at)
-    stats = _check(store, TIMES_4H, sel)
+    stats = _check(weekly_store, TIMES_4H, sel)
     assert stats["low_decisions"] > stats["summary_decisions"] > 0
 
 
-def test_a_store_without_summaries_reads_the_tiers(store, tmp_path) -> None:
-    root = _copy(store, tmp_path)
-    for part in _parts(root):
+def test_a_store_without_summaries_reads_the_tiers(weekly_store, tmp_path) -> None:
+    root = copy_store(weekly_store, tmp_path)
+    for part in chain_parts(root):
         summary_path(part).unlink()
     stats = _check(root, TIMES_4H, SEL)
     assert stats["low_decisions"] > stats["summary_decisions"] == 0
 
 
-def test_a_stale_or_missing_summary_sends_its_month_to_the_tiers(store, tmp_path) -> None:
-    root = _copy(store, tmp_path)
-    feb, mar = _parts(root)[:2]
+def test_a_stale_or_missing_summary_sends_its_month_to_the_tiers(weekly_store, tmp_path) -> None:
+    root = copy_store(weekly_store, tmp_path)
+    feb, mar = chain_parts(root)[:2]
     summary_path(mar).unlink()  # March: none
     # February: a summary from another write (the partition rewritten without it)
     kept = summary_path(feb).read_bytes()
@@ -249,11 +228,11 @@ def test_a_stale_or_missing_summary_sends_its_month_to_the_tiers(store, tmp_path
     assert stats["low_decisions"] > stats["summary_decisions"] > 0
 
 
-def test_a_rewrite_by_another_tool_unpairs_the_summary(store, tmp_path) -> None:
+def test_a_rewrite_by_another_tool_unpairs_the_summary(weekly_store, tmp_path) -> None:
     # pyarrow keeps the footer's write id when a table is read and written back; the
     # summary also names the rows file's size and mtime, so it is not used
-    root = _copy(store, tmp_path)
-    for part in _parts(root):
+    root = copy_store(weekly_store, tmp_path)
+    for part in chain_parts(root):
         reader = pq.ParquetFile(part)
         groups = [reader.read_row_group(i) for i in range(reader.num_row_groups)]
         with pq.ParquetWriter(part, reader.schema_arrow) as writer:  # the same row groups
@@ -264,9 +243,9 @@ def test_a_rewrite_by_another_tool_unpairs_the_summary(store, tmp_path) -> None:
     assert stats["low_decisions"] > stats["summary_decisions"] == 0
 
 
-def test_stale_quotes_send_their_decisions_to_the_tiers(store, tmp_path) -> None:
-    root = _copy(store, tmp_path)
-    part = _parts(root)[0]
+def test_stale_quotes_send_their_decisions_to_the_tiers(weekly_store, tmp_path) -> None:
+    root = copy_store(weekly_store, tmp_path)
+    part = chain_parts(root)[0]
     frame = pq.read_table(part).to_pandas().drop(columns=[DTE_COLUMN])
     # some snapshots quoted a day before their bar close: stale at any bar up to a day
     hours = frame["as_of"].dt.hour
@@ -288,7 +267,7 @@ def test_stale_quotes_send_their_decisions_to_the_tiers(store, tmp_path) -> None
     first=st.sampled_from(["none", "some"]),
     seed=st.integers(0, 2**16),
 )
-def test_summary_never_changes_a_row(store, hourly, min_dte, width, atm_offset, first, seed):
+def test_summary_never_changes_a_row(weekly_store, hourly, min_dte, width, atm_offset, first, seed):
     times = TIMES_1H if hourly else TIMES_4H
     t_ns = times.as_unit("ns").asi8
     rng = np.random.default_rng(seed)
@@ -301,4 +280,4 @@ def test_summary_never_changes_a_row(store, hourly, min_dte, width, atm_offset, 
         atm_dte=min_dte + atm_offset,
         first_row_at=at,
     )
-    _check(store, times, sel, min_dte + width + 1.0)
+    _check(weekly_store, times, sel, min_dte + width + 1.0)

@@ -8,6 +8,7 @@ files and with the tier skip switched off.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import tempfile
 from collections import Counter
@@ -23,7 +24,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import harness.data.files as files
-from harness.data.atm_summary import WRITE_ID_KEY
 from harness.data.chain_parquet import Codes
 from harness.data.chain_scan import columns_to_frame, float_values, times_ns
 from harness.data.chain_select import ChainSelection
@@ -35,33 +35,15 @@ from harness.data.low_marks import (
     band_marks_from_file,
     marks_path,
 )
+from harness.data.side_files import WRITE_ID_KEY
 from harness.data.store_schema import DTE_COLUMN
+from tests.store_replay_fixtures import chain_parts, copy_store
 
 START, END = "2024-02-01", "2024-03-20"
 TIMES_4H = pd.date_range("2024-02-01T04:00", "2024-03-10", freq="4h", tz="UTC")
 SEL = ChainSelection(
     min_dte=5.0, max_dte=9.0, min_delta=0.1, max_delta=0.4, atm_dte=7.0, first_row_at=()
 )
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two months of 4-hour snapshots, every expiry."""
-    root = tmp_path_factory.mktemp("marks")
-    import_synthetic(
-        "BTC", START, END, "4h", root, seed=11, calls_only=True, progress=False, max_dte=20.0
-    )
-    return root
-
-
-def _copy(store: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "copy"
-    shutil.copytree(store, out)
-    return out
-
-
-def _parts(root: Path) -> list[Path]:
-    return sorted((root / "BTC" / "chain").glob("*/part.parquet"))
 
 
 def _marks_id(part: Path) -> bytes:
@@ -144,11 +126,10 @@ def _select(root: Path, mode: str) -> tuple[pd.DataFrame, np.ndarray, FileDataSo
 
 
 @pytest.fixture(scope="module")
-def reference(store: Path, tmp_path_factory: pytest.TempPathFactory):
+def reference(weekly_store: Path, tmp_path_factory: pytest.TempPathFactory):
     """The selection and band marks of the store without marks files."""
-    root = tmp_path_factory.mktemp("marks_ref") / "copy"
-    shutil.copytree(store, root)
-    for part in _parts(root):
+    root = copy_store(weekly_store, tmp_path_factory.mktemp("marks_ref"))
+    for part in chain_parts(root):
         marks_path(part).unlink()
     frame, marks, source = _select(root, "marks")
     assert source.scan_stats["low_rows_marks_file"] == 0
@@ -177,9 +158,9 @@ def _same_as_reference(root: Path, reference) -> Counter:
     nan_marks=st.booleans(),
     puts=st.booleans(),
 )
-def test_marks_file_rows_equal_the_tier_rows(store, seed, keep, nan_marks, puts) -> None:
+def test_marks_file_rows_equal_the_tier_rows(weekly_store, seed, keep, nan_marks, puts) -> None:
     rng = np.random.default_rng(seed)
-    frame = pq.read_table(_parts(store)[0]).to_pandas().drop(columns=[DTE_COLUMN])
+    frame = pq.read_table(chain_parts(weekly_store)[0]).to_pandas().drop(columns=[DTE_COLUMN])
     frame = frame[rng.random(len(frame)) < keep].reset_index(drop=True)
     if nan_marks:
         frame.loc[rng.random(len(frame)) < 0.2, "mark_price"] = np.nan
@@ -215,15 +196,15 @@ def test_marks_file_rows_equal_the_tier_rows(store, seed, keep, nan_marks, puts)
             )
 
 
-def test_every_partition_write_pairs_a_marks_file(store, tmp_path) -> None:
-    root = _copy(store, tmp_path)
-    for part in _parts(root):
+def test_every_partition_write_pairs_a_marks_file(weekly_store, tmp_path) -> None:
+    root = copy_store(weekly_store, tmp_path)
+    for part in chain_parts(root):
         assert pq.ParquetFile(part).metadata.metadata[WRITE_ID_KEY] == _marks_id(part)
         meta = pa.ipc.open_file(pa.memory_map(str(marks_path(part)))).schema.metadata
-        assert np.frombuffer(__import__("base64").b64decode(meta[GROUPS_KEY]), "<i4").tolist() == (
+        assert np.frombuffer(base64.b64decode(meta[GROUPS_KEY]), "<i4").tolist() == (
             _low_groups(part)
         )
-    part = _parts(root)[0]
+    part = chain_parts(root)[0]
     frame = pq.read_table(part).to_pandas().drop(columns=[DTE_COLUMN])
     merge_chain(root, "BTC", frame.iloc[:10])
     assert _marks_id(part) == pq.ParquetFile(part).metadata.metadata[WRITE_ID_KEY]
@@ -234,10 +215,10 @@ def test_compaction_writes_marks_files(tmp_path) -> None:
     import_synthetic(
         "BTC", "2024-02-01", "2024-02-04", "4h", root, seed=3, calls_only=True, progress=False
     )
-    frame = pd.concat([pq.read_table(p).to_pandas() for p in _parts(root)])
+    frame = pd.concat([pq.read_table(p).to_pandas() for p in chain_parts(root)])
     shutil.rmtree(root / "BTC" / "chain")
     merge_chain(root, "BTC", frame.drop(columns=[DTE_COLUMN]))  # day partitions
-    assert all(marks_path(p).exists() for p in _parts(root))
+    assert all(marks_path(p).exists() for p in chain_parts(root))
     compact_chain(root, "BTC")
     assert sorted(p.name for p in (root / "BTC" / "chain").iterdir()) == ["month=2024-02"]
     assert sorted(p.name for p in (root / "BTC" / "chain" / "month=2024-02").iterdir()) == [
@@ -245,17 +226,17 @@ def test_compaction_writes_marks_files(tmp_path) -> None:
         "marks.arrow",
         "part.parquet",
     ]
-    part = _parts(root)[0]
+    part = chain_parts(root)[0]
     assert _marks_id(part) == pq.ParquetFile(part).metadata.metadata[WRITE_ID_KEY]
 
 
-def test_compaction_gives_months_without_marks_files_one(store, reference, tmp_path) -> None:
-    root = _copy(store, tmp_path)
-    for part in _parts(root):  # as store8 wrote them: a write id and a summary, no marks
+def test_compaction_gives_months_without_marks_files_one(weekly_store, reference, tmp_path) -> None:
+    root = copy_store(weekly_store, tmp_path)
+    for part in chain_parts(root):  # as store8 wrote them: a write id and a summary, no marks
         marks_path(part).unlink()
     assert _same_as_reference(root, reference)["low_rows_marks_file"] == 0
     assert compact_chain(root, "BTC").summarised == ("2024-02", "2024-03")
-    assert all(marks_path(p).exists() for p in _parts(root))
+    assert all(marks_path(p).exists() for p in chain_parts(root))
     assert _same_as_reference(root, reference)["low_rows_marks_file"] > 0
     assert compact_chain(root, "BTC").summarised == ()  # nothing left to rewrite
 
@@ -263,14 +244,14 @@ def test_compaction_gives_months_without_marks_files_one(store, reference, tmp_p
 # ---------------------------------------------------------------- the load reads from it
 
 
-def test_load_takes_band_marks_from_the_marks_files(store, reference) -> None:
-    stats = _same_as_reference(store, reference)
+def test_load_takes_band_marks_from_the_marks_files(weekly_store, reference) -> None:
+    stats = _same_as_reference(weekly_store, reference)
     assert stats["low_rows_marks_file"] > 0 and stats["low_row_groups_marks_file"] > 0
 
 
-def test_missing_or_stale_marks_files_are_decoded(store, reference, tmp_path) -> None:
-    root = _copy(store, tmp_path)
-    feb, mar = _parts(root)[:2]
+def test_missing_or_stale_marks_files_are_decoded(weekly_store, reference, tmp_path) -> None:
+    root = copy_store(weekly_store, tmp_path)
+    feb, mar = chain_parts(root)[:2]
     marks_path(mar).unlink()  # March: none
     # February: a marks file from another write (the partition rewritten without it)
     kept = marks_path(feb).read_bytes()
@@ -281,9 +262,11 @@ def test_missing_or_stale_marks_files_are_decoded(store, reference, tmp_path) ->
     assert stats["low_rows_marks_file"] == 0 and stats["low_row_groups_read"] > 0
 
 
-def test_a_rewrite_by_another_tool_unpairs_the_marks_file(store, reference, tmp_path) -> None:
-    root = _copy(store, tmp_path)
-    for part in _parts(root):
+def test_a_rewrite_by_another_tool_unpairs_the_marks_file(
+    weekly_store, reference, tmp_path
+) -> None:
+    root = copy_store(weekly_store, tmp_path)
+    for part in chain_parts(root):
         reader = pq.ParquetFile(part)
         groups = [reader.read_row_group(i) for i in range(reader.num_row_groups)]
         with pq.ParquetWriter(part, reader.schema_arrow) as writer:  # keeps the write id
